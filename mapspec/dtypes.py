@@ -1,0 +1,80 @@
+"""Tensor dtypes by name. numpy has no bfloat16, so bf16 travels as its raw uint16 bits and
+its name says what the bits mean."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# name -> the numpy dtype that stores it (little-endian everywhere on disk)
+STORAGE: dict[str, np.dtype] = {
+    "float64": np.dtype("<f8"),
+    "float32": np.dtype("<f4"),
+    "float16": np.dtype("<f2"),
+    "bfloat16": np.dtype("<u2"),
+    "int64": np.dtype("<i8"),
+    "int32": np.dtype("<i4"),
+    "int16": np.dtype("<i2"),
+    "int8": np.dtype("i1"),
+    "uint64": np.dtype("<u8"),
+    "uint32": np.dtype("<u4"),
+    "uint16": np.dtype("<u2"),
+    "uint8": np.dtype("u1"),
+    "bool": np.dtype("?"),
+}
+
+ALIASES = {
+    "float": "float32", "fp32": "float32", "f32": "float32",
+    "half": "float16", "fp16": "float16", "f16": "float16",
+    "double": "float64", "fp64": "float64", "f64": "float64",
+    "bf16": "bfloat16",
+    "long": "int64", "int": "int32", "short": "int16",
+    "byte": "uint8", "char": "int8",
+}
+
+
+def canonical(name: str) -> str | None:
+    """The canonical dtype name for `name` (or an alias), or None."""
+    name = ALIASES.get(name, name)
+    return name if name in STORAGE else None
+
+
+def of_array(arr: np.ndarray) -> str:
+    """The dtype name of a plain numpy array (never bfloat16: that needs a tag)."""
+    for name, dt in STORAGE.items():
+        if name != "bfloat16" and arr.dtype == dt:
+            return name
+    if arr.dtype.kind in "fiub" and arr.dtype.byteorder == ">":
+        return of_array(arr.astype(arr.dtype.newbyteorder("<")))
+    raise TypeError(f"unsupported array dtype {arr.dtype}")
+
+
+def itemsize(name: str) -> int:
+    return STORAGE[name].itemsize
+
+
+def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _f32_to_bf16(values: np.ndarray) -> np.ndarray:
+    # Round to nearest even, as torch does; NaN stays a quiet NaN.
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(values)
+    if nan.any():
+        rounded = np.where(nan, (bits >> 16).astype(np.uint16) | 0x0040, rounded)
+    return rounded
+
+
+def cast(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """Convert values (not bits) from dtype `src` to `dst`; bf16 on either side as bits."""
+    if src == dst:
+        return arr
+    if src == "bfloat16":
+        arr = _bf16_to_f32(arr)
+        src = "float32"
+        if dst == "float32":
+            return arr
+    if dst == "bfloat16":
+        return _f32_to_bf16(arr.astype(np.float32, copy=False))
+    return arr.astype(STORAGE[dst])

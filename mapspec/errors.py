@@ -1,0 +1,117 @@
+"""Error classes. Each carries the exit code the CLI uses for it.
+
+Exit codes: 1 for a conversion problem (coverage, shapes, target mismatch), 2 for bad
+input (spec syntax or semantics, unreadable or unsafe checkpoints, usage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a node came from: 1-based line and column, end exclusive."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "line": self.line, "column": self.column}
+
+
+class MapspecError(Exception):
+    """Base of every error mapspec raises on purpose."""
+
+    exit_code = 2
+
+    def render(self) -> str:
+        return f"error: {self}"
+
+
+class SpecError(MapspecError):
+    """A problem in a spec file, shown like a compiler error with the line and a caret."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, span: Span | None = None, source: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self._source = source
+
+    def source_line(self) -> str | None:
+        if self.span is None:
+            return None
+        text = self._source
+        if text is None:
+            try:
+                text = Path(self.span.file).read_text(encoding="utf-8")
+            except OSError:
+                return None
+        lines = text.splitlines()
+        if 1 <= self.span.line <= len(lines):
+            return lines[self.span.line - 1]
+        return None
+
+    def render(self) -> str:
+        if self.span is None:
+            return f"error: {self.message}"
+        head = f"{self.span}: error: {self.message}"
+        line = self.source_line()
+        if line is None:
+            return head
+        width = 1
+        if self.span.end_line == self.span.line and self.span.end_column > self.span.column:
+            width = self.span.end_column - self.span.column
+        # Tabs keep their width so the caret lines up under the offending text.
+        pad = "".join("\t" if c == "\t" else " " for c in line[: self.span.column - 1])
+        return f"{head}\n    {line}\n    {pad}{'^' * width}"
+
+    def __str__(self) -> str:
+        return f"{self.span}: {self.message}" if self.span else self.message
+
+
+class SpecSyntaxError(SpecError):
+    """The spec text does not follow the grammar."""
+
+
+class ConversionError(MapspecError):
+    """The spec is valid but does not fit this checkpoint (coverage, shapes, target)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, details: list[str] | None = None, span: Span | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+        self.span = span
+
+    def render(self) -> str:
+        where = f"{self.span}: " if self.span else ""
+        out = f"{where}error: {self.message}"
+        if self.details:
+            out += "\n" + "\n".join(f"  {d}" for d in self.details)
+        return out
+
+    def __str__(self) -> str:
+        return self.render().removeprefix("error: ")
+
+
+class CheckpointError(MapspecError):
+    """A checkpoint that cannot be read safely: missing, truncated, corrupt or unsafe."""
+
+    exit_code = 2
+
+
+class UsageError(MapspecError):
+    """The command line asks for something that cannot be done as asked."""
+
+    exit_code = 2

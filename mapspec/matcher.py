@@ -1,0 +1,143 @@
+"""One matcher for all of a spec's source patterns.
+
+Every pattern becomes a path of regex tokens (a literal character or a capture's class) and
+the paths are merged into a trie, so a prefix shared by many rules is matched once. The trie
+is emitted as a single regex whose branches end in an empty named group; after a full match,
+`lastgroup` names the pattern that matched. The same trie emitted with every branch list
+reversed finds the *last* matching pattern in the same order: if the first and the last
+differ, two patterns match the key. So each key costs two regex calls however many rules
+there are, plus one for its captures.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .rules import Capture, Lit, Pattern
+
+SEGMENT = r"[^.]+"
+INTEGER = r"[0-9]+"
+MULTI = r".+"
+
+
+def capture_regex(cap: Capture, tables: dict[str, tuple[str, ...]]) -> str:
+    if cap.type == "segment":
+        return SEGMENT
+    if cap.type == "int":
+        return INTEGER
+    if cap.type == "multi":
+        return MULTI
+    alts = cap.alternatives if cap.type == "alt" else tables.get(cap.table or "", ())
+    if not alts:
+        return r"(?!)"
+    return "(?:" + "|".join(re.escape(a) for a in alts) + ")"
+
+
+def pattern_tokens(pattern: Pattern, tables: dict[str, tuple[str, ...]]) -> list[str]:
+    tokens: list[str] = []
+    for part in pattern.parts:
+        if isinstance(part, Lit):
+            tokens.extend(re.escape(c) for c in part.text)
+        else:
+            tokens.append(capture_regex(part, tables))
+    return tokens
+
+
+def pattern_regex(pattern: Pattern, tables: dict[str, tuple[str, ...]]) -> re.Pattern:
+    """The regex of one pattern, with a named group per named capture."""
+    out = []
+    for part in pattern.parts:
+        if isinstance(part, Lit):
+            out.append(re.escape(part.text))
+        elif part.name:
+            out.append(f"(?P<c_{part.name}>{capture_regex(part, tables)})")
+        else:
+            out.append(capture_regex(part, tables))
+    return re.compile("".join(out), re.DOTALL)
+
+
+@dataclass
+class _Node:
+    children: dict[str, "_Node"] = field(default_factory=dict)
+    ends: list[int] = field(default_factory=list)
+
+
+def _emit(node: _Node, reverse: bool) -> str:
+    # Iterative descent along single-child chains keeps Python's recursion shallow for
+    # long literal runs; recursion happens only at branch points.
+    out: list[str] = []
+    while not node.ends and len(node.children) == 1:
+        tok, node = next(iter(node.children.items()))
+        out.append(tok)
+    branches = [f"(?P<m{i}>)" for i in node.ends]
+    branches += [tok + _emit(child, reverse) for tok, child in node.children.items()]
+    if reverse:
+        branches.reverse()
+    if len(branches) == 1:
+        out.append(branches[0])
+    elif branches:
+        out.append("(?:" + "|".join(branches) + ")")
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One source pattern and who owns it."""
+
+    rule: int
+    alternative: int
+    pattern: Pattern
+
+
+@dataclass(frozen=True)
+class Hit:
+    entry: Entry
+    captures: dict[str, str]
+
+
+class Ambiguous(Exception):
+    def __init__(self, key: str, first: Entry, second: Entry):
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+class Matcher:
+    def __init__(self, entries: Iterable[Entry], tables: dict[str, tuple[str, ...]]):
+        self.entries = list(entries)
+        root = _Node()
+        for i, entry in enumerate(self.entries):
+            node = root
+            for tok in pattern_tokens(entry.pattern, tables):
+                node = node.children.setdefault(tok, _Node())
+            node.ends.append(i)
+        if self.entries:
+            self._forward = re.compile(_emit(root, reverse=False), re.DOTALL)
+            self._backward = re.compile(_emit(root, reverse=True), re.DOTALL)
+        else:
+            self._forward = self._backward = re.compile(r"(?!)")
+        self._regexes = [pattern_regex(e.pattern, tables) for e in self.entries]
+
+    def match(self, key: str) -> Hit | None:
+        """The one pattern matching `key` with its captures, None if none; `Ambiguous` if the
+        key is matched by patterns of two different rules."""
+        m = self._forward.fullmatch(key)
+        if m is None:
+            return None
+        first = int(m.lastgroup[1:])
+        last = int(self._backward.fullmatch(key).lastgroup[1:])
+        a, b = self.entries[first], self.entries[last]
+        if a.rule != b.rule:
+            if (a.rule, a.alternative) > (b.rule, b.alternative):
+                a, b = b, a
+            raise Ambiguous(key, a, b)
+        if (a.rule, a.alternative) > (b.rule, b.alternative):
+            first, a = last, b
+        groups = self._regexes[first].fullmatch(key).groupdict()
+        return Hit(a, {name[2:]: value for name, value in groups.items()})
+
+    def naive_match(self, key: str) -> list[Entry]:
+        """Every matching pattern, one regex at a time: the reference the tests and the
+        benchmark compare against."""
+        return [e for e, rx in zip(self.entries, self._regexes) if rx.fullmatch(key)]

@@ -1,0 +1,298 @@
+"""Parse tree -> rule graph (`rules.Spec`), with `include` resolved."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from lark import Token, Tree
+
+from . import grammar
+from .errors import Span, SpecError
+from .rules import (
+    Action,
+    BinOp,
+    Capture,
+    DropRule,
+    Fanout,
+    Header,
+    KeepRule,
+    Lit,
+    Lookup,
+    Num,
+    Pattern,
+    Ref,
+    RenameRule,
+    Spec,
+    Subst,
+    Table,
+    TableEntry,
+    Template,
+    Text,
+    Tuple,
+    Word,
+)
+
+LANGUAGE_VERSION = 1
+
+
+def parse_spec(path: str | Path | None = None, *, text: str | None = None, name: str | None = None) -> Spec:
+    """Parse a spec file (or `text`, reported as `name`) into a `Spec`, includes resolved."""
+    if text is None:
+        if path is None:
+            raise TypeError("parse_spec needs a path or text")
+        file = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecError(f"cannot read spec {file}: {_reason(exc)}") from None
+    else:
+        file = name or (str(path) if path else "<spec>")
+    return _Builder(file, text, stack=()).build(root=True)
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+class _Builder:
+    def __init__(self, file: str, text: str, stack: tuple[str, ...]):
+        self.file = file
+        self.text = text
+        self.stack = stack + (str(Path(file).resolve()) if not file.startswith("<") else file,)
+
+    # -------------------------------------------------------------- helpers
+    def span_tok(self, tok: Token, length: int | None = None) -> Span:
+        n = len(str(tok)) if length is None else length
+        return Span(self.file, tok.line, tok.column, tok.line, tok.column + n)
+
+    def span_tree(self, tree: Tree) -> Span:
+        m = tree.meta
+        return Span(self.file, m.line, m.column, m.end_line, m.end_column)
+
+    def error(self, message: str, span: Span) -> SpecError:
+        return SpecError(message, span, self.text)
+
+    # -------------------------------------------------------------- statements
+    def build(self, root: bool) -> Spec:
+        tree, _comments = grammar.parse_statements(self.text, self.file)
+        header = Header()
+        seen: dict[str, Span] = {}
+        tables: list[Table] = []
+        rules: list = []
+        includes: list[str] = []
+        body_started = False
+        for st in tree.children:
+            kind = st.data
+            span = self.span_tree(st)
+            if kind in ("version", "frameworks", "select"):
+                if kind in seen:
+                    raise self.error(f"'{_HEADER_WORD[kind]}' is given twice (first at line {seen[kind].line})", span)
+                if body_started:
+                    raise self.error(f"'{_HEADER_WORD[kind]}' belongs in the header, before tables and rules", span)
+                if not root and kind != "version":
+                    raise self.error(f"an included file cannot set '{_HEADER_WORD[kind]}'; set it in the including spec", span)
+                seen[kind] = span
+                header = self._header(st, header, span)
+                continue
+            body_started = True
+            if kind == "include":
+                sub = self._include(st)
+                includes.append(sub.file)
+                includes.extend(sub.includes)
+                tables.extend(sub.tables)
+                rules.extend(sub.rules)
+            elif kind == "table":
+                tables.append(self._table(st))
+            elif kind == "rename":
+                rules.append(self._rename(st))
+            elif kind == "drop":
+                rules.append(DropRule(patterns=tuple(self._pattern(t) for t in st.children), span=span))
+            elif kind == "keep":
+                rules.append(KeepRule(patterns=tuple(self._pattern(t) for t in st.children), span=span))
+            else:  # pragma: no cover - the grammar has no other statements
+                raise self.error(f"unknown statement {kind}", span)
+        if seen:
+            first = min(seen.values(), key=lambda s: (s.line, s.column))
+            header = header.model_copy(update={"span": first})
+        return Spec(file=self.file, header=header, tables=tuple(tables), rules=tuple(rules),
+                    includes=tuple(includes))
+
+    def _header(self, st: Tree, header: Header, span: Span) -> Header:
+        if st.data == "version":
+            version = int(st.children[0])
+            if version != LANGUAGE_VERSION:
+                raise self.error(
+                    f"unsupported language version {version}; this mapspec reads version {LANGUAGE_VERSION}",
+                    self.span_tok(st.children[0]))
+            return header.model_copy(update={"version": version})
+        if st.data == "frameworks":
+            return header.model_copy(update={"source": str(st.children[0]), "target": str(st.children[1])})
+        tok = st.children[0]
+        pat = self._pattern(tok)
+        if any(isinstance(p, Capture) for p in pat.parts):
+            raise self.error("'select' takes a plain path such as model or state_dict", pat.span)
+        return header.model_copy(update={"select": "".join(p.text for p in pat.parts)})
+
+    def _include(self, st: Tree) -> Spec:
+        tok = st.children[0]
+        rel = ast.literal_eval(str(tok))
+        base = Path(self.file).parent if not self.file.startswith("<") else Path.cwd()
+        path = (base / rel)
+        resolved = str(path.resolve())
+        if resolved in self.stack:
+            raise self.error(f"include cycle: {rel} includes itself", self.span_tok(tok))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self.error(f"cannot include {rel}: {_reason(exc)}", self.span_tok(tok)) from None
+        return _Builder(str(path), text, self.stack).build(root=False)
+
+    def _table(self, st: Tree) -> Table:
+        name_tok, *entries = st.children
+        out = []
+        for e in entries:
+            k_tok, v_tok = e.children
+            out.append(TableEntry(key=self._plain(k_tok), value=self._plain(v_tok), span=self.span_tree(e)))
+        return Table(name=str(name_tok), entries=tuple(out), span=self.span_tree(st))
+
+    def _plain(self, tok: Token) -> str:
+        pat = self._pattern(tok)
+        for p in pat.parts:
+            if isinstance(p, Capture):
+                raise self.error("table entries are plain text; captures and wildcards are not allowed here", p.span)
+        return "".join(p.text for p in pat.parts)
+
+    def _rename(self, st: Tree) -> RenameRule:
+        sources_tree, target_tok, *actions = st.children
+        sources = tuple(self._pattern(t) for t in sources_tree.children)
+        target = self._template(target_tok)
+        return RenameRule(sources=sources, target=target, actions=tuple(self._action(a) for a in actions),
+                          span=self.span_tree(st))
+
+    # -------------------------------------------------------------- patterns
+    def _pattern(self, tok: Token) -> Pattern:
+        tree = grammar.parse_fragment(tok, "pattern", self.file, self.text)
+        parts: list = []
+        names: dict[str, Span] = {}
+        for part in tree.children:
+            item = self._pattern_part(part, tok)
+            if isinstance(item, Capture) and item.name:
+                if item.name in names:
+                    raise self.error(f"capture {{{item.name}}} is bound twice in one pattern", item.span)
+                names[item.name] = item.span
+            if isinstance(item, Lit) and parts and isinstance(parts[-1], Lit):
+                parts[-1] = Lit(text=parts[-1].text + item.text)
+            else:
+                parts.append(item)
+        return Pattern(parts=tuple(parts), text=str(tok), span=self.span_tok(tok))
+
+    def _frag_span(self, tree_or_tok, base: Token) -> Span:
+        if isinstance(tree_or_tok, Token):
+            line, col = grammar.shift(tree_or_tok, base)
+            return Span(self.file, line, col, line, col + len(str(tree_or_tok)))
+        m = tree_or_tok.meta
+        return Span(self.file, base.line, base.column + m.column - 1, base.line, base.column + m.end_column - 1)
+
+    def _pattern_part(self, part: Tree, base: Token):
+        kind = part.data
+        if kind == "lit":
+            return Lit(text=str(part.children[0]))
+        if kind == "quoted":
+            return Lit(text=ast.literal_eval(str(part.children[0])))
+        span = self._frag_span(part, base)
+        if kind == "single":
+            return Capture(name=None, type="segment", span=span)
+        if kind == "multi":
+            return Capture(name=None, type="multi", span=span)
+        if kind == "capture":
+            return Capture(name=str(part.children[0]), type="segment", span=span)
+        if kind == "table_capture":
+            return Capture(name=str(part.children[0]), type="table", table=str(part.children[1]), span=span)
+        if kind == "typed_capture":
+            return self._typed(part, span)
+        raise self.error(f"unexpected {kind} in a pattern", span)  # pragma: no cover
+
+    def _typed(self, part: Tree, span: Span) -> Capture:
+        name = str(part.children[0])
+        ctype = part.children[1]
+        if ctype.data == "multi_type":
+            return Capture(name=name, type="multi", span=span)
+        if ctype.data == "single_type":
+            return Capture(name=name, type="segment", span=span)
+        alts = tuple(str(t) for t in ctype.children)
+        if alts == ("int",):
+            return Capture(name=name, type="int", span=span)
+        if len(set(alts)) != len(alts):
+            raise self.error(f"capture {{{name}}} lists an alternative twice", span)
+        return Capture(name=name, type="alt", alternatives=alts, span=span)
+
+    # -------------------------------------------------------------- templates
+    def _template(self, tok: Token) -> Template:
+        tree = grammar.parse_fragment(tok, "template", self.file, self.text)
+        parts: list = []
+        for part in tree.children:
+            kind = part.data
+            if kind == "lit":
+                item = Lit(text=str(part.children[0]))
+            elif kind == "quoted":
+                item = Lit(text=ast.literal_eval(str(part.children[0])))
+            elif kind in ("single", "multi"):
+                raise self.error(
+                    "a target cannot hold a wildcard; name it in the source ({name:*} or {name:**}) "
+                    "and write {name} here", self._frag_span(part, tok))
+            elif kind == "subst":
+                item = Subst(expr=self._expr(part.children[0], tok), span=self._frag_span(part, tok))
+            elif kind == "fanout":
+                item = Fanout(capture=self._typed(part, self._frag_span(part, tok)))
+            else:  # pragma: no cover
+                raise self.error(f"unexpected {kind} in a template", self._frag_span(part, tok))
+            if isinstance(item, Lit) and parts and isinstance(parts[-1], Lit):
+                parts[-1] = Lit(text=parts[-1].text + item.text)
+            else:
+                parts.append(item)
+        return Template(parts=tuple(parts), text=str(tok), span=self.span_tok(tok))
+
+    def _expr(self, t: Tree, base: Token):
+        kind = t.data
+        if kind == "ref":
+            return Ref(name=str(t.children[0]), span=self._frag_span(t.children[0], base))
+        if kind == "number":
+            return Num(value=int(t.children[0]))
+        if kind == "lookup":
+            return Lookup(table=str(t.children[0]), key=self._expr(t.children[1], base),
+                          span=self._frag_span(t, base))
+        op = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "mod": "%"}[kind]
+        return BinOp(op=op, left=self._expr(t.children[0], base), right=self._expr(t.children[1], base))
+
+    # -------------------------------------------------------------- actions
+    def _action(self, t: Tree) -> Action:
+        name_tok, *args = t.children
+        pos, kw = [], []
+        for a in args:
+            if isinstance(a, Tree) and a.data == "kwarg":
+                kw.append((str(a.children[0]), self._value(a.children[1])))
+            else:
+                if kw:
+                    raise self.error("a positional argument cannot follow a keyword argument",
+                                     self.span_tree(t))
+                pos.append(self._value(a))
+        return Action(name=str(name_tok), args=tuple(pos), kwargs=tuple(kw), span=self.span_tree(t))
+
+    def _value(self, v):
+        kind = v.data
+        if kind == "int":
+            return int(v.children[0])
+        if kind == "word":
+            return Word(name=str(v.children[0]))
+        if kind == "string":
+            return Text(value=ast.literal_eval(str(v.children[0])))
+        if kind == "tuple":
+            return Tuple(items=tuple(self._value(c) for c in v.children))
+        if kind == "append":
+            inner = self._value(v.children[0])
+            return Tuple(items=inner.items, append=True)
+        raise TypeError(kind)  # pragma: no cover
+
+
+_HEADER_WORD = {"version": "mapspec", "frameworks": "from ... to", "select": "select"}

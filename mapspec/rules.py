@@ -1,0 +1,203 @@
+"""The rule graph: pydantic models built from the parse tree.
+
+Every node keeps the span it was written at, so any later check (in `checks`, in the
+planner, at execution) can point at the exact `file:line:col`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import Span
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+
+# ------------------------------------------------------------------ key patterns
+
+class Lit(Node):
+    kind: Literal["lit"] = "lit"
+    text: str
+
+
+class Capture(Node):
+    """`{name}` one segment, `{name:int}`, `{name:a|b}`, `{name in table}`, `{name:*}`,
+    `{name:**}`; `*` and `**` are captures without a name."""
+
+    kind: Literal["capture"] = "capture"
+    name: str | None
+    type: Literal["segment", "int", "alt", "table", "multi"]
+    alternatives: tuple[str, ...] = ()
+    table: str | None = None
+    span: Span
+
+
+PatternPart = Annotated[Union[Lit, Capture], Field(discriminator="kind")]
+
+
+class Pattern(Node):
+    parts: tuple[PatternPart, ...]
+    text: str
+    span: Span
+
+    def captures(self) -> dict[str, Capture]:
+        return {p.name: p for p in self.parts if isinstance(p, Capture) and p.name}
+
+
+# ------------------------------------------------------------------ templates
+
+class Ref(Node):
+    kind: Literal["ref"] = "ref"
+    name: str
+    span: Span
+
+
+class Num(Node):
+    kind: Literal["num"] = "num"
+    value: int
+
+
+class BinOp(Node):
+    kind: Literal["binop"] = "binop"
+    op: Literal["+", "-", "*", "//", "%"]
+    left: "Expr"
+    right: "Expr"
+
+
+class Lookup(Node):
+    kind: Literal["lookup"] = "lookup"
+    table: str
+    key: "Expr"
+    span: Span
+
+
+Expr = Annotated[Union[Ref, Num, BinOp, Lookup], Field(discriminator="kind")]
+
+
+class Subst(Node):
+    kind: Literal["subst"] = "subst"
+    expr: Expr
+    span: Span
+
+
+class Fanout(Node):
+    """A capture declared in a template: one output per value (split/chunk targets)."""
+
+    kind: Literal["fanout"] = "fanout"
+    capture: Capture
+
+
+TemplatePart = Annotated[Union[Lit, Subst, Fanout], Field(discriminator="kind")]
+
+
+class Template(Node):
+    parts: tuple[TemplatePart, ...]
+    text: str
+    span: Span
+
+    def fanout(self) -> Capture | None:
+        for p in self.parts:
+            if isinstance(p, Fanout):
+                return p.capture
+        return None
+
+
+# ------------------------------------------------------------------ actions
+
+class Word(Node):
+    """A bare name argument, such as a dtype."""
+
+    kind: Literal["word"] = "word"
+    name: str
+
+
+class Text(Node):
+    kind: Literal["text"] = "text"
+    value: str
+
+
+class Tuple(Node):
+    kind: Literal["tuple"] = "tuple"
+    items: tuple["Value", ...]
+    append: bool = False
+
+
+Value = Annotated[Union[int, Word, Text, Tuple], Field(union_mode="left_to_right")]
+
+
+class Action(Node):
+    name: str
+    args: tuple[Value, ...] = ()
+    kwargs: tuple[tuple[str, Value], ...] = ()
+    span: Span
+
+
+# ------------------------------------------------------------------ statements
+
+class RenameRule(Node):
+    kind: Literal["rename"] = "rename"
+    sources: tuple[Pattern, ...]
+    target: Template
+    actions: tuple[Action, ...] = ()
+    span: Span
+
+
+class DropRule(Node):
+    kind: Literal["drop"] = "drop"
+    patterns: tuple[Pattern, ...]
+    span: Span
+
+
+class KeepRule(Node):
+    """Pass keys through under their own name."""
+
+    kind: Literal["keep"] = "keep"
+    patterns: tuple[Pattern, ...]
+    span: Span
+
+
+Rule = Annotated[Union[RenameRule, DropRule, KeepRule], Field(discriminator="kind")]
+
+
+class TableEntry(Node):
+    key: str
+    value: str
+    span: Span
+
+
+class Table(Node):
+    name: str
+    entries: tuple[TableEntry, ...]
+    span: Span
+
+    def mapping(self) -> dict[str, str]:
+        return {e.key: e.value for e in self.entries}
+
+
+class Header(Node):
+    version: int = 1
+    source: str | None = None
+    target: str | None = None
+    select: str | None = None
+    span: Span | None = None
+
+
+class Spec(Node):
+    """A parsed, include-resolved spec: tables and rules in source order."""
+
+    file: str
+    header: Header
+    tables: tuple[Table, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    includes: tuple[str, ...] = ()
+
+    def table_map(self) -> dict[str, Table]:
+        return {t.name: t for t in self.tables}
+
+
+for _model in (BinOp, Lookup, Tuple, Subst, Template, Action):
+    _model.model_rebuild()
