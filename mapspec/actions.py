@@ -11,17 +11,11 @@ from typing import Any, Callable
 import numpy as np
 
 from . import dtypes
-from .errors import SpecError
+from .errors import PlanError as ShapeError, SpecError
 from .rules import Action, Text, Tuple, Value, Word
 
 Shape = tuple[int, ...]
 Params = dict[str, Any]
-
-
-class ShapeError(SpecError):
-    """An action does not fit the shapes of the tensors it meets: a conversion problem."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -29,7 +23,8 @@ class ActionDef:
     name: str
     kind: str  # "unary": one tensor in, one out; "merge": many in; "split": many out
     normalize: Callable[[Action], Params]
-    infer: Callable[[Params, list[Shape], str], tuple[Shape, str, Params]]
+    # (params, input shapes, input dtype, the action) -> (shape, dtype, resolved params)
+    infer: Callable[[Params, list[Shape], str, Action], tuple[Shape, str, Params]]
     run: Callable[[Params, list[np.ndarray], str], np.ndarray]
 
 
@@ -327,10 +322,6 @@ def _fmt(shape: Shape) -> str:
 
 
 format_shape = _fmt
-
-
-def _with_action(fn):
-    return fn
 
 
 REGISTRY: dict[str, ActionDef] = {}

@@ -115,3 +115,10 @@ class UsageError(MapspecError):
     """The command line asks for something that cannot be done as asked."""
 
     exit_code = 2
+
+
+class PlanError(SpecError):
+    """A valid rule that does not fit this checkpoint (shapes, duplicates, ambiguity):
+    shown at the rule like a spec error, but a conversion problem (exit 1)."""
+
+    exit_code = 1

@@ -1,0 +1,25 @@
+"""mapspec: a declarative mapping-spec compiler for neural-network checkpoints."""
+
+from .checks import check_spec
+from .errors import (
+    CheckpointError,
+    ConversionError,
+    MapspecError,
+    PlanError,
+    Span,
+    SpecError,
+    SpecSyntaxError,
+    UsageError,
+)
+from .executor import Report, apply, plan_for
+from .formats import open_source, read_infos
+from .parser import parse_spec
+from .plan import Plan, Step, TensorInfo, compile_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError", "ConversionError", "MapspecError", "Plan", "PlanError", "Report", "Span",
+    "SpecError", "SpecSyntaxError", "Step", "TensorInfo", "UsageError", "apply", "check_spec",
+    "compile_spec", "open_source", "parse_spec", "plan_for", "read_infos",
+]

@@ -1,0 +1,206 @@
+"""The `mapspec` command: apply, check, explain, fmt.
+
+Exit codes: 0 success, 1 a conversion problem, 2 bad input. Errors are printed as one
+`error:` line (spec errors as `path:line:col: error: ...` with the line and a caret); a
+Python traceback is never shown for bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from functools import wraps
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import actions as act
+from .errors import MapspecError, SpecError
+from .executor import apply as apply_spec, plan_for
+from .formatter import format_text
+from .parser import parse_spec
+from .checks import check_spec
+from .plan import Plan
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compile and apply checkpoint mapping specs.")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+PROGRESS_AFTER = 200  # steps: shorter runs finish before a bar is worth drawing
+
+
+def _guard(fn):
+    @wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MapspecError as exc:
+            err.print(exc.render(), markup=False)
+            raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            err.print(f"error: {exc.filename or ''}: {exc.strerror or exc}", markup=False)
+            raise typer.Exit(2) from None
+    return run
+
+
+@app.command()
+@_guard
+def apply(
+    spec: Path = typer.Argument(..., help="The .map spec."),
+    checkpoint: Path = typer.Argument(..., help="The checkpoint to convert."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write; the format follows the suffix."),
+    target: Optional[Path] = typer.Option(None, "--target", help="A checkpoint with the target keys and shapes."),
+    to: Optional[str] = typer.Option(None, "--to", help="Output format: safetensors, pt, npz."),
+    select: Optional[str] = typer.Option(None, "--select", help="Convert only this sub-tree (e.g. model, ema)."),
+    non_strict: bool = typer.Option(False, "--non-strict", help="Leave unmatched keys out instead of failing."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+) -> None:
+    """Convert CHECKPOINT with SPEC into OUTPUT."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = None
+
+        def progress(i: int, n: int) -> None:
+            nonlocal task
+            if n < PROGRESS_AFTER:
+                return
+            if task is None:
+                task = bar.add_task("converting", total=n)
+            bar.update(task, completed=i)
+
+        report = apply_spec(spec, checkpoint, output, target=target, to=to, select=select,
+                            strict=not non_strict, force=force, progress=progress)
+    if report.plan.unmatched:
+        err.print(f"warning: {len(report.plan.unmatched)} unmatched keys left out: "
+                  + ", ".join(report.plan.unmatched[:5]) + (" ..." if len(report.plan.unmatched) > 5 else ""),
+                  markup=False)
+    out.print(report.summary(), markup=False)
+
+
+@app.command()
+@_guard
+def check(
+    spec: Path = typer.Argument(..., help="The .map spec."),
+    checkpoint: Optional[Path] = typer.Argument(None, help="Compile against this checkpoint's keys."),
+    target: Optional[Path] = typer.Option(None, "--target", help="A checkpoint with the target keys and shapes."),
+    select: Optional[str] = typer.Option(None, "--select"),
+    non_strict: bool = typer.Option(False, "--non-strict"),
+) -> None:
+    """Compile only; exit 0 when SPEC (and its plan for CHECKPOINT) is clean."""
+    parsed = parse_spec(spec)
+    check_spec(parsed)
+    if checkpoint is None:
+        if target is not None:
+            raise SpecError("--target needs a CHECKPOINT to compile against")
+        out.print(f"{spec}: ok ({len(parsed.rules)} rules, {len(parsed.tables)} tables)", markup=False)
+        return
+    plan = plan_for(parsed, checkpoint, target=target, select=select, strict=not non_strict)
+    line = f"{spec}: ok: {len(plan.steps)} outputs from {plan.source_count} tensors, {len(plan.dropped)} dropped"
+    if plan.unmatched:
+        line += f", {len(plan.unmatched)} unmatched"
+    if target is not None:
+        line += ", matches the target"
+    out.print(line, markup=False)
+
+
+class ExplainFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+
+
+@app.command()
+@_guard
+def explain(
+    spec: Path = typer.Argument(...),
+    checkpoint: Path = typer.Argument(...),
+    fmt: ExplainFormat = typer.Option(ExplainFormat.table, "--format"),
+    target: Optional[Path] = typer.Option(None, "--target"),
+    select: Optional[str] = typer.Option(None, "--select"),
+    non_strict: bool = typer.Option(False, "--non-strict"),
+) -> None:
+    """Show the plan: one row per output tensor."""
+    plan = plan_for(spec, checkpoint, target=target, select=select, strict=not non_strict)
+    if fmt is ExplainFormat.json:
+        sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
+    elif fmt is ExplainFormat.markdown:
+        sys.stdout.write(explain_markdown(plan))
+    else:
+        out.print(explain_table(plan))
+
+
+def _row(step) -> list[str]:
+    return [
+        ", ".join(step.inputs),
+        step.output,
+        " ".join(_action_text(a) for a in step.actions) or "-",
+        " ".join(act.format_shape(i.shape) for i in step.input_infos) + " -> " + act.format_shape(step.info.shape),
+        "/".join(sorted({i.dtype for i in step.input_infos})) + " -> " + step.info.dtype,
+    ]
+
+
+def _action_text(a) -> str:
+    p = a.params
+    if a.name in ("view", "reshape", "squeeze", "unsqueeze"):
+        return f"{a.name}{act.format_shape(tuple(p['shape']))}"
+    if a.name == "cast":
+        return f"cast({p['to']})"
+    if a.name in ("split", "chunk"):
+        return f"{a.name}[{p['index']}]"
+    return f"{a.name}({', '.join(str(v) for v in p.values())})"
+
+
+HEAD = ["source", "target", "actions", "shape", "dtype"]
+
+
+def explain_table(plan: Plan) -> Table:
+    t = Table(title=f"{Path(plan.spec_file).name}: {len(plan.steps)} outputs, {len(plan.dropped)} dropped")
+    for h in HEAD:
+        t.add_column(h, overflow="fold")
+    for s in plan.steps:
+        t.add_row(*_row(s))
+    return t
+
+
+def explain_markdown(plan: Plan) -> str:
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    for s in plan.steps:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _row(s)) + " |")
+    if plan.dropped:
+        lines.append("")
+        lines.append(f"Dropped: {', '.join(k for k, _ in plan.dropped)}")
+    return "\n".join(lines) + "\n"
+
+
+@app.command()
+@_guard
+def fmt(
+    specs: list[Path] = typer.Argument(..., help="Spec files to format in place."),
+    check: bool = typer.Option(False, "--check", help="Change nothing; exit 1 if a file would change."),
+) -> None:
+    """Rewrite specs in canonical form."""
+    changed = []
+    for path in specs:
+        text = path.read_text(encoding="utf-8")
+        new = format_text(text, str(path))
+        if new != text:
+            changed.append(path)
+            if not check:
+                path.write_text(new, encoding="utf-8")
+    for path in changed:
+        out.print(f"{'would reformat' if check else 'reformatted'} {path}", markup=False)
+    if check and changed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

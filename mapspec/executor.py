@@ -1,0 +1,109 @@
+"""Run a plan: read one tensor at a time from a source, apply the step's actions, hand the
+result to a sink; on any failure the sink removes what it wrote."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from . import actions as act
+from .errors import UsageError
+from .formats import open_sink, open_source, read_infos, sink_format
+from .parser import parse_spec
+from .plan import Plan, TensorInfo, compile_spec
+from .rules import Spec
+
+
+@dataclass(frozen=True)
+class Report:
+    plan: Plan
+    output: Path
+    format: str
+    written: int
+    bytes: int
+
+    def summary(self) -> str:
+        p = self.plan
+        extra = [f"{len(p.dropped)} dropped"]
+        if p.unmatched:
+            extra.append(f"{len(p.unmatched)} unmatched")
+        return (f"Transferred {len(p.steps)}/{p.source_count} tensors "
+                f"({', '.join(extra)}) -> {self.output} [{self.format}, {_size(self.bytes)}]")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = None) -> int:
+    """Write every step of `plan` to `sink`; returns the bytes written."""
+    total = 0
+    for i, step in enumerate(plan.steps):
+        arrays = [source.read(k) for k in step.inputs]
+        dtype = step.input_infos[0].dtype
+        for pa in step.actions:
+            arrays = [act.REGISTRY[pa.name].run(dict(pa.params), arrays, dtype)]
+            if pa.name == "cast":
+                dtype = pa.params["to"]
+        (out,) = arrays
+        if tuple(out.shape) != step.info.shape:  # pragma: no cover - the planner guarantees this
+            raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
+        sink.write(step.output, out)
+        total += step.info.nbytes
+        if progress:
+            progress(i + 1)
+    return total
+
+
+def apply(
+    spec: Spec | str | Path,
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    target: str | Path | Mapping[str, TensorInfo] | None = None,
+    to: str | None = None,
+    select: str | None = None,
+    strict: bool = True,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input."""
+    if not isinstance(spec, Spec):
+        spec = parse_spec(spec)
+    output = Path(output)
+    fmt = sink_format(output, to)
+    if output.exists() and not force:
+        raise UsageError(f"{output} exists; use --force to overwrite it")
+    if output.resolve() == Path(checkpoint).resolve():
+        raise UsageError("the output would overwrite the input checkpoint")
+    source = open_source(checkpoint, select=select or spec.header.select)
+    try:
+        target_infos = read_infos(target) if isinstance(target, (str, os.PathLike)) else target
+        plan = compile_spec(spec, source.infos(), target=target_infos, strict=strict)
+        sink = open_sink(output, fmt, plan.outputs())
+        try:
+            n = len(plan.steps)
+            written = execute(plan, source, sink, (lambda i: progress(i, n)) if progress else None)
+            sink.commit()
+        except BaseException:
+            sink.abort()
+            raise
+    finally:
+        source.close()
+    return Report(plan, output, fmt, len(plan.steps), written)
+
+
+def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,
+             strict: bool = True) -> Plan:
+    """Compile `spec` against a checkpoint's key list without converting anything."""
+    if not isinstance(spec, Spec):
+        spec = parse_spec(spec)
+    infos = read_infos(checkpoint, select=select or spec.header.select)
+    target_infos = read_infos(target) if isinstance(target, (str, os.PathLike)) else target
+    return compile_spec(spec, infos, target=target_infos, strict=strict)

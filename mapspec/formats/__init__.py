@@ -1,0 +1,90 @@
+"""Format adapters, chosen by file suffix (or `--to`), or by sniffing a source's first bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from ..errors import CheckpointError, UsageError
+from ..plan import TensorInfo
+from .base import AtomicPath, Selected, Sink, Source
+
+SUFFIXES = {
+    ".safetensors": "safetensors",
+    ".pt": "torch", ".pth": "torch", ".bin": "torch", ".ckpt": "torch",
+    ".npz": "npz",
+}
+FORMAT_NAMES = {"safetensors": "safetensors", "pt": "torch", "torch": "torch", "pytorch": "torch", "npz": "npz"}
+
+
+def _classes(fmt: str):
+    if fmt == "safetensors":
+        from .safetensors import SafetensorsSink, SafetensorsSource
+        return SafetensorsSource, SafetensorsSink
+    if fmt == "torch":
+        from .torch import TorchSink, TorchSource
+        return TorchSource, TorchSink
+    if fmt == "npz":
+        from .npz import NpzSink, NpzSource
+        return NpzSource, NpzSink
+    raise UsageError(f"unknown format '{fmt}' (known: {', '.join(sorted(set(FORMAT_NAMES)))})")
+
+
+def sniff(path: Path) -> str:
+    fmt = SUFFIXES.get(path.suffix.lower())
+    if fmt:
+        return fmt
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: {exc.strerror}") from None
+    if head[:2] == b"PK":
+        import zipfile
+
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        return "torch" if any(n.endswith("data.pkl") for n in names) else "npz"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
+        return "torch"
+    raise CheckpointError(f"{path}: unknown checkpoint format (expected .safetensors, .pt, .npz)")
+
+
+def open_source(path: str | Path, fmt: str | None = None, select: str | None = None) -> Source:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    fmt = FORMAT_NAMES.get(fmt, fmt) if fmt else sniff(path)
+    source_cls, _ = _classes(fmt)
+    source = source_cls(path)
+    return Selected(source, select) if select else source
+
+
+def read_infos(path: str | Path, select: str | None = None) -> dict[str, TensorInfo]:
+    source = open_source(path, select=select)
+    try:
+        return dict(source.infos())
+    finally:
+        source.close()
+
+
+def sink_format(path: str | Path, to: str | None) -> str:
+    if to:
+        if to not in FORMAT_NAMES:
+            raise UsageError(f"unknown output format '{to}' (known: {', '.join(sorted(FORMAT_NAMES))})")
+        return FORMAT_NAMES[to]
+    fmt = SUFFIXES.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise UsageError(f"cannot tell the output format from '{Path(path).name}'; use --to "
+                         f"({', '.join(sorted(FORMAT_NAMES))})")
+    return fmt
+
+
+def open_sink(path: str | Path, fmt: str, outputs: Mapping[str, TensorInfo], metadata=None) -> Sink:
+    _, sink_cls = _classes(fmt)
+    return sink_cls(Path(path), outputs, metadata)
+
+
+__all__ = ["AtomicPath", "Sink", "Source", "open_sink", "open_source", "read_infos", "sink_format", "sniff"]

@@ -1,0 +1,106 @@
+"""The adapter protocol: a lazy `Source` of named tensors and a `Sink` that writes them
+atomically. Arrays travel as numpy arrays with a dtype name beside them (bf16 as raw bits)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Mapping, Protocol
+
+import numpy as np
+
+from ..errors import CheckpointError, UsageError
+from ..plan import TensorInfo
+
+
+class Source(Protocol):
+    path: Path
+
+    def infos(self) -> Mapping[str, TensorInfo]:
+        """Every tensor's name, shape and dtype, in file order; no tensor data is read."""
+
+    def read(self, key: str) -> np.ndarray:
+        """One tensor, memory-mapped where the format allows (bf16 as uint16 bits)."""
+
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    def write(self, name: str, array: np.ndarray) -> None: ...
+
+    def commit(self) -> None:
+        """Make the output appear, whole, under its final name."""
+
+    def abort(self) -> None:
+        """Remove everything written so far."""
+
+
+class AtomicPath:
+    """A temporary path beside `final`, renamed over it on commit and removed on abort, so
+    no half-written output is ever seen under the final name."""
+
+    def __init__(self, final: Path, directory: bool = False):
+        self.final = Path(final)
+        parent = self.final.parent
+        if not parent.is_dir():
+            raise UsageError(f"output folder {parent} does not exist")
+        prefix = f".{self.final.name}."
+        if directory:
+            self.tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".part", dir=parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=parent)
+            os.close(fd)
+            self.tmp = Path(name)
+
+    def commit(self) -> None:
+        os.replace(self.tmp, self.final)
+
+    def abort(self) -> None:
+        if self.tmp.is_dir():
+            import shutil
+
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            try:
+                self.tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def select(infos: Mapping[str, TensorInfo], prefix: str | None, path: Path) -> dict[str, str]:
+    """Map selected names to stored names: the keys under `prefix.`, with it stripped."""
+    if not prefix:
+        return {k: k for k in infos}
+    head = prefix + "."
+    out = {k[len(head):]: k for k in infos if k.startswith(head)}
+    if not out:
+        tops = sorted({k.split(".", 1)[0] for k in infos})
+        shown = ", ".join(tops[:12]) + (", ..." if len(tops) > 12 else "")
+        raise CheckpointError(f"{path}: select {prefix}: no tensors under '{prefix}' (top level: {shown})")
+    return out
+
+
+class Selected:
+    """A source seen through `select`: only the sub-tree, with names relative to it."""
+
+    def __init__(self, inner: Source, prefix: str | None):
+        self.inner = inner
+        self.path = inner.path
+        all_infos = inner.infos()
+        self._names = select(all_infos, prefix, inner.path)
+        self._infos = {k: all_infos[v] for k, v in self._names.items()}
+
+    def infos(self) -> Mapping[str, TensorInfo]:
+        return self._infos
+
+    def read(self, key: str) -> np.ndarray:
+        return self.inner.read(self._names[key])
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def iter_tensors(source: Source) -> Iterator[tuple[str, np.ndarray]]:
+    for key in source.infos():
+        yield key, source.read(key)

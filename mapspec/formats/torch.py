@@ -1,0 +1,129 @@
+"""PyTorch state dicts (`.pt`, `.pth`, `.bin`, `.ckpt`) through torch itself.
+
+Reading uses `torch.load(weights_only=True, mmap=True)`: no code from the file runs and
+tensors stay on disk until read. Nested dicts (training checkpoints) are flattened with dots,
+so `select model` picks `checkpoint["model"]`; non-tensor entries (epoch, config) are skipped.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import CheckpointError, UsageError
+from ..plan import TensorInfo
+from .base import AtomicPath
+
+TORCH_DTYPES = {
+    "float64": "float64", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
+    "int64": "int64", "int32": "int32", "int16": "int16", "int8": "int8", "uint8": "uint8",
+    "bool": "bool", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
+}
+
+
+def require_torch(what: str):
+    try:
+        import torch
+    except ImportError:
+        raise UsageError(f"{what} needs torch: pip install 'mapspec[torch]'") from None
+    return torch
+
+
+def flatten(obj: Any, prefix: str, out: dict) -> None:
+    torch = require_torch("reading .pt files")
+    if isinstance(obj, torch.Tensor):
+        out[prefix] = obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            flatten(v, f"{prefix}.{i}" if prefix else str(i), out)
+
+
+class TorchSource:
+    def __init__(self, path: Path):
+        torch = require_torch("reading .pt files")
+        self.path = Path(path)
+        obj = None
+        for mmap in (True, False):  # legacy (pre-1.6) files cannot be memory-mapped
+            try:
+                obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
+                break
+            except FileNotFoundError:
+                raise CheckpointError(f"{self.path}: no such file") from None
+            except Exception as exc:  # torch raises many types for bad files
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if mmap and "mmap" in str(exc).lower():
+                    continue
+                if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+                    raise CheckpointError(f"{self.path}: refusing to unpickle: the file holds more than "
+                                          f"tensors and plain containers ({_global(str(exc))})") from None
+                raise CheckpointError(f"{self.path}: not a readable PyTorch checkpoint ({message})") from None
+        self._tensors: dict[str, Any] = {}
+        flatten(obj, "", self._tensors)
+        self._infos = {}
+        for k, t in self._tensors.items():
+            name = str(t.dtype).removeprefix("torch.")
+            if name not in TORCH_DTYPES:
+                raise CheckpointError(f"{self.path}: tensor '{k}' has unsupported dtype {name}")
+            self._infos[k] = TensorInfo(tuple(t.shape), TORCH_DTYPES[name])
+
+    def infos(self) -> Mapping[str, TensorInfo]:
+        return self._infos
+
+    def read(self, key: str) -> np.ndarray:
+        import torch
+
+        t = self._tensors[key].detach()
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy().view(np.uint16)
+        return t.numpy()
+
+    def close(self) -> None:
+        self._tensors = {}
+
+
+def _global(message: str) -> str:
+    for line in message.splitlines():
+        if "Unsupported global" in line or "GLOBAL" in line:
+            return line.strip()
+    return message.strip().splitlines()[0] if message.strip() else "unsafe pickle"
+
+
+def to_torch(array: np.ndarray, dtype: str):
+    torch = require_torch("writing .pt files")
+    with warnings.catch_warnings():
+        # Read-only memory maps are fine here: torch.save only reads them.
+        warnings.simplefilter("ignore", UserWarning)
+        if dtype == "bfloat16":
+            return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+
+class TorchSink:
+    """torch.save needs the whole dict at once, so tensors are gathered and saved on commit."""
+
+    def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
+        require_torch("writing .pt files")
+        self.atomic = AtomicPath(path)
+        self.infos = dict(outputs)
+        self.tensors: dict[str, Any] = {}
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        self.tensors[name] = to_torch(array, self.infos[name].dtype)
+
+    def commit(self) -> None:
+        import torch
+
+        ordered = {k: self.tensors[k] for k in self.infos}
+        torch.save(ordered, self.atomic.tmp)
+        self.tensors = {}
+        self.atomic.commit()
+
+    def abort(self) -> None:
+        self.tensors = {}
+        self.atomic.abort()

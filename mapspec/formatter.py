@@ -1,0 +1,177 @@
+"""Canonical formatting of spec text (`mapspec fmt`).
+
+Works on the statement-level parse tree, not on the include-resolved rule graph, so includes
+stay includes. Comments are kept: one on its own line stays before the statement after it,
+one after a statement stays after it; one written inside a multi-line statement moves above
+it. Runs of blank lines become one. Formatting formatted text changes nothing.
+"""
+
+from __future__ import annotations
+
+from lark import Token, Tree
+
+from . import grammar
+
+WIDTH = 100
+_PREC = {"add": 1, "sub": 1, "mul": 2, "floordiv": 2, "mod": 2}
+_OPS = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "mod": "%"}
+
+
+def format_text(text: str, file: str = "<spec>") -> str:
+    tree, comments = grammar.parse_statements(text, file)
+    statements = tree.children
+    by_line: dict[int, Token] = {c.line: c for c in comments}
+    used: set[int] = set()
+    out: list[str] = []
+    prev_end = 0
+
+    def emit_comments_before(line: int) -> None:
+        nonlocal prev_end
+        for cl in sorted(l for l in by_line if l < line and l not in used):
+            if out and cl > prev_end + 1 and _blank_between(text, prev_end, cl):
+                out.append("")
+            out.append(str(by_line[cl]))
+            used.add(cl)
+            prev_end = cl
+
+    for st in statements:
+        start, end = st.meta.line, st.meta.end_line
+        emit_comments_before(start)
+        inner = [l for l in by_line if start <= l < end and l not in used]
+        if out and start > prev_end + 1 and _blank_between(text, prev_end, start):
+            out.append("")
+        if st.data != "table":
+            for l in sorted(inner):  # comments inside a multi-line statement move above it
+                out.append(str(by_line[l]))
+                used.add(l)
+        lines = _statement(st, text, file, by_line, used)
+        trailing = by_line.get(end)
+        if trailing is not None and end not in used and trailing.column > st.meta.end_column - 1:
+            lines[-1] += "  " + str(trailing)
+            used.add(end)
+        out.extend(lines)
+        prev_end = end
+    emit_comments_before(10**9)
+    return "\n".join(out).rstrip("\n") + "\n" if out else ""
+
+
+def _blank_between(text: str, after: int, before: int) -> bool:
+    lines = text.splitlines()
+    return any(not lines[i - 1].strip() for i in range(after + 1, before) if 0 < i <= len(lines))
+
+
+def _statement(st: Tree, text: str, file: str, comments: dict[int, Token], used: set[int]) -> list[str]:
+    kind = st.data
+    c = st.children
+    if kind == "version":
+        return [f"mapspec {c[0]}"]
+    if kind == "frameworks":
+        return [f"from {c[0]} to {c[1]}"]
+    if kind == "select":
+        return [f"select {_pattern(c[0], text, file)}"]
+    if kind == "include":
+        return [f"include {c[0]}"]
+    if kind in ("drop", "keep"):
+        return [f"{kind} " + " | ".join(_pattern(t, text, file) for t in c)]
+    if kind == "rename":
+        sources = " | ".join(_pattern(t, text, file) for t in c[0].children)
+        head = f"{sources} -> {_template(c[1], text, file)}"
+        acts = [f"then {_action(a)}" for a in c[2:]]
+        one = " ".join([head] + acts)
+        if len(one) <= WIDTH or not acts:
+            return [one]
+        return [head] + [f"    {a}" for a in acts]
+    if kind == "table":
+        name, *entries = c
+        rows = [(_pattern(e.children[0], text, file), _pattern(e.children[1], text, file), e) for e in entries]
+        width = max((len(k) for k, _, _ in rows), default=0)
+        lines = [f"table {name} {{"]
+        for k, v, e in rows:
+            for l in sorted(x for x in comments if x < e.meta.line and x > st.meta.line and x not in used):
+                lines.append(f"  {comments[l]}")
+                used.add(l)
+            line = f"  {k.ljust(width)} = {v}"
+            tc = comments.get(e.meta.end_line)
+            if tc is not None and e.meta.end_line not in used and tc.column > e.meta.end_column - 1:
+                if not any(o.meta.line == e.meta.end_line for o in entries if o is not e and o.meta.line > e.meta.line):
+                    line += "  " + str(tc)
+                    used.add(e.meta.end_line)
+            lines.append(line)
+        for l in sorted(x for x in comments if st.meta.line < x < st.meta.end_line and x not in used):
+            lines.append(f"  {comments[l]}")
+            used.add(l)
+        lines.append("}")
+        return lines
+    raise ValueError(kind)  # pragma: no cover
+
+
+def _pattern(tok: Token, text: str, file: str) -> str:
+    tree = grammar.parse_fragment(tok, "pattern", file, text)
+    return "".join(_part(p) for p in tree.children)
+
+
+def _template(tok: Token, text: str, file: str) -> str:
+    tree = grammar.parse_fragment(tok, "template", file, text)
+    return "".join(_part(p) for p in tree.children)
+
+
+def _part(p: Tree) -> str:
+    kind = p.data
+    c = p.children
+    if kind in ("lit", "quoted"):
+        return str(c[0])
+    if kind == "single":
+        return "*"
+    if kind == "multi":
+        return "**"
+    if kind == "capture":
+        return f"{{{c[0]}}}"
+    if kind == "table_capture":
+        return f"{{{c[0]} in {c[1]}}}"
+    if kind in ("typed_capture", "fanout"):
+        return f"{{{c[0]}:{_ctype(c[1])}}}"
+    if kind == "subst":
+        return "{" + _expr(c[0]) + "}"
+    raise ValueError(kind)  # pragma: no cover
+
+
+def _ctype(t: Tree) -> str:
+    if t.data == "multi_type":
+        return "**"
+    if t.data == "single_type":
+        return "*"
+    return "|".join(str(a) for a in t.children)
+
+
+def _expr(t: Tree, parent: int = 0, right: bool = False) -> str:
+    kind = t.data
+    if kind == "ref":
+        return str(t.children[0])
+    if kind == "number":
+        return str(t.children[0])
+    if kind == "lookup":
+        return f"{t.children[0]}[{_expr(t.children[1])}]"
+    prec = _PREC[kind]
+    s = _expr(t.children[0], prec) + _OPS[kind] + _expr(t.children[1], prec, right=True)
+    if prec < parent or (right and prec == parent):
+        return f"({s})"
+    return s
+
+
+def _action(a: Tree) -> str:
+    name, *args = a.children
+    return f"{name}(" + ", ".join(_arg(x) for x in args) + ")"
+
+
+def _arg(v) -> str:
+    kind = v.data
+    if kind == "kwarg":
+        return f"{v.children[0]}={_arg(v.children[1])}"
+    if kind in ("int", "word", "string"):
+        return str(v.children[0])
+    if kind == "tuple":
+        items = [_arg(x) for x in v.children]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if kind == "append":
+        return "+" + _arg(v.children[0])
+    raise ValueError(kind)  # pragma: no cover

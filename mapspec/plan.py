@@ -1,0 +1,381 @@
+"""Compile a spec against a checkpoint's key list into a frozen `Plan`.
+
+Only names, shapes and dtypes are used: every source key is matched by exactly one rule,
+every output is produced once, and every output's shape and dtype is known before a single
+tensor is read.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import actions as act
+from .checks import check_spec
+from .errors import ConversionError, PlanError, Span
+from .matcher import Ambiguous, Entry, Matcher
+from .rules import BinOp, Capture, DropRule, Fanout, KeepRule, Lit, Lookup, Num, Ref, RenameRule, Spec, Subst
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        from .dtypes import itemsize
+
+        n = itemsize(self.dtype)
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedAction:
+    name: str
+    params: Mapping[str, Any]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "params": dict(self.params)}
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.name}({args})"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One output tensor: where it comes from and what happens on the way."""
+
+    output: str
+    inputs: tuple[str, ...]
+    input_infos: tuple[TensorInfo, ...]
+    actions: tuple[PlannedAction, ...]
+    info: TensorInfo
+    rule: Span
+
+    def to_json(self) -> dict:
+        return {
+            "output": self.output,
+            "inputs": list(self.inputs),
+            "input_shapes": [list(i.shape) for i in self.input_infos],
+            "input_dtypes": [i.dtype for i in self.input_infos],
+            "actions": [a.to_json() for a in self.actions],
+            "shape": list(self.info.shape),
+            "dtype": self.info.dtype,
+            "rule": _where(self.rule),
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec_file: str
+    source_framework: str | None
+    target_framework: str | None
+    select: str | None
+    steps: tuple[Step, ...]
+    dropped: tuple[tuple[str, Span], ...]
+    unmatched: tuple[str, ...]
+    source_count: int
+    target_report: "TargetReport | None" = None
+
+    def outputs(self) -> dict[str, TensorInfo]:
+        return {s.output: s.info for s in self.steps}
+
+    def to_json(self) -> dict:
+        return {
+            "format": "mapspec-plan/1",
+            "spec": Path(self.spec_file).name,
+            "from": self.source_framework,
+            "to": self.target_framework,
+            "select": self.select,
+            "steps": [s.to_json() for s in self.steps],
+            "dropped": [{"key": k, "rule": _where(s)} for k, s in self.dropped],
+            "unmatched": list(self.unmatched),
+            "summary": {
+                "source_tensors": self.source_count,
+                "outputs": len(self.steps),
+                "dropped": len(self.dropped),
+                "unmatched": len(self.unmatched),
+            },
+        }
+
+
+@dataclass(frozen=True)
+class TargetReport:
+    missing: tuple[tuple[str, TensorInfo], ...] = ()
+    unexpected: tuple[tuple[str, TensorInfo], ...] = ()
+    mismatched: tuple[tuple[str, TensorInfo, TensorInfo], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def lines(self) -> list[str]:
+        out = [f"missing from the output: {k} {act.format_shape(i.shape)}" for k, i in self.missing]
+        out += [f"not in the target: {k} {act.format_shape(i.shape)}" for k, i in self.unexpected]
+        out += [f"shape mismatch: {k} produced {act.format_shape(p.shape)}, target {act.format_shape(t.shape)}"
+                for k, p, t in self.mismatched]
+        return out
+
+
+def _where(span: Span) -> str:
+    return f"{Path(span.file).name}:{span.line}:{span.column}"
+
+
+# ------------------------------------------------------------------ compiling
+
+@dataclass
+class _Pending:
+    rule: RenameRule
+    output: str
+    renderer: "_Renderer | None"
+    inputs: list[tuple[tuple, str]] = field(default_factory=list)  # (order key, source key)
+
+
+def compile_spec(
+    spec: Spec,
+    keys: Mapping[str, TensorInfo],
+    *,
+    target: Mapping[str, TensorInfo] | None = None,
+    strict: bool = True,
+) -> Plan:
+    """Plan the conversion of a checkpoint whose tensors are `keys` (name -> shape, dtype)."""
+    check_spec(spec)
+    tables = {t.name: t.mapping() for t in spec.tables}
+    table_keys = {n: tuple(m) for n, m in tables.items()}
+    entries = []
+    for ri, rule in enumerate(spec.rules):
+        pats = rule.sources if isinstance(rule, RenameRule) else rule.patterns
+        entries.extend(Entry(ri, ai, p) for ai, p in enumerate(pats))
+    matcher = Matcher(entries, table_keys)
+    renderers = {i: _Renderer(r, tables) for i, r in enumerate(spec.rules) if isinstance(r, RenameRule)}
+
+    dropped: list[tuple[str, Span]] = []
+    unmatched: list[str] = []
+    pending: dict[str, _Pending] = {}
+    order: list[str] = []
+    for key in keys:
+        try:
+            hit = matcher.match(key)
+        except Ambiguous as amb:
+            a, b = spec.rules[amb.first.rule], spec.rules[amb.second.rule]
+            raise PlanError(f"key '{key}' is matched by this rule and by the rule at "
+                            f"{_where(a.span)} ({amb.first.pattern.text}); make the patterns disjoint",
+                            amb.second.pattern.span) from None
+        if hit is None:
+            unmatched.append(key)
+            continue
+        rule = spec.rules[hit.entry.rule]
+        if isinstance(rule, DropRule):
+            dropped.append((key, rule.span))
+            continue
+        if isinstance(rule, KeepRule):
+            outputs = [(key, None)]
+        else:
+            outputs = renderers[hit.entry.rule].render(key, hit.captures, hit.entry.pattern)
+        for out, fan_index in outputs:
+            p = pending.get(out)
+            if p is None:
+                p = pending[out] = _Pending(rule, out, renderers.get(hit.entry.rule))
+                order.append(out)
+            elif p.rule is not rule or not renderers[hit.entry.rule].merges:
+                first = p.inputs[0][1]
+                raise PlanError(f"target '{out}' is produced twice: from '{first}' (rule at line {p.rule.span.line}) "
+                                f"and from '{key}'", rule.span)
+            order_key = renderers[hit.entry.rule].order_key(hit.captures) if isinstance(rule, RenameRule) else ()
+            p.inputs.append(((fan_index, order_key), key))
+
+    if unmatched and strict:
+        raise _coverage_error(unmatched, spec)
+
+    steps = [_plan_step(pending[o], keys) for o in order]
+    report = compare_target({s.output: s.info for s in steps}, target) if target is not None else None
+    plan = Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(steps),
+                tuple(dropped), tuple(unmatched), len(keys), report)
+    if report is not None and not report.ok:
+        raise ConversionError("the output does not match the target checkpoint", report.lines())
+    return plan
+
+
+def compare_target(produced: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo]) -> TargetReport:
+    missing = tuple((k, i) for k, i in target.items() if k not in produced)
+    unexpected = tuple((k, i) for k, i in produced.items() if k not in target)
+    mismatched = tuple((k, i, target[k]) for k, i in produced.items()
+                       if k in target and tuple(target[k].shape) != tuple(i.shape))
+    return TargetReport(missing, unexpected, mismatched)
+
+
+def _coverage_error(unmatched: list[str], spec: Spec) -> ConversionError:
+    texts = []
+    for rule in spec.rules:
+        pats = rule.sources if isinstance(rule, RenameRule) else rule.patterns
+        texts.extend((p.text, p.span) for p in pats)
+    by_text = {t: s for t, s in texts}
+    details = []
+    for key in unmatched[:20]:
+        close = difflib.get_close_matches(key, list(by_text), n=2, cutoff=0.4)
+        hint = "; closest: " + ", ".join(f"{c} (line {by_text[c].line})" for c in close) if close else ""
+        details.append(f"{key}{hint}")
+    if len(unmatched) > 20:
+        details.append(f"... and {len(unmatched) - 20} more")
+    n = len(unmatched)
+    return ConversionError(f"{n} source key{'s are' if n != 1 else ' is'} not matched by any rule "
+                           "(add rules, drop them, or use --non-strict)", details)
+
+
+def _plan_step(p: _Pending, keys: Mapping[str, TensorInfo]) -> Step:
+    rule = p.rule
+    inputs = [k for _, k in sorted(p.inputs, key=lambda x: x[0])] if len(p.inputs) > 1 else [p.inputs[0][1]]
+    infos = [keys[k] for k in inputs]
+    if not isinstance(rule, RenameRule):
+        return Step(p.output, tuple(inputs), tuple(infos), (), infos[0], rule.span)
+    renderer = p.renderer
+    if renderer.merges:
+        renderer.check_group(p.output, [o[1] for o, _ in sorted(p.inputs, key=lambda x: x[0])], inputs)
+    dtype_set = {i.dtype for i in infos}
+    if len(dtype_set) > 1 and renderer.merges:
+        raise PlanError(f"inputs of '{p.output}' have different dtypes: {', '.join(sorted(dtype_set))}; "
+                        "cast() them first", rule.span)
+    shapes = [tuple(i.shape) for i in infos]
+    dtype = infos[0].dtype
+    planned = []
+    fan_index = p.inputs[0][0][0]
+    for action in rule.actions:
+        d = act.lookup(action)
+        params = act.normalize(action)
+        if d.kind == "split":
+            params = {**params, "index": fan_index}
+        new_shape, dtype, resolved = d.infer(params, shapes, dtype, action)
+        planned.append(PlannedAction(action.name, resolved))
+        shapes = [new_shape]
+    if len(shapes) != 1:
+        raise PlanError(f"'{p.output}' has {len(shapes)} inputs but no concat() or stack() to merge them",
+                        rule.span)
+    return Step(p.output, tuple(inputs), tuple(infos), tuple(planned), TensorInfo(shapes[0], dtype), rule.span)
+
+
+class _Renderer:
+    """Turns a match's captures into output names for one rename rule."""
+
+    def __init__(self, rule: RenameRule, tables: dict[str, dict[str, str]]):
+        self.rule = rule
+        self.tables = tables
+        kinds = [act.lookup(a).kind for a in rule.actions]
+        self.merges = "merge" in kinds
+        self.fanout: Capture | None = rule.target.fanout()
+        self.fan_count = 0
+        if self.fanout is not None:
+            a = next(a for a in rule.actions if act.lookup(a).kind == "split")
+            p = act.normalize(a)
+            self.fan_count = len(p["sizes"]) if "sizes" in p else p["chunks"]
+        used = set()
+        for part in rule.target.parts:
+            if isinstance(part, Subst):
+                used |= _refs(part.expr)
+        self.used = used
+        # Fast path: a template of plain literals and capture references.
+        self.simple = all(isinstance(p, Lit) or (isinstance(p, Subst) and isinstance(p.expr, Ref))
+                          for p in rule.target.parts)
+        if self.simple:
+            self.fmt = "".join(p.text.replace("{", "{{").replace("}", "}}") if isinstance(p, Lit)
+                               else "{" + p.expr.name + "}" for p in rule.target.parts)
+
+    def render(self, key: str, caps: dict[str, str], pattern) -> list[tuple[str, int]]:
+        if self.fanout is None:
+            if self.simple:
+                return [(self.fmt.format_map(caps), 0)]
+            return [(self._render(key, caps, pattern, None), 0)]
+        values = self.fanout.alternatives if self.fanout.type == "alt" else [str(i) for i in range(self.fan_count)]
+        return [(self._render(key, caps, pattern, (self.fanout.name, v)), i) for i, v in enumerate(values)]
+
+    def _render(self, key, caps, pattern, fan) -> str:
+        types = {n: c.type for n, c in pattern.captures().items()}
+        values: dict[str, Any] = {n: (int(v) if types.get(n) == "int" else v) for n, v in caps.items()}
+        if fan is not None:
+            values[fan[0]] = int(fan[1]) if self.fanout.type == "int" else fan[1]
+        out = []
+        for part in self.rule.target.parts:
+            if isinstance(part, Lit):
+                out.append(part.text)
+            elif isinstance(part, Fanout):
+                out.append(str(values[part.capture.name]))
+            else:
+                value = self._eval(part.expr, values, key, part.span)
+                if isinstance(value, int) and value < 0:
+                    raise PlanError(f"template arithmetic gives {value} for key '{key}'", part.span)
+                out.append(str(value))
+        return "".join(out)
+
+    def _eval(self, expr, values, key, span):
+        if isinstance(expr, Ref):
+            return values[expr.name]
+        if isinstance(expr, Num):
+            return expr.value
+        if isinstance(expr, Lookup):
+            k = str(self._eval(expr.key, values, key, span))
+            table = self.tables[expr.table]
+            if k not in table:
+                raise PlanError(f"table '{expr.table}' has no entry '{k}' (for key '{key}')", expr.span)
+            return table[k]
+        left = self._eval(expr.left, values, key, span)
+        right = self._eval(expr.right, values, key, span)
+        if expr.op in ("//", "%") and right == 0:
+            raise PlanError(f"division by zero in the template for key '{key}'", span)
+        return {"+": left + right, "-": left - right, "*": left * right,
+                "//": left // right if expr.op == "//" else 0, "%": left % right if expr.op == "%" else 0}[expr.op]
+
+    def order_key(self, caps: dict[str, str]) -> tuple:
+        """Where a merged input goes: by the captures the target does not use."""
+        if not self.merges:
+            return ()
+        out = []
+        for part in self._group_captures():
+            v = caps.get(part.name)
+            if part.type == "int":
+                out.append(int(v))
+            elif part.type == "alt":
+                out.append(part.alternatives.index(v))
+            elif part.type == "table":
+                out.append(list(self.tables[part.table]).index(v))
+            else:
+                out.append(v)
+        return tuple(out)
+
+    def _group_captures(self) -> list[Capture]:
+        src = self.rule.sources[0]
+        return [p for p in src.parts if isinstance(p, Capture) and p.name and p.name not in self.used]
+
+    def check_group(self, output: str, order_keys: list[tuple], inputs: list[str]) -> None:
+        """A merge over one alternative or integer capture needs every value, once."""
+        caps = self._group_captures()
+        if len(caps) != 1:
+            return
+        cap = caps[0]
+        seen = [k[0] for k in order_keys]
+        if cap.type == "alt":
+            expected = list(range(len(cap.alternatives)))
+            if seen != expected:
+                missing = [cap.alternatives[i] for i in expected if i not in seen]
+                raise PlanError(f"'{output}' merges {{{cap.name}}} = {', '.join(cap.alternatives)}, "
+                                f"but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing "
+                                f"(found {', '.join(inputs)})", self.rule.span)
+        elif cap.type == "int":
+            if seen != list(range(len(seen))):
+                raise PlanError(f"'{output}' merges {{{cap.name}}} = 0..{len(seen) - 1}, but found "
+                                f"{', '.join(map(str, seen))}", self.rule.span)
+
+
+def _refs(expr) -> set[str]:
+    if isinstance(expr, Ref):
+        return {expr.name}
+    if isinstance(expr, BinOp):
+        return _refs(expr.left) | _refs(expr.right)
+    if isinstance(expr, Lookup):
+        return _refs(expr.key)
+    return set()
