@@ -56,13 +56,14 @@ class TorchSource:
             except FileNotFoundError:
                 raise CheckpointError(f"{self.path}: no such file") from None
             except Exception as exc:  # torch raises many types for bad files
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                if mmap and "mmap" in str(exc).lower():
+                text = str(exc)
+                if mmap and "mmap" in text.lower():
                     continue
-                if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+                reason = _reason(text) or type(exc).__name__
+                if "GLOBAL" in text or "Unsupported global" in text:
                     raise CheckpointError(f"{self.path}: refusing to unpickle: the file holds more than "
-                                          f"tensors and plain containers ({_global(str(exc))})") from None
-                raise CheckpointError(f"{self.path}: not a readable PyTorch checkpoint ({message})") from None
+                                          f"tensors and plain containers ({reason})") from None
+                raise CheckpointError(f"{self.path}: not a readable PyTorch checkpoint ({reason})") from None
         self._tensors: dict[str, Any] = {}
         flatten(obj, "", self._tensors)
         self._infos = {}
@@ -87,11 +88,16 @@ class TorchSource:
         self._tensors = {}
 
 
-def _global(message: str) -> str:
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _reason(message: str) -> str:
+    """The one informative line of torch's long weights_only messages."""
     for line in message.splitlines():
-        if "Unsupported global" in line or "GLOBAL" in line:
-            return line.strip()
-    return message.strip().splitlines()[0] if message.strip() else "unsafe pickle"
+        line = line.strip()
+        if line and not line.startswith(_BOILERPLATE):
+            return line
+    return ""
 
 
 def to_torch(array: np.ndarray, dtype: str):

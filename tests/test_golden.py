@@ -1,0 +1,46 @@
+"""Golden specs: each good spec's compiled plan, each bad spec's exact error."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mapspec import MapspecError, compile_spec, parse_spec
+from mapspec.checks import check_spec
+from mapspec.formats.base import select
+
+from conftest import DATA, golden, load_keys
+
+SPECS = DATA / "specs"
+OK = sorted(p.name for p in (SPECS / "ok").glob("*.map"))
+BAD = sorted(p.name for p in (SPECS / "bad").glob("*.map"))
+
+
+@pytest.mark.parametrize("name", OK)
+def test_ok_spec_compiles_to_golden_plan(name, monkeypatch):
+    monkeypatch.chdir(SPECS)
+    spec = parse_spec(Path("ok") / name)
+    stored = load_keys(Path("ok") / name.replace(".map", ".keys.json"))
+    keys = {k: stored[v] for k, v in select(stored, spec.header.select, Path(name)).items()}
+    plan = compile_spec(spec, keys)
+    golden(SPECS / "ok" / name.replace(".map", ".plan.json"), json.dumps(plan.to_json(), indent=2) + "\n")
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_spec_gives_golden_error(name, monkeypatch):
+    monkeypatch.chdir(SPECS)
+    path = Path("bad") / name
+    keys_file = path.with_suffix("").with_suffix(".keys.json")
+    with pytest.raises(MapspecError) as info:
+        spec = parse_spec(path)
+        check_spec(spec)
+        if keys_file.exists():
+            compile_spec(spec, load_keys(keys_file))
+    rendered = f"exit {info.value.exit_code}\n{info.value.render()}\n"
+    golden(SPECS / "bad" / name.replace(".map", ".err"), rendered)
+
+
+def test_every_bad_spec_has_a_reason_in_its_golden_error():
+    for name in BAD:
+        text = (SPECS / "bad" / name.replace(".map", ".err")).read_text()
+        assert "error:" in text and len(text.splitlines()) >= 2, name

@@ -1,0 +1,85 @@
+"""The combined matcher agrees with matching every pattern one by one."""
+
+import re
+
+from hypothesis import given, settings, strategies as st
+
+from mapspec.errors import Span
+from mapspec.matcher import Ambiguous, Entry, Matcher
+from mapspec.rules import Capture, Lit, Pattern
+
+SPAN = Span("<t>", 1, 1, 1, 2)
+words = st.sampled_from(["a", "b", "ab", "conv", "bn", "0", "1", "12", "x-y", "aux:"])
+
+
+@st.composite
+def patterns(draw):
+    parts = []
+    for i in range(draw(st.integers(1, 4))):
+        if i:
+            parts.append(Lit(text=draw(st.sampled_from([".", "_", "."]))))
+        kind = draw(st.sampled_from(["lit", "lit", "seg", "int", "alt", "multi", "star"]))
+        if kind == "lit":
+            parts.append(Lit(text=draw(words)))
+        elif kind == "seg":
+            parts.append(Capture(name=f"c{i}", type="segment", span=SPAN))
+        elif kind == "int":
+            parts.append(Capture(name=f"c{i}", type="int", span=SPAN))
+        elif kind == "alt":
+            alts = tuple(draw(st.lists(words, min_size=1, max_size=3, unique=True)))
+            parts.append(Capture(name=f"c{i}", type="alt", alternatives=alts, span=SPAN))
+        elif kind == "multi":
+            parts.append(Capture(name=None, type="multi", span=SPAN))
+        else:
+            parts.append(Capture(name=None, type="segment", span=SPAN))
+    merged = []
+    for p in parts:
+        if merged and isinstance(p, Lit) and isinstance(merged[-1], Lit):
+            merged[-1] = Lit(text=merged[-1].text + p.text)
+        else:
+            merged.append(p)
+    return Pattern(parts=tuple(merged), text="p", span=SPAN)
+
+
+keys = st.lists(st.sampled_from(["a", "b", "ab", "conv", "bn", "0", "1", "12", "x-y", "aux:", "q"]),
+                min_size=1, max_size=6).map(lambda ws: "".join(
+                    w + s for w, s in zip(ws, [".", "_", ".", "", ".", "_"])).rstrip("._"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(patterns(), min_size=1, max_size=8), st.lists(keys, min_size=1, max_size=10))
+def test_matcher_agrees_with_naive(pats, ks):
+    entries = [Entry(i, 0, p) for i, p in enumerate(pats)]
+    m = Matcher(entries, {})
+    for key in ks:
+        naive = m.naive_match(key)
+        rules = sorted({e.rule for e in naive})
+        if len(rules) > 1:
+            try:
+                m.match(key)
+            except Ambiguous as amb:
+                assert {amb.first.rule, amb.second.rule} <= set(rules)
+                assert amb.first.rule != amb.second.rule
+            else:
+                raise AssertionError(f"{key!r} matched by rules {rules}, not reported")
+        elif rules:
+            hit = m.match(key)
+            assert hit is not None and hit.entry.rule == rules[0]
+            rx = m._regexes[m.entries.index(hit.entry)]
+            assert {f"c_{k}": v for k, v in hit.captures.items()} == rx.fullmatch(key).groupdict()
+        else:
+            assert m.match(key) is None
+
+
+def test_shared_prefixes_are_matched_once_in_one_regex():
+    pats = [Pattern(parts=(Lit(text=f"model.layers.0.attn_{i}.weight"),), text="p", span=SPAN) for i in range(50)]
+    m = Matcher([Entry(i, 0, p) for i, p in enumerate(pats)], {})
+    assert m._forward.pattern.count(re.escape("model.layers.0.attn_")) == 1
+    assert m.match("model.layers.0.attn_17.weight").entry.rule == 17
+
+
+def test_two_alternatives_of_one_rule_are_not_ambiguous():
+    a = Pattern(parts=(Lit(text="fc"), Capture(name=None, type="segment", span=SPAN)), text="p", span=SPAN)
+    b = Pattern(parts=(Lit(text="fc_weight"),), text="p", span=SPAN)
+    m = Matcher([Entry(0, 0, a), Entry(0, 1, b)], {})
+    assert m.match("fc_weight").entry.rule == 0
