@@ -58,7 +58,7 @@ def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
 
 def _f32_to_bf16(values: np.ndarray) -> np.ndarray:
     # Round to nearest even, as torch does; NaN stays a quiet NaN.
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    bits = np.asarray(values, dtype=np.float32, order="C").view(np.uint32)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     nan = np.isnan(values)
     if nan.any():

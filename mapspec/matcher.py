@@ -1,7 +1,8 @@
 """One matcher for all of a spec's source patterns.
 
-Every pattern becomes a path of regex tokens (a literal character or a capture's class) and
-the paths are merged into a trie, so a prefix shared by many rules is matched once. The trie
+Every pattern becomes a path of regex tokens (each character of its literal prefix, then the
+rest as one token) and the paths are merged into a trie, so a literal prefix shared by many
+rules is matched once. The trie
 is emitted as a single regex whose branches end in an empty named group; after a full match,
 `lastgroup` names the pattern that matched. The same trie emitted with every branch list
 reversed finds the *last* matching pattern in the same order: if the first and the last
@@ -36,12 +37,18 @@ def capture_regex(cap: Capture, tables: dict[str, tuple[str, ...]]) -> str:
 
 
 def pattern_tokens(pattern: Pattern, tables: dict[str, tuple[str, ...]]) -> list[str]:
+    """Trie edges: one per character of the literal prefix, then the rest as one token.
+
+    Only the literal prefix may be shared. A shared variable-length token (`**`) would let
+    the regex engine try every length of it before moving to the next branch, and then the
+    first branch to match would no longer be the first pattern in trie order."""
     tokens: list[str] = []
-    for part in pattern.parts:
-        if isinstance(part, Lit):
-            tokens.extend(re.escape(c) for c in part.text)
-        else:
-            tokens.append(capture_regex(part, tables))
+    parts = list(pattern.parts)
+    while parts and isinstance(parts[0], Lit):
+        tokens.extend(re.escape(c) for c in parts.pop(0).text)
+    if parts:
+        tokens.append("".join(re.escape(p.text) if isinstance(p, Lit) else capture_regex(p, tables)
+                              for p in parts))
     return tokens
 
 

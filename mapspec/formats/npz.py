@@ -42,7 +42,9 @@ class NpzSource:
             with self.zip.open(member) as f:
                 try:
                     version = np.lib.format.read_magic(f)
-                    shape, fortran, dt = np.lib.format._read_array_header(f, version)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, fortran, dt = read_header(f)
                 except ValueError as exc:
                     raise CheckpointError(f"{self.path}: member {member} is not a valid .npy ({exc})") from None
             if dt.hasobject:

@@ -108,7 +108,7 @@ class SafetensorsSink:
 
     def write(self, name: str, array: np.ndarray) -> None:
         self.file.seek(self.base + self.offsets[name])
-        data = np.ascontiguousarray(array, dtype=dtypes.STORAGE[self.infos[name].dtype])
+        data = np.asarray(array, dtype=dtypes.STORAGE[self.infos[name].dtype], order="C")
         self.file.write(memoryview(data.reshape(-1)).cast("B") if data.size else b"")
         self.written.add(name)
 

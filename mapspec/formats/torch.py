@@ -106,8 +106,8 @@ def to_torch(array: np.ndarray, dtype: str):
         # Read-only memory maps are fine here: torch.save only reads them.
         warnings.simplefilter("ignore", UserWarning)
         if dtype == "bfloat16":
-            return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(np.ascontiguousarray(array))
+            return torch.from_numpy(np.asarray(array, order="C").view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(np.asarray(array, order="C"))
 
 
 class TorchSink:
