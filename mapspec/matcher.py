@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from .rules import Capture, Lit, Pattern
 
@@ -59,7 +59,7 @@ def pattern_regex(pattern: Pattern, tables: dict[str, tuple[str, ...]]) -> re.Pa
         if isinstance(part, Lit):
             out.append(re.escape(part.text))
         elif part.name:
-            out.append(f"(?P<c_{part.name}>{capture_regex(part, tables)})")
+            out.append(f"(?P<{part.name}>{capture_regex(part, tables)})")
         else:
             out.append(capture_regex(part, tables))
     return re.compile("".join(out), re.DOTALL)
@@ -98,8 +98,7 @@ class Entry:
     pattern: Pattern
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):
     entry: Entry
     captures: dict[str, str]
 
@@ -141,8 +140,7 @@ class Matcher:
             raise Ambiguous(key, a, b)
         if (a.rule, a.alternative) > (b.rule, b.alternative):
             first, a = last, b
-        groups = self._regexes[first].fullmatch(key).groupdict()
-        return Hit(a, {name[2:]: value for name, value in groups.items()})
+        return Hit(a, self._regexes[first].fullmatch(key).groupdict())
 
     def naive_match(self, key: str) -> list[Entry]:
         """Every matching pattern, one regex at a time: the reference the tests and the

@@ -158,43 +158,49 @@ def compile_spec(
 
     dropped: list[tuple[str, Span]] = []
     unmatched: list[str] = []
-    pending: dict[str, _Pending] = {}
-    order: list[str] = []
+    produced: dict[str, Step | _Pending] = {}  # output -> its step; insertion order is plan order
+    match = matcher.match
     for key in keys:
         try:
-            hit = matcher.match(key)
+            hit = match(key)
         except Ambiguous as amb:
-            a, b = spec.rules[amb.first.rule], spec.rules[amb.second.rule]
+            a = spec.rules[amb.first.rule]
             raise PlanError(f"key '{key}' is matched by this rule and by the rule at "
                             f"{_where(a.span)} ({amb.first.pattern.text}); make the patterns disjoint",
                             amb.second.pattern.span) from None
         if hit is None:
             unmatched.append(key)
             continue
-        rule = spec.rules[hit.entry.rule]
-        if isinstance(rule, DropRule):
-            dropped.append((key, rule.span))
-            continue
-        if isinstance(rule, KeepRule):
-            outputs = [(key, None)]
+        entry, caps = hit
+        renderer = renderers.get(entry.rule)
+        if renderer is None:
+            rule = spec.rules[entry.rule]
+            if isinstance(rule, DropRule):
+                dropped.append((key, rule.span))
+                continue
+            outputs = ((key, 0),)  # keep
         else:
-            outputs = renderers[hit.entry.rule].render(key, hit.captures, hit.entry.pattern)
+            rule = renderer.rule
+            outputs = renderer.render(key, caps, entry)
         for out, fan_index in outputs:
-            p = pending.get(out)
-            if p is None:
-                p = pending[out] = _Pending(rule, out, renderers.get(hit.entry.rule))
-                order.append(out)
-            elif p.rule is not rule or not renderers[hit.entry.rule].merges:
-                first = p.inputs[0][1]
-                raise PlanError(f"target '{out}' is produced twice: from '{first}' (rule at line {p.rule.span.line}) "
-                                f"and from '{key}'", rule.span)
-            order_key = renderers[hit.entry.rule].order_key(hit.captures) if isinstance(rule, RenameRule) else ()
-            p.inputs.append(((fan_index, order_key), key))
+            prev = produced.get(out)
+            if renderer is None or renderer.simple_step:
+                if prev is not None:
+                    raise _duplicate(out, prev, key, rule)
+                info = keys[key]
+                produced[out] = (Step(out, (key,), (info,), (), info, rule.span) if renderer is None
+                                 else renderer.step(out, key, info))
+                continue
+            if prev is None:
+                prev = produced[out] = _Pending(rule, out, renderer)
+            elif not isinstance(prev, _Pending) or prev.rule is not rule or not renderer.merges:
+                raise _duplicate(out, prev, key, rule)
+            prev.inputs.append(((fan_index, renderer.order_key(caps)), key))
 
     if unmatched and strict:
         raise _coverage_error(unmatched, spec)
 
-    steps = [_plan_step(pending[o], keys) for o in order]
+    steps = [_plan_step(p, keys) if isinstance(p, _Pending) else p for p in produced.values()]
     report = compare_target({s.output: s.info for s in steps}, target) if target is not None else None
     plan = Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(steps),
                 tuple(dropped), tuple(unmatched), len(keys), report)
@@ -209,6 +215,13 @@ def compare_target(produced: Mapping[str, TensorInfo], target: Mapping[str, Tens
     mismatched = tuple((k, i, target[k]) for k, i in produced.items()
                        if k in target and tuple(target[k].shape) != tuple(i.shape))
     return TargetReport(missing, unexpected, mismatched)
+
+
+def _duplicate(out: str, prev, key: str, rule) -> PlanError:
+    first = prev.inputs[0] if isinstance(prev, Step) else prev.inputs[0][1]
+    line = prev.rule.line if isinstance(prev, Step) else prev.rule.span.line
+    return PlanError(f"target '{out}' is produced twice: from '{first}' (rule at line {line}) "
+                     f"and from '{key}'", rule.span)
 
 
 def _coverage_error(unmatched: list[str], spec: Spec) -> ConversionError:
@@ -246,9 +259,7 @@ def _plan_step(p: _Pending, keys: Mapping[str, TensorInfo]) -> Step:
     dtype = infos[0].dtype
     planned = []
     fan_index = p.inputs[0][0][0]
-    for action in rule.actions:
-        d = act.lookup(action)
-        params = act.normalize(action)
+    for action, d, params in renderer.actions:
         if d.kind == "split":
             params = {**params, "index": fan_index}
         new_shape, dtype, resolved = d.infer(params, shapes, dtype, action)
@@ -260,61 +271,109 @@ def _plan_step(p: _Pending, keys: Mapping[str, TensorInfo]) -> Step:
     return Step(p.output, tuple(inputs), tuple(infos), tuple(planned), TensorInfo(shapes[0], dtype), rule.span)
 
 
+class _Negative(ArithmeticError):
+    pass
+
+
+def _nonneg(value: int) -> str:
+    if value < 0:
+        raise _Negative(value)
+    return str(value)
+
+
 class _Renderer:
-    """Turns a match's captures into output names for one rename rule."""
+    """Turns a match's captures into output names (and simple steps) for one rename rule.
+
+    Each (rule, source alternative) gets its template compiled to a small Python function
+    once, so rendering a key costs one call; errors (a missing table entry, a negative
+    index) are diagnosed afterwards by `_diagnose`, off the fast path."""
 
     def __init__(self, rule: RenameRule, tables: dict[str, dict[str, str]]):
         self.rule = rule
         self.tables = tables
-        kinds = [act.lookup(a).kind for a in rule.actions]
+        self.actions = [(a, act.lookup(a), act.normalize(a)) for a in rule.actions]
+        kinds = {d.kind for _, d, _ in self.actions}
         self.merges = "merge" in kinds
         self.fanout: Capture | None = rule.target.fanout()
         self.fan_count = 0
-        if self.fanout is not None:
-            a = next(a for a in rule.actions if act.lookup(a).kind == "split")
-            p = act.normalize(a)
-            self.fan_count = len(p["sizes"]) if "sizes" in p else p["chunks"]
+        for _, d, p in self.actions:
+            if d.kind == "split":
+                self.fan_count = len(p["sizes"]) if "sizes" in p else p["chunks"]
+        self.simple_step = not kinds - {"unary"} and self.fanout is None
         used = set()
         for part in rule.target.parts:
             if isinstance(part, Subst):
                 used |= _refs(part.expr)
         self.used = used
-        # Fast path: a template of plain literals and capture references.
-        self.simple = all(isinstance(p, Lit) or (isinstance(p, Subst) and isinstance(p.expr, Ref))
-                          for p in rule.target.parts)
-        if self.simple:
-            self.fmt = "".join(p.text.replace("{", "{{").replace("}", "}}") if isinstance(p, Lit)
-                               else "{" + p.expr.name + "}" for p in rule.target.parts)
+        self._fns: dict[int, Any] = {}
 
-    def render(self, key: str, caps: dict[str, str], pattern) -> list[tuple[str, int]]:
-        if self.fanout is None:
-            if self.simple:
-                return [(self.fmt.format_map(caps), 0)]
-            return [(self._render(key, caps, pattern, None), 0)]
-        values = self.fanout.alternatives if self.fanout.type == "alt" else [str(i) for i in range(self.fan_count)]
-        return [(self._render(key, caps, pattern, (self.fanout.name, v)), i) for i, v in enumerate(values)]
-
-    def _render(self, key, caps, pattern, fan) -> str:
+    # -------------------------------------------------------------- rendering
+    def _compile(self, pattern) -> Any:
         types = {n: c.type for n, c in pattern.captures().items()}
-        values: dict[str, Any] = {n: (int(v) if types.get(n) == "int" else v) for n, v in caps.items()}
-        if fan is not None:
-            values[fan[0]] = int(fan[1]) if self.fanout.type == "int" else fan[1]
-        out = []
+        if self.fanout is not None:
+            types[self.fanout.name] = self.fanout.type
+        pieces = []
         for part in self.rule.target.parts:
             if isinstance(part, Lit):
-                out.append(part.text)
+                pieces.append(repr(part.text))
             elif isinstance(part, Fanout):
-                out.append(str(values[part.capture.name]))
+                pieces.append("F")
+            elif isinstance(part.expr, BinOp):
+                pieces.append(f"_nonneg({self._code(part.expr, types, True)})")
             else:
+                pieces.append(self._code(part.expr, types, False))
+        src = "lambda c, F=None: " + (" + ".join(pieces) if pieces else "''")
+        return eval(src, {"T": self.tables, "_nonneg": _nonneg})  # noqa: S307 - our own generated code
+
+    def _code(self, expr, types, arith: bool) -> str:
+        if isinstance(expr, Ref):
+            ref = "F" if self.fanout is not None and expr.name == self.fanout.name else f"c[{expr.name!r}]"
+            return f"int({ref})" if arith else ref
+        if isinstance(expr, Num):
+            return repr(expr.value) if arith else repr(str(expr.value))
+        if isinstance(expr, Lookup):
+            key = self._code(expr.key, types, isinstance(expr.key, BinOp))
+            if isinstance(expr.key, BinOp):
+                key = f"str({key})"
+            return f"T[{expr.table!r}][{key}]"
+        return f"({self._code(expr.left, types, True)} {expr.op} {self._code(expr.right, types, True)})"
+
+    def render(self, key: str, caps: dict[str, str], entry) -> list[tuple[str, int]]:
+        fn = self._fns.get(entry.alternative)
+        if fn is None:
+            fn = self._fns[entry.alternative] = self._compile(entry.pattern)
+        try:
+            if self.fanout is None:
+                return ((fn(caps), 0),)
+            values = (self.fanout.alternatives if self.fanout.type == "alt"
+                      else [str(i) for i in range(self.fan_count)])
+            return [(fn(caps, v), i) for i, v in enumerate(values)]
+        except (KeyError, ArithmeticError):
+            self._diagnose(key, caps)
+            raise  # pragma: no cover - _diagnose always raises
+
+    def step(self, out: str, key: str, info: TensorInfo) -> Step:
+        """The step of a one-input, one-output rule."""
+        if not self.actions:
+            return Step(out, (key,), (info,), (), info, self.rule.span)
+        shape, dtype, planned = tuple(info.shape), info.dtype, []
+        for action, d, params in self.actions:
+            shape, dtype, resolved = d.infer(params, [shape], dtype, action)
+            planned.append(PlannedAction(action.name, resolved))
+        return Step(out, (key,), (info,), tuple(planned), TensorInfo(tuple(shape), dtype), self.rule.span)
+
+    def _diagnose(self, key: str, caps: dict[str, str]) -> None:
+        values: dict[str, Any] = dict(caps)
+        for part in self.rule.target.parts:
+            if isinstance(part, Subst):
                 value = self._eval(part.expr, values, key, part.span)
                 if isinstance(value, int) and value < 0:
                     raise PlanError(f"template arithmetic gives {value} for key '{key}'", part.span)
-                out.append(str(value))
-        return "".join(out)
+        raise PlanError(f"cannot render the target for key '{key}'", self.rule.target.span)
 
     def _eval(self, expr, values, key, span):
         if isinstance(expr, Ref):
-            return values[expr.name]
+            return values.get(expr.name, "0")
         if isinstance(expr, Num):
             return expr.value
         if isinstance(expr, Lookup):
@@ -323,12 +382,17 @@ class _Renderer:
             if k not in table:
                 raise PlanError(f"table '{expr.table}' has no entry '{k}' (for key '{key}')", expr.span)
             return table[k]
-        left = self._eval(expr.left, values, key, span)
-        right = self._eval(expr.right, values, key, span)
+        left = int(self._eval(expr.left, values, key, span))
+        right = int(self._eval(expr.right, values, key, span))
         if expr.op in ("//", "%") and right == 0:
             raise PlanError(f"division by zero in the template for key '{key}'", span)
-        return {"+": left + right, "-": left - right, "*": left * right,
-                "//": left // right if expr.op == "//" else 0, "%": left % right if expr.op == "%" else 0}[expr.op]
+        if expr.op == "+":
+            return left + right
+        if expr.op == "-":
+            return left - right
+        if expr.op == "*":
+            return left * right
+        return left // right if expr.op == "//" else left % right
 
     def order_key(self, caps: dict[str, str]) -> tuple:
         """Where a merged input goes: by the captures the target does not use."""
