@@ -1,0 +1,58 @@
+"""Every shipped spec compiles and is canonically formatted; the bundled example converts."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mapspec import apply, check_spec, open_source, parse_spec
+from mapspec.formatter import format_text
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((REPO / "specs").glob("*.map"))
+ALL_SPECS = SHIPPED + sorted((REPO / "tests" / "data" / "specs" / "ok").glob("*.map"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_spec_checks_clean(path):
+    check_spec(parse_spec(path))
+
+
+@pytest.mark.parametrize("path", ALL_SPECS, ids=lambda p: p.name)
+def test_fmt_is_idempotent_and_keeps_meaning(path):
+    text = path.read_text()
+    once = format_text(text, str(path))
+    assert format_text(once, str(path)) == once
+    before = parse_spec(path)
+    after = parse_spec(text=once, name=str(path))
+    assert _meaning(before) == _meaning(after)
+
+
+def _meaning(spec):
+    """The rule graph without positions or source spellings."""
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in ("span", "text")}
+        if isinstance(x, (list, tuple)):
+            return [strip(v) for v in x]
+        return x
+    return strip(spec.model_dump(exclude={"file"}))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_specs_are_already_formatted(path):
+    assert format_text(path.read_text(), str(path)) == path.read_text()
+
+
+def test_quick_start_example_converts_to_fp32_without_prefix(tmp_path):
+    out = tmp_path / "tiny.safetensors"
+    report = apply(REPO / "specs" / "dataparallel_fp16.map",
+                   REPO / "examples" / "resnet-tiny-dp-fp16.safetensors", out)
+    assert report.written == 56
+    src = open_source(REPO / "examples" / "resnet-tiny-dp-fp16.safetensors")
+    res = open_source(out)
+    assert all(not k.startswith("module.") for k in res.infos())
+    assert res.infos()["fc.weight"].dtype == "float32"
+    assert res.infos()["bn1.num_batches_tracked"].dtype == "int64"
+    np.testing.assert_array_equal(res.read("layer1.0.conv1.weight"),
+                                  src.read("module.layer1.0.conv1.weight").astype(np.float32))
