@@ -55,8 +55,9 @@ def apply(
     checkpoint: Path = typer.Argument(..., help="The checkpoint to convert."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write; the format follows the suffix."),
     target: Optional[Path] = typer.Option(None, "--target", help="A checkpoint with the target keys and shapes."),
-    to: Optional[str] = typer.Option(None, "--to", help="Output format: safetensors, pt, npz."),
+    to: Optional[str] = typer.Option(None, "--to", help="Output format: safetensors, pt, npz, mxnet."),
     select: Optional[str] = typer.Option(None, "--select", help="Convert only this sub-tree (e.g. model, ema)."),
+    epoch: Optional[int] = typer.Option(None, "--epoch", help="MXNet: CHECKPOINT is a prefix; read PREFIX-EPOCH.params."),
     non_strict: bool = typer.Option(False, "--non-strict", help="Leave unmatched keys out instead of failing."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
 ) -> None:
@@ -74,7 +75,7 @@ def apply(
             bar.update(task, completed=i)
 
         report = apply_spec(spec, checkpoint, output, target=target, to=to, select=select,
-                            strict=not non_strict, force=force, progress=progress)
+                            epoch=epoch, strict=not non_strict, force=force, progress=progress)
     if report.plan.unmatched:
         err.print(f"warning: {len(report.plan.unmatched)} unmatched keys left out: "
                   + ", ".join(report.plan.unmatched[:5]) + (" ..." if len(report.plan.unmatched) > 5 else ""),
@@ -89,6 +90,7 @@ def check(
     checkpoint: Optional[Path] = typer.Argument(None, help="Compile against this checkpoint's keys."),
     target: Optional[Path] = typer.Option(None, "--target", help="A checkpoint with the target keys and shapes."),
     select: Optional[str] = typer.Option(None, "--select"),
+    epoch: Optional[int] = typer.Option(None, "--epoch"),
     non_strict: bool = typer.Option(False, "--non-strict"),
 ) -> None:
     """Compile only; exit 0 when SPEC (and its plan for CHECKPOINT) is clean."""
@@ -99,7 +101,7 @@ def check(
             raise SpecError("--target needs a CHECKPOINT to compile against")
         out.print(f"{spec}: ok ({len(parsed.rules)} rules, {len(parsed.tables)} tables)", markup=False)
         return
-    plan = plan_for(parsed, checkpoint, target=target, select=select, strict=not non_strict)
+    plan = plan_for(parsed, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict)
     line = f"{spec}: ok: {len(plan.steps)} outputs from {plan.source_count} tensors, {len(plan.dropped)} dropped"
     if plan.unmatched:
         line += f", {len(plan.unmatched)} unmatched"
@@ -122,10 +124,11 @@ def explain(
     fmt: ExplainFormat = typer.Option(ExplainFormat.table, "--format"),
     target: Optional[Path] = typer.Option(None, "--target"),
     select: Optional[str] = typer.Option(None, "--select"),
+    epoch: Optional[int] = typer.Option(None, "--epoch"),
     non_strict: bool = typer.Option(False, "--non-strict"),
 ) -> None:
     """Show the plan: one row per output tensor."""
-    plan = plan_for(spec, checkpoint, target=target, select=select, strict=not non_strict)
+    plan = plan_for(spec, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict)
     if fmt is ExplainFormat.json:
         sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
     elif fmt is ExplainFormat.markdown:

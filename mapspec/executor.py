@@ -69,6 +69,7 @@ def apply(
     target: str | Path | Mapping[str, TensorInfo] | None = None,
     to: str | None = None,
     select: str | None = None,
+    epoch: int | None = None,
     strict: bool = True,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
@@ -82,7 +83,7 @@ def apply(
         raise UsageError(f"{output} exists; use --force to overwrite it")
     if output.resolve() == Path(checkpoint).resolve():
         raise UsageError("the output would overwrite the input checkpoint")
-    source = open_source(checkpoint, select=select or spec.header.select)
+    source = open_source(checkpoint, select=select or spec.header.select, epoch=epoch)
     try:
         target_infos = read_infos(target) if isinstance(target, (str, os.PathLike)) else target
         plan = compile_spec(spec, source.infos(), target=target_infos, strict=strict)
@@ -100,10 +101,14 @@ def apply(
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,
-             strict: bool = True) -> Plan:
+             epoch: int | None = None, strict: bool = True) -> Plan:
     """Compile `spec` against a checkpoint's key list without converting anything."""
     if not isinstance(spec, Spec):
         spec = parse_spec(spec)
-    infos = read_infos(checkpoint, select=select or spec.header.select)
+    source = open_source(checkpoint, select=select or spec.header.select, epoch=epoch)
+    try:
+        infos = dict(source.infos())
+    finally:
+        source.close()
     target_infos = read_infos(target) if isinstance(target, (str, os.PathLike)) else target
     return compile_spec(spec, infos, target=target_infos, strict=strict)

@@ -13,8 +13,10 @@ SUFFIXES = {
     ".safetensors": "safetensors",
     ".pt": "torch", ".pth": "torch", ".bin": "torch", ".ckpt": "torch",
     ".npz": "npz",
+    ".params": "mxnet",
 }
-FORMAT_NAMES = {"safetensors": "safetensors", "pt": "torch", "torch": "torch", "pytorch": "torch", "npz": "npz"}
+FORMAT_NAMES = {"safetensors": "safetensors", "pt": "torch", "torch": "torch", "pytorch": "torch", "npz": "npz",
+                "mxnet": "mxnet", "params": "mxnet"}
 
 
 def _classes(fmt: str):
@@ -27,6 +29,9 @@ def _classes(fmt: str):
     if fmt == "npz":
         from .npz import NpzSink, NpzSource
         return NpzSource, NpzSink
+    if fmt == "mxnet":
+        from .mxnet import MXNetSink, MXNetSource
+        return MXNetSource, MXNetSink
     raise UsageError(f"unknown format '{fmt}' (known: {', '.join(sorted(set(FORMAT_NAMES)))})")
 
 
@@ -39,6 +44,10 @@ def sniff(path: Path) -> str:
             head = f.read(9)
     except OSError as exc:
         raise CheckpointError(f"{path}: {exc.strerror}") from None
+    from .mxnet import is_mxnet
+
+    if is_mxnet(head):
+        return "mxnet"
     if head[:2] == b"PK":
         import zipfile
 
@@ -49,11 +58,14 @@ def sniff(path: Path) -> str:
         return "safetensors"
     if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
         return "torch"
-    raise CheckpointError(f"{path}: unknown checkpoint format (expected .safetensors, .pt, .npz)")
+    raise CheckpointError(f"{path}: unknown checkpoint format (expected .safetensors, .pt, .npz, .params)")
 
 
-def open_source(path: str | Path, fmt: str | None = None, select: str | None = None) -> Source:
-    path = Path(path)
+def open_source(path: str | Path, fmt: str | None = None, select: str | None = None,
+                epoch: int | None = None) -> Source:
+    from .mxnet import resolve_prefix
+
+    path = resolve_prefix(Path(path), epoch)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     fmt = FORMAT_NAMES.get(fmt, fmt) if fmt else sniff(path)
