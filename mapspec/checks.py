@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from .actions import lookup as lookup_action, normalize
 from .errors import SpecError
-from .rules import BinOp, Capture, Fanout, Lit, Lookup, Num, Ref, RenameRule, Spec, Subst
+from .rules import BinOp, Capture, Fanout, Lookup, Num, Ref, RenameRule, Spec, Subst
 
 
 def check_spec(spec: Spec) -> None:
     """Raise `SpecError` at the first problem found."""
     tables = _check_tables(spec)
-    literal_targets: dict[str, RenameRule] = {}
     for rule in spec.rules:
         patterns = rule.sources if isinstance(rule, RenameRule) else rule.patterns
         for pat in patterns:
@@ -18,13 +17,9 @@ def check_spec(spec: Spec) -> None:
                 if isinstance(part, Capture) and part.type == "table" and part.table not in tables:
                     raise SpecError(f"unknown table '{part.table}'", part.span)
         if isinstance(rule, RenameRule):
+            # Two rules may name the same target: a spec can cover several layouts of a
+            # checkpoint. Only a checkpoint holding both sources is an error (in the planner).
             _check_rename(rule, tables)
-            if all(isinstance(p, Lit) for p in rule.target.parts) and not _multi_kind(rule):
-                prev = literal_targets.get(rule.target.text)
-                if prev is not None:
-                    raise SpecError(f"target '{rule.target.text}' is already produced by the rule at line "
-                                    f"{prev.span.line}", rule.target.span)
-                literal_targets[rule.target.text] = rule
 
 
 def _check_tables(spec: Spec) -> dict[str, dict[str, str]]:
@@ -42,12 +37,6 @@ def _check_tables(spec: Spec) -> dict[str, dict[str, str]]:
         tables[table.name] = table.mapping()
         where[table.name] = table.span
     return tables
-
-
-def _multi_kind(rule: RenameRule) -> str | None:
-    kinds = [lookup_action(a).kind for a in rule.actions]
-    multi = [k for k in kinds if k != "unary"]
-    return multi[0] if multi else None
 
 
 def _check_rename(rule: RenameRule, tables: dict[str, dict[str, str]]) -> None:

@@ -1,0 +1,104 @@
+"""specs/gluon_resnet.map against mxnet's own model zoo: Gluon ResNet v1 saved both ways,
+converted, loaded strictly into a torchvision-layout ResNet, same logits."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mapspec import apply
+
+mx = pytest.importorskip("mxnet")
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.mxnet
+SPEC = Path(__file__).resolve().parent.parent / "specs" / "gluon_resnet.map"
+CLASSES = 9
+
+
+def torchvision_resnet(layers):
+    """torchvision's ResNet with BasicBlock: the same module names, written here."""
+    from torch import nn
+
+    class BasicBlock(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.relu = nn.ReLU()
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.downsample = None
+            if stride != 1 or cin != cout:
+                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+            return self.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+    class ResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.relu = nn.ReLU()
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            cin = 64
+            for i, (n, c) in enumerate(zip(layers, (64, 128, 256, 512)), 1):
+                blocks = [BasicBlock(cin, c, 1 if i == 1 else 2)] + [BasicBlock(c, c, 1) for _ in range(n - 1)]
+                setattr(self, f"layer{i}", nn.Sequential(*blocks))
+                cin = c
+            self.fc = nn.Linear(512, CLASSES)
+
+        def forward(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            for i in range(1, 5):
+                x = getattr(self, f"layer{i}")(x)
+            return self.fc(x.mean((2, 3)))
+
+    return ResNet().eval()
+
+
+def seeded_gluon(factory, seed):
+    net = factory(classes=CLASSES)
+    net.initialize()
+    net(mx.nd.zeros((1, 3, 64, 64)))
+    rng = np.random.default_rng(seed)
+    for name, p in net.collect_params().items():
+        shape = p.shape
+        if name.endswith("gamma"):
+            value = rng.uniform(0.3, 0.8, shape)
+        elif name.endswith(("beta", "bias", "running_mean")):
+            value = rng.normal(0, 0.1, shape)
+        elif name.endswith("running_var"):
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.normal(0, np.sqrt(2.0 / np.prod(shape[1:])), shape)
+        p.set_data(mx.nd.array(value.astype(np.float32)))
+    net.hybridize()
+    return net
+
+
+@pytest.mark.parametrize("depth,layers", [(18, (2, 2, 2, 2)), (34, (3, 4, 6, 3))])
+@pytest.mark.parametrize("form", ["save_parameters", "export"])
+def test_gluon_resnet_gives_the_same_logits(tmp_path, depth, layers, form):
+    from mxnet.gluon.model_zoo import vision
+
+    net = seeded_gluon(getattr(vision, f"resnet{depth}_v1"), seed=depth)
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    expected = net(mx.nd.array(x)).asnumpy()
+    if form == "save_parameters":
+        ckpt = tmp_path / "net.params"
+        net.save_parameters(str(ckpt))
+        report = apply(SPEC, ckpt, tmp_path / "out.pt")
+    else:
+        net.export(str(tmp_path / "net"), 0)
+        report = apply(SPEC, tmp_path / "net", tmp_path / "out.pt", epoch=0)
+    assert len(report.plan.steps) == report.plan.source_count
+    model = torchvision_resnet(layers)
+    state = torch.load(tmp_path / "out.pt", weights_only=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert unexpected == [] and all(k.endswith("num_batches_tracked") for k in missing)
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    assert 0.1 < np.abs(expected).max() < 1e3
+    assert np.abs(got - expected).max() < 1e-4
