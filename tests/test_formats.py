@@ -132,3 +132,13 @@ def test_cast_matches_torch(src, dst):
     want = t_src.to(tdt[dst])
     want = want.view(torch.int16).numpy().view(np.uint16) if dst == "bfloat16" else want.numpy()
     np.testing.assert_array_equal(got, want)
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    write(tmp_path / "x.safetensors", "safetensors", sample())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "x.safetensors").stat().st_mode) == 0o666 & ~umask

@@ -56,3 +56,17 @@ def test_quick_start_example_converts_to_fp32_without_prefix(tmp_path):
     assert res.infos()["bn1.num_batches_tracked"].dtype == "int64"
     np.testing.assert_array_equal(res.read("layer1.0.conv1.weight"),
                                   src.read("module.layer1.0.conv1.weight").astype(np.float32))
+
+
+def test_headline_dpn_example_converts_without_mxnet_and_loads_strictly(tmp_path):
+    torch = pytest.importorskip("torch")
+    from dpn_models import VARIANTS, torch_dpn
+
+    out = tmp_path / "dpn68-tiny.pt"
+    report = apply(REPO / "specs" / "dpn.map", REPO / "examples" / "dpn68-tiny", out, epoch=0)
+    assert report.written == report.plan.source_count == 361
+    model = torch_dpn(VARIANTS["dpn68"])
+    state = torch.load(out, weights_only=True)
+    model.load_state_dict({**model.state_dict(), **state}, strict=True)
+    assert set(state) == {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    assert tuple(state["classifier.weight"].shape)[-2:] == (1, 1)

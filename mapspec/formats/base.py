@@ -52,6 +52,10 @@ class AtomicPath:
             fd, name = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=parent)
             os.close(fd)
             self.tmp = Path(name)
+            # mkstemp makes the file private (0600); the output should get the usual mode.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)
 
     def commit(self) -> None:
         os.replace(self.tmp, self.final)
