@@ -44,6 +44,9 @@ def _size(n: int) -> str:
 def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = None) -> int:
     """Write every step of `plan` to `sink`; returns the bytes written."""
     total = 0
+    release = getattr(source, "release", None)
+    # Steps that split one input read it several times: release it after its last use.
+    last_use = {k: i for i, step in enumerate(plan.steps) for k in step.inputs}
     for i, step in enumerate(plan.steps):
         arrays = [source.read(k) for k in step.inputs]
         dtype = step.input_infos[0].dtype
@@ -55,6 +58,11 @@ def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = N
         if tuple(out.shape) != step.info.shape:  # pragma: no cover - the planner guarantees this
             raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
         sink.write(step.output, out)
+        del arrays, out
+        if release is not None:
+            for k in step.inputs:
+                if last_use[k] == i:
+                    release(k)
         total += step.info.nbytes
         if progress:
             progress(i + 1)

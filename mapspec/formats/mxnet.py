@@ -27,7 +27,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import CheckpointError, UsageError
 from ..plan import TensorInfo
-from .base import AtomicPath
+from .base import AtomicPath, MappedFile
 
 FILE_MAGIC = 0x112
 V1, V2, V3 = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
@@ -144,9 +144,10 @@ class MXNetSource:
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r") if self.path.stat().st_size else np.zeros(0, np.uint8)
+            self._file = MappedFile(self.path)
         except OSError as exc:
             raise CheckpointError(f"{self.path}: {exc.strerror}") from None
+        self._map = self._file.array
         cur = _Cursor(self._map, self.path)
         magic = cur.u64("the file header")
         if magic != FILE_MAGIC:
@@ -206,7 +207,13 @@ class MXNetSource:
                 dense[row, cols[lo:hi]] = data[lo:hi]
         return dense
 
+    def release(self, key: str) -> None:
+        r = self._records[key]
+        end = r.offset + _nbytes(r.storage_shape if r.stype else r.info.shape, r.info.dtype)
+        self._file.release(r.offset, end)
+
     def close(self) -> None:
+        self._file.close()
         self._map = None
 
 

@@ -1,6 +1,6 @@
 """safetensors: an 8-byte header length, a JSON header, then the data buffer.
 
-Read: the header is parsed here and every tensor is a zero-copy `np.memmap` slice, because
+Read: the header is parsed here and every tensor is a zero-copy slice of a memory map, because
 the `safetensors` library's numpy API copies each tensor and cannot represent bf16. Write:
 the plan knows every shape before a tensor is read, so the header is written first and each
 tensor is written straight to its offset as it arrives; the library needs all tensors in
@@ -18,7 +18,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import CheckpointError
 from ..plan import TensorInfo
-from .base import AtomicPath
+from .base import AtomicPath, MappedFile
 
 NAMES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -68,7 +68,8 @@ class SafetensorsSource:
                                       f"its shape {shape} or the {buffer}-byte buffer")
             self._infos[name] = info
             self._offsets[name] = (begin, end)
-        self._map = np.memmap(self.path, dtype=np.uint8, mode="r") if size > self._base else np.zeros(0, np.uint8)
+        self._file = MappedFile(self.path)
+        self._map = self._file.array
 
     def infos(self) -> Mapping[str, TensorInfo]:
         return self._infos
@@ -79,7 +80,12 @@ class SafetensorsSource:
         raw = self._map[self._base + begin:self._base + end]
         return raw.view(dtypes.STORAGE[info.dtype]).reshape(info.shape)
 
+    def release(self, key: str) -> None:
+        begin, end = self._offsets[key]
+        self._file.release(self._base + begin, self._base + end)
+
     def close(self) -> None:
+        self._file.close()
         self._map = None
 
 
