@@ -143,3 +143,19 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "x.safetensors").stat().st_mode) == 0o666 & ~umask
+
+
+def test_streamed_pt_holds_split_views_and_loads_with_mmap(tmp_path):
+    torch = pytest.importorskip("torch")
+    from mapspec import apply
+
+    base = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    torch.save({"qkv": base, "h": torch.ones(3, dtype=torch.bfloat16), "n": torch.tensor(4)}, tmp_path / "in.pt")
+    (tmp_path / "s.map").write_text("qkv -> attn.{p:q|k|v} then chunk(3)\nkeep h | n\n")
+    apply(tmp_path / "s.map", tmp_path / "in.pt", tmp_path / "out.pt")
+    out = torch.load(tmp_path / "out.pt", weights_only=True, mmap=True)
+    assert list(out) == ["attn.q", "attn.k", "attn.v", "h", "n"]
+    for i, p in enumerate("qkv"):
+        assert torch.equal(out[f"attn.{p}"], base[2 * i:2 * i + 2])
+    assert out["h"].dtype == torch.bfloat16 and torch.equal(out["h"].float(), torch.ones(3))
+    assert out["n"].shape == () and int(out["n"]) == 4

@@ -7,7 +7,10 @@ so `select model` picks `checkpoint["model"]`; non-tensor entries (epoch, config
 
 from __future__ import annotations
 
+import io
+import pickle
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -110,26 +113,88 @@ def to_torch(array: np.ndarray, dtype: str):
         return torch.from_numpy(np.asarray(array, order="C"))
 
 
-class TorchSink:
-    """torch.save needs the whole dict at once, so tensors are gathered and saved on commit."""
+STORAGE_TYPES = {
+    "float64": "DoubleStorage", "float32": "FloatStorage", "float16": "HalfStorage",
+    "bfloat16": "BFloat16Storage", "int64": "LongStorage", "int32": "IntStorage",
+    "int16": "ShortStorage", "int8": "CharStorage", "uint8": "ByteStorage", "bool": "BoolStorage",
+}
 
-    def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
-        require_torch("writing .pt files")
-        self.atomic = AtomicPath(path)
-        self.infos = dict(outputs)
-        self.tensors: dict[str, Any] = {}
 
-    def write(self, name: str, array: np.ndarray) -> None:
-        self.tensors[name] = to_torch(array, self.infos[name].dtype)
+class _StorageRef:
+    def __init__(self, key: str, dtype: str, numel: int):
+        self.key, self.dtype, self.numel = key, dtype, numel
 
-    def commit(self) -> None:
+
+class _TensorRef:
+    """Pickles as torch.save pickles a contiguous tensor whose storage is `data/<key>`."""
+
+    def __init__(self, storage: _StorageRef, shape: tuple[int, ...]):
+        self.storage, self.shape = storage, shape
+
+    def __reduce_ex__(self, protocol):
         import torch
 
-        ordered = {k: self.tensors[k] for k in self.infos}
-        torch.save(ordered, self.atomic.tmp)
-        self.tensors = {}
+        stride, n = [], 1
+        for size in reversed(self.shape):
+            stride.insert(0, n)
+            n *= size
+        return (torch._utils._rebuild_tensor_v2,
+                (self.storage, 0, tuple(self.shape), tuple(stride), False, OrderedDict()))
+
+
+class TorchSink:
+    """Writes torch.save's zip format one tensor at a time.
+
+    torch.save needs every tensor in memory at once. Its pickle, though, holds only names,
+    shapes, dtypes and storage keys, all known from the plan, so it is written first with
+    torch's own record writer, and each tensor's bytes follow as a `data/<key>` record as it
+    arrives. torch.load reads the result like any torch.save file (tests check both ways)."""
+
+    def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
+        torch = require_torch("writing .pt files")
+        unsupported = sorted({i.dtype for i in outputs.values()} - set(STORAGE_TYPES))
+        if unsupported:
+            raise UsageError(f"torch files cannot hold {', '.join(unsupported)} tensors")
+        self.atomic = AtomicPath(path)
+        self.infos = dict(outputs)
+        self.keys = {name: str(i) for i, name in enumerate(outputs)}
+        state = OrderedDict(
+            (name, _TensorRef(_StorageRef(self.keys[name], info.dtype, _numel(info.shape)), info.shape))
+            for name, info in outputs.items())
+        buf = io.BytesIO()
+        pickler = pickle.Pickler(buf, protocol=2)
+        pickler.persistent_id = lambda obj: (
+            ("storage", getattr(torch, STORAGE_TYPES[obj.dtype]), obj.key, "cpu", obj.numel)
+            if isinstance(obj, _StorageRef) else None)
+        pickler.dump(state)
+        self.writer = torch._C.PyTorchFileWriter(str(self.atomic.tmp))
+        data = buf.getvalue()
+        self.writer.write_record("data.pkl", data, len(data))
+        self.writer.write_record(".format_version", "1", 1)
+        self.writer.write_record(".storage_alignment", "64", 2)
+        self.writer.write_record("byteorder", "little", len("little"))
+        self.written: set[str] = set()
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        tensor = to_torch(array, self.infos[name].dtype)
+        storage = tensor.untyped_storage()
+        self.writer.write_record(f"data/{self.keys[name]}", storage, storage.nbytes())
+        self.written.add(name)
+
+    def commit(self) -> None:
+        if set(self.infos) - self.written:
+            raise RuntimeError("torch sink closed with tensors unwritten")
+        self.writer.write_end_of_file()
+        self.writer = None
         self.atomic.commit()
 
     def abort(self) -> None:
-        self.tensors = {}
+        self.writer = None
         self.atomic.abort()
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
