@@ -1,8 +1,10 @@
-"""PyTorch state dicts (`.pt`, `.pth`, `.bin`, `.ckpt`) through torch itself.
+"""PyTorch checkpoints (`.pt`, `.pth`, `.bin`, `.ckpt`).
 
-Reading uses `torch.load(weights_only=True, mmap=True)`: no code from the file runs and
-tensors stay on disk until read. Nested dicts (training checkpoints) are flattened with dots,
-so `select model` picks `checkpoint["model"]`; non-tensor entries (epoch, config) are skipped.
+Reading needs no torch: `torch_pickle` unpickles with known-safe globals only and maps every
+tensor to a view of the memory-mapped file. Nested dicts (training checkpoints) are flattened
+with dots, so `select model` picks `checkpoint["model"]`; a pickled `nn.Module` contributes
+what its `state_dict()` would; entries that are not tensors (epoch, config) are skipped.
+Writing streams torch's own zip format through torch.
 """
 
 from __future__ import annotations
@@ -19,12 +21,7 @@ import numpy as np
 from ..errors import CheckpointError, UsageError
 from ..plan import TensorInfo
 from .base import AtomicPath
-
-TORCH_DTYPES = {
-    "float64": "float64", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
-    "int64": "int64", "int32": "int32", "int16": "int16", "int8": "int8", "uint8": "uint8",
-    "bool": "bool", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
-}
+from .torch_pickle import MAX_DEPTH, StandIn, Tensor, load
 
 
 def require_torch(what: str):
@@ -35,72 +32,61 @@ def require_torch(what: str):
     return torch
 
 
-def flatten(obj: Any, prefix: str, out: dict) -> None:
-    torch = require_torch("reading .pt files")
-    if isinstance(obj, torch.Tensor):
+def is_module(obj: Any) -> bool:
+    return isinstance(obj, StandIn) and "_parameters" in obj.__dict__ and "_modules" in obj.__dict__
+
+
+def module_state(module: StandIn, prefix: str, out: dict, depth: int = 0) -> None:
+    """What `module.state_dict()` returns, from a pickled module's stored attributes."""
+    if depth > MAX_DEPTH:
+        raise CheckpointError("the module tree nests deeper than mapspec reads")
+    d = module.__dict__
+    for name, value in (d.get("_parameters") or {}).items():
+        if isinstance(value, Tensor):
+            out[prefix + name] = value
+    skip = d.get("_non_persistent_buffers_set") or set()
+    for name, value in (d.get("_buffers") or {}).items():
+        if isinstance(value, Tensor) and name not in skip:
+            out[prefix + name] = value
+    for name, child in (d.get("_modules") or {}).items():
+        if is_module(child):
+            module_state(child, f"{prefix}{name}.", out, depth + 1)
+
+
+def flatten(obj: Any, prefix: str, out: dict, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise CheckpointError("the checkpoint nests deeper than mapspec reads")
+    if isinstance(obj, Tensor):
         out[prefix] = obj
+    elif is_module(obj):
+        module_state(obj, f"{prefix}." if prefix else "", out, depth + 1)
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
-            flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+            flatten(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1)
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
-            flatten(v, f"{prefix}.{i}" if prefix else str(i), out)
+            flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1)
 
 
 class TorchSource:
     def __init__(self, path: Path):
-        torch = require_torch("reading .pt files")
         self.path = Path(path)
-        obj = None
-        for mmap in (True, False):  # legacy (pre-1.6) files cannot be memory-mapped
-            try:
-                obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
-                break
-            except FileNotFoundError:
-                raise CheckpointError(f"{self.path}: no such file") from None
-            except Exception as exc:  # torch raises many types for bad files
-                text = str(exc)
-                if mmap and "mmap" in text.lower():
-                    continue
-                reason = _reason(text) or type(exc).__name__
-                if "GLOBAL" in text or "Unsupported global" in text:
-                    raise CheckpointError(f"{self.path}: refusing to unpickle: the file holds more than "
-                                          f"tensors and plain containers ({reason})") from None
-                raise CheckpointError(f"{self.path}: not a readable PyTorch checkpoint ({reason})") from None
-        self._tensors: dict[str, Any] = {}
-        flatten(obj, "", self._tensors)
-        self._infos = {}
-        for k, t in self._tensors.items():
-            name = str(t.dtype).removeprefix("torch.")
-            if name not in TORCH_DTYPES:
-                raise CheckpointError(f"{self.path}: tensor '{k}' has unsupported dtype {name}")
-            self._infos[k] = TensorInfo(tuple(t.shape), TORCH_DTYPES[name])
+        if not self.path.exists():
+            raise CheckpointError(f"{self.path}: no such file")
+        self.object = load(self.path)
+        self._tensors: dict[str, Tensor] = {}
+        flatten(self.object, "", self._tensors)
+        self._infos = {k: TensorInfo(tuple(t.array.shape), t.dtype) for k, t in self._tensors.items()}
 
     def infos(self) -> Mapping[str, TensorInfo]:
         return self._infos
 
     def read(self, key: str) -> np.ndarray:
-        import torch
-
-        t = self._tensors[key].detach()
-        if t.dtype == torch.bfloat16:
-            return t.view(torch.int16).numpy().view(np.uint16)
-        return t.numpy()
+        return self._tensors[key].array
 
     def close(self) -> None:
         self._tensors = {}
-
-
-_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
-
-
-def _reason(message: str) -> str:
-    """The one informative line of torch's long weights_only messages."""
-    for line in message.splitlines():
-        line = line.strip()
-        if line and not line.startswith(_BOILERPLATE):
-            return line
-    return ""
+        self.object = None
 
 
 def to_torch(array: np.ndarray, dtype: str):
