@@ -14,9 +14,10 @@ SUFFIXES = {
     ".pt": "torch", ".pth": "torch", ".bin": "torch", ".ckpt": "torch",
     ".npz": "npz",
     ".params": "mxnet",
+    ".wts": "wts",
 }
 FORMAT_NAMES = {"safetensors": "safetensors", "pt": "torch", "torch": "torch", "pytorch": "torch", "npz": "npz",
-                "mxnet": "mxnet", "params": "mxnet"}
+                "mxnet": "mxnet", "params": "mxnet", "wts": "wts", "tensorrt": "wts"}
 
 
 def _classes(fmt: str):
@@ -32,6 +33,9 @@ def _classes(fmt: str):
     if fmt == "mxnet":
         from .mxnet import MXNetSink, MXNetSource
         return MXNetSource, MXNetSink
+    if fmt == "wts":
+        from .wts import WtsSink, WtsSource
+        return WtsSource, WtsSink
     raise UsageError(f"unknown format '{fmt}' (known: {', '.join(sorted(set(FORMAT_NAMES)))})")
 
 
