@@ -28,7 +28,7 @@ from .plan import Plan
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile and apply checkpoint mapping specs.")
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 PROGRESS_AFTER = 200  # steps: shorter runs finish before a bar is worth drawing
@@ -178,6 +178,68 @@ def explain_markdown(plan: Plan) -> str:
         lines.append("")
         lines.append(f"Dropped: {', '.join(k for k, _ in plan.dropped)}")
     return "\n".join(lines) + "\n"
+
+
+class InspectFormat(str, Enum):
+    tree = "tree"
+    json = "json"
+
+
+@app.command()
+@_guard
+def inspect(
+    checkpoint: Path = typer.Argument(..., help="Any supported checkpoint."),
+    fmt: InspectFormat = typer.Option(InspectFormat.tree, "--format"),
+    epoch: Optional[int] = typer.Option(None, "--epoch"),
+) -> None:
+    """Show what a checkpoint holds, without running any code from it."""
+    from .inspect import inspect_checkpoint
+
+    info = inspect_checkpoint(checkpoint, epoch)
+    if fmt is InspectFormat.json:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        return
+    from rich.tree import Tree
+
+    t = info["tensors"]
+    from rich.markup import escape
+
+    root = Tree(escape(f"{info['file']} [{info['format']}]: {_tensor_line(t)}"))
+    _tree(root, info["content"])
+    if info.get("auto_select"):
+        root.add(f"(apply converts '{info['auto_select']}' unless --select says otherwise)")
+    out.print(root, crop=False, overflow="fold")
+
+
+def _tensor_line(t: dict) -> str:
+    dts = ", ".join(f"{k} x{v}" for k, v in t["dtypes"].items())
+    return f"{t['count']} tensors, {t['elements']:,} elements, {t['bytes']:,} bytes ({dts})" if t["count"] else "no tensors"
+
+
+def _tree(node, d: dict) -> None:
+    from rich.markup import escape
+
+    for key, value in (d.get("entries") or {}).items():
+        kind = value["type"]
+        if kind in ("dict",):
+            child = node.add(escape(f"{key}: dict"))
+            _tree(child, value)
+        elif kind == "value":
+            node.add(escape(f"{key}: {value['value']!r}"))
+        elif kind == "module":
+            node.add(escape(f"{key}: {value['class']} ({_tensor_line(value)})"))
+        elif kind == "optimizer":
+            groups = "; ".join(", ".join(f"{k}={v}" for k, v in list(g.items())[:6]) for g in value["param_groups"])
+            node.add(escape(f"{key}: optimizer, {value['state_entries']} state entries, "
+                            f"{len(value['param_groups'])} param groups ({groups}), {_tensor_line(value)}"))
+        elif kind == "object":
+            child = node.add(escape(f"{key}: {value['class']}"))
+            for f, v in value["fields"].items():
+                child.add(escape(f"{f}: {v!r}"))
+        elif kind == "tensor":
+            node.add(escape(f"{key}: tensor {value['shape']} {value['dtype']}"))
+        else:
+            node.add(escape(f"{key}: {kind} ({_tensor_line(value)})" if "count" in value else f"{key}: {kind}"))
 
 
 @app.command()

@@ -23,10 +23,14 @@ class Report:
     format: str
     written: int
     bytes: int
+    selected: str | None = None  # the sub-tree mapspec chose by itself, if it did
+
 
     def summary(self) -> str:
         p = self.plan
         extra = [f"{len(p.dropped)} dropped"]
+        if self.selected:
+            extra.append(f"selected '{self.selected}'")
         if p.unmatched:
             extra.append(f"{len(p.unmatched)} unmatched")
         return (f"Transferred {len(p.steps)}/{p.source_count} tensors "
@@ -105,7 +109,8 @@ def apply(
             raise
     finally:
         source.close()
-    return Report(plan, output, fmt, len(plan.steps), written)
+    return Report(plan, output, fmt, len(plan.steps), written,
+                  source.prefix if getattr(source, "auto", False) else None)
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,

@@ -36,6 +36,24 @@ def capture_regex(cap: Capture, tables: dict[str, tuple[str, ...]]) -> str:
     return "(?:" + "|".join(re.escape(a) for a in alts) + ")"
 
 
+def _parts(pattern: Pattern) -> list:
+    """The pattern's parts, with a leading unnamed `**.` turned into "any segments, or none"
+    (so `**.anchors` also matches a top-level `anchors`, as in .gitignore)."""
+    parts = list(pattern.parts)
+    if (len(parts) > 1 and isinstance(parts[0], Capture) and parts[0].type == "multi" and parts[0].name is None
+            and isinstance(parts[1], Lit) and parts[1].text.startswith(".")):
+        rest = parts[1].text[1:]
+        parts = [_ANY_PREFIX] + ([Lit(text=rest)] if rest else []) + parts[2:]
+    return parts
+
+
+class _AnyPrefix:
+    regex = r"(?:.+\.)?"
+
+
+_ANY_PREFIX = _AnyPrefix()
+
+
 def pattern_tokens(pattern: Pattern, tables: dict[str, tuple[str, ...]]) -> list[str]:
     """Trie edges: one per character of the literal prefix, then the rest as one token.
 
@@ -43,26 +61,27 @@ def pattern_tokens(pattern: Pattern, tables: dict[str, tuple[str, ...]]) -> list
     the regex engine try every length of it before moving to the next branch, and then the
     first branch to match would no longer be the first pattern in trie order."""
     tokens: list[str] = []
-    parts = list(pattern.parts)
+    parts = _parts(pattern)
     while parts and isinstance(parts[0], Lit):
         tokens.extend(re.escape(c) for c in parts.pop(0).text)
     if parts:
-        tokens.append("".join(re.escape(p.text) if isinstance(p, Lit) else capture_regex(p, tables)
-                              for p in parts))
+        tokens.append("".join(_part_regex(p, tables, named=False) for p in parts))
     return tokens
+
+
+def _part_regex(part, tables: dict[str, tuple[str, ...]], named: bool) -> str:
+    if isinstance(part, Lit):
+        return re.escape(part.text)
+    if isinstance(part, _AnyPrefix):
+        return part.regex
+    if named and part.name:
+        return f"(?P<{part.name}>{capture_regex(part, tables)})"
+    return capture_regex(part, tables)
 
 
 def pattern_regex(pattern: Pattern, tables: dict[str, tuple[str, ...]]) -> re.Pattern:
     """The regex of one pattern, with a named group per named capture."""
-    out = []
-    for part in pattern.parts:
-        if isinstance(part, Lit):
-            out.append(re.escape(part.text))
-        elif part.name:
-            out.append(f"(?P<{part.name}>{capture_regex(part, tables)})")
-        else:
-            out.append(capture_regex(part, tables))
-    return re.compile("".join(out), re.DOTALL)
+    return re.compile("".join(_part_regex(p, tables, named=True) for p in _parts(pattern)), re.DOTALL)
 
 
 @dataclass

@@ -83,3 +83,13 @@ def test_two_alternatives_of_one_rule_are_not_ambiguous():
     b = Pattern(parts=(Lit(text="fc_weight"),), text="p", span=SPAN)
     m = Matcher([Entry(0, 0, a), Entry(0, 1, b)], {})
     assert m.match("fc_weight").entry.rule == 0
+
+
+def test_leading_double_star_dot_also_matches_no_segments():
+    from mapspec import compile_spec, parse_spec, TensorInfo
+
+    spec = parse_spec(text="drop **.anchors\nkeep a.{x:**}.b\n", name="t.map")
+    keys = {k: TensorInfo((1,), "float32") for k in ["anchors", "m.24.anchors", "a.q.b"]}
+    plan = compile_spec(spec, keys)
+    assert [k for k, _ in plan.dropped] == ["anchors", "m.24.anchors"]
+    assert compile_spec(parse_spec(text="keep a.**\n", name="t.map"), {"a.x": keys["a.q.b"]}).steps[0].output == "a.x"

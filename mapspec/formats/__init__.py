@@ -67,6 +67,8 @@ def sniff(path: Path) -> str:
 
 def open_source(path: str | Path, fmt: str | None = None, select: str | None = None,
                 epoch: int | None = None) -> Source:
+    """A lazy source. `select` picks a sub-tree; None lets a training checkpoint pick its
+    model part automatically (see `inspect.auto_select`); "" keeps the whole file."""
     from .mxnet import resolve_prefix
 
     path = resolve_prefix(Path(path), epoch)
@@ -75,6 +77,15 @@ def open_source(path: str | Path, fmt: str | None = None, select: str | None = N
     fmt = FORMAT_NAMES.get(fmt, fmt) if fmt else sniff(path)
     source_cls, _ = _classes(fmt)
     source = source_cls(path)
+    if select is None and getattr(source, "object", None) is not None:
+        from ..inspect import auto_select
+
+        # A training checkpoint (model, ema, optimizer, epoch...) converts its model part.
+        select = auto_select(source.object)
+        if select:
+            source = Selected(source, select)
+            source.auto = True
+            return source
     return Selected(source, select) if select else source
 
 

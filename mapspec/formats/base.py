@@ -122,8 +122,11 @@ def select(infos: Mapping[str, TensorInfo], prefix: str | None, path: Path) -> d
 class Selected:
     """A source seen through `select`: only the sub-tree, with names relative to it."""
 
+    auto = False  # chosen by mapspec for a training checkpoint, not asked for
+
     def __init__(self, inner: Source, prefix: str | None):
         self.inner = inner
+        self.prefix = prefix
         self.path = inner.path
         all_infos = inner.infos()
         self._names = select(all_infos, prefix, inner.path)
