@@ -13,6 +13,8 @@ from .errors import (
 )
 from .executor import Report, apply, plan_for
 from .formats import open_source, read_infos
+from .inspect import inspect_checkpoint
+from .load import LoadReport, load_into
 from .parser import parse_spec
 from .plan import Plan, Step, TensorInfo, compile_spec
 
@@ -21,5 +23,6 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError", "ConversionError", "MapspecError", "Plan", "PlanError", "Report", "Span",
     "SpecError", "SpecSyntaxError", "Step", "TensorInfo", "UsageError", "apply", "check_spec",
-    "compile_spec", "open_source", "parse_spec", "plan_for", "read_infos",
+    "compile_spec", "inspect_checkpoint", "load_into", "LoadReport", "open_source", "parse_spec", "plan_for",
+    "read_infos",
 ]

@@ -54,7 +54,8 @@ def apply(
     spec: Path = typer.Argument(..., help="The .map spec."),
     checkpoint: Path = typer.Argument(..., help="The checkpoint to convert."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write; the format follows the suffix."),
-    target: Optional[Path] = typer.Option(None, "--target", help="A checkpoint with the target keys and shapes."),
+    target: Optional[str] = typer.Option(None, "--target", help="A checkpoint with the target keys and shapes, "
+                                         "or a model factory module:callable(args)."),
     to: Optional[str] = typer.Option(None, "--to", help="Output format: safetensors, pt, npz, mxnet."),
     select: Optional[str] = typer.Option(None, "--select", help="Convert only this sub-tree (e.g. model, ema)."),
     epoch: Optional[int] = typer.Option(None, "--epoch", help="MXNet: CHECKPOINT is a prefix; read PREFIX-EPOCH.params."),
@@ -88,7 +89,8 @@ def apply(
 def check(
     spec: Path = typer.Argument(..., help="The .map spec."),
     checkpoint: Optional[Path] = typer.Argument(None, help="Compile against this checkpoint's keys."),
-    target: Optional[Path] = typer.Option(None, "--target", help="A checkpoint with the target keys and shapes."),
+    target: Optional[str] = typer.Option(None, "--target", help="A checkpoint with the target keys and shapes, "
+                                         "or a model factory module:callable(args)."),
     select: Optional[str] = typer.Option(None, "--select"),
     epoch: Optional[int] = typer.Option(None, "--epoch"),
     non_strict: bool = typer.Option(False, "--non-strict"),
@@ -122,7 +124,7 @@ def explain(
     spec: Path = typer.Argument(...),
     checkpoint: Path = typer.Argument(...),
     fmt: ExplainFormat = typer.Option(ExplainFormat.table, "--format"),
-    target: Optional[Path] = typer.Option(None, "--target"),
+    target: Optional[str] = typer.Option(None, "--target"),
     select: Optional[str] = typer.Option(None, "--select"),
     epoch: Optional[int] = typer.Option(None, "--epoch"),
     non_strict: bool = typer.Option(False, "--non-strict"),

@@ -10,7 +10,7 @@ from typing import Callable, Mapping
 
 from . import actions as act
 from .errors import UsageError
-from .formats import open_sink, open_source, read_infos, sink_format
+from .formats import open_sink, open_source, sink_format
 from .parser import parse_spec
 from .plan import Plan, TensorInfo, compile_spec
 from .rules import Spec
@@ -97,8 +97,7 @@ def apply(
         raise UsageError("the output would overwrite the input checkpoint")
     source = open_source(checkpoint, select=select or spec.header.select, epoch=epoch)
     try:
-        target_infos = read_infos(target) if isinstance(target, (str, os.PathLike)) else target
-        plan = compile_spec(spec, source.infos(), target=target_infos, strict=strict)
+        plan = compile_spec(spec, source.infos(), target=_target(target), strict=strict)
         sink = open_sink(output, fmt, plan.outputs())
         try:
             n = len(plan.steps)
@@ -123,5 +122,10 @@ def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, se
         infos = dict(source.infos())
     finally:
         source.close()
-    target_infos = read_infos(target) if isinstance(target, (str, os.PathLike)) else target
-    return compile_spec(spec, infos, target=target_infos, strict=strict)
+    return compile_spec(spec, infos, target=_target(target), strict=strict)
+
+
+def _target(target):
+    from .load import target_infos
+
+    return target_infos(str(target) if isinstance(target, os.PathLike) else target)
