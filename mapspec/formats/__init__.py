@@ -15,9 +15,11 @@ SUFFIXES = {
     ".npz": "npz",
     ".params": "mxnet",
     ".wts": "wts",
+    ".oneflow": "oneflow", ".of": "oneflow",
 }
 FORMAT_NAMES = {"safetensors": "safetensors", "pt": "torch", "torch": "torch", "pytorch": "torch", "npz": "npz",
-                "mxnet": "mxnet", "params": "mxnet", "wts": "wts", "tensorrt": "wts"}
+                "mxnet": "mxnet", "params": "mxnet", "wts": "wts", "tensorrt": "wts",
+                "oneflow": "oneflow"}
 
 
 def _classes(fmt: str):
@@ -36,6 +38,9 @@ def _classes(fmt: str):
     if fmt == "wts":
         from .wts import WtsSink, WtsSource
         return WtsSource, WtsSink
+    if fmt == "oneflow":
+        from .oneflow import OneflowSink, OneflowSource
+        return OneflowSource, OneflowSink
     raise UsageError(f"unknown format '{fmt}' (known: {', '.join(sorted(set(FORMAT_NAMES)))})")
 
 
@@ -43,6 +48,12 @@ def sniff(path: Path) -> str:
     fmt = SUFFIXES.get(path.suffix.lower())
     if fmt:
         return fmt
+    from .oneflow import is_oneflow_dir
+
+    if is_oneflow_dir(path):
+        return "oneflow"
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a directory, but not a OneFlow checkpoint (no pickled_data)")
     try:
         with open(path, "rb") as f:
             head = f.read(9)
