@@ -59,6 +59,9 @@ def apply(
     to: Optional[str] = typer.Option(None, "--to", help="Output format: safetensors, pt, npz, mxnet."),
     select: Optional[str] = typer.Option(None, "--select", help="Convert only this sub-tree (e.g. model, ema)."),
     epoch: Optional[int] = typer.Option(None, "--epoch", help="MXNet: CHECKPOINT is a prefix; read PREFIX-EPOCH.params."),
+    fit: str = typer.Option("strict", "--fit", help="With --target: strict, shape (keep what fits by name and "
+                            "shape) or drop (leave out --drop patterns, the rest strictly)."),
+    drop: list[str] = typer.Option([], "--drop", help="A glob of output names to leave out, e.g. 'fc.*' (repeatable)."),
     non_strict: bool = typer.Option(False, "--non-strict", help="Leave unmatched keys out instead of failing."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
 ) -> None:
@@ -76,11 +79,16 @@ def apply(
             bar.update(task, completed=i)
 
         report = apply_spec(spec, checkpoint, output, target=target, to=to, select=select,
-                            epoch=epoch, strict=not non_strict, force=force, progress=progress)
+                            epoch=epoch, strict=not non_strict, fit=fit, drop=tuple(drop), force=force,
+                            progress=progress)
     if report.plan.unmatched:
         err.print(f"warning: {len(report.plan.unmatched)} unmatched keys left out: "
                   + ", ".join(report.plan.unmatched[:5]) + (" ..." if len(report.plan.unmatched) > 5 else ""),
                   markup=False)
+    r = report.plan.target_report
+    if r is not None and fit != "strict":
+        for line in r.lines():
+            err.print(f"note: {line}", markup=False)
     out.print(report.summary(), markup=False)
 
 

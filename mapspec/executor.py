@@ -28,6 +28,11 @@ class Report:
 
     def summary(self) -> str:
         p = self.plan
+        if p.target_report is not None:  # loading into a target: count against what it holds
+            r = p.target_report
+            head = f"Transferred {len(p.steps)}/{r.target_count} target tensors from {p.source_count} source tensors"
+            notes = [f"{len(r.missing)} missing", f"{len(r.unexpected)} unexpected", f"{len(r.mismatched)} shape-mismatched"]
+            return f"{head} ({', '.join(notes)}) -> {self.output} [{self.format}, {_size(self.bytes)}]"
         extra = [f"{len(p.dropped)} dropped"]
         if self.selected:
             extra.append(f"selected '{self.selected}'")
@@ -83,6 +88,8 @@ def apply(
     select: str | None = None,
     epoch: int | None = None,
     strict: bool = True,
+    fit: str = "strict",
+    drop: tuple[str, ...] = (),
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
@@ -97,7 +104,8 @@ def apply(
         raise UsageError("the output would overwrite the input checkpoint")
     source = open_source(checkpoint, select=select or spec.header.select, epoch=epoch)
     try:
-        plan = compile_spec(spec, source.infos(), target=_target(target), strict=strict)
+        plan = compile_spec(spec, source.infos(), target=_target(target), strict=strict, fit=fit,
+                            drop=tuple(drop))
         sink = open_sink(output, fmt, plan.outputs())
         try:
             n = len(plan.steps)
@@ -113,7 +121,7 @@ def apply(
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,
-             epoch: int | None = None, strict: bool = True) -> Plan:
+             epoch: int | None = None, strict: bool = True, fit: str = "strict", drop: tuple[str, ...] = ()) -> Plan:
     """Compile `spec` against a checkpoint's key list without converting anything."""
     if not isinstance(spec, Spec):
         spec = parse_spec(spec)
@@ -122,7 +130,7 @@ def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, se
         infos = dict(source.infos())
     finally:
         source.close()
-    return compile_spec(spec, infos, target=_target(target), strict=strict)
+    return compile_spec(spec, infos, target=_target(target), strict=strict, fit=fit, drop=tuple(drop))
 
 
 def _target(target):

@@ -111,6 +111,7 @@ class TargetReport:
     missing: tuple[tuple[str, TensorInfo], ...] = ()
     unexpected: tuple[tuple[str, TensorInfo], ...] = ()
     mismatched: tuple[tuple[str, TensorInfo, TensorInfo], ...] = ()
+    target_count: int = 0
 
     @property
     def ok(self) -> bool:
@@ -144,8 +145,15 @@ def compile_spec(
     *,
     target: Mapping[str, TensorInfo] | None = None,
     strict: bool = True,
+    fit: str = "strict",
+    drop: tuple[str, ...] = (),
 ) -> Plan:
-    """Plan the conversion of a checkpoint whose tensors are `keys` (name -> shape, dtype)."""
+    """Plan the conversion of a checkpoint whose tensors are `keys` (name -> shape, dtype).
+
+    With a `target`, `fit` says how the outputs must meet it: "strict" (same keys and shapes),
+    "shape" (keep only outputs whose name and shape the target has), or "drop" (leave out
+    outputs matching the `drop` globs; the rest must fit, and what the target then misses
+    must match the globs too)."""
     check_spec(spec)
     tables = {t.name: t.mapping() for t in spec.tables}
     table_keys = {n: tuple(m) for n, m in tables.items()}
@@ -201,12 +209,33 @@ def compile_spec(
         raise _coverage_error(unmatched, spec)
 
     steps = [_plan_step(p, keys) if isinstance(p, _Pending) else p for p in produced.values()]
-    report = compare_target({s.output: s.info for s in steps}, target) if target is not None else None
-    plan = Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(steps),
+    report = None
+    if target is not None:
+        steps, report = _fit(steps, target, fit, drop)
+    return Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(steps),
                 tuple(dropped), tuple(unmatched), len(keys), report)
-    if report is not None and not report.ok:
-        raise ConversionError("the output does not match the target checkpoint", report.lines())
-    return plan
+
+
+def _fit(steps: list[Step], target: Mapping[str, TensorInfo], fit: str, drop: tuple[str, ...]):
+    import fnmatch
+
+    if fit not in ("strict", "shape", "drop"):
+        raise ConversionError(f"unknown fit '{fit}' (strict, shape, drop)")
+    if fit == "drop" and not drop:
+        raise ConversionError("--fit drop needs --drop patterns, e.g. --drop 'fc.*'")
+    hit = lambda k: any(fnmatch.fnmatchcase(k, p) for p in drop)  # noqa: E731
+    if fit == "drop":
+        steps = [s for s in steps if not hit(s.output)]
+    report = compare_target({s.output: s.info for s in steps}, target)
+    if fit == "shape":
+        bad = {k for k, _ in report.unexpected} | {k for k, _, _ in report.mismatched}
+        return [s for s in steps if s.output not in bad], report
+    problems = report if fit == "strict" else TargetReport(
+        tuple((k, i) for k, i in report.missing if not hit(k)), report.unexpected, report.mismatched,
+        report.target_count)
+    if not problems.ok:
+        raise ConversionError("the output does not match the target", problems.lines())
+    return steps, report
 
 
 def compare_target(produced: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo]) -> TargetReport:
@@ -214,7 +243,7 @@ def compare_target(produced: Mapping[str, TensorInfo], target: Mapping[str, Tens
     unexpected = tuple((k, i) for k, i in produced.items() if k not in target)
     mismatched = tuple((k, i, target[k]) for k, i in produced.items()
                        if k in target and tuple(target[k].shape) != tuple(i.shape))
-    return TargetReport(missing, unexpected, mismatched)
+    return TargetReport(missing, unexpected, mismatched, len(target))
 
 
 def _duplicate(out: str, prev, key: str, rule) -> PlanError:

@@ -80,3 +80,26 @@ def test_cli_target_can_be_a_model_factory(tmp_path):
     r = CliRunner().invoke(app, ["check", str(tmp_path / "s.map"), str(tmp_path / "lin.pt"),
                                  "--target", "torch.nn:Linear(in_features=8, out_features=2)"])
     assert r.exit_code == 1 and "shape mismatch: weight produced (2, 4), target (2, 8)" in r.output
+
+
+def test_cli_fit_shape_and_drop_against_a_model_factory(tmp_path, imagenet_resnet34):
+    path, source = imagenet_resnet34
+    (tmp_path / "id.map").write_text("keep **\n")
+    runner = CliRunner()
+    factory = "models:resnet((3, 4, 6, 3), 5)"
+    r = runner.invoke(app, ["apply", str(tmp_path / "id.map"), str(path), "-o", str(tmp_path / "a.safetensors"),
+                            "--target", factory, "--fit", "shape"])
+    assert r.exit_code == 0, r.output
+    n = len(source)
+    assert f"Transferred {n - 2}/{n} target tensors from {n} source tensors" in r.output
+    assert "note: shape mismatch: fc.weight produced (1000, 512), target (5, 512)" in r.output
+    r = runner.invoke(app, ["apply", str(tmp_path / "id.map"), str(path), "-o", str(tmp_path / "b.safetensors"),
+                            "--target", factory, "--fit", "drop", "--drop", "fc.*", "--drop", "layer4.*"])
+    assert r.exit_code == 0, r.output
+    from mapspec import open_source
+
+    assert set(open_source(tmp_path / "b.safetensors").infos()) == {
+        k for k in source if not k.startswith(("fc.", "layer4."))}
+    r = runner.invoke(app, ["apply", str(tmp_path / "id.map"), str(path), "-o", str(tmp_path / "c.safetensors"),
+                            "--target", factory])
+    assert r.exit_code == 1 and not (tmp_path / "c.safetensors").exists()
