@@ -22,26 +22,26 @@ FORMAT_NAMES = {"safetensors": "safetensors", "pt": "torch", "torch": "torch", "
                 "oneflow": "oneflow"}
 
 
+# format -> (module, source class, sink class); modules load on first use, so converting
+# MXNet to safetensors never imports torch.
+ADAPTERS = {
+    "safetensors": ("safetensors", "SafetensorsSource", "SafetensorsSink"),
+    "torch": ("torch", "TorchSource", "TorchSink"),
+    "npz": ("npz", "NpzSource", "NpzSink"),
+    "mxnet": ("mxnet", "MXNetSource", "MXNetSink"),
+    "wts": ("wts", "WtsSource", "WtsSink"),
+    "oneflow": ("oneflow", "OneflowSource", "OneflowSink"),
+}
+
+
 def _classes(fmt: str):
-    if fmt == "safetensors":
-        from .safetensors import SafetensorsSink, SafetensorsSource
-        return SafetensorsSource, SafetensorsSink
-    if fmt == "torch":
-        from .torch import TorchSink, TorchSource
-        return TorchSource, TorchSink
-    if fmt == "npz":
-        from .npz import NpzSink, NpzSource
-        return NpzSource, NpzSink
-    if fmt == "mxnet":
-        from .mxnet import MXNetSink, MXNetSource
-        return MXNetSource, MXNetSink
-    if fmt == "wts":
-        from .wts import WtsSink, WtsSource
-        return WtsSource, WtsSink
-    if fmt == "oneflow":
-        from .oneflow import OneflowSink, OneflowSource
-        return OneflowSource, OneflowSink
-    raise UsageError(f"unknown format '{fmt}' (known: {', '.join(sorted(set(FORMAT_NAMES)))})")
+    if fmt not in ADAPTERS:
+        raise UsageError(f"unknown format '{fmt}' (known: {', '.join(sorted(set(FORMAT_NAMES)))})")
+    import importlib
+
+    module, source, sink = ADAPTERS[fmt]
+    mod = importlib.import_module(f".{module}", __name__)
+    return getattr(mod, source), getattr(mod, sink)
 
 
 def sniff(path: Path) -> str:
