@@ -117,6 +117,35 @@ class Entry:
     pattern: Pattern
 
 
+def _segments(pattern: Pattern, tables: dict[str, tuple[str, ...]]) -> list[str | None] | None:
+    """The pattern's dot-separated segments: the literal text of a segment made of literals
+    only, None for a segment with a capture in it. None overall when the number of segments
+    is not fixed (a `**`, or alternatives holding dots)."""
+    segments: list[str | None] = [""]
+    for part in pattern.parts:
+        if isinstance(part, Lit):
+            pieces = part.text.split(".")
+            for n, piece in enumerate(pieces):
+                if n:
+                    segments.append("")
+                if segments[-1] is not None:
+                    segments[-1] += piece
+            continue
+        values = part.alternatives if part.type == "alt" else tables.get(part.table or "", ()) \
+            if part.type == "table" else ()
+        if part.type == "multi" or any("." in v for v in values):
+            return None
+        segments[-1] = None
+    return segments
+
+
+def _may_overlap(a: list[str | None] | None, b: list[str | None] | None) -> bool:
+    """False only when no key can match both patterns (a conservative test)."""
+    if a is None or b is None:
+        return True
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
 class Hit(NamedTuple):
     entry: Entry
     captures: dict[str, str]
@@ -143,6 +172,11 @@ class Matcher:
         else:
             self._forward = self._backward = re.compile(r"(?!)")
         self._regexes = [pattern_regex(e.pattern, tables) for e in self.entries]
+        shapes = [_segments(e.pattern, tables) for e in self.entries]
+        # Only a pattern that another rule's pattern could also match needs the reverse check.
+        self._contested = [
+            any(o.rule != e.rule and _may_overlap(shapes[i], shapes[j]) for j, o in enumerate(self.entries))
+            for i, e in enumerate(self.entries)]
 
     def match(self, key: str) -> Hit | None:
         """The one pattern matching `key` with its captures, None if none; `Ambiguous` if the
@@ -151,6 +185,8 @@ class Matcher:
         if m is None:
             return None
         first = int(m.lastgroup[1:])
+        if not self._contested[first]:
+            return Hit(self.entries[first], self._regexes[first].fullmatch(key).groupdict())
         last = int(self._backward.fullmatch(key).lastgroup[1:])
         a, b = self.entries[first], self.entries[last]
         if a.rule != b.rule:
