@@ -101,6 +101,8 @@ def check(
                                          "or a model factory module:callable(args)."),
     select: Optional[str] = typer.Option(None, "--select"),
     epoch: Optional[int] = typer.Option(None, "--epoch"),
+    fit: str = typer.Option("strict", "--fit", help="With --target: strict, shape or drop (see apply)."),
+    drop: list[str] = typer.Option([], "--drop", help="A glob of output names to leave out (repeatable)."),
     non_strict: bool = typer.Option(False, "--non-strict"),
 ) -> None:
     """Compile only; exit 0 when SPEC (and its plan for CHECKPOINT) is clean."""
@@ -111,12 +113,16 @@ def check(
             raise SpecError("--target needs a CHECKPOINT to compile against")
         out.print(f"{spec}: ok ({len(parsed.rules)} rules, {len(parsed.tables)} tables)", markup=False)
         return
-    plan = plan_for(parsed, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict)
+    plan = plan_for(parsed, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict,
+                    fit=fit, drop=tuple(drop))
     line = f"{spec}: ok: {len(plan.steps)} outputs from {plan.source_count} tensors, {len(plan.dropped)} dropped"
     if plan.unmatched:
         line += f", {len(plan.unmatched)} unmatched"
     if target is not None:
-        line += ", matches the target"
+        r = plan.target_report
+        line += (", matches the target" if r.ok else
+                 f", fits the target ({len(plan.steps)}/{r.target_count}; {len(r.missing)} missing, "
+                 f"{len(r.mismatched)} shape-mismatched, {len(r.unexpected)} unexpected)")
     out.print(line, markup=False)
 
 
@@ -135,10 +141,13 @@ def explain(
     target: Optional[str] = typer.Option(None, "--target"),
     select: Optional[str] = typer.Option(None, "--select"),
     epoch: Optional[int] = typer.Option(None, "--epoch"),
+    fit: str = typer.Option("strict", "--fit"),
+    drop: list[str] = typer.Option([], "--drop"),
     non_strict: bool = typer.Option(False, "--non-strict"),
 ) -> None:
     """Show the plan: one row per output tensor."""
-    plan = plan_for(spec, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict)
+    plan = plan_for(spec, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict,
+                    fit=fit, drop=tuple(drop))
     if fmt is ExplainFormat.json:
         sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
     elif fmt is ExplainFormat.markdown:

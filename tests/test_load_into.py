@@ -103,3 +103,12 @@ def test_cli_fit_shape_and_drop_against_a_model_factory(tmp_path, imagenet_resne
     r = runner.invoke(app, ["apply", str(tmp_path / "id.map"), str(path), "-o", str(tmp_path / "c.safetensors"),
                             "--target", factory])
     assert r.exit_code == 1 and not (tmp_path / "c.safetensors").exists()
+
+
+def test_check_reports_how_a_shape_fit_goes(tmp_path, imagenet_resnet34):
+    path, source = imagenet_resnet34
+    (tmp_path / "id.map").write_text("keep **\n")
+    r = CliRunner().invoke(app, ["check", str(tmp_path / "id.map"), str(path),
+                                 "--target", "models:resnet((3, 4, 6, 3), 5)", "--fit", "shape"])
+    n = len(source)
+    assert r.exit_code == 0 and f"fits the target ({n - 2}/{n}; 0 missing, 2 shape-mismatched, 0 unexpected)" in r.output
