@@ -8,7 +8,6 @@ tensor is read.
 from __future__ import annotations
 
 import difflib
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
@@ -17,7 +16,7 @@ from . import actions as act
 from .checks import check_spec
 from .errors import ConversionError, PlanError, Span
 from .matcher import Ambiguous, Entry, Matcher
-from .rules import BinOp, Capture, DropRule, Fanout, KeepRule, Lit, Lookup, Num, Ref, RenameRule, Spec, Subst
+from .rules import BinOp, Capture, DropRule, Fanout, Lit, Lookup, Num, Ref, RenameRule, Spec, Subst
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,8 @@ setup .venv constraints.txt
 setup .venv-mxnet constraints-mxnet.txt mxnet numpy
 .venv-mxnet/bin/python -c "import mxnet"
 
+echo "== pyflakes"
+.venv/bin/python -m pyflakes mapspec tests bench examples
 echo "== numpy 2.x environment"
 .venv/bin/python -m pytest -q "$@"
 echo "== mxnet 1.9.1 / numpy 1.23.5 environment"

@@ -195,7 +195,7 @@ class _Reader(pickle.Unpickler):
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
             raise CheckpointError(f"{self._path}: unsupported persistent id {pid!r:.80}")
-        stype, key, _location, numel = pid[1], str(pid[2]), pid[3], pid[4]
+        stype, key, numel = pid[1], str(pid[2]), pid[4]
         dtype = stype.dtype if isinstance(stype, _StorageType) else None
         if dtype is None or not isinstance(numel, int) or numel < 0:
             raise CheckpointError(f"{self._path}: corrupt storage reference {pid!r:.80}")
