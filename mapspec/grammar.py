@@ -104,11 +104,13 @@ def _syntax_error(
         if tok.type == "$END":
             msg = f"unexpected end of {what}"
             line, col = _end_position(source, line0, col0, what)
+        elif str(tok) == "{" and what == "statement":
+            msg = "unclosed '{' in a key (a capture is written {name} with no line break inside)"
         else:
-            msg = f"unexpected {_describe_token(tok)}"
+            msg = f"unexpected {_describe_token(tok, what)}"
             width = max(1, len(str(tok)))
         expected = _expected(exc.expected)
-        if expected:
+        if expected and not msg.startswith("unclosed"):
             msg += f"; expected {expected}"
     elif isinstance(exc, UnexpectedCharacters):
         ch = source_char(source, line, col)
@@ -137,9 +139,9 @@ def source_char(source: str, line: int, col: int) -> str:
     return ""
 
 
-def _describe_token(tok: Token) -> str:
-    if tok.type in ("KEY", "NAME", "LIT", "ALT"):
-        return f"{tok!s}" if tok.type != "KEY" else f"key {tok!s}"
+def _describe_token(tok: Token, what: str) -> str:
+    if tok.type == "KEY" and what == "statement":
+        return f"key {tok!s}"
     return repr(str(tok))
 
 
