@@ -70,3 +70,23 @@ def test_headline_dpn_example_converts_without_mxnet_and_loads_strictly(tmp_path
     model.load_state_dict({**model.state_dict(), **state}, strict=True)
     assert set(state) == {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
     assert tuple(state["classifier.weight"].shape)[-2:] == (1, 1)
+
+
+def _run_without(modules: list[str], args: list[str], cwd: Path) -> "subprocess.CompletedProcess":
+    import subprocess
+    import sys
+
+    code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules) +
+            "from mapspec.cli import main\n" + f"sys.argv = ['mapspec'] + {args!r}\n" + "main()\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd)
+
+
+def test_mxnet_to_safetensors_needs_neither_torch_nor_mxnet(tmp_path):
+    r = _run_without(["torch", "mxnet"], ["apply", str(REPO / "specs" / "dpn.map"), str(REPO / "examples" / "dpn68-tiny"),
+                                          "--epoch", "0", "-o", str(tmp_path / "o.safetensors")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Transferred 361/361 tensors" in r.stdout
+    r = _run_without(["torch"], ["apply", str(REPO / "specs" / "dpn.map"), str(REPO / "examples" / "dpn68-tiny"),
+                                 "--epoch", "0", "-o", str(tmp_path / "o.pt")], tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == "error: writing .pt files needs torch: pip install 'mapspec[torch]'"
+    assert not (tmp_path / "o.pt").exists()
