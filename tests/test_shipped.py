@@ -1,5 +1,7 @@
 """Every shipped spec compiles and is canonically formatted; the bundled example converts."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,10 +74,7 @@ def test_headline_dpn_example_converts_without_mxnet_and_loads_strictly(tmp_path
     assert tuple(state["classifier.weight"].shape)[-2:] == (1, 1)
 
 
-def _run_without(modules: list[str], args: list[str], cwd: Path) -> "subprocess.CompletedProcess":
-    import subprocess
-    import sys
-
+def _run_without(modules: list[str], args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules) +
             "from mapspec.cli import main\n" + f"sys.argv = ['mapspec'] + {args!r}\n" + "main()\n")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd)
