@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Mapping, Protocol
+from typing import Mapping, Protocol
 
 import numpy as np
 
@@ -145,8 +145,3 @@ class Selected:
 
     def close(self) -> None:
         self.inner.close()
-
-
-def iter_tensors(source: Source) -> Iterator[tuple[str, np.ndarray]]:
-    for key in source.infos():
-        yield key, source.read(key)
