@@ -52,6 +52,24 @@ def itemsize(name: str) -> int:
     return STORAGE[name].itemsize
 
 
+def nbytes(shape: tuple[int, ...], name: str) -> int:
+    """Bytes a tensor of this shape and dtype takes when stored."""
+    n = itemsize(name)
+    for s in shape:
+        n *= s
+    return n
+
+
+def stored(array: np.ndarray, name: str) -> np.ndarray:
+    """The array as it is stored: the dtype's storage type, C order (0-d stays 0-d)."""
+    return np.asarray(array, dtype=STORAGE[name], order="C")
+
+
+def raw(array: np.ndarray, name: str) -> memoryview:
+    """The stored bytes of an array, without a copy when it is already stored that way."""
+    return memoryview(stored(array, name).reshape(-1)).cast("B")
+
+
 def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 

@@ -26,12 +26,9 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        from .dtypes import itemsize
+        from .dtypes import nbytes
 
-        n = itemsize(self.dtype)
-        for s in self.shape:
-            n *= s
-        return n
+        return nbytes(self.shape, self.dtype)
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,13 +89,6 @@ class _Cursor:
         return at
 
 
-def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
-    n = dtypes.itemsize(dtype)
-    for s in shape:
-        n *= s
-    return n
-
-
 def _dtype(flag: int, cur: _Cursor, at: int) -> str:
     if flag not in FLAGS:
         raise CheckpointError(f"{cur.path}: unknown dtype flag {flag} at byte {at}")
@@ -135,8 +128,8 @@ def _record(cur: _Cursor, index: int) -> _Record | None:
             a_at = cur.pos
             aux_meta.append((_dtype(cur.i32(what), cur, a_at), cur.shape(what)))
     data_shape = storage if stype else shape
-    offset = cur.skip(_nbytes(data_shape, dtype), f"the data of {what}")
-    aux = tuple((d, s, cur.skip(_nbytes(s, d), f"the sparse indices of {what}")) for d, s in aux_meta)
+    offset = cur.skip(dtypes.nbytes(data_shape, dtype), f"the data of {what}")
+    aux = tuple((d, s, cur.skip(dtypes.nbytes(s, d), f"the sparse indices of {what}")) for d, s in aux_meta)
     return _Record(TensorInfo(shape, dtype), offset, stype, storage or (), aux)
 
 
@@ -181,7 +174,7 @@ class MXNetSource:
         return {k: r.info for k, r in self._records.items()}
 
     def _view(self, offset: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-        raw = self._map[offset:offset + _nbytes(shape, dtype)]
+        raw = self._map[offset:offset + dtypes.nbytes(shape, dtype)]
         return raw.view(dtypes.STORAGE[dtype]).reshape(shape)
 
     def read(self, key: str) -> np.ndarray:
@@ -209,7 +202,7 @@ class MXNetSource:
 
     def release(self, key: str) -> None:
         r = self._records[key]
-        end = r.offset + _nbytes(r.storage_shape if r.stype else r.info.shape, r.info.dtype)
+        end = r.offset + dtypes.nbytes(r.storage_shape if r.stype else r.info.shape, r.info.dtype)
         self._file.release(r.offset, end)
 
     def close(self) -> None:
@@ -249,10 +242,8 @@ class MXNetSink:
         self.written: set[str] = set()
 
     def write(self, name: str, array: np.ndarray) -> None:
-        data = np.asarray(array, dtype=dtypes.STORAGE[self.infos[name].dtype], order="C")
         self.file.seek(self.offsets[name])
-        if data.size:
-            self.file.write(memoryview(data.reshape(-1)).cast("B"))
+        self.file.write(dtypes.raw(array, self.infos[name].dtype))
         self.written.add(name)
 
     def commit(self) -> None:

@@ -85,9 +85,8 @@ class NpzSink:
         self.zip = zipfile.ZipFile(self.atomic.tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
 
     def write(self, name: str, array: np.ndarray) -> None:
-        data = np.asarray(array, dtype=dtypes.STORAGE[self.infos[name].dtype], order="C")
         with self.zip.open(name + ".npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array(f, data, allow_pickle=False)
+            np.lib.format.write_array(f, dtypes.stored(array, self.infos[name].dtype), allow_pickle=False)
 
     def commit(self) -> None:
         tagged = {k: i.dtype for k, i in self.infos.items() if i.dtype == "bfloat16"}

@@ -159,10 +159,7 @@ class OneflowSink:
         folder = self.atomic.tmp / self.paths[name]
         folder.mkdir()
         (folder / "meta").write_text(meta_text(self.infos[name]), encoding="utf-8")
-        data = np.asarray(array, dtype=dtypes.STORAGE[self.infos[name].dtype], order="C")
-        with open(folder / "out", "wb") as f:
-            if data.size:
-                f.write(memoryview(data.reshape(-1)).cast("B"))
+        (folder / "out").write_bytes(dtypes.raw(array, self.infos[name].dtype))
 
     def commit(self) -> None:
         if self.final.is_dir():  # --force over an earlier output: swap, then remove the old one

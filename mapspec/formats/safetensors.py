@@ -114,8 +114,7 @@ class SafetensorsSink:
 
     def write(self, name: str, array: np.ndarray) -> None:
         self.file.seek(self.base + self.offsets[name])
-        data = np.asarray(array, dtype=dtypes.STORAGE[self.infos[name].dtype], order="C")
-        self.file.write(memoryview(data.reshape(-1)).cast("B") if data.size else b"")
+        self.file.write(dtypes.raw(array, self.infos[name].dtype))
         self.written.add(name)
 
     def commit(self) -> None:

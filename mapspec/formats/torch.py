@@ -10,6 +10,7 @@ Writing streams torch's own zip format through torch.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import warnings
 from collections import OrderedDict
@@ -145,7 +146,7 @@ class TorchSink:
         self.infos = dict(outputs)
         self.keys = {name: str(i) for i, name in enumerate(outputs)}
         state = OrderedDict(
-            (name, _TensorRef(_StorageRef(self.keys[name], info.dtype, _numel(info.shape)), info.shape))
+            (name, _TensorRef(_StorageRef(self.keys[name], info.dtype, math.prod(info.shape)), info.shape))
             for name, info in outputs.items())
         buf = io.BytesIO()
         pickler = pickle.Pickler(buf, protocol=2)
@@ -177,10 +178,3 @@ class TorchSink:
     def abort(self) -> None:
         self.writer = None
         self.atomic.abort()
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
