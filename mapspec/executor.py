@@ -21,10 +21,12 @@ class Report:
     plan: Plan
     output: Path
     format: str
-    written: int
     bytes: int
     selected: str | None = None  # the sub-tree mapspec chose by itself, if it did
 
+    @property
+    def written(self) -> int:
+        return len(self.plan.steps)
 
     def summary(self) -> str:
         p = self.plan
@@ -94,15 +96,14 @@ def apply(
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input."""
-    if not isinstance(spec, Spec):
-        spec = parse_spec(spec)
+    spec = as_spec(spec)
     output = Path(output)
     fmt = sink_format(output, to)
     if output.exists() and not force:
         raise UsageError(f"{output} exists; use --force to overwrite it")
     if output.resolve() == Path(checkpoint).resolve():
         raise UsageError("the output would overwrite the input checkpoint")
-    source = open_source(checkpoint, select=select or spec.header.select, epoch=epoch)
+    source = open_for(spec, checkpoint, select, epoch)
     try:
         plan = compile_spec(spec, source.infos(), target=_target(target), strict=strict, fit=fit,
                             drop=tuple(drop))
@@ -116,21 +117,29 @@ def apply(
             raise
     finally:
         source.close()
-    return Report(plan, output, fmt, len(plan.steps), written,
+    return Report(plan, output, fmt, written,
                   source.prefix if getattr(source, "auto", False) else None)
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,
              epoch: int | None = None, strict: bool = True, fit: str = "strict", drop: tuple[str, ...] = ()) -> Plan:
     """Compile `spec` against a checkpoint's key list without converting anything."""
-    if not isinstance(spec, Spec):
-        spec = parse_spec(spec)
-    source = open_source(checkpoint, select=select or spec.header.select, epoch=epoch)
+    spec = as_spec(spec)
+    source = open_for(spec, checkpoint, select, epoch)
     try:
         infos = dict(source.infos())
     finally:
         source.close()
     return compile_spec(spec, infos, target=_target(target), strict=strict, fit=fit, drop=tuple(drop))
+
+
+def as_spec(spec: Spec | str | Path) -> Spec:
+    return spec if isinstance(spec, Spec) else parse_spec(spec)
+
+
+def open_for(spec: Spec | None, checkpoint: str | Path, select: str | None, epoch: int | None):
+    """The checkpoint's source, seen through --select or else the spec's own `select`."""
+    return open_source(checkpoint, select=select or (spec.header.select if spec else None), epoch=epoch)
 
 
 def _target(target):

@@ -24,9 +24,7 @@ from typing import Any, Iterable, Literal, Mapping
 import numpy as np
 
 from .errors import ConversionError, UsageError
-from .executor import execute
-from .formats import open_source
-from .parser import parse_spec
+from .executor import as_spec, execute, open_for
 from .plan import TensorInfo, compile_spec
 from .rules import Spec
 
@@ -63,9 +61,8 @@ class _DictSink:
 def converted(checkpoint: str | Path, spec: Spec | str | Path | None = None, *, select: str | None = None,
               epoch: int | None = None, strict: bool = True) -> tuple[dict[str, np.ndarray], dict[str, TensorInfo]]:
     """The checkpoint's tensors after the spec (or as stored, without one)."""
-    if spec is not None and not isinstance(spec, Spec):
-        spec = parse_spec(spec)
-    source = open_source(checkpoint, select=select or (spec.header.select if spec else None), epoch=epoch)
+    spec = as_spec(spec) if spec is not None else None
+    source = open_for(spec, checkpoint, select, epoch)
     try:
         if spec is None:
             infos = dict(source.infos())

@@ -80,12 +80,7 @@ class StandIn:
     _module = "?"
     _name = "?"
 
-    def __init__(self, *args, **kwargs):
-        self.__dict__["_args"] = args
-        self.__dict__["_items"] = {}
-        self.__dict__["_list"] = []
-
-    def __new__(cls, *args, **kwargs):
+    def __new__(cls, *args, **kwargs):  # REDUCE and NEWOBJ both land here; __init__ adds nothing
         obj = object.__new__(cls)
         obj.__dict__.update(_args=args, _items={}, _list=[], _state=None)
         return obj
