@@ -4,6 +4,7 @@
 #   .venv-mxnet  numpy 1.23.5 + mxnet 1.9.1 + torch: the same suite, mxnet interop included
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1  # tests build tiny models from config classes; nothing comes from a hub
 
 setup() {  # setup VENV CONSTRAINTS EXTRA...
     local venv=$1 constraints=$2
@@ -15,7 +16,7 @@ setup() {  # setup VENV CONSTRAINTS EXTRA...
     "$venv/bin/python" -c "import mapspec, torch" # fail here, loudly, if the install did not take
 }
 
-setup .venv constraints.txt
+setup .venv constraints.txt transformers
 setup .venv-mxnet constraints-mxnet.txt mxnet numpy
 .venv-mxnet/bin/python -c "import mxnet"
 
