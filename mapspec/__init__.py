@@ -16,7 +16,8 @@ from .formats import open_source, read_infos
 from .inspect import inspect_checkpoint
 from .load import LoadReport, load_into
 from .parser import parse_spec
-from .plan import Plan, Step, TensorInfo, compile_spec
+from .plan import Plan, Step, compile_spec
+from .tensorinfo import TensorInfo
 
 __version__ = "0.1.0"
 

@@ -21,6 +21,7 @@ from rich.table import Table
 from . import actions as act
 from .errors import MapspecError, SpecError
 from .executor import apply as apply_spec, plan_for
+from .formats import known_names
 from .formatter import format_text
 from .parser import parse_spec
 from .checks import check_spec
@@ -52,11 +53,14 @@ def _guard(fn):
 @_guard
 def apply(
     spec: Path = typer.Argument(..., help="The .map spec."),
-    checkpoint: Path = typer.Argument(..., help="The checkpoint to convert."),
+    checkpoint: Path = typer.Argument(..., help="The checkpoint to convert: a file, a shard index, a model directory or a quoted glob of shards."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write; the format follows the suffix."),
     target: Optional[str] = typer.Option(None, "--target", help="A checkpoint with the target keys and shapes, "
                                          "or a model factory module:callable(args)."),
-    to: Optional[str] = typer.Option(None, "--to", help="Output format: safetensors, pt, npz, mxnet."),
+    to: Optional[str] = typer.Option(None, "--to", help=f"Output format: {known_names()}."),
+    max_shard_size: Optional[str] = typer.Option(None, "--max-shard-size", help="Write OUTPUT as a directory of "
+                                                 "HF-style shards of at most this size (5GB, 500MB) plus an index; "
+                                                 "--to safetensors (default) or torch."),
     select: Optional[str] = typer.Option(None, "--select", help="Convert only this sub-tree (e.g. model, ema)."),
     epoch: Optional[int] = typer.Option(None, "--epoch", help="MXNet: CHECKPOINT is a prefix; read PREFIX-EPOCH.params."),
     fit: str = typer.Option("strict", "--fit", help="With --target: strict, shape (keep what fits by name and "
@@ -80,7 +84,7 @@ def apply(
 
         report = apply_spec(spec, checkpoint, output, target=target, to=to, select=select,
                             epoch=epoch, strict=not non_strict, fit=fit, drop=tuple(drop), force=force,
-                            progress=progress)
+                            max_shard_size=max_shard_size, progress=progress)
     if report.plan.unmatched:
         err.print(f"warning: {len(report.plan.unmatched)} unmatched keys left out: "
                   + ", ".join(report.plan.unmatched[:5]) + (" ..." if len(report.plan.unmatched) > 5 else ""),
@@ -207,7 +211,7 @@ class InspectFormat(str, Enum):
 @app.command()
 @_guard
 def inspect(
-    checkpoint: Path = typer.Argument(..., help="Any supported checkpoint."),
+    checkpoint: Path = typer.Argument(..., help="Any supported checkpoint, shard index or model directory."),
     fmt: InspectFormat = typer.Option(InspectFormat.tree, "--format"),
     epoch: Optional[int] = typer.Option(None, "--epoch"),
 ) -> None:
@@ -224,6 +228,10 @@ def inspect(
     from rich.markup import escape
 
     root = Tree(escape(f"{info['file']} [{info['format']}]: {_tensor_line(t)}"))
+    if info.get("shards"):
+        shards = root.add(f"{len(info['shards'])} shards")
+        for sh in info["shards"]:
+            shards.add(escape(f"{sh['file']}: {sh['tensors']} tensors, {sh['bytes']:,} bytes"))
     _tree(root, info["content"])
     if info.get("auto_select"):
         root.add(f"(apply converts '{info['auto_select']}' unless --select says otherwise)")

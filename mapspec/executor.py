@@ -10,9 +10,10 @@ from typing import Callable, Mapping
 
 from . import actions as act
 from .errors import UsageError
-from .formats import open_sink, open_source, sink_format
+from .formats import Selected, open_sink, open_source, sink_format
 from .parser import parse_spec
-from .plan import Plan, TensorInfo, compile_spec
+from .plan import Plan, compile_spec
+from .tensorinfo import TensorInfo
 from .rules import Spec
 
 
@@ -55,7 +56,6 @@ def _size(n: int) -> str:
 def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = None) -> int:
     """Write every step of `plan` to `sink`; returns the bytes written."""
     total = 0
-    release = getattr(source, "release", None)
     # Steps that split one input read it several times: release it after its last use.
     last_use = {k: i for i, step in enumerate(plan.steps) for k in step.inputs}
     for i, step in enumerate(plan.steps):
@@ -70,10 +70,9 @@ def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = N
             raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
         sink.write(step.output, out)
         del arrays, out
-        if release is not None:
-            for k in step.inputs:
-                if last_use[k] == i:
-                    release(k)
+        for k in step.inputs:
+            if last_use[k] == i:
+                source.release(k)
         total += step.info.nbytes
         if progress:
             progress(i + 1)
@@ -93,21 +92,26 @@ def apply(
     fit: str = "strict",
     drop: tuple[str, ...] = (),
     force: bool = False,
+    max_shard_size: int | str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
-    """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input."""
+    """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
+
+    `checkpoint` may be a sharded checkpoint (an index, a model directory, a glob or a list of
+    shards). With `max_shard_size` ("5GB", bytes), `output` is a directory of HF-style shards
+    plus an index, `to` safetensors (the default) or torch."""
     spec = as_spec(spec)
     output = Path(output)
-    fmt = sink_format(output, to)
+    fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None else None))
     if output.exists() and not force:
         raise UsageError(f"{output} exists; use --force to overwrite it")
-    if output.resolve() == Path(checkpoint).resolve():
-        raise UsageError("the output would overwrite the input checkpoint")
+    _refuse_overwrite(output, _paths(checkpoint), max_shard_size is not None)
     source = open_for(spec, checkpoint, select, epoch)
     try:
+        _refuse_overwrite(output, source.shards, max_shard_size is not None)
         plan = compile_spec(spec, source.infos(), target=_target(target), strict=strict, fit=fit,
                             drop=tuple(drop))
-        sink = open_sink(output, fmt, plan.outputs())
+        sink = open_sink(output, fmt, plan.outputs(), max_shard_size=max_shard_size)
         try:
             n = len(plan.steps)
             written = execute(plan, source, sink, (lambda i: progress(i, n)) if progress else None)
@@ -118,7 +122,7 @@ def apply(
     finally:
         source.close()
     return Report(plan, output, fmt, written,
-                  source.prefix if getattr(source, "auto", False) else None)
+                  source.prefix if isinstance(source, Selected) and source.auto else None)
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,
@@ -140,6 +144,18 @@ def as_spec(spec: Spec | str | Path) -> Spec:
 def open_for(spec: Spec | None, checkpoint: str | Path, select: str | None, epoch: int | None):
     """The checkpoint's source, seen through --select or else the spec's own `select`."""
     return open_source(checkpoint, select=select or (spec.header.select if spec else None), epoch=epoch)
+
+
+def _refuse_overwrite(output: Path, inputs, directory: bool) -> None:
+    out = output.resolve()
+    for p in inputs:
+        p = Path(p).resolve()
+        if out == p or (directory and out in p.parents):
+            raise UsageError("the output would overwrite the input checkpoint")
+
+
+def _paths(checkpoint) -> list[Path]:
+    return [Path(p) for p in checkpoint] if isinstance(checkpoint, (list, tuple)) else [Path(checkpoint)]
 
 
 def _target(target):

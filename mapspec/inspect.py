@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from .formats import open_source, sniff
+from .formats.torch import auto_select
 from .formats.torch_pickle import StandIn, Tensor
-from .plan import TensorInfo
+from .tensorinfo import TensorInfo
 
 MAX_ITEMS = 40
-AUTO_SELECT = ("state_dict", "model_state_dict", "model", "ema", "net", "module", "params")
 
 
 def summarize(infos: list[TensorInfo]) -> dict:
@@ -108,11 +108,13 @@ def inspect_checkpoint(path: str | Path, epoch: int | None = None) -> dict:
     from .formats.mxnet import resolve_prefix
 
     path = resolve_prefix(Path(path), epoch)
-    fmt = sniff(path) if path.exists() else None
     source = open_source(path, select="")  # "" asks for the whole file, no automatic choice
     try:
         infos = dict(source.infos())
+        fmt = sniff(source.shards[0] if source.shards else path)
         tree = {"file": str(path), "format": fmt, "tensors": summarize(list(infos.values()))}
+        if source.shards:
+            tree["shards"] = _shards(source, infos)
         obj = getattr(source, "object", None)
         if obj is not None:
             tree["content"] = describe(obj)
@@ -130,19 +132,14 @@ def inspect_checkpoint(path: str | Path, epoch: int | None = None) -> dict:
         source.close()
 
 
+def _shards(source, infos: dict[str, TensorInfo]) -> list[dict]:
+    """Each shard of a sharded checkpoint: its file, tensor count and bytes."""
+    held: dict = {p: [] for p in source.shards}
+    for k, i in infos.items():
+        held[source.shard_of(k)].append(i)
+    return [{"file": p.name, "tensors": len(v), "bytes": int(sum(i.nbytes for i in v))} for p, v in held.items()]
+
+
 def _group(key: str) -> str:
     """The first segment of a name: up to a dot, or an MXNet-style double underscore."""
     return re.split(r"\.|__", key.split(":", 1)[-1], maxsplit=1)[0]
-
-
-def auto_select(obj: Any) -> str | None:
-    """The sub-tree that holds the model in common training-checkpoint layouts."""
-    from .formats.torch import is_module
-
-    if not isinstance(obj, dict) or all(isinstance(v, Tensor) for v in obj.values()):
-        return None
-    for name in AUTO_SELECT:
-        value = obj.get(name)
-        if value is not None and (is_module(value) or _tensors_in(value)):
-            return name
-    return None

@@ -16,19 +16,8 @@ from . import actions as act
 from .checks import check_spec
 from .errors import ConversionError, PlanError, Span
 from .matcher import Ambiguous, Entry, Matcher
+from .tensorinfo import TensorInfo  # re-exported: the plan speaks in TensorInfo
 from .rules import BinOp, Capture, DropRule, Fanout, Lit, Lookup, Num, Ref, RenameRule, Spec, Subst
-
-
-@dataclass(frozen=True, slots=True)
-class TensorInfo:
-    shape: tuple[int, ...]
-    dtype: str
-
-    @property
-    def nbytes(self) -> int:
-        from .dtypes import nbytes
-
-        return nbytes(self.shape, self.dtype)
 
 
 @dataclass(frozen=True, slots=True)

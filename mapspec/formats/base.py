@@ -6,16 +6,30 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Any, Mapping, NamedTuple, Protocol
 
 import numpy as np
 
 from ..errors import CheckpointError, UsageError
-from ..plan import TensorInfo
+from ..tensorinfo import TensorInfo
+
+
+class Region(NamedTuple):
+    """A tensor's bytes exactly as a sink would store them (C order, little-endian), lying
+    in one file: sinks copy it file-to-file with `os.copy_file_range`, never through Python."""
+
+    path: Path
+    offset: int
+    nbytes: int
 
 
 class Source(Protocol):
+    """Everything the executor, `inspect` and selection ask of a checkpoint reader."""
+
     path: Path
+    metadata: Mapping[str, str]  # free-form file metadata (safetensors `__metadata__`), else {}
+    object: Any                  # the unpickled tree for pickle formats (training checkpoints), else None
+    shards: tuple[Path, ...]     # the files behind a sharded checkpoint, else ()
 
     def infos(self) -> Mapping[str, TensorInfo]:
         """Every tensor's name, shape and dtype, in file order; no tensor data is read."""
@@ -23,7 +37,33 @@ class Source(Protocol):
     def read(self, key: str) -> np.ndarray:
         """One tensor, memory-mapped where the format allows (bf16 as uint16 bits)."""
 
+    def region(self, key: str) -> Region | None:
+        """Where `key`'s bytes lie unchanged on disk, if they do."""
+
+    def release(self, key: str) -> None:
+        """`key` is no longer needed: hand its pages back, so RSS stays near one step."""
+
+    def auto_select(self) -> str | None:
+        """The sub-tree to convert when the caller did not say (a training checkpoint's model)."""
+
     def close(self) -> None: ...
+
+
+class SourceBase:
+    """What a source without the feature answers; sources override what they support."""
+
+    metadata: Mapping[str, str] = {}
+    object: Any = None
+    shards: tuple[Path, ...] = ()
+
+    def region(self, key: str) -> Region | None:
+        return None
+
+    def release(self, key: str) -> None:
+        pass
+
+    def auto_select(self) -> str | None:
+        return None
 
 
 class Sink(Protocol):
@@ -119,7 +159,7 @@ def select(infos: Mapping[str, TensorInfo], prefix: str | None, path: Path) -> d
     return out
 
 
-class Selected:
+class Selected(SourceBase):
     """A source seen through `select`: only the sub-tree, with names relative to it."""
 
     auto = False  # chosen by mapspec for a training checkpoint, not asked for
@@ -128,6 +168,9 @@ class Selected:
         self.inner = inner
         self.prefix = prefix
         self.path = inner.path
+        self.metadata = inner.metadata
+        self.object = inner.object
+        self.shards = inner.shards
         all_infos = inner.infos()
         self._names = select(all_infos, prefix, inner.path)
         self._infos = {k: all_infos[v] for k, v in self._names.items()}
@@ -138,10 +181,11 @@ class Selected:
     def read(self, key: str) -> np.ndarray:
         return self.inner.read(self._names[key])
 
+    def region(self, key: str) -> Region | None:
+        return self.inner.region(self._names[key])
+
     def release(self, key: str) -> None:
-        release = getattr(self.inner, "release", None)
-        if release:
-            release(self._names[key])
+        self.inner.release(self._names[key])
 
     def close(self) -> None:
         self.inner.close()

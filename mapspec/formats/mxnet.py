@@ -26,8 +26,9 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError, UsageError
-from ..plan import TensorInfo
-from .base import AtomicPath, MappedFile
+from ..tensorinfo import TensorInfo
+from .base import AtomicPath, MappedFile, SourceBase
+from .registry import Format
 
 FILE_MAGIC = 0x112
 V1, V2, V3 = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
@@ -133,7 +134,7 @@ def _record(cur: _Cursor, index: int) -> _Record | None:
     return _Record(TensorInfo(shape, dtype), offset, stype, storage or (), aux)
 
 
-class MXNetSource:
+class MXNetSource(SourceBase):
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
@@ -268,3 +269,7 @@ def resolve_prefix(path: Path, epoch: int | None) -> Path:
 
 def is_mxnet(head: bytes) -> bool:
     return len(head) >= 8 and struct.unpack("<Q", head[:8])[0] == FILE_MAGIC
+
+
+FORMAT = Format("mxnet", "MXNet .params (mx.nd.save)", (".params",), MXNetSource, MXNetSink,
+                frozenset(FLAGS.values()), aliases=("params",), sniff=lambda path, head: is_mxnet(head))

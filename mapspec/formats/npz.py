@@ -14,13 +14,14 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError
-from ..plan import TensorInfo
-from .base import AtomicPath
+from ..tensorinfo import TensorInfo
+from .base import AtomicPath, SourceBase
+from .registry import Format
 
 DTYPES_MEMBER = "__mapspec_dtypes__"
 
 
-class NpzSource:
+class NpzSource(SourceBase):
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
@@ -99,3 +100,12 @@ class NpzSink:
     def abort(self) -> None:
         self.zip.close()
         self.atomic.abort()
+
+
+def _is_npz(path: Path, head: bytes) -> bool:
+    from .torch import is_torch_zip
+
+    return head[:2] == b"PK" and not is_torch_zip(path)
+
+
+FORMAT = Format("npz", "NumPy .npz", (".npz",), NpzSource, NpzSink, frozenset(dtypes.STORAGE), sniff=_is_npz)

@@ -26,8 +26,9 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError, UsageError
-from ..plan import TensorInfo
-from .base import AtomicPath, MappedFile
+from ..tensorinfo import TensorInfo
+from .base import AtomicPath, MappedFile, SourceBase
+from .registry import Format
 from .torch_pickle import StandIn, _Reader, _no_storage
 
 DATA_TYPES = {
@@ -57,7 +58,7 @@ def is_oneflow_dir(path: Path) -> bool:
     return path.is_dir() and ((path / "pickled_data").is_file() or (path / "snapshot_done").exists())
 
 
-class OneflowSource:
+class OneflowSource(SourceBase):
     def __init__(self, path: Path):
         self.path = Path(path)
         if not self.path.is_dir():
@@ -172,3 +173,7 @@ class OneflowSink:
 
     def abort(self) -> None:
         self.atomic.abort()
+
+
+FORMAT = Format("oneflow", "OneFlow flow.save directory", (".oneflow", ".of"), OneflowSource, OneflowSink,
+                frozenset(CODES), sniff=lambda path, head: is_oneflow_dir(path), directory=True)

@@ -17,8 +17,9 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError
-from ..plan import TensorInfo
-from .base import AtomicPath, MappedFile
+from ..tensorinfo import TensorInfo
+from .base import AtomicPath, MappedFile, SourceBase
+from .registry import Format
 
 NAMES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -29,7 +30,7 @@ CODES = {v: k for k, v in NAMES.items()}
 MAX_HEADER = 100_000_000
 
 
-class SafetensorsSource:
+class SafetensorsSource(SourceBase):
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
@@ -127,3 +128,8 @@ class SafetensorsSink:
     def abort(self) -> None:
         self.file.close()
         self.atomic.abort()
+
+
+FORMAT = Format(
+    "safetensors", "safetensors (Hugging Face)", (".safetensors",), SafetensorsSource, SafetensorsSink,
+    frozenset(NAMES.values()), sniff=lambda path, head: len(head) >= 9 and head[8:9] == b"{", shardable=True)

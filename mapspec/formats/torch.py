@@ -20,8 +20,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import CheckpointError, UsageError
-from ..plan import TensorInfo
-from .base import AtomicPath
+from ..tensorinfo import TensorInfo
+from .base import AtomicPath, SourceBase
+from .registry import Format
 from .torch_pickle import MAX_DEPTH, StandIn, Tensor, load
 
 
@@ -69,7 +70,28 @@ def flatten(obj: Any, prefix: str, out: dict, depth: int = 0) -> None:
             flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1)
 
 
-class TorchSource:
+# Where common training-checkpoint layouts keep the model, in order of preference.
+AUTO_SELECT = ("state_dict", "model_state_dict", "model", "ema", "net", "module", "params")
+
+
+def auto_select(obj: Any) -> str | None:
+    """The sub-tree that holds the model in common training-checkpoint layouts."""
+    if not isinstance(obj, dict) or all(isinstance(v, Tensor) for v in obj.values()):
+        return None
+    for name in AUTO_SELECT:
+        value = obj.get(name)
+        if value is not None and (is_module(value) or _holds_tensors(value)):
+            return name
+    return None
+
+
+def _holds_tensors(obj: Any) -> bool:
+    found: dict = {}
+    flatten(obj, "", found)
+    return bool(found)
+
+
+class TorchSource(SourceBase):
     def __init__(self, path: Path):
         self.path = Path(path)
         if not self.path.exists():
@@ -84,6 +106,9 @@ class TorchSource:
 
     def read(self, key: str) -> np.ndarray:
         return self._tensors[key].array
+
+    def auto_select(self) -> str | None:
+        return auto_select(self.object)
 
     def close(self) -> None:
         self._tensors = {}
@@ -178,3 +203,22 @@ class TorchSink:
     def abort(self) -> None:
         self.writer = None
         self.atomic.abort()
+
+
+def is_torch_zip(path: Path) -> bool:
+    """A zip holding `<dir>/data.pkl`: torch.save's format (an .npz is a zip without it)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("data.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _is_torch(path: Path, head: bytes) -> bool:
+    return is_torch_zip(path) if head[:2] == b"PK" else head[:1] == b"\x80"
+
+
+FORMAT = Format("torch", "PyTorch torch.save", (".pt", ".pth", ".bin", ".ckpt"), TorchSource, TorchSink,
+                frozenset(STORAGE_TYPES), aliases=("pt", "pytorch"), sniff=_is_torch, shardable=True)

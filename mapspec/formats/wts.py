@@ -16,11 +16,12 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError
-from ..plan import TensorInfo
-from .base import AtomicPath
+from ..tensorinfo import TensorInfo
+from .base import AtomicPath, SourceBase
+from .registry import Format
 
 
-class WtsSource:
+class WtsSource(SourceBase):
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lines: dict[str, tuple[int, int]] = {}  # name -> (byte offset of the values, count)
@@ -84,3 +85,8 @@ class WtsSink:
     def abort(self) -> None:
         self.file.close()
         self.atomic.abort()
+
+
+# Every dtype goes in: like tensorrtx's gen_wts.py, the writer stores each value as float32.
+FORMAT = Format("wts", "TensorRT .wts (tensorrtx)", (".wts",), WtsSource, WtsSink, frozenset(dtypes.STORAGE),
+                aliases=("tensorrt",), sniff=lambda path, head: head.split(b"\n", 1)[0].strip().isdigit())
