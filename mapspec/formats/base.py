@@ -69,11 +69,43 @@ class SourceBase:
 class Sink(Protocol):
     def write(self, name: str, array: np.ndarray) -> None: ...
 
+    def write_region(self, name: str, region: Region) -> bool:
+        """Write `name` by copying its stored bytes file-to-file; False: not supported here,
+        `write` it instead."""
+
     def commit(self) -> None:
         """Make the output appear, whole, under its final name."""
 
     def abort(self) -> None:
         """Remove everything written so far."""
+
+
+class SinkBase:
+    def write_region(self, name: str, region: Region) -> bool:
+        return False
+
+
+def copy_region(region: Region, fd_out: int, offset_out: int) -> None:
+    """Copy `region` to `fd_out` at `offset_out` inside the kernel (copy_file_range), so the
+    bytes never pass through Python or page faults; falls back to pread/pwrite in chunks."""
+    with open(region.path, "rb") as src:
+        fd_in = src.fileno()
+        pos, left = region.offset, region.nbytes
+        out = offset_out
+        fast = hasattr(os, "copy_file_range")
+        while left:
+            n = 0
+            if fast:
+                try:
+                    n = os.copy_file_range(fd_in, fd_out, min(left, 1 << 30), pos, out)
+                except OSError:  # EXDEV on old kernels, EINVAL on some file systems
+                    fast = False
+            if not fast:
+                chunk = os.pread(fd_in, min(left, 8 << 20), pos)
+                n = os.pwrite(fd_out, chunk, out) if chunk else 0
+            if n <= 0:
+                raise CheckpointError(f"{region.path}: ends before byte {pos + left} (file changed while reading?)")
+            pos, out, left = pos + n, out + n, left - n
 
 
 class AtomicPath:
@@ -139,6 +171,23 @@ class MappedFile:
         hi = min(-(-stop // page) * page, self.size)
         if hi > lo:
             self._mmap.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    def span(self, array: np.ndarray) -> tuple[int, int] | None:
+        """The file byte range [start, stop) an array viewing this map covers, else None
+        (an array elsewhere in memory, e.g. decompressed)."""
+        if self._mmap is None or array.size == 0:
+            return None
+        base = self.array.__array_interface__["data"][0]
+        lo = hi = array.__array_interface__["data"][0]
+        for n, stride in zip(array.shape, array.strides):
+            if stride > 0:
+                hi += (n - 1) * stride
+            else:
+                lo += (n - 1) * stride
+        hi += array.itemsize
+        if not (base <= lo and hi <= base + self.size):
+            return None
+        return lo - base, hi - base
 
     def close(self) -> None:
         # Arrays handed out may still view the map; let the GC close it when they go.

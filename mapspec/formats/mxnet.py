@@ -27,7 +27,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import CheckpointError, UsageError
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, MappedFile, SourceBase
+from .base import AtomicPath, MappedFile, Region, SinkBase, SourceBase, copy_region
 from .registry import Format
 
 FILE_MAGIC = 0x112
@@ -201,6 +201,10 @@ class MXNetSource(SourceBase):
                 dense[row, cols[lo:hi]] = data[lo:hi]
         return dense
 
+    def region(self, key: str) -> Region | None:
+        r = self._records[key]
+        return Region(self.path, r.offset, r.info.nbytes) if r.stype == 0 else None
+
     def release(self, key: str) -> None:
         r = self._records[key]
         end = r.offset + dtypes.nbytes(r.storage_shape if r.stype else r.info.shape, r.info.dtype)
@@ -219,13 +223,13 @@ def _header(info: TensorInfo) -> bytes:
     return struct.pack("<Ii", magic, 0) + shape + struct.pack("<iii", 1, 0, CODES[info.dtype])
 
 
-class MXNetSink:
+class MXNetSink(SinkBase):
     """Record sizes are known from the plan, so every record has its place before data comes."""
 
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         self.atomic = AtomicPath(path)
         self.infos = dict(outputs)
-        self.file = open(self.atomic.tmp, "wb")
+        self.file = open(self.atomic.tmp, "r+b")  # not "wb": truncating makes close() flush everything
         self.file.write(struct.pack("<QQQ", FILE_MAGIC, 0, len(outputs)))
         self.offsets: dict[str, int] = {}
         pos = 24
@@ -246,6 +250,12 @@ class MXNetSink:
         self.file.seek(self.offsets[name])
         self.file.write(dtypes.raw(array, self.infos[name].dtype))
         self.written.add(name)
+
+    def write_region(self, name: str, region: Region) -> bool:
+        self.file.flush()
+        copy_region(region, self.file.fileno(), self.offsets[name])
+        self.written.add(name)
+        return True
 
     def commit(self) -> None:
         if set(self.offsets) - self.written:

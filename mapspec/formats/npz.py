@@ -15,7 +15,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import CheckpointError
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, SourceBase
+from .base import AtomicPath, SinkBase, SourceBase
 from .registry import Format
 
 DTYPES_MEMBER = "__mapspec_dtypes__"
@@ -77,7 +77,7 @@ class NpzSource(SourceBase):
         self.zip.close()
 
 
-class NpzSink:
+class NpzSink(SinkBase):
     """Each tensor is written as its own zip member as it arrives."""
 
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):

@@ -27,7 +27,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import CheckpointError, UsageError
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, MappedFile, SourceBase
+from .base import AtomicPath, MappedFile, SinkBase, SourceBase
 from .registry import Format
 from .torch_pickle import StandIn, _Reader, _no_storage
 
@@ -142,7 +142,7 @@ class _Pickler(pickle._Pickler):
     dispatch[type] = save_global
 
 
-class OneflowSink:
+class OneflowSink(SinkBase):
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         bad = sorted({i.dtype for i in outputs.values()} - set(CODES))
         if bad:

@@ -18,7 +18,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import CheckpointError
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, MappedFile, SourceBase
+from .base import AtomicPath, MappedFile, Region, SinkBase, SourceBase, copy_region
 from .registry import Format
 
 NAMES = {
@@ -81,6 +81,10 @@ class SafetensorsSource(SourceBase):
         raw = self._map[self._base + begin:self._base + end]
         return raw.view(dtypes.STORAGE[info.dtype]).reshape(info.shape)
 
+    def region(self, key: str) -> Region | None:
+        begin, end = self._offsets[key]
+        return Region(self.path, self._base + begin, end - begin)
+
     def release(self, key: str) -> None:
         begin, end = self._offsets[key]
         self._file.release(self._base + begin, self._base + end)
@@ -90,7 +94,7 @@ class SafetensorsSource(SourceBase):
         self._map = None
 
 
-class SafetensorsSink:
+class SafetensorsSink(SinkBase):
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata: dict[str, str] | None = None):
         self.atomic = AtomicPath(path)
         # Larger items first, then by name, as the library orders them: every tensor stays aligned.
@@ -108,7 +112,7 @@ class SafetensorsSink:
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)
         self.base = 8 + len(blob)
-        self.file = open(self.atomic.tmp, "wb")
+        self.file = open(self.atomic.tmp, "r+b")  # not "wb": truncating makes close() flush everything
         self.file.write(struct.pack("<Q", len(blob)) + blob)
         self.file.truncate(self.base + pos)
         self.written: set[str] = set()
@@ -117,6 +121,12 @@ class SafetensorsSink:
         self.file.seek(self.base + self.offsets[name])
         self.file.write(dtypes.raw(array, self.infos[name].dtype))
         self.written.add(name)
+
+    def write_region(self, name: str, region: Region) -> bool:
+        self.file.flush()
+        copy_region(region, self.file.fileno(), self.base + self.offsets[name])
+        self.written.add(name)
+        return True
 
     def commit(self) -> None:
         missing = set(self.offsets) - self.written

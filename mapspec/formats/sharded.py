@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import CheckpointError, UsageError
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, Region, SourceBase
+from .base import AtomicPath, Region, SinkBase, SourceBase
 from .registry import Format
 
 # format -> (single-file name, shard name stem, index name), as transformers names them
@@ -206,7 +206,7 @@ def shard_names(fmt: str, count: int) -> list[str]:
     return [f"{stem}-{i:05d}-of-{count:05d}{ext}" for i in range(1, count + 1)]
 
 
-class ShardedSink:
+class ShardedSink(SinkBase):
     """HF-style shards + index in a new directory, which appears whole or not at all."""
 
     def __init__(self, path: Path, fmt: Format, outputs: Mapping[str, TensorInfo], max_shard_size: int | str,
@@ -220,7 +220,7 @@ class ShardedSink:
             raise UsageError(f"{self.final} is a file; sharded output goes to a directory")
         self.atomic = AtomicPath(self.final, directory=True)
         self.sinks = []
-        self.route: dict[str, object] = {}
+        self.route: dict[str, SinkBase] = {}
         try:
             groups = assign_shards(outputs, max_bytes)
             names = shard_names(fmt.name, len(groups))
@@ -245,9 +245,7 @@ class ShardedSink:
         self.route[name].write(name, array)
 
     def write_region(self, name: str, region: Region) -> bool:
-        sink = self.route[name]
-        write_region = getattr(sink, "write_region", None)
-        return bool(write_region and write_region(name, region))
+        return self.route[name].write_region(name, region)
 
     def commit(self) -> None:
         for sink in self.sinks:

@@ -4,16 +4,13 @@ Reading needs no torch: `torch_pickle` unpickles with known-safe globals only an
 tensor to a view of the memory-mapped file. Nested dicts (training checkpoints) are flattened
 with dots, so `select model` picks `checkpoint["model"]`; a pickled `nn.Module` contributes
 what its `state_dict()` would; entries that are not tensors (epoch, config) are skipped.
-Writing streams torch's own zip format through torch.
+Writing streams torch's zip format natively (`torch_zip`): no torch needed.
 """
 
 from __future__ import annotations
 
-import io
-import math
-import pickle
+import os
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,9 +18,11 @@ import numpy as np
 
 from ..errors import CheckpointError, UsageError
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, SourceBase
+from .. import dtypes
+from .base import AtomicPath, MappedFile, Region, SinkBase, SourceBase, copy_region
 from .registry import Format
 from .torch_pickle import MAX_DEPTH, StandIn, Tensor, load
+from .torch_zip import STORAGE_TYPES, ZipWriter, state_pickle
 
 
 def require_torch(what: str):
@@ -96,7 +95,8 @@ class TorchSource(SourceBase):
         self.path = Path(path)
         if not self.path.exists():
             raise CheckpointError(f"{self.path}: no such file")
-        self.object = load(self.path)
+        self._file = MappedFile(self.path)
+        self.object = load(self.path, self._file)
         self._tensors: dict[str, Tensor] = {}
         flatten(self.object, "", self._tensors)
         self._infos = {k: TensorInfo(tuple(t.array.shape), t.dtype) for k, t in self._tensors.items()}
@@ -110,9 +110,24 @@ class TorchSource(SourceBase):
     def auto_select(self) -> str | None:
         return auto_select(self.object)
 
+    def region(self, key: str) -> Region | None:
+        t = self._tensors[key]
+        a = t.array
+        span = self._file.span(a)
+        if span is None or not a.flags.c_contiguous or a.dtype != dtypes.STORAGE[t.dtype]:
+            return None
+        return Region(self.path, span[0], a.nbytes)
+
+    def release(self, key: str) -> None:
+        # Views of one storage share pages; a later read of a released page reads the file again.
+        span = self._file.span(self._tensors[key].array)
+        if span is not None:
+            self._file.release(*span)
+
     def close(self) -> None:
         self._tensors = {}
         self.object = None
+        self._file.close()
 
 
 def to_torch(array: np.ndarray, dtype: str):
@@ -125,83 +140,59 @@ def to_torch(array: np.ndarray, dtype: str):
         return torch.from_numpy(np.asarray(array, order="C"))
 
 
-STORAGE_TYPES = {
-    "float64": "DoubleStorage", "float32": "FloatStorage", "float16": "HalfStorage",
-    "bfloat16": "BFloat16Storage", "int64": "LongStorage", "int32": "IntStorage",
-    "int16": "ShortStorage", "int8": "CharStorage", "uint8": "ByteStorage", "bool": "BoolStorage",
-}
+class TorchSink(SinkBase):
+    """Writes torch.save's zip format natively (see `torch_zip`), one tensor at a time.
 
-
-class _StorageRef:
-    def __init__(self, key: str, dtype: str, numel: int):
-        self.key, self.dtype, self.numel = key, dtype, numel
-
-
-class _TensorRef:
-    """Pickles as torch.save pickles a contiguous tensor whose storage is `data/<key>`."""
-
-    def __init__(self, storage: _StorageRef, shape: tuple[int, ...]):
-        self.storage, self.shape = storage, shape
-
-    def __reduce_ex__(self, protocol):
-        import torch
-
-        stride, n = [], 1
-        for size in reversed(self.shape):
-            stride.insert(0, n)
-            n *= size
-        return (torch._utils._rebuild_tensor_v2,
-                (self.storage, 0, tuple(self.shape), tuple(stride), False, OrderedDict()))
-
-
-class TorchSink:
-    """Writes torch.save's zip format one tensor at a time.
-
-    torch.save needs every tensor in memory at once. Its pickle, though, holds only names,
-    shapes, dtypes and storage keys, all known from the plan, so it is written first with
-    torch's own record writer, and each tensor's bytes follow as a `data/<key>` record as it
-    arrives. torch.load reads the result like any torch.save file (tests check both ways)."""
+    torch.save needs every tensor in memory at once, and importing torch alone costs a
+    second and 220 MiB. The pickle holds only names, shapes, dtypes and storage keys, all
+    known from the plan, so it is written first, and each tensor's bytes follow as a
+    `data/<key>` record as they arrive. torch.load(weights_only=True) and transformers'
+    from_pretrained read the result like any torch.save file (tests check both)."""
 
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
-        torch = require_torch("writing .pt files")
-        unsupported = sorted({i.dtype for i in outputs.values()} - set(STORAGE_TYPES))
-        if unsupported:
-            raise UsageError(f"torch files cannot hold {', '.join(unsupported)} tensors")
         self.atomic = AtomicPath(path)
         self.infos = dict(outputs)
         self.keys = {name: str(i) for i, name in enumerate(outputs)}
-        state = OrderedDict(
-            (name, _TensorRef(_StorageRef(self.keys[name], info.dtype, math.prod(info.shape)), info.shape))
-            for name, info in outputs.items())
-        buf = io.BytesIO()
-        pickler = pickle.Pickler(buf, protocol=2)
-        pickler.persistent_id = lambda obj: (
-            ("storage", getattr(torch, STORAGE_TYPES[obj.dtype]), obj.key, "cpu", obj.numel)
-            if isinstance(obj, _StorageRef) else None)
-        pickler.dump(state)
-        self.writer = torch._C.PyTorchFileWriter(str(self.atomic.tmp))
-        data = buf.getvalue()
-        self.writer.write_record("data.pkl", data, len(data))
-        self.writer.write_record(".format_version", "1", 1)
-        self.writer.write_record(".storage_alignment", "64", 2)
-        self.writer.write_record("byteorder", "little", len("little"))
-        self.written: set[str] = set()
+        self.pending = list(outputs)  # records follow the pickle's order
+        self.file = open(self.atomic.tmp, "r+b")  # not "wb": truncating makes close() flush everything
+        self.zip = ZipWriter(self.file)
+        self.zip.add("data.pkl", state_pickle(outputs, self.keys))
+        self.zip.add(".format_version", b"1")
+        self.zip.add(".storage_alignment", b"64")
+        self.zip.add("byteorder", b"little")
+
+    def _begin(self, name: str) -> int:
+        if not self.pending or self.pending[0] != name:
+            raise RuntimeError(f"torch sink: '{name}' written out of plan order")
+        self.pending.pop(0)
+        return self.zip.begin(f"data/{self.keys[name]}", self.infos[name].nbytes)
 
     def write(self, name: str, array: np.ndarray) -> None:
-        tensor = to_torch(array, self.infos[name].dtype)
-        storage = tensor.untyped_storage()
-        self.writer.write_record(f"data/{self.keys[name]}", storage, storage.nbytes())
-        self.written.add(name)
+        self._begin(name)
+        self.zip.write(memoryview(dtypes.raw(array, self.infos[name].dtype)).cast("B"))
+        self.zip.end()
+
+    def write_region(self, name: str, region: Region) -> bool:
+        start = self._begin(name)
+        self.file.flush()
+        copy_region(region, self.file.fileno(), start)
+        self.zip.copied(self.file.fileno(), start, region.nbytes)
+        self.file.seek(start + region.nbytes)
+        self.zip.end()
+        return True
 
     def commit(self) -> None:
-        if set(self.infos) - self.written:
-            raise RuntimeError("torch sink closed with tensors unwritten")
-        self.writer.write_end_of_file()
-        self.writer = None
+        if self.pending:
+            raise RuntimeError(f"torch sink closed with {len(self.pending)} tensors unwritten")
+        self.zip.add("version", b"3\n")
+        self.zip.add(".data/serialization_id", os.urandom(20).hex().encode())
+        self.zip.finish()
+        self.file.truncate()
+        self.file.close()
         self.atomic.commit()
 
     def abort(self) -> None:
-        self.writer = None
+        self.file.close()
         self.atomic.abort()
 
 

@@ -269,11 +269,12 @@ def _reconstructor(cls, base, state=None):
 
 # ------------------------------------------------------------------ files
 
-def load(path: Path) -> Any:
-    """The object a torch.save file holds, tensors as `Tensor` views of the mapped file."""
+def load(path: Path, mapped: MappedFile | None = None) -> Any:
+    """The object a torch.save file holds, tensors as `Tensor` views of the mapped file
+    (`mapped`, if the caller wants to release or locate their pages)."""
     path = Path(path)
     try:
-        mapped = MappedFile(path)
+        mapped = mapped or MappedFile(path)
     except OSError as exc:
         raise CheckpointError(f"{path}: {exc.strerror}") from None
     try:

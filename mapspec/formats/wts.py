@@ -17,7 +17,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import CheckpointError
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, SourceBase
+from .base import AtomicPath, SinkBase, SourceBase
 from .registry import Format
 
 
@@ -63,7 +63,7 @@ class WtsSource(SourceBase):
         pass
 
 
-class WtsSink:
+class WtsSink(SinkBase):
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         self.atomic = AtomicPath(path)
         self.infos = dict(outputs)
