@@ -128,6 +128,16 @@ def check(
                  f", fits the target ({len(plan.steps)}/{r.target_count}; {len(r.missing)} missing, "
                  f"{len(r.mismatched)} shape-mismatched, {len(r.unexpected)} unexpected)")
     out.print(line, markup=False)
+    out.print(peak_line(plan), markup=False)
+
+
+def peak_line(plan: Plan) -> str:
+    """What `apply` is expected to hold at most, before it runs (the plan knows every size)."""
+    from .executor import _size
+
+    n, step = plan.peak_step()
+    where = f" (largest step: {step.output})" if step is not None else ""
+    return f"expected peak memory: {_size(n)} of tensors{where} + the interpreter"
 
 
 class ExplainFormat(str, Enum):
@@ -153,11 +163,14 @@ def explain(
     plan = plan_for(spec, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict,
                     fit=fit, drop=tuple(drop))
     if fmt is ExplainFormat.json:
-        sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
+        data = plan.to_json()
+        data["summary"]["expected_peak_bytes"] = plan.peak_step()[0]
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     elif fmt is ExplainFormat.markdown:
-        sys.stdout.write(explain_markdown(plan))
+        sys.stdout.write(explain_markdown(plan) + "\n" + peak_line(plan) + "\n")
     else:
         out.print(explain_table(plan))
+        out.print(peak_line(plan), markup=False)
 
 
 def _row(step) -> list[str]:

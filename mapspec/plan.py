@@ -72,6 +72,18 @@ class Plan:
     def outputs(self) -> dict[str, TensorInfo]:
         return {s.output: s.info for s in self.steps}
 
+    def peak_step(self) -> tuple[int, Step | None]:
+        """The most tensor memory one step holds, and that step: its inputs' pages while
+        read (released after their last use), plus, when actions run, the result and one
+        intermediate. Steps without actions may be copied by the kernel and hold nothing,
+        so this is an upper bound; the process adds its interpreter (about 100 MiB)."""
+        best, where = 0, None
+        for s in self.steps:
+            n = sum(i.nbytes for i in s.input_infos) + (2 * s.info.nbytes if s.actions else 0)
+            if n > best:
+                best, where = n, s
+        return best, where
+
     def to_json(self) -> dict:
         return {
             "format": "mapspec-plan/1",
