@@ -74,7 +74,7 @@ def rule_text(rule: Rule, side: Side, tables: Tables) -> str:
                 src.append(f"{{{n}:" + "|".join(map(str, p[2])) + "}")
         elif kind == "var":
             v = var_names[p] = next(vars_)
-            entries, used, ordered = p[1], p[2], p[3]
+            entries, used = p[1], p[2]
             keys = [s for s, _ in entries]
             identity = all(s == t for s, t in entries)
             if all(ALT.match(s) for s in keys) and (not used or identity):
