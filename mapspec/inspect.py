@@ -115,7 +115,7 @@ def inspect_checkpoint(path: str | Path, epoch: int | None = None) -> dict:
         tree = {"file": str(path), "format": fmt, "tensors": summarize(list(infos.values()))}
         if source.shards:
             tree["shards"] = _shards(source, infos)
-        obj = getattr(source, "object", None)
+        obj = source.object
         if obj is not None:
             tree["content"] = describe(obj)
             chosen = auto_select(obj)

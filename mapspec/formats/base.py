@@ -4,6 +4,7 @@ atomically. Arrays travel as numpy arrays with a dtype name beside them (bf16 as
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Protocol
@@ -142,6 +143,21 @@ class AtomicPath:
                 self.tmp.unlink()
             except FileNotFoundError:
                 pass
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Rename the finished directory `tmp` to `final`. An existing `final` (--force) is renamed
+    aside first and removed after, so `final` is always either the old or the new whole."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; the output gets the usual mode
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
 
 
 class MappedFile:

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import copyreg
 import io
-import os
 import pickle
 import re
-import shutil
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,7 +25,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import CheckpointError, UsageError
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, MappedFile, SinkBase, SourceBase
+from .base import AtomicPath, MappedFile, SinkBase, SourceBase, replace_dir
 from .registry import Format
 from .torch_pickle import StandIn, _Reader, _no_storage
 
@@ -163,13 +161,7 @@ class OneflowSink(SinkBase):
         (folder / "out").write_bytes(dtypes.raw(array, self.infos[name].dtype))
 
     def commit(self) -> None:
-        if self.final.is_dir():  # --force over an earlier output: swap, then remove the old one
-            old = self.final.with_name(f".{self.final.name}.old")
-            os.replace(self.final, old)
-            self.atomic.commit()
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            self.atomic.commit()
+        replace_dir(self.atomic.tmp, self.final)
 
     def abort(self) -> None:
         self.atomic.abort()

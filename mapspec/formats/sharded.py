@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -26,7 +24,7 @@ import numpy as np
 
 from ..errors import CheckpointError, UsageError
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, Region, SinkBase, SourceBase
+from .base import AtomicPath, Region, SinkBase, SourceBase, replace_dir
 from .registry import Format
 
 # format -> (single-file name, shard name stem, index name), as transformers names them
@@ -253,16 +251,7 @@ class ShardedSink(SinkBase):
         if self.index is not None:
             name, data = self.index
             (self.atomic.tmp / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.atomic.tmp, 0o777 & ~umask)  # mkdtemp makes it private
-        if self.final.exists():  # --force: swap the old directory out, the new one in, then delete the old
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
-            os.rename(self.final, old)
-            os.rename(self.atomic.tmp, self.final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(self.atomic.tmp, self.final)
+        replace_dir(self.atomic.tmp, self.final)
 
     def abort(self) -> None:
         for sink in self.sinks:

@@ -169,7 +169,7 @@ class TorchSink(SinkBase):
 
     def write(self, name: str, array: np.ndarray) -> None:
         self._begin(name)
-        self.zip.write(memoryview(dtypes.raw(array, self.infos[name].dtype)).cast("B"))
+        self.zip.write(dtypes.raw(array, self.infos[name].dtype))
         self.zip.end()
 
     def write_region(self, name: str, region: Region) -> bool:
