@@ -26,7 +26,9 @@ class Format:
     # (empty for a directory). Sniffers run in registry order; the first yes wins.
     sniff: Optional[Callable[[Path, bytes], bool]] = None
     directory: bool = False                # a checkpoint of this format is a directory
-    shardable: bool = False                # transformers writes it as shards + index
+    # How transformers names it in a model directory: (single file, shard stem, index file),
+    # e.g. ("model.safetensors", "model", "model.safetensors.index.json"); None: not sharded.
+    hf_layout: Optional[tuple[str, str, str]] = None
 
     @property
     def names(self) -> tuple[str, ...]:

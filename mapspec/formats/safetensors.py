@@ -142,4 +142,4 @@ class SafetensorsSink(SinkBase):
 
 FORMAT = Format(
     "safetensors", "safetensors (Hugging Face)", (".safetensors",), SafetensorsSource, SafetensorsSink,
-    frozenset(NAMES.values()), sniff=lambda path, head: len(head) >= 9 and head[8:9] == b"{", shardable=True)
+    frozenset(NAMES.values()), sniff=lambda path, head: len(head) >= 9 and head[8:9] == b"{", hf_layout=("model.safetensors", "model", "model.safetensors.index.json"))

@@ -27,11 +27,6 @@ from ..tensorinfo import TensorInfo
 from .base import AtomicPath, Region, SinkBase, SourceBase, replace_dir
 from .registry import Format
 
-# format -> (single-file name, shard name stem, index name), as transformers names them
-LAYOUT = {
-    "safetensors": ("model.safetensors", "model", "model.safetensors.index.json"),
-    "torch": ("pytorch_model.bin", "pytorch_model", "pytorch_model.bin.index.json"),
-}
 MAX_INDEX = 100_000_000  # bytes; an index is names and file names only
 
 
@@ -59,12 +54,13 @@ def open_path(path: Path, fmt: str | None = None):
 def _open_model_dir(path: Path):
     """A model directory: its index (safetensors preferred, as transformers prefers it), else
     its single checkpoint file."""
-    from . import by_suffix, open_file
+    from . import by_suffix, formats, open_file
 
-    for _single, _stem, index in LAYOUT.values():
+    layouts = [f.hf_layout for f in formats() if f.hf_layout]  # registry order: safetensors first
+    for _single, _stem, index in layouts:
         if (path / index).is_file():
             return ShardedSource.from_index(path / index)
-    for single, _stem, _index in LAYOUT.values():
+    for single, _stem, _index in layouts:
         if (path / single).is_file():
             return open_file(path / single)
     files = [p for p in sorted(path.iterdir()) if p.is_file() and by_suffix(p) is not None]
@@ -197,7 +193,9 @@ def assign_shards(outputs: Mapping[str, TensorInfo], max_bytes: int) -> list[lis
 
 
 def shard_names(fmt: str, count: int) -> list[str]:
-    single, stem, _index = LAYOUT[fmt]
+    from . import by_name
+
+    single, stem, _index = by_name(fmt).hf_layout
     if count == 1:
         return [single]
     ext = single[len(stem):]
@@ -209,8 +207,10 @@ class ShardedSink(SinkBase):
 
     def __init__(self, path: Path, fmt: Format, outputs: Mapping[str, TensorInfo], max_shard_size: int | str,
                  metadata=None):
-        if fmt.name not in LAYOUT:
-            shardable = ", ".join(LAYOUT)
+        if fmt.hf_layout is None:
+            from . import formats
+
+            shardable = ", ".join(f.name for f in formats() if f.hf_layout)
             raise UsageError(f"--max-shard-size writes {shardable} shards, not {fmt.name}")
         max_bytes = parse_size(max_shard_size)
         self.final = Path(path)
@@ -233,7 +233,7 @@ class ShardedSink(SinkBase):
             self.index = None
             if len(names) > 1:
                 total = sum(i.nbytes for i in outputs.values())
-                self.index = (LAYOUT[fmt.name][2],
+                self.index = (fmt.hf_layout[2],
                               {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
         except BaseException:
             self.abort()

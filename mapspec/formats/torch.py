@@ -212,4 +212,5 @@ def _is_torch(path: Path, head: bytes) -> bool:
 
 
 FORMAT = Format("torch", "PyTorch torch.save", (".pt", ".pth", ".bin", ".ckpt"), TorchSource, TorchSink,
-                frozenset(STORAGE_TYPES), aliases=("pt", "pytorch"), sniff=_is_torch, shardable=True)
+                frozenset(STORAGE_TYPES), aliases=("pt", "pytorch"), sniff=_is_torch,
+                hf_layout=("pytorch_model.bin", "pytorch_model", "pytorch_model.bin.index.json"))
