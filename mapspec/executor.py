@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+import numpy as np
+
 from . import actions as act
 from .errors import UsageError
 from .formats import open_sink, open_source, sink_format
 from .parser import parse_spec
-from .plan import Plan, TensorInfo, compile_spec
+from .plan import Plan, Step, TensorInfo, compile_spec
 from .rules import Spec
 
 
@@ -52,6 +54,19 @@ def _size(n: int) -> str:
     return str(n)  # pragma: no cover
 
 
+def run_step(step: Step, arrays: list[np.ndarray]) -> np.ndarray:
+    """One step's actions on its input arrays (bf16 as bits); the planned output array."""
+    dtype = step.input_infos[0].dtype
+    for pa in step.actions:
+        arrays = [act.REGISTRY[pa.name].run(dict(pa.params), arrays, dtype)]
+        if pa.name == "cast":
+            dtype = pa.params["to"]
+    (out,) = arrays
+    if tuple(out.shape) != step.info.shape:  # pragma: no cover - the planner guarantees this
+        raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
+    return out
+
+
 def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = None) -> int:
     """Write every step of `plan` to `sink`; returns the bytes written."""
     total = 0
@@ -59,17 +74,9 @@ def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = N
     # Steps that split one input read it several times: release it after its last use.
     last_use = {k: i for i, step in enumerate(plan.steps) for k in step.inputs}
     for i, step in enumerate(plan.steps):
-        arrays = [source.read(k) for k in step.inputs]
-        dtype = step.input_infos[0].dtype
-        for pa in step.actions:
-            arrays = [act.REGISTRY[pa.name].run(dict(pa.params), arrays, dtype)]
-            if pa.name == "cast":
-                dtype = pa.params["to"]
-        (out,) = arrays
-        if tuple(out.shape) != step.info.shape:  # pragma: no cover - the planner guarantees this
-            raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
+        out = run_step(step, [source.read(k) for k in step.inputs])
         sink.write(step.output, out)
-        del arrays, out
+        del out
         if release is not None:
             for k in step.inputs:
                 if last_use[k] == i:

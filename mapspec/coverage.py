@@ -1,0 +1,92 @@
+"""Why source keys went unmatched, and what to write instead: one line per kind of problem.
+
+Each unmatched key gets a finding: a rule that would match it with another `arg:`/`aux:`
+prefix; a rule that differs from it in a few tokens (segment-aware, see `hints`); a last
+segment no rule takes (BatchNorm counters, a table entry short). Keys with the same finding
+fold into one line with a count, a glob and one suggestion."""
+
+from __future__ import annotations
+
+from .hints import PatternIndex, fold, glob_of, plural
+from .matcher import Ambiguous, Matcher
+from .rules import RenameRule, Spec
+
+MAX_LINES = 20
+PREFIXES = ("arg:", "aux:")
+
+
+def _patterns(rule):
+    return rule.sources if isinstance(rule, RenameRule) else rule.patterns
+
+
+def _prefix_variants(key: str):
+    """(variant, what changed) for a key whose MXNet prefix may be wrong or missing."""
+    for p in PREFIXES:
+        if key.startswith(p):
+            other = PREFIXES[1 - PREFIXES.index(p)]
+            yield other + key[len(p):], (p, other)
+            yield key[len(p):], (p, "")
+            return
+    for p in PREFIXES:
+        yield p + key, ("", p)
+
+
+def _match(matcher: Matcher, key: str):
+    try:
+        return matcher.match(key)
+    except Ambiguous as amb:
+        return amb.first, {}
+
+
+def _finding(key: str, spec: Spec, matcher: Matcher, index: PatternIndex):
+    """(fold key, description of one) for an unmatched key."""
+    for variant, (old, new) in _prefix_variants(key):
+        hit = _match(matcher, variant)
+        if hit is not None:
+            entry = hit[0]
+            rule = spec.rules[entry.rule]
+            if old and new:
+                what = (f"the rule at line {rule.span.line} ({entry.pattern.text}) matches with "
+                        f"'{new}', not '{old}': write '{{x:arg|aux}}:' to take both")
+            elif old:
+                what = (f"the rule at line {rule.span.line} ({entry.pattern.text}) matches without "
+                        f"the '{old}' prefix: add it to the pattern")
+            else:
+                what = (f"the rule at line {rule.span.line} ({entry.pattern.text}) expects a '{new}' prefix "
+                        "the key does not have: remove it from the pattern")
+            return ("prefix", entry.rule, old, new), what
+    last = key.rsplit(".", 1)[-1]
+    close = index.closest(key)
+    if close is not None:
+        score, pattern, rule, diffs = close
+        where = f"line {rule.span.line} ({pattern.text})"
+        if len(diffs) == 1 and diffs[0][0] == last:
+            t = diffs[0][1]
+            return ("last", last), (f"closest rule: {where} has '{t}' in place of '{last}': widen it "
+                                    f"(e.g. {{p:{t}|{last}}} with {{p}} in the target), or add 'drop @DROP@'")
+        if diffs:
+            edits = ", ".join(f"'{t}' in place of '{k}'" for k, t in diffs)
+            return ("close", rule.span, pattern.text, tuple(t for _, t in diffs)), f"closest rule: {where} has {edits}"
+        return ("near", rule.span, pattern.text), f"closest rule: {where}"
+    return ("last", last), "no rule comes close: add a rule, or add 'drop @DROP@'"
+
+
+def unmatched_lines(unmatched: list[str], spec: Spec, matcher: Matcher, tables: dict[str, tuple[str, ...]]) -> list[str]:
+    index = PatternIndex(((p, r) for r in spec.rules for p in _patterns(r)), tables)
+    findings = [(key,) + _finding(key, spec, matcher, index) for key in unmatched]
+    lines = []
+    groups = fold(findings, lambda f: f[1])
+    for group in groups[:MAX_LINES]:
+        keys = [g[0] for g in group]
+        what = group[0][2]
+        if len(keys) == 1:
+            lines.append(f"{keys[0]}: {what.replace('@DROP@', keys[0])}")
+        else:
+            what = what.replace("@DROP@", "**." + keys[0].rsplit(".", 1)[-1] if "." in keys[0] else glob_of(keys))
+            lines.append(f"{plural(len(keys), 'key')} like {glob_of(keys)}: {what}")
+    rest = groups[MAX_LINES:]
+    if rest:
+        lines.append(f"... and {sum(len(g) for g in rest)} more keys in {len(rest)} more groups "
+                     "(`mapspec check --non-strict` then `mapspec explain` shows the plan without them)")
+    return lines
+
