@@ -177,8 +177,8 @@ def test_explain_json_is_the_plan(tmp_path):
     assert head["inputs"] == ["fc.weight"] and head["shape"] == [4, 3, 1, 1] and head["dtype"] == "float32"
     assert [a["name"] for a in head["actions"]] == ["view", "cast"]
     assert plan["dropped"] == [{"key": "m.num_batches_tracked", "rule": "spec.map:9:1"}]
-    md = run("explain", tmp_path / "spec.map", ckpt, "--format", "markdown").output
-    assert "| fc.weight | head.weight | view(4, 3, 1, 1) cast(float32) |" in md
+    md = run("explain", tmp_path / "spec.map", ckpt, "--format", "markdown", "--per-tensor").output
+    assert "| fc.weight | head.weight | 8 | view(4, 3, 1, 1) cast(float32) |" in md
     assert "head.weight" in run("explain", tmp_path / "spec.map", ckpt).output
 
 
