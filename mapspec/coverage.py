@@ -7,6 +7,9 @@ fold into one line with a count, a glob and one suggestion."""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+
 from .hints import PatternIndex, fold, glob_of, plural
 from .matcher import Ambiguous, Matcher
 from .rules import RenameRule, Spec
@@ -61,14 +64,24 @@ def _finding(key: str, spec: Spec, matcher: Matcher, index: PatternIndex):
         score, pattern, rule, diffs = close
         where = f"line {rule.span.line} ({pattern.text})"
         if len(diffs) == 1 and diffs[0][0] == last:
-            t = diffs[0][1]
-            return ("last", last), (f"closest rule: {where} has '{t}' in place of '{last}': widen it "
-                                    f"(e.g. {{p:{t}|{last}}} with {{p}} in the target), or add 'drop @DROP@'")
+            return ("last", last), f"{_widen(where, diffs[0][1], last)}, or add 'drop @DROP@'"
         if diffs:
             edits = ", ".join(f"'{t}' in place of '{k}'" for k, t in diffs)
             return ("close", rule.span, pattern.text, tuple(t for _, t in diffs)), f"closest rule: {where} has {edits}"
         return ("near", rule.span, pattern.text), f"closest rule: {where}"
     return ("last", last), "no rule comes close: add a rule, or add 'drop @DROP@'"
+
+
+def _widen(where: str, segment: str, last: str) -> str:
+    """How to make the closest rule take a last segment it does not."""
+    table = re.fullmatch(r"\{\w* in (\w+)\}", segment)
+    if table:
+        return f"closest rule: {where}; '{last}' is not in table {table[1]}: add it there"
+    alt = re.fullmatch(r"\{(\w*):?([^{}]*\|[^{}]*)\}", segment)
+    if alt:
+        return f"closest rule: {where}; '{last}' is not one of {alt[2]}: add it there"
+    return (f"closest rule: {where} has '{segment}' in place of '{last}': widen it "
+            f"(e.g. {{p:{segment}|{last}}} with {{p}} in the target)")
 
 
 def unmatched_lines(unmatched: list[str], spec: Spec, matcher: Matcher, tables: dict[str, tuple[str, ...]]) -> list[str]:
@@ -78,11 +91,11 @@ def unmatched_lines(unmatched: list[str], spec: Spec, matcher: Matcher, tables: 
     groups = fold(findings, lambda f: f[1])
     for group in groups[:MAX_LINES]:
         keys = [g[0] for g in group]
-        what = group[0][2]
+        what = Counter(g[2] for g in group).most_common(1)[0][0]
         if len(keys) == 1:
             lines.append(f"{keys[0]}: {what.replace('@DROP@', keys[0])}")
         else:
-            what = what.replace("@DROP@", "**." + keys[0].rsplit(".", 1)[-1] if "." in keys[0] else glob_of(keys))
+            what = what.replace("@DROP@", glob_of(keys))
             lines.append(f"{plural(len(keys), 'key')} like {glob_of(keys)}: {what}")
     rest = groups[MAX_LINES:]
     if rest:

@@ -7,6 +7,7 @@ from `features.0.weight`, however many characters the two happen to share."""
 
 from __future__ import annotations
 
+import os
 import re
 from difflib import SequenceMatcher
 from typing import Callable, Iterable, Sequence, TypeVar
@@ -57,52 +58,58 @@ class _PatternTokens:
 
     MULTI = object()
 
-    def __init__(self, pattern: Pattern, tables: dict[str, tuple[str, ...]]):
+    def __init__(self, pattern: Pattern, tables: dict[str, tuple[str, ...]], seps: str = ".:_"):
         self.pattern = pattern
+        self.seps = seps
         self.items: list = []  # compiled regex per token, or MULTI for `**`
         self.texts: list[str] = []  # the pattern text of each token
-        cur, text = "", ""
+        self.weights: list[float] = []
+        cur, text, lit = "", "", False
         for part in pattern.parts:
             if isinstance(part, Capture):
                 if part.type == "multi":
                     if cur:
-                        self._push(cur, text)
+                        self._push(cur, text, lit)
                     self.items.append(self.MULTI)
                     self.texts.append("**")
-                    cur, text = "", ""
+                    self.weights.append(0.25)
+                    cur, text, lit = "", "", False
                     continue
                 cur += capture_regex(part, tables)
                 text += _capture_text(part)
                 continue
             for ch in part.text:
-                if ch in ".:_":
-                    self._push(cur, text)
-                    cur, text = "", ""
+                if ch in seps:
+                    self._push(cur, text, lit)
+                    cur, text, lit = "", "", False
                 else:
                     cur += re.escape(ch)
                     text += ch
-        self._push(cur, text)
+                    lit = True
+        self._push(cur, text, lit)
 
-    def _push(self, regex: str, text: str) -> None:
+    def _push(self, regex: str, text: str, literal: bool) -> None:
         if regex or text:
             self.items.append(re.compile(regex))
             self.texts.append(text)
+            self.weights.append(1.0 if literal else 0.5)
 
     def align(self, key: str) -> tuple[float, list[tuple[str, str]]]:
         """Similarity with `key` (0..1) and the (key token, pattern token) pairs that differ
         where the two have the same number of tokens."""
-        kt = tokens(key)
+        kt = tokens(key) if self.seps == ".:_" else key.split(".")
         n, m = len(self.items), len(kt)
-        # LCS where a token regex matches a key token and `**` absorbs any run of them.
-        dp = [[0] * (m + 1) for _ in range(n + 1)]
+        # LCS where a token regex matches a key token and `**` absorbs any run of them; a
+        # token with literal text counts 1, a bare capture (which matches almost anything) 1/2.
+        dp = [[0.0] * (m + 1) for _ in range(n + 1)]
         for i in range(1, n + 1):
-            item = self.items[i - 1]
+            item, weight = self.items[i - 1], self.weights[i - 1]
             for j in range(1, m + 1):
                 best = max(dp[i - 1][j], dp[i][j - 1])
                 if item is self.MULTI:
-                    best = max(best, dp[i][j - 1] + 1, dp[i - 1][j - 1] + 1)
+                    best = max(best, dp[i][j - 1] + weight, dp[i - 1][j - 1] + weight)
                 elif item.fullmatch(kt[j - 1]):
-                    best = max(best, dp[i - 1][j - 1] + 1)
+                    best = max(best, dp[i - 1][j - 1] + weight)
                 dp[i][j] = best
         score = dp[n][m] / max(n, m) if n and m else 0.0
         diffs = []
@@ -126,31 +133,34 @@ class PatternIndex:
     """Every source pattern of a spec, for "which rule did you mean" questions."""
 
     def __init__(self, entries: Iterable[tuple[Pattern, object]], tables: dict[str, tuple[str, ...]]):
-        self.entries = [(_PatternTokens(p, tables), rule) for p, rule in entries]
+        self.entries = [(_PatternTokens(p, tables), _PatternTokens(p, tables, "."), rule) for p, rule in entries]
 
     def closest(self, key: str, cutoff: float = 0.5):
-        """(score, pattern, rule, differing token pairs) of the most similar pattern, or None."""
+        """(score, pattern, rule, differing segments) of the most similar pattern, or None.
+        Similarity is the better of token-wise and segment-wise alignment (MXNet names are
+        one long segment); the differences are whole dot-separated segments (key segment,
+        pattern segment), when the two have as many segments."""
         best = None
-        for pt, rule in self.entries:
-            score, diffs = pt.align(key)
+        for fine, coarse, rule in self.entries:
+            score = max(fine.align(key)[0], coarse.align(key)[0])
             if score >= cutoff and (best is None or score > best[0]):
-                best = (score, pt.pattern, rule, diffs)
-        return best
+                best = (score, coarse, rule)
+        if best is None:
+            return None
+        score, coarse, rule = best
+        return score, coarse.pattern, rule, coarse.align(key)[1]
 
 
 # ------------------------------------------------------------------ folding
 
 def glob_of(names: Sequence[str]) -> str:
-    """One glob that covers all `names`: same tokens kept, differing ones as `*`;
-    `**.suffix` when they differ in length."""
-    if len(names) == 1:
+    """One glob that covers all `names`: what they share kept, what differs as `*`
+    (`layer*.0.downsample.bn.*`); `**.suffix` when they differ in depth."""
+    if len(set(names)) == 1:
         return names[0]
-    split = [_SEP.split(n) for n in names]
-    if len({len(s) for s in split}) == 1 and all(s[1::2] == split[0][1::2] for s in split):
-        out = [t if all(s[i] == t for s in split) else ("*" if i % 2 == 0 else t)
-               for i, t in enumerate(split[0])]
-        return "".join(out)
     segs = [n.split(".") for n in names]
+    if len({len(s) for s in segs}) == 1:
+        return ".".join(col[0] if len(set(col)) == 1 else _segment_glob(col) for col in zip(*segs))
     suffix: list[str] = []
     for parts in zip(*(reversed(s) for s in segs)):
         if len(set(parts)) != 1:
@@ -164,6 +174,22 @@ def glob_of(names: Sequence[str]) -> str:
             break
         prefix.append(parts[0])
     return ".".join(prefix) + ".**" if prefix else "**"
+
+
+def _segment_glob(col: Sequence[str]) -> str:
+    """`running_mean`, `running_var` -> `running_*`; `layer1`, `layer4` -> `layer*`."""
+    split = [re.split(r"([:_])", c) for c in col]
+    if len({len(s) for s in split}) != 1 or any(s[1::2] != split[0][1::2] for s in split):
+        return _chars_glob(col)
+    return "".join(t[0] if len(set(t)) == 1 else _chars_glob(t) for t in zip(*split))
+
+
+def _chars_glob(col: Sequence[str]) -> str:
+    head = os.path.commonprefix(list(col))
+    rest = [c[len(head):] for c in col]
+    tail = os.path.commonprefix([r[::-1] for r in rest])[::-1]
+    # a shared letter or two (gamm_a_, bet_a_) is chance, not structure
+    return (head if len(head) > 1 else "") + "*" + (tail if len(tail) > 1 else "")
 
 
 def skeleton(name: str) -> str:

@@ -214,8 +214,9 @@ def report_summary(report: "Report") -> str:
 def plan_warnings(plan: Plan, spec: Spec) -> list[str]:
     """Rules that matched nothing (at their location) and keys left out by --non-strict."""
     rules = {r.span: r for r in spec.rules}
-    out = [f"{span}: warning: this rule matches no key ({rule_text(rules[span])}); "
-           "--strict-rules makes this an error" for span in plan.unused]
+    out = [f"{span}: warning: this rule matches no key ({rule_text(rules[span])}): correct its pattern "
+           "(`mapspec inspect --keys` lists the keys) or remove it; --strict-rules makes this an error"
+           for span in plan.unused]
     if plan.unmatched:
         n = len(plan.unmatched)
         out.append(f"warning: {plural(n, 'unmatched key')} left out: " + ", ".join(plan.unmatched[:5])
@@ -232,7 +233,9 @@ def check_line(spec_path: Path | str, plan: Plan, with_target: bool) -> str:
         line += f", {plural(len(plan.unused), 'rule')} matching nothing"
     if with_target:
         r = plan.target_report
-        line += (", matches the target" if r.ok else
+        filled = (f" ({len(r.filled)} BatchNorm counters left out, which load_state_dict fills in)"
+                  if r.filled else "")
+        line += (", matches the target" + filled if r.ok else
                  f", fits the target ({len(plan.steps)}/{r.target_count}; {len(r.missing)} missing, "
                  f"{len(r.mismatched)} shape-mismatched, {len(r.unexpected)} unexpected)")
     return line
