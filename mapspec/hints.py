@@ -188,8 +188,8 @@ def _chars_glob(col: Sequence[str]) -> str:
     head = os.path.commonprefix(list(col))
     rest = [c[len(head):] for c in col]
     tail = os.path.commonprefix([r[::-1] for r in rest])[::-1]
-    # a shared letter or two (gamm_a_, bet_a_) is chance, not structure
-    return (head if len(head) > 1 else "") + "*" + (tail if len(tail) > 1 else "")
+    # one shared final letter (gamm_a_, bet_a_) is chance, not structure
+    return head + "*" + (tail if len(tail) > 1 else "")
 
 
 def skeleton(name: str) -> str:

@@ -35,13 +35,14 @@ def size(n: int) -> str:
 
 def text_table(head: Sequence[str], rows: Iterable[Sequence[str]], title: str | None = None) -> str:
     """Columns padded to their widest cell; the last column is never padded or cut."""
-    rows = [list(map(str, r)) for r in rows]
+    rows = list(rows)
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
-    fmt_row = lambda r: "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + ("  " if len(r) > 1 else "") + r[-1]  # noqa: E731
+    # one format string for every row: "{:<w0}  {:<w1}  ...  {}"
+    row = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + ("  " if len(widths) > 1 else "") + "{}"
     lines = [title] if title else []
-    lines.append(fmt_row(list(head)).rstrip())
+    lines.append(row.format(*head).rstrip())
     lines.append("  ".join("-" * w for w in widths))
-    lines.extend(fmt_row(r).rstrip() for r in rows)
+    lines.extend(row.format(*r).rstrip() for r in rows)
     return "\n".join(lines) + "\n"
 
 
@@ -83,19 +84,20 @@ def rule_text(rule) -> str:
     return f"{word} " + " | ".join(p.text for p in rule.patterns)
 
 
-def planned_text(a: PlannedAction) -> str:
+def planned_text(a: PlannedAction, index: bool = True) -> str:
     p = a.params
     if a.name in ("view", "reshape", "squeeze", "unsqueeze") and "shape" in p:
         return f"{a.name}{format_shape(tuple(p['shape']))}"
     if a.name == "cast":
         return f"cast({p['to']})"
     if a.name in ("split", "chunk"):
-        return f"{a.name}[{p['index']}]"
+        return f"{a.name}[{p['index']}]" if index else a.name
     return f"{a.name}({', '.join(str(v) for v in p.values())})"
 
 
 def change_text(step: Step) -> str:
-    """What a step changes besides the name: shapes and dtypes that differ, and its actions."""
+    """What a step changes besides the name: shapes and dtypes that differ, and its actions
+    (the part a split takes left out: it differs for every output by design)."""
     parts = []
     shapes_in = {i.shape for i in step.input_infos}
     if shapes_in != {step.info.shape}:
@@ -104,7 +106,7 @@ def change_text(step: Step) -> str:
     if dtypes_in != {step.info.dtype}:
         parts.append("/".join(sorted(dtypes_in)) + " -> " + step.info.dtype)
     if step.actions and parts:
-        parts.append("by " + " ".join(planned_text(a) for a in step.actions))
+        parts.append("by " + " ".join(planned_text(a, index=False) for a in step.actions))
     return "; ".join(parts)
 
 
@@ -139,7 +141,7 @@ def rule_rows(plan: Plan, spec: Spec) -> list[list[str]]:
         changes = Counter(change_text(s) for s in steps)
         change = changes.most_common(1)[0][0]
         if len(changes) > 1:
-            change = (change + "; " if change else "") + f"{len(changes) - 1} other change patterns"
+            change = (change + "; " if change else "") + f"and {plural(len(changes) - 1, 'other change')}"
         rows.append([where(rule.span), text, count, f"{', '.join(ex.inputs)} -> {ex.output}", change])
     if plan.unmatched:
         rows.append(["", "(no rule: left out by --non-strict)", str(len(plan.unmatched)), plan.unmatched[0], ""])
@@ -147,9 +149,26 @@ def rule_rows(plan: Plan, spec: Spec) -> list[list[str]]:
 
 
 def tensor_rows(plan: Plan) -> list[list[str]]:
-    return [[", ".join(s.inputs), s.output, str(s.rule.line), " ".join(planned_text(a) for a in s.actions) or "-",
-             " ".join(format_shape(i.shape) for i in s.input_infos) + " -> " + format_shape(s.info.shape),
-             "/".join(sorted({i.dtype for i in s.input_infos})) + " -> " + s.info.dtype] for s in plan.steps]
+    shapes: dict = {}  # the same few shapes and dtypes recur in every large plan
+    dts: dict = {}
+
+    def shape_text(s: Step) -> str:
+        key = (tuple(i.shape for i in s.input_infos), s.info.shape)
+        text = shapes.get(key)
+        if text is None:
+            text = shapes[key] = " ".join(map(format_shape, key[0])) + " -> " + format_shape(key[1])
+        return text
+
+    def dtype_text(s: Step) -> str:
+        key = (tuple(i.dtype for i in s.input_infos), s.info.dtype)
+        text = dts.get(key)
+        if text is None:
+            text = dts[key] = "/".join(sorted(set(key[0]))) + " -> " + key[1]
+        return text
+
+    return [[", ".join(s.inputs), s.output, str(s.rule.line),
+             " ".join(planned_text(a) for a in s.actions) if s.actions else "-", shape_text(s), dtype_text(s)]
+            for s in plan.steps]
 
 
 def plan_title(plan: Plan) -> str:
@@ -314,6 +333,7 @@ def diff_text(d: "PlanDiff", fmt: str = "text") -> str:
             olds = [g.old for g in group if g.old]
             news = [g.new for g in group if g.new]
             ex = c.line()
-            name = " -> ".join(x for x in (glob_of(olds) if olds else "", glob_of(news) if news else "") if x)
+            name = glob_of(news) if c.kind == "changed" else " -> ".join(
+                x for x in (glob_of(olds) if olds else "", glob_of(news) if news else "") if x)
             lines.append(f"  {c.kind} {len(group)} outputs like {name} (e.g. {ex})")
     return "\n".join(lines) + "\n"
