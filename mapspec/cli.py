@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from typer.core import TyperGroup
 
 from . import render
-from .errors import MapspecError, SpecError
+from .errors import MapspecError, SpecError, UsageError
 from .executor import apply as apply_spec, plan_for
 from .formats import FORMAT_NAMES
 from .formatter import format_text
@@ -197,8 +197,9 @@ def apply(
 @_guard
 def check(
     spec: SpecArg,
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="Compile against this checkpoint's keys too.",
-                                                         show_default=False)] = None,
+    checkpoint: Annotated[Optional[list[Path]], typer.Argument(
+        help="Compile against this checkpoint's keys too. (Several .map files instead: check each spec on "
+        "its own, as the pre-commit hook does.)", show_default=False)] = None,
     target: TargetOpt = None,
     select: SelectOpt = None,
     epoch: EpochOpt = None,
@@ -208,14 +209,19 @@ def check(
     strict_rules: StrictRulesOpt = False,
 ) -> None:
     """Compile only; exit 0 when SPEC (and its plan for CHECKPOINT) is clean."""
-    parsed = parse_spec(spec)
-    check_spec(parsed)
-    if checkpoint is None:
+    rest = checkpoint or []
+    if all(p.suffix == ".map" for p in rest):  # specs only: each on its own
         if target is not None:
             raise SpecError("--target needs a CHECKPOINT to compile against")
-        say(f"{spec}: ok ({len(parsed.rules)} rules, {len(parsed.tables)} tables)")
+        for path in [spec, *rest]:
+            parsed = parse_spec(path)
+            check_spec(parsed)
+            say(f"{path}: ok ({len(parsed.rules)} rules, {len(parsed.tables)} tables)")
         return
-    plan = _plan(parsed, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules)
+    if len(rest) > 1:
+        raise UsageError(f"check takes one SPEC and one CHECKPOINT, or only specs; got {len(rest) + 1} paths")
+    parsed = parse_spec(spec)
+    plan = _plan(parsed, rest[0], target, select, epoch, fit, drop, non_strict, strict_rules)
     _warn_plan(plan, parsed)
     say(render.check_line(spec, plan, target is not None))
 

@@ -233,8 +233,9 @@ def report_summary(report: "Report") -> str:
 def plan_warnings(plan: Plan, spec: Spec) -> list[str]:
     """Rules that matched nothing (at their location) and keys left out by --non-strict."""
     rules = {r.span: r for r in spec.rules}
-    out = [f"{span}: warning: this rule matches no key ({rule_text(rules[span])}): correct its pattern "
-           "(`mapspec inspect --keys` lists the keys) or remove it; --strict-rules makes this an error"
+    out = [f"{span}: warning: this rule matches no key of this checkpoint ({rule_text(rules[span])}): if it "
+           "should, correct its pattern (`mapspec inspect --keys` lists the keys), else remove it; "
+           "--strict-rules makes this an error"
            for span in plan.unused]
     if plan.unmatched:
         n = len(plan.unmatched)

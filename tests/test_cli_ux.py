@@ -95,8 +95,8 @@ def test_a_rule_matching_nothing_is_a_warning_with_its_location_or_an_error_when
     spec.write_text("mapspec 1\nblocks.{i:int}.{p:w|b} -> b{i}.{p}\nhead.weight -> fc.weight\n")
     r = run("check", spec, many)
     assert r.exit_code == 0
-    assert (f"{spec}:3:1: warning: this rule matches no key (head.weight -> fc.weight): correct its pattern "
-            "(`mapspec inspect --keys` lists the keys) or remove it") in r.output
+    assert (f"{spec}:3:1: warning: this rule matches no key of this checkpoint (head.weight -> fc.weight): if it "
+            "should, correct its pattern (`mapspec inspect --keys` lists the keys), else remove it") in r.output
     assert "1 rule matching nothing" in r.output
     r = run("apply", spec, many, "-o", tmp_path / "o.safetensors")
     assert r.exit_code == 0 and f"{spec}:3:1: warning: this rule matches no key" in r.output
@@ -244,3 +244,26 @@ def test_progress_counts_bytes(tmp_path, many):
     total = sum(i.nbytes for i in open_source(many).infos().values())
     assert heard[-1] == (total, total) and len(heard) == 300
     assert all(a[0] < b[0] for a, b in zip(heard, heard[1:]))
+
+
+# ------------------------------------------------------------------ pre-commit
+
+def test_pre_commit_hooks_run_the_commands_they_name(tmp_path):
+    """.pre-commit-hooks.yaml: pre-commit calls `ENTRY FILE...` with the staged .map files."""
+    yaml = pytest.importorskip("yaml")
+    hooks = {h["id"]: h for h in yaml.safe_load((Path(__file__).parent.parent / ".pre-commit-hooks.yaml").read_text())}
+    assert set(hooks) == {"mapspec-fmt", "mapspec-check"}
+    assert all(h["files"] == r"\.map$" and h["language"] == "python" for h in hooks.values())
+    good = tmp_path / "good.map"
+    good.write_text("mapspec 1\nkeep **\n")
+    other = tmp_path / "other.map"
+    other.write_text("mapspec 1\ntable t {\n  a = b\n}\n")
+    for hook in hooks.values():
+        args = hook["entry"].split()[1:]
+        r = run(*args, good, other)
+        assert r.exit_code == 0, (hook["id"], r.output)
+    other.write_text("mapspec 1\nkeep   **\n")
+    assert run(*hooks["mapspec-fmt"]["entry"].split()[1:], good, other).exit_code == 1
+    other.write_text("mapspec 1\na.{i} -> b.{j}\n")
+    r = run(*hooks["mapspec-check"]["entry"].split()[1:], good, other)
+    assert r.exit_code == 2 and "capture {j} is not bound" in r.output
