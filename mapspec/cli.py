@@ -330,18 +330,18 @@ def fmt(
 @app.command()
 @_guard
 def draft(
-    source: Path = typer.Argument(..., help="The checkpoint to convert from."),
-    target: str = typer.Argument(..., help="A checkpoint with the target keys and shapes, "
-                                 "or a model factory module:callable(args)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the draft here (default: stdout)."),
-    explain_: bool = typer.Option(False, "--explain", help="Print the evidence for every rule on stderr."),
-    select: Optional[str] = typer.Option(None, "--select", help="Draft for this sub-tree (e.g. model, ema)."),
-    epoch: Optional[int] = typer.Option(None, "--epoch", help="MXNet: SOURCE is a prefix; read PREFIX-EPOCH.params."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    source: Annotated[Path, typer.Argument(help="The checkpoint to convert from.", show_default=False)],
+    target: Annotated[str, typer.Argument(help="A checkpoint with the target keys and shapes, "
+                                          "or a model factory module:callable(args).", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the draft here "
+                                                   "(default: stdout).")] = None,
+    explain_: Annotated[bool, typer.Option("--explain", help="Print the evidence for every rule on stderr.")] = False,
+    select: SelectOpt = None,
+    epoch: EpochOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
 ) -> None:
     """Infer a reviewable spec converting SOURCE into TARGET (exit 1: target keys left unexplained)."""
     from .draft import draft as make_draft
-    from .errors import UsageError
     from .executor import open_for
     from .load import target_infos
 
@@ -356,7 +356,7 @@ def draft(
                         file=str(output or "draft.map"))
     if explain_:
         for line in result.explain():
-            err.print(line, markup=False)
+            warn(line)
     if output is None:
         sys.stdout.write(result.text)
     else:
@@ -366,11 +366,11 @@ def draft(
     p = result.pairing
     summary = (f"draft: {len(result.rules)} rules, {sum(len(x.targets) for x in p.pairs)}/{len(p.target.keys)} "
                f"target tensors, {len(p.dropped)} source tensors dropped, {len(p.suggestions)} suggestions")
-    err.print(summary + (f" -> {output}" if output else ""), markup=False)
+    warn(summary + (f" -> {output}" if output else ""))
     if not result.ok:
-        err.print(f"error: the draft leaves {len(result.problems)} target keys unexplained:", markup=False)
+        warn(f"error: the draft leaves {len(result.problems)} target keys unexplained:")
         for line in result.problems:
-            err.print(f"  {line}", markup=False)
+            warn(f"  {line}")
         raise typer.Exit(1)
 
 

@@ -29,11 +29,21 @@ COUNTER = "num_batches_tracked"
 
 
 @dataclass(frozen=True)
-class Target:
-    """What the output must fit: names, shapes, dtypes, and the keys torch fills in itself."""
+class Target(Mapping):
+    """What the output must fit: names, shapes, dtypes, and the keys torch fills in itself.
+    It reads as the mapping of its infos, so code that wants only names and shapes takes it."""
 
     infos: Mapping[str, "TensorInfo"]
     filled: frozenset[str] = frozenset()
+
+    def __getitem__(self, key: str) -> "TensorInfo":
+        return self.infos[key]
+
+    def __iter__(self):
+        return iter(self.infos)
+
+    def __len__(self) -> int:
+        return len(self.infos)
 
 
 def torch_fills(keys: Iterable[str]) -> frozenset[str]:

@@ -192,7 +192,7 @@ def test_to_help_lists_every_format():
         assert re.search(rf"\b{fmt}\b", text), fmt
 
 
-@pytest.mark.parametrize("name", ["apply", "check", "explain", "diff", "inspect", "fmt"])
+@pytest.mark.parametrize("name", ["apply", "check", "explain", "diff", "inspect", "fmt", "draft"])
 def test_every_option_and_argument_has_help(name):
     command = typer.main.get_command(app).commands[name]
     for param in command.params:
