@@ -72,10 +72,10 @@ def _guard(fn):
         try:
             return fn(*args, **kwargs)
         except MapspecError as exc:
-            warn(exc.render())
+            warn(render.error_text(exc))
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
-            warn(f"error: {exc.filename or ''}: {exc.strerror or exc}")
+            warn(render.error_text(exc))
             raise typer.Exit(2) from None
     return run
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import TYPE_CHECKING, Mapping
 
-from .hints import PatternIndex, fold, glob_of, plural
+from .hints import PatternIndex, fold, glob_of, pair_by_name, plural
 from .matcher import Ambiguous, Matcher
 from .rules import RenameRule, Spec
+
+if TYPE_CHECKING:
+    from .plan import TensorInfo
 
 MAX_LINES = 20
 PREFIXES = ("arg:", "aux:")
@@ -84,19 +88,33 @@ def _widen(where: str, segment: str, last: str) -> str:
             f"(e.g. {{p:{segment}|{last}}} with {{p}} in the target)")
 
 
-def unmatched_lines(unmatched: list[str], spec: Spec, matcher: Matcher, tables: dict[str, tuple[str, ...]]) -> list[str]:
+def unmatched_lines(unmatched: list[str], spec: Spec, matcher: Matcher, tables: dict[str, tuple[str, ...]],
+                    keys: Mapping[str, TensorInfo] | None = None,
+                    missing: Mapping[str, TensorInfo] | None = None) -> list[str]:
+    """One line per kind of problem; with a target, the target key no output produces that
+    each (first) key most likely is (same shape, similar name)."""
     index = PatternIndex(((p, r) for r in spec.rules for p in _patterns(r)), tables)
     findings = [(key,) + _finding(key, spec, matcher, index) for key in unmatched]
+    counterpart = {}
+    if keys and missing:
+        left = [(k, keys[k]) for k in unmatched]
+        right = list(missing.items())
+        for i, j in pair_by_name(left, right, lambda a, b: tuple(a.shape) == tuple(b.shape)):
+            counterpart[left[i][0]] = right[j][0]
     lines = []
     groups = fold(findings, lambda f: f[1])
     for group in groups[:MAX_LINES]:
-        keys = [g[0] for g in group]
+        names = [g[0] for g in group]
         what = Counter(g[2] for g in group).most_common(1)[0][0]
-        if len(keys) == 1:
-            lines.append(f"{keys[0]}: {what.replace('@DROP@', keys[0])}")
+        pair = next(((k, counterpart[k]) for k in names if k in counterpart), None)
+        if pair is not None:
+            what += (f"; the target's {pair[1]}, which no rule produces, has the shape and a similar name"
+                     + (f" of {pair[0]}" if len(names) > 1 else ""))
+        if len(names) == 1:
+            lines.append(f"{names[0]}: {what.replace('@DROP@', names[0])}")
         else:
-            what = what.replace("@DROP@", glob_of(keys))
-            lines.append(f"{plural(len(keys), 'key')} like {glob_of(keys)}: {what}")
+            what = what.replace("@DROP@", glob_of(names))
+            lines.append(f"{plural(len(names), 'key')} like {glob_of(names)}: {what}")
     rest = groups[MAX_LINES:]
     if rest:
         lines.append(f"... and {sum(len(g) for g in rest)} more keys in {len(rest)} more groups "

@@ -193,7 +193,8 @@ def compile_spec(
             prev.inputs.append(((fan_index, renderer.order_key(caps)), key))
 
     if unmatched and strict:
-        raise _coverage_error(unmatched, spec, matcher, table_keys)
+        missing = {k: i for k, i in target.items() if k not in produced} if target is not None else {}
+        raise _coverage_error(unmatched, spec, matcher, table_keys, keys, missing)
     unused = tuple(r.span for i, r in enumerate(spec.rules) if i not in used)
     if unused and strict_rules:
         raise PlanError(f"this rule matches no key of the checkpoint ({len(keys)} keys; "
@@ -204,7 +205,7 @@ def compile_spec(
     if target is not None:
         by_name = {st.output: st for st in steps}
         kept, report = fitting.fit({st.output: st.info for st in steps}, target, fit, drop,
-                           {st.output: st.rule for st in steps})
+                                   {st.output: st.rule for st in steps})
         steps = [by_name[k] for k in kept]
     return Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(steps),
                 tuple(dropped), tuple(unmatched), len(keys), report, unused)
@@ -217,14 +218,14 @@ def _duplicate(out: str, prev, key: str, rule) -> PlanError:
                      f"and from '{key}'", rule.span)
 
 
-def _coverage_error(unmatched: list[str], spec: Spec, matcher: Matcher,
-                    tables: dict[str, tuple[str, ...]]) -> ConversionError:
+def _coverage_error(unmatched: list[str], spec: Spec, matcher: Matcher, tables: dict[str, tuple[str, ...]],
+                    keys: Mapping[str, TensorInfo], missing: Mapping[str, TensorInfo]) -> ConversionError:
     from .coverage import unmatched_lines
 
     n = len(unmatched)
     return ConversionError(f"{n} source key{'s are' if n != 1 else ' is'} not matched by any rule "
                            "(add rules, drop them, or use --non-strict)",
-                           unmatched_lines(unmatched, spec, matcher, tables))
+                           unmatched_lines(unmatched, spec, matcher, tables, keys, missing))
 
 
 def _plan_step(p: _Pending, keys: Mapping[str, TensorInfo]) -> Step:

@@ -208,7 +208,20 @@ def explain(plan: Plan, spec: Spec, fmt: str = "table", per_tensor: bool = False
     return text
 
 
-# ------------------------------------------------------------------ reports and warnings
+# ------------------------------------------------------------------ errors, reports, warnings
+
+def error_text(exc: BaseException) -> str:
+    """An error as shown to a person: one `error:` line (spec errors with the line and a
+    caret, conversion errors with their details below)."""
+    from .errors import MapspecError
+
+    if isinstance(exc, MapspecError):
+        return exc.render()
+    if isinstance(exc, OSError):
+        return f"error: {exc.filename or ''}: {exc.strerror or exc}"
+    return f"error: {exc}"
+
+
 
 def report_summary(report: "Report") -> str:
     p = report.plan

@@ -61,6 +61,17 @@ def test_a_wrong_mxnet_prefix_is_named(tmp_path):
                      "add it to the pattern"]
 
 
+def test_with_a_target_an_unmatched_key_is_paired_with_the_target_key_it_most_likely_is(tmp_path):
+    s = spec(tmp_path, "module.body.{i:int}.w -> body.{i}.w\n")
+    keys = {"module.body.0.w": F, "module.body.1.w": F, "module.head.fc.weight": TensorInfo((3, 4), "float32")}
+    target = {"body.0.w": F, "body.1.w": F, "head.fc.weight": TensorInfo((3, 4), "float32")}
+    with pytest.raises(ConversionError) as info:
+        compile_spec(s, keys, target=target)
+    assert info.value.details == [
+        "module.head.fc.weight: no rule comes close: add a rule, or add 'drop module.head.fc.weight'; the target's "
+        "head.fc.weight, which no rule produces, has the shape and a similar name"]
+
+
 def test_target_mismatches_pair_missing_and_unexpected_and_name_the_rule(tmp_path):
     s = spec(tmp_path, "ds.{b:int}.{p:weight|bias} -> layer1.{b}.downsample.bn.{p}\nfc.weight -> fc.weight\n")
     keys = {f"ds.{b}.{p}": F for b in range(3) for p in ("weight", "bias")}
