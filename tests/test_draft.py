@@ -112,7 +112,8 @@ def test_gluon_resnet_drafts_match_the_shipped_spec(tmp_path, name):
     right, total = agreement(case, out)
     assert right == total
     r = run("check", out, case.source, *epoch, "--target", case.target, *COUNTERS)
-    assert r.exit_code == 0 and "0 shape-mismatched, 0 unexpected" in r.output, r.output
+    # counters are left to load_state_dict, which fills them in (issue 11.1): a full match
+    assert r.exit_code == 0 and "matches the target" in r.output, r.output
     from mapspec import parse_spec
 
     assert len(parse_spec(out).rules) <= 1.5 * 7  # each form takes 7 rules of the shipped spec
