@@ -55,7 +55,7 @@ class _Group(TyperGroup):
 
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  rich_markup_mode=None, help="Compile and apply checkpoint mapping specs.")
+                  help="Compile and apply checkpoint mapping specs.")
 
 
 def say(text: str) -> None:
@@ -113,9 +113,9 @@ class DiffFormat(str, Enum):
     json = "json"
 
 
-SpecArg = Annotated[Path, typer.Argument(help="The .map spec.", show_default=False)]
+SpecArg = Annotated[Path, typer.Argument(help="The .map spec.", show_default=False, metavar="SPEC")]
 CheckpointArg = Annotated[Path, typer.Argument(help="The checkpoint (an MXNet prefix with --epoch).",
-                                               show_default=False)]
+                                               show_default=False, metavar="CHECKPOINT")]
 TargetOpt = Annotated[Optional[str], typer.Option(
     "--target", help="What the output must fit: a checkpoint with the target keys and shapes, or a model "
     "factory module:callable(args).")]
@@ -199,7 +199,7 @@ def check(
     spec: SpecArg,
     checkpoint: Annotated[Optional[list[Path]], typer.Argument(
         help="Compile against this checkpoint's keys too. (Several .map files instead: check each spec on "
-        "its own, as the pre-commit hook does.)", show_default=False)] = None,
+        "its own, as the pre-commit hook does.)", show_default=False, metavar="CHECKPOINT")] = None,
     target: TargetOpt = None,
     select: SelectOpt = None,
     epoch: EpochOpt = None,
@@ -253,8 +253,8 @@ def explain(
 @app.command()
 @_guard
 def diff(
-    old: Annotated[Path, typer.Argument(help="The spec as it was.", show_default=False)],
-    new: Annotated[Path, typer.Argument(help="The spec as it is now.", show_default=False)],
+    old: Annotated[Path, typer.Argument(help="The spec as it was.", show_default=False, metavar="OLD")],
+    new: Annotated[Path, typer.Argument(help="The spec as it is now.", show_default=False, metavar="NEW")],
     checkpoint: CheckpointArg,
     fmt: Annotated[DiffFormat, typer.Option("--format", help="text or json.")] = DiffFormat.text,
     exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 1 when an output changes.")] = False,
@@ -276,7 +276,8 @@ def diff(
 @app.command()
 @_guard
 def inspect(
-    checkpoint: Annotated[Path, typer.Argument(help="Any supported checkpoint.", show_default=False)],
+    checkpoint: Annotated[Path, typer.Argument(help="Any supported checkpoint.", show_default=False,
+                                               metavar="CHECKPOINT")],
     keys: Annotated[bool, typer.Option("--keys", help="List every tensor, one per line: name, shape, dtype "
                                        "(tab-separated; --format json for a JSON list).")] = False,
     fmt: Annotated[TreeFormat, typer.Option("--format", help="tree or json.")] = TreeFormat.tree,
@@ -308,7 +309,8 @@ def inspect(
 @app.command()
 @_guard
 def fmt(
-    specs: Annotated[list[Path], typer.Argument(help="Spec files to rewrite in place.", show_default=False)],
+    specs: Annotated[list[Path], typer.Argument(help="Spec files to rewrite in place.", show_default=False,
+                                                metavar="SPEC...")],
     check: Annotated[bool, typer.Option("--check", help="Change nothing; list the files that would change and "
                                         "exit 1 if there are any.")] = False,
 ) -> None:
@@ -330,9 +332,11 @@ def fmt(
 @app.command()
 @_guard
 def draft(
-    source: Annotated[Path, typer.Argument(help="The checkpoint to convert from.", show_default=False)],
+    source: Annotated[Path, typer.Argument(help="The checkpoint to convert from.", show_default=False,
+                                           metavar="SOURCE")],
     target: Annotated[str, typer.Argument(help="A checkpoint with the target keys and shapes, "
-                                          "or a model factory module:callable(args).", show_default=False)],
+                                          "or a model factory module:callable(args).", show_default=False,
+                                          metavar="TARGET")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the draft here "
                                                    "(default: stdout).")] = None,
     explain_: Annotated[bool, typer.Option("--explain", help="Print the evidence for every rule on stderr.")] = False,
