@@ -72,3 +72,11 @@ def test_unmatched_keys_and_unknown_parameters_are_refused(spec):
         mapspec.remap(spec, {}, width=2)
     with pytest.raises(UsageError, match="not a tensor"):
         mapspec.remap(spec, {"module.emb": [1, 2]})
+
+
+def test_a_spec_select_header_takes_the_sub_tree(tmp_path):
+    (tmp_path / "sel.map").write_text("mapspec 1\nselect model\nfc.{p:weight|bias} -> head.{p}\n")
+    sd = {"model.fc.weight": np.ones((2, 2), np.float32), "model.fc.bias": np.zeros(2, np.float32),
+          "optimizer.step": np.ones(1, np.float32)}
+    out = mapspec.remap(tmp_path / "sel.map", sd)
+    assert list(out) == ["head.weight", "head.bias"] and out["head.weight"] is sd["model.fc.weight"]
