@@ -135,7 +135,7 @@ def _show(value: Value) -> str:
 
 def _varargs_as_tuple(action: Action) -> Action:
     """`view(2, 3)` and `view((2, 3))` mean the same; so do permute's."""
-    if action.args and all(isinstance(a, int) and not isinstance(a, bool) for a in action.args):
+    if action.args and not any(isinstance(a, Tuple) for a in action.args):
         return action.model_copy(update={"args": (Tuple(items=action.args),)})
     return action
 

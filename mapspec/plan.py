@@ -18,7 +18,7 @@ from .actions import PlannedAction
 from .checks import axes_of, check_bound, patterns_of
 from .errors import ConversionError, PlanError, Span, SpecError
 from .matcher import Ambiguous, Entry, Matcher
-from .params import Binding, Config, bind, raise_all
+from .params import Binding, Config, bind_all, raise_all
 from .rules import BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst
 
 
@@ -148,8 +148,8 @@ def compile_spec(
     how the outputs must meet it: "strict" (same keys and shapes), "shape" (keep only outputs
     whose name and shape the target has), or "drop" (leave out outputs matching the `drop`
     globs; the rest must fit, and what the target then misses must match the globs too)."""
-    spec, bindings = bind(spec, params, config)
-    check_bound(spec)
+    spec, bindings, errors, tainted = bind_all(spec, params, config)
+    check_bound(spec, errors, tainted)
     tables = {t.name: t.mapping() for t in spec.tables}
     table_keys = {n: tuple(m) for n, m in tables.items()}
     ordinary, copies, fallback = [], [], []
