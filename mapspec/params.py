@@ -39,6 +39,7 @@ from .rules import (
     Text,
     Tuple,
     Word,
+    expr_names,
 )
 
 
@@ -94,7 +95,7 @@ def bind_all(spec: Spec, params: Mapping[str, Any] | None = None, config: Config
             errors.append(SpecError(f"'{d.name}' is defined twice", d.span))
             continue
         try:
-            if _names(d.expr if isinstance(d, Let) else d.default) & failed:
+            if expr_names(d.expr if isinstance(d, Let) else d.default) & failed:
                 failed.add(d.name)
                 continue
             env[d.name] = (_let(d, env, declared) if isinstance(d, Let)
@@ -104,7 +105,7 @@ def bind_all(spec: Spec, params: Mapping[str, Any] | None = None, config: Config
             failed.add(d.name)
     for a in spec.assertions:
         try:
-            if not (_names(a.left) | _names(a.right)) & failed:
+            if not (expr_names(a.left) | expr_names(a.right)) & failed:
                 _check_assertion(a, env, declared)
         except SpecError as exc:
             errors.append(exc)
@@ -226,18 +227,6 @@ def evaluate(expr, env: Mapping[str, Binding], declared: Mapping = {}) -> int:
         left // right if expr.op == "//" else left % right)
 
 
-def _names(expr) -> set[str]:
-    if isinstance(expr, Ref):
-        return {expr.name}
-    if isinstance(expr, BinOp):
-        return _names(expr.left) | _names(expr.right)
-    if isinstance(expr, Neg):
-        return _names(expr.operand)
-    if isinstance(expr, Lookup):
-        return _names(expr.key)
-    return set()
-
-
 def _first_span(expr):
     if isinstance(expr, (Ref, Lookup)):
         return expr.span
@@ -288,7 +277,7 @@ class _Substitute:
         return spec.model_copy(update={"rules": tuple(rules)})
 
     def _eval(self, expr):
-        if _names(expr) & self.failed:
+        if expr_names(expr) & self.failed:
             self._taint = True
             return 0
         try:

@@ -19,7 +19,7 @@ from .checks import axes_of, check_bound, patterns_of
 from .errors import ConversionError, PlanError, Span, SpecError
 from .matcher import Ambiguous, Entry, Matcher
 from .params import Binding, Config, bind_all, raise_all
-from .rules import BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst
+from .rules import BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst, expr_names
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +361,7 @@ class _Renderer:
         used = set()
         for part in rule.target.parts:
             if isinstance(part, Subst):
-                used |= _refs(part.expr)
+                used |= expr_names(part.expr)
         self.used = used
         self.axes: list[Capture] = axes_of(rule)
         self._key_names = sorted(used - set(self.fanouts))
@@ -601,15 +601,3 @@ class _Walk:
                                str(values.get(p.name, "{" + str(p.name) + "}")) if p.name else
                                ("*" if p.type == "segment" else "**") for p in pattern.parts))
         return out
-
-
-def _refs(expr) -> set[str]:
-    if isinstance(expr, Ref):
-        return {expr.name}
-    if isinstance(expr, BinOp):
-        return _refs(expr.left) | _refs(expr.right)
-    if isinstance(expr, Neg):
-        return _refs(expr.operand)
-    if isinstance(expr, Lookup):
-        return _refs(expr.key)
-    return set()
