@@ -284,3 +284,14 @@ def test_fmt_writes_every_new_construct_canonically():
     assert format_text(tidy) == tidy
 
     assert _meaning(spec(tidy)) == _meaning(spec(messy))
+
+
+def test_every_example_in_the_language_doc_parses():
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "spec-language.md").read_text()
+    blocks = [b for b in re.findall(r"```\n(.*?)```", doc, re.S) if "SOURCE" not in b and "include" not in b]
+    assert len(blocks) >= 7
+    for block in blocks:
+        parse_spec(text=block, name="doc")
