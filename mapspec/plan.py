@@ -575,6 +575,8 @@ class _Walk:
         for j, t in enumerate(tensors):
             other = tuple((k, v) for k, v in t.coords.items() if k != axis.name)
             rows.setdefault(other, {})[t.coords[axis.name]] = j
+        caps = {a.name: a for a in self.r.axes}
+        rows = dict(sorted(rows.items(), key=lambda kv: tuple(self.r._rank(caps[k], v) for k, v in kv[0])))
         missing = []
         for other, row in rows.items():
             for v in required:

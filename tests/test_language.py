@@ -295,3 +295,23 @@ def test_every_example_in_the_language_doc_parses():
     assert len(blocks) >= 7
     for block in blocks:
         parse_spec(text=block, name="doc")
+
+
+def test_a_table_merge_axis_needs_every_table_key_in_table_order(tmp_path):
+    text = "mapspec 1\ntable part { up = 0  gate = 1 }\nmlp.{p in part}.weight -> fc1.weight then concat(0)\n"
+    t = {"mlp.gate.weight": rand(0, 2, 3), "mlp.up.weight": rand(1, 2, 3)}
+    out = run(tmp_path, text, t)["fc1.weight"]
+    assert np.array_equal(out, np.concatenate([t["mlp.up.weight"], t["mlp.gate.weight"]]))
+    with pytest.raises(PlanError, match="merges {p} = up, gate with concat[(][)], but mlp.up.weight is missing"):
+        compile_spec(spec(text), infos({"mlp.gate.weight": t["mlp.gate.weight"]}))
+
+
+def test_integer_merge_axes_must_run_from_zero_with_the_same_values_everywhere():
+    text = "mapspec 1\nx.{e:int}.{w:a|b} -> y then stack(0, over=e) then concat(0, over=w)\n"
+    keys = {f"x.{e}.{w}": TensorInfo((2,), "float32") for e in (0, 1, 2) for w in "ab"}
+    del keys["x.1.b"]
+    with pytest.raises(PlanError, match="merges {e} = 0..2 with stack[(][)], but x.1.b is missing"):
+        compile_spec(spec(text), keys)
+    keys = {f"x.{e}.a": TensorInfo((2,), "float32") for e in (1, 2)} | {"x.0.b": TensorInfo((2,), "float32")}
+    with pytest.raises(PlanError, match="but x.0.a, x.1.b, x.2.b are missing"):
+        compile_spec(spec(text), keys)
