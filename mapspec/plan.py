@@ -71,6 +71,7 @@ class Plan:
     target_report: "TargetReport | None" = None
     params: tuple[Binding, ...] = ()
     fallback: Span | None = None  # the `otherwise` rule, if the spec has one
+    copied: tuple[str, ...] = ()  # outputs written by `copy` rules (a source read twice)
 
     def outputs(self) -> dict[str, TensorInfo]:
         return {s.output: s.info for s in self.steps}
@@ -84,6 +85,7 @@ class Plan:
             "select": self.select,
             **({"params": {b.name: b.to_json() for b in self.params}} if self.params else {}),
             **({"otherwise": _where(self.fallback)} if self.fallback else {}),
+            **({"copied": list(self.copied)} if self.copied else {}),
             "steps": [s.to_json() for s in self.steps],
             "dropped": [{"key": k, "rule": _where(s)} for k, s in self.dropped],
             "unmatched": list(self.unmatched),
@@ -221,9 +223,10 @@ def compile_spec(
                 steps[step.output] = step
         except PlanError as exc:
             errors.append(exc)
+    copied: list[str] = []
     for ri, copy_matcher in copies:
         try:
-            _plan_copies(renderers[ri], copy_matcher, keys, set(unmatched), steps)
+            copied += _plan_copies(renderers[ri], copy_matcher, keys, set(unmatched), steps)
         except PlanError as exc:
             errors.append(exc)
     raise_all(errors)
@@ -234,7 +237,7 @@ def compile_spec(
         out_steps, report = _fit(out_steps, target, fit, drop)
     return Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(out_steps),
                 tuple(dropped), tuple(unmatched), len(keys), report, bindings,
-                next((r.span for r in spec.rules if r.otherwise), None))
+                next((r.span for r in spec.rules if r.otherwise), None), tuple(copied))
 
 
 def _rule_at(spec: Spec, span: Span):
@@ -254,8 +257,10 @@ def _unary_step(out: str, key: str, info: TensorInfo, rule) -> Step:
 
 
 def _plan_copies(renderer: "_Renderer", matcher: Matcher, keys: Mapping[str, TensorInfo],
-                 unmatched: set[str], steps: dict[str, Step]) -> None:
+                 unmatched: set[str], steps: dict[str, Step]) -> list[str]:
+    """Add the steps of one copy rule; returns their outputs."""
     rule = renderer.rule
+    outputs = []
     hits = [(k, h) for k in keys if (h := matcher.match(k)) is not None]
     if not hits:
         raise PlanError(f"copy: no key of the checkpoint matches {rule.sources[0].text}", rule.sources[0].span)
@@ -269,6 +274,8 @@ def _plan_copies(renderer: "_Renderer", matcher: Matcher, keys: Mapping[str, Ten
                 continue
             raise _duplicate(out, steps[out], key, rule)
         steps[out] = renderer.step(out, key, keys[key])
+        outputs.append(out)
+    return outputs
 
 
 def _fit(steps: list[Step], target: Mapping[str, TensorInfo], fit: str, drop: tuple[str, ...]):

@@ -152,6 +152,10 @@ def test_merge_over_two_captures_is_exact(tmp_path):
     ref = np.stack([np.concatenate([t[f"model.layers.0.block_sparse_moe.experts.{e}.{w}.weight"]
                                     for w in ("w1", "w3")]) for e in range(3)])
     assert np.array_equal(out, ref)
+    # merged the other way round: one stack per w, then the two stacks side by side
+    swapped = MOE.replace("concat(0, over=w) then stack(0, over=e)", "stack(0, over=e) then concat(1, over=w)")
+    out = run(tmp_path, swapped, t)["model.layers.0.mlp.experts.gate_up_proj"]
+    assert np.array_equal(out, ref)
 
 
 def test_merge_over_two_captures_with_an_input_missing_is_a_compile_error_naming_it():
@@ -222,6 +226,13 @@ def test_copy_if_absent_writes_a_tied_head_only_when_the_checkpoint_has_none(tmp
     assert np.array_equal(tied["output.weight"], emb) and np.array_equal(tied["tok_embeddings.weight"], emb)
     untied = run(tmp_path, TIED, {"model.embed_tokens.weight": emb, "lm_head.weight": head})
     assert np.array_equal(untied["output.weight"], head)
+    (tmp_path / "out.safetensors").unlink()
+    report = apply(tmp_path / "s.map", tmp_path / "in.safetensors", tmp_path / "out.safetensors")
+    assert report.plan.copied == () and "copied" not in report.summary()
+    save_file({"model.embed_tokens.weight": emb}, tmp_path / "tied.safetensors")
+    report = apply(tmp_path / "s.map", tmp_path / "tied.safetensors", tmp_path / "tied.out.safetensors")
+    assert report.plan.copied == ("output.weight",)
+    assert report.summary().startswith("Transferred 2/1 tensors (0 dropped, 1 copied)")
 
 
 def test_a_plain_copy_colliding_with_a_rule_and_a_copy_of_nothing_are_errors():
