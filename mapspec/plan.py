@@ -196,7 +196,7 @@ def compile_spec(
             produced[key] = _unary_step(key, key, keys[key], rule)
             continue
         if renderer.simple_step:
-            out = renderer.render(key, caps, entry)
+            out = renderer.render(key, caps)
             prev = produced.get(out)
             if prev is not None:
                 raise _duplicate(out, prev, key, renderer.rule)
@@ -268,7 +268,7 @@ def _plan_copies(renderer: "_Renderer", matcher: Matcher, keys: Mapping[str, Ten
         if key in unmatched:
             raise PlanError(f"copy: '{key}' is not matched by any other rule; a copy is an extra output, "
                             "the key still needs its own rule", rule.span)
-        out = renderer.render(key, caps, entry)
+        out = renderer.render(key, caps)
         if out in steps:
             if rule.if_absent:
                 continue
@@ -372,15 +372,9 @@ class _Renderer:
         self.used = used
         self.axes: list[Capture] = axes_of(rule)
         self._key_names = sorted(used - set(self.fanouts))
-        self._fns: dict[int, Any] = {}
+        self._fn = self._compile()
 
     # -------------------------------------------------------------- rendering
-    def _fn(self, alternative: int) -> Any:
-        fn = self._fns.get(alternative)
-        if fn is None:
-            fn = self._fns[alternative] = self._compile()
-        return fn
-
     def _compile(self) -> Any:
         pieces = []
         for part in self.rule.target.parts:
@@ -410,9 +404,9 @@ class _Renderer:
             return f"T[{expr.table!r}][{key}]"
         return f"({self._code(expr.left, True)} {expr.op} {self._code(expr.right, True)})"
 
-    def render(self, key: str, caps: dict[str, str], entry, fan: dict[str, str] | None = None) -> str:
+    def render(self, key: str, caps: dict[str, str], fan: dict[str, str] | None = None) -> str:
         try:
-            return self._fn(entry.alternative if entry is not None else 0)(caps, fan)
+            return self._fn(caps, fan)
         except (KeyError, ArithmeticError):
             self._diagnose(key, {**caps, **(fan or {})})
             raise  # pragma: no cover - _diagnose always raises
@@ -495,7 +489,7 @@ class _Renderer:
         for name in self.fanouts:
             fan.setdefault(name, "{" + name + "}")
         try:
-            return self._fn(0)(caps, fan)
+            return self._fn(caps, fan)
         except (KeyError, ArithmeticError, ValueError):
             return self.rule.target.text
 
@@ -517,14 +511,14 @@ class _Walk:
                 raise PlanError(f"'{r._preview(self.base, fan)}' has {len(tensors)} inputs left after the last "
                                 f"action; merge them with concat() or stack() over "
                                 f"{', '.join('{' + n + '}' for n in left)}", r.rule.span)
-            out = r.render(self.inputs[0], self.base, None, fan)
+            out = r.render(self.inputs[0], self.base, fan)
             info = TensorInfo(tensors[0].shape, dtype)
             yield Step(out, self.inputs, self.infos, planned, info, r.rule.span)
             return
         action, d, p = r.actions[i]
         if d.kind == "unary":
             results = [d.infer(p, [t.shape], dtype, action) for t in tensors]
-            pa = act._each(action.name, [res[2] for res in results], [res[0] for res in results], results[0][1])
+            pa = act.mapped(action.name, [res[2] for res in results], [res[0] for res in results], results[0][1])
             new = [_Tensor(t.coords, res[0]) for t, res in zip(tensors, results)]
             yield from self.run(i + 1, new, results[0][1], planned + (pa,), fan, consumed)
         elif d.kind == "merge":
@@ -554,15 +548,15 @@ class _Walk:
             values = cap.alternatives if cap.type == "alt" else [str(k) for k in range(n)]
             for k, value in enumerate(values):
                 pieces = [f[k] for f in fans]
-                pa = act._each(action.name, [pc[1] for pc in pieces], [pc[0] for pc in pieces], dtype)
+                pa = act.mapped(action.name, [pc[1] for pc in pieces], [pc[0] for pc in pieces], dtype)
                 new = [_Tensor(t.coords, pc[0]) for t, pc in zip(tensors, pieces)]
                 yield from self.run(i + 1, new, dtype, planned + (pa,), {**fan, name: value}, consumed)
 
     def _axis(self, action, p, tensors: list[_Tensor]) -> Capture:
-        open_ = [a for a in self.r.axes if a.name in tensors[0].coords]
-        if p["over"] is not None:
-            return next(a for a in self.r.axes if a.name == p["over"])  # checks made sure it is open
-        return open_[0]  # checks made sure exactly one is open
+        """The axis a merge consumes (the checks made sure it is open, and the only one
+        open when over= is not given)."""
+        name = p["over"] if p["over"] is not None else next(iter(tensors[0].coords))
+        return next(a for a in self.r.axes if a.name == name)
 
     def _required(self, axis: Capture, tensors: list[_Tensor]) -> list:
         if axis.type == "alt":
