@@ -413,6 +413,8 @@ class _Renderer:
 
     def step(self, out: str, key: str, info: TensorInfo) -> Step:
         """The step of a one-input, one-output rule."""
+        if not self.actions:  # the common case, 100,000 times: no call further down
+            return Step(out, (key,), (info,), (), info, self.rule.span)
         return _unary_step(out, key, info, self.rule)
 
     def _diagnose(self, key: str, caps: dict[str, str]) -> None:
