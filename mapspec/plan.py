@@ -211,7 +211,7 @@ def compile_spec(
     if unmatched and strict:
         raise _coverage_error(unmatched, spec)
 
-    errors: list[SpecError] = []
+    problems: list[SpecError] = []  # every group's and copy's, reported together
     steps: dict[str, Step] = {}
     for item in produced.values():
         try:
@@ -222,14 +222,14 @@ def compile_spec(
                                      if isinstance(item, _Group) else _rule_at(spec, step.rule))
                 steps[step.output] = step
         except PlanError as exc:
-            errors.append(exc)
+            problems.append(exc)
     copied: list[str] = []
     for ri, copy_matcher in copies:
         try:
             copied += _plan_copies(renderers[ri], copy_matcher, keys, set(unmatched), steps)
         except PlanError as exc:
-            errors.append(exc)
-    raise_all(errors)
+            problems.append(exc)
+    raise_all(problems)
 
     report = None
     out_steps = list(steps.values())
@@ -345,10 +345,18 @@ def _nonneg(value: int) -> str:
 
 class _Tensor(NamedTuple):
     """One tensor of a rule's data while it is planned: where it sits on the merge axes
-    still open, and its shape."""
+    still open, its shape and dtype."""
 
     coords: dict[str, Any]
     shape: tuple[int, ...]
+    dtype: str
+
+
+def _dtype_of(tensors) -> str:
+    """The dtype recorded after an action: the tensors', or theirs one by one if they differ
+    (inputs of different dtypes, before a cast brings them together)."""
+    kinds = [t.dtype for t in tensors]
+    return kinds[0] if len(set(kinds)) == 1 else "/".join(kinds)
 
 
 class _Renderer:
@@ -476,14 +484,9 @@ class _Renderer:
         inputs = tuple(members[i][0] for i in order)
         infos = tuple(keys[k] for k in inputs)
         base = members[0][1]
-        dtypes_ = {i.dtype for i in infos}
-        if len(dtypes_) > 1:
-            raise PlanError(f"inputs of '{self._preview(base)}' have different dtypes: "
-                            f"{', '.join(sorted(dtypes_))} ({', '.join(inputs)}); cast() them first in a rule "
-                            "of their own", self.rule.span)
-        tensors = [_Tensor(coords[i], tuple(keys[members[i][0]].shape)) for i in order]
+        tensors = [_Tensor(coords[i], tuple(info.shape), info.dtype) for i, info in zip(order, infos)]
         walk = _Walk(self, base, inputs, infos)
-        return list(walk.run(0, tensors, infos[0].dtype, (), {}, {}))
+        return list(walk.run(0, tensors, (), {}, {}))
 
     def _preview(self, caps: dict[str, str], fan: dict[str, str] | None = None) -> str:
         """The target as far as it is known (fan-out captures not yet chosen stay {name})."""
@@ -504,8 +507,7 @@ class _Walk:
     def __init__(self, r: _Renderer, base: dict[str, str], inputs: tuple[str, ...], infos: tuple[TensorInfo, ...]):
         self.r, self.base, self.inputs, self.infos = r, base, inputs, infos
 
-    def run(self, i: int, tensors: list[_Tensor], dtype: str, planned: tuple, fan: dict, consumed: dict
-            ) -> Iterator[Step]:
+    def run(self, i: int, tensors: list[_Tensor], planned: tuple, fan: dict, consumed: dict) -> Iterator[Step]:
         r = self.r
         if i == len(r.actions):
             if len(tensors) != 1:
@@ -514,28 +516,33 @@ class _Walk:
                                 f"action; merge them with concat() or stack() over "
                                 f"{', '.join('{' + n + '}' for n in left)}", r.rule.span)
             out = r.render(self.inputs[0], self.base, fan)
-            info = TensorInfo(tensors[0].shape, dtype)
+            info = TensorInfo(tensors[0].shape, tensors[0].dtype)
             yield Step(out, self.inputs, self.infos, planned, info, r.rule.span)
             return
         action, d, p = r.actions[i]
         if d.kind == "unary":
-            results = [d.infer(p, [t.shape], dtype, action) for t in tensors]
-            pa = act.mapped(action.name, [res[2] for res in results], [res[0] for res in results], results[0][1])
-            new = [_Tensor(t.coords, res[0]) for t, res in zip(tensors, results)]
-            yield from self.run(i + 1, new, results[0][1], planned + (pa,), fan, consumed)
+            results = [d.infer(p, [t.shape], t.dtype, action) for t in tensors]
+            new = [_Tensor(t.coords, shape, dtype) for t, (shape, dtype, _) in zip(tensors, results)]
+            pa = act.mapped(action.name, [res[2] for res in results], [t.shape for t in new], _dtype_of(new))
+            yield from self.run(i + 1, new, planned + (pa,), fan, consumed)
         elif d.kind == "merge":
             axis = self._axis(action, p, tensors)
             groups = self._complete(axis, tensors, fan, consumed, action)
             merged, resolved = [], None
             for g in groups:
-                shape, dtype_, res = d.infer(p, [tensors[j].shape for j in g], dtype, action)
+                kinds = {tensors[j].dtype for j in g}
+                if len(kinds) > 1:
+                    raise PlanError(f"{action.name}() over {{{axis.name}}} gets tensors of different dtypes "
+                                    f"({', '.join(sorted(kinds))}); cast() them to one dtype first, in this rule",
+                                    action.span)
+                shape, dtype, res = d.infer(p, [tensors[j].shape for j in g], tensors[g[0]].dtype, action)
                 resolved = resolved or res
                 coords = {k: v for k, v in tensors[g[0]].coords.items() if k != axis.name}
-                merged.append(_Tensor(coords, shape))
+                merged.append(_Tensor(coords, shape, dtype))
             values = consumed | {axis.name: self._required(axis, tensors)}
-            pa = PlannedAction(action.name, {**resolved, "over": axis.name}, tuple(t.shape for t in merged), dtype,
-                               groups=None if len(groups) == 1 else tuple(tuple(g) for g in groups))
-            yield from self.run(i + 1, merged, dtype, planned + (pa,), fan, values)
+            pa = PlannedAction(action.name, {**resolved, "over": axis.name}, tuple(t.shape for t in merged),
+                               _dtype_of(merged), groups=None if len(groups) == 1 else tuple(tuple(g) for g in groups))
+            yield from self.run(i + 1, merged, planned + (pa,), fan, values)
         else:
             name = p["into"] or next(n for n in r.fanouts if n not in fan)
             cap = r.fanouts[name]
@@ -550,9 +557,9 @@ class _Walk:
             values = cap.alternatives if cap.type == "alt" else [str(k) for k in range(n)]
             for k, value in enumerate(values):
                 pieces = [f[k] for f in fans]
-                pa = act.mapped(action.name, [pc[1] for pc in pieces], [pc[0] for pc in pieces], dtype)
-                new = [_Tensor(t.coords, pc[0]) for t, pc in zip(tensors, pieces)]
-                yield from self.run(i + 1, new, dtype, planned + (pa,), {**fan, name: value}, consumed)
+                new = [_Tensor(t.coords, pc[0], t.dtype) for t, pc in zip(tensors, pieces)]
+                pa = act.mapped(action.name, [pc[1] for pc in pieces], [t.shape for t in new], _dtype_of(new))
+                yield from self.run(i + 1, new, planned + (pa,), {**fan, name: value}, consumed)
 
     def _axis(self, action, p, tensors: list[_Tensor]) -> Capture:
         """The axis a merge consumes (the checks made sure it is open, and the only one

@@ -336,3 +336,17 @@ def test_parameters_in_template_arithmetic_and_split_sizes():
         ("layers.2.q", (8, 3)), ("layers.2.k", (2, 3)), ("layers.2.v", (2, 3))]
     with pytest.raises(PlanError, match=r"split\(8, 2, 2\): sizes add up to 12, but dim 0 of shape \(16, 3\) is 16"):
         compile_spec(spec(text), {"blocks.0.qkv": TensorInfo((16, 3), "float32")}, params={"q_rows": 8})
+
+
+def test_inputs_of_different_dtypes_merge_after_a_cast_in_the_same_rule(tmp_path):
+    t = {"attn.q.weight": rand(0, 2, 3).astype(np.float16), "attn.k.weight": rand(1, 2, 3)}
+    keys = {"attn.q.weight": TensorInfo((2, 3), "float16"), "attn.k.weight": TensorInfo((2, 3), "float32")}
+    text = "mapspec 1\nattn.{p:q|k}.weight -> qk.weight then concat(0)\n"
+    with pytest.raises(PlanError, match=r"concat\(\) over \{p\} gets tensors of different dtypes \(float16, float32\)"):
+        compile_spec(spec(text), keys)
+    text = "mapspec 1\nattn.{p:q|k}.weight -> qk.weight then cast(float32) then concat(0)\n"
+    (step,) = compile_spec(spec(text), keys).steps
+    assert [(a.name, a.dtype) for a in step.actions] == [("cast", "float32"), ("concat", "float32")]
+    assert step.actions[0].each == ({"from": "float16", "to": "float32"}, {"from": "float32", "to": "float32"})
+    out = run(tmp_path, text, t)["qk.weight"]
+    assert np.array_equal(out, np.concatenate([t["attn.q.weight"].astype(np.float32), t["attn.k.weight"]]))
