@@ -267,7 +267,9 @@ def test_keep_takes_unary_actions_only(tmp_path):
 
 def test_bad_input_is_never_a_traceback(tmp_path):
     bad = ["mapspec 1\nlet = 3\n", "mapspec 1\nparam a: float\n", "mapspec 1\nassert 1 =< 2\n",
-           "mapspec 1\nparam a = 1 //\n", "mapspec 1\nlet a = 1 // 0\n", "mapspec 1\nx -> y then view((a))\n"]
+           "mapspec 1\nparam a = 1 //\n", "mapspec 1\nlet a = 1 // 0\n", "mapspec 1\nx -> y then view((a))\n",
+           "mapspec 1\nlet a = " + " + ".join(["1"] * 5000) + "\n",
+           "mapspec 1\nx -> y then view(" + "-" * 5000 + "1)\n"]
     for text in bad:
         with pytest.raises(MapspecError):
             compile_spec(spec(text), {"x": TensorInfo((2,), "float32")})
