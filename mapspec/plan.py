@@ -578,29 +578,37 @@ class _Walk:
         return sorted(present)
 
     def _complete(self, axis: Capture, tensors: list[_Tensor], fan: dict, consumed: dict, action) -> list[list[int]]:
-        """The tensors to merge, group by group in axis order; every group must hold every
-        value of the axis (the same values for every value of the other axes)."""
-        required = self._required(axis, tensors)
-        rows: dict[tuple, dict] = {}
-        for j, t in enumerate(tensors):
-            other = tuple((k, v) for k, v in t.coords.items() if k != axis.name)
-            rows.setdefault(other, {})[t.coords[axis.name]] = j
-        caps = {a.name: a for a in self.r.axes}
-        rows = dict(sorted(rows.items(), key=lambda kv: tuple(self.r._rank(caps[k], v) for k, v in kv[0])))
-        missing = []
-        for other, row in rows.items():
-            for v in required:
-                if v not in row:
-                    missing.extend(self._keys({**dict(other), axis.name: v}, consumed))
+        """The tensors to merge, group by group in axis order. The whole grid of the axes
+        still open must be there: every value of each (every alternative, every table key,
+        every integer up to the largest seen) with every value of the others."""
+        r = self.r
+        open_ = [a for a in r.axes if a.name in tensors[0].coords]
+        others = [a for a in open_ if a.name != axis.name]
+        required = {a.name: self._required(a, tensors) for a in open_}
+        where = {tuple(t.coords[a.name] for a in open_): j for j, t in enumerate(tensors)}
+        groups, missing = [], []
+        for row in itertools.product(*(required[a.name] for a in others)):
+            cell = dict(zip((a.name for a in others), row))
+            group = []
+            for v in required[axis.name]:
+                cell[axis.name] = v
+                j = where.get(tuple(cell[a.name] for a in open_))
+                if j is None:
+                    rank = tuple(r._rank(a, cell[a.name]) for a in open_)
+                    missing.extend((rank, k) for k in self._keys(cell, consumed))
+                else:
+                    group.append(j)
+            groups.append(group)
         if missing:
-            r = self.r
-            desc = f"0..{len(required) - 1}" if axis.type == "int" else ", ".join(map(str, required))
-            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-            verb = "is" if len(missing) == 1 else "are"
+            keys = [k for _, k in sorted(missing)]
+            values = required[axis.name]
+            desc = f"0..{len(values) - 1}" if axis.type == "int" else ", ".join(map(str, values))
+            shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+            verb = "is" if len(keys) == 1 else "are"
             found = f" (found {', '.join(self.inputs)})" if len(self.inputs) <= 6 else ""
             raise PlanError(f"'{r._preview(self.base, fan)}' merges {{{axis.name}}} = {desc} with "
                             f"{action.name}(), but {shown} {verb} missing{found}", r.rule.span)
-        return [[row[v] for v in required] for row in rows.values()]
+        return groups
 
     def _keys(self, coords: dict, consumed: dict) -> list[str]:
         """The source keys a missing tensor would have come from."""

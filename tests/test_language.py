@@ -352,3 +352,33 @@ def test_inputs_of_different_dtypes_merge_after_a_cast_in_the_same_rule(tmp_path
     assert step.actions[0].each == ({"from": "float16", "to": "float32"}, {"from": "float32", "to": "float32"})
     out = run(tmp_path, text, t)["qk.weight"]
     assert np.array_equal(out, np.concatenate([t["attn.q.weight"].astype(np.float32), t["attn.k.weight"]]))
+
+
+@pytest.mark.parametrize("order", ["concat(0, over=w) then stack(0, over=e)",
+                                   "stack(0, over=e) then concat(1, over=w)"])
+def test_a_merge_over_two_axes_is_exact_or_names_exactly_what_is_missing(order):
+    """Every subset of a 3-expert x 2-weight grid: the plan takes the inputs in order, or the
+    error names precisely the keys absent below the largest expert present."""
+    import itertools
+
+    text = MOE.replace("concat(0, over=w) then stack(0, over=e)", order)
+    cells = [(e, w) for e in range(3) for w in ("w1", "w3")]
+    name = "model.layers.0.block_sparse_moe.experts.{}.{}.weight".format
+    for mask in itertools.product([True, False], repeat=len(cells)):
+        present = [c for c, keep in zip(cells, mask) if keep]
+        if not present:
+            continue
+        top = max(e for e, _ in present)
+        expected_missing = [name(e, w) for e in range(top + 1) for w in ("w1", "w3") if (e, w) not in present]
+        keys = {name(e, w): TensorInfo((6, 4), "float32") for e, w in present}
+        try:
+            (step,) = compile_spec(spec(text), keys).steps
+        except PlanError as exc:
+            message = exc.message
+            assert expected_missing, message
+            reported = [k for k in keys.keys() | set(expected_missing) if k in message.split(" (found")[0]]
+            assert sorted(reported) == sorted(expected_missing), message
+            continue
+        assert not expected_missing
+        assert list(step.inputs) == [name(e, w) for e in range(top + 1) for w in ("w1", "w3")]
+        assert step.info.shape == (top + 1, 12, 4)
