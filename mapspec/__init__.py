@@ -18,11 +18,11 @@ from .load import LoadReport, load_into
 from .parser import parse_spec
 from .plan import Plan, Step, TensorInfo, compile_spec
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "CheckpointError", "ConversionError", "MapspecError", "Plan", "PlanError", "Report", "Span",
     "SpecError", "SpecSyntaxError", "Step", "TensorInfo", "UsageError", "apply", "check_spec",
     "compile_spec", "inspect_checkpoint", "load_into", "LoadReport", "open_source", "parse_spec", "plan_for",
-    "read_infos",
+    "read_infos", "__version__",
 ]

@@ -227,6 +227,10 @@ def inspect(
     _tree(root, info["content"])
     if info.get("auto_select"):
         root.add(f"(apply converts '{info['auto_select']}' unless --select says otherwise)")
+    if info.get("provenance"):
+        node = root.add("written by mapspec")
+        for k, v in info["provenance"].items():
+            node.add(escape(f"{k}: {json.dumps(v, sort_keys=True) if isinstance(v, dict) else v}"))
     out.print(root, crop=False, overflow="fold")
 
 

@@ -13,6 +13,7 @@ from .errors import UsageError
 from .formats import open_sink, open_source, sink_format
 from .parser import parse_spec
 from .plan import Plan, TensorInfo, compile_spec
+from .provenance import Provenance
 from .rules import Spec
 
 
@@ -94,6 +95,7 @@ def apply(
     drop: tuple[str, ...] = (),
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    direction: str = "forward",
 ) -> Report:
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input."""
     spec = as_spec(spec)
@@ -107,7 +109,10 @@ def apply(
     try:
         plan = compile_spec(spec, source.infos(), target=_target(target), strict=strict, fit=fit,
                             drop=tuple(drop))
-        sink = open_sink(output, fmt, plan.outputs())
+        record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path,
+                            params=getattr(plan, "params", None), direction=direction,
+                            select=getattr(source, "prefix", None))
+        sink = open_sink(output, fmt, plan.outputs(), record)
         try:
             n = len(plan.steps)
             written = execute(plan, source, sink, (lambda i: progress(i, n)) if progress else None)
