@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import actions as act
-from .errors import MapspecError, SpecError
+from .errors import MapspecError, SpecError, UsageError
 from .executor import apply as apply_spec, plan_for
 from .formatter import format_text
 from .parser import parse_spec
@@ -64,6 +64,8 @@ def apply(
     drop: list[str] = typer.Option([], "--drop", help="A glob of output names to leave out, e.g. 'fc.*' (repeatable)."),
     non_strict: bool = typer.Option(False, "--non-strict", help="Leave unmatched keys out instead of failing."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    reverse: bool = typer.Option(False, "--reverse", help="Run SPEC's derived inverse (see `mapspec invert`)."),
+    lossy: bool = typer.Option(False, "--lossy", help="With --reverse: undo lossy casts anyway, reporting the loss."),
 ) -> None:
     """Convert CHECKPOINT with SPEC into OUTPUT."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -80,7 +82,7 @@ def apply(
 
         report = apply_spec(spec, checkpoint, output, target=target, to=to, select=select,
                             epoch=epoch, strict=not non_strict, fit=fit, drop=tuple(drop), force=force,
-                            progress=progress)
+                            progress=progress, reverse=reverse, lossy=lossy)
     if report.plan.unmatched:
         err.print(f"warning: {len(report.plan.unmatched)} unmatched keys left out: "
                   + ", ".join(report.plan.unmatched[:5]) + (" ..." if len(report.plan.unmatched) > 5 else ""),
@@ -284,6 +286,92 @@ def fmt(
         out.print(f"{'would reformat' if check else 'reformatted'} {path}", markup=False)
     if check and changed:
         raise typer.Exit(1)
+
+
+@app.command()
+@_guard
+def invert(
+    spec: Path = typer.Argument(..., help="The .map spec to invert."),
+    checkpoint: Optional[Path] = typer.Argument(None, help="A checkpoint SPEC converts: supplies the shapes and "
+                                                "dtypes some inverses need, and limits the inverse to the rules it uses."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the inverse spec here (default: stdout)."),
+    select: Optional[str] = typer.Option(None, "--select"),
+    epoch: Optional[int] = typer.Option(None, "--epoch"),
+    lossy: bool = typer.Option(False, "--lossy", help="Invert lossy casts anyway, reporting the loss."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing OUTPUT."),
+) -> None:
+    """Print the inverse of SPEC as ordinary spec text, from/to swapped."""
+    from .invert import invert_spec
+
+    parsed = parse_spec(spec)
+    forward = plan_for(parsed, checkpoint, select=select, epoch=epoch) if checkpoint is not None else None
+    inverse = invert_spec(parsed, forward, lossy=lossy)
+    for loss in inverse.losses:
+        err.print(f"warning: {loss}", markup=False)
+    if output is None:
+        sys.stdout.write(inverse.text)
+        return
+    if output.exists() and not force:
+        raise UsageError(f"{output} exists; use --force to overwrite it")
+    output.write_text(inverse.text, encoding="utf-8")
+    out.print(f"wrote {output} ({len(inverse.spec.rules)} rules)", markup=False)
+
+
+@app.command()
+@_guard
+def verify(
+    spec: Path = typer.Argument(..., help="The .map spec."),
+    checkpoint: Path = typer.Argument(..., help="The checkpoint to convert."),
+    against: Optional[Path] = typer.Option(None, "--against", help="Compare with this checkpoint, converted another "
+                                           "way. Without it: convert forward, then back, and compare with CHECKPOINT."),
+    atol: float = typer.Option(0.0, "--atol", help="With --against: absolute tolerance."),
+    rtol: float = typer.Option(0.0, "--rtol", help="With --against: relative tolerance (of the reference)."),
+    select: Optional[str] = typer.Option(None, "--select"),
+    epoch: Optional[int] = typer.Option(None, "--epoch"),
+    lossy: bool = typer.Option(False, "--lossy", help="Round trip: invert lossy casts anyway (they will differ)."),
+    worst: int = typer.Option(10, "--worst", help="How many of the worst tensors to list."),
+) -> None:
+    """Check a conversion numerically: exit 0 only if every tensor matches."""
+    from .verify import verify_against, verify_roundtrip
+
+    if against is not None:
+        result = verify_against(spec, checkpoint, against, atol=atol, rtol=rtol, select=select, epoch=epoch)
+        title = f"{spec.name}: {checkpoint.name} against {against.name}"
+    else:
+        if atol or rtol:
+            raise UsageError("--atol/--rtol go with --against; a round trip must be bit-exact")
+        result, _ = verify_roundtrip(spec, checkpoint, select=select, epoch=epoch, lossy=lossy)
+        title = f"{spec.name}: {checkpoint.name} forward and back"
+    out.print(verification_table(result, title))
+    for c in result.worst(worst):
+        where = f" ({Path(c.rule.file).name}:{c.rule.line})" if c.rule else ""
+        detail = c.note or f"max abs diff {c.max_abs:.6g}"
+        out.print(f"{'within tolerance' if c.ok else 'DIFFERS'}: {c.name}{where}: {detail}", markup=False)
+    for k in result.missing[:worst]:
+        out.print(f"MISSING: {k} is in the reference but not produced", markup=False)
+    for k in result.extra[:worst]:
+        out.print(f"EXTRA: {k} is produced but not in the reference", markup=False)
+    n = len(result.checks)
+    exact = sum(c.exact for c in result.checks)
+    if result.ok:
+        out.print(f"ok: {n} tensors, {exact} bit-exact" + (f", {n - exact} within tolerance" if exact < n else ""),
+                  markup=False)
+        return
+    bad = sum(not c.ok for c in result.checks)
+    err.print(f"error: {bad} tensors differ, {len(result.missing)} missing, {len(result.extra)} extra", markup=False)
+    raise typer.Exit(1)
+
+
+def verification_table(result, title: str) -> Table:
+    t = Table(title=title)
+    for h in ("rule", "tensors", "bytes", "exact", "max abs diff"):
+        t.add_column(h, overflow="fold")
+    for rule, checks in result.by_rule():
+        where = f"{Path(rule.file).name}:{rule.line}" if rule else "-"
+        worst = max(c.max_abs for c in checks)
+        t.add_row(where, str(len(checks)), f"{sum(c.nbytes for c in checks):,}",
+                  f"{sum(c.exact for c in checks)}/{len(checks)}", "0" if worst == 0 else f"{worst:.6g}")
+    return t
 
 
 def main() -> None:

@@ -95,22 +95,29 @@ def apply(
     drop: tuple[str, ...] = (),
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
-    direction: str = "forward",
+    reverse: bool = False,
+    lossy: bool = False,
 ) -> Report:
-    """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input."""
+    """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
+    `reverse` runs the spec's derived inverse (see `invert`); `lossy` lets it undo lossy casts."""
     spec = as_spec(spec)
+    inverse = None
+    if reverse:
+        from .invert import invert_spec
+
+        inverse = invert_spec(spec, lossy=lossy)
     output = Path(output)
     fmt = sink_format(output, to)
     if output.exists() and not force:
         raise UsageError(f"{output} exists; use --force to overwrite it")
     if output.resolve() == Path(checkpoint).resolve():
         raise UsageError("the output would overwrite the input checkpoint")
-    source = open_for(spec, checkpoint, select, epoch)
+    source = open_for(inverse.spec if inverse else spec, checkpoint, select, epoch)
     try:
-        plan = compile_spec(spec, source.infos(), target=_target(target), strict=strict, fit=fit,
-                            drop=tuple(drop))
+        compile_plan = inverse.compile if inverse else (lambda keys, **kw: compile_spec(spec, keys, **kw))
+        plan = compile_plan(source.infos(), target=_target(target), strict=strict, fit=fit, drop=tuple(drop))
         record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path,
-                            params=getattr(plan, "params", None), direction=direction,
+                            params=getattr(plan, "params", None), direction="reverse" if reverse else "forward",
                             select=getattr(source, "prefix", None))
         sink = open_sink(output, fmt, plan.outputs(), record)
         try:

@@ -76,9 +76,14 @@ def _statement(st: Tree, text: str, file: str, comments: dict[int, Token], used:
     if kind == "rename":
         sources = " | ".join(_pattern(t, text, file) for t in c[0].children)
         head = f"{sources} -> {_template(c[1], text, file)}"
-        acts = [f"then {_action(a)}" for a in c[2:]]
+        acts = [f"then {_action(a)}" for a in c[2:] if a.data == "action"]
+        rev = [a for a in c[2:] if a.data in ("reverse", "reverse_none")]
+        if rev:  # always on a line of its own, under the rule it inverts
+            r = rev[0].children
+            acts.append("reverse none" if rev[0].data == "reverse_none" else
+                        " ".join([f"reverse -> {_template(r[0], text, file)}"] + [f"then {_action(a)}" for a in r[1:]]))
         one = " ".join([head] + acts)
-        if len(one) <= WIDTH or not acts:
+        if (len(one) <= WIDTH and not rev) or not acts:
             return [one]
         return [head] + [f"    {a}" for a in acts]
     if kind == "table":

@@ -138,11 +138,20 @@ class Action(Node):
 
 # ------------------------------------------------------------------ statements
 
+class Reverse(Node):
+    """`reverse -> KEY [then ...]`: how a rule inverts, where the derived inverse is not wanted."""
+
+    target: Template | None  # None: `reverse none`, the rule has no part in the inverse
+    actions: tuple[Action, ...] | None = None  # None: the derived inverse actions
+    span: Span
+
+
 class RenameRule(Node):
     kind: Literal["rename"] = "rename"
     sources: tuple[Pattern, ...]
     target: Template
     actions: tuple[Action, ...] = ()
+    reverse: Reverse | None = None
     span: Span
 
 
