@@ -217,8 +217,8 @@ class _Inverter:
             for p in pats:
                 if p in seen_patterns:
                     self._fail(f"the inverse of this rule reads the same keys ({p}) as the inverse of the rule "
-                               f"at line {seen_patterns[p].line}: which one should write them back? Make one "
-                               "rule state it with `reverse -> ...`, or drop one layout", rule.span)
+                               f"at line {seen_patterns[p].line}: which one should write them back? Mark the other "
+                               "`reverse none`", rule.span)
                 seen_patterns.setdefault(p, rule.span)
             blocks.append((rule.span, lines))
         if self.problems:
@@ -256,10 +256,9 @@ class _Inverter:
         caps = source.captures()
         pattern, values = self._pattern_from(rule.target, caps)
         merge_axes = self._merge_axes(rule, source)
-        if rule.reverse is not None:
-            template = self._template_from(rule.reverse.target, values, merge_axes, caps, explicit=True)
-        else:
-            template = self._template_from(source, values, merge_axes, caps)
+        reported = _refs_in(rule.target) - set(values)  # their arithmetic or table was refused above
+        template = self._template_from(rule.reverse.target if rule.reverse is not None else source,
+                                       values, merge_axes, reported)
         if rule.reverse is not None and rule.reverse.actions is not None:
             actions = [_action_text(a) for a in rule.reverse.actions]
         else:
@@ -368,8 +367,8 @@ class _Inverter:
         return tname
 
     # -------------------------------------------------------------- source -> inverse template
-    def _template_from(self, node, values: dict[str, str], merge_axes: list[Capture], caps: dict[str, Capture],
-                       explicit: bool = False) -> str | None:
+    def _template_from(self, node, values: dict[str, str], merge_axes: list[Capture],
+                       reported: set[str]) -> str | None:
         axes = {c.name: c for c in merge_axes}
         out: list[str] = []
         ok = True
@@ -386,6 +385,8 @@ class _Inverter:
                     out.append("{" + part.name + ":" + _ctype(part) + "}")
                 elif part.name in values:
                     out.append("{" + values[part.name] + "}")
+                elif part.name in reported:
+                    ok = False
                 else:
                     self._fail(f"capture {{{part.name}}} does not reach the target, so the inverse cannot tell "
                                f"which {_ctype(part) if part.type == 'alt' else 'value'} to write back; state "
@@ -394,14 +395,14 @@ class _Inverter:
             elif isinstance(part, Fanout):
                 out.append("{" + part.capture.name + ":" + _ctype(part.capture) + "}")
             else:  # a reverse clause's substitution: forward captures -> the inverse's values
-                text = self._substitute(part.expr, values, caps, part.span)
+                text = self._substitute(part.expr, values)
                 if text is None:
                     ok = False
                 else:
                     out.append("{" + text + "}")
         return "".join(out) if ok else None
 
-    def _substitute(self, expr, values: dict[str, str], caps, span: Span) -> str | None:
+    def _substitute(self, expr, values: dict[str, str]) -> str | None:
         if isinstance(expr, Ref):
             if expr.name not in values:
                 self._fail(f"{{{expr.name}}} is not known to the inverse (it does not reach the target)", expr.span)
@@ -412,10 +413,10 @@ class _Inverter:
             return str(expr.value)
         if isinstance(expr, Lookup):
             self.used_tables.add(expr.table)
-            key = self._substitute(expr.key, values, caps, span)
+            key = self._substitute(expr.key, values)
             return None if key is None else f"{expr.table}[{key.strip('()')}]"
-        left = self._substitute(expr.left, values, caps, span)
-        right = self._substitute(expr.right, values, caps, span)
+        left = self._substitute(expr.left, values)
+        right = self._substitute(expr.right, values)
         return None if left is None or right is None else f"({left} {expr.op} {right})"
 
     # -------------------------------------------------------------- actions
