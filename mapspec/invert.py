@@ -32,10 +32,11 @@ from typing import Mapping
 import numpy as np
 
 from . import actions as act
-from .errors import SpecError, Span
+from .errors import SpecError, SpecErrors, Span
 from .formatter import format_text
 from .parser import parse_spec
 from .plan import Plan, Step, TensorInfo, compile_spec
+from .params import Config, bind
 from .rules import (BinOp, Capture, DropRule, Fanout, KeepRule, Lit, Lookup, Num, Pattern, Ref, RenameRule, Spec,
                     Subst, Template)
 
@@ -52,19 +53,8 @@ LOSSLESS = {
 }
 
 
-class NotInvertible(SpecError):
-    """One or more rules have no inverse; each problem at its own rule, sorted by position."""
-
-    def __init__(self, problems: list[SpecError]):
-        problems = sorted(problems, key=lambda e: (e.span.file, e.span.line, e.span.column) if e.span else ("", 0, 0))
-        super().__init__(problems[0].message, problems[0].span)
-        self.problems = problems
-
-    def render(self) -> str:
-        return "\n".join(p.render() for p in self.problems)
-
-    def __str__(self) -> str:
-        return "\n".join(str(p) for p in self.problems)
+class NotInvertible(SpecErrors):
+    """One or more rules have no inverse; each problem at its own rule, in file order."""
 
 
 @dataclass(frozen=True)
@@ -101,22 +91,29 @@ class _Shapes:
     """What the forward plan says about one rule: per action, its inputs' shapes and dtype."""
 
     inputs: list[set] = field(default_factory=list)  # per action: {(shapes tuple, dtype)}
+    planned: list[list] = field(default_factory=list)  # per action: [(PlannedAction, shapes, dtype)]
     alternatives: set = field(default_factory=set)  # source pattern indexes the checkpoint used
 
 
 def invert_spec(spec: Spec | str | Path, forward: Mapping[str, TensorInfo] | Plan | None = None, *,
+                params: Mapping[str, object] | None = None, config: Config = None,
                 lossy: bool = False) -> Inversion:
     """The inverse of `spec`. `forward` (the forward checkpoint's tensors, or its plan) supplies
-    what the spec alone does not say; without it, rules that need it are refused."""
+    what the spec alone does not say; without it, rules that need it are refused. Parameters
+    are bound first (`params`, `config`, as for apply): the inverse states their values."""
     if not isinstance(spec, Spec):
         spec = parse_spec(spec)
-    plan = forward if isinstance(forward, Plan) or forward is None else compile_spec(spec, forward)
-    return _Inverter(spec, plan, lossy).run()
+    if forward is not None and not isinstance(forward, Plan):
+        forward = compile_spec(spec, forward, params=params, config=config)
+    bound, bindings = bind(spec, params, config) if forward is None else bind(
+        spec, {b.name: b.value for b in forward.params if b.origin != "let"})
+    return _Inverter(bound, forward, lossy, bindings).run()
 
 
 class _Inverter:
-    def __init__(self, spec: Spec, plan: Plan | None, lossy: bool):
+    def __init__(self, spec: Spec, plan: Plan | None, lossy: bool, bindings=()):
         self.spec = spec
+        self.bindings = bindings
         self.plan = plan
         self.lossy = lossy
         self.tables = {t.name: t.mapping() for t in spec.tables}
@@ -133,29 +130,28 @@ class _Inverter:
             for step in plan.steps:
                 rule = rules.get(step.rule)
                 self.used_rules.add(step.rule)
-                if isinstance(rule, RenameRule):
+                if isinstance(rule, (RenameRule, KeepRule)):
                     self._record(rule, step)
             for key, span in plan.dropped:
                 self.dropped.setdefault(span, []).append(key)
                 self.used_rules.add(span)
 
     # -------------------------------------------------------------- the plan's facts
-    def _record(self, rule: RenameRule, step: Step) -> None:
-        info = self.shapes.setdefault(rule.span, _Shapes([set() for _ in rule.actions]))
-        if len(rule.sources) > 1:
+    def _record(self, rule, step: Step) -> None:
+        info = self.shapes.setdefault(rule.span, _Shapes([set() for _ in rule.actions],
+                                                         [[] for _ in rule.actions]))
+        if isinstance(rule, RenameRule) and len(rule.sources) > 1:
             for i, pat in enumerate(rule.sources):
                 if self._matches(pat, step.inputs[0]):
                     info.alternatives.add(i)
-        shapes = [tuple(i.shape) for i in step.input_infos]
+        if len(step.actions) != len(rule.actions):  # pragma: no cover - one planned action per action
+            return
+        shapes = tuple(tuple(i.shape) for i in step.input_infos)
         dtype = step.input_infos[0].dtype
-        for i, (action, planned) in enumerate(zip(rule.actions, step.actions)):
-            info.inputs[i].add((tuple(shapes), dtype))
-            d = act.lookup(action)
-            params = act.normalize(action)
-            if d.kind == "split":
-                params = {**params, "index": planned.params["index"]}
-            shape, dtype, _ = d.infer(params, list(shapes), dtype, action)
-            shapes = [shape]
+        for i, planned in enumerate(step.actions):
+            info.inputs[i].add((shapes, dtype))
+            info.planned[i].append((planned, shapes, dtype))
+            shapes, dtype = tuple(tuple(s) for s in planned.shapes), planned.dtype
 
     def _matches(self, pattern: Pattern, key: str) -> bool:
         from .matcher import Entry, Matcher
@@ -205,15 +201,29 @@ class _Inverter:
                 continue
             if isinstance(rule, RenameRule) and rule.reverse is not None and rule.reverse.target is None:
                 continue  # `reverse none`: another rule writes these keys back
+            head = "otherwise " if rule.otherwise else ""
             if isinstance(rule, KeepRule):
-                lines = ["keep " + " | ".join(p.text for p in rule.patterns)]
-                pats = [p.text for p in rule.patterns]
+                actions = self._actions(rule, [])
+                if actions is None:
+                    continue
+                pats = [] if rule.otherwise else [p.text for p in rule.patterns]
+                keys = "keep" if rule.otherwise else "keep " + " | ".join(p.text for p in rule.patterns)
+                lines = [head + keys + "".join(f" then {a}" for a in actions)]
+            elif rule.is_copy:
+                if rule.if_absent and self.plan is None:
+                    continue  # the ordinary rule for the same target inverts it
+                # The copy's target holds the same values as its source's own output: the
+                # inverse leaves it out (the round trip checks they are equal).
+                pattern, _ = self._pattern_from(rule.target, rule.sources[0].captures())
+                if pattern is None:
+                    continue
+                pats, lines = [pattern], [f"drop {pattern}"]
             else:
                 inv = self._rename(rule)
                 if inv is None:
                     continue
                 pats = [inv[0]]
-                lines = [inv[0] + " -> " + inv[1] + "".join(f" then {a}" for a in inv[2])]
+                lines = [head + inv[0] + " -> " + inv[1] + "".join(f" then {a}" for a in inv[2])]
             for p in pats:
                 if p in seen_patterns:
                     self._fail(f"the inverse of this rule reads the same keys ({p}) as the inverse of the rule "
@@ -221,6 +231,8 @@ class _Inverter:
                                "`reverse none`", rule.span)
                 seen_patterns.setdefault(p, rule.span)
             blocks.append((rule.span, lines))
+        if len(self.problems) == 1:
+            raise self.problems[0]
         if self.problems:
             raise NotInvertible(self.problems)
         return self._emit(blocks)
@@ -228,7 +240,10 @@ class _Inverter:
     def _emit(self, blocks: list[tuple[Span, list[str]]]) -> Inversion:
         h = self.spec.header
         name = Path(self.spec.file).name
-        out = [f"# The inverse of {name}, derived by `mapspec invert`.", "mapspec 1"]
+        out = [f"# The inverse of {name}, derived by `mapspec invert`."]
+        if self.bindings:
+            out.append("# with " + ", ".join(f"{b.name} = {b.value}" for b in self.bindings))
+        out.append("mapspec 1")
         if h.source or h.target:
             out.append(f"from {h.target or 'unknown'} to {h.source or 'unknown'}")
         for t in self.spec.tables:
@@ -420,95 +435,112 @@ class _Inverter:
         return None if left is None or right is None else f"({left} {expr.op} {right})"
 
     # -------------------------------------------------------------- actions
-    def _actions(self, rule: RenameRule, merge_axes: list[Capture]) -> list[str] | None:
+    def _actions(self, rule, merge_axes: list[Capture]) -> list[str] | None:
+        fanouts = [p.capture.name for p in getattr(rule, "target", None).parts
+                   if isinstance(p, Fanout)] if isinstance(rule, RenameRule) else []
         inverse: list[list[str]] = []
         known: tuple[int, ...] | None = None  # the shape before the action, when the spec fixes it
+        ok = True
         for i, action in enumerate(rule.actions):
             d = act.lookup(action)
             p = act.normalize(action)
-            inv = self._action(rule, i, action, d, p, known, merge_axes)
+            inv = self._shape_free(d, p, known, merge_axes, fanouts)
             if inv is None:
-                return None
-            inverse.append(inv)
+                inv = self._from_plan(rule, i, action, p, merge_axes)
+            if inv is None:
+                ok = False
+            else:
+                inverse.append(inv)
             known = _next_known(d, p, known)
-        flat = [a for inv in reversed(inverse) for a in inv]
-        kinds = [act.REGISTRY[a.split("(")[0]].kind for a in flat]
-        if "merge" in kinds and any(k == "unary" for k in kinds[:kinds.index("merge")]):
-            self._fail("the inverse would need actions before its concat(), which a rule cannot hold yet: "
-                       "move the actions after split()/chunk() to before it, or state the inverse with "
-                       "`reverse -> ... then ...`", rule.span)
-            return None
-        return flat
+        return [a for inv in reversed(inverse) for a in inv] if ok else None
 
-    def _shape_before(self, rule, i, action) -> tuple[int, ...] | None:
-        got = self._input(rule, i, action, "the shape it started from")
-        return None if got is None else got[0][0]
-
-    def _action(self, rule, i, action, d, p, known, merge_axes) -> list[str] | None:
-        name = action.name
+    def _shape_free(self, d, p, known, merge_axes, fanouts) -> list[str] | None:
+        """The inverse the spec alone gives, or None if it needs shapes or dtypes."""
+        name = d.name
         if name in ("view", "reshape"):
             if "append" in p and all(s == 1 for s in p["append"]):
                 return ["squeeze(-1)"] * len(p["append"])
-            known = known if known is not None else self._shape_before(rule, i, action)
-            return None if known is None else [f"{name}{_tuple(known)}"]
+            return [f"{name}{_tuple(known)}"] if known is not None else None
         if name == "transpose":
             return [f"transpose({p['dims'][0]}, {p['dims'][1]})" if p else "transpose()"]
         if name == "permute":
-            inv = list(np.argsort([x % len(p["dims"]) for x in p["dims"]]))
-            return [f"permute{_tuple(inv)}"]
+            return [f"permute{_tuple(np.argsort([x % len(p['dims']) for x in p['dims']]))}"]
         if name == "unsqueeze":
             return [f"squeeze({p['dim']})"]
         if name == "squeeze":
             if "dim" in p:
                 return [f"unsqueeze({p['dim']})"]
-            known = known if known is not None else self._shape_before(rule, i, action)
-            return None if known is None else [f"view{_tuple(known)}"]
-        if name == "cast":
-            got = self._input(rule, i, action, "the dtype it casts from", dtype_only=True)
-            if got is None:
-                return None
-            src = got[1]
-            if src != p["dtype"] and (src, p["dtype"]) not in LOSSLESS:
-                message = f"cast({p['dtype']}) of {src} tensors loses precision; the inverse cannot restore them"
+            return [f"view{_tuple(known)}"] if known is not None else None
+        if name == "expect":
+            return []  # an assertion: nothing to undo
+        if name in ("split", "chunk", "unstack"):
+            into = p.get("into") or (fanouts[0] if len(fanouts) == 1 else None)
+            merge = "stack" if name == "unstack" else "concat"
+            return [f"{merge}({p['dim']}{f', over={into}' if into else ''})"]
+        if name == "stack":
+            over = _axis_of(p, merge_axes)
+            return [f"unstack({p['dim']}{f', into={over}' if over else ''})"]
+        return None  # cast, concat, views from an unknown shape: the plan says
+
+    def _from_plan(self, rule, i: int, action, p, merge_axes) -> list[str] | None:
+        """The inverse from the forward plan: the actions' own `inverse`, the same for every
+        tensor of the rule."""
+        what = {"cast": "the dtype it casts from", "concat": "where the pieces it joins begin and end"}.get(
+            action.name, "the shape it started from")
+        got = self._input(rule, i, action, what, dtype_only=action.name == "cast")
+        if got is None:
+            return None
+        axis = _axis_of(p, merge_axes)
+        texts = set()
+        for planned, shapes, dtype in self.shapes[rule.span].planned[i]:
+            inv = act.inverse(planned, list(shapes), dtype)
+            if inv is None and action.name == "cast":
+                message = (f"cast({planned.params['to']}) of {planned.params['from']} tensors loses precision; "
+                           "the inverse cannot restore them")
                 if not self.lossy:
                     self._fail(message + " (--lossy inverts it anyway and reports the loss)", action.span)
                     return None
-                self.losses.append(f"{Path(action.span.file).name}:{action.span.line}: {message}")
-            return [f"cast({src})"]
-        if name in ("split", "chunk"):
-            return [f"concat({p['dim']})"]
-        if name in ("concat", "stack"):
-            if len(merge_axes) != 1:
-                self._fail(f"{name}() merges over {len(merge_axes)} captures; the inverse splits over exactly "
-                           "one", action.span)
+                loss = f"{Path(action.span.file).name}:{action.span.line}: {message}"
+                if loss not in self.losses:
+                    self.losses.append(loss)
+                inv = [act.PlannedAction("cast", {"from": planned.params["to"], "to": planned.params["from"]})]
+            if inv is None or any(a.each is not None for a in inv):
+                self._fail(f"{action.name}() has no inverse for these tensors", action.span)
                 return None
-            axis = merge_axes[0]
-            if name == "stack":
-                count = len(axis.alternatives) if axis.type == "alt" else None
-                if count is None:
-                    got = self._input(rule, i, action, "how many tensors it stacked")
-                    if got is None:
-                        return None
-                    count = len(got[0])
-                return [f"chunk({count}, {p['dim']})", f"squeeze({p['dim']})"]
-            got = self._input(rule, i, action, "where the pieces it joins begin and end")
-            if got is None:
-                return None
-            shapes = got[0]
-            dim = p["dim"] % len(shapes[0])
-            sizes = [s[dim] for s in shapes]
-            if axis.type == "int" or len(set(sizes)) == 1:
-                if len(set(sizes)) != 1:
-                    self._fail(f"concat() over {{{axis.name}:int}} joins unequal pieces {sizes}; chunk() "
-                               "cannot split them back", action.span)
-                    return None
-                return [f"chunk({len(sizes)}, {p['dim']})"]
-            return [f"split({_tuple(sizes)}, {p['dim']})"]
-        self._fail(f"{name}() has no inverse yet", action.span)  # pragma: no cover - every action has one
-        return None
+            texts.add(tuple(_render(a, axis) for a in inv))
+        if len(texts) != 1:
+            self._fail(f"{action.name}() would be undone differently for different tensors of this rule "
+                       f"({' / '.join(' '.join(t) for t in sorted(texts)[:3])}); split the rule", action.span)
+            return None
+        return list(next(iter(texts)))
 
 
 # ------------------------------------------------------------------ helpers
+
+def _axis_of(p, merge_axes: list[Capture]) -> str | None:
+    """The capture a merge consumes: its over=, or the only one there is."""
+    if p.get("over"):
+        return p["over"]
+    return merge_axes[0].name if len(merge_axes) == 1 else None
+
+
+def _render(a, axis: str | None) -> str:
+    """A planned inverse action as spec text."""
+    p = a.params
+    if a.name in ("view", "reshape"):
+        return f"view{_tuple(p['shape'])}"
+    if a.name == "permute":
+        return f"permute{_tuple(p['dims'])}"
+    if a.name == "cast":
+        return f"cast({p['to']})"
+    into = f", into={axis}" if axis else ""
+    if a.name == "split":
+        return f"split({_tuple(p['sizes'])}, {p['dim']}{into})"
+    if a.name == "unstack":
+        return f"unstack({p['dim']}{into})"
+    over = f", over={axis}" if axis else ""
+    return f"{a.name}({p['dim']}{over})"
+
 
 def _line(text: str, line: int) -> str:
     lines = text.splitlines()
