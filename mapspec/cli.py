@@ -341,13 +341,17 @@ def invert(
     epoch: Optional[int] = typer.Option(None, "--epoch"),
     lossy: bool = typer.Option(False, "--lossy", help="Invert lossy casts anyway, reporting the loss."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing OUTPUT."),
+    param: list[str] = typer.Option([], "-p", "--param", help=PARAM_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """Print the inverse of SPEC as ordinary spec text, from/to swapped."""
     from .invert import invert_spec
 
     parsed = parse_spec(spec)
-    forward = plan_for(parsed, checkpoint, select=select, epoch=epoch) if checkpoint is not None else None
-    inverse = invert_spec(parsed, forward, lossy=lossy)
+    params = _params(param)
+    forward = (plan_for(parsed, checkpoint, select=select, epoch=epoch, params=params, config=config)
+               if checkpoint is not None else None)
+    inverse = invert_spec(parsed, forward, params=params, config=config, lossy=lossy)
     for loss in inverse.losses:
         err.print(f"warning: {loss}", markup=False)
     if output is None:
@@ -372,17 +376,22 @@ def verify(
     epoch: Optional[int] = typer.Option(None, "--epoch"),
     lossy: bool = typer.Option(False, "--lossy", help="Round trip: invert lossy casts anyway (they will differ)."),
     worst: int = typer.Option(10, "--worst", help="How many of the worst tensors to list."),
+    param: list[str] = typer.Option([], "-p", "--param", help=PARAM_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """Check a conversion numerically: exit 0 only if every tensor matches."""
     from .verify import verify_against, verify_roundtrip
 
+    params = _params(param)
     if against is not None:
-        result = verify_against(spec, checkpoint, against, atol=atol, rtol=rtol, select=select, epoch=epoch)
+        result = verify_against(spec, checkpoint, against, atol=atol, rtol=rtol, select=select, epoch=epoch,
+                                params=params, config=config)
         title = f"{spec.name}: {checkpoint.name} against {against.name}"
     else:
         if atol or rtol:
             raise UsageError("--atol/--rtol go with --against; a round trip must be bit-exact")
-        result, _ = verify_roundtrip(spec, checkpoint, select=select, epoch=epoch, lossy=lossy)
+        result, _ = verify_roundtrip(spec, checkpoint, select=select, epoch=epoch, lossy=lossy, params=params,
+                                     config=config)
         title = f"{spec.name}: {checkpoint.name} forward and back"
     out.print(verification_table(result, title))
     for c in result.worst(worst):

@@ -104,7 +104,7 @@ def apply(
     if reverse:
         from .invert import invert_spec
 
-        inverse = invert_spec(spec, lossy=lossy)
+        inverse = invert_spec(spec, params=params, config=config, lossy=lossy)
     output = Path(output)
     fmt = sink_format(output, to)
     if output.exists() and not force:
@@ -113,12 +113,15 @@ def apply(
         raise UsageError("the output would overwrite the input checkpoint")
     source = open_for(inverse.spec if inverse else spec, checkpoint, select, epoch)
     try:
-        compile_plan = inverse.compile if inverse else (lambda keys, **kw: compile_spec(spec, keys, **kw))
-        plan = compile_plan(source.infos(), params=params, config=config, target=_target(target),
-                            strict=strict, fit=fit, drop=tuple(drop))
-        record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path,
-                            params=getattr(plan, "params", None), direction="reverse" if reverse else "forward",
-                            select=getattr(source, "prefix", None))
+        options = dict(target=_target(target), strict=strict, fit=fit, drop=tuple(drop))
+        if inverse:  # the inverse states the parameters' values already
+            plan = inverse.compile(source.infos(), **options)
+            values = inverse.params
+        else:
+            plan = compile_spec(spec, source.infos(), params=params, config=config, **options)
+            values = {b.name: b.value for b in plan.params}
+        record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path, params=values,
+                            direction="reverse" if reverse else "forward", select=getattr(source, "prefix", None))
         sink = open_sink(output, fmt, plan.outputs(), record)
         try:
             n = len(plan.steps)

@@ -63,6 +63,7 @@ class Inversion:
     spec: Spec  # parsed from `text`
     origins: Mapping[Span, Span]  # each inverse rule's span -> its forward rule's span
     losses: tuple[str, ...] = ()  # what --lossy let through
+    params: Mapping[str, int | str] = field(default_factory=dict)  # the forward spec's bound values
 
     def forward_rule(self, span: Span) -> Span:
         """The forward rule an inverse rule (or any span inside it) was derived from."""
@@ -260,7 +261,7 @@ class _Inverter:
         inverse = parse_spec(text=text, name=inverse_name)
         # The formatter keeps rule order, so the i-th inverse rule comes from the i-th block.
         origins = {r.span: span for r, (span, _) in zip(inverse.rules, blocks)}
-        return Inversion(text, inverse, origins, tuple(self.losses))
+        return Inversion(text, inverse, origins, tuple(self.losses), {b.name: b.value for b in self.bindings})
 
     # -------------------------------------------------------------- one rename rule
     def _rename(self, rule: RenameRule):
@@ -548,7 +549,10 @@ def _line(text: str, line: int) -> str:
 
 
 def _next_known(d, p, known):
-    """The shape after an action, where the spec alone fixes it (a full view, then moves)."""
+    """The shape after an action, where the spec alone fixes it (a full view or an expect(),
+    then moves)."""
+    if d.name == "expect" and None not in p["shape"]:
+        return tuple(p["shape"])
     if d.name in ("view", "reshape"):
         if "shape" in p and -1 not in p["shape"]:
             return tuple(p["shape"])
@@ -574,7 +578,7 @@ def _next_known(d, p, known):
     if d.name == "squeeze" and "dim" in p:
         k = p["dim"] % len(known)
         return known[:k] + known[k + 1:]
-    if d.name == "cast":
+    if d.name in ("cast",):
         return known
     return None
 

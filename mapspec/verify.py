@@ -132,6 +132,7 @@ class CompareSink:
 def verify_against(spec, checkpoint: str | Path, reference: str | Path, *, atol: float = 0.0,
                    rtol: float = 0.0, select: str | None = None, epoch: int | None = None,
                    **compile_options) -> Verification:
+    """`compile_options` go to compile_spec (params=, config=, ...)."""
     """Convert `checkpoint` with `spec` and compare every output with `reference`, key by key."""
     from .executor import as_spec, execute, open_for
     from .formats import open_source
@@ -153,7 +154,7 @@ def verify_against(spec, checkpoint: str | Path, reference: str | Path, *, atol:
 
 
 def verify_roundtrip(spec, checkpoint: str | Path, *, select: str | None = None, epoch: int | None = None,
-                     lossy: bool = False, workdir: str | Path | None = None):
+                     params=None, config=None, lossy: bool = False, workdir: str | Path | None = None):
     """Convert `checkpoint` forward with `spec`, then back with its derived inverse, and
     compare every tensor bit for bit with the original. The forward result goes to a temporary
     safetensors file in `workdir` (default: the system's temporary folder), so memory holds
@@ -166,7 +167,7 @@ def verify_roundtrip(spec, checkpoint: str | Path, *, select: str | None = None,
     spec = as_spec(spec)
     source = open_for(spec, checkpoint, select, epoch)
     try:
-        plan = compile_spec(spec, source.infos())
+        plan = compile_spec(spec, source.infos(), params=params, config=config)
         inverse = invert_spec(spec, plan, lossy=lossy)
         with tempfile.TemporaryDirectory(prefix="mapspec-verify-", dir=workdir) as tmp:
             middle = Path(tmp) / "forward.safetensors"

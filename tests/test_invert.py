@@ -1,6 +1,7 @@
 """Inversion: the inverse of a spec is derived (golden inverse specs and golden errors), runs
 back to the original bit for bit, and refuses what it cannot undo at the forward rule."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,10 @@ SHIPPED = sorted((REPO / "specs").glob("*.map"))
 runner = CliRunner()
 
 
-def outcome(spec: Path, keys) -> str:
+def outcome(spec: Path, keys, params=None) -> str:
     """The inverse spec text, or the rendered errors with the exit code."""
     try:
-        return invert_spec(spec, keys).text
+        return invert_spec(spec, keys, params=params).text
     except MapspecError as exc:
         return f"exit {exc.exit_code}\n{exc.render()}\n"
 
@@ -44,7 +45,9 @@ def test_inverse_is_golden(spec, monkeypatch):
     if spec.with_suffix(".keys.json").exists():
         stored = load_keys(spec.with_suffix(".keys.json"))
         keys = {k: stored[v] for k, v in parse_keys_selected(spec, stored).items()}
-    text = outcome(Path(spec.name), keys)
+    params_file = spec.with_suffix(".params.json")
+    params = json.loads(params_file.read_text()) if params_file.exists() else None
+    text = outcome(Path(spec.name), keys, params)
     golden(golden_name(spec, text, INVERT / "golden"), text)
 
 
@@ -205,3 +208,84 @@ def test_dataparallel_fp16_round_trips_a_real_torch_checkpoint(tmp_path, torch):
     assert f"ok: {n} tensors, {n} bit-exact" in r.output
     r = runner.invoke(app, ["invert", str(spec), str(tmp_path / "dp.pt")])
     assert "{rest:**}.{p:weight|bias|running_mean|running_var} -> module.{rest}.{p} then cast(float16)" in r.output
+
+
+# ------------------------------------------------------------------ language 2 (own LLM-style spec)
+
+LLAMA = INVERT / "llama_like.map"
+CONFIGS = {"gqa": {"num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 32},
+           "mha": {"num_attention_heads": 8, "hidden_size": 64}}
+
+
+def llama_checkpoint(path: Path, cfg: dict, tied: bool, seed: int = 0) -> dict:
+    from mapspec.plan import TensorInfo
+
+    h, nh = cfg["hidden_size"], cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads", nh) * (h // nh)
+    keys = {"model.embed_tokens.weight": (50, h), "model.norm.weight": (h,)}
+    if not tied:
+        keys["lm_head.weight"] = (50, h)
+    for i in range(2):
+        pre = f"model.layers.{i}."
+        keys.update({pre + "self_attn.q_proj.weight": (h, h), pre + "self_attn.k_proj.weight": (kv, h),
+                     pre + "self_attn.v_proj.weight": (kv, h), pre + "self_attn.o_proj.weight": (h, h),
+                     pre + "input_layernorm.weight": (h,)})
+        for e in range(3):
+            for w in ("w1", "w3"):
+                keys[pre + f"block_sparse_moe.experts.{e}.{w}.weight"] = (16, h)
+    infos = {k: TensorInfo(s, "bfloat16") for k, s in keys.items()}
+    random_checkpoint(infos, path, seed)
+    return infos
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_language2_spec_round_trips_bit_exact(tmp_path, name, tied):
+    """Parameters from --config, rotary permutation with GQA, a fused MoE merge chain with a
+    stated reverse, a tied-head copy and a catch-all: forward and back, bit for bit."""
+    (tmp_path / "config.json").write_text(json.dumps(CONFIGS[name]))
+    infos = llama_checkpoint(tmp_path / "hf.safetensors", CONFIGS[name], tied)
+    r = runner.invoke(app, ["verify", str(LLAMA), str(tmp_path / "hf.safetensors"), "--config",
+                            str(tmp_path / "config.json")])
+    assert r.exit_code == 0, r.output
+    assert f"ok: {len(infos)} tensors, {len(infos)} bit-exact" in r.output
+
+
+def test_reverse_without_the_forward_checkpoint_matches_the_meta_to_hf_permutation(tmp_path):
+    """apply --reverse on a Meta checkpoint: q/k come back through the permutation
+    transformers' convert_llama_weights_to_hf.py applies (recomputed here in numpy)."""
+    cfg = CONFIGS["gqa"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    llama_checkpoint(tmp_path / "hf.safetensors", cfg, tied=False)
+    args = ["--config", str(tmp_path / "config.json")]
+    assert runner.invoke(app, ["apply", str(LLAMA), str(tmp_path / "hf.safetensors"), "-o",
+                               str(tmp_path / "meta.safetensors"), *args]).exit_code == 0
+    r = runner.invoke(app, ["apply", "--reverse", str(LLAMA), str(tmp_path / "meta.safetensors"), "-o",
+                            str(tmp_path / "back.safetensors"), *args])
+    assert r.exit_code == 0, r.output
+    assert_same(tmp_path / "hf.safetensors", tmp_path / "back.safetensors")
+    from mapspec.provenance import read
+
+    values = {"n_heads": 4, "n_kv": 2, "hidden": 32, "head_dim": 8}
+    assert read(tmp_path / "meta.safetensors")["params"] == values
+    record = read(tmp_path / "back.safetensors")
+    assert (record["params"], record["direction"], record["spec"]) == (values, "reverse", "llama_like.map")
+
+    meta, back = open_source(tmp_path / "meta.safetensors"), open_source(tmp_path / "back.safetensors")
+    try:
+        for proj, heads in (("q", 4), ("k", 2)):
+            w = np.asarray(meta.read(f"layers.0.attention.w{proj}.weight"))
+            dim1, dim2 = w.shape
+            hf = w.reshape(heads, dim1 // heads // 2, 2, dim2).transpose(0, 2, 1, 3).reshape(dim1, dim2)
+            assert hf.tobytes() == np.asarray(back.read(f"model.layers.0.self_attn.{proj}_proj.weight")).tobytes()
+    finally:
+        meta.close()
+        back.close()
+
+
+def test_a_concat_without_a_stated_reverse_needs_the_forward_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("s.map").write_text("mapspec 1\nx.{e:int}.{w:w1|w3} -> fused then concat(0, over=w) then stack(0, over=e)\n")
+    r = runner.invoke(app, ["invert", "s.map"])
+    assert r.exit_code == 2
+    assert "concat() inverts only knowing where the pieces it joins begin and end" in r.output
