@@ -201,6 +201,8 @@ def _action_text(a) -> str:
         return f"cast({p['to']})"
     if a.name in ("split", "chunk", "unstack"):
         return f"{a.name}[{p['index']}]"
+    if a.name in ("concat", "stack"):
+        return f"{a.name}({p['dim']}, over={p['over']})"
     if a.name == "expect":
         return "expect(" + ", ".join("_" if d is None else str(d) for d in p["shape"]) + ")"
     return f"{a.name}({', '.join(str(v) for v in p.values())})"
