@@ -505,10 +505,12 @@ class _Inverter:
                 if loss not in self.losses:
                     self.losses.append(loss)
                 inv = [act.PlannedAction("cast", {"from": planned.params["to"], "to": planned.params["from"]})]
-            if inv is None or any(a.each is not None for a in inv):
-                self._fail(f"{action.name}() has no inverse for these tensors", action.span)
+            rendered = None if inv is None else [_render(a, axis) for a in inv]
+            if rendered is None or None in rendered:
+                self._fail(f"{action.name}() has no inverse one rule can state for these tensors "
+                           "(their shapes differ in more than one dimension)", action.span)
                 return None
-            texts.add(tuple(_render(a, axis) for a in inv))
+            texts.add(tuple(rendered))
         if len(texts) != 1:
             self._fail(f"{action.name}() would be undone differently for different tensors of this rule "
                        f"({' / '.join(' '.join(t) for t in sorted(texts)[:3])}); split the rule", action.span)
@@ -525,11 +527,21 @@ def _axis_of(p, merge_axes: list[Capture]) -> str | None:
     return merge_axes[0].name if len(merge_axes) == 1 else None
 
 
-def _render(a, axis: str | None) -> str:
-    """A planned inverse action as spec text."""
+def _render(a, axis: str | None) -> str | None:
+    """A planned inverse action as spec text; None if it cannot be one action."""
     p = a.params
     if a.name in ("view", "reshape"):
-        return f"view{_tuple(p['shape'])}"
+        if a.each is None:
+            return f"view{_tuple(p['shape'])}"
+        # Tensors viewed back to shapes of their own: one view if they differ in one
+        # dimension only, which -1 then recovers from each tensor's size.
+        shapes = [tuple(e["shape"]) for e in a.each]
+        ranks = {len(x) for x in shapes}
+        differ = {i for x in shapes for i, d in enumerate(x) if d != shapes[0][i]} if len(ranks) == 1 else None
+        if differ is None or len(differ) != 1:
+            return None
+        (i,) = differ
+        return "view(" + ", ".join("-1" if j == i else str(d) for j, d in enumerate(shapes[0])) + ")"
     if a.name == "permute":
         return f"permute{_tuple(p['dims'])}"
     if a.name == "cast":

@@ -25,10 +25,16 @@ SHIPPED = sorted((REPO / "specs").glob("*.map"))
 runner = CliRunner()
 
 
-def outcome(spec: Path, keys, params=None) -> str:
+def given(spec: Path) -> dict:
+    """A spec's parameters beside it, as test_golden reads them: {"params": ..., "config": ...}."""
+    file = spec.with_suffix(".params.json")
+    return json.loads(file.read_text()) if file.exists() else {}
+
+
+def outcome(spec: Path, keys, params=None, config=None) -> str:
     """The inverse spec text, or the rendered errors with the exit code."""
     try:
-        return invert_spec(spec, keys, params=params).text
+        return invert_spec(spec, keys, params=params, config=config).text
     except MapspecError as exc:
         return f"exit {exc.exit_code}\n{exc.render()}\n"
 
@@ -45,9 +51,8 @@ def test_inverse_is_golden(spec, monkeypatch):
     if spec.with_suffix(".keys.json").exists():
         stored = load_keys(spec.with_suffix(".keys.json"))
         keys = {k: stored[v] for k, v in parse_keys_selected(spec, stored).items()}
-    params_file = spec.with_suffix(".params.json")
-    params = json.loads(params_file.read_text()) if params_file.exists() else None
-    text = outcome(Path(spec.name), keys, params)
+    values = given(spec)
+    text = outcome(Path(spec.name), keys, values.get("params"), values.get("config"))
     golden(golden_name(spec, text, INVERT / "golden"), text)
 
 
@@ -88,7 +93,9 @@ def test_forward_then_inverse_is_bit_exact(spec, tmp_path, monkeypatch):
     monkeypatch.chdir(spec.parent)
     keys = load_keys(spec.with_suffix(".keys.json"))
     random_checkpoint(keys, tmp_path / "in.safetensors")
-    result, inverse = verify_roundtrip(spec.name, tmp_path / "in.safetensors")
+    values = given(spec)
+    result, inverse = verify_roundtrip(spec.name, tmp_path / "in.safetensors", params=values.get("params"),
+                                       config=values.get("config"))
     assert result.ok and not result.missing and not result.extra
     assert {c.name for c in result.checks} == set(parse_keys_selected(spec, keys))
     assert all(c.exact for c in result.checks)
