@@ -203,6 +203,11 @@ class _Inverter:
             if isinstance(rule, RenameRule) and rule.reverse is not None and rule.reverse.target is None:
                 continue  # `reverse none`: another rule writes these keys back
             head = "otherwise " if rule.otherwise else ""
+            if rule.otherwise and self.plan is None and getattr(rule, "reverse", None) is None:
+                self._fail("a catch-all cannot be inverted from the spec alone: a key it wrote could as well "
+                           "be one another rule wrote, and its inverse would claim it; invert against the "
+                           "forward checkpoint (which shows what it wrote), or state `reverse -> ...`", rule.span)
+                continue
             if isinstance(rule, KeepRule):
                 actions = self._actions(rule, [])
                 if actions is None:
@@ -261,7 +266,36 @@ class _Inverter:
         inverse = parse_spec(text=text, name=inverse_name)
         # The formatter keeps rule order, so the i-th inverse rule comes from the i-th block.
         origins = {r.span: span for r, (span, _) in zip(inverse.rules, blocks)}
+        self._check_fallback(inverse)
+        if self.problems:
+            raise self.problems[0] if len(self.problems) == 1 else NotInvertible(self.problems)
         return Inversion(text, inverse, origins, tuple(self.losses), {b.name: b.value for b in self.bindings})
+
+    def _check_fallback(self, inverse: Spec) -> None:
+        """What the forward catch-all wrote must reach the inverse's catch-all, not a rule
+        that would write it back under another name."""
+        fallback = next((r for r in self.spec.rules if r.otherwise), None)
+        if self.plan is None or fallback is None:
+            return
+        from .checks import patterns_of
+        from .matcher import Ambiguous, Entry, Matcher
+
+        entries = [Entry(i, j, p) for i, r in enumerate(inverse.rules) if not r.otherwise
+                   for j, p in enumerate(patterns_of(r))]
+        matcher = Matcher(entries, {t.name: tuple(t.mapping()) for t in inverse.tables})
+        claimed = []
+        for step in self.plan.steps:
+            if step.rule == fallback.span:
+                try:
+                    hit = matcher.match(step.output)
+                except Ambiguous:
+                    hit = True
+                if hit is not None:
+                    claimed.append(f"{step.inputs[0]} -> {step.output}")
+        if claimed:
+            self._fail("the inverse of this catch-all is ambiguous: other rules' inverses would claim what "
+                       f"it wrote ({', '.join(claimed[:4])}{' ...' if len(claimed) > 4 else ''}); give those "
+                       "keys rules of their own", fallback.span)
 
     # -------------------------------------------------------------- one rename rule
     def _rename(self, rule: RenameRule):

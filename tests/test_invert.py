@@ -297,3 +297,22 @@ def test_a_concat_without_a_stated_reverse_needs_the_forward_checkpoint(tmp_path
     r = runner.invoke(app, ["invert", "s.map"])
     assert r.exit_code == 2
     assert "concat() inverts only knowing where the pieces it joins begin and end" in r.output
+
+
+def test_a_catch_all_whose_inverse_another_rule_would_claim_is_refused(tmp_path, monkeypatch):
+    """`b.1` reached the output through the catch-all; the inverse of `a.{x} -> b.{x}` would
+    write it back as `a.1`. Refused with the forward checkpoint; from the spec alone too."""
+    monkeypatch.chdir(tmp_path)
+    Path("s.map").write_text("mapspec 1\na.{x} -> b.{x}\notherwise {rest:**} -> {rest}\n")
+    from mapspec.plan import TensorInfo
+
+    random_checkpoint({"a.0": TensorInfo((2,), "float32"), "b.1": TensorInfo((2,), "float32")},
+                      tmp_path / "in.safetensors")
+    r = runner.invoke(app, ["invert", "s.map", "in.safetensors"])
+    assert r.exit_code == 2
+    assert "s.map:3:1: error: the inverse of this catch-all is ambiguous" in r.output and "b.1 -> b.1" in r.output
+    r = runner.invoke(app, ["invert", "s.map"])
+    assert r.exit_code == 2 and "a catch-all cannot be inverted from the spec alone" in r.output
+    random_checkpoint({"a.0": TensorInfo((2,), "float32"), "c.1": TensorInfo((2,), "float32")},
+                      tmp_path / "ok.safetensors")
+    assert runner.invoke(app, ["verify", "s.map", "ok.safetensors"]).exit_code == 0
