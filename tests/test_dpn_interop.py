@@ -73,13 +73,14 @@ def load_params(path: Path) -> dict:
     return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
 
 
-@pytest.mark.parametrize("variant", ["dpn68", "dpn98"])
+@pytest.mark.parametrize("variant", ["dpn68", "dpn92"])
 def test_dpn_reverse_gives_mxnet_params_mxnet_loads(tmp_path, variant):
     """PyTorch DPN state dict (torch.save of the model, BN counters and all) -> apply --reverse
     -> .params that mx.model.load_checkpoint loads with the original symbol: the same logits,
     and every tensor equal to the original MXNet file's, bit for bit."""
     cfg = VARIANTS[variant]
-    net = mxnet_dpn(cfg, "fc6")
+    fc = "fc6-1k" if variant == "dpn92" else "fc6"  # dpn.map writes fc6 back unless -p fc=...
+    net = mxnet_dpn(cfg, fc)
     args, aux = seeded_checkpoint(net, tmp_path / variant, seed=len(variant))
     forward = tmp_path / "forward.pt"
     r = CliRunner().invoke(app, ["apply", str(SPEC), str(tmp_path / variant), "--epoch", "0", "-o", str(forward)])
@@ -90,7 +91,7 @@ def test_dpn_reverse_gives_mxnet_params_mxnet_loads(tmp_path, variant):
 
     back = tmp_path / "back-0000.params"
     r = CliRunner().invoke(app, ["apply", "--reverse", "--non-strict", str(SPEC), str(tmp_path / "torch_dpn.pth"),
-                                 "-o", str(back)])
+                                 "-o", str(back), "-p", f"fc={fc}"])
     assert r.exit_code == 0, r.output
     assert "num_batches_tracked" in r.output  # PyTorch's BN counters have no MXNet place: named, left out
     original = load_params(tmp_path / f"{variant}-0000.params")
@@ -105,11 +106,11 @@ def test_dpn_reverse_gives_mxnet_params_mxnet_loads(tmp_path, variant):
     np.testing.assert_array_equal(mx_forward(sym, arg_params, aux_params, x), mx_forward(net, args, aux, x))
 
 
-@pytest.mark.parametrize("variant", ["dpn68", "dpn131"])
-def test_dpn_round_trip_is_bit_exact(tmp_path, variant):
-    net = mxnet_dpn(VARIANTS[variant], "fc6")
+@pytest.mark.parametrize("variant, fc", [("dpn68", "fc6"), ("dpn131", "fc6"), ("dpn107", "fc6-1k")])
+def test_dpn_round_trip_is_bit_exact(tmp_path, variant, fc):
+    net = mxnet_dpn(VARIANTS[variant], fc)
     seeded_checkpoint(net, tmp_path / variant, seed=3)
-    r = CliRunner().invoke(app, ["verify", str(SPEC), str(tmp_path / variant), "--epoch", "0"])
+    r = CliRunner().invoke(app, ["verify", str(SPEC), str(tmp_path / variant), "--epoch", "0", "-p", f"fc={fc}"])
     assert r.exit_code == 0, r.output
     n = len(net.list_arguments()) - 1 + len(net.list_auxiliary_states())
     assert f"ok: {n} tensors, {n} bit-exact" in r.output
@@ -117,8 +118,9 @@ def test_dpn_round_trip_is_bit_exact(tmp_path, variant):
 
 @pytest.mark.parametrize("variant, fc", [("dpn92", "fc6-1k"), ("dpn68b", "fc6")])
 def test_dpn_layouts_the_reverse_does_not_write_are_named(tmp_path, variant, fc):
-    """The reverse direction writes fc6 and the non-b c1x1-c BN names (dpn.map says so): for an
-    -extra or b model, verify names exactly the keys it would write differently."""
+    """The reverse direction writes fc6 unless -p fc=fc6-1k, and the non-b c1x1-c BN names
+    (dpn.map says so): for an -extra model without -p, or a b model, verify names exactly
+    the keys it would write differently."""
     net = mxnet_dpn(VARIANTS[variant], fc)
     args, aux = seeded_checkpoint(net, tmp_path / variant, seed=5)
     r = CliRunner().invoke(app, ["verify", str(SPEC), str(tmp_path / variant), "--epoch", "0", "--worst", "1000"])
