@@ -206,7 +206,8 @@ class _Inverter:
             if rule.otherwise and self.plan is None and getattr(rule, "reverse", None) is None:
                 self._fail("a catch-all cannot be inverted from the spec alone: a key it wrote could as well "
                            "be one another rule wrote, and its inverse would claim it; invert against the "
-                           "forward checkpoint (which shows what it wrote), or state `reverse -> ...`", rule.span)
+                           "forward checkpoint (which shows what it wrote)"
+                           + (", or state `reverse -> ...`" if isinstance(rule, RenameRule) else ""), rule.span)
                 continue
             if isinstance(rule, KeepRule):
                 actions = self._actions(rule, [])
