@@ -271,7 +271,7 @@ def plan_warnings(plan: Plan, spec: Spec) -> list[str]:
     out = [f"{span}: warning: this rule matches no key of this checkpoint ({rule_text(rules[span])}): if it "
            "should, correct its pattern (`mapspec inspect --keys` lists the keys), else remove it; "
            "--strict-rules makes this an error"
-           for span in plan.unused]
+           for span in plan.unused if span in rules]  # (--reverse plans the derived inverse: not this spec's rules)
     if plan.unmatched:
         n = len(plan.unmatched)
         out.append(f"warning: {plural(n, 'unmatched key')} left out: " + ", ".join(plan.unmatched[:5])
