@@ -1,6 +1,7 @@
 """mapspec: a declarative mapping-spec compiler for neural-network checkpoints."""
 
 from .checks import check_spec
+from .draft import Draft, draft as draft_spec
 from .errors import (
     CheckpointError,
     ConversionError,
@@ -21,8 +22,8 @@ from .plan import Plan, Step, TensorInfo, compile_spec
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "ConversionError", "MapspecError", "Plan", "PlanError", "Report", "Span",
+    "CheckpointError", "ConversionError", "Draft", "MapspecError", "Plan", "PlanError", "Report", "Span",
     "SpecError", "SpecSyntaxError", "Step", "TensorInfo", "UsageError", "apply", "check_spec",
-    "compile_spec", "inspect_checkpoint", "load_into", "LoadReport", "open_source", "parse_spec", "plan_for",
+    "compile_spec", "draft_spec", "inspect_checkpoint", "load_into", "LoadReport", "open_source", "parse_spec", "plan_for",
     "read_infos",
 ]
