@@ -111,15 +111,15 @@ def align(fam_s: list[Family], fam_t: list[Family], paired_s: dict, paired_t: di
           ) -> tuple[list[Link], list[tuple[Family, list[Family]]]]:
     """Family links to apply, and undecided source families (of several members) with their
     candidate target families."""
-    by_shape: dict[tuple, list[Family]] = defaultdict(list)
+    by_shape: dict[tuple, list[Family]] = defaultdict(list)   # matching in order needs these equal
     for ft in fam_t:
-        by_shape[(ft.kind, len(ft.members))].append(ft)
+        by_shape[tuple(u.sig for u in ft.members)].append(ft)
     edges: list[tuple[Family, Family, bool]] = []    # (fs, ft, anchored)
     for fs in fam_s:
         if all(id(u) in paired_s for u in fs.members):
             continue
         found = []
-        for ft in by_shape.get((fs.kind, len(fs.members)), ()):
+        for ft in by_shape.get(tuple(u.sig for u in fs.members), ()):
             verdict = _consistent(fs, ft, paired_s, paired_t)
             if verdict is not None:
                 found.append((fs, ft, verdict))
@@ -129,11 +129,17 @@ def align(fam_s: list[Family], fam_t: list[Family], paired_s: dict, paired_t: di
     links: list[Link] = []
     used_s: set[int] = set()
     used_t: set[int] = set()
+    units: set[int] = set()      # a family and its sub-family must not both be linked
 
-    def accept(fs: Family, ft: Family, how: str) -> None:
+    def accept(fs: Family, ft: Family, how: str) -> bool:
+        mine = {id(u) for u in fs.members + ft.members}
+        if mine & units:
+            return False
+        units.update(mine)
         links.append(Link(fs, ft, how))
         used_s.add(id(fs))
         used_t.add(id(ft))
+        return True
 
     # 1. anchored: a pair made by stronger evidence lies inside both families
     anchored = [(fs, ft) for fs, ft, a in edges if a]
@@ -147,7 +153,7 @@ def align(fam_s: list[Family], fam_t: list[Family], paired_s: dict, paired_t: di
     undecided: list[tuple[Family, list[Family]]] = []
     for comp_s, comp_t, comp_e in _components(rest):
         if len(comp_s) == 1 and len(comp_t) == 1:
-            accept(comp_s[0], comp_t[0], "the only family of its kind, size and shapes")
+            accept(comp_s[0], comp_t[0], "the only family of its size and shapes")
             continue
         res_s = _residues([f.skel for f in comp_s])
         res_t = _residues([f.skel for f in comp_t])
@@ -159,8 +165,8 @@ def align(fam_s: list[Family], fam_t: list[Family], paired_s: dict, paired_t: di
         if len(set(res_s)) == len(res_s):
             for f, r in zip(comp_s, res_s):
                 hits = by_res.get(r, [])
-                if r and len(hits) == 1 and (id(f), id(hits[0])) in edge_set:
-                    accept(f, hits[0], f"the names differ in the same letters ({r})")
+                if r and len(hits) == 1 and (id(f), id(hits[0])) in edge_set and \
+                        accept(f, hits[0], f"the names differ in the same letters ({r})"):
                     matched.add(id(f))
         for f in comp_s:
             if id(f) not in matched and len(f.members) > 1:
@@ -241,22 +247,35 @@ def _residues(skels: list[str]) -> list[str]:
 
 
 def _numbers(src: list[tuple[int, ...]], tgt: list[tuple[int, ...]]) -> str:
-    """How the numbers move: `(a, b) -> (a-1, b)`, or `in rank order` when depths differ."""
+    """How the numbers move: `(a, 0, 1) -> (a-1, 0)` when each target number is constant or a
+    source number plus a constant; else `in rank order` (depths or counts differ)."""
     if not src or not src[0] and not tgt[0]:
         return "no numbers"
     if len(src) == 1:
         return f"numbers {src[0]} -> {tgt[0]}"
-    names = "abcdefgh"
-    if len(src[0]) == len(tgt[0]) and len(src[0]) <= len(names):
-        offs = []
-        for i in range(len(src[0])):
-            d = {t[i] - s[i] for s, t in zip(src, tgt)}
-            if len(d) != 1:
-                break
-            offs.append(d.pop())
+    letters = iter("abcdefghpqrstuvw")
+    names: dict[int, str] = {}
+    shown = []
+    for i in range(len(src[0])):
+        vals = {s[i] for s in src}
+        if len(vals) == 1:
+            shown.append(str(vals.pop()))
         else:
-            vs = names[:len(src[0])]
-            out = [v if o == 0 else f"{v}{'+' if o > 0 else '-'}{abs(o)}" for v, o in zip(vs, offs)]
-            return f"numbers ({', '.join(vs)}) -> ({', '.join(out)})"
-    return (f"numbers matched in rank order, {len(src)} of them: "
-            f"{src[0]} -> {tgt[0]} ... {src[-1]} -> {tgt[-1]}")
+            names[i] = next(letters, "?")
+            shown.append(names[i])
+    out = []
+    for j in range(len(tgt[0])):
+        vals = {t[j] for t in tgt}
+        if len(vals) == 1:
+            out.append(str(vals.pop()))
+            continue
+        for i, v in names.items():
+            d = {t[j] - s[i] for s, t in zip(src, tgt)}
+            if len(d) == 1:
+                c = d.pop()
+                out.append(v if c == 0 else f"{v}{'+' if c > 0 else '-'}{abs(c)}")
+                break
+        else:
+            return (f"numbers matched in rank order, {len(src)} of them: "
+                    f"{src[0]} -> {tgt[0]} ... {src[-1]} -> {tgt[-1]}")
+    return f"numbers ({', '.join(shown)}) -> ({', '.join(out)})"

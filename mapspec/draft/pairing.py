@@ -114,6 +114,7 @@ class _State:
         self.S, self.T, self.free_s, self.free_t, self.r = S, T, free_s, free_t, result
         self.ordered = S.ordered and T.ordered
         self.subst: dict[str, str] = {}
+        self.withheld_t: set[str] = set()   # candidates of an open family: no single tensor may take them
 
     # -------------------------------------------------------------- fused tensors
     def fused(self) -> None:
@@ -210,7 +211,7 @@ class _State:
 
     def tensors(self) -> None:
         su = self._units(self.S, self.free_s, by_module=False)
-        tu = self._units(self.T, self.free_t, by_module=False)
+        tu = self._units(self.T, self.free_t - self.withheld_t, by_module=False)
         for a, b, ev in self._assign(su, tu, module_level=False):
             sk, tk = a.keys[0], b.keys[0]
             self._add((sk,), (tk,), actions_for(self.S.infos[sk], self.T.infos[tk]), ev)
@@ -381,6 +382,7 @@ class _State:
             for ft in cands:
                 for b in ft.members:
                     paired_t.setdefault(id(b), None)
+                    self.withheld_t.update(b.keys)
 
     def _similarity(self, a: _Unit, b: _Unit) -> float:
         """Word overlap; for names without numbers (embeddings, heads) also letter trigrams,
