@@ -22,6 +22,7 @@ from .keys import Side, is_boundary, shared_ends, tokens
 from .pairing import Pair
 
 PLAIN = re.compile(r"^[A-Za-z0-9_./:()\-]+$")
+SEGMENT = re.compile(r"[./]")
 ALT = re.compile(r"^[A-Za-z0-9_./()\-]+$")
 
 # Part kinds: ("lit", text) | ("int", ordinal, values or None) | ("var", entries, used, ordered)
@@ -122,7 +123,8 @@ def _literal_rule(s, t, a, x) -> Rule:
 # ------------------------------------------------------------------ whole sub-trees
 
 def _subtrees(pairs: list[Pair], side: Side) -> tuple[list[Rule], list[Pair]]:
-    groups: dict[tuple, list[tuple[Pair, str]]] = defaultdict(list)
+    tails: dict[int, str] = {}
+    family_segments: dict[tuple, int] = {}
     for p in pairs:
         if len(p.sources) != 1 or len(p.targets) != 1:
             continue
@@ -135,6 +137,23 @@ def _subtrees(pairs: list[Pair], side: Side) -> tuple[list[Rule], list[Pair]]:
             n -= 1
         tail = s[len(s) - n:]
         if n == 0 or "." not in tail.strip("."):
+            continue
+        tails[id(p)] = tail
+        fam = (_skeleton(_tgt_parts((s,))), _skeleton(_tgt_parts((t,))))
+        family_segments[fam] = min(family_segments.get(fam, 1 << 30), len(SEGMENT.split(tail)))
+    # pairs that differ only in their numbers share as much tail as the least of them: in
+    # `blocks.0.proj` -> `stages.0.blocks.0.proj` the tail `blocks.0.proj` is a coincidence of
+    # numbers that `blocks.2.proj` -> `stages.1.blocks.0.proj` does not repeat
+    groups: dict[tuple, list[tuple[Pair, str]]] = defaultdict(list)
+    for p in pairs:
+        if id(p) not in tails:
+            continue
+        s, t = p.sources[0], p.targets[0]
+        fam = (_skeleton(_tgt_parts((s,))), _skeleton(_tgt_parts((t,))))
+        tail = "".join(re.split(r"(?=[./])", tails[id(p)])[-family_segments[fam]:])
+        tail = tail[1:] if tail[:1] in "./" else tail
+        n = len(tail)
+        if "." not in tail.strip("."):
             continue
         groups[(s[:len(s) - n], t[:len(t) - n], p.actions)].append((p, tail))
     found: list[tuple[str, str, tuple, tuple, list[Pair]]] = []
