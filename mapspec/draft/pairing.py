@@ -357,6 +357,8 @@ class _State:
     def _numbered(self, fam_s, fam_t, paired_s: dict, paired_t: dict, take, what: str) -> None:
         """Pair numbered families member by member (numbering.py); hold back the families
         whose counterpart names and shapes leave open, as one suggestion each."""
+        # whole families first, then with the sub-families where a number acts as a name; what
+        # the second pass leaves open is open for good
         for fs_, ft_ in ((fam_s, fam_t), (fam_s + split(fam_s), fam_t + split(fam_t))):
             links, undecided = align(fs_, ft_, paired_s, paired_t)
             for link in links:
