@@ -8,11 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+import numpy as np
+
 from . import actions as act
 from .errors import UsageError
 from .formats import Selected, open_sink, open_source, sink_format
+from .params import Config
 from .parser import parse_spec
-from .plan import Plan, compile_spec
+from .plan import Plan, Step, compile_spec
+from .provenance import Provenance
 from .tensorinfo import TensorInfo
 from .rules import Spec
 
@@ -22,7 +26,7 @@ class Report:
     plan: Plan
     output: Path
     format: str
-    bytes: int
+    bytes: int  # the output's size on disk
     selected: str | None = None  # the sub-tree mapspec chose by itself, if it did
 
     @property
@@ -30,59 +34,45 @@ class Report:
         return len(self.plan.steps)
 
     def summary(self) -> str:
-        p = self.plan
-        if p.target_report is not None:  # loading into a target: count against what it holds
-            r = p.target_report
-            head = f"Transferred {len(p.steps)}/{r.target_count} target tensors from {p.source_count} source tensors"
-            notes = [f"{len(r.missing)} missing", f"{len(r.unexpected)} unexpected", f"{len(r.mismatched)} shape-mismatched"]
-            return f"{head} ({', '.join(notes)}) -> {self.output} [{self.format}, {_size(self.bytes)}]"
-        extra = [f"{len(p.dropped)} dropped"]
-        if self.selected:
-            extra.append(f"selected '{self.selected}'")
-        if p.unmatched:
-            extra.append(f"{len(p.unmatched)} unmatched")
-        return (f"Transferred {len(p.steps)}/{p.source_count} tensors "
-                f"({', '.join(extra)}) -> {self.output} [{self.format}, {_size(self.bytes)}]")
+        from .render import report_summary
+
+        return report_summary(self)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)  # pragma: no cover
+def disk_size(path: Path) -> int:
+    """Bytes a written output takes on disk (a directory output: all its files)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def run_step(step: Step, arrays: list[np.ndarray]) -> np.ndarray:
+    """One step's actions on its input arrays (bf16 as bits); the planned output array."""
+    (out,) = act.run_all(step.actions, arrays)
+    if tuple(out.shape) != step.info.shape:  # pragma: no cover - the planner guarantees this
+        raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
+    return out
 
 
 def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = None) -> int:
-    """Write every step of `plan` to `sink`; returns the bytes written."""
+    """Write every step of `plan` to `sink`; returns the tensor bytes written. `progress`
+    hears the running byte count after each tensor."""
     total = 0
     # Steps that split one input read it several times: release it after its last use.
     last_use = {k: i for i, step in enumerate(plan.steps) for k in step.inputs}
     for i, step in enumerate(plan.steps):
         # A tensor passing through unchanged is copied file-to-file by the kernel.
         region = source.region(step.inputs[0]) if not step.actions and len(step.inputs) == 1 else None
-        if region is not None and sink.write_region(step.output, region):
-            total += step.info.nbytes
-            if progress:
-                progress(i + 1)
-            continue
-        arrays = [source.read(k) for k in step.inputs]
-        dtype = step.input_infos[0].dtype
-        for pa in step.actions:
-            arrays = [act.REGISTRY[pa.name].run(dict(pa.params), arrays, dtype)]
-            if pa.name == "cast":
-                dtype = pa.params["to"]
-        (out,) = arrays
-        if tuple(out.shape) != step.info.shape:  # pragma: no cover - the planner guarantees this
-            raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
-        sink.write(step.output, out)
-        del arrays, out
-        for k in step.inputs:
-            if last_use[k] == i:
-                source.release(k)
+        if region is None or not sink.write_region(step.output, region):
+            out = run_step(step, [source.read(k) for k in step.inputs])
+            sink.write(step.output, out)
+            del out
+            for k in step.inputs:
+                if last_use[k] == i:
+                    source.release(k)
         total += step.info.nbytes
         if progress:
-            progress(i + 1)
+            progress(total)
     return total
 
 
@@ -99,41 +89,64 @@ def apply(
     fit: str = "strict",
     drop: tuple[str, ...] = (),
     force: bool = False,
+    strict_rules: bool = False,
     max_shard_size: int | str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    params: Mapping[str, object] | None = None,
+    config: Config = None,
+    reverse: bool = False,
+    lossy: bool = False,
 ) -> Report:
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
+    `progress(done, total)` hears tensor bytes written so far and in all; `params` and `config`
+    give the spec's parameters their values (as -p and --config); `reverse` runs the spec's
+    derived inverse (see `invert`); `lossy` lets it undo lossy casts.
 
     `checkpoint` may be a sharded checkpoint (an index, a model directory, a glob or a list of
     shards). With `max_shard_size` ("5GB", bytes), `output` is a directory of HF-style shards
     plus an index, `to` safetensors (the default) or torch."""
     spec = as_spec(spec)
+    inverse = None
+    if reverse:
+        from .invert import invert_spec
+
+        inverse = invert_spec(spec, params=params, config=config, lossy=lossy)
     output = Path(output)
     fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None else None))
     if output.exists() and not force:
         raise UsageError(f"{output} exists; use --force to overwrite it")
     _refuse_overwrite(output, _paths(checkpoint), max_shard_size is not None)
-    source = open_for(spec, checkpoint, select, epoch)
+    source = open_for(inverse.spec if inverse else spec, checkpoint, select, epoch)
     try:
         _refuse_overwrite(output, source.shards, max_shard_size is not None)
-        plan = compile_spec(spec, source.infos(), target=_target(target), strict=strict, fit=fit,
-                            drop=tuple(drop))
-        sink = open_sink(output, fmt, plan.outputs(), max_shard_size=max_shard_size)
+        options = dict(target=_target(target), strict=strict, fit=fit, drop=tuple(drop), strict_rules=strict_rules)
+        if inverse:  # the inverse states the parameters' values already
+            plan = inverse.compile(source.infos(), **options)
+            values = inverse.params
+        else:
+            plan = compile_spec(spec, source.infos(), params=params, config=config, **options)
+            values = {b.name: b.value for b in plan.params}
+        record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path, params=values,
+                            direction="reverse" if reverse else "forward",
+                            select=source.prefix if isinstance(source, Selected) else None)
+        sink = open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size)
         try:
-            n = len(plan.steps)
-            written = execute(plan, source, sink, (lambda i: progress(i, n)) if progress else None)
+            n = sum(s.info.nbytes for s in plan.steps)
+            execute(plan, source, sink, (lambda done: progress(done, n)) if progress else None)
             sink.commit()
         except BaseException:
             sink.abort()
             raise
     finally:
         source.close()
-    return Report(plan, output, fmt, written,
-                  source.prefix if isinstance(source, Selected) and source.auto else None)
+    return Report(plan, output, fmt, disk_size(output),
+                  source.prefix if source.auto else None)
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,
-             epoch: int | None = None, strict: bool = True, fit: str = "strict", drop: tuple[str, ...] = ()) -> Plan:
+             epoch: int | None = None, strict: bool = True, fit: str = "strict", drop: tuple[str, ...] = (),
+             strict_rules: bool = False, params: Mapping[str, object] | None = None,
+             config: Config = None) -> Plan:
     """Compile `spec` against a checkpoint's key list without converting anything."""
     spec = as_spec(spec)
     source = open_for(spec, checkpoint, select, epoch)
@@ -141,7 +154,8 @@ def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, se
         infos = dict(source.infos())
     finally:
         source.close()
-    return compile_spec(spec, infos, target=_target(target), strict=strict, fit=fit, drop=tuple(drop))
+    return compile_spec(spec, infos, params=params, config=config, target=_target(target), strict=strict,
+                        fit=fit, drop=tuple(drop), strict_rules=strict_rules)
 
 
 def as_spec(spec: Spec | str | Path) -> Spec:

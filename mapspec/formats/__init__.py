@@ -75,6 +75,8 @@ def open_source(path: str | Path | Sequence[str | Path], fmt: str | None = None,
         source: Source = sharded.ShardedSource.from_files([Path(p) for p in path])
     else:
         path = resolve_prefix(Path(path), epoch)
+        if not path.exists() and not any(c in str(path) for c in "*?["):
+            raise CheckpointError(f"{path}: no such file{_epoch_hint(path) if epoch is None else ''}")
         source = sharded.open_path(path, fmt)
     if select is None:
         # A training checkpoint (model, ema, optimizer, epoch...) converts its model part.
@@ -91,6 +93,20 @@ def open_file(path: Path, fmt: str | None = None) -> Source:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     return (by_name(fmt) if fmt else by_name(sniff(path))).source(path)
+
+
+def _epoch_hint(path: Path) -> str:
+    """`r50` when `r50-0000.params` exists: the MXNet prefix form, which needs --epoch."""
+    import glob
+    import re
+
+    found = sorted(p.name for p in path.parent.glob(f"{glob.escape(path.name)}-*.params")
+                   if re.fullmatch(r"-[0-9]+\.params", p.name[len(path.name):]))
+    if not found:
+        return ""
+    epoch = int(found[-1][len(path.name) + 1:-len(".params")])
+    return (f"; {', '.join(found[-3:])} {'exists' if len(found) == 1 else 'exist'}: "
+            f"it is an MXNet checkpoint prefix, add --epoch {epoch}")
 
 
 def read_infos(path: str | Path, select: str | None = None) -> dict[str, TensorInfo]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError, UsageError
+from ..provenance import RECORD
 from ..tensorinfo import TensorInfo
 from .base import AtomicPath, MappedFile, SinkBase, SourceBase, replace_dir
 from .registry import Format
@@ -147,6 +148,7 @@ class OneflowSink(SinkBase):
             raise UsageError(f"OneFlow checkpoints cannot hold {', '.join(bad)} tensors")
         self.final = Path(path)
         self.atomic = AtomicPath(self.final, directory=True)
+        self.provenance = metadata
         self.infos = dict(outputs)
         self.paths = {name: f"tensor_{i}" for i, name in enumerate(outputs)}
         data = OrderedDict((name, _Tensor(p)) for name, p in self.paths.items())
@@ -161,6 +163,8 @@ class OneflowSink(SinkBase):
         (folder / "out").write_bytes(dtypes.raw(array, self.infos[name].dtype))
 
     def commit(self) -> None:
+        if self.provenance is not None:  # flow.load reads only what the pickle names
+            (self.atomic.tmp / RECORD).write_text(self.provenance.json(), encoding="utf-8")
         replace_dir(self.atomic.tmp, self.final)
 
     def abort(self) -> None:

@@ -16,9 +16,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import CheckpointError, UsageError
-from ..tensorinfo import TensorInfo
 from .. import dtypes
+from ..errors import CheckpointError, UsageError
+from ..provenance import RECORD
+from ..tensorinfo import TensorInfo
 from .base import AtomicPath, MappedFile, Region, SinkBase, SourceBase, copy_region
 from .registry import Format
 from .torch_pickle import MAX_DEPTH, StandIn, Tensor, load
@@ -151,6 +152,7 @@ class TorchSink(SinkBase):
 
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         self.atomic = AtomicPath(path)
+        self.provenance = metadata
         self.infos = dict(outputs)
         self.keys = {name: str(i) for i, name in enumerate(outputs)}
         self.pending = list(outputs)  # records follow the pickle's order
@@ -184,6 +186,8 @@ class TorchSink(SinkBase):
     def commit(self) -> None:
         if self.pending:
             raise RuntimeError(f"torch sink closed with {len(self.pending)} tensors unwritten")
+        if self.provenance is not None:  # a record the pickle does not name: torch.load skips it
+            self.zip.add(RECORD, self.provenance.json().encode())
         self.zip.add("version", b"3\n")
         self.zip.add(".data/serialization_id", os.urandom(20).hex().encode())
         self.zip.finish()
