@@ -666,3 +666,61 @@ def test_every_listed_reader_failure_is_a_checkpoint_error_naming_the_file(tmp_p
     with pytest.raises(CheckpointError, match=r"\.\.\. \(\d+ more characters\)"):
         with reading("/x/y.pt"):
             raise CheckpointError("e" * 100_000)
+
+
+# ------------------------------------------------------------------ torch tensor geometry
+
+def _pt_with_geometry(path: Path, torch, numel: int, size, stride, offset=0) -> Path:
+    """A torch zip whose one tensor has the given geometry over a float storage of `numel`."""
+    import collections
+    import pickle
+
+    class Storage:
+        pass
+
+    class Tensor:
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, (Storage(), offset, tuple(size), tuple(stride), False,
+                                                     collections.OrderedDict())
+
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, protocol=2)
+    pickler.persistent_id = lambda o: ("storage", torch.FloatStorage, "0", "cpu", numel) if isinstance(o, Storage) else None
+    pickler.dump({"t": Tensor()})
+    return torch_zip(path, buf.getvalue(), {"data/0": b"\0" * (4 * numel)})
+
+
+@pytest.mark.parametrize("size, stride, offset, words", [
+    ((1,) * 33, (1,) * 33, 0, "dimensions"),
+    ((-2,), (1,), 0, "corrupt tensor geometry"),
+    ((2,), (-1,), 0, "corrupt tensor geometry"),
+    ((0, 2 ** 40, 2 ** 40), (1, 1, 1), 0, "overflows"),
+    ((3,), (2,), 0, "outside its storage"),
+    ((2,), (1,), 3, "outside its storage"),
+    ((2,), (1,), 2 ** 70, "corrupt tensor offset"),
+])
+def test_torch_tensor_geometry_is_checked_at_open(tmp_path, torch, size, stride, offset, words):
+    path = _pt_with_geometry(tmp_path / "g.pt", torch, 4, size, stride, offset)
+    assert words in inspect_error(path)
+
+
+def test_extent_is_the_bytes_read_for_pass_through_copies(tmp_path, torch):
+    from safetensors.numpy import save_file
+
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    torch.save({"w": t, "wt": t.t(), "row": t[1]}, tmp_path / "c.pt")
+    save_file({"w": t.numpy()}, tmp_path / "c.safetensors")
+    from mapspec.formats.mxnet import MXNetSink
+    from mapspec.plan import TensorInfo
+
+    sink = MXNetSink(tmp_path / "c.params", {"w": TensorInfo((3, 4), "float32")})
+    sink.write("w", t.numpy())
+    sink.commit()
+    for name in ("c.pt", "c.safetensors", "c.params"):
+        src = open_source(tmp_path / name)
+        file, offset, nbytes = src.extent("w")
+        assert file.read_bytes(offset, nbytes) == src.read("w").tobytes()
+    src = open_source(tmp_path / "c.pt")
+    assert src.extent("wt") is None  # a transposed view is not its stored bytes
+    file, offset, nbytes = src.extent("row")
+    assert file.read_bytes(offset, nbytes) == t[1].numpy().tobytes()

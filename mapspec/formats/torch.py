@@ -105,6 +105,14 @@ class TorchSource:
     def read(self, key: str) -> np.ndarray:
         return self._tensors[key].read()
 
+    def extent(self, key: str):
+        return self._tensors[key].extent()
+
+    def release(self, key: str) -> None:
+        found = self._tensors[key].extent()
+        if found:
+            found[0].release(found[1], found[2])
+
     def close(self) -> None:
         self._tensors = {}
         self.object = None

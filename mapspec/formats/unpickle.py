@@ -38,6 +38,9 @@ MAX_DEPTH = 256  # nesting of containers in a pickle, and of anything walked rec
 MAX_INT_BYTES = 256  # binary integers (LONG1/LONG4) wider than this are refused
 MAX_PICKLE = 256 << 20  # bytes of one pickle (the tensors' data is outside it)
 MAX_NODES = 2_000_000  # objects visited when walking what a pickle built
+# Picklers number memo entries 0, 1, 2...; an index may run this far ahead of the opcodes
+# seen (the C unpickler allocates its memo up to twice the highest index).
+MEMO_SLACK = 1 << 16
 
 # Modules that can run anything: refused outright, by name, with a message that says so.
 BLOCKED_MODULES = {
@@ -190,7 +193,7 @@ def check_pickle(data: bytes, path: Path, start: int = 0, base: int = 0) -> int:
                 raise bad("memo store from an empty stack")
             if category == _MEMOIZE:
                 index = len(memo)
-            if index < 0 or index > ops:
+            if index < 0 or index > ops + MEMO_SLACK:
                 raise bad(f"memo index {index} (the C unpickler would size its memo to it)")
             memo[index] = stack[-1]
             continue
@@ -434,7 +437,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if not isinstance(name, str) or len(name) > 16:
             raise CheckpointError(f"{self.path}: numpy.dtype of {shown(name)} in the pickle")
         dt = np.dtype(name)
-        if dt.hasobject or dt.fields is not None or dt.subdtype is not None:
+        if dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
             raise CheckpointError(f"{self.path}: numpy.dtype {shown(name)}: only plain numeric dtypes are read")
         return dt
 
