@@ -724,3 +724,14 @@ def test_extent_is_the_bytes_read_for_pass_through_copies(tmp_path, torch):
     assert src.extent("wt") is None  # a transposed view is not its stored bytes
     file, offset, nbytes = src.extent("row")
     assert file.read_bytes(offset, nbytes) == t[1].numpy().tobytes()
+
+
+def test_messages_never_repr_what_the_pickle_built(tmp_path):
+    # a persistent id that is a list of lists filled after they were nested (10**9 leaves
+    # that the size check cannot see): the error must describe it, not print it
+    pkl = G + b"".join(b"]q" + bytes([i]) + b"0" for i in range(10))
+    for level in range(9, 0, -1):  # outermost first, so each list is nested while still empty
+        pkl += b"h" + bytes([level]) + b"(" + (b"h" + bytes([level - 1])) * 10 + b"e0"
+    pkl += b"h\x09Q."  # BINPERSID of the outermost list
+    line = inspect_error(torch_zip(tmp_path / "pid.pt", pkl))
+    assert "unsupported persistent id" in line and len(line) < 400

@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import CheckpointError, UsageError
 from ..plan import TensorInfo
 from .base import AtomicPath
+from .reading import brief
 from .torch_pickle import StandIn, Tensor, load
 from .unpickle import MAX_DEPTH, MAX_NODES, Budget
 
@@ -84,7 +85,8 @@ def flatten(obj: Any, prefix: str, out: dict, depth: int = 0, budget: Budget | N
         module_state(obj, f"{prefix}." if prefix else "", out, budget, depth + 1)
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
-            flatten(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1, budget)
+            k = k if isinstance(k, str) else str(k) if isinstance(k, int) else brief(k)
+            flatten(v, f"{prefix}.{k}" if prefix else k, out, depth + 1, budget)
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
             flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1, budget)
