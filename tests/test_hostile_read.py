@@ -735,3 +735,15 @@ def test_messages_never_repr_what_the_pickle_built(tmp_path):
     pkl += b"h\x09Q."  # BINPERSID of the outermost list
     line = inspect_error(torch_zip(tmp_path / "pid.pt", pkl))
     assert "unsupported persistent id" in line and len(line) < 400
+
+
+@pytest.mark.parametrize("kind", ["int", "tuple"])
+def test_crafted_hash_collisions_are_refused(tmp_path, kind):
+    # dict keys that all hash alike make building the dict quadratic: 100k of them, minutes
+    import pickle
+
+    p = 2 ** 61 - 1  # hash(n) == n % p for ints, and tuples hash their items' hashes
+    keys = [i * p for i in range(1, 200)] if kind == "int" else [(i * p, 0) for i in range(1, 200)]
+    assert len({hash(k) for k in keys}) == 1
+    pkl = pickle.dumps(dict.fromkeys(keys, 0), protocol=2)
+    assert "same hash" in inspect_error(torch_zip(tmp_path / "h.pt", pkl))
