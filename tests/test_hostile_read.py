@@ -629,7 +629,8 @@ class _Odd:
 def test_inspect_json_is_plain_and_never_uses_the_files_reprs(tmp_path, torch):
     ck = {"model": {"w": torch.ones(2)}, "best_fitness": np.float64(0.5), "epoch": np.int64(3),
           "flag": np.bool_(True), "big": 2 ** 2000, "nan": float("nan"), "cplx": 1 + 2j, "sl": slice(1, 2, 3),
-          "dev": torch.device("cpu"), "dt": torch.float16, "set": {1, 2}, (1, 2): "tuple key", "obj": _Odd()}
+          "dev": torch.device("cpu"), "dt": torch.float16, "set": {1, 2}, (1, 2): "tuple key", "obj": _Odd(),
+          "long": "y" * 1_000_000}
     torch.save(ck, tmp_path / "c.pt")
     r = runner.invoke(app, ["inspect", str(tmp_path / "c.pt"), "--format", "json"])
     assert r.exit_code == 0, r.output
@@ -643,6 +644,7 @@ def test_inspect_json_is_plain_and_never_uses_the_files_reprs(tmp_path, torch):
     assert entries["(1, 2)" if "(1, 2)" in entries else "<tuple>"]["value"] == "tuple key"
     assert entries["obj"]["class"].endswith("._Odd")  # a stand-in, described by its name only
     assert tree["auto_select"] == "model"
+    assert 1000 < len(entries["long"]["value"]) < 1100 and "more characters" in entries["long"]["value"]
 
 
 def test_inspect_of_a_module_field_holding_a_laughs_graph_is_bounded(tmp_path):
