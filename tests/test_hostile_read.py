@@ -749,3 +749,28 @@ def test_crafted_hash_collisions_are_refused(tmp_path, kind):
     assert len({hash(k) for k in keys}) == 1
     pkl = pickle.dumps(dict.fromkeys(keys, 0), protocol=2)
     assert "same hash" in inspect_error(torch_zip(tmp_path / "h.pt", pkl))
+
+
+def test_npz_dtype_table_declaring_a_huge_string_is_refused_before_allocating(tmp_path):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<U100000000", "fortran_order": False, "shape": ()})
+    with zipfile.ZipFile(tmp_path / "t.npz", "w") as z:
+        z.writestr("a.npy", _npy(np.zeros(2, np.uint16)))
+        z.writestr("__mapspec_dtypes__.npy", buf.getvalue() + b"{}")
+    assert "dtype table" in inspect_error(tmp_path / "t.npz")
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, array)
+    return buf.getvalue()
+
+
+def test_pickle_build_cannot_change_the_readers_functions(tmp_path, torch):
+    # BUILD with slot state on a global sets attributes with setattr(); on a plain function
+    # that would change it for every later load in the process
+    pkl = G + glob("torch._utils", "_rebuild_parameter") + b"N}X\x0c\x00\x00\x00__defaults__(\x88tsb."
+    line = inspect_error(torch_zip(tmp_path / "b.pt", pkl))
+    assert line.startswith("error: ")
+    torch.save({"p": torch.nn.Parameter(torch.ones(2))}, tmp_path / "ok.pt")
+    np.testing.assert_array_equal(open_source(tmp_path / "ok.pt").read("p"), [1.0, 1.0])

@@ -88,8 +88,8 @@ class NpzSource:
         return dtypes.check_shape(shape, where), bool(fortran), dt, header
 
     def _tags(self, info, shape, dt, header, where) -> dict[str, str]:
-        if shape != () or dt.kind != "U" or info.file_size > MAX_TAGS:
-            raise CheckpointError(f"{where} is not mapspec's dtype table (a 0-d string)")
+        if shape != () or dt.kind != "U" or info.file_size > MAX_TAGS or header + dt.itemsize != info.file_size:
+            raise CheckpointError(f"{where} is not mapspec's dtype table (a 0-d string of its member's size)")
         raw = self._data(info, header, dt.itemsize, where)
         try:
             tags = json.loads(raw.view(dt)[0])
