@@ -65,6 +65,23 @@ def say(text: str) -> None:
 def warn(text: str) -> None:
     sys.stderr.write(text + "\n")
 
+PARAM_HELP = "Set a spec parameter: NAME=VALUE (repeatable; overrides --config)."
+CONFIG_HELP = "A model configuration JSON the spec's parameters read (param ... from \"key\")."
+
+
+def _params(pairs: list[str]) -> dict[str, str]:
+    """-p NAME=VALUE options as a mapping; the spec decides each value's type."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        name = name.strip()
+        if not eq or not name.isidentifier():
+            raise UsageError(f"-p {pair}: expected NAME=VALUE, e.g. -p n_heads=32")
+        if name in out:
+            raise UsageError(f"-p {name} is given twice")
+        out[name] = value
+    return out
+
 
 def _guard(fn):
     @wraps(fn)
@@ -132,11 +149,14 @@ NonStrictOpt = Annotated[bool, typer.Option(
     "--non-strict", help="Leave keys no rule matches out (with a warning) instead of failing.")]
 StrictRulesOpt = Annotated[bool, typer.Option(
     "--strict-rules", help="A rule that matches no key is an error, not a warning.")]
+ParamOpt = Annotated[Optional[list[str]], typer.Option("-p", "--param", help=PARAM_HELP)]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help=CONFIG_HELP)]
 
 
-def _plan(spec, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules):
+def _plan(spec, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules, param=None, config=None):
     return plan_for(spec, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict,
-                    fit=fit.value, drop=tuple(drop or ()), strict_rules=strict_rules)
+                    fit=fit.value, drop=tuple(drop or ()), strict_rules=strict_rules,
+                    params=_params(param or []), config=config)
 
 
 def _warn_plan(plan, spec) -> None:
@@ -162,6 +182,11 @@ def apply(
     non_strict: NonStrictOpt = False,
     strict_rules: StrictRulesOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
+    param: ParamOpt = None,
+    config: ConfigOpt = None,
+    reverse: Annotated[bool, typer.Option("--reverse", help="Run SPEC's derived inverse (see `mapspec invert`).")] = False,
+    lossy: Annotated[bool, typer.Option("--lossy", help="With --reverse: undo lossy casts anyway, reporting the "
+                                        "loss.")] = False,
 ) -> None:
     """Convert CHECKPOINT with SPEC into OUTPUT."""
     from rich.console import Console
@@ -184,7 +209,8 @@ def apply(
 
         report = apply_spec(parsed, checkpoint, output, target=target, to=to, select=select, epoch=epoch,
                             strict=not non_strict, fit=fit.value, drop=tuple(drop or ()), force=force,
-                            strict_rules=strict_rules, progress=progress)
+                            strict_rules=strict_rules, progress=progress, params=_params(param or []),
+                            config=config, reverse=reverse, lossy=lossy)
     _warn_plan(report.plan, parsed)
     r = report.plan.target_report
     if r is not None and fit is not Fit.strict:
@@ -207,6 +233,8 @@ def check(
     drop: DropOpt = None,
     non_strict: NonStrictOpt = False,
     strict_rules: StrictRulesOpt = False,
+    param: ParamOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Compile only; exit 0 when SPEC (and its plan for CHECKPOINT) is clean."""
     rest = checkpoint or []
@@ -215,13 +243,13 @@ def check(
             raise SpecError("--target needs a CHECKPOINT to compile against")
         for path in [spec, *rest]:
             parsed = parse_spec(path)
-            check_spec(parsed)
+            check_spec(parsed, params=_params(param or []), config=config)
             say(f"{path}: ok ({len(parsed.rules)} rules, {len(parsed.tables)} tables)")
         return
     if len(rest) > 1:
         raise UsageError(f"check takes one SPEC and one CHECKPOINT, or only specs; got {len(rest) + 1} paths")
     parsed = parse_spec(spec)
-    plan = _plan(parsed, rest[0], target, select, epoch, fit, drop, non_strict, strict_rules)
+    plan = _plan(parsed, rest[0], target, select, epoch, fit, drop, non_strict, strict_rules, param, config)
     _warn_plan(plan, parsed)
     say(render.check_line(spec, plan, target is not None))
 
@@ -242,10 +270,12 @@ def explain(
     drop: DropOpt = None,
     non_strict: NonStrictOpt = False,
     strict_rules: StrictRulesOpt = False,
+    param: ParamOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Show the plan for review: one row per rule (key count, an example, what changes)."""
     parsed = parse_spec(spec)
-    plan = _plan(parsed, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules)
+    plan = _plan(parsed, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules, param, config)
     _warn_plan(plan, parsed)
     sys.stdout.write(render.explain(plan, parsed, fmt.value, per_tensor))
 
@@ -326,6 +356,81 @@ def fmt(
     for path in changed:
         say(f"{'would reformat' if check else 'reformatted'} {path}")
     if check and changed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_guard
+def invert(
+    spec: SpecArg,
+    checkpoint: Annotated[Optional[Path], typer.Argument(
+        help="A checkpoint SPEC converts: supplies the shapes and dtypes some inverses need, and limits the "
+        "inverse to the rules it uses.", show_default=False, metavar="CHECKPOINT")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the inverse spec here "
+                                                   "(default: stdout).", show_default=False)] = None,
+    select: SelectOpt = None,
+    epoch: EpochOpt = None,
+    lossy: Annotated[bool, typer.Option("--lossy", help="Invert lossy casts anyway, reporting the loss.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing OUTPUT.")] = False,
+    param: ParamOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print the inverse of SPEC as ordinary spec text, from/to swapped."""
+    from .invert import invert_spec
+
+    parsed = parse_spec(spec)
+    params = _params(param or [])
+    forward = (plan_for(parsed, checkpoint, select=select, epoch=epoch, params=params, config=config)
+               if checkpoint is not None else None)
+    inverse = invert_spec(parsed, forward, params=params, config=config, lossy=lossy)
+    for loss in inverse.losses:
+        warn(f"warning: {loss}")
+    if output is None:
+        sys.stdout.write(inverse.text)
+        return
+    if output.exists() and not force:
+        raise UsageError(f"{output} exists; use --force to overwrite it")
+    output.write_text(inverse.text, encoding="utf-8")
+    say(f"wrote {output} ({len(inverse.spec.rules)} rules)")
+
+
+@app.command()
+@_guard
+def verify(
+    spec: SpecArg,
+    checkpoint: CheckpointArg,
+    against: Annotated[Optional[Path], typer.Option(
+        "--against", help="Compare with this checkpoint, converted another way. Without it: convert forward, "
+        "then back, and compare with CHECKPOINT.", show_default=False)] = None,
+    atol: Annotated[float, typer.Option("--atol", help="With --against: absolute tolerance.")] = 0.0,
+    rtol: Annotated[float, typer.Option("--rtol", help="With --against: relative tolerance (of the "
+                                        "reference).")] = 0.0,
+    select: SelectOpt = None,
+    epoch: EpochOpt = None,
+    lossy: Annotated[bool, typer.Option("--lossy", help="Round trip: invert lossy casts anyway (they will "
+                                        "differ).")] = False,
+    worst: Annotated[int, typer.Option("--worst", help="How many of the worst tensors to list.")] = 10,
+    param: ParamOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Check a conversion numerically: exit 0 only if every tensor matches."""
+    from .verify import verify_against, verify_roundtrip
+
+    params = _params(param or [])
+    if against is not None:
+        result = verify_against(spec, checkpoint, against, atol=atol, rtol=rtol, select=select, epoch=epoch,
+                                params=params, config=config)
+        title = f"{spec.name}: {checkpoint.name} against {against.name}"
+    else:
+        if atol or rtol:
+            raise UsageError("--atol/--rtol go with --against; a round trip must be bit-exact")
+        result, _ = verify_roundtrip(spec, checkpoint, select=select, epoch=epoch, lossy=lossy, params=params,
+                                     config=config)
+        title = f"{spec.name}: {checkpoint.name} forward and back"
+    sys.stdout.write(render.verification_text(result, title, worst))
+    if not result.ok:
+        bad = sum(not c.ok for c in result.checks)
+        warn(f"error: {bad} tensors differ, {len(result.missing)} missing, {len(result.extra)} extra")
         raise typer.Exit(1)
 
 

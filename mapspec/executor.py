@@ -13,8 +13,10 @@ import numpy as np
 from . import actions as act
 from .errors import UsageError
 from .formats import open_sink, open_source, sink_format
+from .params import Config
 from .parser import parse_spec
 from .plan import Plan, Step, TensorInfo, compile_spec
+from .provenance import Provenance
 from .rules import Spec
 
 
@@ -45,12 +47,7 @@ def disk_size(path: Path) -> int:
 
 def run_step(step: Step, arrays: list[np.ndarray]) -> np.ndarray:
     """One step's actions on its input arrays (bf16 as bits); the planned output array."""
-    dtype = step.input_infos[0].dtype
-    for pa in step.actions:
-        arrays = [act.REGISTRY[pa.name].run(dict(pa.params), arrays, dtype)]
-        if pa.name == "cast":
-            dtype = pa.params["to"]
-    (out,) = arrays
+    (out,) = act.run_all(step.actions, arrays)
     if tuple(out.shape) != step.info.shape:  # pragma: no cover - the planner guarantees this
         raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
     return out
@@ -92,21 +89,39 @@ def apply(
     force: bool = False,
     strict_rules: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    params: Mapping[str, object] | None = None,
+    config: Config = None,
+    reverse: bool = False,
+    lossy: bool = False,
 ) -> Report:
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
-    `progress(done, total)` hears tensor bytes written so far and in all."""
+    `progress(done, total)` hears tensor bytes written so far and in all; `params` and `config`
+    give the spec's parameters their values (as -p and --config); `reverse` runs the spec's
+    derived inverse (see `invert`); `lossy` lets it undo lossy casts."""
     spec = as_spec(spec)
+    inverse = None
+    if reverse:
+        from .invert import invert_spec
+
+        inverse = invert_spec(spec, params=params, config=config, lossy=lossy)
     output = Path(output)
     fmt = sink_format(output, to)
     if output.exists() and not force:
         raise UsageError(f"{output} exists; use --force to overwrite it")
     if output.resolve() == Path(checkpoint).resolve():
         raise UsageError("the output would overwrite the input checkpoint")
-    source = open_for(spec, checkpoint, select, epoch)
+    source = open_for(inverse.spec if inverse else spec, checkpoint, select, epoch)
     try:
-        plan = compile_spec(spec, source.infos(), target=_target(target), strict=strict, fit=fit,
-                            drop=tuple(drop), strict_rules=strict_rules)
-        sink = open_sink(output, fmt, plan.outputs())
+        options = dict(target=_target(target), strict=strict, fit=fit, drop=tuple(drop), strict_rules=strict_rules)
+        if inverse:  # the inverse states the parameters' values already
+            plan = inverse.compile(source.infos(), **options)
+            values = inverse.params
+        else:
+            plan = compile_spec(spec, source.infos(), params=params, config=config, **options)
+            values = {b.name: b.value for b in plan.params}
+        record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path, params=values,
+                            direction="reverse" if reverse else "forward", select=getattr(source, "prefix", None))
+        sink = open_sink(output, fmt, plan.outputs(), record)
         try:
             n = sum(s.info.nbytes for s in plan.steps)
             execute(plan, source, sink, (lambda done: progress(done, n)) if progress else None)
@@ -122,7 +137,8 @@ def apply(
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,
              epoch: int | None = None, strict: bool = True, fit: str = "strict", drop: tuple[str, ...] = (),
-             strict_rules: bool = False) -> Plan:
+             strict_rules: bool = False, params: Mapping[str, object] | None = None,
+             config: Config = None) -> Plan:
     """Compile `spec` against a checkpoint's key list without converting anything."""
     spec = as_spec(spec)
     source = open_for(spec, checkpoint, select, epoch)
@@ -130,8 +146,8 @@ def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, se
         infos = dict(source.infos())
     finally:
         source.close()
-    return compile_spec(spec, infos, target=_target(target), strict=strict, fit=fit, drop=tuple(drop),
-                        strict_rules=strict_rules)
+    return compile_spec(spec, infos, params=params, config=config, target=_target(target), strict=strict,
+                        fit=fit, drop=tuple(drop), strict_rules=strict_rules)
 
 
 def as_spec(spec: Spec | str | Path) -> Spec:

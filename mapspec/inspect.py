@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from . import provenance
 from .formats import open_source, sniff
 from .formats.reading import clip, reading
 from .formats.torch_pickle import StandIn, Tensor
@@ -149,6 +150,9 @@ def inspect_checkpoint(path: str | Path, epoch: int | None = None) -> dict:
     try:
         infos = dict(source.infos())
         tree = {"file": str(path), "format": fmt, "tensors": summarize(list(infos.values()))}
+        record = provenance.read(path)
+        if record is not None:
+            tree["provenance"] = record
         obj = getattr(source, "object", None)
         if obj is not None:
             with reading(path):

@@ -774,3 +774,19 @@ def test_pickle_build_cannot_change_the_readers_functions(tmp_path, torch):
     assert line.startswith("error: ")
     torch.save({"p": torch.nn.Parameter(torch.ones(2))}, tmp_path / "ok.pt")
     np.testing.assert_array_equal(open_source(tmp_path / "ok.pt").read("p"), [1.0, 1.0])
+
+
+def test_provenance_records_are_read_as_hostile_input_too(tmp_path, torch):
+    from mapspec.provenance import SIDECAR
+
+    torch.save({"a": torch.ones(2)}, tmp_path / "ok.pt")
+    with zipfile.ZipFile(tmp_path / "ok.pt") as zin, zipfile.ZipFile(tmp_path / "rec.pt", "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+        zout.writestr("ok/mapspec.json", b'{"version": 1, "pad": "' + b"a" * 3_000_000 + b'"}',
+                      compress_type=zipfile.ZIP_DEFLATED)
+    assert "more than it can be" in inspect_error(tmp_path / "rec.pt")  # not inflated whole
+    _npz(tmp_path / "x.npz")
+    os.mkfifo(tmp_path / ("x.npz" + SIDECAR))
+    r = cli_subprocess("inspect", tmp_path / "x.npz", timeout=60)  # a FIFO sidecar is not read (no hang)
+    assert r.returncode == 0 and "a (64,)" not in r.stderr, r.stderr
