@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import actions as act
-from .errors import MapspecError, SpecError
+from .errors import MapspecError, SpecError, UsageError
 from .executor import apply as apply_spec, plan_for
 from .formatter import format_text
 from .parser import parse_spec
@@ -32,6 +32,23 @@ out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty()
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 PROGRESS_AFTER = 200  # steps: shorter runs finish before a bar is worth drawing
+
+PARAM_HELP = "Set a spec parameter: NAME=VALUE (repeatable; overrides --config)."
+CONFIG_HELP = "A model configuration JSON the spec's parameters read (param ... from \"key\")."
+
+
+def _params(pairs: list[str]) -> dict[str, str]:
+    """-p NAME=VALUE options as a mapping; the spec decides each value's type."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        name = name.strip()
+        if not eq or not name.isidentifier():
+            raise UsageError(f"-p {pair}: expected NAME=VALUE, e.g. -p n_heads=32")
+        if name in out:
+            raise UsageError(f"-p {name} is given twice")
+        out[name] = value
+    return out
 
 
 def _guard(fn):
@@ -64,6 +81,8 @@ def apply(
     drop: list[str] = typer.Option([], "--drop", help="A glob of output names to leave out, e.g. 'fc.*' (repeatable)."),
     non_strict: bool = typer.Option(False, "--non-strict", help="Leave unmatched keys out instead of failing."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    param: list[str] = typer.Option([], "-p", "--param", help=PARAM_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """Convert CHECKPOINT with SPEC into OUTPUT."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -80,7 +99,7 @@ def apply(
 
         report = apply_spec(spec, checkpoint, output, target=target, to=to, select=select,
                             epoch=epoch, strict=not non_strict, fit=fit, drop=tuple(drop), force=force,
-                            progress=progress)
+                            progress=progress, params=_params(param), config=config)
     if report.plan.unmatched:
         err.print(f"warning: {len(report.plan.unmatched)} unmatched keys left out: "
                   + ", ".join(report.plan.unmatched[:5]) + (" ..." if len(report.plan.unmatched) > 5 else ""),
@@ -104,17 +123,20 @@ def check(
     fit: str = typer.Option("strict", "--fit", help="With --target: strict, shape or drop (see apply)."),
     drop: list[str] = typer.Option([], "--drop", help="A glob of output names to leave out (repeatable)."),
     non_strict: bool = typer.Option(False, "--non-strict"),
+    param: list[str] = typer.Option([], "-p", "--param", help=PARAM_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """Compile only; exit 0 when SPEC (and its plan for CHECKPOINT) is clean."""
     parsed = parse_spec(spec)
-    check_spec(parsed)
+    params = _params(param)
+    check_spec(parsed, params=params, config=config)
     if checkpoint is None:
         if target is not None:
             raise SpecError("--target needs a CHECKPOINT to compile against")
         out.print(f"{spec}: ok ({len(parsed.rules)} rules, {len(parsed.tables)} tables)", markup=False)
         return
     plan = plan_for(parsed, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict,
-                    fit=fit, drop=tuple(drop))
+                    fit=fit, drop=tuple(drop), params=params, config=config)
     line = f"{spec}: ok: {len(plan.steps)} outputs from {plan.source_count} tensors, {len(plan.dropped)} dropped"
     if plan.unmatched:
         line += f", {len(plan.unmatched)} unmatched"
@@ -144,10 +166,12 @@ def explain(
     fit: str = typer.Option("strict", "--fit"),
     drop: list[str] = typer.Option([], "--drop"),
     non_strict: bool = typer.Option(False, "--non-strict"),
+    param: list[str] = typer.Option([], "-p", "--param", help=PARAM_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """Show the plan: one row per output tensor."""
     plan = plan_for(spec, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict,
-                    fit=fit, drop=tuple(drop))
+                    fit=fit, drop=tuple(drop), params=_params(param), config=config)
     if fmt is ExplainFormat.json:
         sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
     elif fmt is ExplainFormat.markdown:
@@ -172,8 +196,10 @@ def _action_text(a) -> str:
         return f"{a.name}{act.format_shape(tuple(p['shape']))}"
     if a.name == "cast":
         return f"cast({p['to']})"
-    if a.name in ("split", "chunk"):
+    if a.name in ("split", "chunk", "unstack"):
         return f"{a.name}[{p['index']}]"
+    if a.name == "expect":
+        return "expect(" + ", ".join("_" if d is None else str(d) for d in p["shape"]) + ")"
     return f"{a.name}({', '.join(str(v) for v in p.values())})"
 
 
@@ -186,7 +212,20 @@ def explain_table(plan: Plan) -> Table:
         t.add_column(h, overflow="fold")
     for s in plan.steps:
         t.add_row(*_row(s))
+    t.caption = "\n".join(plan_notes(plan)) or None
     return t
+
+
+def plan_notes(plan: Plan) -> list[str]:
+    """What a plan depends on besides the keys: parameter values, the catch-all rule."""
+    notes = []
+    if plan.params:
+        notes.append("parameters: " + ", ".join(f"{b.name}={b.value} ({b.origin})" for b in plan.params))
+    if plan.fallback is not None:
+        n = sum(1 for s in plan.steps if s.rule == plan.fallback)
+        n += sum(1 for _, span in plan.dropped if span == plan.fallback)
+        notes.append(f"otherwise (line {plan.fallback.line}) caught {n} key{'s' if n != 1 else ''}")
+    return notes
 
 
 def explain_markdown(plan: Plan) -> str:
@@ -196,6 +235,8 @@ def explain_markdown(plan: Plan) -> str:
     if plan.dropped:
         lines.append("")
         lines.append(f"Dropped: {', '.join(k for k, _ in plan.dropped)}")
+    for note in plan_notes(plan):
+        lines += ["", note[0].upper() + note[1:]]
     return "\n".join(lines) + "\n"
 
 

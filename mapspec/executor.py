@@ -11,6 +11,7 @@ from typing import Callable, Mapping
 from . import actions as act
 from .errors import UsageError
 from .formats import open_sink, open_source, sink_format
+from .params import Config
 from .parser import parse_spec
 from .plan import Plan, TensorInfo, compile_spec
 from .rules import Spec
@@ -59,12 +60,7 @@ def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = N
     # Steps that split one input read it several times: release it after its last use.
     last_use = {k: i for i, step in enumerate(plan.steps) for k in step.inputs}
     for i, step in enumerate(plan.steps):
-        arrays = [source.read(k) for k in step.inputs]
-        dtype = step.input_infos[0].dtype
-        for pa in step.actions:
-            arrays = [act.REGISTRY[pa.name].run(dict(pa.params), arrays, dtype)]
-            if pa.name == "cast":
-                dtype = pa.params["to"]
+        arrays = act.run_all(step.actions, [source.read(k) for k in step.inputs])
         (out,) = arrays
         if tuple(out.shape) != step.info.shape:  # pragma: no cover - the planner guarantees this
             raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
@@ -94,8 +90,11 @@ def apply(
     drop: tuple[str, ...] = (),
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    params: Mapping[str, object] | None = None,
+    config: Config = None,
 ) -> Report:
-    """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input."""
+    """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
+    `params` and `config` give the spec's parameters their values (as -p and --config)."""
     spec = as_spec(spec)
     output = Path(output)
     fmt = sink_format(output, to)
@@ -105,8 +104,8 @@ def apply(
         raise UsageError("the output would overwrite the input checkpoint")
     source = open_for(spec, checkpoint, select, epoch)
     try:
-        plan = compile_spec(spec, source.infos(), target=_target(target), strict=strict, fit=fit,
-                            drop=tuple(drop))
+        plan = compile_spec(spec, source.infos(), params=params, config=config, target=_target(target),
+                            strict=strict, fit=fit, drop=tuple(drop))
         sink = open_sink(output, fmt, plan.outputs())
         try:
             n = len(plan.steps)
@@ -122,7 +121,8 @@ def apply(
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,
-             epoch: int | None = None, strict: bool = True, fit: str = "strict", drop: tuple[str, ...] = ()) -> Plan:
+             epoch: int | None = None, strict: bool = True, fit: str = "strict", drop: tuple[str, ...] = (),
+             params: Mapping[str, object] | None = None, config: Config = None) -> Plan:
     """Compile `spec` against a checkpoint's key list without converting anything."""
     spec = as_spec(spec)
     source = open_for(spec, checkpoint, select, epoch)
@@ -130,7 +130,8 @@ def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, se
         infos = dict(source.infos())
     finally:
         source.close()
-    return compile_spec(spec, infos, target=_target(target), strict=strict, fit=fit, drop=tuple(drop))
+    return compile_spec(spec, infos, params=params, config=config, target=_target(target), strict=strict,
+                        fit=fit, drop=tuple(drop))
 
 
 def as_spec(spec: Spec | str | Path) -> Spec:
