@@ -10,6 +10,7 @@ the converted weights are loaded into the real models and their logits compared.
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402  (after the skips)
 from typer.testing import CliRunner  # noqa: E402
 
+from mapspec import TensorInfo, compile_spec, parse_spec  # noqa: E402
 from mapspec.cli import app  # noqa: E402
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -56,16 +58,36 @@ def convert(spec: str, ckpt: Path, config: Path, out: Path, *params: str) -> dic
     return load_file(out)
 
 
-def refused(spec: str, ckpt: Path, config: Path, out: Path, *params: str) -> str:
-    """`mapspec apply` that must fail at compile time: exit 2, nothing written."""
+def refused(spec: str, ckpt: Path, config: Path, *params: str, code: int, rule: str | tuple[str, ...]) -> str:
+    """`mapspec apply` that must fail at compile time with exit `code`, write nothing, and report
+    an error (`file:line:col: error:`) inside the rule whose first line holds the text `rule`
+    (or inside one of several such rules)."""
+    out = ckpt.parent / "refused.safetensors"
     args = ["apply", SPECS / spec, ckpt, "--config", config, "-o", out]
     for p in params:
         args += ["-p", p]
     r = run(*args)
-    assert r.exit_code == 2, r.output
+    assert r.exit_code == code, r.output
     assert not out.exists()
     assert "Traceback" not in r.output
+    reported = {int(n) for n in re.findall(rf"{re.escape(spec)}:(\d+):\d+: error:", r.output)}
+    wanted = set()
+    for text in (rule,) if isinstance(rule, str) else rule:
+        wanted |= rule_lines(spec, text)
+    assert reported & wanted, r.output
     return r.output
+
+
+def rule_lines(spec: str, text: str) -> set[int]:
+    """The line numbers of the rule that starts on the one line holding `text`, with its
+    `then` continuation lines."""
+    lines = (SPECS / spec).read_text().splitlines()
+    starts = [n for n, line in enumerate(lines) if text in line and not line[:1].isspace()]
+    assert len(starts) == 1, f"{text!r} starts rules on lines {[n + 1 for n in starts]} of {spec}"
+    end = starts[0] + 1
+    while end < len(lines) and lines[end].lstrip().startswith("then "):
+        end += 1
+    return set(range(starts[0] + 1, end + 1))
 
 
 def randomize(model: "torch.nn.Module", seed: int) -> "torch.nn.Module":
@@ -272,20 +294,20 @@ def test_wrong_head_count_fails_at_compile_time_where_shapes_can_tell(tmp_path):
     src = tmp_path / "src"
     build(transformers.LlamaForCausalLM, cfg, seed=0, where=src)
     ckpt, config = src / "model.safetensors", src / "config.json"
-    msg = refused("llama_hf_to_meta.map", ckpt, config, tmp_path / "o.safetensors", "n_heads=8")
-    assert "llama_hf_to_meta.map:" in msg and "error:" in msg and "q_proj" in msg
+    refused("llama_hf_to_meta.map", ckpt, config, "n_heads=8", code=1,
+            rule=("self_attn.q_proj.weight ->", "self_attn.o_proj.weight ->"))
     # Without head_dim in config.json, the key/value rows still tell: 2 * (32 // 8) != 16.
     bare = json.loads(config.read_text())
     del bare["head_dim"]
     (tmp_path / "bare.json").write_text(json.dumps(bare))
-    msg = refused("llama_hf_to_meta.map", ckpt, tmp_path / "bare.json", tmp_path / "o.safetensors", "n_heads=8")
-    assert "k_proj" in msg
+    refused("llama_hf_to_meta.map", ckpt, tmp_path / "bare.json", "n_heads=8", code=1,
+            rule="self_attn.k_proj.weight ->")
     # The other direction: Meta's params.json has n_kv_heads for a GQA model.
     meta = meta_from_hf(dict(transformers.LlamaForCausalLM(cfg).state_dict()), cfg)
     torch.save(meta, tmp_path / "consolidated.00.pth")
     (tmp_path / "params.json").write_text(json.dumps(meta_params(cfg)))
-    refused("llama_meta_to_hf.map", tmp_path / "consolidated.00.pth", tmp_path / "params.json",
-            tmp_path / "o.safetensors", "n_heads=8")
+    refused("llama_meta_to_hf.map", tmp_path / "consolidated.00.pth", tmp_path / "params.json", "n_heads=8",
+            code=1, rule="attention.wk.weight ->")
 
 
 def test_a_missing_head_count_is_a_compile_error_naming_it(tmp_path):
@@ -293,7 +315,8 @@ def test_a_missing_head_count_is_a_compile_error_naming_it(tmp_path):
     src = tmp_path / "src"
     build(transformers.LlamaForCausalLM, cfg, seed=0, where=src)
     (tmp_path / "empty.json").write_text("{}")
-    msg = refused("llama_hf_to_meta.map", src / "model.safetensors", tmp_path / "empty.json", tmp_path / "o.safetensors")
+    msg = refused("llama_hf_to_meta.map", src / "model.safetensors", tmp_path / "empty.json", code=2,
+                  rule="param n_heads from")
     assert "n_heads" in msg
 
 
@@ -366,11 +389,12 @@ def test_gpt2_to_qkv(size, tmp_path):
 # ---------------------------------------------------------------- Llama <-> Phi-3 fused
 
 
-def phi3_config(cfg) -> "transformers.Phi3Config":
+def same_sizes(config_cls, cfg):
+    """A configuration of another Llama-like family with the sizes of `cfg`."""
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
             "bos_token_id", "eos_token_id", "pad_token_id")
-    return transformers.Phi3Config(**{k: getattr(cfg, k) for k in keys})
+    return config_cls(**{k: getattr(cfg, k) for k in keys})
 
 
 def test_phi3_fuses_llama_and_splits_back(llama, tmp_path):
@@ -391,7 +415,7 @@ def test_phi3_fuses_llama_and_splits_back(llama, tmp_path):
     # Phi-3 slices the fused outputs where Llama computes three products: same values,
     # different GEMM shapes, so float32 rounding may differ in the last bits.
     phi3_dir = tmp_path / "phi3"
-    phi3_config(cfg).save_pretrained(phi3_dir)
+    same_sizes(transformers.Phi3Config, cfg).save_pretrained(phi3_dir)
     fused = load_hf(transformers.Phi3ForCausalLM, phi3_dir, tmp_path / "phi3.safetensors")
     assert max_diff(logits(fused, cfg.vocab_size), logits(model, cfg.vocab_size)) < 1e-5
 
@@ -409,8 +433,8 @@ def test_phi3_split_refuses_a_wrong_head_count(llama, tmp_path):
     cfg = model.config
     convert("phi3_fused.map", src / "model.safetensors", src / "config.json", tmp_path / "phi3.safetensors")
     wrong = f"n_kv={cfg.num_attention_heads // 2 if cfg.num_key_value_heads == 1 else 1}"
-    msg = refused("phi3_fused.map", tmp_path / "phi3.safetensors", src / "config.json", tmp_path / "o.safetensors", wrong)
-    assert "qkv_proj" in msg
+    refused("phi3_fused.map", tmp_path / "phi3.safetensors", src / "config.json", wrong, code=1,
+            rule="self_attn.qkv_proj.weight ->")
 
 
 # ---------------------------------------------------------------- Mixtral experts
@@ -459,11 +483,13 @@ def test_mixtral_missing_expert_is_a_compile_error_naming_it(tmp_path):
     del legacy["model.layers.1.block_sparse_moe.experts.2.w3.weight"]
     save_file(legacy, tmp_path / "holed.safetensors")
     msg = refused("mixtral_fused_experts.map", tmp_path / "holed.safetensors", tmp_path / "legacy" / "config.json",
-                  tmp_path / "o.safetensors")
-    assert "experts.2.w3" in msg or ("e=2" in msg and "w3" in msg)
+                  code=1, rule="experts.{e:int}.{w:w1|w3}.weight ->")
+    assert "model.layers.1.block_sparse_moe.experts.2.w3.weight" in msg
     # A wrong expert count from the command line is refused by the stacked shape.
     refused("mixtral_fused_experts.map", tmp_path / "legacy" / "model.safetensors", tmp_path / "legacy" / "config.json",
-            tmp_path / "o.safetensors", "n_experts=4")
+            "n_experts=4", code=1,
+            rule=("experts.{e:int}.{w:w1|w3}.weight ->", "experts.{e:int}.w2.weight ->",
+                  "block_sparse_moe.gate.weight ->"))
 
 
 # ---------------------------------------------------------------- Llama -> Megatron-core
@@ -505,6 +531,71 @@ def test_llama_to_megatron_groups_qkv_per_kv_head(llama, tmp_path):
 def test_llama_to_megatron_refuses_a_wrong_group_count(tmp_path):
     cfg = transformers.LlamaConfig(**COMMON, **LLAMA_SIZES["h6-kv1"])
     build(transformers.LlamaForCausalLM, cfg, seed=1, where=tmp_path / "src")
-    msg = refused("llama_to_megatron.map", tmp_path / "src" / "model.safetensors", tmp_path / "src" / "config.json",
-                  tmp_path / "o.safetensors", "n_kv=3")
-    assert "linear_qkv" in msg or "self_attn" in msg
+    refused("llama_to_megatron.map", tmp_path / "src" / "model.safetensors", tmp_path / "src" / "config.json",
+            "n_kv=3", code=1, rule="self_attn.{p:q_proj|k_proj|v_proj}.weight ->")
+
+
+# ---------------------------------------------------------------- published sizes, no tensors
+
+
+PUBLISHED = Path(__file__).resolve().parent / "data" / "configs"
+
+
+def published(name: str) -> "transformers.PretrainedConfig":
+    """A published model's configuration (tests/data/configs holds the sizes from its config.json)."""
+    data = json.loads((PUBLISHED / name).read_text())
+    data.pop("architectures")
+    return transformers.AutoConfig.for_model(data.pop("model_type"), **data)
+
+
+def shapes(make, cfg) -> dict:
+    """The tensor names and shapes of `make(cfg)`, built by transformers on the meta device: no
+    memory used, nothing downloaded."""
+    with torch.device("meta"):
+        model = make(cfg)
+    return {k: TensorInfo(tuple(v.shape), "bfloat16") for k, v in model.state_dict().items()}
+
+
+def plan(spec: str, keys: dict, config: Path, target: dict | None = None):
+    result = compile_spec(parse_spec(SPECS / spec), keys, config=config, target=target)
+    if target is not None:
+        assert result.target_report.ok, result.target_report.lines()
+    return result.outputs()
+
+
+def test_llama_specs_compile_at_llama3_8b_sizes():
+    hf = shapes(transformers.LlamaForCausalLM, published("llama3-8b.json"))
+    meta = plan("llama_hf_to_meta.map", hf, PUBLISHED / "llama3-8b.json")
+    assert meta["layers.31.attention.wq.weight"].shape == (4096, 4096)
+    assert meta["layers.31.attention.wk.weight"].shape == (1024, 4096)
+    assert len(meta) == len(hf) == 291
+    # Back with Meta's params.json, checked against the real model's names and shapes.
+    plan("llama_meta_to_hf.map", meta, PUBLISHED / "llama3-8b-params.json", target=hf)
+    mcore = plan("llama_to_megatron.map", hf, PUBLISHED / "llama3-8b.json")
+    assert mcore["decoder.layers.0.self_attention.linear_qkv.weight"].shape == ((32 + 2 * 8) * 128, 4096)
+    assert mcore["decoder.layers.0.mlp.linear_fc1.weight"].shape == (2 * 14336, 4096)
+    assert len(mcore) == 2 + 32 * 6 + 1
+
+
+def test_phi3_spec_compiles_at_phi3_mini_sizes_both_ways():
+    cfg = published("phi3-mini.json")
+    phi3 = shapes(transformers.Phi3ForCausalLM, cfg)
+    llama = shapes(transformers.LlamaForCausalLM, same_sizes(transformers.LlamaConfig, cfg))
+    plan("phi3_fused.map", llama, PUBLISHED / "phi3-mini.json", target=phi3)
+    plan("phi3_fused.map", phi3, PUBLISHED / "phi3-mini.json", target=llama)
+
+
+def test_mixtral_spec_compiles_at_mixtral_8x7b_sizes_both_ways():
+    stacked = shapes(transformers.MixtralForCausalLM, published("mixtral-8x7b.json"))
+    per_expert = plan("mixtral_fused_experts.map", stacked, PUBLISHED / "mixtral-8x7b.json")
+    assert per_expert["model.layers.31.block_sparse_moe.experts.7.w2.weight"].shape == (4096, 14336)
+    assert sum(".experts." in k for k in per_expert) == 32 * 8 * 3
+    plan("mixtral_fused_experts.map", per_expert, PUBLISHED / "mixtral-8x7b.json", target=stacked)
+
+
+def test_gpt2_spec_compiles_at_gpt2_small_sizes():
+    cfg = published("gpt2.json")
+    source = shapes(transformers.GPT2LMHeadModel, cfg)
+    del source["lm_head.weight"]  # tied: not in the checkpoint
+    target = shapes(gpt2_qkv, cfg)
+    plan("gpt2_to_qkv.map", source, PUBLISHED / "gpt2.json", target=target)
