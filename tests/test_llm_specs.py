@@ -150,22 +150,52 @@ def permute(w: "torch.Tensor", n_heads: int, dim1: int, dim2: int) -> "torch.Ten
     return w.view(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)
 
 
-def meta_from_hf(hf: dict, cfg) -> dict:
-    """What convert_llama_weights_to_hf.py reads, given what it writes: every tensor renamed,
-    wq/wk chosen so that the script's permute gives back the HF rows (checked by the caller)."""
-    mlp = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
-    attn = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo"}
-    out = {"tok_embeddings.weight": hf["model.embed_tokens.weight"], "norm.weight": hf["model.norm.weight"],
-           "output.weight": hf.get("lm_head.weight", hf["model.embed_tokens.weight"])}
-    for i in range(cfg.num_hidden_layers):
+META_MLP = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
+META_ATTN = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo"}
+
+
+def meta_names(n_layers: int) -> dict[str, str]:
+    """Meta's name for each HF tensor name (convert_llama_weights_to_hf.py's table, inverted)."""
+    names = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
+             "lm_head.weight": "output.weight"}
+    for i in range(n_layers):
         p = f"model.layers.{i}."
-        for k, v in attn.items():
-            out[f"layers.{i}.attention.{v}.weight"] = hf[f"{p}self_attn.{k}.weight"]
-        for k, v in mlp.items():
-            out[f"layers.{i}.feed_forward.{v}.weight"] = hf[f"{p}mlp.{k}.weight"]
-        out[f"layers.{i}.attention_norm.weight"] = hf[f"{p}input_layernorm.weight"]
-        out[f"layers.{i}.ffn_norm.weight"] = hf[f"{p}post_attention_layernorm.weight"]
-    return out
+        names.update({f"{p}self_attn.{k}.weight": f"layers.{i}.attention.{v}.weight" for k, v in META_ATTN.items()})
+        names.update({f"{p}mlp.{k}.weight": f"layers.{i}.feed_forward.{v}.weight" for k, v in META_MLP.items()})
+        names[p + "input_layernorm.weight"] = f"layers.{i}.attention_norm.weight"
+        names[p + "post_attention_layernorm.weight"] = f"layers.{i}.ffn_norm.weight"
+    return names
+
+
+def script_meta_to_hf(meta: dict, params: dict) -> dict:
+    """What convert_llama_weights_to_hf.py writes for a one-shard Meta checkpoint: renamed
+    tensors, wq permuted with n_heads, wk with n_kv_heads (rows n_kv_heads * dim // n_heads)."""
+    dim, n_heads = params["dim"], params["n_heads"]
+    n_kv = params.get("n_kv_heads", n_heads)
+    hf = {}
+    for hf_name, meta_name in meta_names(params["n_layers"]).items():
+        w = meta[meta_name]
+        if meta_name.endswith("attention.wq.weight"):
+            w = permute(w, n_heads, dim, dim)
+        elif meta_name.endswith("attention.wk.weight"):
+            w = permute(w, n_kv, n_kv * (dim // n_heads), dim)
+        hf[hf_name] = w
+    return hf
+
+
+def random_meta(cfg, seed: int) -> dict:
+    """A Meta checkpoint of `cfg`'s sizes with values of its own (a tied family, such as
+    Llama 3.2 1B, stores the embedding again as output.weight)."""
+    with torch.device("meta"):
+        shaped = transformers.LlamaForCausalLM(cfg).state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    meta = {}
+    for hf_name, meta_name in meta_names(cfg.num_hidden_layers).items():
+        noise = torch.randn(shaped[hf_name].shape, generator=gen)
+        meta[meta_name] = 1 + 0.1 * noise if noise.ndim == 1 else 0.2 * noise
+    if cfg.tie_word_embeddings:
+        meta["output.weight"] = meta["tok_embeddings.weight"]
+    return meta
 
 
 def meta_forward(sd: dict, params: dict, ids: "torch.Tensor") -> "torch.Tensor":
@@ -228,58 +258,52 @@ def test_llama_hf_to_meta_inverts_the_conversion_script_and_keeps_logits(llama, 
 
     hf = load_file(src / "model.safetensors")
     assert ("lm_head.weight" in hf) == (not cfg.tie_word_embeddings)  # tied: the copy made the head
-    # The script's permute turns our wq/wk back into exactly the HF rows, with GQA head counts.
-    hd = cfg.hidden_size // cfg.num_attention_heads
-    for i in range(cfg.num_hidden_layers):
-        wq, wk = meta[f"layers.{i}.attention.wq.weight"], meta[f"layers.{i}.attention.wk.weight"]
-        assert torch.equal(permute(wq, cfg.num_attention_heads, *wq.shape), hf[f"model.layers.{i}.self_attn.q_proj.weight"])
-        assert torch.equal(permute(wk, cfg.num_key_value_heads, cfg.num_key_value_heads * hd, cfg.hidden_size),
-                           hf[f"model.layers.{i}.self_attn.k_proj.weight"])
-    expected = meta_from_hf(hf, cfg)
-    for i in range(cfg.num_hidden_layers):
-        for w in ("wq", "wk"):
-            expected[f"layers.{i}.attention.{w}.weight"] = meta[f"layers.{i}.attention.{w}.weight"]
-    assert_same_tensors(meta, expected)
-
+    # The conversion script turns the output back into exactly the HF checkpoint.
+    params = meta_params(cfg)
+    assert_same_tensors(script_meta_to_hf(meta, params), dict(model.state_dict()))
     # Meaning, not only layout: Meta's own forward on the converted weights gives HF's logits.
     # The two compute rotary differently (complex products vs rotate_half), hence the tolerance.
-    reference = logits(model, cfg.vocab_size)
-    assert max_diff(meta_forward(meta, meta_params(cfg), tokens(cfg.vocab_size)), reference) < 1e-5
+    assert max_diff(meta_forward(meta, params, tokens(cfg.vocab_size)), logits(model, cfg.vocab_size)) < 1e-5
 
 
-def test_llama_meta_to_hf_matches_the_conversion_script_and_round_trips_exactly(llama, tmp_path):
+def test_llama_meta_to_hf_matches_the_conversion_script_and_keeps_logits(llama, tmp_path):
     model, src = llama
     cfg = model.config
-    meta = convert("llama_hf_to_meta.map", src / "model.safetensors", src / "config.json", tmp_path / "meta.safetensors")
     # Meta's files: consolidated.00.pth (a torch zip) and params.json.
+    meta, params = random_meta(cfg, seed=21), meta_params(cfg)
     torch.save(meta, tmp_path / "consolidated.00.pth")
-    (tmp_path / "params.json").write_text(json.dumps(meta_params(cfg)))
+    (tmp_path / "params.json").write_text(json.dumps(params))
     hf = convert("llama_meta_to_hf.map", tmp_path / "consolidated.00.pth", tmp_path / "params.json",
                  tmp_path / "model.safetensors")
 
-    # The conversion script's own permute, tensor by tensor.
-    hd = cfg.hidden_size // cfg.num_attention_heads
-    for i in range(cfg.num_hidden_layers):
-        wq, wk = meta[f"layers.{i}.attention.wq.weight"], meta[f"layers.{i}.attention.wk.weight"]
-        assert torch.equal(hf[f"model.layers.{i}.self_attn.q_proj.weight"], permute(wq, cfg.num_attention_heads, *wq.shape))
-        assert torch.equal(hf[f"model.layers.{i}.self_attn.k_proj.weight"],
-                           permute(wk, cfg.num_key_value_heads, cfg.num_key_value_heads * hd, cfg.hidden_size))
-    # The round trip is exact, the head included (a tied model gets its embedding back as head).
-    expected = dict(model.state_dict())
-    assert_same_tensors(hf, expected)
+    assert_same_tensors(hf, script_meta_to_hf(meta, params))
+    converted = load_hf(transformers.LlamaForCausalLM, src, tmp_path / "model.safetensors")
+    assert max_diff(logits(converted, cfg.vocab_size), meta_forward(meta, params, tokens(cfg.vocab_size))) < 1e-5
+
+
+def test_llama_hf_to_meta_to_hf_is_exact(llama, tmp_path):
+    """Both specs in a row give back every tensor bit for bit, the head included (a tied model
+    gets its embedding back as head), and the same logits."""
+    model, src = llama
+    cfg = model.config
+    convert("llama_hf_to_meta.map", src / "model.safetensors", src / "config.json", tmp_path / "meta.safetensors")
+    torch.save(load_file(tmp_path / "meta.safetensors"), tmp_path / "consolidated.00.pth")
+    (tmp_path / "params.json").write_text(json.dumps(meta_params(cfg)))
+    hf = convert("llama_meta_to_hf.map", tmp_path / "consolidated.00.pth", tmp_path / "params.json",
+                 tmp_path / "model.safetensors")
+    assert_same_tensors(hf, dict(model.state_dict()))
     back = load_hf(transformers.LlamaForCausalLM, src, tmp_path / "model.safetensors")
     assert max_diff(logits(back, cfg.vocab_size), logits(model, cfg.vocab_size)) == 0
 
 
 def test_llama_meta_to_hf_drops_rope_freqs(tmp_path):
     cfg = transformers.LlamaConfig(**COMMON, **LLAMA_SIZES["h6-kv1"])
-    model = randomize(transformers.LlamaForCausalLM(cfg), 3)
-    meta = meta_from_hf(dict(model.state_dict()), cfg)
+    meta = random_meta(cfg, seed=3)
     meta["rope.freqs"] = torch.ones(cfg.hidden_size // cfg.num_attention_heads // 2)
     torch.save(meta, tmp_path / "consolidated.00.pth")
     (tmp_path / "params.json").write_text(json.dumps(meta_params(cfg)))
     hf = convert("llama_meta_to_hf.map", tmp_path / "consolidated.00.pth", tmp_path / "params.json", tmp_path / "out.safetensors")
-    assert "rope.freqs" not in hf and len(hf) == len(model.state_dict())
+    assert "rope.freqs" not in hf and len(hf) == len(meta) - 1
 
 
 # ---------------------------------------------------------------- the head-count bug
@@ -303,11 +327,24 @@ def test_wrong_head_count_fails_at_compile_time_where_shapes_can_tell(tmp_path):
     refused("llama_hf_to_meta.map", ckpt, tmp_path / "bare.json", "n_heads=8", code=1,
             rule="self_attn.k_proj.weight ->")
     # The other direction: Meta's params.json has n_kv_heads for a GQA model.
-    meta = meta_from_hf(dict(transformers.LlamaForCausalLM(cfg).state_dict()), cfg)
-    torch.save(meta, tmp_path / "consolidated.00.pth")
+    torch.save(random_meta(cfg, seed=4), tmp_path / "consolidated.00.pth")
     (tmp_path / "params.json").write_text(json.dumps(meta_params(cfg)))
     refused("llama_meta_to_hf.map", tmp_path / "consolidated.00.pth", tmp_path / "params.json", "n_heads=8",
             code=1, rule="attention.wk.weight ->")
+
+
+def test_the_issues_case_four_heads_assumed_for_an_eight_head_model_is_refused(tmp_path):
+    """An 8-head model whose shapes equal a 4-head one's: `-p n_heads=4` (what the old spec's
+    `view(4, 2, 8, 64)` hard-coded) is refused before the checkpoint is looked at, since
+    num_key_value_heads (8) still comes from config.json and 4 heads cannot share 8 key/value
+    heads. Only overriding every size by hand (`-p n_heads=4 -p n_kv=4` with no head_dim
+    anywhere) goes unnoticed: docs/llm-specs.md."""
+    cfg = transformers.LlamaConfig(**COMMON, **LLAMA_SIZES["h8-kv8"])
+    src = tmp_path / "src"
+    build(transformers.LlamaForCausalLM, cfg, seed=2, where=src)
+    msg = refused("llama_hf_to_meta.map", src / "model.safetensors", src / "config.json", "n_heads=4", code=2,
+                  rule="assert n_heads % n_kv == 0")
+    assert "num_attention_heads must be a multiple of num_key_value_heads" in msg
 
 
 def test_a_missing_head_count_is_a_compile_error_naming_it(tmp_path):
@@ -443,7 +480,7 @@ def test_phi3_split_refuses_a_wrong_head_count(llama, tmp_path):
 MIXTRAL_SIZES = {
     "e3-h4-kv2": dict(hidden_size=32, intermediate_size=24, num_attention_heads=4, num_key_value_heads=2,
                       num_local_experts=3, num_experts_per_tok=2),
-    "e4-h6-kv3": dict(hidden_size=48, intermediate_size=16, num_attention_heads=6, num_key_value_heads=3,
+    "e4-h6-kv1": dict(hidden_size=48, intermediate_size=16, num_attention_heads=6, num_key_value_heads=1,
                       num_local_experts=4, num_experts_per_tok=2),
 }
 
