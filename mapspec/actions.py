@@ -135,7 +135,7 @@ def _show(value: Value) -> str:
 
 def _varargs_as_tuple(action: Action) -> Action:
     """`view(2, 3)` and `view((2, 3))` mean the same; so do permute's."""
-    if action.args and all(isinstance(a, int) and not isinstance(a, bool) for a in action.args):
+    if action.args and not any(isinstance(a, Tuple) for a in action.args):
         return action.model_copy(update={"args": (Tuple(items=action.args),)})
     return action
 
@@ -192,10 +192,10 @@ def _run_view(p: Params, arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def _inverse_view(p: Params, shapes: list[Shape], dtype: str) -> list[PlannedAction]:
-    return [_each("view", [{"shape": list(s)} for s in shapes], shapes, dtype)]
+    return [mapped("view", [{"shape": list(s)} for s in shapes], shapes, dtype)]
 
 
-def _each(name: str, params: list[Params], shapes: Iterable[Shape], dtype: str) -> PlannedAction:
+def mapped(name: str, params: list[Params], shapes: Iterable[Shape], dtype: str) -> PlannedAction:
     """A unary planned action over several tensors, per-tensor arguments only if they differ."""
     first = params[0]
     same = all(q == first for q in params[1:])
@@ -559,7 +559,7 @@ def inverse(pa: PlannedAction, in_shapes: list[Shape], in_dtype: str) -> list[Pl
         parts = [d.inverse(p, [s], in_dtype) for p, s in zip(pa.each, in_shapes)]
         if any(p is None for p in parts):
             return None
-        return [_each(parts[0][0].name, [p[0].params for p in parts], in_shapes, in_dtype)] if parts[0] else []
+        return [mapped(parts[0][0].name, [p[0].params for p in parts], in_shapes, in_dtype)] if parts[0] else []
     return d.inverse(dict(pa.params), [tuple(s) for s in in_shapes], in_dtype)
 
 
@@ -578,5 +578,5 @@ def resolve(action: Action, in_shapes: list[Shape], in_dtype: str) -> PlannedAct
         shape, dtype, resolved = d.infer(p, [tuple(s) for s in in_shapes], in_dtype, action)
         return PlannedAction(action.name, resolved, (shape,), dtype)
     outs = [d.infer(p, [tuple(s)], in_dtype, action) for s in in_shapes]
-    pa = _each(action.name, [o[2] for o in outs], [o[0] for o in outs], outs[0][1] if outs else in_dtype)
+    pa = mapped(action.name, [o[2] for o in outs], [o[0] for o in outs], outs[0][1] if outs else in_dtype)
     return pa

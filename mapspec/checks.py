@@ -7,26 +7,29 @@ from typing import Any, Mapping
 
 from .actions import count as split_count, lookup as lookup_action, normalize
 from .errors import SpecError
-from .params import Config, bind, raise_all
+from .params import Config, bind_all, raise_all
 from .rules import BinOp, Capture, Fanout, KeepRule, Lookup, Neg, Num, Pattern, Ref, RenameRule, Spec, Subst
 
 
 def check_spec(spec: Spec, *, params: Mapping[str, Any] | None = None, config: Config = None) -> None:
     """Bind the spec's parameters and check it; raise `SpecError` (or `SpecErrors`, all of
     them) at the problems found."""
-    bound, _ = bind(spec, params, config)
-    check_bound(bound)
+    bound, _, errors, tainted = bind_all(spec, params, config)
+    check_bound(bound, errors, tainted)
 
 
-def check_bound(spec: Spec) -> None:
-    """Check a spec whose parameters are bound."""
-    errors: list[SpecError] = []
+def check_bound(spec: Spec, errors: list[SpecError] | None = None, skip: set[int] = frozenset()) -> None:
+    """Check a spec whose parameters are bound, adding to the `errors` binding found; the
+    rules in `skip` use a parameter that has no value and are not checked further."""
+    errors = list(errors or [])
     try:
         tables = _check_tables(spec)
     except SpecError as exc:
-        raise_all([exc])
+        raise_all(errors + [exc])
     first_otherwise = None
-    for rule in spec.rules:
+    for i, rule in enumerate(spec.rules):
+        if i in skip:
+            continue
         try:
             for pat in patterns_of(rule):
                 for part in pat.parts:

@@ -198,6 +198,8 @@ def _action_text(a) -> str:
         return f"cast({p['to']})"
     if a.name in ("split", "chunk", "unstack"):
         return f"{a.name}[{p['index']}]"
+    if a.name in ("concat", "stack"):
+        return f"{a.name}({p['dim']}, over={p['over']})"
     if a.name == "expect":
         return "expect(" + ", ".join("_" if d is None else str(d) for d in p["shape"]) + ")"
     return f"{a.name}({', '.join(str(v) for v in p.values())})"
@@ -320,6 +322,53 @@ def fmt(
     for path in changed:
         out.print(f"{'would reformat' if check else 'reformatted'} {path}", markup=False)
     if check and changed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_guard
+def draft(
+    source: Path = typer.Argument(..., help="The checkpoint to convert from."),
+    target: str = typer.Argument(..., help="A checkpoint with the target keys and shapes, "
+                                 "or a model factory module:callable(args)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the draft here (default: stdout)."),
+    explain_: bool = typer.Option(False, "--explain", help="Print the evidence for every rule on stderr."),
+    select: Optional[str] = typer.Option(None, "--select", help="Draft for this sub-tree (e.g. model, ema)."),
+    epoch: Optional[int] = typer.Option(None, "--epoch", help="MXNet: SOURCE is a prefix; read PREFIX-EPOCH.params."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+) -> None:
+    """Infer a reviewable spec converting SOURCE into TARGET (exit 1: target keys left unexplained)."""
+    from .draft import draft as make_draft
+    from .errors import UsageError
+    from .executor import open_for
+    from .load import target_infos
+
+    if output is not None and output.exists() and not force:
+        raise UsageError(f"{output} exists; use --force to overwrite it")
+    src = open_for(None, source, select, epoch)
+    try:
+        infos = dict(src.infos())
+    finally:
+        src.close()
+    result = make_draft(infos, target_infos(target), source_name=source.name, target_name=Path(target).name,
+                        file=str(output or "draft.map"))
+    if explain_:
+        for line in result.explain():
+            err.print(line, markup=False)
+    if output is None:
+        sys.stdout.write(result.text)
+    else:
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(result.text, encoding="utf-8")
+        tmp.replace(output)
+    p = result.pairing
+    summary = (f"draft: {len(result.rules)} rules, {sum(len(x.targets) for x in p.pairs)}/{len(p.target.keys)} "
+               f"target tensors, {len(p.dropped)} source tensors dropped, {len(p.suggestions)} suggestions")
+    err.print(summary + (f" -> {output}" if output else ""), markup=False)
+    if not result.ok:
+        err.print(f"error: the draft leaves {len(result.problems)} target keys unexplained:", markup=False)
+        for line in result.problems:
+            err.print(f"  {line}", markup=False)
         raise typer.Exit(1)
 
 

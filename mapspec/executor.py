@@ -37,6 +37,8 @@ class Report:
             notes = [f"{len(r.missing)} missing", f"{len(r.unexpected)} unexpected", f"{len(r.mismatched)} shape-mismatched"]
             return f"{head} ({', '.join(notes)}) -> {self.output} [{self.format}, {_size(self.bytes)}]"
         extra = [f"{len(p.dropped)} dropped"]
+        if p.copied:
+            extra.append(f"{len(p.copied)} copied")
         if self.selected:
             extra.append(f"selected '{self.selected}'")
         if p.unmatched:

@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import ConversionError, UsageError
 from .executor import as_spec, execute, open_for
+from .params import Config
 from .plan import TensorInfo, compile_spec
 from .rules import Spec
 
@@ -59,7 +60,8 @@ class _DictSink:
 
 
 def converted(checkpoint: str | Path, spec: Spec | str | Path | None = None, *, select: str | None = None,
-              epoch: int | None = None, strict: bool = True) -> tuple[dict[str, np.ndarray], dict[str, TensorInfo]]:
+              epoch: int | None = None, strict: bool = True, params: Mapping[str, object] | None = None,
+              config: Config = None) -> tuple[dict[str, np.ndarray], dict[str, TensorInfo]]:
     """The checkpoint's tensors after the spec (or as stored, without one)."""
     spec = as_spec(spec) if spec is not None else None
     source = open_for(spec, checkpoint, select, epoch)
@@ -67,7 +69,7 @@ def converted(checkpoint: str | Path, spec: Spec | str | Path | None = None, *, 
         if spec is None:
             infos = dict(source.infos())
             return {k: np.array(source.read(k)) for k in infos}, infos
-        plan = compile_spec(spec, source.infos(), strict=strict)
+        plan = compile_spec(spec, source.infos(), strict=strict, params=params, config=config)
         sink = _DictSink()
         execute(plan, source, sink)
         return {k: np.array(v) for k, v in sink.tensors.items()}, plan.outputs()
@@ -77,8 +79,10 @@ def converted(checkpoint: str | Path, spec: Spec | str | Path | None = None, *, 
 
 def load_into(model: Any, checkpoint: str | Path, spec: Spec | str | Path | None = None, *,
               mode: Mode = "shape", drop: Iterable[str] = (), select: str | None = None,
-              epoch: int | None = None) -> LoadReport:
-    """Load `checkpoint` (through `spec`) into `model`; returns what was loaded and what not."""
+              epoch: int | None = None, params: Mapping[str, object] | None = None,
+              config: Config = None) -> LoadReport:
+    """Load `checkpoint` (through `spec`, its parameters from `params` and `config`) into
+    `model`; returns what was loaded and what not."""
     from .formats.torch import to_torch
 
     if mode not in ("strict", "shape", "drop"):
@@ -86,7 +90,7 @@ def load_into(model: Any, checkpoint: str | Path, spec: Spec | str | Path | None
     drop = list(drop)
     if mode == "drop" and not drop:
         raise UsageError("mode 'drop' needs drop patterns, e.g. drop=['fc.*']")
-    arrays, infos = converted(checkpoint, spec, select=select, epoch=epoch)
+    arrays, infos = converted(checkpoint, spec, select=select, epoch=epoch, params=params, config=config)
     target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     report = LoadReport(target_count=len(target))
     dropped = {k for k in arrays if any(fnmatch.fnmatchcase(k, p) for p in drop)}

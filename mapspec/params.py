@@ -39,6 +39,7 @@ from .rules import (
     Text,
     Tuple,
     Word,
+    expr_names,
 )
 
 
@@ -61,11 +62,21 @@ def bind(spec: Spec, params: Mapping[str, Any] | None = None, config: Config = N
          ) -> tuple[Spec, tuple[Binding, ...]]:
     """The spec with every parameter substituted, and the values used. Every problem found
     (unset parameters, bad values, failed assertions) is reported at once."""
+    bound, bindings, errors, _ = bind_all(spec, params, config)
+    raise_all(errors)
+    return bound, bindings
+
+
+def bind_all(spec: Spec, params: Mapping[str, Any] | None = None, config: Config = None
+             ) -> tuple[Spec, tuple[Binding, ...], list[SpecError], set[int]]:
+    """As `bind`, but the problems are returned, with the indexes of the rules that use a
+    parameter without a value (their own checks would only repeat that problem)."""
     params = dict(params or {})
     if not spec.definitions:
         if params:
             raise UsageError(f"-p {next(iter(params))}: this spec declares no parameters")
-        return _Substitute({}).spec(spec), ()
+        sub = _Substitute({}, set())
+        return sub.spec(spec), (), sub.errors, sub.tainted
     cfg, cfg_name = _load_config(config)
     errors: list[SpecError] = []
     declared = {d.name: d for d in spec.definitions}
@@ -78,23 +89,29 @@ def bind(spec: Spec, params: Mapping[str, Any] | None = None, config: Config = N
             errors.append(SpecError(f"-p {name}: '{name}' is derived (let), it cannot be set",
                                     declared[name].span))
     env: dict[str, Binding] = {}
+    failed: set[str] = set()  # what depends on these is not evaluated: one error per fault
     for d in spec.definitions:
-        if d.name in env:
+        if d.name in env or d.name in failed:
             errors.append(SpecError(f"'{d.name}' is defined twice", d.span))
             continue
         try:
+            if expr_names(d.expr if isinstance(d, Let) else d.default) & failed:
+                failed.add(d.name)
+                continue
             env[d.name] = (_let(d, env, declared) if isinstance(d, Let)
                            else _param(d, params, cfg, cfg_name, env, declared))
         except SpecError as exc:
             errors.append(exc)
+            failed.add(d.name)
     for a in spec.assertions:
         try:
-            _check_assertion(a, env, declared)
+            if not (expr_names(a.left) | expr_names(a.right)) & failed:
+                _check_assertion(a, env, declared)
         except SpecError as exc:
             errors.append(exc)
-    raise_all(errors)
-    values = {n: b.value for n, b in env.items()}
-    return _Substitute(values).spec(spec), tuple(env.values())
+    sub = _Substitute({n: b.value for n, b in env.items()}, failed)
+    bound = sub.spec(spec)
+    return bound, tuple(env.values()), errors + sub.errors, sub.tainted
 
 
 def raise_all(errors: list[SpecError]) -> None:
@@ -242,15 +259,32 @@ class _Substitute:
     """Puts bound values where a spec names them: `{name}` in a pattern becomes its text, a
     name in a template or an action argument its value."""
 
-    def __init__(self, values: Mapping[str, int | str]):
+    def __init__(self, values: Mapping[str, int | str], failed: set[str]):
         self.values = values
+        self.failed = failed
         self.env = {n: Binding(n, v, "") for n, v in values.items()}
         self.errors: list[SpecError] = []
+        self.tainted: set[int] = set()
+        self._taint = False
 
     def spec(self, spec: Spec) -> Spec:
-        rules = [self._rule(r) for r in spec.rules]
-        raise_all(self.errors)
+        rules = []
+        for i, r in enumerate(spec.rules):
+            self._taint = False
+            rules.append(self._rule(r))
+            if self._taint:
+                self.tainted.add(i)
         return spec.model_copy(update={"rules": tuple(rules)})
+
+    def _eval(self, expr):
+        if expr_names(expr) & self.failed:
+            self._taint = True
+            return 0
+        try:
+            return evaluate(expr, self.env)
+        except SpecError as exc:
+            self.errors.append(exc)
+            return 0
 
     def _rule(self, rule):
         if isinstance(rule, RenameRule):
@@ -266,6 +300,7 @@ class _Substitute:
         if not any(isinstance(p, Capture) and p.name in self.values for p in pat.parts):
             return pat
         parts: list = []
+        self._taint |= any(isinstance(p, Capture) and p.name in self.failed for p in pat.parts)
         for p in pat.parts:
             if isinstance(p, Capture) and p.name in self.values:
                 if p.type != "segment":
@@ -294,12 +329,8 @@ class _Substitute:
         return tpl.model_copy(update={"parts": tuple(parts)})
 
     def _expr(self, expr):
-        if isinstance(expr, Ref) and expr.name in self.values:
-            try:
-                return Num(value=evaluate(expr, self.env))
-            except SpecError as exc:
-                self.errors.append(exc)
-                return expr
+        if isinstance(expr, Ref) and (expr.name in self.values or expr.name in self.failed):
+            return Num(value=self._eval(expr))
         if isinstance(expr, BinOp):
             return expr.model_copy(update={"left": self._expr(expr.left), "right": self._expr(expr.right)})
         if isinstance(expr, Neg):
@@ -314,15 +345,13 @@ class _Substitute:
                      for a in actions)
 
     def _value(self, v):
+        if isinstance(v, Word) and v.name in self.failed:
+            self._taint = True
         if isinstance(v, Word) and v.name in self.values:
             value = self.values[v.name]
             return value if isinstance(value, int) else Text(value=value)
         if isinstance(v, Calc):
-            try:
-                return evaluate(v.expr, self.env)
-            except SpecError as exc:
-                self.errors.append(exc)
-                return 0
+            return self._eval(v.expr)
         if isinstance(v, Tuple):
             return v.model_copy(update={"items": tuple(self._value(i) for i in v.items)})
         return v

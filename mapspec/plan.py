@@ -18,8 +18,8 @@ from .actions import PlannedAction
 from .checks import axes_of, check_bound, patterns_of
 from .errors import ConversionError, PlanError, Span, SpecError
 from .matcher import Ambiguous, Entry, Matcher
-from .params import Binding, Config, bind, raise_all
-from .rules import BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst
+from .params import Binding, Config, bind_all, raise_all
+from .rules import BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst, expr_names
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +71,7 @@ class Plan:
     target_report: "TargetReport | None" = None
     params: tuple[Binding, ...] = ()
     fallback: Span | None = None  # the `otherwise` rule, if the spec has one
+    copied: tuple[str, ...] = ()  # outputs written by `copy` rules (a source read twice)
 
     def outputs(self) -> dict[str, TensorInfo]:
         return {s.output: s.info for s in self.steps}
@@ -84,6 +85,7 @@ class Plan:
             "select": self.select,
             **({"params": {b.name: b.to_json() for b in self.params}} if self.params else {}),
             **({"otherwise": _where(self.fallback)} if self.fallback else {}),
+            **({"copied": list(self.copied)} if self.copied else {}),
             "steps": [s.to_json() for s in self.steps],
             "dropped": [{"key": k, "rule": _where(s)} for k, s in self.dropped],
             "unmatched": list(self.unmatched),
@@ -148,8 +150,8 @@ def compile_spec(
     how the outputs must meet it: "strict" (same keys and shapes), "shape" (keep only outputs
     whose name and shape the target has), or "drop" (leave out outputs matching the `drop`
     globs; the rest must fit, and what the target then misses must match the globs too)."""
-    spec, bindings = bind(spec, params, config)
-    check_bound(spec)
+    spec, bindings, errors, tainted = bind_all(spec, params, config)
+    check_bound(spec, errors, tainted)
     tables = {t.name: t.mapping() for t in spec.tables}
     table_keys = {n: tuple(m) for n, m in tables.items()}
     ordinary, copies, fallback = [], [], []
@@ -194,7 +196,7 @@ def compile_spec(
             produced[key] = _unary_step(key, key, keys[key], rule)
             continue
         if renderer.simple_step:
-            out = renderer.render(key, caps, entry)
+            out = renderer.render(key, caps)
             prev = produced.get(out)
             if prev is not None:
                 raise _duplicate(out, prev, key, renderer.rule)
@@ -221,9 +223,10 @@ def compile_spec(
                 steps[step.output] = step
         except PlanError as exc:
             errors.append(exc)
+    copied: list[str] = []
     for ri, copy_matcher in copies:
         try:
-            _plan_copies(renderers[ri], copy_matcher, keys, set(unmatched), steps)
+            copied += _plan_copies(renderers[ri], copy_matcher, keys, set(unmatched), steps)
         except PlanError as exc:
             errors.append(exc)
     raise_all(errors)
@@ -234,7 +237,7 @@ def compile_spec(
         out_steps, report = _fit(out_steps, target, fit, drop)
     return Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(out_steps),
                 tuple(dropped), tuple(unmatched), len(keys), report, bindings,
-                next((r.span for r in spec.rules if r.otherwise), None))
+                next((r.span for r in spec.rules if r.otherwise), None), tuple(copied))
 
 
 def _rule_at(spec: Spec, span: Span):
@@ -254,8 +257,10 @@ def _unary_step(out: str, key: str, info: TensorInfo, rule) -> Step:
 
 
 def _plan_copies(renderer: "_Renderer", matcher: Matcher, keys: Mapping[str, TensorInfo],
-                 unmatched: set[str], steps: dict[str, Step]) -> None:
+                 unmatched: set[str], steps: dict[str, Step]) -> list[str]:
+    """Add the steps of one copy rule; returns their outputs."""
     rule = renderer.rule
+    outputs = []
     hits = [(k, h) for k in keys if (h := matcher.match(k)) is not None]
     if not hits:
         raise PlanError(f"copy: no key of the checkpoint matches {rule.sources[0].text}", rule.sources[0].span)
@@ -263,12 +268,14 @@ def _plan_copies(renderer: "_Renderer", matcher: Matcher, keys: Mapping[str, Ten
         if key in unmatched:
             raise PlanError(f"copy: '{key}' is not matched by any other rule; a copy is an extra output, "
                             "the key still needs its own rule", rule.span)
-        out = renderer.render(key, caps, entry)
+        out = renderer.render(key, caps)
         if out in steps:
             if rule.if_absent:
                 continue
             raise _duplicate(out, steps[out], key, rule)
         steps[out] = renderer.step(out, key, keys[key])
+        outputs.append(out)
+    return outputs
 
 
 def _fit(steps: list[Step], target: Mapping[str, TensorInfo], fit: str, drop: tuple[str, ...]):
@@ -361,19 +368,13 @@ class _Renderer:
         used = set()
         for part in rule.target.parts:
             if isinstance(part, Subst):
-                used |= _refs(part.expr)
+                used |= expr_names(part.expr)
         self.used = used
         self.axes: list[Capture] = axes_of(rule)
         self._key_names = sorted(used - set(self.fanouts))
-        self._fns: dict[int, Any] = {}
+        self._fn = self._compile()
 
     # -------------------------------------------------------------- rendering
-    def _fn(self, alternative: int) -> Any:
-        fn = self._fns.get(alternative)
-        if fn is None:
-            fn = self._fns[alternative] = self._compile()
-        return fn
-
     def _compile(self) -> Any:
         pieces = []
         for part in self.rule.target.parts:
@@ -403,15 +404,17 @@ class _Renderer:
             return f"T[{expr.table!r}][{key}]"
         return f"({self._code(expr.left, True)} {expr.op} {self._code(expr.right, True)})"
 
-    def render(self, key: str, caps: dict[str, str], entry, fan: dict[str, str] | None = None) -> str:
+    def render(self, key: str, caps: dict[str, str], fan: dict[str, str] | None = None) -> str:
         try:
-            return self._fn(entry.alternative if entry is not None else 0)(caps, fan)
+            return self._fn(caps, fan)
         except (KeyError, ArithmeticError):
             self._diagnose(key, {**caps, **(fan or {})})
             raise  # pragma: no cover - _diagnose always raises
 
     def step(self, out: str, key: str, info: TensorInfo) -> Step:
         """The step of a one-input, one-output rule."""
+        if not self.actions:  # the common case, 100,000 times: no call further down
+            return Step(out, (key,), (info,), (), info, self.rule.span)
         return _unary_step(out, key, info, self.rule)
 
     def _diagnose(self, key: str, caps: dict[str, str]) -> None:
@@ -488,7 +491,7 @@ class _Renderer:
         for name in self.fanouts:
             fan.setdefault(name, "{" + name + "}")
         try:
-            return self._fn(0)(caps, fan)
+            return self._fn(caps, fan)
         except (KeyError, ArithmeticError, ValueError):
             return self.rule.target.text
 
@@ -510,14 +513,14 @@ class _Walk:
                 raise PlanError(f"'{r._preview(self.base, fan)}' has {len(tensors)} inputs left after the last "
                                 f"action; merge them with concat() or stack() over "
                                 f"{', '.join('{' + n + '}' for n in left)}", r.rule.span)
-            out = r.render(self.inputs[0], self.base, None, fan)
+            out = r.render(self.inputs[0], self.base, fan)
             info = TensorInfo(tensors[0].shape, dtype)
             yield Step(out, self.inputs, self.infos, planned, info, r.rule.span)
             return
         action, d, p = r.actions[i]
         if d.kind == "unary":
             results = [d.infer(p, [t.shape], dtype, action) for t in tensors]
-            pa = act._each(action.name, [res[2] for res in results], [res[0] for res in results], results[0][1])
+            pa = act.mapped(action.name, [res[2] for res in results], [res[0] for res in results], results[0][1])
             new = [_Tensor(t.coords, res[0]) for t, res in zip(tensors, results)]
             yield from self.run(i + 1, new, results[0][1], planned + (pa,), fan, consumed)
         elif d.kind == "merge":
@@ -547,15 +550,15 @@ class _Walk:
             values = cap.alternatives if cap.type == "alt" else [str(k) for k in range(n)]
             for k, value in enumerate(values):
                 pieces = [f[k] for f in fans]
-                pa = act._each(action.name, [pc[1] for pc in pieces], [pc[0] for pc in pieces], dtype)
+                pa = act.mapped(action.name, [pc[1] for pc in pieces], [pc[0] for pc in pieces], dtype)
                 new = [_Tensor(t.coords, pc[0]) for t, pc in zip(tensors, pieces)]
                 yield from self.run(i + 1, new, dtype, planned + (pa,), {**fan, name: value}, consumed)
 
     def _axis(self, action, p, tensors: list[_Tensor]) -> Capture:
-        open_ = [a for a in self.r.axes if a.name in tensors[0].coords]
-        if p["over"] is not None:
-            return next(a for a in self.r.axes if a.name == p["over"])  # checks made sure it is open
-        return open_[0]  # checks made sure exactly one is open
+        """The axis a merge consumes (the checks made sure it is open, and the only one
+        open when over= is not given)."""
+        name = p["over"] if p["over"] is not None else next(iter(tensors[0].coords))
+        return next(a for a in self.r.axes if a.name == name)
 
     def _required(self, axis: Capture, tensors: list[_Tensor]) -> list:
         if axis.type == "alt":
@@ -575,6 +578,8 @@ class _Walk:
         for j, t in enumerate(tensors):
             other = tuple((k, v) for k, v in t.coords.items() if k != axis.name)
             rows.setdefault(other, {})[t.coords[axis.name]] = j
+        caps = {a.name: a for a in self.r.axes}
+        rows = dict(sorted(rows.items(), key=lambda kv: tuple(self.r._rank(caps[k], v) for k, v in kv[0])))
         missing = []
         for other, row in rows.items():
             for v in required:
@@ -601,15 +606,3 @@ class _Walk:
                                str(values.get(p.name, "{" + str(p.name) + "}")) if p.name else
                                ("*" if p.type == "segment" else "**") for p in pattern.parts))
         return out
-
-
-def _refs(expr) -> set[str]:
-    if isinstance(expr, Ref):
-        return {expr.name}
-    if isinstance(expr, BinOp):
-        return _refs(expr.left) | _refs(expr.right)
-    if isinstance(expr, Neg):
-        return _refs(expr.operand)
-    if isinstance(expr, Lookup):
-        return _refs(expr.key)
-    return set()

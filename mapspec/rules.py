@@ -83,6 +83,19 @@ class Neg(Node):
 Expr = Annotated[Union[Ref, Num, BinOp, Lookup, Neg], Field(discriminator="kind")]
 
 
+def expr_names(expr) -> set[str]:
+    """The names (captures, parameters) an expression uses."""
+    if isinstance(expr, Ref):
+        return {expr.name}
+    if isinstance(expr, BinOp):
+        return expr_names(expr.left) | expr_names(expr.right)
+    if isinstance(expr, Neg):
+        return expr_names(expr.operand)
+    if isinstance(expr, Lookup):
+        return expr_names(expr.key)
+    return set()
+
+
 class Subst(Node):
     kind: Literal["subst"] = "subst"
     expr: Expr
