@@ -634,5 +634,9 @@ def test_gpt2_spec_compiles_at_gpt2_small_sizes():
     cfg = published("gpt2.json")
     source = shapes(transformers.GPT2LMHeadModel, cfg)
     del source["lm_head.weight"]  # tied: not in the checkpoint
+    # Older transformers versions saved the causal-mask buffers too.
+    for i in range(cfg.n_layer):
+        source[f"transformer.h.{i}.attn.bias"] = TensorInfo((1, 1, 1024, 1024), "float32")
+        source[f"transformer.h.{i}.attn.masked_bias"] = TensorInfo((), "float32")
     target = shapes(gpt2_qkv, cfg)
     plan("gpt2_to_qkv.map", source, PUBLISHED / "gpt2.json", target=target)
