@@ -198,40 +198,55 @@ def random_meta(cfg, seed: int) -> dict:
     return meta
 
 
-def meta_forward(sd: dict, params: dict, ids: "torch.Tensor") -> "torch.Tensor":
-    """Meta's reference Llama forward (model.py): complex-number rotary embeddings on
-    interleaved pairs, written independently of transformers. Proves the permutation's meaning,
-    not only that it repeats the conversion script."""
-    dim, nh = params["dim"], params["n_heads"]
-    nkv = params.get("n_kv_heads", nh)
-    hd, eps = dim // nh, params["norm_eps"]
+def decoder_forward(ids, weights: dict, n_layers: int, n_heads: int, n_kv: int, eps: float,
+                    interleaved: bool) -> "torch.Tensor":
+    """A Llama-style decoder written out here, independently of transformers, on weights under
+    neutral names (embed, norm, head; L.attn_norm, L.q, L.k, L.v, L.o, L.ffn_norm, L.gate, L.up,
+    L.down as nn.Linear (out, in)). Rotary embeddings on interleaved pairs (Meta's complex
+    numbers) or on the two halves of each head (rotate_half: transformers and Megatron)."""
     b, s = ids.shape
-    freqs = 1.0 / (10000.0 ** (torch.arange(0, hd, 2).float() / hd))
-    cis = torch.polar(torch.ones(s, hd // 2), torch.outer(torch.arange(s).float(), freqs))
+    hd = weights["0.q"].shape[0] // n_heads
+    angles = torch.outer(torch.arange(s).float(), 1.0 / (10000.0 ** (torch.arange(0, hd, 2).float() / hd)))
 
     def norm(x, w):
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
     def rotary(x):
-        z = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2)) * cis[None, :, None, :]
-        return torch.view_as_real(z).flatten(3)
+        if interleaved:
+            z = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2)) * torch.polar(torch.ones_like(angles), angles)[:, None]
+            return torch.view_as_real(z).flatten(3)
+        cos, sin = (torch.cat([f(angles)] * 2, dim=-1)[:, None] for f in (torch.cos, torch.sin))
+        first, second = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-second, first], dim=-1) * sin
 
     mask = torch.full((s, s), float("-inf")).triu(1)
-    h = sd["tok_embeddings.weight"][ids]
-    for i in range(params["n_layers"]):
-        w = {k[len(f"layers.{i}."):]: v for k, v in sd.items() if k.startswith(f"layers.{i}.")}
-        x = norm(h, w["attention_norm.weight"])
-        q = rotary((x @ w["attention.wq.weight"].T).view(b, s, nh, hd))
-        k = rotary((x @ w["attention.wk.weight"].T).view(b, s, nkv, hd))
-        v = (x @ w["attention.wv.weight"].T).view(b, s, nkv, hd)
-        k, v = (t.repeat_interleave(nh // nkv, dim=2) for t in (k, v))
+    h = weights["embed"][ids]
+    for i in range(n_layers):
+        w = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(f"{i}.")}
+        x = norm(h, w["attn_norm"])
+        q = rotary((x @ w["q"].T).view(b, s, n_heads, hd))
+        k = rotary((x @ w["k"].T).view(b, s, n_kv, hd))
+        v = (x @ w["v"].T).view(b, s, n_kv, hd)
+        k, v = (t.repeat_interleave(n_heads // n_kv, dim=2) for t in (k, v))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         att = torch.softmax(q @ k.transpose(-1, -2) / hd ** 0.5 + mask, dim=-1) @ v
-        h = h + att.transpose(1, 2).reshape(b, s, nh * hd) @ w["attention.wo.weight"].T
-        x = norm(h, w["ffn_norm.weight"])
-        ff = torch.nn.functional.silu(x @ w["feed_forward.w1.weight"].T) * (x @ w["feed_forward.w3.weight"].T)
-        h = h + ff @ w["feed_forward.w2.weight"].T
-    return norm(h, sd["norm.weight"]) @ sd["output.weight"].T
+        h = h + att.transpose(1, 2).reshape(b, s, n_heads * hd) @ w["o"].T
+        x = norm(h, w["ffn_norm"])
+        h = h + (torch.nn.functional.silu(x @ w["gate"].T) * (x @ w["up"].T)) @ w["down"].T
+    return norm(h, weights["norm"]) @ weights["head"].T
+
+
+def meta_forward(sd: dict, params: dict, ids: "torch.Tensor") -> "torch.Tensor":
+    """Meta's reference Llama forward (model.py: complex rotary on interleaved pairs) on a Meta
+    checkpoint. Proves the permutation's meaning, not only that it repeats the conversion script."""
+    names = {"tok_embeddings.weight": "embed", "norm.weight": "norm", "output.weight": "head"}
+    per_layer = {"attention_norm": "attn_norm", "attention.wq": "q", "attention.wk": "k", "attention.wv": "v",
+                 "attention.wo": "o", "ffn_norm": "ffn_norm", "feed_forward.w1": "gate",
+                 "feed_forward.w3": "up", "feed_forward.w2": "down"}
+    for i in range(params["n_layers"]):
+        names.update({f"layers.{i}.{k}.weight": f"{i}.{v}" for k, v in per_layer.items()})
+    return decoder_forward(ids, {v: sd[k] for k, v in names.items()}, params["n_layers"], params["n_heads"],
+                           params.get("n_kv_heads", params["n_heads"]), params["norm_eps"], interleaved=True)
 
 
 def meta_params(cfg) -> dict:
@@ -563,6 +578,31 @@ def test_llama_to_megatron_groups_qkv_per_kv_head(llama, tmp_path):
         expected[m + "mlp.linear_fc1.weight"] = torch.cat([hf[p + "mlp.gate_proj.weight"], hf[p + "mlp.up_proj.weight"]])
         expected[m + "mlp.linear_fc2.weight"] = hf[p + "mlp.down_proj.weight"]
     assert_same_tensors(out, expected)
+    # Megatron's reading of its layout computes the same model (attention written out here, not
+    # transformers' kernels: float32 rounding only).
+    assert max_diff(megatron_forward(out, cfg, tokens(cfg.vocab_size)), logits(model, cfg.vocab_size)) < 1e-5
+
+
+def megatron_forward(sd: dict, cfg, ids: "torch.Tensor") -> "torch.Tensor":
+    """A Megatron-core GPT forward on its own checkpoint: linear_qkv's rows split as
+    SelfAttention.get_query_key_value_tensors splits its output (per query group:
+    [n_heads // n_kv query heads, key, value]), rotate_half rotary, swiglu chunking linear_fc1
+    in two (gate first)."""
+    nh, ng = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = cfg.hidden_size // nh
+    weights = {"embed": sd["embedding.word_embeddings.weight"], "norm": sd["decoder.final_layernorm.weight"],
+               "head": sd.get("output_layer.weight", sd["embedding.word_embeddings.weight"])}
+    for i in range(cfg.num_hidden_layers):
+        m = f"decoder.layers.{i}."
+        groups = sd[m + "self_attention.linear_qkv.weight"].view(ng, (nh // ng + 2) * hd, cfg.hidden_size)
+        q, k, v = (t.reshape(-1, cfg.hidden_size) for t in groups.split([nh // ng * hd, hd, hd], dim=1))
+        gate, up = sd[m + "mlp.linear_fc1.weight"].chunk(2, dim=0)
+        weights.update({f"{i}.q": q, f"{i}.k": k, f"{i}.v": v, f"{i}.gate": gate, f"{i}.up": up,
+                        f"{i}.o": sd[m + "self_attention.linear_proj.weight"],
+                        f"{i}.down": sd[m + "mlp.linear_fc2.weight"],
+                        f"{i}.attn_norm": sd[m + "self_attention.linear_qkv.layer_norm_weight"],
+                        f"{i}.ffn_norm": sd[m + "mlp.linear_fc1.layer_norm_weight"]})
+    return decoder_forward(ids, weights, cfg.num_hidden_layers, nh, ng, cfg.rms_norm_eps, interleaved=False)
 
 
 def test_llama_to_megatron_refuses_a_wrong_group_count(tmp_path):
