@@ -326,3 +326,13 @@ def test_integer_merge_axes_must_run_from_zero_with_the_same_values_everywhere()
     keys = {f"x.{e}.a": TensorInfo((2,), "float32") for e in (1, 2)} | {"x.0.b": TensorInfo((2,), "float32")}
     with pytest.raises(PlanError, match="but x.0.a, x.1.b, x.2.b are missing"):
         compile_spec(spec(text), keys)
+
+
+def test_parameters_in_template_arithmetic_and_split_sizes():
+    text = ("mapspec 1\nparam offset = 2\nparam q_rows\nlet kv_rows = q_rows // 4\n"
+            "blocks.{i:int}.qkv -> layers.{i + offset}.{p:q|k|v} then split((q_rows, kv_rows, kv_rows), 0)\n")
+    plan = compile_spec(spec(text), {"blocks.0.qkv": TensorInfo((12, 3), "float32")}, params={"q_rows": 8})
+    assert [(s.output, s.info.shape) for s in plan.steps] == [
+        ("layers.2.q", (8, 3)), ("layers.2.k", (2, 3)), ("layers.2.v", (2, 3))]
+    with pytest.raises(PlanError, match=r"split\(8, 2, 2\): sizes add up to 12, but dim 0 of shape \(16, 3\) is 16"):
+        compile_spec(spec(text), {"blocks.0.qkv": TensorInfo((16, 3), "float32")}, params={"q_rows": 8})
