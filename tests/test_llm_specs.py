@@ -44,16 +44,17 @@ LLAMA_SIZES = {
 # ---------------------------------------------------------------- helpers
 
 
-def run(*args) -> "object":
+def apply_cli(spec: str, ckpt: Path, config: Path, out: Path, params: tuple[str, ...]):
+    """`mapspec apply SPEC CKPT --config CONFIG -o OUT [-p NAME=VALUE]...`, in process."""
+    args = ["apply", SPECS / spec, ckpt, "--config", config, "-o", out]
+    for p in params:
+        args += ["-p", p]
     return runner.invoke(app, [str(a) for a in args])
 
 
 def convert(spec: str, ckpt: Path, config: Path, out: Path, *params: str) -> dict:
     """`mapspec apply` as a user runs it; returns the written tensors."""
-    args = ["apply", SPECS / spec, ckpt, "--config", config, "-o", out]
-    for p in params:
-        args += ["-p", p]
-    r = run(*args)
+    r = apply_cli(spec, ckpt, config, out, params)
     assert r.exit_code == 0, r.output
     return load_file(out)
 
@@ -63,10 +64,7 @@ def refused(spec: str, ckpt: Path, config: Path, *params: str, code: int, rule: 
     an error (`file:line:col: error:`) inside the rule whose first line holds the text `rule`
     (or inside one of several such rules)."""
     out = ckpt.parent / "refused.safetensors"
-    args = ["apply", SPECS / spec, ckpt, "--config", config, "-o", out]
-    for p in params:
-        args += ["-p", p]
-    r = run(*args)
+    r = apply_cli(spec, ckpt, config, out, params)
     assert r.exit_code == code, r.output
     assert not out.exists()
     assert "Traceback" not in r.output
