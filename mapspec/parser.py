@@ -39,6 +39,7 @@ from .rules import (
 )
 
 LANGUAGE_VERSION = 1
+MAX_DEPTH = 100  # operators in one expression, nested: far beyond any real spec
 
 
 def parse_spec(path: str | Path | None = None, *, text: str | None = None, name: str | None = None) -> Spec:
@@ -326,23 +327,26 @@ class _Builder:
                 parts.append(item)
         return Template(parts=tuple(parts), text=str(tok), span=self.span_tok(tok))
 
-    def _expr(self, t: Tree, base: Token | None):
+    def _expr(self, t: Tree, base: Token | None, depth: int = 0):
         """An expression tree; `base` is the token it was parsed from again (None: the tree's
         positions are the file's own)."""
         where = (lambda x: self._frag_span(x, base)) if base is not None else (
             lambda x: self.span_tok(x) if isinstance(x, Token) else self.span_tree(x))
+        if depth > MAX_DEPTH:  # every later pass recurses over expressions too
+            raise self.error(f"expression nested more than {MAX_DEPTH} levels deep", where(t))
         kind = t.data
         if kind == "ref":
             return Ref(name=str(t.children[0]), span=where(t.children[0]))
         if kind == "number":
             return Num(value=int(t.children[0]))
         if kind == "neg":
-            inner = self._expr(t.children[0], base)
+            inner = self._expr(t.children[0], base, depth + 1)
             return Num(value=-inner.value) if isinstance(inner, Num) else Neg(operand=inner)
         if kind == "lookup":
-            return Lookup(table=str(t.children[0]), key=self._expr(t.children[1], base), span=where(t))
+            return Lookup(table=str(t.children[0]), key=self._expr(t.children[1], base, depth + 1), span=where(t))
         op = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "mod": "%"}[kind]
-        return BinOp(op=op, left=self._expr(t.children[0], base), right=self._expr(t.children[1], base))
+        return BinOp(op=op, left=self._expr(t.children[0], base, depth + 1),
+                     right=self._expr(t.children[1], base, depth + 1))
 
     # -------------------------------------------------------------- actions
     def _action(self, t: Tree) -> Action:

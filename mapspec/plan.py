@@ -211,7 +211,7 @@ def compile_spec(
     if unmatched and strict:
         raise _coverage_error(unmatched, spec)
 
-    errors: list[SpecError] = []
+    problems: list[SpecError] = []  # every group's and copy's, reported together
     steps: dict[str, Step] = {}
     for item in produced.values():
         try:
@@ -222,14 +222,14 @@ def compile_spec(
                                      if isinstance(item, _Group) else _rule_at(spec, step.rule))
                 steps[step.output] = step
         except PlanError as exc:
-            errors.append(exc)
+            problems.append(exc)
     copied: list[str] = []
     for ri, copy_matcher in copies:
         try:
             copied += _plan_copies(renderers[ri], copy_matcher, keys, set(unmatched), steps)
         except PlanError as exc:
-            errors.append(exc)
-    raise_all(errors)
+            problems.append(exc)
+    raise_all(problems)
 
     report = None
     out_steps = list(steps.values())
@@ -345,10 +345,18 @@ def _nonneg(value: int) -> str:
 
 class _Tensor(NamedTuple):
     """One tensor of a rule's data while it is planned: where it sits on the merge axes
-    still open, and its shape."""
+    still open, its shape and dtype."""
 
     coords: dict[str, Any]
     shape: tuple[int, ...]
+    dtype: str
+
+
+def _dtype_of(tensors) -> str:
+    """The dtype recorded after an action: the tensors', or theirs one by one if they differ
+    (inputs of different dtypes, before a cast brings them together)."""
+    kinds = [t.dtype for t in tensors]
+    return kinds[0] if len(set(kinds)) == 1 else "/".join(kinds)
 
 
 class _Renderer:
@@ -476,14 +484,9 @@ class _Renderer:
         inputs = tuple(members[i][0] for i in order)
         infos = tuple(keys[k] for k in inputs)
         base = members[0][1]
-        dtypes_ = {i.dtype for i in infos}
-        if len(dtypes_) > 1:
-            raise PlanError(f"inputs of '{self._preview(base)}' have different dtypes: "
-                            f"{', '.join(sorted(dtypes_))} ({', '.join(inputs)}); cast() them first in a rule "
-                            "of their own", self.rule.span)
-        tensors = [_Tensor(coords[i], tuple(keys[members[i][0]].shape)) for i in order]
+        tensors = [_Tensor(coords[i], tuple(info.shape), info.dtype) for i, info in zip(order, infos)]
         walk = _Walk(self, base, inputs, infos)
-        return list(walk.run(0, tensors, infos[0].dtype, (), {}, {}))
+        return list(walk.run(0, tensors, (), {}, {}))
 
     def _preview(self, caps: dict[str, str], fan: dict[str, str] | None = None) -> str:
         """The target as far as it is known (fan-out captures not yet chosen stay {name})."""
@@ -504,8 +507,7 @@ class _Walk:
     def __init__(self, r: _Renderer, base: dict[str, str], inputs: tuple[str, ...], infos: tuple[TensorInfo, ...]):
         self.r, self.base, self.inputs, self.infos = r, base, inputs, infos
 
-    def run(self, i: int, tensors: list[_Tensor], dtype: str, planned: tuple, fan: dict, consumed: dict
-            ) -> Iterator[Step]:
+    def run(self, i: int, tensors: list[_Tensor], planned: tuple, fan: dict, consumed: dict) -> Iterator[Step]:
         r = self.r
         if i == len(r.actions):
             if len(tensors) != 1:
@@ -514,28 +516,33 @@ class _Walk:
                                 f"action; merge them with concat() or stack() over "
                                 f"{', '.join('{' + n + '}' for n in left)}", r.rule.span)
             out = r.render(self.inputs[0], self.base, fan)
-            info = TensorInfo(tensors[0].shape, dtype)
+            info = TensorInfo(tensors[0].shape, tensors[0].dtype)
             yield Step(out, self.inputs, self.infos, planned, info, r.rule.span)
             return
         action, d, p = r.actions[i]
         if d.kind == "unary":
-            results = [d.infer(p, [t.shape], dtype, action) for t in tensors]
-            pa = act.mapped(action.name, [res[2] for res in results], [res[0] for res in results], results[0][1])
-            new = [_Tensor(t.coords, res[0]) for t, res in zip(tensors, results)]
-            yield from self.run(i + 1, new, results[0][1], planned + (pa,), fan, consumed)
+            results = [d.infer(p, [t.shape], t.dtype, action) for t in tensors]
+            new = [_Tensor(t.coords, shape, dtype) for t, (shape, dtype, _) in zip(tensors, results)]
+            pa = act.mapped(action.name, [res[2] for res in results], [t.shape for t in new], _dtype_of(new))
+            yield from self.run(i + 1, new, planned + (pa,), fan, consumed)
         elif d.kind == "merge":
             axis = self._axis(action, p, tensors)
             groups = self._complete(axis, tensors, fan, consumed, action)
             merged, resolved = [], None
             for g in groups:
-                shape, dtype_, res = d.infer(p, [tensors[j].shape for j in g], dtype, action)
+                kinds = {tensors[j].dtype for j in g}
+                if len(kinds) > 1:
+                    raise PlanError(f"{action.name}() over {{{axis.name}}} gets tensors of different dtypes "
+                                    f"({', '.join(sorted(kinds))}); cast() them to one dtype first, in this rule",
+                                    action.span)
+                shape, dtype, res = d.infer(p, [tensors[j].shape for j in g], tensors[g[0]].dtype, action)
                 resolved = resolved or res
                 coords = {k: v for k, v in tensors[g[0]].coords.items() if k != axis.name}
-                merged.append(_Tensor(coords, shape))
+                merged.append(_Tensor(coords, shape, dtype))
             values = consumed | {axis.name: self._required(axis, tensors)}
-            pa = PlannedAction(action.name, {**resolved, "over": axis.name}, tuple(t.shape for t in merged), dtype,
-                               groups=None if len(groups) == 1 else tuple(tuple(g) for g in groups))
-            yield from self.run(i + 1, merged, dtype, planned + (pa,), fan, values)
+            pa = PlannedAction(action.name, {**resolved, "over": axis.name}, tuple(t.shape for t in merged),
+                               _dtype_of(merged), groups=None if len(groups) == 1 else tuple(tuple(g) for g in groups))
+            yield from self.run(i + 1, merged, planned + (pa,), fan, values)
         else:
             name = p["into"] or next(n for n in r.fanouts if n not in fan)
             cap = r.fanouts[name]
@@ -550,9 +557,9 @@ class _Walk:
             values = cap.alternatives if cap.type == "alt" else [str(k) for k in range(n)]
             for k, value in enumerate(values):
                 pieces = [f[k] for f in fans]
-                pa = act.mapped(action.name, [pc[1] for pc in pieces], [pc[0] for pc in pieces], dtype)
-                new = [_Tensor(t.coords, pc[0]) for t, pc in zip(tensors, pieces)]
-                yield from self.run(i + 1, new, dtype, planned + (pa,), {**fan, name: value}, consumed)
+                new = [_Tensor(t.coords, pc[0], t.dtype) for t, pc in zip(tensors, pieces)]
+                pa = act.mapped(action.name, [pc[1] for pc in pieces], [t.shape for t in new], _dtype_of(new))
+                yield from self.run(i + 1, new, planned + (pa,), {**fan, name: value}, consumed)
 
     def _axis(self, action, p, tensors: list[_Tensor]) -> Capture:
         """The axis a merge consumes (the checks made sure it is open, and the only one
@@ -571,29 +578,37 @@ class _Walk:
         return sorted(present)
 
     def _complete(self, axis: Capture, tensors: list[_Tensor], fan: dict, consumed: dict, action) -> list[list[int]]:
-        """The tensors to merge, group by group in axis order; every group must hold every
-        value of the axis (the same values for every value of the other axes)."""
-        required = self._required(axis, tensors)
-        rows: dict[tuple, dict] = {}
-        for j, t in enumerate(tensors):
-            other = tuple((k, v) for k, v in t.coords.items() if k != axis.name)
-            rows.setdefault(other, {})[t.coords[axis.name]] = j
-        caps = {a.name: a for a in self.r.axes}
-        rows = dict(sorted(rows.items(), key=lambda kv: tuple(self.r._rank(caps[k], v) for k, v in kv[0])))
-        missing = []
-        for other, row in rows.items():
-            for v in required:
-                if v not in row:
-                    missing.extend(self._keys({**dict(other), axis.name: v}, consumed))
+        """The tensors to merge, group by group in axis order. The whole grid of the axes
+        still open must be there: every value of each (every alternative, every table key,
+        every integer up to the largest seen) with every value of the others."""
+        r = self.r
+        open_ = [a for a in r.axes if a.name in tensors[0].coords]
+        others = [a for a in open_ if a.name != axis.name]
+        required = {a.name: self._required(a, tensors) for a in open_}
+        where = {tuple(t.coords[a.name] for a in open_): j for j, t in enumerate(tensors)}
+        groups, missing = [], []
+        for row in itertools.product(*(required[a.name] for a in others)):
+            cell = dict(zip((a.name for a in others), row))
+            group = []
+            for v in required[axis.name]:
+                cell[axis.name] = v
+                j = where.get(tuple(cell[a.name] for a in open_))
+                if j is None:
+                    rank = tuple(r._rank(a, cell[a.name]) for a in open_)
+                    missing.extend((rank, k) for k in self._keys(cell, consumed))
+                else:
+                    group.append(j)
+            groups.append(group)
         if missing:
-            r = self.r
-            desc = f"0..{len(required) - 1}" if axis.type == "int" else ", ".join(map(str, required))
-            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-            verb = "is" if len(missing) == 1 else "are"
+            keys = [k for _, k in sorted(missing)]
+            values = required[axis.name]
+            desc = f"0..{len(values) - 1}" if axis.type == "int" else ", ".join(map(str, values))
+            shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+            verb = "is" if len(keys) == 1 else "are"
             found = f" (found {', '.join(self.inputs)})" if len(self.inputs) <= 6 else ""
             raise PlanError(f"'{r._preview(self.base, fan)}' merges {{{axis.name}}} = {desc} with "
                             f"{action.name}(), but {shown} {verb} missing{found}", r.rule.span)
-        return [[row[v] for v in required] for row in rows.values()]
+        return groups
 
     def _keys(self, coords: dict, consumed: dict) -> list[str]:
         """The source keys a missing tensor would have come from."""

@@ -117,12 +117,6 @@ class Template(Node):
     text: str
     span: Span
 
-    def fanout(self) -> Capture | None:
-        for p in self.parts:
-            if isinstance(p, Fanout):
-                return p.capture
-        return None
-
 
 # ------------------------------------------------------------------ actions
 

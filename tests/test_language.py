@@ -267,7 +267,9 @@ def test_keep_takes_unary_actions_only(tmp_path):
 
 def test_bad_input_is_never_a_traceback(tmp_path):
     bad = ["mapspec 1\nlet = 3\n", "mapspec 1\nparam a: float\n", "mapspec 1\nassert 1 =< 2\n",
-           "mapspec 1\nparam a = 1 //\n", "mapspec 1\nlet a = 1 // 0\n", "mapspec 1\nx -> y then view((a))\n"]
+           "mapspec 1\nparam a = 1 //\n", "mapspec 1\nlet a = 1 // 0\n", "mapspec 1\nx -> y then view((a))\n",
+           "mapspec 1\nlet a = " + " + ".join(["1"] * 5000) + "\n",
+           "mapspec 1\nx -> y then view(" + "-" * 5000 + "1)\n"]
     for text in bad:
         with pytest.raises(MapspecError):
             compile_spec(spec(text), {"x": TensorInfo((2,), "float32")})
@@ -336,3 +338,47 @@ def test_parameters_in_template_arithmetic_and_split_sizes():
         ("layers.2.q", (8, 3)), ("layers.2.k", (2, 3)), ("layers.2.v", (2, 3))]
     with pytest.raises(PlanError, match=r"split\(8, 2, 2\): sizes add up to 12, but dim 0 of shape \(16, 3\) is 16"):
         compile_spec(spec(text), {"blocks.0.qkv": TensorInfo((16, 3), "float32")}, params={"q_rows": 8})
+
+
+def test_inputs_of_different_dtypes_merge_after_a_cast_in_the_same_rule(tmp_path):
+    t = {"attn.q.weight": rand(0, 2, 3).astype(np.float16), "attn.k.weight": rand(1, 2, 3)}
+    keys = {"attn.q.weight": TensorInfo((2, 3), "float16"), "attn.k.weight": TensorInfo((2, 3), "float32")}
+    text = "mapspec 1\nattn.{p:q|k}.weight -> qk.weight then concat(0)\n"
+    with pytest.raises(PlanError, match=r"concat\(\) over \{p\} gets tensors of different dtypes \(float16, float32\)"):
+        compile_spec(spec(text), keys)
+    text = "mapspec 1\nattn.{p:q|k}.weight -> qk.weight then cast(float32) then concat(0)\n"
+    (step,) = compile_spec(spec(text), keys).steps
+    assert [(a.name, a.dtype) for a in step.actions] == [("cast", "float32"), ("concat", "float32")]
+    assert step.actions[0].each == ({"from": "float16", "to": "float32"}, {"from": "float32", "to": "float32"})
+    out = run(tmp_path, text, t)["qk.weight"]
+    assert np.array_equal(out, np.concatenate([t["attn.q.weight"].astype(np.float32), t["attn.k.weight"]]))
+
+
+@pytest.mark.parametrize("order", ["concat(0, over=w) then stack(0, over=e)",
+                                   "stack(0, over=e) then concat(1, over=w)"])
+def test_a_merge_over_two_axes_is_exact_or_names_exactly_what_is_missing(order):
+    """Every subset of a 3-expert x 2-weight grid: the plan takes the inputs in order, or the
+    error names precisely the keys absent below the largest expert present."""
+    import itertools
+
+    text = MOE.replace("concat(0, over=w) then stack(0, over=e)", order)
+    cells = [(e, w) for e in range(3) for w in ("w1", "w3")]
+    name = "model.layers.0.block_sparse_moe.experts.{}.{}.weight".format
+    for mask in itertools.product([True, False], repeat=len(cells)):
+        present = [c for c, keep in zip(cells, mask) if keep]
+        if not present:
+            continue
+        top = max(e for e, _ in present)
+        expected_missing = [name(e, w) for e in range(top + 1) for w in ("w1", "w3") if (e, w) not in present]
+        keys = {name(e, w): TensorInfo((6, 4), "float32") for e, w in present}
+        try:
+            (step,) = compile_spec(spec(text), keys).steps
+        except PlanError as exc:
+            message = exc.message
+            assert expected_missing, message
+            reported = [k for k in keys.keys() | set(expected_missing) if k in message.split(" (found")[0]]
+            assert sorted(reported) == sorted(expected_missing), message
+            continue
+        assert not expected_missing
+        assert list(step.inputs) == [name(e, w) for e in range(top + 1) for w in ("w1", "w3")]
+        assert step.info.shape == (top + 1, 12, 4)
