@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402  (after the skips)
 from typer.testing import CliRunner  # noqa: E402
 
-from mapspec import TensorInfo, compile_spec, parse_spec  # noqa: E402
+from mapspec import ConversionError, TensorInfo, compile_spec, parse_spec  # noqa: E402
 from mapspec.cli import app  # noqa: E402
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -476,6 +476,13 @@ def test_phi3_fuses_llama_and_splits_back(llama, tmp_path):
     assert_same_tensors(llama_again, hf)
     back = load_hf(transformers.LlamaForCausalLM, src, tmp_path / "llama.safetensors")
     assert max_diff(logits(back, cfg.vocab_size), logits(model, cfg.vocab_size)) == 0
+
+
+def test_phi3_refuses_a_llama_with_biases_phi3_has_no_place_for():
+    cfg = transformers.LlamaConfig(**COMMON, **LLAMA_SIZES["h4-kv2-tied"], attention_bias=True)
+    keys = shapes(transformers.LlamaForCausalLM, cfg)
+    with pytest.raises(ConversionError, match="self_attn.q_proj.bias"):
+        compile_spec(parse_spec(SPECS / "phi3_fused.map"), keys, config=cfg.to_dict())
 
 
 def test_phi3_split_refuses_a_wrong_head_count(llama, tmp_path):
