@@ -8,12 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+import numpy as np
+
 from . import actions as act
 from .errors import UsageError
 from .formats import open_sink, open_source, sink_format
 from .params import Config
 from .parser import parse_spec
-from .plan import Plan, TensorInfo, compile_spec
+from .plan import Plan, Step, TensorInfo, compile_spec
+from .provenance import Provenance
 from .rules import Spec
 
 
@@ -22,7 +25,7 @@ class Report:
     plan: Plan
     output: Path
     format: str
-    bytes: int
+    bytes: int  # the output's size on disk
     selected: str | None = None  # the sub-tree mapspec chose by itself, if it did
 
     @property
@@ -30,51 +33,44 @@ class Report:
         return len(self.plan.steps)
 
     def summary(self) -> str:
-        p = self.plan
-        if p.target_report is not None:  # loading into a target: count against what it holds
-            r = p.target_report
-            head = f"Transferred {len(p.steps)}/{r.target_count} target tensors from {p.source_count} source tensors"
-            notes = [f"{len(r.missing)} missing", f"{len(r.unexpected)} unexpected", f"{len(r.mismatched)} shape-mismatched"]
-            return f"{head} ({', '.join(notes)}) -> {self.output} [{self.format}, {_size(self.bytes)}]"
-        extra = [f"{len(p.dropped)} dropped"]
-        if p.copied:
-            extra.append(f"{len(p.copied)} copied")
-        if self.selected:
-            extra.append(f"selected '{self.selected}'")
-        if p.unmatched:
-            extra.append(f"{len(p.unmatched)} unmatched")
-        return (f"Transferred {len(p.steps)}/{p.source_count} tensors "
-                f"({', '.join(extra)}) -> {self.output} [{self.format}, {_size(self.bytes)}]")
+        from .render import report_summary
+
+        return report_summary(self)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)  # pragma: no cover
+def disk_size(path: Path) -> int:
+    """Bytes a written output takes on disk (a directory output: all its files)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def run_step(step: Step, arrays: list[np.ndarray]) -> np.ndarray:
+    """One step's actions on its input arrays (bf16 as bits); the planned output array."""
+    (out,) = act.run_all(step.actions, arrays)
+    if tuple(out.shape) != step.info.shape:  # pragma: no cover - the planner guarantees this
+        raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
+    return out
 
 
 def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = None) -> int:
-    """Write every step of `plan` to `sink`; returns the bytes written."""
+    """Write every step of `plan` to `sink`; returns the tensor bytes written. `progress`
+    hears the running byte count after each tensor."""
     total = 0
     release = getattr(source, "release", None)
     # Steps that split one input read it several times: release it after its last use.
     last_use = {k: i for i, step in enumerate(plan.steps) for k in step.inputs}
     for i, step in enumerate(plan.steps):
-        arrays = act.run_all(step.actions, [source.read(k) for k in step.inputs])
-        (out,) = arrays
-        if tuple(out.shape) != step.info.shape:  # pragma: no cover - the planner guarantees this
-            raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
+        out = run_step(step, [source.read(k) for k in step.inputs])
         sink.write(step.output, out)
-        del arrays, out
+        del out
         if release is not None:
             for k in step.inputs:
                 if last_use[k] == i:
                     release(k)
         total += step.info.nbytes
         if progress:
-            progress(i + 1)
+            progress(total)
     return total
 
 
@@ -91,40 +87,58 @@ def apply(
     fit: str = "strict",
     drop: tuple[str, ...] = (),
     force: bool = False,
+    strict_rules: bool = False,
     progress: Callable[[int, int], None] | None = None,
     params: Mapping[str, object] | None = None,
     config: Config = None,
+    reverse: bool = False,
+    lossy: bool = False,
 ) -> Report:
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
-    `params` and `config` give the spec's parameters their values (as -p and --config)."""
+    `progress(done, total)` hears tensor bytes written so far and in all; `params` and `config`
+    give the spec's parameters their values (as -p and --config); `reverse` runs the spec's
+    derived inverse (see `invert`); `lossy` lets it undo lossy casts."""
     spec = as_spec(spec)
+    inverse = None
+    if reverse:
+        from .invert import invert_spec
+
+        inverse = invert_spec(spec, params=params, config=config, lossy=lossy)
     output = Path(output)
     fmt = sink_format(output, to)
     if output.exists() and not force:
         raise UsageError(f"{output} exists; use --force to overwrite it")
     if output.resolve() == Path(checkpoint).resolve():
         raise UsageError("the output would overwrite the input checkpoint")
-    source = open_for(spec, checkpoint, select, epoch)
+    source = open_for(inverse.spec if inverse else spec, checkpoint, select, epoch)
     try:
-        plan = compile_spec(spec, source.infos(), params=params, config=config, target=_target(target),
-                            strict=strict, fit=fit, drop=tuple(drop))
-        sink = open_sink(output, fmt, plan.outputs())
+        options = dict(target=_target(target), strict=strict, fit=fit, drop=tuple(drop), strict_rules=strict_rules)
+        if inverse:  # the inverse states the parameters' values already
+            plan = inverse.compile(source.infos(), **options)
+            values = inverse.params
+        else:
+            plan = compile_spec(spec, source.infos(), params=params, config=config, **options)
+            values = {b.name: b.value for b in plan.params}
+        record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path, params=values,
+                            direction="reverse" if reverse else "forward", select=getattr(source, "prefix", None))
+        sink = open_sink(output, fmt, plan.outputs(), record)
         try:
-            n = len(plan.steps)
-            written = execute(plan, source, sink, (lambda i: progress(i, n)) if progress else None)
+            n = sum(s.info.nbytes for s in plan.steps)
+            execute(plan, source, sink, (lambda done: progress(done, n)) if progress else None)
             sink.commit()
         except BaseException:
             sink.abort()
             raise
     finally:
         source.close()
-    return Report(plan, output, fmt, written,
+    return Report(plan, output, fmt, disk_size(output),
                   source.prefix if getattr(source, "auto", False) else None)
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,
              epoch: int | None = None, strict: bool = True, fit: str = "strict", drop: tuple[str, ...] = (),
-             params: Mapping[str, object] | None = None, config: Config = None) -> Plan:
+             strict_rules: bool = False, params: Mapping[str, object] | None = None,
+             config: Config = None) -> Plan:
     """Compile `spec` against a checkpoint's key list without converting anything."""
     spec = as_spec(spec)
     source = open_for(spec, checkpoint, select, epoch)
@@ -133,7 +147,7 @@ def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, se
     finally:
         source.close()
     return compile_spec(spec, infos, params=params, config=config, target=_target(target), strict=strict,
-                        fit=fit, drop=tuple(drop))
+                        fit=fit, drop=tuple(drop), strict_rules=strict_rules)
 
 
 def as_spec(spec: Spec | str | Path) -> Spec:

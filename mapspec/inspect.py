@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import provenance
 from .formats import open_source, sniff
 from .formats.torch_pickle import StandIn, Tensor
 from .plan import TensorInfo
@@ -72,7 +73,10 @@ def describe(obj: Any, depth: int = 0) -> dict:
     if isinstance(obj, StandIn):
         fields = {k: _plain(v) for k, v in obj.__dict__.items()
                   if not k.startswith("_") and not isinstance(v, (Tensor, StandIn))}
-        return {"type": "object", "class": obj.qualname(), "fields": dict(list(fields.items())[:MAX_ITEMS])}
+        out = {"type": "object", "class": obj.qualname(), "fields": dict(list(fields.items())[:MAX_ITEMS])}
+        if len(fields) > MAX_ITEMS:
+            out["more"] = len(fields) - MAX_ITEMS
+        return out
     return {"type": "value", "value": _plain(obj)}
 
 
@@ -92,10 +96,14 @@ def _plain(v: Any, depth: int = 0) -> Any:
     if depth > 2:
         return "..."
     if isinstance(v, dict):
-        return {str(k): _plain(x, depth + 1) for k, x in list(v.items())[:MAX_ITEMS]}
+        out = {str(k): _plain(x, depth + 1) for k, x in list(v.items())[:MAX_ITEMS]}
+        if len(v) > MAX_ITEMS:
+            out["..."] = f"{len(v) - MAX_ITEMS} more"
+        return out
     if isinstance(v, (list, tuple, set, frozenset)):
         items = list(v)
-        return [_plain(x, depth + 1) for x in items[:MAX_ITEMS]] + (["..."] if len(items) > MAX_ITEMS else [])
+        return [_plain(x, depth + 1) for x in items[:MAX_ITEMS]] + (
+            [f"... {len(items) - MAX_ITEMS} more"] if len(items) > MAX_ITEMS else [])
     if isinstance(v, Tensor):
         return f"tensor{list(v.array.shape)} {v.dtype}"
     if isinstance(v, StandIn):
@@ -113,6 +121,9 @@ def inspect_checkpoint(path: str | Path, epoch: int | None = None) -> dict:
     try:
         infos = dict(source.infos())
         tree = {"file": str(path), "format": fmt, "tensors": summarize(list(infos.values()))}
+        record = provenance.read(path)
+        if record is not None:
+            tree["provenance"] = record
         obj = getattr(source, "object", None)
         if obj is not None:
             tree["content"] = describe(obj)
@@ -125,14 +136,20 @@ def inspect_checkpoint(path: str | Path, epoch: int | None = None) -> dict:
                 groups.setdefault(_group(k), []).append(i)
             tree["content"] = {"type": "groups",
                                "entries": {g: summarize(v) for g, v in list(groups.items())[:MAX_ITEMS * 5]}}
+            if len(groups) > MAX_ITEMS * 5:
+                tree["content"]["more"] = len(groups) - MAX_ITEMS * 5
         return tree
     finally:
         source.close()
 
 
 def _group(key: str) -> str:
-    """The first segment of a name: up to a dot, or an MXNet-style double underscore."""
-    return re.split(r"\.|__", key.split(":", 1)[-1], maxsplit=1)[0]
+    """The first segment of a name: up to a dot or an MXNet-style double underscore (a name
+    with neither: up to its first underscore). An MXNet `arg:`/`aux:` prefix stays part of
+    it, since a spec must match it."""
+    prefix, rest = (key[:4], key[4:]) if key.startswith(("arg:", "aux:")) else ("", key)
+    parts = re.split(r"\.|__", rest, maxsplit=1)
+    return prefix + (parts[0] if len(parts) > 1 else rest.split("_", 1)[0])
 
 
 def auto_select(obj: Any) -> str | None:

@@ -7,16 +7,17 @@ tensor is read.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple
 
 from . import actions as act
+from . import fit as fitting
 from .actions import PlannedAction
 from .checks import axes_of, check_bound, patterns_of
 from .errors import ConversionError, PlanError, Span, SpecError
+from .fit import TargetReport
 from .matcher import Ambiguous, Entry, Matcher
 from .params import Binding, Config, bind_all, raise_all
 from .rules import BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst, expr_names
@@ -69,9 +70,14 @@ class Plan:
     unmatched: tuple[str, ...]
     source_count: int
     target_report: "TargetReport | None" = None
+    unused: tuple[Span, ...] = ()  # rules that matched no key
     params: tuple[Binding, ...] = ()
     fallback: Span | None = None  # the `otherwise` rule, if the spec has one
     copied: tuple[str, ...] = ()  # outputs written by `copy` rules (a source read twice)
+
+    def source_used(self) -> int:
+        """How many source tensors went into the outputs."""
+        return len({k for s in self.steps for k in s.inputs})
 
     def outputs(self) -> dict[str, TensorInfo]:
         return {s.output: s.info for s in self.steps}
@@ -96,25 +102,6 @@ class Plan:
                 "unmatched": len(self.unmatched),
             },
         }
-
-
-@dataclass(frozen=True)
-class TargetReport:
-    missing: tuple[tuple[str, TensorInfo], ...] = ()
-    unexpected: tuple[tuple[str, TensorInfo], ...] = ()
-    mismatched: tuple[tuple[str, TensorInfo, TensorInfo], ...] = ()
-    target_count: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def lines(self) -> list[str]:
-        out = [f"missing from the output: {k} {act.format_shape(i.shape)}" for k, i in self.missing]
-        out += [f"not in the target: {k} {act.format_shape(i.shape)}" for k, i in self.unexpected]
-        out += [f"shape mismatch: {k} produced {act.format_shape(p.shape)}, target {act.format_shape(t.shape)}"
-                for k, p, t in self.mismatched]
-        return out
 
 
 def _where(span: Span) -> str:
@@ -142,6 +129,7 @@ def compile_spec(
     strict: bool = True,
     fit: str = "strict",
     drop: tuple[str, ...] = (),
+    strict_rules: bool = False,
 ) -> Plan:
     """Plan the conversion of a checkpoint whose tensors are `keys` (name -> shape, dtype).
 
@@ -149,7 +137,8 @@ def compile_spec(
     file or a mapping) give the spec's parameters their values. With a `target`, `fit` says
     how the outputs must meet it: "strict" (same keys and shapes), "shape" (keep only outputs
     whose name and shape the target has), or "drop" (leave out outputs matching the `drop`
-    globs; the rest must fit, and what the target then misses must match the globs too)."""
+    globs; the rest must fit, and what the target then misses must match the globs too). A rule
+    that matches no key is listed in `Plan.unused`, or is an error with `strict_rules`."""
     spec, bindings, errors, tainted = bind_all(spec, params, config)
     check_bound(spec, errors, tainted)
     tables = {t.name: t.mapping() for t in spec.tables}
@@ -170,6 +159,7 @@ def compile_spec(
     dropped: list[tuple[str, Span]] = []
     unmatched: list[str] = []
     produced: dict[Any, Step | _Group] = {}  # output (or group) -> its step; insertion order is plan order
+    used: set[int] = {ri for ri, _ in copies}  # a copy that matches nothing is an error of its own
     match = matcher.match
     for key in keys:
         try:
@@ -185,6 +175,7 @@ def compile_spec(
             unmatched.append(key)
             continue
         entry, caps = hit
+        used.add(entry.rule)
         renderer = renderers.get(entry.rule)
         if renderer is None:
             rule = spec.rules[entry.rule]
@@ -209,7 +200,12 @@ def compile_spec(
         group.members.append((key, caps))
 
     if unmatched and strict:
-        raise _coverage_error(unmatched, spec)
+        missing = {k: i for k, i in target.items() if k not in produced} if target is not None else {}
+        raise _coverage_error(unmatched, spec, matcher, table_keys, keys, missing)
+    unused = tuple(r.span for i, r in enumerate(spec.rules) if i not in used)
+    if unused and strict_rules:
+        raise PlanError(f"this rule matches no key of the checkpoint ({len(keys)} keys; "
+                        "`mapspec inspect --keys` lists them)", unused[0])
 
     problems: list[SpecError] = []  # every group's and copy's, reported together
     steps: dict[str, Step] = {}
@@ -234,9 +230,12 @@ def compile_spec(
     report = None
     out_steps = list(steps.values())
     if target is not None:
-        out_steps, report = _fit(out_steps, target, fit, drop)
+        by_name = {st.output: st for st in out_steps}
+        kept, report = fitting.fit({st.output: st.info for st in out_steps}, target, fit, drop,
+                                   {st.output: st.rule for st in out_steps})
+        out_steps = [by_name[k] for k in kept]
     return Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(out_steps),
-                tuple(dropped), tuple(unmatched), len(keys), report, bindings,
+                tuple(dropped), tuple(unmatched), len(keys), report, unused, bindings,
                 next((r.span for r in spec.rules if r.otherwise), None), tuple(copied))
 
 
@@ -278,36 +277,6 @@ def _plan_copies(renderer: "_Renderer", matcher: Matcher, keys: Mapping[str, Ten
     return outputs
 
 
-def _fit(steps: list[Step], target: Mapping[str, TensorInfo], fit: str, drop: tuple[str, ...]):
-    import fnmatch
-
-    if fit not in ("strict", "shape", "drop"):
-        raise ConversionError(f"unknown fit '{fit}' (strict, shape, drop)")
-    if fit == "drop" and not drop:
-        raise ConversionError("--fit drop needs --drop patterns, e.g. --drop 'fc.*'")
-    hit = lambda k: any(fnmatch.fnmatchcase(k, p) for p in drop)  # noqa: E731
-    if fit == "drop":
-        steps = [s for s in steps if not hit(s.output)]
-    report = compare_target({s.output: s.info for s in steps}, target)
-    if fit == "shape":
-        bad = {k for k, _ in report.unexpected} | {k for k, _, _ in report.mismatched}
-        return [s for s in steps if s.output not in bad], report
-    problems = report if fit == "strict" else TargetReport(
-        tuple((k, i) for k, i in report.missing if not hit(k)), report.unexpected, report.mismatched,
-        report.target_count)
-    if not problems.ok:
-        raise ConversionError("the output does not match the target", problems.lines())
-    return steps, report
-
-
-def compare_target(produced: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo]) -> TargetReport:
-    missing = tuple((k, i) for k, i in target.items() if k not in produced)
-    unexpected = tuple((k, i) for k, i in produced.items() if k not in target)
-    mismatched = tuple((k, i, target[k]) for k, i in produced.items()
-                       if k in target and tuple(target[k].shape) != tuple(i.shape))
-    return TargetReport(missing, unexpected, mismatched, len(target))
-
-
 def _duplicate(out: str, prev, key: str, rule) -> PlanError:
     first = prev.inputs[0] if isinstance(prev, Step) else prev.members[0][0]
     line = prev.rule.line if isinstance(prev, Step) else prev.renderer.rule.span.line
@@ -315,22 +284,14 @@ def _duplicate(out: str, prev, key: str, rule) -> PlanError:
                      f"and from '{key}'", rule.span)
 
 
-def _coverage_error(unmatched: list[str], spec: Spec) -> ConversionError:
-    texts = []
-    for rule in spec.rules:
-        pats = rule.sources if isinstance(rule, RenameRule) else rule.patterns
-        texts.extend((p.text, p.span) for p in pats)
-    by_text = {t: s for t, s in texts}
-    details = []
-    for key in unmatched[:20]:
-        close = difflib.get_close_matches(key, list(by_text), n=2, cutoff=0.4)
-        hint = "; closest: " + ", ".join(f"{c} (line {by_text[c].line})" for c in close) if close else ""
-        details.append(f"{key}{hint}")
-    if len(unmatched) > 20:
-        details.append(f"... and {len(unmatched) - 20} more")
+def _coverage_error(unmatched: list[str], spec: Spec, matcher: Matcher, tables: dict[str, tuple[str, ...]],
+                    keys: Mapping[str, TensorInfo], missing: Mapping[str, TensorInfo]) -> ConversionError:
+    from .coverage import unmatched_lines
+
     n = len(unmatched)
     return ConversionError(f"{n} source key{'s are' if n != 1 else ' is'} not matched by any rule "
-                           "(add rules, drop them, or use --non-strict)", details)
+                           "(add rules, drop them, or use --non-strict)",
+                           unmatched_lines(unmatched, spec, matcher, tables, keys, missing))
 
 
 class _Negative(ArithmeticError):

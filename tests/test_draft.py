@@ -45,8 +45,8 @@ def test_dpn68_draft_matches_the_shipped_spec_key_by_key(tmp_path):
     assert format_text(text, str(out)) == text
     assert "value-level permutation" in text and "num_batches_tracked" in text
     r = run("check", out, case.source, *epoch, "--target", case.target, *COUNTERS)
-    # strict but for the 72 BN counters torch fills in itself
-    assert r.exit_code == 0 and "(361/433; 72 missing, 0 shape-mismatched, 0 unexpected)" in r.output, r.output
+    # strict: the 72 BN counters are left to load_state_dict, which fills them in itself (issue 11.1)
+    assert r.exit_code == 0 and "matches the target (72 BatchNorm counters left out" in r.output, r.output
     assert agreement(case, out) == (361, 361)
     from mapspec import parse_spec
 
@@ -112,7 +112,8 @@ def test_gluon_resnet_drafts_match_the_shipped_spec(tmp_path, name):
     right, total = agreement(case, out)
     assert right == total
     r = run("check", out, case.source, *epoch, "--target", case.target, *COUNTERS)
-    assert r.exit_code == 0 and "0 shape-mismatched, 0 unexpected" in r.output, r.output
+    # counters are left to load_state_dict, which fills them in (issue 11.1): a full match
+    assert r.exit_code == 0 and "matches the target" in r.output, r.output
     from mapspec import parse_spec
 
     assert len(parse_spec(out).rules) <= 1.5 * 7  # each form takes 7 rules of the shipped spec

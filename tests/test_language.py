@@ -232,7 +232,7 @@ def test_copy_if_absent_writes_a_tied_head_only_when_the_checkpoint_has_none(tmp
     save_file({"model.embed_tokens.weight": emb}, tmp_path / "tied.safetensors")
     report = apply(tmp_path / "s.map", tmp_path / "tied.safetensors", tmp_path / "tied.out.safetensors")
     assert report.plan.copied == ("output.weight",)
-    assert report.summary().startswith("Transferred 2/1 tensors (0 dropped, 1 copied)")
+    assert report.summary().startswith("Transferred 1/1 tensors into 2 outputs (0 dropped, 1 copied)")
 
 
 def test_a_plain_copy_colliding_with_a_rule_and_a_copy_of_nothing_are_errors():

@@ -63,7 +63,7 @@ def _reproduces(plan: Plan, pairing: Pairing) -> bool:
 
 
 def _problems(plan: Plan, pairing: Pairing, target: Mapping[str, TensorInfo]) -> list[str]:
-    from ..plan import compare_target
+    from ..fit import compare as compare_target
 
     counters = set(pairing.counters)
     report = compare_target(plan.outputs(), {k: v for k, v in target.items() if k not in counters})

@@ -38,13 +38,23 @@ class Sink(Protocol):
 
 class AtomicPath:
     """A temporary path beside `final`, renamed over it on commit and removed on abort, so
-    no half-written output is ever seen under the final name."""
+    no half-written output is ever seen under the final name. Missing output folders are
+    created, and removed again on abort."""
 
     def __init__(self, final: Path, directory: bool = False):
         self.final = Path(final)
         parent = self.final.parent
-        if not parent.is_dir():
-            raise UsageError(f"output folder {parent} does not exist")
+        self.created: list[Path] = []  # folders made for this output, deepest first
+        missing = parent
+        while not missing.exists():
+            self.created.append(missing)
+            missing = missing.parent
+        if not missing.is_dir():
+            raise UsageError(f"cannot create the output folder {parent}: {missing} is not a folder")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create the output folder {parent}: {exc.strerror}") from None
         prefix = f".{self.final.name}."
         if directory:
             self.tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".part", dir=parent))
@@ -70,6 +80,11 @@ class AtomicPath:
                 self.tmp.unlink()
             except FileNotFoundError:
                 pass
+        for folder in self.created:
+            try:
+                folder.rmdir()
+            except OSError:  # something else was put there meanwhile: leave it
+                break
 
 
 class MappedFile:

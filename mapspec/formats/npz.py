@@ -81,6 +81,7 @@ class NpzSink:
 
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         self.atomic = AtomicPath(path)
+        self.provenance = metadata
         self.infos = dict(outputs)
         self.zip = zipfile.ZipFile(self.atomic.tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
 
@@ -93,6 +94,8 @@ class NpzSink:
         if tagged:
             with self.zip.open(DTYPES_MEMBER + ".npy", "w") as f:
                 np.lib.format.write_array(f, np.array(json.dumps(tagged)), allow_pickle=False)
+        if self.provenance is not None:  # the archive comment: np.load lists members only
+            self.zip.comment = self.provenance.json().encode()
         self.zip.close()
         self.atomic.commit()
 

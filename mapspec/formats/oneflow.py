@@ -27,6 +27,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import CheckpointError, UsageError
 from ..plan import TensorInfo
+from ..provenance import RECORD
 from .base import AtomicPath, MappedFile
 from .torch_pickle import StandIn, _Reader, _no_storage
 
@@ -148,6 +149,7 @@ class OneflowSink:
             raise UsageError(f"OneFlow checkpoints cannot hold {', '.join(bad)} tensors")
         self.final = Path(path)
         self.atomic = AtomicPath(self.final, directory=True)
+        self.provenance = metadata
         self.infos = dict(outputs)
         self.paths = {name: f"tensor_{i}" for i, name in enumerate(outputs)}
         data = OrderedDict((name, _Tensor(p)) for name, p in self.paths.items())
@@ -162,6 +164,8 @@ class OneflowSink:
         (folder / "out").write_bytes(dtypes.raw(array, self.infos[name].dtype))
 
     def commit(self) -> None:
+        if self.provenance is not None:  # flow.load reads only what the pickle names
+            (self.atomic.tmp / RECORD).write_text(self.provenance.json(), encoding="utf-8")
         if self.final.is_dir():  # --force over an earlier output: swap, then remove the old one
             old = self.final.with_name(f".{self.final.name}.old")
             os.replace(self.final, old)
