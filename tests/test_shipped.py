@@ -10,26 +10,16 @@ import pytest
 from mapspec import apply, check_spec, open_source, parse_spec
 from mapspec.formatter import format_text
 
+from conftest import shipped_config
+
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "specs").glob("*.map"))
 ALL_SPECS = SHIPPED + sorted((REPO / "tests" / "data" / "specs" / "ok").glob("*.map"))
 
 
-# Specs with parameters are checked with a published model's configuration (tests/data/configs).
-CONFIGS = {
-    "gpt2_to_qkv.map": "gpt2.json",
-    "llama_hf_to_meta.map": "llama3-8b.json",
-    "llama_meta_to_hf.map": "llama3-8b-params.json",
-    "llama_to_megatron.map": "llama3-8b.json",
-    "mixtral_fused_experts.map": "mixtral-8x7b.json",
-    "phi3_fused.map": "phi3-mini.json",
-}
-
-
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_spec_checks_clean(path):
-    config = CONFIGS.get(path.name)
-    check_spec(parse_spec(path), config=config and REPO / "tests" / "data" / "configs" / config)
+    check_spec(parse_spec(path), config=shipped_config(path))
 
 
 @pytest.mark.parametrize("path", ALL_SPECS, ids=lambda p: p.name)
