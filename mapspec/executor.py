@@ -62,8 +62,8 @@ def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = N
     last_use = {k: i for i, step in enumerate(plan.steps) for k in step.inputs}
     for i, step in enumerate(plan.steps):
         # A tensor passing through unchanged is copied file-to-file by the kernel.
-        region = source.region(step.inputs[0]) if not step.actions and len(step.inputs) == 1 else None
-        if region is None or not sink.write_region(step.output, region):
+        extent = source.extent(step.inputs[0]) if not step.actions and len(step.inputs) == 1 else None
+        if extent is None or not sink.write_region(step.output, extent):
             out = run_step(step, [source.read(k) for k in step.inputs])
             sink.write(step.output, out)
             del out

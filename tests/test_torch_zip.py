@@ -87,10 +87,10 @@ def test_unchanged_tensors_are_copied_by_the_kernel_and_bit_identical(tmp_path, 
     fmt = {"pt": "torch", "params": "mxnet", "safetensors": "safetensors"}
     write(tmp_path / f"in.{src}", tensors, fmt[src])
     copies = []
-    real = base.copy_region
-    monkeypatch.setattr(base, "copy_region", lambda r, fd, at: (copies.append(r), real(r, fd, at)))
+    real = base.copy_extent
+    monkeypatch.setattr(base, "copy_extent", lambda r, fd, at: (copies.append(r), real(r, fd, at)))
     for m in ("torch", "safetensors", "mxnet"):
-        monkeypatch.setattr(f"mapspec.formats.{m}.copy_region", base.copy_region)
+        monkeypatch.setattr(f"mapspec.formats.{m}.copy_extent", base.copy_extent)
     (tmp_path / "k.map").write_text("mapspec 1\na.{p} -> b.{p}\n")
     apply(tmp_path / "k.map", tmp_path / f"in.{src}", tmp_path / f"out.{dst}")
     assert len(copies) == 2

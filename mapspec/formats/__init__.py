@@ -10,7 +10,8 @@ from typing import Iterable, Mapping, Sequence
 
 from ..errors import CheckpointError, UsageError
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, Region, Selected, Sink, Source, SourceBase
+from .base import AtomicPath, Extent, Selected, Sink, Source, SourceBase
+from .reading import RegularFile, reading
 from .registry import HEAD_BYTES, Format
 
 # One module per format, each ending with `FORMAT = Format(...)`; sniffing tries them in this
@@ -46,14 +47,12 @@ def sniff(path: Path) -> str:
         return fmt.name
     head = b""
     if not path.is_dir():
-        try:
-            with open(path, "rb") as f:
-                head = f.read(HEAD_BYTES)
-        except OSError as exc:
-            raise CheckpointError(f"{path}: {exc.strerror}") from None
-    for f in formats():
-        if f.sniff is not None and f.directory == path.is_dir() and f.sniff(path, head):
-            return f.name
+        with reading(path), RegularFile(path) as f:
+            head = f.read_bytes(0, min(HEAD_BYTES, f.size), "the file header")
+    with reading(path):
+        for f in formats():
+            if f.sniff is not None and f.directory == path.is_dir() and f.sniff(path, head):
+                return f.name
     if path.is_dir():
         raise CheckpointError(f"{path}: a directory, but no checkpoint in it (no *.index.json, no single "
                               f"checkpoint file, not a OneFlow directory)")
@@ -78,21 +77,64 @@ def open_source(path: str | Path | Sequence[str | Path], fmt: str | None = None,
         if not path.exists() and not any(c in str(path) for c in "*?["):
             raise CheckpointError(f"{path}: no such file{_epoch_hint(path) if epoch is None else ''}")
         source = sharded.open_path(path, fmt)
-    if select is None:
-        # A training checkpoint (model, ema, optimizer, epoch...) converts its model part.
-        select = source.auto_select()
-        if select:
-            chosen = Selected(source, select)
-            chosen.auto = True
-            return chosen
-    return Selected(source, select) if select else source
+    try:
+        auto = False
+        if select is None:
+            # A training checkpoint (model, ema, optimizer, epoch...) converts its model part.
+            select = source.auto_select()
+            auto = bool(select)
+        if not select:
+            return source
+        chosen = Selected(source, select)
+        chosen.auto = auto
+        return chosen
+    except BaseException:
+        source.close()
+        raise
 
 
 def open_file(path: Path, fmt: str | None = None) -> Source:
     """One checkpoint file (or format directory) through its format's source."""
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
-    return (by_name(fmt) if fmt else by_name(sniff(path))).source(path)
+    cls = (by_name(fmt) if fmt else by_name(sniff(path))).source
+    with reading(path):
+        return Guarded(cls(path))
+
+
+class Guarded(SourceBase):
+    """A source whose every failure while reading is one `CheckpointError` naming its file
+    (see `reading`): the one error discipline, for every format."""
+
+    def __init__(self, inner: Source):
+        self.inner = inner
+        self.path = inner.path
+        self.metadata = inner.metadata
+        self.object = inner.object
+
+    def infos(self) -> Mapping[str, TensorInfo]:
+        with reading(self.path):
+            return self.inner.infos()
+
+    def read(self, key: str):
+        with reading(self.path):
+            return self.inner.read(key)
+
+    def extent(self, key: str) -> Extent | None:
+        with reading(self.path):
+            return self.inner.extent(key)
+
+    def release(self, key: str) -> None:
+        with reading(self.path):
+            self.inner.release(key)
+
+    def auto_select(self) -> str | None:
+        with reading(self.path):
+            return self.inner.auto_select()
+
+    def close(self) -> None:
+        with reading(self.path):
+            self.inner.close()
 
 
 def _epoch_hint(path: Path) -> str:
@@ -145,5 +187,5 @@ def open_sink(path: str | Path, fmt: str, outputs: Mapping[str, TensorInfo], met
     return f.sink(Path(path), outputs, metadata)
 
 
-__all__ = ["AtomicPath", "Format", "Region", "Selected", "Sink", "Source", "SourceBase", "by_name", "formats", "known_names",
+__all__ = ["AtomicPath", "Extent", "Format", "Guarded", "Selected", "Sink", "Source", "SourceBase", "by_name", "formats", "known_names",
            "open_file", "open_sink", "open_source", "read_infos", "sink_format", "sniff"]

@@ -7,19 +7,22 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Protocol
 
 import numpy as np
 
 from ..errors import CheckpointError, UsageError
 from ..tensorinfo import TensorInfo
 
+if TYPE_CHECKING:
+    from .reading import RegularFile
 
-class Region(NamedTuple):
-    """A tensor's bytes exactly as a sink would store them (C order, little-endian), lying
-    in one file: sinks copy it file-to-file with `os.copy_file_range`, never through Python."""
 
-    path: Path
+class Extent(NamedTuple):
+    """A tensor's bytes exactly as a sink would store them (C order, little-endian), lying in
+    one range of a file: sinks copy them file-to-file (`copy_extent`), never through Python."""
+
+    file: "RegularFile"
     offset: int
     nbytes: int
 
@@ -37,13 +40,14 @@ class Source(Protocol):
         """Every tensor's name, shape and dtype, in file order; no tensor data is read."""
 
     def read(self, key: str) -> np.ndarray:
-        """One tensor, memory-mapped where the format allows (bf16 as uint16 bits)."""
+        """One tensor, read now into a fresh buffer (bf16 as uint16 bits)."""
 
-    def region(self, key: str) -> Region | None:
-        """Where `key`'s bytes lie unchanged on disk, if they do."""
+    def extent(self, key: str) -> Extent | None:
+        """Where `key`'s bytes lie as stored, C-order and little-endian, in one range of a
+        file, if they do (so they can be copied without decoding)."""
 
     def release(self, key: str) -> None:
-        """`key` is no longer needed: hand its pages back, so RSS stays near one step."""
+        """`key`'s bytes are consumed: hand their pages back, so memory stays near one step."""
 
     def auto_select(self) -> str | None:
         """The sub-tree to convert when the caller did not say (a training checkpoint's model)."""
@@ -59,7 +63,7 @@ class SourceBase:
     shards: tuple[Path, ...] = ()
     auto = False
 
-    def region(self, key: str) -> Region | None:
+    def extent(self, key: str) -> Extent | None:
         return None
 
     def release(self, key: str) -> None:
@@ -72,7 +76,7 @@ class SourceBase:
 class Sink(Protocol):
     def write(self, name: str, array: np.ndarray) -> None: ...
 
-    def write_region(self, name: str, region: Region) -> bool:
+    def write_region(self, name: str, extent: Extent) -> bool:
         """Write `name` by copying its stored bytes file-to-file; False: not supported here,
         `write` it instead."""
 
@@ -84,31 +88,44 @@ class Sink(Protocol):
 
 
 class SinkBase:
-    def write_region(self, name: str, region: Region) -> bool:
+    def write_region(self, name: str, extent: Extent) -> bool:
         return False
 
 
-def copy_region(region: Region, fd_out: int, offset_out: int) -> None:
-    """Copy `region` to `fd_out` at `offset_out` inside the kernel (copy_file_range), so the
+def copy_extent(extent: Extent, fd_out: int, offset_out: int) -> None:
+    """Copy `extent` to `fd_out` at `offset_out` inside the kernel (copy_file_range), so the
     bytes never pass through Python or page faults; falls back to pread/pwrite in chunks."""
-    with open(region.path, "rb") as src:
-        fd_in = src.fileno()
-        pos, left = region.offset, region.nbytes
-        out = offset_out
-        fast = hasattr(os, "copy_file_range")
-        while left:
-            n = 0
-            if fast:
-                try:
-                    n = os.copy_file_range(fd_in, fd_out, min(left, 1 << 30), pos, out)
-                except OSError:  # EXDEV on old kernels, EINVAL on some file systems
-                    fast = False
-            if not fast:
-                chunk = os.pread(fd_in, min(left, 8 << 20), pos)
-                n = os.pwrite(fd_out, chunk, out) if chunk else 0
-            if n <= 0:
-                raise CheckpointError(f"{region.path}: ends before byte {pos + left} (file changed while reading?)")
-            pos, out, left = pos + n, out + n, left - n
+    file, pos, left = extent
+    fd_in, out = file.fd, offset_out
+    fast = hasattr(os, "copy_file_range")
+    while left:
+        n = 0
+        if fast:
+            try:
+                n = os.copy_file_range(fd_in, fd_out, min(left, 1 << 30), pos, out)
+            except OSError:  # EXDEV on old kernels, EINVAL on some file systems
+                fast = False
+        if not fast:
+            chunk = os.pread(fd_in, min(left, 8 << 20), pos)
+            n = os.pwrite(fd_out, chunk, out) if chunk else 0
+        if n <= 0:
+            raise CheckpointError(f"{file.path}: ends before byte {pos + left} (truncated while reading?)")
+        pos, out, left = pos + n, out + n, left - n
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Rename the finished directory `tmp` to `final`. An existing `final` (--force) is renamed
+    aside first and removed after, so `final` is always either the old or the new whole."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; the output gets the usual mode
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
 
 
 class AtomicPath:
@@ -162,72 +179,6 @@ class AtomicPath:
                 break
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Rename the finished directory `tmp` to `final`. An existing `final` (--force) is renamed
-    aside first and removed after, so `final` is always either the old or the new whole."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; the output gets the usual mode
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-
-
-class MappedFile:
-    """A read-only memory map of a whole file whose consumed ranges can be handed back.
-
-    Pages read through a map stay resident (and count in RSS) until the kernel needs them;
-    `release` tells it at once, so a conversion's footprint stays near one tensor."""
-
-    def __init__(self, path: Path):
-        import mmap
-
-        self.size = path.stat().st_size
-        self._mmap = None
-        if self.size:
-            with open(path, "rb") as f:
-                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self.array = (np.frombuffer(self._mmap, dtype=np.uint8) if self._mmap is not None
-                      else np.zeros(0, np.uint8))
-
-    def release(self, start: int, stop: int) -> None:
-        import mmap
-
-        if self._mmap is None or not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        page = mmap.PAGESIZE
-        lo = (start // page) * page
-        hi = min(-(-stop // page) * page, self.size)
-        if hi > lo:
-            self._mmap.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-
-    def span(self, array: np.ndarray) -> tuple[int, int] | None:
-        """The file byte range [start, stop) an array viewing this map covers, else None
-        (an array elsewhere in memory, e.g. decompressed)."""
-        if self._mmap is None or array.size == 0:
-            return None
-        base = self.array.__array_interface__["data"][0]
-        lo = hi = array.__array_interface__["data"][0]
-        for n, stride in zip(array.shape, array.strides):
-            if stride > 0:
-                hi += (n - 1) * stride
-            else:
-                lo += (n - 1) * stride
-        hi += array.itemsize
-        if not (base <= lo and hi <= base + self.size):
-            return None
-        return lo - base, hi - base
-
-    def close(self) -> None:
-        # Arrays handed out may still view the map; let the GC close it when they go.
-        self.array = np.zeros(0, np.uint8)
-        self._mmap = None
-
-
 def select(infos: Mapping[str, TensorInfo], prefix: str | None, path: Path) -> dict[str, str]:
     """Map selected names to stored names: the keys under `prefix.`, with it stripped."""
     if not prefix:
@@ -243,8 +194,6 @@ def select(infos: Mapping[str, TensorInfo], prefix: str | None, path: Path) -> d
 
 class Selected(SourceBase):
     """A source seen through `select`: only the sub-tree, with names relative to it."""
-
-    auto = False  # chosen by mapspec for a training checkpoint, not asked for
 
     def __init__(self, inner: Source, prefix: str | None):
         self.inner = inner
@@ -263,8 +212,8 @@ class Selected(SourceBase):
     def read(self, key: str) -> np.ndarray:
         return self.inner.read(self._names[key])
 
-    def region(self, key: str) -> Region | None:
-        return self.inner.region(self._names[key])
+    def extent(self, key: str) -> Extent | None:
+        return self.inner.extent(self._names[key])
 
     def release(self, key: str) -> None:
         self.inner.release(self._names[key])

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import CheckpointError, UsageError
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, Region, SinkBase, SourceBase, replace_dir
+from .base import AtomicPath, Extent, SinkBase, SourceBase, replace_dir
 from .registry import Format
 
 MAX_INDEX = 100_000_000  # bytes; an index is names and file names only
@@ -137,8 +137,8 @@ class ShardedSource(SourceBase):
     def read(self, key: str) -> np.ndarray:
         return self._owner[key].read(key)
 
-    def region(self, key: str) -> Region | None:
-        return self._owner[key].region(key)
+    def extent(self, key: str) -> Extent | None:
+        return self._owner[key].extent(key)
 
     def release(self, key: str) -> None:
         self._owner[key].release(key)
@@ -242,8 +242,8 @@ class ShardedSink(SinkBase):
     def write(self, name: str, array: np.ndarray) -> None:
         self.route[name].write(name, array)
 
-    def write_region(self, name: str, region: Region) -> bool:
-        return self.route[name].write_region(name, region)
+    def write_region(self, name: str, extent: Extent) -> bool:
+        return self.route[name].write_region(name, extent)
 
     def commit(self) -> None:
         for sink in self.sinks:

@@ -1,7 +1,7 @@
 """PyTorch checkpoints (`.pt`, `.pth`, `.bin`, `.ckpt`).
 
-Reading needs no torch: `torch_pickle` unpickles with known-safe globals only and maps every
-tensor to a view of the memory-mapped file. Nested dicts (training checkpoints) are flattened
+Reading needs no torch: `torch_pickle` unpickles with known-safe globals only, and each
+tensor is read from the file when asked for. Nested dicts (training checkpoints) are flattened
 with dots, so `select model` picks `checkpoint["model"]`; a pickled `nn.Module` contributes
 what its `state_dict()` would; entries that are not tensors (epoch, config) are skipped.
 Writing streams torch's zip format natively (`torch_zip`): no torch needed.
@@ -20,10 +20,12 @@ from .. import dtypes
 from ..errors import CheckpointError, UsageError
 from ..provenance import RECORD
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, MappedFile, Region, SinkBase, SourceBase, copy_region
+from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent
+from .reading import RegularFile, ZipMembers, brief
 from .registry import Format
-from .torch_pickle import MAX_DEPTH, StandIn, Tensor, load
+from .torch_pickle import StandIn, Tensor, load
 from .torch_zip import STORAGE_TYPES, ZipWriter, state_pickle
+from .unpickle import MAX_DEPTH, MAX_NODES, Budget
 
 
 def require_torch(what: str):
@@ -38,36 +40,57 @@ def is_module(obj: Any) -> bool:
     return isinstance(obj, StandIn) and "_parameters" in obj.__dict__ and "_modules" in obj.__dict__
 
 
-def module_state(module: StandIn, prefix: str, out: dict, depth: int = 0) -> None:
+def _items(value: Any) -> list:
+    return list(value.items()) if isinstance(value, Mapping) else []
+
+
+def module_state(module: StandIn, prefix: str, out: dict, budget: Budget, depth: int = 0) -> None:
     """What `module.state_dict()` returns, from a pickled module's stored attributes."""
     if depth > MAX_DEPTH:
         raise CheckpointError("the module tree nests deeper than mapspec reads")
+    budget.spend()
     d = module.__dict__
-    for name, value in (d.get("_parameters") or {}).items():
+    for name, value in _items(d.get("_parameters")):
+        budget.spend()
         if isinstance(value, Tensor):
-            out[prefix + name] = value
-    skip = d.get("_non_persistent_buffers_set") or set()
-    for name, value in (d.get("_buffers") or {}).items():
-        if isinstance(value, Tensor) and name not in skip:
-            out[prefix + name] = value
-    for name, child in (d.get("_modules") or {}).items():
+            out[prefix + str(name)] = value
+    skip = d.get("_non_persistent_buffers_set")
+    skip = skip if isinstance(skip, (set, frozenset, list, tuple, dict)) else ()
+    for name, value in _items(d.get("_buffers")):
+        budget.spend()
+        if isinstance(value, Tensor) and not _member(name, skip):
+            out[prefix + str(name)] = value
+    for name, child in _items(d.get("_modules")):
         if is_module(child):
-            module_state(child, f"{prefix}{name}.", out, depth + 1)
+            module_state(child, f"{prefix}{name}.", out, budget, depth + 1)
 
 
-def flatten(obj: Any, prefix: str, out: dict, depth: int = 0) -> None:
+def _member(name: Any, collection) -> bool:
+    try:
+        return name in collection
+    except TypeError:  # an unhashable name from the file
+        return False
+
+
+def flatten(obj: Any, prefix: str, out: dict, depth: int = 0, budget: Budget | None = None) -> None:
+    """Every tensor under `obj`, keyed by dotted path. Shared references are walked each
+    time they are met (as torch's state_dict does), within `budget` visits in all."""
+    if budget is None:
+        budget = Budget(MAX_NODES, "the checkpoint's object graph has")
     if depth > MAX_DEPTH:
         raise CheckpointError("the checkpoint nests deeper than mapspec reads")
+    budget.spend()
     if isinstance(obj, Tensor):
         out[prefix] = obj
     elif is_module(obj):
-        module_state(obj, f"{prefix}." if prefix else "", out, depth + 1)
+        module_state(obj, f"{prefix}." if prefix else "", out, budget, depth + 1)
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
-            flatten(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1)
+            k = k if isinstance(k, str) else str(k) if isinstance(k, int) else brief(k)
+            flatten(v, f"{prefix}.{k}" if prefix else k, out, depth + 1, budget)
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
-            flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1)
+            flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1, budget)
 
 
 # Where common training-checkpoint layouts keep the model, in order of preference.
@@ -94,41 +117,34 @@ def _holds_tensors(obj: Any) -> bool:
 class TorchSource(SourceBase):
     def __init__(self, path: Path):
         self.path = Path(path)
-        if not self.path.exists():
-            raise CheckpointError(f"{self.path}: no such file")
-        self._file = MappedFile(self.path)
-        self.object = load(self.path, self._file)
+        self._checkpoint = load(self.path)
+        self.object = self._checkpoint.object
         self._tensors: dict[str, Tensor] = {}
         flatten(self.object, "", self._tensors)
-        self._infos = {k: TensorInfo(tuple(t.array.shape), t.dtype) for k, t in self._tensors.items()}
+        self._infos = {k: TensorInfo(t.shape, t.dtype) for k, t in self._tensors.items()}
 
     def infos(self) -> Mapping[str, TensorInfo]:
         return self._infos
 
     def read(self, key: str) -> np.ndarray:
-        return self._tensors[key].array
+        return self._tensors[key].read()
 
     def auto_select(self) -> str | None:
         return auto_select(self.object)
 
-    def region(self, key: str) -> Region | None:
-        t = self._tensors[key]
-        a = t.array
-        span = self._file.span(a)
-        if span is None or not a.flags.c_contiguous or a.dtype != dtypes.STORAGE[t.dtype]:
-            return None
-        return Region(self.path, span[0], a.nbytes)
+    def extent(self, key: str) -> Extent | None:
+        found = self._tensors[key].extent()
+        return Extent(*found) if found else None
 
     def release(self, key: str) -> None:
-        # Views of one storage share pages; a later read of a released page reads the file again.
-        span = self._file.span(self._tensors[key].array)
-        if span is not None:
-            self._file.release(*span)
+        found = self._tensors[key].extent()
+        if found:
+            found[0].release(found[1], found[2])
 
     def close(self) -> None:
         self._tensors = {}
         self.object = None
-        self._file.close()
+        self._checkpoint.close()
 
 
 def to_torch(array: np.ndarray, dtype: str):
@@ -174,12 +190,13 @@ class TorchSink(SinkBase):
         self.zip.write(dtypes.raw(array, self.infos[name].dtype))
         self.zip.end()
 
-    def write_region(self, name: str, region: Region) -> bool:
+    def write_region(self, name: str, extent: Extent) -> bool:
         start = self._begin(name)
         self.file.flush()
-        copy_region(region, self.file.fileno(), start)
-        self.zip.copied(self.file.fileno(), start, region.nbytes)
-        self.file.seek(start + region.nbytes)
+        _, _, nbytes = extent
+        copy_extent(extent, self.file.fileno(), start)
+        self.zip.copied(self.file.fileno(), start, nbytes)
+        self.file.seek(start + nbytes)
         self.zip.end()
         return True
 
@@ -202,17 +219,16 @@ class TorchSink(SinkBase):
 
 def is_torch_zip(path: Path) -> bool:
     """A zip holding `<dir>/data.pkl`: torch.save's format (an .npz is a zip without it)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith("data.pkl") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+    with RegularFile(path) as f:
+        members = ZipMembers(f)
+        try:
+            return any(i.filename.endswith("data.pkl") for i in members.infos)
+        finally:
+            members.close()
 
 
 def _is_torch(path: Path, head: bytes) -> bool:
-    return is_torch_zip(path) if head[:2] == b"PK" else head[:1] == b"\x80"
+    return is_torch_zip(path) if head[:4] == b"PK\x03\x04" else head[:1] == b"\x80"
 
 
 FORMAT = Format("torch", "PyTorch torch.save", (".pt", ".pth", ".bin", ".ckpt"), TorchSource, TorchSink,
