@@ -1,6 +1,7 @@
 """mapspec: a declarative mapping-spec compiler for neural-network checkpoints."""
 
 from .checks import check_spec
+from .draft import Draft, draft as draft_spec
 from .errors import (
     CheckpointError,
     ConversionError,
@@ -24,9 +25,9 @@ from .verify import Verification, verify_against, verify_roundtrip
 from .version import __version__
 
 __all__ = [
-    "CheckpointError", "ConversionError", "MapspecError", "Plan", "PlanError", "Report", "Span",
+    "CheckpointError", "ConversionError", "Draft", "MapspecError", "Plan", "PlanError", "Report", "Span",
     "SpecError", "SpecSyntaxError", "Step", "TensorInfo", "UsageError", "apply", "check_spec",
-    "compile_spec", "inspect_checkpoint", "load_into", "LoadReport", "open_source", "parse_spec", "plan_for",
-    "read_infos", "remap", "__version__", "Inversion", "NotInvertible", "invert_spec", "Verification",
+    "compile_spec", "draft_spec", "inspect_checkpoint", "load_into", "LoadReport", "open_source", "parse_spec",
+    "plan_for", "read_infos", "remap", "__version__", "Inversion", "NotInvertible", "invert_spec", "Verification",
     "verify_against", "verify_roundtrip",
 ]

@@ -174,6 +174,7 @@ def compile_spec(
     unmatched: list[str] = []
     produced: dict[Any, Step | _Group] = {}  # output (or group) -> its step; insertion order is plan order
     used: set[int] = {ri for ri, _ in copies}  # a copy that matches nothing is an error of its own
+    failed: dict[int, PlanError] = {}  # a rule's first shape error; its other keys are not planned again
     match = matcher.match
     for key in keys:
         try:
@@ -190,6 +191,8 @@ def compile_spec(
             continue
         entry, caps = hit
         used.add(entry.rule)
+        if entry.rule in failed:
+            continue
         renderer = renderers.get(entry.rule)
         if renderer is None:
             rule = spec.rules[entry.rule]
@@ -198,14 +201,20 @@ def compile_spec(
                 continue
             if key in produced:  # keep
                 raise _duplicate(key, produced[key], key, rule)
-            produced[key] = _unary_step(key, key, keys[key], rule)
+            try:
+                produced[key] = _unary_step(key, key, keys[key], rule)
+            except PlanError as exc:  # reported with every other rule's problems below
+                failed[entry.rule] = exc
             continue
         if renderer.simple_step:
             out = renderer.render(key, caps)
             prev = produced.get(out)
             if prev is not None:
                 raise _duplicate(out, prev, key, renderer.rule)
-            produced[out] = renderer.step(out, key, keys[key])
+            try:
+                produced[out] = renderer.step(out, key, keys[key])
+            except PlanError as exc:  # reported with every other rule's problems below
+                failed[entry.rule] = exc
             continue
         gid = (entry.rule, renderer.group_key(caps))
         group = produced.get(gid)
@@ -217,7 +226,7 @@ def compile_spec(
         missing = {k: i for k, i in target.items() if k not in produced} if target is not None else {}
         raise _coverage_error(unmatched, spec, matcher, table_keys, keys, missing)
 
-    problems: list[SpecError] = []  # every group's and copy's, reported together
+    problems: list[SpecError] = list(failed.values())  # every rule's, group's and copy's, reported together
     steps: dict[str, Step] = {}
     for item in produced.values():
         try:

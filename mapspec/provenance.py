@@ -165,46 +165,51 @@ def from_strings(meta: Mapping[str, str]) -> dict[str, Any] | None:
     return out or None
 
 
+MAX_RECORD = 1 << 20  # bytes of a provenance record read back; real ones are a few KiB
+
+
 def read(path: str | Path) -> dict[str, Any] | None:
     """The provenance stored in or beside a checkpoint, or None. Reads only the few bytes
-    that hold it (a header, a zip directory, a small file)."""
-    import zipfile
+    that hold it (a header, a zip directory, a small file), through the hostile-input
+    readers: regular files only, sizes bounded, any failure one CheckpointError."""
+    from .formats.reading import RegularFile, ZipMembers, read_small, reading
 
     path = Path(path)
-    side = sidecar(path)
-    if side.is_file():
-        return _json(side.read_bytes())
-    if path.is_dir():
-        f = path / RECORD
-        return _json(f.read_bytes()) if f.is_file() else None
-    if path.suffix.lower() == ".safetensors":
-        from .formats.safetensors import SafetensorsSource
+    with reading(path):
+        side = sidecar(path)
+        if side.is_file():
+            return _json(read_small(side, MAX_RECORD, "provenance record"))
+        if path.is_dir():
+            f = path / RECORD
+            if not f.is_file() or path.resolve() not in f.resolve().parents:
+                return None  # none, or one that leads outside the checkpoint
+            return _json(read_small(f, MAX_RECORD, "provenance record"))
+        if path.suffix.lower() == ".safetensors":
+            from .formats.safetensors import SafetensorsSource
 
-        source = SafetensorsSource(path)
-        source.close()
-        return from_strings(source.metadata)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-    except OSError:
-        return None
-    if head[:2] != b"PK":
-        return None
-    try:
-        with zipfile.ZipFile(path) as z:
-            for name in z.namelist():
-                if name.endswith("/" + RECORD) and name.count("/") == 1:
-                    return _json(z.read(name))
-            if z.comment:
-                return _json(z.comment)
-    except (zipfile.BadZipFile, OSError):
-        return None
-    return None
+            source = SafetensorsSource(path)
+            source.close()
+            return from_strings(source.metadata)
+        with RegularFile(path) as file:
+            if file.read_bytes(0, min(2, file.size), "the file header") != b"PK":
+                return None
+            members = ZipMembers(file)
+            try:
+                for info in members.infos:
+                    if info.filename.endswith("/" + RECORD) and info.filename.count("/") == 1:
+                        return _json(members.read(info, MAX_RECORD))
+                return _json(members.zip.comment) if members.zip.comment else None
+            finally:
+                members.close()
 
 
 def _json(raw: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(raw)
-    except ValueError:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) and "version" in value else None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")

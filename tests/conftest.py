@@ -18,6 +18,23 @@ def meta_to_hf(torch, w, heads: int):
     return w.view(heads, dim1 // heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)
 
 
+# Shipped specs with parameters are checked with a published model's configuration.
+SHIPPED_CONFIGS = {
+    "gpt2_to_qkv.map": "gpt2.json",
+    "llama_hf_to_meta.map": "llama3-8b.json",
+    "llama_meta_to_hf.map": "llama3-8b-params.json",
+    "llama_to_megatron.map": "llama3-8b.json",
+    "mixtral_fused_experts.map": "mixtral-8x7b.json",
+    "phi3_fused.map": "phi3-mini.json",
+}
+
+
+def shipped_config(spec: Path) -> Path | None:
+    """The published configuration (tests/data/configs) a shipped spec is checked with, if any."""
+    name = SHIPPED_CONFIGS.get(spec.name)
+    return name and DATA / "configs" / name
+
+
 def load_keys(path: Path) -> dict[str, TensorInfo]:
     raw = json.loads(path.read_text())
     return {k: TensorInfo(tuple(shape), dtype) for k, (shape, dtype) in raw.items()}
@@ -39,6 +56,17 @@ def golden(path: Path, actual: str) -> None:
             pytest.fail(f"missing golden file {path}; run with MAPSPEC_UPDATE_GOLDEN=1 and review it")
         path.write_text(actual)
     assert actual == path.read_text()
+
+
+def torch_zip(path: Path, pkl: bytes, entries: dict | None = None) -> Path:
+    """A torch.save-shaped zip holding a hand-made pickle: archive/data.pkl plus archive/<name>."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pkl)
+        for k, v in (entries or {}).items():
+            z.writestr(f"archive/{k}", v)
+    return path
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from mapspec.formats import open_sink, open_source
 from mapspec.formatter import format_text
 from mapspec.verify import verify_roundtrip
 
-from conftest import DATA, golden, load_keys
+from conftest import DATA, golden, load_keys, shipped_config
 
 REPO = Path(__file__).resolve().parent.parent
 INVERT = DATA / "specs" / "invert"
@@ -60,7 +60,7 @@ def test_inverse_is_golden(spec, monkeypatch):
 def test_shipped_spec_inverse_without_a_checkpoint_is_golden(spec, monkeypatch):
     """Each shipped spec is either inverted or its non-invertible rules are listed exactly."""
     monkeypatch.chdir(REPO)
-    text = outcome(spec.relative_to(REPO), None)
+    text = outcome(spec.relative_to(REPO), None, config=shipped_config(spec))
     golden(golden_name(spec, text, INVERT / "shipped"), text)
 
 
