@@ -8,7 +8,7 @@ modules the command never ran)."""
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .remap import remap  # eager: the submodule `mapspec.remap` would otherwise shadow the function
 from .version import __version__
@@ -64,18 +64,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
 
-
-if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
-    from .checks import check_spec
-    from .draft import Draft, draft as draft_spec
-    from .errors import (CheckpointError, ConversionError, MapspecError, PlanError, Span, SpecError,
-                         SpecSyntaxError, UsageError)
-    from .executor import Report, apply, plan_for
-    from .formats import open_source, read_infos
-    from .inspect import inspect_checkpoint
-    from .invert import Inversion, NotInvertible, invert_spec
-    from .load import LoadReport, load_into
-    from .parser import parse_spec
-    from .plan import Plan, Step, UnusedRule, compile_spec
-    from .tensorinfo import TensorInfo
-    from .verify import Verification, verify_against, verify_roundtrip
