@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 import sys
-import tempfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -14,6 +13,7 @@ import lark
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
+from .cache import cache_dir, write_atomically
 from .errors import Span, SpecSyntaxError
 
 # What each terminal is called in an error message.
@@ -50,8 +50,8 @@ _OPTIONS = dict(parser="lalr", lexer="contextual", start=["spec", "pattern", "te
 def parser() -> Lark:
     """The LALR parser. Building its tables takes 0.15-0.25 s, most of a small `mapspec apply`,
     so the built parser is kept in the user's cache directory (`cache_path`), keyed by the
-    grammar, the options and the lark and Python versions; a stale or unreadable file is
-    rebuilt, never trusted."""
+    grammar, the options and the lark and Python versions; a stale, truncated or unreadable
+    file is rebuilt."""
     text = grammar_text()
     key = hashlib.sha256(f"{text}\0{_OPTIONS!r}\0{lark.__version__}\0{sys.version_info[:2]}".encode()).hexdigest()
     path = cache_path()
@@ -64,33 +64,17 @@ def parser() -> Lark:
             pass
     built = Lark(text, **_OPTIONS)
     if path is not None:
-        try:  # atomically, so a concurrent run never reads half a file
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".grammar-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(key.encode() + b"\n")
-                built.save(f)
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only home: parse without a cache
+        saved = io.BytesIO()
+        built.save(saved)
+        write_atomically(path, key.encode() + b"\n" + saved.getvalue())
     return built
 
 
 def cache_path() -> Path | None:
-    """`$XDG_CACHE_HOME/mapspec/grammar.lark-cache` (default ~/.cache), or None when that
-    directory cannot be made private to this user: the file holds a pickle, so it is only
-    read from a directory nobody else can write to. MAPSPEC_NO_CACHE=1 turns it off."""
-    if os.environ.get("MAPSPEC_NO_CACHE"):
-        return None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    folder = Path(base) / "mapspec"
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = folder.stat()
-        if st.st_uid != os.getuid() or st.st_mode & 0o022:
-            return None
-    except (OSError, AttributeError):  # AttributeError: no os.getuid (Windows)
-        return None
-    return folder / "grammar.lark-cache"
+    """Where the built parser is kept (`mapspec.cache`), or None: the file holds a pickle, so
+    it is only read from a directory nobody else can write to."""
+    folder = cache_dir()
+    return None if folder is None else folder / "grammar.lark-cache"
 
 
 def parse_statements(text: str, file: str) -> tuple[Tree, list[Token]]:

@@ -90,3 +90,39 @@ def test_no_cache_when_asked(cache_home, monkeypatch):
     assert grammar.cache_path() is None
     assert _tree(grammar.parser()) is not None
     assert not cache_home.exists()
+
+
+def test_a_file_changed_moments_ago_is_hashed_not_remembered(cache_home, tmp_path):
+    from mapspec.provenance import cached_sha256
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"weights")
+    cached_sha256(src)
+    assert not list((cache_home.parent / "sha256").iterdir())
+
+
+def test_the_source_sha256_is_remembered_until_the_file_changes(cache_home, tmp_path, monkeypatch):
+    from mapspec import provenance
+    from mapspec.provenance import cached_sha256, sha256_path
+    import hashlib
+    import time
+    monkeypatch.setattr(provenance, "RACY_NS", 0)
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"weights" * 1000)
+    first = cached_sha256(src)
+    assert first == hashlib.sha256(src.read_bytes()).hexdigest()
+    entries = list((cache_home.parent / "sha256").iterdir())
+    assert len(entries) == 1 and entries[0].read_text() == first
+    entries[0].write_text("f" * 64)  # a remembered value is used while the stamps match...
+    assert cached_sha256(src) == "f" * 64
+    time.sleep(0.05)  # past the file clock's tick (RACY_NS, 2 s in real use, is set to 0 here)
+    with open(src, "r+b") as f:  # ...and any write changes them (same size, one byte)
+        f.write(b"W")
+    assert cached_sha256(src) == hashlib.sha256(src.read_bytes()).hexdigest() != first
+    d = tmp_path / "dir"
+    (d / "b").mkdir(parents=True)
+    (d / "a").write_bytes(b"xy")
+    (d / "b" / "c").write_bytes(b"z")
+    assert cached_sha256(d) == sha256_path(d) == cached_sha256(d)
+    time.sleep(0.05)
+    (d / "b" / "c").write_bytes(b"q")
+    assert cached_sha256(d) == sha256_path(d)
