@@ -143,9 +143,14 @@ class ZipWriter:
         self._crc = zlib.crc32(data, self._crc)
         self._written += self.file.write(data)
 
-    def copied(self, fd: int, start: int, nbytes: int) -> None:
-        """`nbytes` landed at `start` without passing through `write` (copy_file_range):
-        read them back to take their CRC."""
+    def copied(self, fd: int, start: int, nbytes: int, crc32: int | None = None) -> None:
+        """`nbytes` landed at `start` without passing through `write` (copy_file_range).
+        `crc32` is their CRC when the source states it (the entry must be exactly these
+        bytes); otherwise they are read back to take it."""
+        if crc32 is not None and self._written == 0 and nbytes == self._open[2]:
+            self._crc = crc32
+            self._written = nbytes
+            return
         crc, pos, end = self._crc, start, start + nbytes
         while pos < end:
             chunk = os.pread(fd, min(CHUNK, end - pos), pos)
