@@ -26,6 +26,7 @@ from .errors import MapspecError, SpecError, UsageError
 from .executor import apply as apply_spec, plan_for
 from .formats import FORMAT_NAMES
 from .formatter import format_text
+from .invert import parse_prefer
 from .parser import parse_spec
 from .checks import check_spec
 
@@ -151,6 +152,9 @@ StrictRulesOpt = Annotated[bool, typer.Option(
     "--strict-rules", help="A rule that matches no key is an error, not a warning.")]
 ParamOpt = Annotated[Optional[list[str]], typer.Option("-p", "--param", help=PARAM_HELP)]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help=CONFIG_HELP)]
+PreferOpt = Annotated[Optional[list[str]], typer.Option(
+    "--prefer-alternative", metavar="[LINE:]N", help="The inverse writes fallback alternatives (A | B -> T) back "
+    "as the N-th, counted from 1: N for every such rule, LINE:N for the rule on that line (repeatable).")]
 
 
 def _plan(spec, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules, param=None, config=None):
@@ -187,6 +191,7 @@ def apply(
     reverse: Annotated[bool, typer.Option("--reverse", help="Run SPEC's derived inverse (see `mapspec invert`).")] = False,
     lossy: Annotated[bool, typer.Option("--lossy", help="With --reverse: undo lossy casts anyway, reporting the "
                                         "loss.")] = False,
+    prefer: PreferOpt = None,
 ) -> None:
     """Convert CHECKPOINT with SPEC into OUTPUT."""
     from rich.console import Console
@@ -210,7 +215,10 @@ def apply(
         report = apply_spec(parsed, checkpoint, output, target=target, to=to, select=select, epoch=epoch,
                             strict=not non_strict, fit=fit.value, drop=tuple(drop or ()), force=force,
                             strict_rules=strict_rules, progress=progress, params=_params(param or []),
-                            config=config, reverse=reverse, lossy=lossy)
+                            config=config, reverse=reverse, lossy=lossy,
+                            prefer=parse_prefer(prefer or []))
+    for loss in report.losses:
+        warn(f"warning: {loss}")
     _warn_plan(report.plan, parsed)
     r = report.plan.target_report
     if r is not None and fit is not Fit.strict:
@@ -374,6 +382,7 @@ def invert(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing OUTPUT.")] = False,
     param: ParamOpt = None,
     config: ConfigOpt = None,
+    prefer: PreferOpt = None,
 ) -> None:
     """Print the inverse of SPEC as ordinary spec text, from/to swapped."""
     from .invert import invert_spec
@@ -382,7 +391,8 @@ def invert(
     params = _params(param or [])
     forward = (plan_for(parsed, checkpoint, select=select, epoch=epoch, params=params, config=config)
                if checkpoint is not None else None)
-    inverse = invert_spec(parsed, forward, params=params, config=config, lossy=lossy)
+    inverse = invert_spec(parsed, forward, params=params, config=config, lossy=lossy,
+                          prefer=parse_prefer(prefer or []))
     for loss in inverse.losses:
         warn(f"warning: {loss}")
     if output is None:
@@ -412,6 +422,7 @@ def verify(
     worst: Annotated[int, typer.Option("--worst", help="How many of the worst tensors to list.")] = 10,
     param: ParamOpt = None,
     config: ConfigOpt = None,
+    prefer: PreferOpt = None,
 ) -> None:
     """Check a conversion numerically: exit 0 only if every tensor matches."""
     from .verify import verify_against, verify_roundtrip
@@ -424,8 +435,10 @@ def verify(
     else:
         if atol or rtol:
             raise UsageError("--atol/--rtol go with --against; a round trip must be bit-exact")
-        result, _ = verify_roundtrip(spec, checkpoint, select=select, epoch=epoch, lossy=lossy, params=params,
-                                     config=config)
+        result, inverse = verify_roundtrip(spec, checkpoint, select=select, epoch=epoch, lossy=lossy,
+                                           params=params, config=config, prefer=parse_prefer(prefer or []))
+        for loss in inverse.losses:
+            warn(f"warning: {loss}")
         title = f"{spec.name}: {checkpoint.name} forward and back"
     sys.stdout.write(render.verification_text(result, title, worst))
     if not result.ok:

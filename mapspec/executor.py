@@ -27,6 +27,7 @@ class Report:
     format: str
     bytes: int  # the output's size on disk
     selected: str | None = None  # the sub-tree mapspec chose by itself, if it did
+    losses: tuple[str, ...] = ()  # with reverse: what the inverse leaves out or undoes lossily
 
     @property
     def written(self) -> int:
@@ -93,17 +94,19 @@ def apply(
     config: Config = None,
     reverse: bool = False,
     lossy: bool = False,
+    prefer: Mapping[int | None, int] | None = None,
 ) -> Report:
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
     `progress(done, total)` hears tensor bytes written so far and in all; `params` and `config`
     give the spec's parameters their values (as -p and --config); `reverse` runs the spec's
-    derived inverse (see `invert`); `lossy` lets it undo lossy casts."""
+    derived inverse (see `invert`); `lossy` lets it undo lossy casts and drops; `prefer` chooses
+    the fallback alternatives it writes back (see `invert_spec`)."""
     spec = as_spec(spec)
     inverse = None
     if reverse:
         from .invert import invert_spec
 
-        inverse = invert_spec(spec, params=params, config=config, lossy=lossy)
+        inverse = invert_spec(spec, params=params, config=config, lossy=lossy, prefer=prefer)
     output = Path(output)
     fmt = sink_format(output, to)
     if output.exists() and not force:
@@ -132,7 +135,7 @@ def apply(
     finally:
         source.close()
     return Report(plan, output, fmt, disk_size(output),
-                  source.prefix if getattr(source, "auto", False) else None)
+                  source.prefix if getattr(source, "auto", False) else None, inverse.losses if inverse else ())
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,

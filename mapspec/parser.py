@@ -120,7 +120,9 @@ class _Builder:
             elif kind == "copy":
                 rules.append(self._copy(st))
             elif kind == "drop":
-                rules.append(DropRule(patterns=tuple(self._pattern(t) for t in st.children), span=span))
+                keys = [t for t in st.children if not isinstance(t, Tree)]
+                rules.append(DropRule(patterns=tuple(self._pattern(t) for t in keys), span=span,
+                                      reverse_none=len(keys) < len(st.children)))
             elif kind == "keep":
                 rules.append(self._keep(st.children, span))
             elif kind == "otherwise":

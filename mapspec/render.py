@@ -395,9 +395,14 @@ def verification_text(result, title: str, worst: int = 10) -> str:
         lines.append(f"{'within tolerance' if c.ok else 'DIFFERS'}: {c.name}{at}: {detail}\n")
     lines += [f"MISSING: {k} is in the reference but not produced\n" for k in result.missing[:worst]]
     lines += [f"EXTRA: {k} is produced but not in the reference\n" for k in result.extra[:worst]]
+    lines += [f"not restored: {k} (dropped by {where(span)}, marked `reverse none`)\n"
+              for k, span in result.not_restored[:worst]]
+    if len(result.not_restored) > worst:
+        lines.append(f"not restored: {len(result.not_restored) - worst} more\n")
     if result.ok:
         n = len(result.checks)
         exact = sum(c.exact for c in result.checks)
         lines.append(f"ok: {n} tensors, {exact} bit-exact" + (f", {n - exact} within tolerance" if exact < n else "")
+                     + (f", {len(result.not_restored)} not restored by design" if result.not_restored else "")
                      + "\n")
     return "".join(lines)
