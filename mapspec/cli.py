@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 
 from . import render
 from .errors import MapspecError, SpecError, UsageError
-from .executor import apply as apply_spec, plan_for
+from .executor import apply as apply_spec, inverse_plan_for, plan_for
 from .formats import FORMAT_NAMES
 from .formatter import format_text
 from .invert import parse_prefer
@@ -280,12 +280,29 @@ def explain(
     strict_rules: StrictRulesOpt = False,
     param: ParamOpt = None,
     config: ConfigOpt = None,
+    reverse: Annotated[bool, typer.Option("--reverse", help="Explain SPEC's derived inverse on CHECKPOINT (of "
+                                          "SPEC's target layout); rows point at the forward rules.")] = False,
+    prefer: PreferOpt = None,
 ) -> None:
     """Show the plan for review: one row per rule (key count, an example, what changes)."""
     parsed = parse_spec(spec)
-    plan = _plan(parsed, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules, param, config)
+    if not reverse:
+        plan = _plan(parsed, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules, param, config)
+        _warn_plan(plan, parsed)
+        sys.stdout.write(render.explain(plan, parsed, fmt.value, per_tensor))
+        return
+    inverse, plan = inverse_plan_for(parsed, checkpoint, select=select, epoch=epoch, params=_params(param or []),
+                                     config=config, prefer=parse_prefer(prefer or []), target=target,
+                                     strict=not non_strict, fit=fit.value, drop=tuple(drop or ()),
+                                     strict_rules=strict_rules)
+    for loss in inverse.losses:
+        warn(f"warning: {loss}")
     _warn_plan(plan, parsed)
-    sys.stdout.write(render.explain(plan, parsed, fmt.value, per_tensor))
+    values = ", ".join(f"{k}={v}" for k, v in inverse.params.items())
+    notes = [f"derived inverse of {spec.name}" + (f" with {values}" if values else "")
+             + "; line: the forward rule each inverse rule undoes (`mapspec invert` prints the inverse)"]
+    sys.stdout.write(render.explain(plan, inverse.spec, fmt.value, per_tensor, origin=inverse.forward_rule,
+                                    notes=notes))
 
 
 @app.command()

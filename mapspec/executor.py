@@ -153,6 +153,25 @@ def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, se
                         fit=fit, drop=tuple(drop), strict_rules=strict_rules)
 
 
+def inverse_plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, select: str | None = None,
+                     epoch: int | None = None, params: Mapping[str, object] | None = None, config: Config = None,
+                     lossy: bool = False, prefer=None, **options):
+    """The derived inverse of `spec` (from the spec alone, as apply --reverse runs it) and its
+    plan against a checkpoint of the spec's target layout: (Inversion, Plan). `options` go to
+    compile_spec (target=, strict=, fit=, ...)."""
+    from .invert import invert_spec
+
+    inverse = invert_spec(as_spec(spec), params=params, config=config, lossy=lossy, prefer=prefer)
+    source = open_for(inverse.spec, checkpoint, select, epoch)
+    try:
+        infos = dict(source.infos())
+    finally:
+        source.close()
+    if "target" in options:
+        options["target"] = _target(options["target"])
+    return inverse, inverse.compile(infos, **options)
+
+
 def as_spec(spec: Spec | str | Path) -> Spec:
     return spec if isinstance(spec, Spec) else parse_spec(spec)
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from .actions import format_shape
 from .errors import Span
 from .hints import fold, glob_of, plural, skeleton
 from .plan import PlannedAction, Plan, Step, TensorInfo
-from .rules import Action, DropRule, RenameRule, Spec, Text, Tuple, Word
+from .params import expr_text
+from .rules import Action, Calc, DropRule, RenameRule, Spec, Text, Tuple, Word
 
 if TYPE_CHECKING:
     from .diff import PlanDiff
@@ -67,6 +68,8 @@ def value_text(v: Any) -> str:
     if isinstance(v, Tuple):
         inner = ", ".join(value_text(x) for x in v.items)
         return ("+" if v.append else "") + f"({inner}{',' if len(v.items) == 1 and not v.append else ''})"
+    if isinstance(v, Calc):  # `head_dim // 2` as written, not the node's repr
+        return expr_text(v.expr)
     return str(v)
 
 
@@ -123,8 +126,9 @@ RULE_HEAD = ["line", "rule", "keys", "example", "changes"]
 TENSOR_HEAD = ["source", "target", "rule", "actions", "shape", "dtype"]
 
 
-def rule_rows(plan: Plan, spec: Spec) -> list[list[str]]:
-    """One row per rule (in spec order): how many keys it took, one example, what changes."""
+def rule_rows(plan: Plan, spec: Spec, origin: Callable[[Span], Span] = lambda span: span) -> list[list[str]]:
+    """One row per rule (in spec order): how many keys it took, one example, what changes.
+    `origin` gives the location a row points at (a derived inverse's rule: its forward rule)."""
     by_rule: dict[Span, list[Step]] = {}
     for s in plan.steps:
         by_rule.setdefault(s.rule, []).append(s)
@@ -137,10 +141,11 @@ def rule_rows(plan: Plan, spec: Spec) -> list[list[str]]:
         steps = by_rule.get(rule.span, [])
         if isinstance(rule, DropRule):
             keys = dropped.get(rule.span, [])
-            rows.append([where(rule.span), text, str(len(keys)), (keys[0] + " (dropped)") if keys else "matches nothing", ""])
+            rows.append([where(origin(rule.span)), text, str(len(keys)), (keys[0] + " (dropped)") if keys else
+                         "matches nothing", ""])
             continue
         if not steps:
-            rows.append([where(rule.span), text, "0", "matches nothing", ""])
+            rows.append([where(origin(rule.span)), text, "0", "matches nothing", ""])
             continue
         sources = len({k for s in steps for k in s.inputs})
         count = str(sources) if sources == len(steps) else f"{sources} -> {len(steps)}"
@@ -149,13 +154,13 @@ def rule_rows(plan: Plan, spec: Spec) -> list[list[str]]:
         change = changes.most_common(1)[0][0]
         if len(changes) > 1:
             change = (change + "; " if change else "") + f"and {plural(len(changes) - 1, 'other change')}"
-        rows.append([where(rule.span), text, count, f"{', '.join(ex.inputs)} -> {ex.output}", change])
+        rows.append([where(origin(rule.span)), text, count, f"{', '.join(ex.inputs)} -> {ex.output}", change])
     if plan.unmatched:
         rows.append(["", "(no rule: left out by --non-strict)", str(len(plan.unmatched)), plan.unmatched[0], ""])
     return rows
 
 
-def tensor_rows(plan: Plan) -> list[list[str]]:
+def tensor_rows(plan: Plan, origin: Callable[[Span], Span] = lambda span: span) -> list[list[str]]:
     shapes: dict = {}  # the same few shapes and dtypes recur in every large plan
     dts: dict = {}
 
@@ -173,7 +178,7 @@ def tensor_rows(plan: Plan) -> list[list[str]]:
             text = dts[key] = "/".join(sorted(set(key[0]))) + " -> " + key[1]
         return text
 
-    return [[", ".join(s.inputs), s.output, str(s.rule.line),
+    return [[", ".join(s.inputs), s.output, str(origin(s.rule).line),
              " ".join(planned_text(a) for a in s.actions) if s.actions else "-", shape_text(s), dtype_text(s)]
             for s in plan.steps]
 
@@ -208,12 +213,15 @@ def plan_notes(plan: Plan) -> list[str]:
     return notes
 
 
-def explain(plan: Plan, spec: Spec, fmt: str = "table", per_tensor: bool = False) -> str:
-    """The plan for review: by rule (default) or per tensor; as a table, markdown or JSON."""
+def explain(plan: Plan, spec: Spec, fmt: str = "table", per_tensor: bool = False,
+            origin: Callable[[Span], Span] = lambda span: span, notes: Sequence[str] = ()) -> str:
+    """The plan for review: by rule (default) or per tensor; as a table, markdown or JSON.
+    For a derived inverse, `origin` points each row at its forward rule and `notes` say what
+    it was derived with."""
     if fmt == "json":
         return json.dumps(plan.to_json(), indent=2) + "\n"
-    head, rows = (TENSOR_HEAD, tensor_rows(plan)) if per_tensor else (RULE_HEAD, rule_rows(plan, spec))
-    notes = plan_notes(plan)
+    head, rows = (TENSOR_HEAD, tensor_rows(plan, origin)) if per_tensor else (RULE_HEAD, rule_rows(plan, spec, origin))
+    notes = list(notes) + plan_notes(plan)
     if fmt == "markdown":
         if not per_tensor:
             rows = [[r[0], f"`{r[1]}`", r[2], f"`{r[3]}`" if "->" in r[3] or "(dropped)" in r[3] else r[3], r[4]]
