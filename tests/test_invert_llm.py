@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402  (after the ski
 
 from test_llm_specs import (COMMON, GPT2_SIZES, LLAMA_SIZES, MIXTRAL_SIZES, SPECS, assert_same_tensors,  # noqa: E402
                             build, convert, load_hf, logits, max_diff, meta_params, random_meta, runner,
-                            script_meta_to_hf)
+                            same_sizes, script_meta_to_hf)
 from mapspec.cli import app  # noqa: E402
 
 SHIPPED = DATA / "specs" / "invert" / "shipped"
@@ -192,6 +192,48 @@ def test_gpt2_mask_buffers_are_left_out_on_the_way_back_and_said_so(tmp_path):
         f"transformer.h.{i}.attn.{name}" for i in range(cfg.n_layer) for name in ("bias", "masked_bias"))
 
 
+# ---------------------------------------------------------------- Llama <-> Phi-3 fused
+
+
+@pytest.mark.parametrize("size", sorted(LLAMA_SIZES))
+def test_phi3_inverse_with_its_stated_reverses_matches_the_forward_spec(size, tmp_path):
+    """phi3_fused.map states how its joins undo (the split points are not derivable from the
+    spec alone); its inverse turns a Llama checkpoint into the Phi-3 one the forward spec
+    writes, a Phi-3 checkpoint (Phi-3's save_pretrained) into the Llama one, and verify
+    round-trips both files transformers wrote."""
+    cfg = transformers.LlamaConfig(**COMMON, **LLAMA_SIZES[size])
+    build(transformers.LlamaForCausalLM, cfg, seed=8, where=tmp_path / "llama")
+    llama_file, config = tmp_path / "llama" / "model.safetensors", tmp_path / "llama" / "config.json"
+    fused = convert("phi3_fused.map", llama_file, config, tmp_path / "phi3.safetensors")
+    assert_same_tensors(reverse("phi3_fused.map", llama_file, config, tmp_path / "phi3-inv.safetensors"), fused)
+
+    phi3_dir = tmp_path / "phi3"
+    same_sizes(transformers.Phi3Config, cfg).save_pretrained(phi3_dir)
+    load_hf(transformers.Phi3ForCausalLM, phi3_dir, tmp_path / "phi3.safetensors").save_pretrained(phi3_dir)
+    split = reverse("phi3_fused.map", phi3_dir / "model.safetensors", phi3_dir / "config.json",
+                    tmp_path / "llama-inv.safetensors")
+    assert_same_tensors(split, load_file(llama_file))
+
+    verified("phi3_fused.map", llama_file, config, len(load_file(llama_file)))
+    verified("phi3_fused.map", phi3_dir / "model.safetensors", phi3_dir / "config.json", len(fused))
+
+
+# ---------------------------------------------------------------- Llama -> Megatron
+
+
+@pytest.mark.parametrize("size", sorted(LLAMA_SIZES))
+def test_megatron_inverse_with_its_stated_reverses_gives_back_the_llama_checkpoint(size, tmp_path):
+    """Megatron's grouped linear_qkv back to Llama's q/k/v (the split sizes stated in the spec),
+    tied and untied, from the spec alone: the file save_pretrained wrote, bit for bit."""
+    cfg = transformers.LlamaConfig(**COMMON, **LLAMA_SIZES[size])
+    build(transformers.LlamaForCausalLM, cfg, seed=9, where=tmp_path / "llama")
+    llama_file, config = tmp_path / "llama" / "model.safetensors", tmp_path / "llama" / "config.json"
+    convert("llama_to_megatron.map", llama_file, config, tmp_path / "mcore.safetensors")
+    back = reverse("llama_to_megatron.map", tmp_path / "mcore.safetensors", config, tmp_path / "back.safetensors")
+    assert_same_tensors(back, load_file(llama_file))
+    verified("llama_to_megatron.map", llama_file, config, len(back))
+
+
 # ---------------------------------------------------------------- every shipped spec accounted for
 
 ROUND_TRIPPED = {
@@ -201,6 +243,8 @@ ROUND_TRIPPED = {
     "llama_meta_to_hf.map": "test_inverted_hf_to_meta_is_the_meta_to_hf_spec_and_the_conversion_script",
     "mixtral_fused_experts.map": "test_mixtral_inverse_both_directions_match_transformers_own_conversion",
     "gpt2_to_qkv.map": "test_gpt2_inverse_gives_back_the_transformers_checkpoint",
+    "phi3_fused.map": "test_phi3_inverse_with_its_stated_reverses_matches_the_forward_spec",
+    "llama_to_megatron.map": "test_megatron_inverse_with_its_stated_reverses_gives_back_the_llama_checkpoint",
 }
 
 
@@ -213,3 +257,4 @@ def test_every_shipped_spec_is_inverted_and_round_tripped_or_its_refusal_is_gold
     assert not inverses & refusals
     assert inverses | refusals == specs
     assert inverses == set(ROUND_TRIPPED)
+    assert all(t in globals() for t in ROUND_TRIPPED.values() if t.startswith("test_"))
