@@ -189,8 +189,8 @@ def apply(
     param: ParamOpt = None,
     config: ConfigOpt = None,
     reverse: Annotated[bool, typer.Option("--reverse", help="Run SPEC's derived inverse (see `mapspec invert`).")] = False,
-    lossy: Annotated[bool, typer.Option("--lossy", help="With --reverse: undo lossy casts anyway, reporting the "
-                                        "loss.")] = False,
+    lossy: Annotated[bool, typer.Option("--lossy", help="With --reverse: undo lossy casts and drops anyway, "
+                                        "reporting the loss.")] = False,
     prefer: PreferOpt = None,
 ) -> None:
     """Convert CHECKPOINT with SPEC into OUTPUT."""
@@ -395,7 +395,8 @@ def invert(
                                                    "(default: stdout).", show_default=False)] = None,
     select: SelectOpt = None,
     epoch: EpochOpt = None,
-    lossy: Annotated[bool, typer.Option("--lossy", help="Invert lossy casts anyway, reporting the loss.")] = False,
+    lossy: Annotated[bool, typer.Option("--lossy", help="Invert lossy casts and drops anyway, reporting the "
+                                        "loss.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing OUTPUT.")] = False,
     param: ParamOpt = None,
     config: ConfigOpt = None,
@@ -434,8 +435,8 @@ def verify(
                                         "reference).")] = 0.0,
     select: SelectOpt = None,
     epoch: EpochOpt = None,
-    lossy: Annotated[bool, typer.Option("--lossy", help="Round trip: invert lossy casts anyway (they will "
-                                        "differ).")] = False,
+    lossy: Annotated[bool, typer.Option("--lossy", help="Round trip: invert lossy casts and drops anyway "
+                                        "(they will differ).")] = False,
     worst: Annotated[int, typer.Option("--worst", help="How many of the worst tensors to list.")] = 10,
     param: ParamOpt = None,
     config: ConfigOpt = None,

@@ -430,3 +430,46 @@ def test_explain_reverse_points_each_row_at_the_forward_rule(tmp_path, monkeypat
     assert len(rows) == len(origins) == 10
     for row, (line, text) in zip(rows, origins):
         assert row.startswith(f"llama_hf_to_meta.map:{line} ") and text in row
+
+
+# ------------------------------------------------------------------ drops the way back leaves out
+
+DROPS = "mapspec 1\nw.{i:int} -> v.{i}\ndrop buf.*\n    reverse none\n"
+
+
+def test_a_drop_marked_reverse_none_is_left_out_of_the_inverse_and_said_so(tmp_path, monkeypatch):
+    from mapspec.plan import TensorInfo
+
+    monkeypatch.chdir(tmp_path)
+    assert format_text(DROPS) == DROPS
+    Path("s.map").write_text(DROPS)
+    r = runner.invoke(app, ["invert", "s.map"])
+    assert r.exit_code == 0, r.output
+    warning = "s.map:3: the inverse does not recreate the keys this drop removes (marked `reverse none`)"
+    assert f"# warning: {warning}: buf.*\n" in r.output and f"warning: {warning}: buf.*\n" in r.output
+    random_checkpoint({"w.0": TensorInfo((2,), "float32"), "buf.mask": TensorInfo((3,), "float32")},
+                      tmp_path / "in.safetensors")
+    r = runner.invoke(app, ["verify", "s.map", "in.safetensors"])
+    assert r.exit_code == 0, r.output
+    assert "not restored: buf.mask (dropped by s.map:3, marked `reverse none`)" in r.output
+    assert "ok: 1 tensors, 1 bit-exact, 1 not restored by design" in r.output
+    assert f"warning: {warning}: buf.mask" in r.output
+    assert runner.invoke(app, ["apply", "s.map", "in.safetensors", "-o", "out.safetensors"]).exit_code == 0
+    r = runner.invoke(app, ["apply", "--reverse", "s.map", "out.safetensors", "-o", "back.safetensors"])
+    assert r.exit_code == 0 and f"warning: {warning}: buf.*" in r.output
+
+
+def test_an_unmarked_drop_inverts_only_with_lossy_and_verify_then_fails(tmp_path, monkeypatch):
+    from mapspec.plan import TensorInfo
+
+    monkeypatch.chdir(tmp_path)
+    Path("s.map").write_text(DROPS.replace("    reverse none\n", ""))
+    r = runner.invoke(app, ["invert", "s.map"])
+    assert r.exit_code == 2 and "mark it `reverse none` if the inverse may leave them out" in r.output
+    r = runner.invoke(app, ["invert", "s.map", "--lossy"])
+    assert r.exit_code == 0
+    assert "warning: s.map:3: the inverse does not recreate the keys this drop removes (--lossy): buf.*" in r.output
+    random_checkpoint({"w.0": TensorInfo((2,), "float32"), "buf.mask": TensorInfo((3,), "float32")},
+                      tmp_path / "in.safetensors")
+    r = runner.invoke(app, ["verify", "s.map", "in.safetensors", "--lossy"])
+    assert r.exit_code == 1 and "MISSING: buf.mask is in the reference but not produced" in r.output
