@@ -171,8 +171,11 @@ def _plan(spec, checkpoint, target, select, epoch, fit, drop, non_strict, strict
                     params=_params(param or []), config=config)
 
 
-def _warn_plan(plan, spec) -> None:
-    for line in render.plan_warnings(plan, spec):
+def _warn_plan(plan, spec, inverse=None) -> None:
+    """`inverse`: the plan is of this derived inverse of `spec` (apply/explain --reverse)."""
+    lines = (render.plan_warnings(plan, spec) if inverse is None else
+             render.plan_warnings(plan, inverse.spec, inverse.forward_rule))
+    for line in lines:
         warn(line)
 
 
@@ -230,7 +233,7 @@ def apply(
                             prefer=parse_prefer(prefer or []))
     for loss in report.losses:
         warn(f"warning: {loss}")
-    _warn_plan(report.plan, parsed)
+    _warn_plan(report.plan, parsed, report.inverse)
     r = report.plan.target_report
     if r is not None and fit is not Fit.strict:
         for line in r.lines():
@@ -310,7 +313,7 @@ def explain(
                                      strict_rules=strict_rules)
     for loss in inverse.losses:
         warn(f"warning: {loss}")
-    _warn_plan(plan, parsed)
+    _warn_plan(plan, parsed, inverse)
     values = ", ".join(f"{k}={v}" for k, v in inverse.params.items())
     notes = [f"derived inverse of {spec.name}" + (f" with {values}" if values else "")
              + "; line: the forward rule each inverse rule undoes (`mapspec invert` prints the inverse)"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from .plan import Plan, Step, TensorInfo, compile_spec
 from .provenance import Provenance
 from .rules import Spec
 
+if TYPE_CHECKING:
+    from .invert import Inversion
+
 
 @dataclass(frozen=True)
 class Report:
@@ -27,7 +30,12 @@ class Report:
     format: str
     bytes: int  # the output's size on disk
     selected: str | None = None  # the sub-tree mapspec chose by itself, if it did
-    losses: tuple[str, ...] = ()  # with reverse: what the inverse leaves out or undoes lossily
+    inverse: Inversion | None = None  # with reverse: the derived inverse that ran
+
+    @property
+    def losses(self) -> tuple[str, ...]:
+        """With reverse: what the inverse leaves out or undoes lossily."""
+        return self.inverse.losses if self.inverse is not None else ()
 
     @property
     def written(self) -> int:
@@ -135,7 +143,7 @@ def apply(
     finally:
         source.close()
     return Report(plan, output, fmt, disk_size(output),
-                  source.prefix if getattr(source, "auto", False) else None, inverse.losses if inverse else ())
+                  source.prefix if getattr(source, "auto", False) else None, inverse)
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,

@@ -281,13 +281,19 @@ def report_summary(report: "Report") -> str:
     return f"Transferred {used}/{p.source_count} tensors{into} ({', '.join(extra)}) {where_to}"
 
 
-def plan_warnings(plan: Plan, spec: Spec) -> list[str]:
-    """Rules that matched nothing (at their location) and keys left out by --non-strict."""
+def plan_warnings(plan: Plan, spec: Spec, origin: Callable[[Span], Span] | None = None) -> list[str]:
+    """Rules that matched nothing (at their location) and keys left out by --non-strict. With
+    `origin`, `spec` is a derived inverse: each warning is at the forward rule it undoes."""
     spans = {r.span for r in spec.rules}
-    out = [f"{u.rule}: warning: this rule matches no key of this checkpoint ({u.text}): if it "
-           "should, correct its pattern (`mapspec inspect --keys` lists the keys), else remove it; "
-           "--strict-rules makes this an error"
-           for u in plan.unused if u.rule in spans]  # (--reverse plans the derived inverse: not this spec's rules)
+    if origin is None:
+        out = [f"{u.rule}: warning: this rule matches no key of this checkpoint ({u.text}): if it "
+               "should, correct its pattern (`mapspec inspect --keys` lists the keys), else remove it; "
+               "--strict-rules makes this an error"
+               for u in plan.unused if u.rule in spans]
+    else:
+        out = [f"{origin(u.rule)}: warning: the inverse of this rule matches no key of this checkpoint ({u.text}): "
+               "nothing is written back through it; --strict-rules makes this an error"
+               for u in plan.unused if u.rule in spans]
     if plan.unmatched:
         n = len(plan.unmatched)
         out.append(f"warning: {plural(n, 'unmatched key')} left out: " + ", ".join(plan.unmatched[:5])

@@ -473,3 +473,22 @@ def test_an_unmarked_drop_inverts_only_with_lossy_and_verify_then_fails(tmp_path
                       tmp_path / "in.safetensors")
     r = runner.invoke(app, ["verify", "s.map", "in.safetensors", "--lossy"])
     assert r.exit_code == 1 and "MISSING: buf.mask is in the reference but not produced" in r.output
+
+
+def test_an_inverse_rule_that_matches_nothing_is_warned_at_its_forward_rule(tmp_path, monkeypatch):
+    """A tied checkpoint has no head: the inverse of `head -> out` writes nothing back, and
+    apply --reverse and explain --reverse say so at the forward rule (--strict-rules: an error)."""
+    from mapspec.plan import TensorInfo
+
+    monkeypatch.chdir(tmp_path)
+    Path("s.map").write_text("mapspec 1\nw.{i:int} -> v.{i}\nhead -> out\n")
+    random_checkpoint({"v.0": TensorInfo((2,), "float32")}, tmp_path / "tied.safetensors")
+    warning = ("s.map:3:1: warning: the inverse of this rule matches no key of this checkpoint (out -> head): "
+               "nothing is written back through it")
+    r = runner.invoke(app, ["apply", "--reverse", "s.map", "tied.safetensors", "-o", "back.safetensors"])
+    assert r.exit_code == 0 and warning in r.output
+    r = runner.invoke(app, ["explain", "--reverse", "s.map", "tied.safetensors"])
+    assert r.exit_code == 0 and warning in r.output and "s.map:3  out -> head         0     matches nothing" in r.output
+    r = runner.invoke(app, ["apply", "--reverse", "--strict-rules", "s.map", "tied.safetensors", "-o", "b2.safetensors"])
+    assert r.exit_code != 0 and r.output.startswith("s.map:3:1: error: in the inverse (")
+    assert not (tmp_path / "b2.safetensors").exists()
