@@ -8,6 +8,7 @@ missing argument) is one `error:` line too."""
 
 from __future__ import annotations
 
+import json
 import sys
 from enum import Enum
 from functools import wraps
@@ -24,7 +25,7 @@ from typer.core import TyperGroup
 from . import render
 from .errors import MapspecError, UsageError
 from .executor import apply as apply_spec, inverse_plan_for, plan_for
-from .formats import FORMAT_NAMES
+from .formats import known_names
 from .formatter import format_text
 from .invert import parse_prefer
 from .parser import parse_spec
@@ -101,12 +102,7 @@ def _guard(fn):
 # ------------------------------------------------------------------ options, declared once
 
 def _formats_help() -> str:
-    names: dict[str, list[str]] = {}
-    for alias, fmt in FORMAT_NAMES.items():
-        names.setdefault(fmt, [])
-        if alias != fmt:
-            names[fmt].append(alias)
-    return ", ".join(f + (f" ({', '.join(a)})" if a else "") for f, a in names.items())
+    return known_names()  # from the format registry
 
 
 class Fit(str, Enum):
@@ -190,6 +186,9 @@ def apply(
                                          "(or --to). Missing folders are created.", show_default=False)],
     target: TargetOpt = None,
     to: Annotated[Optional[str], typer.Option("--to", help="Output format: " + _formats_help() + ".")] = None,
+    max_shard_size: Annotated[Optional[str], typer.Option(
+        "--max-shard-size", help="Write OUTPUT as a directory of HF-style shards of at most this size (5GB, 500MB) "
+        "plus an index; --to safetensors (default) or torch.", show_default=False)] = None,
     select: SelectOpt = None,
     epoch: EpochOpt = None,
     fit: FitOpt = Fit.strict,
@@ -229,7 +228,7 @@ def apply(
         report = apply_spec(parsed, checkpoint, output, target=target, to=to, select=select, epoch=epoch,
                             strict=not non_strict, fit=fit.value, drop=tuple(drop or ()), force=force,
                             strict_rules=strict_rules, progress=progress, params=_params(param or []),
-                            config=config, reverse=reverse, lossy=lossy,
+                            config=config, reverse=reverse, lossy=lossy, max_shard_size=max_shard_size,
                             prefer=parse_prefer(prefer or []))
     for loss in report.losses:
         warn(f"warning: {loss}")
@@ -275,6 +274,7 @@ def check(
     plan = _plan(parsed, rest[0], target, select, epoch, fit, drop, non_strict, strict_rules, param, config)
     _warn_plan(plan, parsed)
     say(render.check_line(spec, plan, target is not None))
+    say(render.peak_line(plan))
 
 
 @app.command()
@@ -304,21 +304,27 @@ def explain(
     if not reverse:
         plan = _plan(parsed, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules, param, config)
         _warn_plan(plan, parsed)
-        sys.stdout.write(render.explain(plan, parsed, fmt.value, per_tensor))
-        return
-    _check_fit(target, fit, drop)
-    inverse, plan = inverse_plan_for(parsed, checkpoint, select=select, epoch=epoch, params=_params(param or []),
-                                     config=config, prefer=parse_prefer(prefer or []), target=target,
-                                     strict=not non_strict, fit=fit.value, drop=tuple(drop or ()),
-                                     strict_rules=strict_rules)
-    for loss in inverse.losses:
-        warn(f"warning: {loss}")
-    _warn_plan(plan, parsed, inverse)
-    values = ", ".join(f"{k}={v}" for k, v in inverse.params.items())
-    notes = [f"derived inverse of {spec.name}" + (f" with {values}" if values else "")
-             + "; line: the forward rule each inverse rule undoes (`mapspec invert` prints the inverse)"]
-    sys.stdout.write(render.explain(plan, inverse.spec, fmt.value, per_tensor, origin=inverse.forward_rule,
-                                    notes=notes))
+        text = render.explain(plan, parsed, fmt.value, per_tensor)
+    else:
+        _check_fit(target, fit, drop)
+        inverse, plan = inverse_plan_for(parsed, checkpoint, select=select, epoch=epoch,
+                                         params=_params(param or []), config=config,
+                                         prefer=parse_prefer(prefer or []), target=target, strict=not non_strict,
+                                         fit=fit.value, drop=tuple(drop or ()), strict_rules=strict_rules)
+        for loss in inverse.losses:
+            warn(f"warning: {loss}")
+        _warn_plan(plan, parsed, inverse)
+        values = ", ".join(f"{k}={v}" for k, v in inverse.params.items())
+        notes = [f"derived inverse of {spec.name}" + (f" with {values}" if values else "")
+                 + "; line: the forward rule each inverse rule undoes (`mapspec invert` prints the inverse)"]
+        text = render.explain(plan, inverse.spec, fmt.value, per_tensor, origin=inverse.forward_rule, notes=notes)
+    if fmt is Look.json:  # the expected peak, beside the plan's own summary
+        data = json.loads(text)
+        data["summary"]["expected_peak_bytes"] = plan.peak_step()[0]
+        text = json.dumps(data, indent=2) + "\n"
+    else:
+        text += render.peak_line(plan) + "\n"
+    sys.stdout.write(text)
 
 
 @app.command()
@@ -376,7 +382,7 @@ def inspect(
         source = open_source(checkpoint, select=select, epoch=epoch)
         try:
             infos = dict(source.infos())
-            if getattr(source, "auto", False):
+            if source.auto:
                 warn(f"note: the keys under '{source.prefix}', which apply converts (--select '' lists the whole file)")
         finally:
             source.close()

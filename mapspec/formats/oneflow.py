@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import copyreg
 import io
-import os
 import pickle
 import re
-import shutil
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,9 +24,10 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError, UsageError
-from ..plan import TensorInfo
 from ..provenance import RECORD
-from .base import AtomicPath
+from ..tensorinfo import TensorInfo
+from .base import AtomicPath, SinkBase, SourceBase, replace_dir
+from .registry import Format
 from .reading import RegularFile, clip, read_small, shown
 from .unpickle import MAX_DEPTH, MAX_NODES, MAX_PICKLE, Budget, StandIn, unpickle
 
@@ -73,7 +72,7 @@ def is_oneflow_dir(path: Path) -> bool:
     return path.is_dir() and ((path / "pickled_data").is_file() or (path / "snapshot_done").exists())
 
 
-class OneflowSource:
+class OneflowSource(SourceBase):
     def __init__(self, path: Path):
         self.path = Path(path)
         if not self.path.is_dir():
@@ -161,7 +160,7 @@ class _Pickler(pickle._Pickler):
     dispatch[type] = save_global
 
 
-class OneflowSink:
+class OneflowSink(SinkBase):
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         bad = sorted({i.dtype for i in outputs.values()} - set(CODES))
         if bad:
@@ -185,13 +184,11 @@ class OneflowSink:
     def commit(self) -> None:
         if self.provenance is not None:  # flow.load reads only what the pickle names
             (self.atomic.tmp / RECORD).write_text(self.provenance.json(), encoding="utf-8")
-        if self.final.is_dir():  # --force over an earlier output: swap, then remove the old one
-            old = self.final.with_name(f".{self.final.name}.old")
-            os.replace(self.final, old)
-            self.atomic.commit()
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            self.atomic.commit()
+        replace_dir(self.atomic.tmp, self.final)
 
     def abort(self) -> None:
         self.atomic.abort()
+
+
+FORMAT = Format("oneflow", "OneFlow flow.save directory", (".oneflow", ".of"), OneflowSource, OneflowSink,
+                frozenset(CODES), sniff=lambda path, head: is_oneflow_dir(path), directory=True)
