@@ -123,6 +123,12 @@ class _Builder:
                 rules.append(DropRule(patterns=tuple(self._pattern(t) for t in st.children), span=span))
             elif kind == "keep":
                 rules.append(self._keep(st.children, span))
+            elif kind == "optional":
+                inner = st.children[0]
+                rule = (self._rename(inner) if inner.data == "rename" else self._keep(inner.children, span)
+                        if inner.data == "keep" else
+                        DropRule(patterns=tuple(self._pattern(t) for t in inner.children), span=span))
+                rules.append(rule.model_copy(update={"optional": True, "span": span}))
             elif kind == "otherwise":
                 rules.append(self._rename(st.children[0]).model_copy(update={"otherwise": True, "span": span}))
             elif kind == "otherwise_keep":
