@@ -91,6 +91,9 @@ def _statement(st: Tree, text: str, file: str, comments: dict[int, Token], used:
         absent = [t for t in c[2:] if isinstance(t, Token)]
         head = f"copy {_pattern(c[0], text, file)} -> {_template(c[1], text, file)}" + (" if absent" if absent else "")
         return _with_actions(head, [a for a in c[2:] if isinstance(a, Tree)])
+    if kind == "optional":
+        lines = _statement(c[0], text, file, comments, used)
+        return [f"optional {lines[0]}"] + lines[1:]
     if kind == "otherwise":
         lines = _statement(c[0], text, file, comments, used)
         return [f"otherwise {lines[0]}"] + lines[1:]

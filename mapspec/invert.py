@@ -224,7 +224,7 @@ class _Inverter:
                 continue
             if isinstance(rule, RenameRule) and rule.reverse is not None and rule.reverse.target is None:
                 continue  # `reverse none`: another rule writes these keys back
-            head = "otherwise " if rule.otherwise else ""
+            head = ("optional " if rule.optional else "") + ("otherwise " if rule.otherwise else "")
             if rule.otherwise and self.plan is None and getattr(rule, "reverse", None) is None:
                 self._fail("a catch-all cannot be inverted from the spec alone: a key it wrote could as well "
                            "be one another rule wrote, and its inverse would claim it; invert against the "

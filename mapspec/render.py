@@ -145,6 +145,8 @@ def rule_rows(plan: Plan, spec: Spec, origin: Callable[[Span], Span] = lambda sp
                 nothing = f"absent here; the copy at line {stand_ins[rule.span].line} writes its target"
             elif getattr(rule, "if_absent", False):
                 nothing = "yields: other rules write every target it names"
+            elif getattr(rule, "optional", False):
+                nothing = "optional: matches nothing here"
             else:
                 nothing = "matches nothing"
             rows.append([where(origin(rule.span)), text, "0", nothing, ""])
