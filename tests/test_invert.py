@@ -492,3 +492,11 @@ def test_an_inverse_rule_that_matches_nothing_is_warned_at_its_forward_rule(tmp_
     r = runner.invoke(app, ["apply", "--reverse", "--strict-rules", "s.map", "tied.safetensors", "-o", "b2.safetensors"])
     assert r.exit_code != 0 and r.output.startswith("s.map:3:1: error: in the inverse (")
     assert not (tmp_path / "b2.safetensors").exists()
+
+
+def test_an_optional_drop_can_be_marked_reverse_none(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = DROPS.replace("drop buf.*", "optional drop buf.*")
+    assert format_text(text) == text
+    rule = parse_spec(text=text, name="s.map").rules[1]
+    assert rule.optional and rule.reverse_none
