@@ -191,6 +191,7 @@ class DropRule(Node):
     patterns: tuple[Pattern, ...]
     span: Span
     otherwise: bool = False
+    reverse_none: bool = False  # `reverse none`: the inverse may leave these keys out, reported
     optional: bool = False
 
 
