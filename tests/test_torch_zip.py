@@ -112,8 +112,8 @@ def test_a_whole_record_copied_from_a_pt_keeps_its_stated_crc_without_reading_ba
     tensors = {"a.w": (np.random.default_rng(1).standard_normal((16, 3)).astype(np.float32), "float32")}
     write(tmp_path / f"in.{src}", tensors, {"pt": "torch", "safetensors": "safetensors"}[src])
     reads = []
-    real = torch_zip.os.pread
-    monkeypatch.setattr(torch_zip.os, "pread", lambda *a: (reads.append(a), real(*a))[1])
+    real = torch_zip.os.preadv
+    monkeypatch.setattr(torch_zip.os, "preadv", lambda *a: (reads.append(a), real(*a))[1])
     (tmp_path / "k.map").write_text("mapspec 1\na.{p} -> b.{p}\n")
     apply(tmp_path / "k.map", tmp_path / f"in.{src}", tmp_path / "out.pt")
     assert bool(reads) == (src == "safetensors")
