@@ -51,7 +51,7 @@ def sha256_path(path: Path) -> str:
     h = hashlib.sha256()
     path = Path(path)
     if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        for f in _files(path):
             rel = f.relative_to(path).as_posix()
             h.update(f"{rel}\0{f.stat().st_size}\0".encode())
             _feed(h, f)
@@ -77,11 +77,12 @@ def cached_sha256(path: Path) -> str:
     a directory. Any write to a file changes its ctime, which no user can set back, so a
     stamp that matches means the same bytes (the test git's index and rsync rely on). A
     source converted again (the usual loop while writing a spec) is not read twice; its
-    first conversion pays the hash beside the copy as before."""
+    first conversion pays the hash beside the copy as before. Sources under REMEMBER_FROM
+    (64 MiB) hash in milliseconds and are not remembered."""
     path = Path(path)
     folder = cache_dir("sha256")
     stamp = _stamp(path) if folder is not None else None
-    if stamp is None:
+    if stamp is None or _size(path) < REMEMBER_FROM:
         return sha256_path(path)
     entry = folder / stamp
     try:
@@ -101,18 +102,26 @@ def cached_sha256(path: Path) -> str:
 
 
 RACY_NS = 2_000_000_000
+REMEMBER_FROM = 64 << 20  # bytes: smaller sources hash in milliseconds; no cache entry for them
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in _files(path))
 
 
 def _last_change(path: Path) -> int:
-    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-    return max((f.stat().st_ctime_ns for f in files), default=0)
+    return max((f.stat().st_ctime_ns for f in _files(path)), default=0)
+
+
+def _files(path: Path) -> list[Path]:
+    """A source's files: itself, or a directory's files in sorted order."""
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
 
 
 def _stamp(path: Path) -> str | None:
     try:
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         marks = [str(path.resolve())]
-        for f in files:
+        for f in _files(path):
             st = f.stat()
             marks.append(f"{f.relative_to(path).as_posix() if f != path else ''}\0{st.st_dev}\0{st.st_ino}\0"
                          f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}")

@@ -91,8 +91,10 @@ def test_no_cache_when_asked(cache_home, monkeypatch):
     assert not cache_home.exists()
 
 
-def test_a_file_changed_moments_ago_is_hashed_not_remembered(cache_home, tmp_path):
+def test_a_file_changed_moments_ago_is_hashed_not_remembered(cache_home, tmp_path, monkeypatch):
+    from mapspec import provenance
     from mapspec.provenance import cached_sha256
+    monkeypatch.setattr(provenance, "REMEMBER_FROM", 0)
     src = tmp_path / "w.bin"
     src.write_bytes(b"weights")
     cached_sha256(src)
@@ -105,6 +107,7 @@ def test_the_source_sha256_is_remembered_until_the_file_changes(cache_home, tmp_
     import hashlib
     import time
     monkeypatch.setattr(provenance, "RACY_NS", 0)
+    monkeypatch.setattr(provenance, "REMEMBER_FROM", 0)
     src = tmp_path / "w.bin"
     src.write_bytes(b"weights" * 1000)
     first = cached_sha256(src)
@@ -125,3 +128,12 @@ def test_the_source_sha256_is_remembered_until_the_file_changes(cache_home, tmp_
     time.sleep(0.05)
     (d / "b" / "c").write_bytes(b"q")
     assert cached_sha256(d) == sha256_path(d)
+
+
+def test_a_small_source_is_hashed_not_remembered(cache_home, tmp_path, monkeypatch):
+    from mapspec import provenance
+    monkeypatch.setattr(provenance, "RACY_NS", 0)
+    src = tmp_path / "small.bin"
+    src.write_bytes(b"w" * 100)
+    provenance.cached_sha256(src)
+    assert not list((cache_home.parent / "sha256").iterdir())
