@@ -1,13 +1,16 @@
 """The `mapspec` command: apply, check, explain, fmt.
 
-Exit codes: 0 success, 1 a conversion problem, 2 bad input. Errors are printed as one
-`error:` line (spec errors as `path:line:col: error: ...` with the line and a caret); a
-Python traceback is never shown for bad input."""
+Exit codes: 0 success, 1 a conversion problem, 2 bad input, 3 an internal error (a bug:
+please report it), 128+N killed by signal N (SIGINT 130, SIGTERM 143). Errors are printed as
+one `error:` line (spec errors as `path:line:col: error: ...` with the line and a caret); a
+Python traceback is shown only under `--debug` or MAPSPEC_DEBUG=1."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from enum import Enum
 from functools import wraps
 from pathlib import Path
@@ -19,10 +22,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import actions as act
-from .errors import MapspecError, SpecError
+from .errors import Interrupted, MapspecError, SpecError, shorten
 from .executor import apply as apply_spec, plan_for
 from .formatter import format_text
-from .parser import parse_spec
+from .parser import parse_spec, read_spec
 from .checks import check_spec
 from .plan import Plan
 
@@ -34,17 +37,48 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 PROGRESS_AFTER = 200  # steps: shorter runs finish before a bar is worth drawing
 
 
+def _debug() -> bool:
+    return os.environ.get("MAPSPEC_DEBUG", "") not in ("", "0")
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show a traceback for internal errors.")) -> None:
+    if debug:
+        os.environ["MAPSPEC_DEBUG"] = "1"
+
+
+def _fail(message: str, code: int, exc: BaseException | None = None) -> typer.Exit:
+    if exc is not None and _debug():
+        err.print("".join(traceback.format_exception(exc)), markup=False, end="")
+    err.print(shorten(message), markup=False)
+    return typer.Exit(code)
+
+
 def _guard(fn):
+    """The one place an exception becomes an exit code and one `error:` line."""
     @wraps(fn)
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except MapspecError as exc:
-            err.print(exc.render(), markup=False)
-            raise typer.Exit(exc.exit_code) from None
+            raise _fail(exc.render(), exc.exit_code, exc) from None
+        except Interrupted as exc:
+            raise _fail("error: interrupted; nothing was written", 128 + exc.signum, exc) from None
+        except KeyboardInterrupt as exc:
+            raise _fail("error: interrupted; nothing was written", 130, exc) from None
+        except MemoryError as exc:  # bad input that asks for more memory than there is
+            raise _fail("error: the input needs more memory than is available", 2, exc) from None
+        except RecursionError as exc:
+            raise _fail("error: the input nests too deeply", 2, exc) from None
         except OSError as exc:
-            err.print(f"error: {exc.filename or ''}: {exc.strerror or exc}", markup=False)
-            raise typer.Exit(2) from None
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise _fail(f"error: {where}{exc.strerror or exc}", 2, exc) from None
+        except typer.Exit:
+            raise
+        except Exception as exc:  # a bug: say so briefly, traceback on request
+            hint = "" if _debug() else "; rerun with --debug for the traceback"
+            raise _fail(f"error: internal error ({type(exc).__name__}: {str(exc)[:200]}); please report it{hint}",
+                        3, exc) from None
     return run
 
 
@@ -270,7 +304,10 @@ def fmt(
     """Rewrite specs in canonical form."""
     changed = []
     for path in specs:
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = read_spec(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecError(f"cannot read spec {path}: {getattr(exc, 'strerror', None) or exc}") from None
         new = format_text(text, str(path))
         if new != text:
             changed.append(path)

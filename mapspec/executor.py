@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from . import actions as act
-from .errors import UsageError
+from .errors import OutputError, UsageError
 from .formats import open_sink, open_source, sink_format
+from .formats.base import guarded_writes
 from .parser import parse_spec
 from .plan import Plan, TensorInfo, compile_spec
 from .rules import Spec
@@ -107,18 +108,62 @@ def apply(
     try:
         plan = compile_spec(spec, source.infos(), target=_target(target), strict=strict, fit=fit,
                             drop=tuple(drop))
-        sink = open_sink(output, fmt, plan.outputs())
-        try:
-            n = len(plan.steps)
-            written = execute(plan, source, sink, (lambda i: progress(i, n)) if progress else None)
-            sink.commit()
-        except BaseException:
-            sink.abort()
-            raise
+        check_space(output, sum(step.info.nbytes for step in plan.steps))
+        # Everything that creates, fills or renames the output runs inside the guard: a failure
+        # anywhere (even while the sink is being built) or SIGTERM/SIGINT removes its temp files.
+        with guarded_writes(replace=force), _naming(output):
+            sink = None
+            try:
+                sink = open_sink(output, fmt, plan.outputs())
+                n = len(plan.steps)
+                written = execute(plan, source, sink, (lambda i: progress(i, n)) if progress else None)
+                sink.commit()
+            except BaseException:
+                if sink is not None:
+                    sink.abort()
+                raise
     finally:
         source.close()
     return Report(plan, output, fmt, written,
                   source.prefix if getattr(source, "auto", False) else None)
+
+
+def check_space(output: Path, needed: int) -> None:
+    """Refuse up front when the output's tensor bytes cannot fit: not on the file system
+    holding it, nor under the process's file size limit. Format-independent, so no writer
+    (torch's included) ever meets a full disk half-way through."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(output.parent).free
+    except OSError:
+        return  # the sink reports the folder's problem itself
+    if needed > free:
+        raise OutputError(f"{output}: not enough free space: the output needs at least {needed:,} bytes, "
+                          f"{free:,} are free")
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and needed > soft:
+        raise OutputError(f"{output}: the output needs at least {needed:,} bytes, over this process's "
+                          f"file size limit of {soft:,} bytes")
+
+
+class _naming:
+    """An OSError from writing says no file (`error: : No space left on device`): name the output."""
+
+    def __init__(self, output: Path):
+        self.output = output
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if isinstance(exc, OSError) and not exc.filename or (
+                isinstance(exc, OSError) and Path(str(exc.filename)).name.endswith(".part")):
+            raise OutputError(f"{self.output}: cannot write: {exc.strerror or exc}") from None
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
+import numpy as np
+
 from .rules import Capture, Lit, Pattern
 
 SEGMENT = r"[^.]+"
@@ -108,6 +110,24 @@ def _emit(node: _Node, reverse: bool) -> str:
     return "".join(out)
 
 
+def _literal_prefix(pattern: Pattern) -> str:
+    parts = _parts(pattern)
+    return parts[0].text if parts and isinstance(parts[0], Lit) else ""
+
+
+def _trie_order(root: _Node, count: int) -> list[int]:
+    """Each entry's rank in the order the forward regex tries them (depth first)."""
+    order = [0] * count
+    rank, stack = 0, [root]
+    while stack:
+        node = stack.pop()
+        for i in node.ends:
+            order[i] = rank
+            rank += 1
+        stack.extend(reversed(list(node.children.values())))
+    return order
+
+
 @dataclass(frozen=True)
 class Entry:
     """One source pattern and who owns it."""
@@ -146,6 +166,105 @@ def _may_overlap(a: list[str | None] | None, b: list[str | None] | None) -> bool
     return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
 
 
+# Backtracking regexes cost up to len(key) ** (variable-length parts of a pattern) on a key
+# that almost matches. Keys longer than BUDGET ** (1 / parts) go to `LinearPattern` instead.
+BUDGET = 2_000_000
+
+
+def _variable_parts(pattern: Pattern) -> int:
+    return sum(1 for p in _parts(pattern)
+               if isinstance(p, _AnyPrefix) or (isinstance(p, Capture) and p.type in ("segment", "int", "multi")))
+
+
+class LinearPattern:
+    """One pattern matched in time linear in the key (times its number of parts), with the
+    captures Python's backtracking regex would give.
+
+    can[i][p] says whether parts[i:] match key[p:]; it is computed from the last part back,
+    each part in a few vectorised passes. The captures then follow left to right: a greedy
+    part takes the longest end from which the rest can still match, an alternation its first
+    such alternative, which is the choice backtracking settles on."""
+
+    def __init__(self, pattern: Pattern, tables: dict[str, tuple[str, ...]]):
+        self.parts = _parts(pattern)
+        self.tables = tables
+
+    def _alternatives(self, part) -> tuple[str, ...]:
+        if isinstance(part, Lit):
+            return (part.text,)
+        return part.alternatives if part.type == "alt" else self.tables.get(part.table or "", ())
+
+    def fullmatch(self, key: str) -> dict[str, str] | None:
+        n = len(key)
+        codes = np.frombuffer(key.encode("utf-32-le"), np.uint32)
+        idx = np.arange(n + 1)
+
+        def next_stop(stop: np.ndarray) -> np.ndarray:
+            # nxt[p] = the first q >= p where stop[q] (n at the end)
+            at = np.where(np.append(stop, True), idx, n)
+            return np.minimum.accumulate(at[::-1])[::-1]
+
+        dot = codes == ord(".")
+        nextdot = next_stop(dot)
+        nextnondigit = next_stop((codes < ord("0")) | (codes > ord("9")))
+
+        def starts(text: str) -> np.ndarray:
+            out = np.zeros(n + 1, bool)
+            m = len(text)
+            if m <= n:
+                ok = np.ones(n - m + 1, bool)
+                for j, c in enumerate(text):
+                    ok &= codes[j:n - m + 1 + j] == ord(c)
+                out[:n - m + 1] = ok
+            return out
+
+        def first_true(can: np.ndarray) -> np.ndarray:  # first e >= q with can[e], n+1 if none
+            at = np.where(can, idx, n + 1)
+            return np.minimum.accumulate(at[::-1])[::-1]
+
+        def shifted(a: np.ndarray, k: int, fill=False) -> np.ndarray:  # a[p + k], `fill` past the end
+            out = np.full(n + 1, fill, a.dtype)
+            if k <= n:
+                out[:n + 1 - k] = a[k:]
+            return out
+
+        cans = [None] * len(self.parts) + [idx == n]
+        for i in range(len(self.parts) - 1, -1, -1):
+            part, nxt = self.parts[i], cans[i + 1]
+            if isinstance(part, _AnyPrefix):  # (?:.+\.)? : nothing, or anything ending in a dot
+                ends = nxt & np.append(False, dot)
+                can = nxt | shifted(first_true(ends) <= n, 2)
+            elif isinstance(part, Lit) or part.type in ("alt", "table"):
+                can = np.zeros(n + 1, bool)
+                for a in self._alternatives(part):
+                    can |= starts(a) & shifted(nxt, len(a))
+            elif part.type == "multi":
+                can = shifted(first_true(nxt) <= n, 1)
+            else:  # segment or int: one or more characters before the next stop
+                stop = nextdot if part.type == "segment" else nextnondigit
+                can = (shifted(first_true(nxt), 1, n + 1) <= stop) & (stop > idx)
+            cans[i] = can
+        if not cans[0][0]:
+            return None
+        captures: dict[str, str] = {}
+        p = 0
+        for i, part in enumerate(self.parts):
+            nxt = cans[i + 1]
+            if isinstance(part, _AnyPrefix):
+                ends = np.flatnonzero(nxt[p + 2:] & np.append(False, dot)[p + 2:])
+                e = p + 2 + int(ends[-1]) if len(ends) else p
+            elif isinstance(part, Lit) or part.type in ("alt", "table"):
+                e = next(p + len(a) for a in self._alternatives(part)
+                         if key.startswith(a, p) and p + len(a) <= n and nxt[p + len(a)])
+            else:
+                limit = n if part.type == "multi" else int((nextdot if part.type == "segment" else nextnondigit)[p])
+                e = p + 1 + int(np.flatnonzero(nxt[p + 1:limit + 1])[-1])
+            if isinstance(part, Capture) and part.name:
+                captures[part.name] = key[p:e]
+            p = e
+        return captures
+
+
 class Hit(NamedTuple):
     entry: Entry
     captures: dict[str, str]
@@ -172,6 +291,11 @@ class Matcher:
         else:
             self._forward = self._backward = re.compile(r"(?!)")
         self._regexes = [pattern_regex(e.pattern, tables) for e in self.entries]
+        worst = max((_variable_parts(e.pattern) for e in self.entries), default=0)
+        self.fast_limit = int(BUDGET ** (1 / worst)) if worst else None  # longer keys: `_match_long`
+        self._linear = [LinearPattern(e.pattern, tables) for e in self.entries]
+        self._prefixes = [_literal_prefix(e.pattern) for e in self.entries]
+        self._order = _trie_order(root, len(self.entries))
         shapes = [_segments(e.pattern, tables) for e in self.entries]
         # Only a pattern that another rule's pattern could also match needs the reverse check.
         self._contested = [
@@ -181,6 +305,8 @@ class Matcher:
     def match(self, key: str) -> Hit | None:
         """The one pattern matching `key` with its captures, None if none; `Ambiguous` if the
         key is matched by patterns of two different rules."""
+        if self.fast_limit is not None and len(key) > self.fast_limit:
+            return self._match_long(key)
         m = self._forward.fullmatch(key)
         if m is None:
             return None
@@ -196,6 +322,28 @@ class Matcher:
         if (a.rule, a.alternative) > (b.rule, b.alternative):
             first, a = last, b
         return Hit(a, self._regexes[first].fullmatch(key).groupdict())
+
+    def _match_long(self, key: str) -> Hit | None:
+        """`match` for a key long enough to make backtracking regexes explode: every
+        pattern whose literal prefix fits is matched by `LinearPattern`, and the winner is
+        chosen as `match` chooses it."""
+        hits = {}
+        for i, prefix in enumerate(self._prefixes):
+            if key.startswith(prefix):
+                found = self._linear[i].fullmatch(key)
+                if found is not None:
+                    hits[i] = found
+        if not hits:
+            return None
+        first = min(hits, key=self._order.__getitem__)
+        if not self._contested[first]:
+            return Hit(self.entries[first], hits[first])
+        rules = sorted(hits, key=lambda i: (self.entries[i].rule, self.entries[i].alternative))
+        a, b = self.entries[rules[0]], self.entries[rules[-1]]
+        if a.rule != b.rule:
+            second = next(self.entries[i] for i in rules if self.entries[i].rule != a.rule)
+            raise Ambiguous(key, a, second)
+        return Hit(a, hits[rules[0]])
 
     def naive_match(self, key: str) -> list[Entry]:
         """Every matching pattern, one regex at a time: the reference the tests and the

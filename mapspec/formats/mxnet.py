@@ -224,7 +224,7 @@ class MXNetSink:
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         self.atomic = AtomicPath(path)
         self.infos = dict(outputs)
-        self.file = open(self.atomic.tmp, "wb")
+        self.file = self.atomic.open("wb")
         self.file.write(struct.pack("<QQQ", FILE_MAGIC, 0, len(outputs)))
         self.offsets: dict[str, int] = {}
         pos = 24
@@ -253,7 +253,6 @@ class MXNetSink:
         self.atomic.commit()
 
     def abort(self) -> None:
-        self.file.close()
         self.atomic.abort()
 
 

@@ -82,7 +82,7 @@ class NpzSink:
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         self.atomic = AtomicPath(path)
         self.infos = dict(outputs)
-        self.zip = zipfile.ZipFile(self.atomic.tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self.zip = zipfile.ZipFile(self.atomic.open("wb"), "w", zipfile.ZIP_STORED, allowZip64=True)
 
     def write(self, name: str, array: np.ndarray) -> None:
         with self.zip.open(name + ".npy", "w", force_zip64=True) as f:
@@ -97,5 +97,4 @@ class NpzSink:
         self.atomic.commit()
 
     def abort(self) -> None:
-        self.zip.close()
-        self.atomic.abort()
+        self.atomic.abort()  # closing the zip would write its directory: just drop it

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import copyreg
 import io
-import os
 import pickle
 import re
-import shutil
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
@@ -162,13 +160,7 @@ class OneflowSink:
         (folder / "out").write_bytes(dtypes.raw(array, self.infos[name].dtype))
 
     def commit(self) -> None:
-        if self.final.is_dir():  # --force over an earlier output: swap, then remove the old one
-            old = self.final.with_name(f".{self.final.name}.old")
-            os.replace(self.final, old)
-            self.atomic.commit()
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            self.atomic.commit()
+        self.atomic.commit()
 
     def abort(self) -> None:
         self.atomic.abort()

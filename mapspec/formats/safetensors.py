@@ -107,7 +107,7 @@ class SafetensorsSink:
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)
         self.base = 8 + len(blob)
-        self.file = open(self.atomic.tmp, "wb")
+        self.file = self.atomic.open("wb")
         self.file.write(struct.pack("<Q", len(blob)) + blob)
         self.file.truncate(self.base + pos)
         self.written: set[str] = set()
@@ -125,5 +125,4 @@ class SafetensorsSink:
         self.atomic.commit()
 
     def abort(self) -> None:
-        self.file.close()
         self.atomic.abort()

@@ -66,7 +66,7 @@ class WtsSink:
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         self.atomic = AtomicPath(path)
         self.infos = dict(outputs)
-        self.file = open(self.atomic.tmp, "w", encoding="ascii", newline="\n")
+        self.file = self.atomic.open("w", encoding="ascii", newline="\n")
         self.file.write(f"{len(outputs)}\n")
 
     def write(self, name: str, array: np.ndarray) -> None:
@@ -82,5 +82,4 @@ class WtsSink:
         self.atomic.commit()
 
     def abort(self) -> None:
-        self.file.close()
         self.atomic.abort()
