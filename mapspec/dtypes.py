@@ -32,6 +32,29 @@ ALIASES = {
 }
 
 
+# Dimensions of a tensor mapspec reads: numpy 1.x arrays have at most 32 (numpy 2.x: 64).
+MAX_NDIM = 32
+MAX_NUMEL = 2 ** 63 - 1  # torch's and numpy's sizes are int64
+
+
+def check_shape(shape: tuple, what: str) -> tuple[int, ...]:
+    """`shape` if it is one a tensor can have: at most MAX_NDIM non-negative integer sizes
+    whose product, ignoring zeros, fits int64. Raises CheckpointError naming `what`."""
+    from .errors import CheckpointError
+
+    if not isinstance(shape, (tuple, list)) or len(shape) > MAX_NDIM:
+        n = len(shape) if isinstance(shape, (tuple, list)) else "?"
+        raise CheckpointError(f"{what} has {n} dimensions; mapspec reads at most {MAX_NDIM}")
+    n = 1
+    for d in shape:
+        if not isinstance(d, (int, np.integer)) or isinstance(d, (bool, np.bool_)) or d < 0:
+            raise CheckpointError(f"{what} has an invalid size {str(d)[:40]!r} in its shape")
+        n *= max(int(d), 1)
+        if n > MAX_NUMEL:
+            raise CheckpointError(f"{what} has a shape whose size overflows 64 bits")
+    return tuple(int(d) for d in shape)
+
+
 def canonical(name: str) -> str | None:
     """The canonical dtype name for `name` (or an alias), or None."""
     name = ALIASES.get(name, name)

@@ -7,6 +7,7 @@ grouped by the first segment of their names."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -15,10 +16,13 @@ from typing import Any
 import numpy as np
 
 from .formats import open_source, sniff
+from .formats.reading import clip, reading
 from .formats.torch_pickle import StandIn, Tensor
+from .formats.unpickle import MAX_NODES, Budget
 from .plan import TensorInfo
 
 MAX_ITEMS = 40
+MAX_TEXT = 200  # characters of a string from the file shown in a summary
 AUTO_SELECT = ("state_dict", "model_state_dict", "model", "ema", "net", "module", "params")
 
 
@@ -33,46 +37,53 @@ def summarize(infos: list[TensorInfo]) -> dict:
     }
 
 
-def _tensors_in(obj: Any) -> list[TensorInfo]:
+def _tensors_in(obj: Any, budget: Budget | None = None) -> list[TensorInfo]:
     from .formats.torch import flatten
 
     out: dict = {}
-    flatten(obj, "", out)
-    return [TensorInfo(tuple(t.array.shape), t.dtype) for t in out.values()]
+    flatten(obj, "", out, budget=budget)
+    return [TensorInfo(t.shape, t.dtype) for t in out.values()]
 
 
-def describe(obj: Any, depth: int = 0) -> dict:
+def describe(obj: Any, depth: int = 0, budget: Budget | None = None) -> dict:
+    """A summary of what a pickle built. Everything in it is a plain JSON value made here:
+    nothing from the file is printed through its own repr()."""
     from .formats.torch import is_module
 
+    if budget is None:
+        budget = Budget(MAX_NODES, "the checkpoint's object graph has")
     if isinstance(obj, Tensor):
-        return {"type": "tensor", "shape": list(obj.array.shape), "dtype": obj.dtype}
+        return {"type": "tensor", "shape": list(obj.shape), "dtype": obj.dtype}
     if is_module(obj):
-        return {"type": "module", "class": obj.qualname(), **_counts(_tensors_in(obj))}
+        return {"type": "module", "class": clip(obj.qualname(), MAX_TEXT), **_counts(_tensors_in(obj, budget))}
     if isinstance(obj, dict):
         if "state" in obj and "param_groups" in obj:
-            groups = [{k: _plain(v) for k, v in g.items() if k != "params"} for g in obj["param_groups"]
-                      if isinstance(g, dict)]
-            return {"type": "optimizer", "state_entries": len(obj["state"]), "param_groups": groups,
-                    **_counts(_tensors_in(obj["state"]))}
-        tensors = _tensors_in(obj)
+            groups = obj["param_groups"] if isinstance(obj["param_groups"], (list, tuple)) else []
+            state = obj["state"]
+            return {"type": "optimizer", "state_entries": len(state) if isinstance(state, (dict, list)) else 0,
+                    "param_groups": [{_key(k): _plain(v) for k, v in list(g.items())[:MAX_ITEMS] if k != "params"}
+                                     for g in groups[:MAX_ITEMS] if isinstance(g, dict)],
+                    **_counts(_tensors_in(state, budget))}
+        tensors = _tensors_in(obj, budget)
         if obj and all(isinstance(v, Tensor) for v in obj.values()):
             return {"type": "state_dict", **_counts(tensors)}
         if depth > 3:
             return {"type": "dict", "length": len(obj)}
-        entries = {str(k): describe(v, depth + 1) for k, v in list(obj.items())[:MAX_ITEMS]}
+        entries = {_key(k): describe(v, depth + 1, budget) for k, v in list(obj.items())[:MAX_ITEMS]}
         out = {"type": "dict", "entries": entries}
         if len(obj) > MAX_ITEMS:
             out["more"] = len(obj) - MAX_ITEMS
         return out
     if isinstance(obj, (list, tuple)):
-        tensors = _tensors_in(obj)
+        tensors = _tensors_in(obj, budget)
         if tensors:
             return {"type": "list", "length": len(obj), **_counts(tensors)}
         return {"type": "value", "value": _plain(obj)}
     if isinstance(obj, StandIn):
-        fields = {k: _plain(v) for k, v in obj.__dict__.items()
-                  if not k.startswith("_") and not isinstance(v, (Tensor, StandIn))}
-        return {"type": "object", "class": obj.qualname(), "fields": dict(list(fields.items())[:MAX_ITEMS])}
+        fields = [(k, v) for k, v in obj.__dict__.items()
+                  if isinstance(k, str) and not k.startswith("_") and not isinstance(v, (Tensor, StandIn))]
+        return {"type": "object", "class": clip(obj.qualname(), MAX_TEXT),
+                "fields": {_key(k): _plain(v) for k, v in fields[:MAX_ITEMS]}}
     return {"type": "value", "value": _plain(obj)}
 
 
@@ -81,27 +92,45 @@ def _counts(infos: list[TensorInfo]) -> dict:
     return {k: v for k, v in s.items() if k != "type"}
 
 
+def _key(k: Any) -> str:
+    """A dict key from a file as JSON text: strings and numbers as they are, others by type."""
+    if isinstance(k, str):
+        return clip(k, MAX_TEXT)
+    if isinstance(k, (bool, int, float, np.generic)) and not isinstance(k, np.void):
+        return clip(str(_plain(k)), MAX_TEXT)
+    return f"<{type(k).__name__}>"
+
+
 def _plain(v: Any, depth: int = 0) -> Any:
-    """A JSON-friendly rendering of a small value."""
+    """A JSON-friendly rendering of a small value, built from plain types only."""
     if isinstance(v, np.generic):  # before float: np.float64 is a float subclass
-        return v.item()
-    if v is None or isinstance(v, (bool, int, float, str)):
+        v = v.item() if v.dtype.kind in "biufc?" else f"<numpy {v.dtype.name}>"
+    if isinstance(v, complex):
+        return str(v)
+    if isinstance(v, bool) or v is None:
         return v
-    if isinstance(v, bytes):
+    if isinstance(v, int):
+        return int(v) if v.bit_length() <= 64 else f"<integer of {v.bit_length()} bits>"
+    if isinstance(v, float):
+        return float(v) if math.isfinite(v) else str(v)  # JSON has no NaN or Infinity
+    if isinstance(v, str):
+        return clip(str(v), MAX_TEXT)
+    if isinstance(v, (bytes, bytearray)):
         return f"<{len(v)} bytes>"
+    if isinstance(v, Tensor):
+        return f"tensor{list(v.shape)} {v.dtype}"
     if depth > 2:
         return "..."
     if isinstance(v, dict):
-        return {str(k): _plain(x, depth + 1) for k, x in list(v.items())[:MAX_ITEMS]}
+        return {_key(k): _plain(x, depth + 1) for k, x in list(v.items())[:MAX_ITEMS]}
     if isinstance(v, (list, tuple, set, frozenset)):
-        items = list(v)
-        return [_plain(x, depth + 1) for x in items[:MAX_ITEMS]] + (["..."] if len(items) > MAX_ITEMS else [])
-    if isinstance(v, Tensor):
-        return f"tensor{list(v.array.shape)} {v.dtype}"
+        items = list(v)[:MAX_ITEMS + 1]
+        return [_plain(x, depth + 1) for x in items[:MAX_ITEMS]] + (["..."] if len(v) > MAX_ITEMS else [])
     if isinstance(v, StandIn):
-        fields = {k: _plain(x, depth + 1) for k, x in v.__dict__.items() if not k.startswith("_")}
-        return {"class": v.qualname(), **fields} if fields else f"<{v.qualname()}>"
-    return repr(v)[:80]
+        fields = [(k, x) for k, x in v.__dict__.items() if isinstance(k, str) and not k.startswith("_")]
+        name = clip(v.qualname(), MAX_TEXT)
+        return {"class": name, **{_key(k): _plain(x, depth + 1) for k, x in fields[:MAX_ITEMS]}} if fields else f"<{name}>"
+    return f"<{type(v).__name__}>"
 
 
 def inspect_checkpoint(path: str | Path, epoch: int | None = None) -> dict:
@@ -115,14 +144,15 @@ def inspect_checkpoint(path: str | Path, epoch: int | None = None) -> dict:
         tree = {"file": str(path), "format": fmt, "tensors": summarize(list(infos.values()))}
         obj = getattr(source, "object", None)
         if obj is not None:
-            tree["content"] = describe(obj)
-            chosen = auto_select(obj)
+            with reading(path):
+                tree["content"] = describe(obj)
+                chosen = auto_select(obj)
             if chosen:
                 tree["auto_select"] = chosen
         else:
             groups: dict[str, list[TensorInfo]] = {}
             for k, i in infos.items():
-                groups.setdefault(_group(k), []).append(i)
+                groups.setdefault(clip(_group(k), MAX_TEXT), []).append(i)
             tree["content"] = {"type": "groups",
                                "entries": {g: summarize(v) for g, v in list(groups.items())[:MAX_ITEMS * 5]}}
         return tree

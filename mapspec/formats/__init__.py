@@ -8,6 +8,7 @@ from typing import Mapping
 from ..errors import CheckpointError, UsageError
 from ..plan import TensorInfo
 from .base import AtomicPath, Selected, Sink, Source
+from .reading import RegularFile, ZipMembers, reading
 
 SUFFIXES = {
     ".safetensors": "safetensors",
@@ -54,26 +55,52 @@ def sniff(path: Path) -> str:
         return "oneflow"
     if path.is_dir():
         raise CheckpointError(f"{path}: a directory, but not a OneFlow checkpoint (no pickled_data)")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: {exc.strerror}") from None
-    from .mxnet import is_mxnet
+    with reading(path), RegularFile(path) as f:
+        head = f.read_bytes(0, min(9, f.size), "the file header")
+        from .mxnet import is_mxnet
 
-    if is_mxnet(head):
-        return "mxnet"
-    if head[:2] == b"PK":
-        import zipfile
-
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-        return "torch" if any(n.endswith("data.pkl") for n in names) else "npz"
+        if is_mxnet(head):
+            return "mxnet"
+        if head[:4] == b"PK\x03\x04":
+            members = ZipMembers(f)
+            try:
+                names = [i.filename for i in members.infos]
+            finally:
+                members.close()
+            return "torch" if any(n.endswith("data.pkl") for n in names) else "npz"
     if len(head) == 9 and head[8:9] == b"{":
         return "safetensors"
-    if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
+    if head[:1] == b"\x80":
         return "torch"
     raise CheckpointError(f"{path}: unknown checkpoint format (expected .safetensors, .pt, .npz, .params)")
+
+
+class Guarded:
+    """A source whose every failure while reading is one `CheckpointError` naming its file
+    (see `reading`): the one error discipline, for every format."""
+
+    def __init__(self, inner: Source):
+        self.inner = inner
+        self.path = inner.path
+        self.object = getattr(inner, "object", None)
+        if hasattr(inner, "release"):
+            self.release = self._release
+
+    def infos(self) -> Mapping[str, TensorInfo]:
+        with reading(self.path):
+            return self.inner.infos()
+
+    def read(self, key: str):
+        with reading(self.path):
+            return self.inner.read(key)
+
+    def _release(self, key: str) -> None:
+        with reading(self.path):
+            self.inner.release(key)
+
+    def close(self) -> None:
+        with reading(self.path):
+            self.inner.close()
 
 
 def open_source(path: str | Path, fmt: str | None = None, select: str | None = None,
@@ -87,12 +114,14 @@ def open_source(path: str | Path, fmt: str | None = None, select: str | None = N
         raise CheckpointError(f"{path}: no such file")
     fmt = FORMAT_NAMES.get(fmt, fmt) if fmt else sniff(path)
     source_cls, _ = _classes(fmt)
-    source = source_cls(path)
-    if select is None and getattr(source, "object", None) is not None:
+    with reading(path):
+        source = Guarded(source_cls(path))
+    if select is None and source.object is not None:
         from ..inspect import auto_select
 
         # A training checkpoint (model, ema, optimizer, epoch...) converts its model part.
-        select = auto_select(source.object)
+        with reading(path):
+            select = auto_select(source.object)
         if select:
             source = Selected(source, select)
             source.auto = True

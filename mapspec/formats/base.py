@@ -207,40 +207,6 @@ class guarded_writes:
             self._saved = {}
 
 
-class MappedFile:
-    """A read-only memory map of a whole file whose consumed ranges can be handed back.
-
-    Pages read through a map stay resident (and count in RSS) until the kernel needs them;
-    `release` tells it at once, so a conversion's footprint stays near one tensor."""
-
-    def __init__(self, path: Path):
-        import mmap
-
-        self.size = path.stat().st_size
-        self._mmap = None
-        if self.size:
-            with open(path, "rb") as f:
-                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self.array = (np.frombuffer(self._mmap, dtype=np.uint8) if self._mmap is not None
-                      else np.zeros(0, np.uint8))
-
-    def release(self, start: int, stop: int) -> None:
-        import mmap
-
-        if self._mmap is None or not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        page = mmap.PAGESIZE
-        lo = (start // page) * page
-        hi = min(-(-stop // page) * page, self.size)
-        if hi > lo:
-            self._mmap.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-
-    def close(self) -> None:
-        # Arrays handed out may still view the map; let the GC close it when they go.
-        self.array = np.zeros(0, np.uint8)
-        self._mmap = None
-
-
 def select(infos: Mapping[str, TensorInfo], prefix: str | None, path: Path) -> dict[str, str]:
     """Map selected names to stored names: the keys under `prefix.`, with it stripped."""
     if not prefix:

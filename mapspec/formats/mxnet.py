@@ -27,14 +27,15 @@ import numpy as np
 from .. import dtypes
 from ..errors import CheckpointError, UsageError
 from ..plan import TensorInfo
-from .base import AtomicPath, MappedFile
+from .base import AtomicPath
+from .reading import MAX_EXPANDED_BYTES, RegularFile, shown
 
 FILE_MAGIC = 0x112
 V1, V2, V3 = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
 FLAGS = {0: "float32", 1: "float64", 2: "float16", 3: "uint8", 4: "int32", 5: "int8", 6: "int64",
          7: "bool", 8: "int16", 9: "uint16", 10: "uint32", 11: "uint64", 12: "bfloat16"}
 CODES = {v: k for k, v in FLAGS.items()}
-MAX_NDIM = 32
+MAX_NDIM = dtypes.MAX_NDIM
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,16 @@ class _Record:
 
 
 class _Cursor:
-    def __init__(self, buf: np.ndarray, path: Path):
-        self.buf, self.pos, self.path = buf, 0, path
+    """Reads the container's small fields in order; data is skipped, read later by position."""
+
+    def __init__(self, file: RegularFile):
+        self.file, self.pos, self.path = file, 0, file.path
 
     def take(self, n: int, what: str) -> bytes:
-        if n < 0 or self.pos + n > len(self.buf):
+        if n < 0 or self.pos + n > self.file.size:
             raise CheckpointError(f"{self.path}: truncated at byte {self.pos}: needed {n} bytes for {what}, "
-                                  f"the file has {len(self.buf) - self.pos} left")
-        out = self.buf[self.pos:self.pos + n].tobytes()
+                                  f"the file has {self.file.size - self.pos} left")
+        out = self.file.read_bytes(self.pos, n, what)
         self.pos += n
         return out
 
@@ -78,13 +81,13 @@ class _Cursor:
         dims = struct.unpack(fmt, self.take(ndim * (8 if wide else 4), what))
         if any(d < 0 for d in dims):
             raise CheckpointError(f"{self.path}: corrupt {what} at byte {at}: negative size {dims}")
-        return tuple(dims)
+        return dtypes.check_shape(dims, f"{self.path}: {what} at byte {at}")
 
     def skip(self, n: int, what: str) -> int:
         at = self.pos
-        if n < 0 or self.pos + n > len(self.buf):
+        if n < 0 or self.pos + n > self.file.size:
             raise CheckpointError(f"{self.path}: truncated at byte {self.pos}: {what} needs {n} bytes, "
-                                  f"the file has {len(self.buf) - self.pos} left")
+                                  f"the file has {self.file.size - self.pos} left")
         self.pos += n
         return at
 
@@ -104,6 +107,8 @@ def _record(cur: _Cursor, index: int) -> _Record | None:
         if stype not in (0, 1, 2):
             raise CheckpointError(f"{cur.path}: unknown storage type {stype} in {what}")
         storage = cur.shape(what) if stype else None
+        if stype and storage is None:
+            raise CheckpointError(f"{cur.path}: sparse {what} has no storage shape")
         shape = cur.shape(what)
         if shape is None or (first == V2 and shape == ()):
             return None
@@ -126,22 +131,51 @@ def _record(cur: _Cursor, index: int) -> _Record | None:
     if stype:
         for _ in range(1 if stype == 1 else 2):
             a_at = cur.pos
-            aux_meta.append((_dtype(cur.i32(what), cur, a_at), cur.shape(what)))
+            aux_dtype = _dtype(cur.i32(what), cur, a_at)
+            aux_shape = cur.shape(what)
+            if aux_shape is None:
+                raise CheckpointError(f"{cur.path}: sparse {what} has an aux array without a shape")
+            aux_meta.append((aux_dtype, aux_shape))
+        _check_sparse(cur.path, what, stype, shape, storage, aux_meta)
     data_shape = storage if stype else shape
     offset = cur.skip(dtypes.nbytes(data_shape, dtype), f"the data of {what}")
     aux = tuple((d, s, cur.skip(dtypes.nbytes(s, d), f"the sparse indices of {what}")) for d, s in aux_meta)
     return _Record(TensorInfo(shape, dtype), offset, stype, storage or (), aux)
 
 
+def _check_sparse(path: Path, what: str, stype: int, shape: tuple, storage: tuple, aux: list) -> None:
+    """The shapes a sparse array's parts must have, as MXNet builds them."""
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: sparse {what}: {why}")
+
+    if any(d not in ("int32", "int64", "uint8", "int8", "uint32", "uint64", "int16", "uint16") for d, _ in aux):
+        raise bad("its indices are not integers")
+    if stype == 1:  # row_sparse: storage (nnz_rows, *shape[1:]); indices (nnz_rows,)
+        (_, idx), = aux
+        if not shape or len(storage) != len(shape) or storage[1:] != shape[1:] or storage[0] > shape[0]:
+            raise bad(f"stored rows {storage} do not fit shape {shape}")
+        if idx != storage[:1]:
+            raise bad(f"{idx} row indices for {storage[0]} stored rows")
+    else:  # csr: values (nnz,); indptr (rows + 1,); indices (nnz,)
+        (_, indptr), (_, cols) = aux
+        if len(shape) != 2 or len(storage) != 1:
+            raise bad(f"a CSR array must be 2-d with 1-d values (shape {shape}, values {storage})")
+        if indptr != (shape[0] + 1,) or cols != storage:
+            raise bad(f"index arrays {indptr} and {cols} do not fit shape {shape} with {storage[0]} values")
+
+
 class MXNetSource:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._file = RegularFile(self.path)
         try:
-            self._file = MappedFile(self.path)
-        except OSError as exc:
-            raise CheckpointError(f"{self.path}: {exc.strerror}") from None
-        self._map = self._file.array
-        cur = _Cursor(self._map, self.path)
+            self._open()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _open(self) -> None:
+        cur = _Cursor(self._file)
         magic = cur.u64("the file header")
         if magic != FILE_MAGIC:
             raise CheckpointError(f"{self.path}: not an MXNet NDArray file (magic {magic:#x} at byte 0, "
@@ -149,7 +183,7 @@ class MXNetSource:
         cur.u64("the file header")
         count_at = cur.pos
         count = cur.u64("the array count")
-        if count > len(self._map) // 4:
+        if count > self._file.size // 4:
             raise CheckpointError(f"{self.path}: array count {count} at byte {count_at} cannot fit the file")
         records = [_record(cur, i) for i in range(count)]
         names_at = cur.pos
@@ -160,7 +194,7 @@ class MXNetSource:
         for i in range(n_names):
             length_at = cur.pos
             length = cur.u64(f"name {i}")
-            if length > len(self._map):
+            if length > self._file.size - cur.pos:
                 raise CheckpointError(f"{self.path}: name length {length} at byte {length_at} cannot fit the file")
             try:
                 names.append(cur.take(length, f"name {i}").decode("utf-8"))
@@ -168,46 +202,52 @@ class MXNetSource:
                 raise CheckpointError(f"{self.path}: name {i} at byte {length_at + 8} is not UTF-8") from None
         if not names:  # mx.nd.save of a list: positions are the names
             names = [str(i) for i in range(count)]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise CheckpointError(f"{self.path}: array name {shown(dup)} appears twice")
         self._records = {n: r for n, r in zip(names, records) if r is not None}
+        expanded = sum(r.info.nbytes for r in self._records.values() if r.stype)
+        if expanded > MAX_EXPANDED_BYTES:
+            raise CheckpointError(f"{self.path}: its sparse arrays expand to {expanded} bytes when read as dense "
+                                  f"tensors; mapspec expands at most {MAX_EXPANDED_BYTES >> 20} MiB per file")
 
     def infos(self) -> Mapping[str, TensorInfo]:
         return {k: r.info for k, r in self._records.items()}
 
-    def _view(self, offset: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-        raw = self._map[offset:offset + dtypes.nbytes(shape, dtype)]
+    def _view(self, offset: int, shape: tuple[int, ...], dtype: str, what: str) -> np.ndarray:
+        raw = self._file.read_range(offset, dtypes.nbytes(shape, dtype), what)
         return raw.view(dtypes.STORAGE[dtype]).reshape(shape)
 
     def read(self, key: str) -> np.ndarray:
         r = self._records[key]
-        data = self._view(r.offset, r.storage_shape if r.stype else r.info.shape, r.info.dtype)
+        what = f"array {shown(key)}"
+        data = self._view(r.offset, r.storage_shape if r.stype else r.info.shape, r.info.dtype, what)
         if r.stype == 0:
             return data
         dense = np.zeros(r.info.shape, dtypes.STORAGE[r.info.dtype])
-        if r.stype == 1:  # row_sparse: data rows and their row indices
+        if r.stype == 1:  # row_sparse: data rows and their row indices, strictly increasing
             (d, s, off), = r.aux
-            rows = self._view(off, s, d).astype(np.int64)
-            if rows.size and (rows.min() < 0 or rows.max() >= r.info.shape[0]):
-                raise CheckpointError(f"{self.path}: row_sparse '{key}' has row indices out of range")
+            rows = self._view(off, s, d, what).astype(np.int64)
+            if rows.size and (rows[0] < 0 or rows[-1] >= r.info.shape[0] or np.any(np.diff(rows) <= 0)):
+                raise CheckpointError(f"{self.path}: row_sparse {what} has row indices out of range or out of order")
             dense[rows] = data
         else:  # csr: values, indptr, column indices
             (d0, s0, o0), (d1, s1, o1) = r.aux
-            indptr = self._view(o0, s0, d0).astype(np.int64)
-            cols = self._view(o1, s1, d1).astype(np.int64)
-            if len(indptr) != r.info.shape[0] + 1 or (cols.size and cols.max() >= r.info.shape[1]):
-                raise CheckpointError(f"{self.path}: csr '{key}' has inconsistent indices")
-            for row in range(r.info.shape[0]):
-                lo, hi = indptr[row], indptr[row + 1]
-                dense[row, cols[lo:hi]] = data[lo:hi]
+            indptr = self._view(o0, s0, d0, what).astype(np.int64)
+            cols = self._view(o1, s1, d1, what).astype(np.int64)
+            if (indptr[0] != 0 or indptr[-1] != len(cols) or np.any(np.diff(indptr) < 0)
+                    or (cols.size and (cols.min() < 0 or cols.max() >= r.info.shape[1]))):
+                raise CheckpointError(f"{self.path}: csr {what} has inconsistent indices")
+            rows = np.repeat(np.arange(r.info.shape[0]), np.diff(indptr))
+            dense[rows, cols] = data
         return dense
 
     def release(self, key: str) -> None:
         r = self._records[key]
-        end = r.offset + dtypes.nbytes(r.storage_shape if r.stype else r.info.shape, r.info.dtype)
-        self._file.release(r.offset, end)
+        self._file.release(r.offset, dtypes.nbytes(r.storage_shape if r.stype else r.info.shape, r.info.dtype))
 
     def close(self) -> None:
         self._file.close()
-        self._map = None
 
 
 def _header(info: TensorInfo) -> bytes:

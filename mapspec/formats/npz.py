@@ -6,6 +6,7 @@ in a `__mapspec_dtypes__` member (a plain unicode array, not a pickle)."""
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from pathlib import Path
 from typing import Mapping
@@ -16,64 +17,123 @@ from .. import dtypes
 from ..errors import CheckpointError
 from ..plan import TensorInfo
 from .base import AtomicPath
+from .reading import RegularFile, ZipMembers, clip, shown
 
 DTYPES_MEMBER = "__mapspec_dtypes__"
+
+
+MAX_TAGS = 1 << 24  # bytes of the dtype-tag member
 
 
 class NpzSource:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._file = RegularFile(self.path)
         try:
-            self.zip = zipfile.ZipFile(self.path)
-        except FileNotFoundError:
-            raise CheckpointError(f"{self.path}: no such file") from None
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise CheckpointError(f"{self.path}: not a readable .npz ({exc})") from None
-        self._members: dict[str, str] = {}
+            self._members_ = ZipMembers(self._file)
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        # key -> (member, header size, Fortran order, stored dtype)
+        self._members: dict[str, tuple[zipfile.ZipInfo, int, bool, np.dtype]] = {}
         self._infos: dict[str, TensorInfo] = {}
         tagged: dict[str, str] = {}
-        for member in self.zip.namelist():
+        for info in self._members_.infos:
+            member = info.filename
             if not member.endswith(".npy"):
                 continue
             key = member[:-4]
+            where = f"{self.path}: member {shown(member)}"
+            if key in self._infos or (key == DTYPES_MEMBER and tagged):
+                raise CheckpointError(f"{where} appears twice")
+            shape, fortran, dt, header = self._header(info, where)
             if key == DTYPES_MEMBER:
-                tagged = json.loads(str(self._load(member)))
+                tagged = self._tags(info, shape, dt, header, where)
                 continue
-            with self.zip.open(member) as f:
-                try:
-                    version = np.lib.format.read_magic(f)
-                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                   else np.lib.format.read_array_header_2_0)
-                    shape, fortran, dt = read_header(f)
-                except ValueError as exc:
-                    raise CheckpointError(f"{self.path}: member {member} is not a valid .npy ({exc})") from None
-            if dt.hasobject:
-                raise CheckpointError(f"{self.path}: member {member} holds Python objects; refusing to unpickle")
             try:
                 name = dtypes.of_array(np.empty(0, dt))
             except TypeError:
-                raise CheckpointError(f"{self.path}: member {member} has unsupported dtype {dt}") from None
-            self._members[key] = member
-            self._infos[key] = TensorInfo(tuple(shape), name)
+                raise CheckpointError(f"{where} has unsupported dtype {clip(str(dt), 40)}") from None
+            nbytes = math.prod(shape) * dt.itemsize
+            if header + nbytes != info.file_size:  # before anything is allocated
+                raise CheckpointError(f"{where} declares shape {shape} ({nbytes} bytes) but holds "
+                                      f"{info.file_size - header} bytes of data")
+            self._members[key] = (info, header, fortran, dt)
+            self._infos[key] = TensorInfo(shape, name)
         for key, name in tagged.items():
             if key in self._infos:
+                if name != "bfloat16" or self._infos[key].dtype != "uint16":
+                    raise CheckpointError(f"{self.path}: {DTYPES_MEMBER} tags {shown(key)} as {shown(name)}, "
+                                          f"which its stored dtype {self._infos[key].dtype} cannot hold")
                 self._infos[key] = TensorInfo(self._infos[key].shape, name)
 
-    def _load(self, member: str) -> np.ndarray:
-        with self.zip.open(member) as f:
+    def _header(self, info: zipfile.ZipInfo, where: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+        """A member's shape, order, dtype and header size, from its first bytes only."""
+        with self._members_.open(info) as f:
             try:
-                return np.lib.format.read_array(f, allow_pickle=False)
-            except ValueError as exc:
-                raise CheckpointError(f"{self.path}: cannot read member {member} ({exc})") from None
+                version = np.lib.format.read_magic(f)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    raise CheckpointError(f"{where}: unsupported .npy version {version}")
+                shape, fortran, dt = read_header(f)
+            except (ValueError, SyntaxError, TypeError) as exc:
+                raise CheckpointError(f"{where} is not a valid .npy ({clip(str(exc), 120)})") from None
+            header = f.tell()
+        if dt.hasobject:
+            raise CheckpointError(f"{where} holds Python objects; refusing to unpickle")
+        return dtypes.check_shape(shape, where), bool(fortran), dt, header
+
+    def _tags(self, info, shape, dt, header, where) -> dict[str, str]:
+        if shape != () or dt.kind != "U" or info.file_size > MAX_TAGS:
+            raise CheckpointError(f"{where} is not mapspec's dtype table (a 0-d string)")
+        raw = self._data(info, header, dt.itemsize, where)
+        try:
+            tags = json.loads(raw.view(dt)[0])
+        except ValueError:
+            raise CheckpointError(f"{where} is not valid JSON") from None
+        if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+            raise CheckpointError(f"{where} is not a table of dtype names")
+        return tags
+
+    def _data(self, info: zipfile.ZipInfo, header: int, nbytes: int, where: str) -> np.ndarray:
+        """`nbytes` of a member after its header, into a fresh buffer; the member must end
+        there (zipfile checks its CRC at the end)."""
+        buf = np.empty(nbytes, np.uint8)
+        view = memoryview(buf)
+        with self._members_.open(info) as f:
+            f.seek(header)
+            got = 0
+            while got < nbytes:
+                n = f.readinto(view[got:got + (1 << 24)])
+                if not n:
+                    raise CheckpointError(f"{where} ends after {got} of its {nbytes} data bytes")
+                got += n
+            if f.read(1):
+                raise CheckpointError(f"{where} holds more data than its shape")
+        return buf
 
     def infos(self) -> Mapping[str, TensorInfo]:
         return self._infos
 
     def read(self, key: str) -> np.ndarray:
-        return self._load(self._members[key])
+        info, header, fortran, dt = self._members[key]
+        raw = self._data(info, header, info.file_size - header, f"{self.path}: member {shown(info.filename)}")
+        shape = self._infos[key].shape
+        array = raw.view(dt)
+        array = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+        if dt.byteorder == ">":  # stored big-endian: values in the native order
+            array = array.astype(dt.newbyteorder("<"))
+        return array.view(np.uint16) if self._infos[key].dtype == "bfloat16" else array
 
     def close(self) -> None:
-        self.zip.close()
+        members = getattr(self, "_members_", None)
+        if members is not None:
+            members.close()
+        self._file.close()
 
 
 class NpzSink:

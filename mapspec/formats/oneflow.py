@@ -25,8 +25,9 @@ import numpy as np
 from .. import dtypes
 from ..errors import CheckpointError, UsageError
 from ..plan import TensorInfo
-from .base import AtomicPath, MappedFile
-from .torch_pickle import StandIn, _Reader, _no_storage
+from .base import AtomicPath
+from .reading import RegularFile, clip, read_small, shown
+from .unpickle import MAX_DEPTH, MAX_NODES, MAX_PICKLE, Budget, StandIn, unpickle
 
 DATA_TYPES = {
     "kChar": "int8", "kFloat": "float32", "kDouble": "float64", "kInt8": "int8", "kInt32": "int32",
@@ -42,13 +43,27 @@ def meta_text(info: TensorInfo) -> str:
     return f"shape {{\n{dims}}}\ndata_type: {CODES[info.dtype]}\n"
 
 
+MAX_META = 1 << 16  # bytes of a meta record; real ones are under a hundred
+
+
 def parse_meta(text: str, where: Path) -> TensorInfo:
     m = re.search(r"shape\s*\{([^}]*)\}", text)
     t = re.search(r"data_type:\s*(\w+)", text)
     if not m or not t or t[1] not in DATA_TYPES:
         raise CheckpointError(f"{where}: not a OneFlow tensor meta (shape and data_type expected)")
-    dims = tuple(int(d) for d in re.findall(r"dim:\s*(\d+)", m[1]))
+    digits = re.findall(r"dim:\s*(-?\d+)", m[1])
+    if any(len(d) > 19 or d.startswith("-") for d in digits):
+        raise CheckpointError(f"{where}: a dimension that is negative or too large ({clip(max(digits, key=len), 40)})")
+    dims = dtypes.check_shape(tuple(int(d) for d in digits), f"{where}: the tensor")
     return TensorInfo(dims, DATA_TYPES[t[1]])
+
+
+def read_meta(path: Path) -> TensorInfo:
+    try:
+        text = read_small(path, MAX_META, "OneFlow meta record").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    return parse_meta(text, path)
 
 
 def is_oneflow_dir(path: Path) -> bool:
@@ -60,59 +75,63 @@ class OneflowSource:
         self.path = Path(path)
         if not self.path.is_dir():
             raise CheckpointError(f"{self.path}: a OneFlow checkpoint is a directory")
+        self._root = self.path.resolve()
         self._dirs: dict[str, Path] = {}
         pickled = self.path / "pickled_data"
         if pickled.is_file():
-            try:
-                obj = _Reader(io.BytesIO(pickled.read_bytes()), _no_storage, pickled).load()
-            except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-                raise CheckpointError(f"{pickled}: unreadable pickle ({exc})") from None
+            obj = unpickle(read_small(self._inside(pickled), MAX_PICKLE, "pickle"), pickled)
             data = obj.get("data") if isinstance(obj, dict) else None
             if data is None:
                 raise CheckpointError(f"{pickled}: no 'data' entry (not saved by flow.save)")
-            self._walk(data, "")
+            self._walk(data, "", Budget(MAX_NODES, f"{pickled}: the pickle's object graph has"))
         else:  # the older layout: one folder per tensor, named by its key
             for meta in sorted(self.path.rglob("meta")):
                 if (meta.parent / "out").is_file():
                     self._dirs[meta.parent.relative_to(self.path).as_posix().replace("/", ".")] = meta.parent
-        self._infos = {k: parse_meta((d / "meta").read_text("utf-8"), d / "meta") for k, d in self._dirs.items()}
-        self._files: dict[str, MappedFile] = {}
+        # Every file read must be inside the checkpoint, symlinks resolved.
+        self._files = {k: (self._inside(d / "meta"), self._inside(d / "out")) for k, d in self._dirs.items()}
+        self._infos = {k: read_meta(meta) for k, (meta, _out) in self._files.items()}
 
-    def _walk(self, obj: Any, prefix: str, depth: int = 0) -> None:
-        if depth > 100:
+    def _inside(self, path: Path) -> Path:
+        real = path.resolve()
+        if self._root not in real.parents:
+            raise CheckpointError(f"{path}: leads outside the checkpoint directory (to {clip(str(real), 120)}); "
+                                  "refusing to follow it")
+        return real
+
+    def _walk(self, obj: Any, prefix: str, budget: Budget, depth: int = 0) -> None:
+        if depth > MAX_DEPTH:
             raise CheckpointError(f"{self.path}: the pickle nests too deeply")
+        budget.spend()
         if isinstance(obj, StandIn) and obj.qualname() in TENSOR_CLASSES:
             rel = obj.__dict__.get("path")
-            target = (self.path / str(rel)).resolve() if rel else None
-            if target is None or self.path.resolve() not in target.parents:
-                raise CheckpointError(f"{self.path}: tensor '{prefix}' points outside the checkpoint ({rel!r})")
+            if not isinstance(rel, str) or not rel:
+                raise CheckpointError(f"{self.path}: tensor {shown(prefix)} has no path")
+            target = self.path / rel
+            if self._root not in target.resolve().parents:
+                raise CheckpointError(f"{self.path}: tensor {shown(prefix)} points outside the checkpoint ({shown(rel)})")
             self._dirs[prefix] = target
         elif isinstance(obj, dict):
             for k, v in obj.items():
-                self._walk(v, f"{prefix}.{k}" if prefix else str(k), depth + 1)
+                self._walk(v, f"{prefix}.{k}" if prefix else str(k), budget, depth + 1)
         elif isinstance(obj, (list, tuple)):
             for i, v in enumerate(obj):
-                self._walk(v, f"{prefix}.{i}" if prefix else str(i), depth + 1)
+                self._walk(v, f"{prefix}.{i}" if prefix else str(i), budget, depth + 1)
 
     def infos(self) -> Mapping[str, TensorInfo]:
         return self._infos
 
     def read(self, key: str) -> np.ndarray:
         info = self._infos[key]
-        f = self._files.get(key)
-        if f is None:
-            f = self._files[key] = MappedFile(self._dirs[key] / "out")
-        if f.size != info.nbytes:
-            raise CheckpointError(f"{self._dirs[key] / 'out'}: {f.size} bytes, its meta says {info.nbytes}")
-        return f.array.view(dtypes.STORAGE[info.dtype]).reshape(info.shape)
-
-    def release(self, key: str) -> None:
-        f = self._files.pop(key, None)
-        if f is not None:
-            f.close()
+        out = self._files[key][1]
+        with RegularFile(out) as f:
+            if f.size != info.nbytes:
+                raise CheckpointError(f"{out}: {f.size} bytes, its meta says {info.nbytes}")
+            raw = f.read_range(0, info.nbytes, "tensor data")
+        return raw.view(dtypes.STORAGE[info.dtype]).reshape(info.shape)
 
     def close(self) -> None:
-        self._files = {}
+        """Nothing stays open: each read opens its tensor's file and closes it."""
 
 
 class _Tensor:

@@ -1,7 +1,7 @@
 """safetensors: an 8-byte header length, a JSON header, then the data buffer.
 
-Read: the header is parsed here and every tensor is a zero-copy slice of a memory map, because
-the `safetensors` library's numpy API copies each tensor and cannot represent bf16. Write:
+Read: the header is parsed and validated here as strictly as the library does, and each
+tensor is read by position when asked for (the library's numpy API cannot represent bf16). Write:
 the plan knows every shape before a tensor is read, so the header is written first and each
 tensor is written straight to its offset as it arrives; the library needs all tensors in
 memory at once. Tests check both directions against the library."""
@@ -18,7 +18,8 @@ import numpy as np
 from .. import dtypes
 from ..errors import CheckpointError
 from ..plan import TensorInfo
-from .base import AtomicPath, MappedFile
+from .base import AtomicPath
+from .reading import RegularFile, clip, shown
 
 NAMES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -26,67 +27,149 @@ NAMES = {
     "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
 }
 CODES = {v: k for k, v in NAMES.items()}
+# dtypes the safetensors format defines that mapspec cannot represent
+UNSUPPORTED = {"F4", "F6_E2M3", "F6_E3M2", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64"}
 MAX_HEADER = 100_000_000
+_U64 = 2 ** 64
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unsigned(text: str) -> int:
+    if text.startswith("-"):  # "-0" too, which the library reads as a float
+        raise ValueError(f"negative number {text[:40]}")
+    return int(text)
+
+
+def _pairs(pairs: list) -> dict:
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {shown(k)} appears twice")
+        out[k] = v
+    return out
+
+
+def _usize(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _U64
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a lone surrogate escape such as "\\ud800"
+        return False
+
+
+def parse_header(blob: bytes, path: Path) -> tuple[dict, dict]:
+    """The metadata and tensor entries of a header, validated as the safetensors library
+    does: strict JSON (no NaN/Infinity, integers only where sizes go), known dtypes, string
+    metadata. Duplicate keys are refused too (the library keeps the last one silently)."""
+    try:
+        text = blob.decode("utf-8")
+        header = json.loads(text, parse_constant=_no_constant, parse_int=_unsigned,
+                            parse_float=lambda t: float(t), object_pairs_hook=_pairs)
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: safetensors header is not UTF-8") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: safetensors header nests too deeply") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({clip(str(exc), 160)})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) and _utf8(k) and _utf8(v)
+                                                 for k, v in metadata.items()):
+        raise CheckpointError(f"{path}: safetensors __metadata__ must map strings to strings")
+    for name, meta in header.items():
+        where = f"{path}: tensor {shown(name)}"
+        if not _utf8(name):
+            raise CheckpointError(f"{where}: the name is not valid Unicode")
+        if not isinstance(meta, dict) or not {"dtype", "shape", "data_offsets"} <= set(meta):
+            raise CheckpointError(f"{where}: header entry needs dtype, shape and data_offsets")
+        dtype, shape, offsets = meta["dtype"], meta["shape"], meta["data_offsets"]
+        if dtype in UNSUPPORTED:
+            raise CheckpointError(f"{where}: dtype {dtype} is not supported by mapspec (valid safetensors)")
+        if dtype not in NAMES:
+            raise CheckpointError(f"{where}: unknown dtype {shown(dtype)}")
+        if not isinstance(shape, list) or not all(_usize(d) for d in shape):
+            raise CheckpointError(f"{where}: shape must be a list of non-negative integers, not {shown(shape)}")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_usize(o) for o in offsets):
+            raise CheckpointError(f"{where}: data_offsets must be two non-negative integers, not {shown(offsets)}")
+    return metadata, header
 
 
 class SafetensorsSource:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._file = RegularFile(self.path)
         try:
-            size = self.path.stat().st_size
-            with open(self.path, "rb") as f:
-                head = f.read(8)
-                if len(head) < 8:
-                    raise CheckpointError(f"{self.path}: truncated safetensors file (no header length)")
-                (n,) = struct.unpack("<Q", head)
-                if n > MAX_HEADER or 8 + n > size:
-                    raise CheckpointError(f"{self.path}: safetensors header length {n} at byte 0 "
-                                          f"does not fit a {size}-byte file")
-                header = json.loads(f.read(n))
-        except OSError as exc:
-            raise CheckpointError(f"{self.path}: {exc.strerror}") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{self.path}: safetensors header is not valid JSON ({exc})") from None
-        if not isinstance(header, dict):
-            raise CheckpointError(f"{self.path}: safetensors header is not a JSON object")
-        self.metadata = header.pop("__metadata__", None) or {}
+            self._open()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _open(self) -> None:
+        size = self._file.size
+        if size < 8:
+            raise CheckpointError(f"{self.path}: truncated safetensors file (no header length)")
+        n = int.from_bytes(self._file.read_bytes(0, 8, "the header length"), "little")
+        if n > MAX_HEADER or 8 + n > size:
+            raise CheckpointError(f"{self.path}: safetensors header length {n} at byte 0 "
+                                  f"does not fit a {size}-byte file")
+        self.metadata, header = parse_header(self._file.read_bytes(8, n, "the header"), self.path)
         self._base = 8 + n
         buffer = size - self._base
+        # The library's rule: sorted by offsets, the tensors tile the buffer exactly.
+        end = 0
+        for name, meta in sorted(header.items(), key=lambda kv: tuple(kv[1]["data_offsets"])):
+            begin, stop = meta["data_offsets"]
+            if begin != end or stop < begin:
+                raise CheckpointError(f"{self.path}: tensor {shown(name)} data [{begin}, {stop}) does not follow "
+                                      f"the previous tensor, which ends at {end} (gap or overlap)")
+            shape = dtypes.check_shape(tuple(meta["shape"]), f"{self.path}: tensor {shown(name)}")
+            info = TensorInfo(shape, NAMES[meta["dtype"]])
+            if stop - begin != info.nbytes:
+                raise CheckpointError(f"{self.path}: tensor {shown(name)} data [{begin}, {stop}) does not fit "
+                                      f"its shape {shape} ({info.nbytes} bytes)")
+            end = stop
+        if end > buffer:
+            raise CheckpointError(f"{self.path}: truncated: the tensors need {end} bytes of data, "
+                                  f"the file holds {buffer}")
+        if end != buffer:
+            raise CheckpointError(f"{self.path}: the tensors cover {end} bytes of a {buffer}-byte data buffer "
+                                  "(trailing or missing bytes)")
         self._infos: dict[str, TensorInfo] = {}
         self._offsets: dict[str, tuple[int, int]] = {}
-        for name, meta in header.items():
-            try:
-                dtype = NAMES[meta["dtype"]]
-                shape = tuple(int(s) for s in meta["shape"])
-                begin, end = (int(x) for x in meta["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{self.path}: tensor '{name}' has an unsupported or malformed "
-                                      f"header entry {meta!r}") from None
-            info = TensorInfo(shape, dtype)
-            if not (0 <= begin <= end <= buffer) or end - begin != info.nbytes:
-                raise CheckpointError(f"{self.path}: tensor '{name}' data [{begin}, {end}) does not fit "
-                                      f"its shape {shape} or the {buffer}-byte buffer")
-            self._infos[name] = info
-            self._offsets[name] = (begin, end)
-        self._file = MappedFile(self.path)
-        self._map = self._file.array
+        for name, meta in header.items():  # file order, as the header lists them
+            self._infos[name] = TensorInfo(tuple(meta["shape"]), NAMES[meta["dtype"]])
+            self._offsets[name] = tuple(meta["data_offsets"])
 
     def infos(self) -> Mapping[str, TensorInfo]:
         return self._infos
 
+    def extent(self, key: str) -> tuple[RegularFile, int, int]:
+        """Where a tensor's stored bytes are: (file, byte offset, byte count)."""
+        begin, end = self._offsets[key]
+        return self._file, self._base + begin, end - begin
+
     def read(self, key: str) -> np.ndarray:
         info = self._infos[key]
-        begin, end = self._offsets[key]
-        raw = self._map[self._base + begin:self._base + end]
+        file, offset, nbytes = self.extent(key)
+        raw = file.read_range(offset, nbytes, f"tensor {shown(key)}")
         return raw.view(dtypes.STORAGE[info.dtype]).reshape(info.shape)
 
     def release(self, key: str) -> None:
-        begin, end = self._offsets[key]
-        self._file.release(self._base + begin, self._base + end)
+        _, offset, nbytes = self.extent(key)
+        self._file.release(offset, nbytes)
 
     def close(self) -> None:
         self._file.close()
-        self._map = None
 
 
 class SafetensorsSink:

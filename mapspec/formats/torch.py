@@ -1,7 +1,7 @@
 """PyTorch checkpoints (`.pt`, `.pth`, `.bin`, `.ckpt`).
 
-Reading needs no torch: `torch_pickle` unpickles with known-safe globals only and maps every
-tensor to a view of the memory-mapped file. Nested dicts (training checkpoints) are flattened
+Reading needs no torch: `torch_pickle` unpickles with known-safe globals only, and each
+tensor is read from the file when asked for. Nested dicts (training checkpoints) are flattened
 with dots, so `select model` picks `checkpoint["model"]`; a pickled `nn.Module` contributes
 what its `state_dict()` would; entries that are not tensors (epoch, config) are skipped.
 Writing streams torch's own zip format through torch.
@@ -22,7 +22,8 @@ import numpy as np
 from ..errors import CheckpointError, UsageError
 from ..plan import TensorInfo
 from .base import AtomicPath
-from .torch_pickle import MAX_DEPTH, StandIn, Tensor, load
+from .torch_pickle import StandIn, Tensor, load
+from .unpickle import MAX_DEPTH, MAX_NODES, Budget
 
 
 def require_torch(what: str):
@@ -37,57 +38,77 @@ def is_module(obj: Any) -> bool:
     return isinstance(obj, StandIn) and "_parameters" in obj.__dict__ and "_modules" in obj.__dict__
 
 
-def module_state(module: StandIn, prefix: str, out: dict, depth: int = 0) -> None:
+def _items(value: Any) -> list:
+    return list(value.items()) if isinstance(value, Mapping) else []
+
+
+def module_state(module: StandIn, prefix: str, out: dict, budget: Budget, depth: int = 0) -> None:
     """What `module.state_dict()` returns, from a pickled module's stored attributes."""
     if depth > MAX_DEPTH:
         raise CheckpointError("the module tree nests deeper than mapspec reads")
+    budget.spend()
     d = module.__dict__
-    for name, value in (d.get("_parameters") or {}).items():
+    for name, value in _items(d.get("_parameters")):
+        budget.spend()
         if isinstance(value, Tensor):
-            out[prefix + name] = value
-    skip = d.get("_non_persistent_buffers_set") or set()
-    for name, value in (d.get("_buffers") or {}).items():
-        if isinstance(value, Tensor) and name not in skip:
-            out[prefix + name] = value
-    for name, child in (d.get("_modules") or {}).items():
+            out[prefix + str(name)] = value
+    skip = d.get("_non_persistent_buffers_set")
+    skip = skip if isinstance(skip, (set, frozenset, list, tuple, dict)) else ()
+    for name, value in _items(d.get("_buffers")):
+        budget.spend()
+        if isinstance(value, Tensor) and not _member(name, skip):
+            out[prefix + str(name)] = value
+    for name, child in _items(d.get("_modules")):
         if is_module(child):
-            module_state(child, f"{prefix}{name}.", out, depth + 1)
+            module_state(child, f"{prefix}{name}.", out, budget, depth + 1)
 
 
-def flatten(obj: Any, prefix: str, out: dict, depth: int = 0) -> None:
+def _member(name: Any, collection) -> bool:
+    try:
+        return name in collection
+    except TypeError:  # an unhashable name from the file
+        return False
+
+
+def flatten(obj: Any, prefix: str, out: dict, depth: int = 0, budget: Budget | None = None) -> None:
+    """Every tensor under `obj`, keyed by dotted path. Shared references are walked each
+    time they are met (as torch's state_dict does), within `budget` visits in all."""
+    if budget is None:
+        budget = Budget(MAX_NODES, "the checkpoint's object graph has")
     if depth > MAX_DEPTH:
         raise CheckpointError("the checkpoint nests deeper than mapspec reads")
+    budget.spend()
     if isinstance(obj, Tensor):
         out[prefix] = obj
     elif is_module(obj):
-        module_state(obj, f"{prefix}." if prefix else "", out, depth + 1)
+        module_state(obj, f"{prefix}." if prefix else "", out, budget, depth + 1)
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
-            flatten(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1)
+            flatten(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1, budget)
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
-            flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1)
+            flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1, budget)
 
 
 class TorchSource:
     def __init__(self, path: Path):
         self.path = Path(path)
-        if not self.path.exists():
-            raise CheckpointError(f"{self.path}: no such file")
-        self.object = load(self.path)
+        self._checkpoint = load(self.path)
+        self.object = self._checkpoint.object
         self._tensors: dict[str, Tensor] = {}
         flatten(self.object, "", self._tensors)
-        self._infos = {k: TensorInfo(tuple(t.array.shape), t.dtype) for k, t in self._tensors.items()}
+        self._infos = {k: TensorInfo(t.shape, t.dtype) for k, t in self._tensors.items()}
 
     def infos(self) -> Mapping[str, TensorInfo]:
         return self._infos
 
     def read(self, key: str) -> np.ndarray:
-        return self._tensors[key].array
+        return self._tensors[key].read()
 
     def close(self) -> None:
         self._tensors = {}
         self.object = None
+        self._checkpoint.close()
 
 
 def to_torch(array: np.ndarray, dtype: str):

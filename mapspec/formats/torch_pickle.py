@@ -1,10 +1,11 @@
 """Reading torch.save files without torch and without running code from them.
 
-A restricted unpickler: known-safe globals map to small local functions (rebuilding tensors
-as strided views of the memory-mapped file, bounds-checked), dangerous callables are refused
-by name, and every other class becomes an inert stand-in that keeps its state and calls
-nothing, so a pickled `nn.Module` (a YOLO `DetectionModel`, say) yields its parameters and
-persistent buffers as its `state_dict()` would, without the package that defined it.
+The pickle goes through `unpickle` (checked, then built inertly); torch's globals map to the
+small functions here. A tensor is a `Tensor`: a storage and a geometry, checked against the
+storage when it is rebuilt and read only when asked (`Tensor.read`), by position, into a
+fresh buffer. Storages behave as torch's do: one storage object per key, whose dtype is
+that of its first reference (a later reference with another dtype sees the first one's);
+a zip file whose `byteorder` record says `big` has its storages byte-swapped by that dtype.
 
 Both layouts: the zip format (torch >= 1.6: `<dir>/data.pkl` + `<dir>/data/<key>`) and the
 legacy one (consecutive pickles, then each storage as int64 count + raw bytes).
@@ -12,24 +13,21 @@ legacy one (consecutive pickles, then each storage as int64 count + raw bytes).
 
 from __future__ import annotations
 
-import _compat_pickle
-import io
-import pickle
-import struct
-import zipfile
-from collections import OrderedDict
+import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError
-from .base import MappedFile
+from .reading import MAX_EXPANDED_BYTES, RegularFile, ZipMembers, reading, shown
+from .unpickle import MAX_DEPTH, MAX_PICKLE, Device, Inert, StandIn, check_pickle, unpickle
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+MAX_NDIM = dtypes.MAX_NDIM
 
-# torch.<X>Storage and torch.<dtype> names -> dtype names
+# torch.<X>Storage -> dtype names
 STORAGE_DTYPES = {
     "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
     "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
@@ -37,369 +35,362 @@ STORAGE_DTYPES = {
     "UInt16Storage": "uint16", "UInt32Storage": "uint32", "UInt64Storage": "uint64",
     "UntypedStorage": "uint8",
 }
+# Valid torch storages that mapspec cannot represent, and what they hold.
+UNSUPPORTED_STORAGES = {
+    "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128", "ComplexHalfStorage": "complex32",
+    "QInt8Storage": "quantized qint8", "QUInt8Storage": "quantized quint8", "QInt32Storage": "quantized qint32",
+    "QUInt4x2Storage": "quantized quint4x2", "QUInt2x4Storage": "quantized quint2x4",
+}
 TORCH_DTYPES = {
     "float64": "float64", "double": "float64", "float32": "float32", "float": "float32",
     "float16": "float16", "half": "float16", "bfloat16": "bfloat16", "int64": "int64", "long": "int64",
     "int32": "int32", "int": "int32", "int16": "int16", "short": "int16", "int8": "int8",
     "uint8": "uint8", "bool": "bool", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
 }
-
-# Modules and builtins that can run anything: refused outright, by name.
-BLOCKED_MODULES = {
-    "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy", "pickle",
-    "marshal", "ctypes", "code", "codeop", "pty", "commands", "webbrowser", "multiprocessing",
-    "threading", "signal", "io", "pathlib", "tempfile", "glob", "platform", "types", "inspect",
-    "operator", "functools", "itertools", "asyncio", "builtins", "__builtin__", "torch.hub",
-    "torch.serialization", "torch.jit", "numpy.testing", "pydoc", "timeit", "cProfile", "profile",
-    "pdb", "bdb", "trace", "gc", "ast", "dis", "zipimport", "pkgutil", "site", "sysconfig",
+UNSUPPORTED_DTYPES = {
+    "complex32", "complex64", "complex128", "chalf", "cfloat", "cdouble", "float8_e4m3fn", "float8_e5m2",
+    "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2", "qint8", "quint8", "qint32",
+    "quint4x2", "quint2x4", "bits1x8", "bits2x4", "bits4x2", "bits8", "bits16", "uint1", "uint2", "uint3",
+    "uint4", "uint5", "uint6", "uint7", "int1", "int2", "int3", "int4", "int5", "int6", "int7",
 }
-SAFE_BUILTINS = {"set", "frozenset", "slice", "complex", "range", "tuple", "list", "dict", "int", "float",
-                 "str", "bytes", "bool", "object"}
-MAX_DEPTH = 200
+# torch functions that rebuild valid tensors mapspec does not read.
+UNSUPPORTED_REBUILDS = {
+    "_rebuild_sparse_tensor": "sparse tensors", "_rebuild_sparse_csr_tensor": "sparse CSR tensors",
+    "_rebuild_qtensor": "quantized tensors", "_rebuild_nested_tensor": "nested tensors",
+    "_rebuild_wrapper_subclass": "tensor subclasses", "_rebuild_from_type": "tensor subclasses",
+    "_rebuild_from_type_v2": "tensor subclasses", "_rebuild_meta_tensor_no_storage": "meta tensors",
+    "_rebuild_device_tensor_from_numpy": "device tensors", "_rebuild_xla_tensor": "XLA tensors",
+    "_rebuild_mtia_tensor": "MTIA tensors", "_rebuild_device_tensor_from_cpu_tensor": "device tensors",
+}
 
 
-class UnsafeGlobal(CheckpointError):
-    pass
+class _StorageType(Inert):
+    __slots__ = ("name", "dtype")
+
+    def __init__(self, name: str, dtype: str | None):
+        self.name, self.dtype = name, dtype
 
 
-class Tensor:
-    """A tensor read from a pickle: a numpy view (bf16 as uint16 bits) and its dtype name."""
+class _TorchDtype(Inert):
+    __slots__ = ("name", "dtype")
 
-    __slots__ = ("array", "dtype", "requires_grad")
-
-    def __init__(self, array: np.ndarray, dtype: str, requires_grad: bool = False):
-        self.array, self.dtype, self.requires_grad = array, dtype, requires_grad
-
-    def __repr__(self) -> str:
-        return f"Tensor({self.dtype}, {tuple(self.array.shape)})"
-
-
-class StandIn:
-    """An instance of a class the file names but mapspec does not trust: state kept, nothing run."""
-
-    _module = "?"
-    _name = "?"
-
-    def __new__(cls, *args, **kwargs):  # REDUCE and NEWOBJ both land here; __init__ adds nothing
-        obj = object.__new__(cls)
-        obj.__dict__.update(_args=args, _items={}, _list=[], _state=None)
-        return obj
-
-    def __setstate__(self, state):
-        if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)):
-            state, slots = state
-            self.__dict__.update(slots or {})
-        if isinstance(state, dict):
-            self.__dict__.update(state)
-        else:
-            self.__dict__["_state"] = state
-
-    def __setitem__(self, key, value):
-        self.__dict__["_items"][key] = value
-
-    def append(self, value):
-        self.__dict__["_list"].append(value)
-
-    def extend(self, values):
-        self.__dict__["_list"].extend(values)
-
-    def __reduce__(self):  # never re-pickled with real classes
-        raise TypeError("stand-ins cannot be pickled")
-
-    @classmethod
-    def qualname(cls) -> str:
-        return f"{cls._module}.{cls._name}"
+    def __init__(self, name: str, dtype: str | None):
+        self.name, self.dtype = name, dtype
 
     def __repr__(self) -> str:
-        return f"<{self.qualname()}>"
+        return f"torch.{self.name}"
 
 
-_STANDINS: dict[tuple[str, str], type] = {}
+class Storage(Inert):
+    """One storage: `numel` elements of `dtype` at byte `offset` of `file` (the offset of a
+    legacy file's storage is learnt after the pickle that references it)."""
+
+    __slots__ = ("key", "dtype", "numel", "file", "offset", "swap")
+
+    def __init__(self, key: str, dtype: str, numel: int, file: RegularFile, offset: int | None, swap: bool):
+        self.key, self.dtype, self.numel, self.file, self.offset, self.swap = key, dtype, numel, file, offset, swap
+
+    def read(self, start: int, count: int, dtype: str) -> np.ndarray:
+        """`count` elements of `dtype` from element `start` (in units of `dtype`)."""
+        dt = dtypes.STORAGE[dtype]
+        if self.offset is None:
+            raise CheckpointError(f"{self.file.path}: storage {shown(self.key)} has no data in the file")
+        buf = self.file.read_range(self.offset + start * dt.itemsize, count * dt.itemsize,
+                                   f"storage {shown(self.key)}")
+        out = buf.view(dt)
+        if self.swap and dtypes.STORAGE[self.dtype].itemsize == dt.itemsize > 1:
+            out.byteswap(inplace=True)  # torch swaps by the storage's dtype
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * dtypes.itemsize(self.dtype)
 
 
-def standin(module: str, name: str) -> type:
-    key = (module, name)
-    if key not in _STANDINS:
-        _STANDINS[key] = type(name.rsplit(".", 1)[-1], (StandIn,), {"_module": module, "_name": name})
-    return _STANDINS[key]
+class Tensor(Inert):
+    """A tensor read from a pickle: where its elements are, not yet the elements."""
 
+    __slots__ = ("storage", "offset", "shape", "stride", "dtype", "requires_grad")
 
-class _StorageType:
-    def __init__(self, dtype: str):
-        self.dtype = dtype
+    def __init__(self, storage: Storage, offset: int, shape: tuple[int, ...], stride: tuple[int, ...], dtype: str):
+        self.storage, self.offset, self.shape, self.stride, self.dtype = storage, offset, shape, stride, dtype
+        self.requires_grad = False
 
+    @property
+    def span(self) -> int:
+        """Elements from the first to the last one the view touches (0 if empty)."""
+        if 0 in self.shape:
+            return 0
+        return 1 + sum((s - 1) * st for s, st in zip(self.shape, self.stride))
 
-class _Device:
-    def __init__(self, *args):
-        self.args = args
+    def read(self) -> np.ndarray:
+        """The tensor's values (bf16 as uint16 bits), read now into a fresh buffer."""
+        dt = dtypes.STORAGE[self.dtype]
+        if 0 in self.shape:
+            return np.zeros(self.shape, dt)
+        flat = self.storage.read(self.offset, self.span, self.dtype)
+        if self.stride == _contiguous(self.shape):
+            return flat.reshape(self.shape)
+        return np.lib.stride_tricks.as_strided(flat, shape=self.shape, strides=tuple(s * dt.itemsize for s in self.stride),
+                                               writeable=False)
 
     def __repr__(self) -> str:
-        return f"device({', '.join(map(str, self.args))})"
+        return f"Tensor({self.dtype}, {self.shape})"
 
 
-def _numpy_scalar(dtype, data=None):
-    dt = np.dtype(dtype)
-    if dt.hasobject:
-        raise UnsafeGlobal("numpy scalar of object dtype")
-    if data is None:
-        return dt.type(0)
-    if isinstance(data, str):
-        data = data.encode("latin1")
-    if len(data) != dt.itemsize:
-        raise CheckpointError("corrupt numpy scalar in pickle")
-    return np.frombuffer(data, dt)[0]
+def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
+    stride, n = [], 1
+    for size in reversed(shape):
+        stride.insert(0, n)
+        n *= size
+    return tuple(stride)
 
 
-def _numpy_dtype(name, align=False, copy=False):
-    dt = np.dtype(name)
-    if dt.hasobject:
-        raise UnsafeGlobal("numpy object dtype")
-    return dt
+class _TorchGlobals:
+    """torch's side of the unpickler: storages by key, tensor rebuilds with bounds checks."""
+
+    def __init__(self, path: Path, file: RegularFile, locate, legacy: bool = False):
+        self.path, self.file, self._locate, self.legacy = path, file, locate, legacy
+        self.storages: dict[str, Storage] = {}
+        self.expanded = 0
+
+    def unsupported(self, what: str, name: str) -> CheckpointError:
+        return CheckpointError(f"{self.path}: holds {what} ({name}), which mapspec does not support "
+                               "(valid PyTorch content, not a safety issue)")
+
+    def extra(self, module: str, name: str) -> Any:
+        if module == "torch._utils":
+            if name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+                return self.rebuild_v2
+            if name == "_rebuild_tensor_v3":
+                return self.rebuild_v3
+            if name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
+                return _rebuild_parameter
+            if name in UNSUPPORTED_REBUILDS:
+                raise self.unsupported(UNSUPPORTED_REBUILDS[name], f"torch._utils.{name}")
+        if module == "torch.serialization" and name == "_get_layout":
+            raise self.unsupported("tensors of a sparse layout", "torch.serialization._get_layout")
+        if module in ("torch", "torch.storage"):
+            if name in STORAGE_DTYPES:
+                return _StorageType(name, STORAGE_DTYPES[name])
+            if name in UNSUPPORTED_STORAGES:
+                return _StorageType(name, None)
+            if name in TORCH_DTYPES:
+                return _TorchDtype(name, TORCH_DTYPES[name])
+            if name in UNSUPPORTED_DTYPES:
+                return _TorchDtype(name, None)
+            if name == "Size":
+                return self._size
+            if name == "device":
+                return Device
+        return None
+
+    def _size(self, dims=()):
+        if not isinstance(dims, (list, tuple)) or len(dims) > MAX_NDIM:
+            raise CheckpointError(f"{self.path}: torch.Size of unexpected arguments")
+        return tuple(dims)
+
+    def persistent(self, pid) -> Storage:
+        if not isinstance(pid, tuple) or len(pid) not in (5, 6) or pid[0] != "storage":
+            raise CheckpointError(f"{self.path}: unsupported persistent id {shown(pid)}")
+        stype, key, numel = pid[1], pid[2], pid[4]
+        if not isinstance(stype, _StorageType):
+            raise CheckpointError(f"{self.path}: corrupt storage reference (type {shown(type(stype).__name__)})")
+        if stype.dtype is None:
+            raise self.unsupported(f"{UNSUPPORTED_STORAGES[stype.name]} tensors", f"torch.{stype.name}")
+        if not isinstance(key, (str, int)) or isinstance(key, bool) or not isinstance(numel, int) or numel < 0:
+            raise CheckpointError(f"{self.path}: corrupt storage reference {shown(pid)}")
+        key = str(key)
+        storage = self.storages.get(key)
+        if storage is None:  # as torch: the first reference decides the dtype and size
+            storage = self._locate(key, stype.dtype, numel)
+            if numel or self.legacy:  # torch does not keep empty zip storages
+                self.storages[key] = storage
+        view = pid[5] if len(pid) == 6 else None
+        if view is not None:  # legacy storage view: (view_key, offset, size) in elements
+            if not (isinstance(view, tuple) and len(view) == 3 and all(isinstance(v, int) for v in view[1:])):
+                raise CheckpointError(f"{self.path}: corrupt storage view {shown(view)}")
+            _key, offset, size = view
+            if not (0 <= offset and 0 <= size and offset + size <= storage.numel):
+                raise CheckpointError(f"{self.path}: storage view of {size} elements at {offset} outside "
+                                      f"storage {shown(key)} of {storage.numel}")
+            return _StorageView(storage, offset, size)
+        return storage
+
+    def rebuild_v2(self, storage, offset, size, stride, requires_grad=False, *_rest) -> Tensor:
+        if isinstance(storage, _StorageView):
+            return self._rebuild(storage.base, storage.start + _int(offset, self.path), size, stride,
+                                 storage.base.dtype, limit=storage.start + storage.size)
+        if not isinstance(storage, Storage):
+            raise CheckpointError(f"{self.path}: a tensor without a storage")
+        return self._rebuild(storage, offset, size, stride, storage.dtype)
+
+    def rebuild_v3(self, storage, offset, size, stride, requires_grad, hooks, dtype, *_rest) -> Tensor:
+        if not isinstance(dtype, _TorchDtype):
+            raise CheckpointError(f"{self.path}: a tensor whose dtype is not a torch dtype")
+        if dtype.dtype is None:
+            raise self.unsupported(f"{dtype.name} tensors", f"torch.{dtype.name}")
+        if not isinstance(storage, Storage):
+            raise CheckpointError(f"{self.path}: a tensor without a storage")
+        return self._rebuild(storage, offset, size, stride, dtype.dtype)
+
+    def _rebuild(self, storage: Storage, offset, size, stride, dtype: str, limit: int | None = None) -> Tensor:
+        if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)):
+            raise CheckpointError(f"{self.path}: corrupt tensor geometry (size and stride must be sequences)")
+        size, stride = tuple(size), tuple(stride)
+        offset = _int(offset, self.path)
+        if len(size) != len(stride) or len(size) > MAX_NDIM or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 63 for v in size + stride):
+            raise CheckpointError(f"{self.path}: corrupt tensor geometry size={shown(size)} stride={shown(stride)}")
+        dtypes.check_shape(size, f"{self.path}: tensor")
+        itemsize = dtypes.itemsize(dtype)
+        # The storage in units of this tensor's dtype (v3 tensors view untyped bytes).
+        available = (storage.nbytes if limit is None else limit * dtypes.itemsize(storage.dtype)) // itemsize
+        tensor = Tensor(storage, offset, size, stride, dtype)
+        if tensor.span and offset + tensor.span > available:
+            raise CheckpointError(f"{self.path}: tensor of size {shown(size)} at offset {offset} reaches element "
+                                  f"{offset + tensor.span - 1}, outside its storage {shown(storage.key)} of {available}")
+        numel = math.prod(size)
+        if numel > tensor.span:  # a view that repeats elements: its bytes are not in the file
+            self.expanded += numel * itemsize
+            if self.expanded > MAX_EXPANDED_BYTES:
+                raise CheckpointError(f"{self.path}: broadcast views (stride 0 or overlapping) expand {tensor.span} "
+                                      f"stored elements to {numel}; mapspec expands at most "
+                                      f"{MAX_EXPANDED_BYTES >> 20} MiB of such views per file")
+        return tensor
 
 
-def _codecs_encode(text, encoding="utf-8"):
-    if encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
-        raise UnsafeGlobal(f"_codecs.encode with encoding {encoding!r}")
-    return text.encode(encoding)
+class _StorageView(Inert):
+    __slots__ = ("base", "start", "size")
+
+    def __init__(self, base: Storage, start: int, size: int):
+        self.base, self.start, self.size = base, start, size
 
 
-class _Reader(pickle.Unpickler):
-    """`storage(key, dtype, numel)` gives a storage's memory as a flat numpy array."""
-
-    def __init__(self, file, storage: Callable[[str, str, int], np.ndarray], path: Path,
-                 legacy_views: bool = False):
-        super().__init__(file, encoding="latin1")
-        self._storage = storage
-        self._path = path
-        self._legacy = legacy_views
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
-        safe = _safe_global(module, name)
-        if safe is not None:
-            return safe
-        root = module.split(".")[0]
-        if module in BLOCKED_MODULES or root in BLOCKED_MODULES or name in ("eval", "exec", "system", "__import__"):
-            raise UnsafeGlobal(f"{self._path}: refusing to unpickle: the file calls {module}.{name}, "
-                               "which could run arbitrary code")
-        return standin(module, name)
-
-    def persistent_load(self, pid):
-        if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
-            raise CheckpointError(f"{self._path}: unsupported persistent id {pid!r:.80}")
-        stype, key, numel = pid[1], str(pid[2]), pid[4]
-        dtype = stype.dtype if isinstance(stype, _StorageType) else None
-        if dtype is None or not isinstance(numel, int) or numel < 0:
-            raise CheckpointError(f"{self._path}: corrupt storage reference {pid!r:.80}")
-        data = self._storage(key, dtype, numel)
-        if len(pid) > 5 and pid[5] is not None:  # legacy view: (view_key, offset, size)
-            _view_key, offset, size = pid[5]
-            if not (0 <= offset and offset + size <= numel):
-                raise CheckpointError(f"{self._path}: storage view outside storage {key}")
-            data = data[offset:offset + size]
-        return (dtype, data)
-
-
-def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, *_rest) -> Tensor:
-    if not (isinstance(storage, tuple) and len(storage) == 2):
-        raise CheckpointError("tensor without a storage")
-    dtype, data = storage
-    size, stride = tuple(size), tuple(stride)
-    if len(size) != len(stride) or any(not isinstance(v, int) or v < 0 for v in size + stride + (offset,)):
-        raise CheckpointError(f"corrupt tensor geometry size={size} stride={stride} offset={offset}")
-    numel = len(data)
-    if 0 not in size:
-        last = offset + sum((s - 1) * st for s, st in zip(size, stride))
-        if last >= numel:
-            raise CheckpointError(f"tensor of size {size} at offset {offset} reaches element {last}, "
-                                  f"outside its storage of {numel}")
-    itemsize = data.itemsize
-    base = data[offset:] if offset < numel else data[:0]
-    array = np.lib.stride_tricks.as_strided(base, shape=size, strides=tuple(s * itemsize for s in stride),
-                                            writeable=False) if 0 not in size else np.zeros(size, data.dtype)
-    return Tensor(array, dtype, bool(requires_grad))
+def _int(value, path: Path) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2 ** 63:
+        raise CheckpointError(f"{path}: corrupt tensor offset {shown(value)}")
+    return value
 
 
 def _rebuild_parameter(data, requires_grad=False, *_rest):
     if isinstance(data, Tensor):
-        data.requires_grad = bool(requires_grad)
+        object.__setattr__(data, "requires_grad", bool(requires_grad))
     return data
-
-
-def _safe_global(module: str, name: str) -> Any:
-    if module == "collections" and name == "OrderedDict":
-        return OrderedDict
-    if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-        return _rebuild_tensor
-    if module == "torch._utils" and name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
-        return _rebuild_parameter
-    if module == "torch" and name in STORAGE_DTYPES:
-        return _StorageType(STORAGE_DTYPES[name])
-    if module == "torch" and name in TORCH_DTYPES:
-        return f"torch.{TORCH_DTYPES[name]}"
-    if module == "torch" and name == "Size":
-        return tuple
-    if module == "torch" and name == "device":
-        return _Device
-    if module in ("builtins", "__builtin__") and name in SAFE_BUILTINS:
-        import builtins
-
-        return getattr(builtins, name)
-    if module == "_codecs" and name == "encode":
-        return _codecs_encode
-    if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
-        return _numpy_scalar
-    if module == "numpy" and name == "dtype":
-        return _numpy_dtype
-    if module == "copyreg" and name == "_reconstructor":
-        return _reconstructor
-    return None
-
-
-def _reconstructor(cls, base, state=None):
-    if isinstance(cls, type) and issubclass(cls, StandIn):
-        return cls.__new__(cls)
-    if base is object and cls in (OrderedDict, dict, list, set):
-        return cls()
-    raise UnsafeGlobal(f"copyreg._reconstructor of {cls!r}")
 
 
 # ------------------------------------------------------------------ files
 
-def load(path: Path) -> Any:
-    """The object a torch.save file holds, tensors as `Tensor` views of the mapped file."""
+class Checkpoint:
+    """What a torch.save file holds (`object`), its tensors read from `file` on demand."""
+
+    def __init__(self, obj: Any, file: RegularFile):
+        self.object, self.file = obj, file
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def load(path: Path) -> Checkpoint:
+    """Open a torch.save file: its object, with tensors as `Tensor`s not yet read."""
     path = Path(path)
+    file = RegularFile(path)
     try:
-        mapped = MappedFile(path)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: {exc.strerror}") from None
-    try:
-        if zipfile.is_zipfile(path):
-            return _load_zip(path, mapped)
-        return _load_legacy(path, mapped)
-    except (CheckpointError, MemoryError):
+        with reading(path):
+            head = file.read_bytes(0, min(4, file.size), "the file header")
+            obj = _load_zip(path, file) if head == b"PK\x03\x04" else _load_legacy(path, file)
+        return Checkpoint(obj, file)
+    except BaseException:
+        file.close()
         raise
-    except RecursionError:
-        raise CheckpointError(f"{path}: the pickle nests deeper than mapspec reads") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            struct.error, zipfile.BadZipFile, UnicodeDecodeError, OverflowError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                              f"{str(exc)[:120]})") from None
 
 
-def _load_zip(path: Path, mapped: MappedFile) -> Any:
-    with zipfile.ZipFile(path) as z:
-        infos = z.infolist()
-        pkl = [i for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
+def _load_zip(path: Path, file: RegularFile) -> Any:
+    members = ZipMembers(file)
+    try:
+        pkl = [i for i in members.infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
         if not pkl:
             raise CheckpointError(f"{path}: a zip file, but not a torch.save file (no <dir>/data.pkl)")
         prefix = pkl[0].filename[: -len("data.pkl")]
-        by_name = {i.filename: i for i in infos}
-        data_pkl = z.read(pkl[0])
+        data_pkl = members.read(pkl[0], MAX_PICKLE)
+        swap = False
+        order = members.by_name.get(prefix + "byteorder")
+        if order is not None:
+            text = members.read(order, 16)
+            if text not in (b"little", b"big"):
+                raise CheckpointError(f"{path}: unknown byte order {shown(text)} in {prefix}byteorder")
+            swap = text == b"big"
 
-        def storage(key: str, dtype: str, numel: int) -> np.ndarray:
-            info = by_name.get(f"{prefix}data/{key}")
+        def locate(key: str, dtype: str, numel: int) -> Storage:
+            info = members.by_name.get(f"{prefix}data/{key}")
             if info is None:
-                raise CheckpointError(f"{path}: storage {key} is missing from the archive")
+                raise CheckpointError(f"{path}: storage {shown(key)} is missing from the archive")
             nbytes = numel * dtypes.itemsize(dtype)
             if nbytes > info.file_size:
-                raise CheckpointError(f"{path}: storage {key} claims {nbytes} bytes, its entry holds {info.file_size}")
-            if info.compress_type != zipfile.ZIP_STORED:
-                raw = np.frombuffer(z.read(info), np.uint8)
-            else:
-                start = _data_offset(mapped, info, path)
-                raw = mapped.array[start:start + info.file_size]
-            return raw[:nbytes].view(dtypes.STORAGE[dtype])
+                raise CheckpointError(f"{path}: storage {shown(key)} claims {nbytes} bytes, its entry holds "
+                                      f"{info.file_size}")
+            if info.compress_type != 0:
+                raise CheckpointError(f"{path}: storage record {shown(key)} is compressed; torch writes them "
+                                      "uncompressed and mapspec reads only those")
+            return Storage(key, dtype, numel, file, members.data_offset(info), swap)
 
-        return _Reader(io.BytesIO(data_pkl), storage, path).load()
-
-
-def _data_offset(mapped: MappedFile, info: zipfile.ZipInfo, path: Path) -> int:
-    at = info.header_offset
-    head = mapped.array[at:at + 30].tobytes()
-    if len(head) < 30 or head[:4] != b"PK\x03\x04":
-        raise CheckpointError(f"{path}: corrupt local header for {info.filename} at byte {at}")
-    name_len, extra_len = struct.unpack("<HH", head[26:30])
-    start = at + 30 + name_len + extra_len
-    if start + info.file_size > mapped.size:
-        raise CheckpointError(f"{path}: entry {info.filename} at byte {start} runs past the end of the file")
-    return start
+        torch = _TorchGlobals(path, file, locate)
+        return unpickle(data_pkl, path, torch.extra, torch.persistent)
+    finally:
+        members.close()
 
 
-def _load_legacy(path: Path, mapped: MappedFile) -> Any:
-    f = _MapFile(mapped)
-    if _Reader(f, _no_storage, path).load() != LEGACY_MAGIC:
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip nor the legacy magic number)")
-    if _Reader(f, _no_storage, path).load() != 1001:
-        raise CheckpointError(f"{path}: unsupported legacy protocol")
-    _Reader(f, _no_storage, path).load()  # sys_info
-    object_at = f.tell()
-    # The storages' bytes come after the pickle that uses them. A first pass with zero-cost
-    # stand-in storages learns which storages exist; a second one builds the real views.
-    wanted: dict[str, tuple[str, int]] = {}
+def _load_legacy(path: Path, file: RegularFile) -> Any:
+    """Consecutive pickles: magic, protocol, sys_info, the object, the storage keys; then per
+    storage key an int64 element count and the raw bytes."""
+    stream = file.file()
+    pos = 0
 
-    def fake(key: str, dtype: str, numel: int) -> np.ndarray:
-        wanted.setdefault(key, (dtype, numel))
-        one = np.zeros(1, dtypes.STORAGE[dtype])
-        return np.lib.stride_tricks.as_strided(one, shape=(numel,), strides=(0,), writeable=False)
+    def next_pickle(**kw) -> Any:
+        nonlocal pos
+        stream.seek(pos)
+        end = check_pickle(stream, path, start=0)
+        if end - pos > MAX_PICKLE:
+            raise CheckpointError(f"{path}: a pickle of {end - pos} bytes at byte {pos}, more than mapspec reads")
+        data = file.read_bytes(pos, end - pos, "a pickle")
+        obj = unpickle(data, path, **kw)
+        pos = end
+        return obj
 
-    _Reader(f, fake, path).load()
-    keys = _Reader(f, _no_storage, path).load()
-    found: dict[str, np.ndarray] = {}
+    try:
+        try:
+            magic = next_pickle()
+        except CheckpointError:
+            magic = None
+        if magic != LEGACY_MAGIC:
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip nor the legacy magic number)")
+        if next_pickle() != 1001:
+            raise CheckpointError(f"{path}: unsupported legacy protocol")
+        next_pickle()  # sys_info
+        torch = _TorchGlobals(path, file, lambda key, dtype, numel: Storage(key, dtype, numel, file, None, False),
+                              legacy=True)
+        obj = next_pickle(extra=torch.extra, persistent=torch.persistent)
+        keys = next_pickle()
+    finally:
+        stream.close()
+    if not isinstance(keys, (list, tuple)):
+        raise CheckpointError(f"{path}: corrupt legacy storage list")
     for key in keys:
-        at = f.tell()
-        (count,) = struct.unpack("<q", f.read(8) or b"\0" * 8)
-        dtype, _numel = wanted.get(str(key), ("uint8", count))
-        nbytes = count * dtypes.itemsize(dtype)
-        start = f.tell()
-        if count < 0 or start + nbytes > mapped.size:
-            raise CheckpointError(f"{path}: storage {key} at byte {at} runs past the end of the file")
-        found[str(key)] = mapped.array[start:start + nbytes].view(dtypes.STORAGE[dtype])
-        f.seek(start + nbytes)
-
-    def real(key: str, dtype: str, numel: int) -> np.ndarray:
-        data = found.get(key)
-        if data is None or len(data) < numel:
-            raise CheckpointError(f"{path}: storage {key} is missing or shorter than {numel} elements")
-        return data
-
-    f.seek(object_at)
-    return _Reader(f, real, path).load()
+        storage = torch.storages.get(str(key))
+        if storage is None:
+            raise CheckpointError(f"{path}: storage {shown(key)} at byte {pos} is not referenced by the pickle")
+        count = int.from_bytes(file.read_bytes(pos, 8, f"the size of storage {shown(key)}"), "little", signed=True)
+        if count != storage.numel:
+            raise CheckpointError(f"{path}: storage {shown(key)} at byte {pos} holds {count} elements, "
+                                  f"the pickle says {storage.numel}")
+        storage.offset = pos + 8
+        pos += 8 + storage.nbytes
+        if pos > file.size:
+            raise CheckpointError(f"{path}: storage {shown(key)} at byte {storage.offset} runs past the end of the file")
+    missing = [k for k, s in torch.storages.items() if s.offset is None]
+    if missing:
+        raise CheckpointError(f"{path}: storage {shown(missing[0])} has no data in the file")
+    return obj
 
 
-class _MapFile(io.RawIOBase):
-    """A read-only file object over the mapped bytes, for consecutive pickles."""
-
-    def __init__(self, mapped: MappedFile):
-        self._a = mapped.array
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self._a) if n is None or n < 0 else min(len(self._a), self._pos + n)
-        out = self._a[self._pos:end].tobytes()
-        self._pos = end
-        return out
-
-    def readline(self, limit: int = -1) -> bytes:
-        rest = self._a[self._pos:self._pos + (limit if limit and limit > 0 else 1 << 20)].tobytes()
-        i = rest.find(b"\n")
-        out = rest if i < 0 else rest[: i + 1]
-        self._pos += len(out)
-        return out
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self._pos = pos if whence == 0 else self._pos + pos if whence == 1 else len(self._a) + pos
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-
-def _no_storage(key, dtype, numel):
-    raise CheckpointError("a storage reference where none belongs")
+__all__ = ["Checkpoint", "MAX_DEPTH", "StandIn", "Tensor", "load"]

@@ -18,48 +18,87 @@ from .. import dtypes
 from ..errors import CheckpointError
 from ..plan import TensorInfo
 from .base import AtomicPath
+from .reading import RegularFile, clip, shown
 
 
 class WtsSource:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._lines: dict[str, tuple[int, int]] = {}  # name -> (byte offset of the values, count)
+        self._file = RegularFile(self.path)
         try:
-            with open(self.path, "rb") as f:
-                head = f.readline()
+            self._lines = self._index()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _index(self) -> dict[str, tuple[int, int, int]]:
+        """name -> (byte offset of its values, end of its line, value count)."""
+        lines: dict[str, tuple[int, int, int]] = {}
+        with self._file.file() as f:
+            head = f.readline(64)
+            try:
+                n = _count(head)
+            except ValueError:
+                raise CheckpointError(f"{self.path}: not a .wts file (first line {clip(repr(head), 60)} is not "
+                                      "a count)") from None
+            if n > self._file.size // 4:
+                raise CheckpointError(f"{self.path}: {n} entries announced, more than a {self._file.size}-byte "
+                                      "file can hold")
+            for i in range(n):
+                at = f.tell()
+                line = f.readline()
+                if not line.strip():
+                    raise CheckpointError(f"{self.path}: {n} entries announced, the file ends after {i} "
+                                          f"(byte {at})")
+                parts = line.split(None, 2)
+                if len(parts) < 2:
+                    raise CheckpointError(f"{self.path}: malformed entry at byte {at} (name and count expected)")
                 try:
-                    n = int(head)
+                    name = parts[0].decode("utf-8")
+                    count = _count(parts[1])
+                except UnicodeDecodeError:
+                    raise CheckpointError(f"{self.path}: the name at byte {at} is not UTF-8") from None
                 except ValueError:
-                    raise CheckpointError(f"{self.path}: not a .wts file (first line {head[:40]!r} is not a count)") from None
-                for i in range(n):
-                    at = f.tell()
-                    line = f.readline()
-                    if not line:
-                        raise CheckpointError(f"{self.path}: {n} entries announced, the file ends after {i}")
-                    parts = line.split(b" ", 2)
-                    if len(parts) < 2:
-                        raise CheckpointError(f"{self.path}: malformed entry at byte {at}")
-                    name, count = parts[0].decode("utf-8"), int(parts[1])
-                    values = (len(parts[2].split()) if len(parts) > 2 else 0)
-                    if values != count:
-                        raise CheckpointError(f"{self.path}: entry {name} at byte {at} announces {count} values, holds {values}")
-                    self._lines[name] = (at + len(parts[0]) + len(parts[1]) + 2, count)
-        except OSError as exc:
-            raise CheckpointError(f"{self.path}: {exc.strerror}") from None
+                    raise CheckpointError(f"{self.path}: entry {shown(name)} at byte {at}: value count "
+                                          f"{clip(repr(parts[1]), 40)} is not a number") from None
+                if name in lines:
+                    raise CheckpointError(f"{self.path}: entry {shown(name)} at byte {at} appears twice")
+                values = len(parts[2].split()) if len(parts) > 2 else 0
+                if values != count:
+                    raise CheckpointError(f"{self.path}: entry {shown(name)} at byte {at} announces {count} values, "
+                                          f"holds {values}")
+                name_at = line.index(parts[0])
+                start = at + line.index(parts[1], name_at + len(parts[0])) + len(parts[1])
+                lines[name] = (start, at + len(line), count)
+            if f.read(1 << 16).strip():
+                raise CheckpointError(f"{self.path}: more entries than the {n} announced (byte {f.tell()})")
+        return lines
 
     def infos(self) -> Mapping[str, TensorInfo]:
-        return {k: TensorInfo((n,), "float32") for k, (_, n) in self._lines.items()}
+        return {k: TensorInfo((n,), "float32") for k, (_, _, n) in self._lines.items()}
 
     def read(self, key: str) -> np.ndarray:
-        at, count = self._lines[key]
-        with open(self.path, "rb") as f:
-            f.seek(at)
-            text = f.readline().split()
-        raw = bytes.fromhex("".join(t.decode() for t in text))
+        start, end, count = self._lines[key]
+        tokens = self._file.read_bytes(start, end - start, f"entry {shown(key)}").split()
+        if any(len(t) != 8 for t in tokens):
+            bad = next(t for t in tokens if len(t) != 8)
+            raise CheckpointError(f"{self.path}: entry {shown(key)}: value {clip(repr(bad), 40)} is not 8 hex digits")
+        try:
+            raw = bytes.fromhex(b"".join(tokens).decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            raise CheckpointError(f"{self.path}: entry {shown(key)} holds a value that is not hexadecimal") from None
         return np.frombuffer(raw, ">f4").astype("<f4").reshape(count)
 
     def close(self) -> None:
-        pass
+        self._file.close()
+
+
+def _count(text: bytes) -> int:
+    """A non-negative decimal count of at most 19 digits (ValueError otherwise)."""
+    text = text.strip()
+    if not text.isdigit() or len(text) > 19:
+        raise ValueError(text)
+    return int(text)
 
 
 class WtsSink:

@@ -1,0 +1,238 @@
+"""Reading checkpoint files that may be hostile: the primitives every reader uses.
+
+- Only regular files are opened (a FIFO or `/dev/zero` would hang or never end).
+- Bytes are read by position into fresh buffers (`RegularFile.read_range`), never handed out
+  as views of a memory map: a file truncated while it is read gives a short read, which is a
+  `CheckpointError`, instead of a SIGBUS that kills the process.
+- `reading(path)` is the one error discipline: whatever goes wrong while a file is parsed
+  becomes a `CheckpointError` naming the file, its message clipped to a readable length.
+- Zip members (`.npz`, torch's zip format) are read through `ZipMembers`, which refuses
+  encryption and unknown compression and bounds every member's size before inflating it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import CheckpointError, MapspecError
+
+MAX_MESSAGE = 400  # characters of an error message; longer ones are clipped
+MAX_NAME = 80  # characters of a name (a key, a member) quoted in a message
+# Values a file holds without storing them (torch views with stride 0, MXNet sparse arrays
+# read as dense) may expand, all together, to at most this many bytes per file.
+MAX_EXPANDED_BYTES = 256 << 20
+# Deflate cannot expand data more than 1032:1; a member claiming more is lying.
+MAX_DEFLATE_RATIO = 1032
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text`, cut to `limit` characters with a note of how much was left out."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def shown(name: object) -> str:
+    """A name from a file, quoted for a message: printable and at most MAX_NAME characters."""
+    text = repr(name) if not isinstance(name, str) else name
+    if len(text) > MAX_NAME:
+        text = f"{text[:MAX_NAME]}...({len(text)} characters)"
+    return repr(text) if not text.isprintable() else f"'{text}'"
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of `path`, which must be a regular file (symlinks followed).
+
+    O_NONBLOCK keeps the open itself from waiting on a FIFO; the type is checked on the
+    opened descriptor, so the file cannot be swapped between the check and the read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: {exc.strerror or exc}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise CheckpointError(f"{path}: {_kind(mode)}, not a checkpoint file; mapspec reads regular files only")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_small(path: Path, limit: int, what: str = "file") -> bytes:
+    """The whole of a small regular file (a pickle, a meta record), refusing one over `limit`."""
+    with RegularFile(path) as f:
+        if f.size > limit:
+            raise CheckpointError(f"{path}: {f.size} bytes, more than a {what} can be ({limit})")
+        return f.read_bytes(0, f.size, what)
+
+
+class RegularFile:
+    """A regular file read by position. Every read is a fresh buffer of exactly the bytes
+    asked for; a range past the end, or a file that shrinks while it is read, is a
+    `CheckpointError` naming the byte offset."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd = open_regular(self.path)
+        self.size = os.fstat(self.fd).st_size
+
+    def read_into(self, buffer: memoryview, offset: int, what: str = "data") -> None:
+        nbytes = len(buffer)
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
+            raise CheckpointError(f"{self.path}: {what} at byte {offset} needs {nbytes} bytes, "
+                                  f"the {self.size}-byte file ends first (truncated?)")
+        got = 0
+        while got < nbytes:
+            n = os.preadv(self.fd, [buffer[got:]], offset + got)
+            if n <= 0:
+                raise CheckpointError(f"{self.path}: the file ended at byte {offset + got} while reading "
+                                      f"{what} (it was truncated while being read)")
+            got += n
+
+    def read_range(self, offset: int, nbytes: int, what: str = "data") -> np.ndarray:
+        """Bytes [offset, offset + nbytes) as a fresh, writable uint8 array."""
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:  # before allocating anything
+            raise CheckpointError(f"{self.path}: {what} at byte {offset} needs {nbytes} bytes, "
+                                  f"the {self.size}-byte file ends first (truncated?)")
+        buf = np.empty(nbytes, np.uint8)
+        self.read_into(memoryview(buf), offset, what)
+        return buf
+
+    def read_bytes(self, offset: int, nbytes: int, what: str = "data") -> bytes:
+        return self.read_range(offset, nbytes, what).tobytes()
+
+    def release(self, offset: int, nbytes: int) -> None:
+        """Tell the kernel a range is consumed, so a long conversion does not crowd the page cache."""
+        if hasattr(os, "posix_fadvise") and self.fd >= 0 and nbytes > 0:
+            os.posix_fadvise(self.fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
+
+    def file(self):
+        """A buffered file object over the same descriptor (for zipfile), position 0."""
+        return os.fdopen(os.dup(self.fd), "rb")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "RegularFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextmanager
+def reading(path: Path | str) -> Iterator[None]:
+    """Turn any failure while `path` is parsed into one `CheckpointError` naming the file.
+
+    Errors mapspec raises on purpose pass (clipped); MemoryError and RecursionError mean the
+    file declares more than can be read; anything else is the file being malformed in a way
+    no check caught, reported by type, never with a traceback."""
+    try:
+        yield
+    except CheckpointError as exc:
+        if len(str(exc)) > MAX_MESSAGE:
+            raise CheckpointError(clip(str(exc))) from None
+        raise
+    except MapspecError:
+        raise
+    except MemoryError:
+        raise CheckpointError(f"{path}: not enough memory to read it (the file declares more data than it "
+                              "holds, or more than fits)") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deeply to read") from None
+    except OSError as exc:
+        raise CheckpointError(clip(f"{path}: {exc.strerror or exc}")) from None
+    except zipfile.BadZipFile as exc:
+        raise CheckpointError(clip(f"{path}: corrupt zip archive ({exc})")) from None
+    except Exception as exc:  # noqa: BLE001 - any parse failure is bad input, not a crash
+        raise CheckpointError(clip(f"{path}: unreadable ({type(exc).__name__}: {exc})")) from None
+
+
+class ZipMembers:
+    """A zip archive's directory, with members read under bounds.
+
+    Only stored and deflated members are read (the only methods numpy and torch write);
+    encrypted members are refused; a member's declared size must be possible for its
+    compressed size, and inflating stops at the declared size, so a zip bomb costs at most
+    what its directory admits, and that is checked before anything is allocated."""
+
+    def __init__(self, file: RegularFile):
+        self.file = file
+        self.path = file.path
+        self._handle = file.file()
+        try:
+            self.zip = zipfile.ZipFile(self._handle)
+        except BaseException:
+            self._handle.close()
+            raise
+        self.infos = self.zip.infolist()
+        self.by_name = {i.filename: i for i in self.infos}
+
+    def check(self, info: zipfile.ZipInfo, limit: int | None = None) -> None:
+        name = shown(info.filename)
+        if info.flag_bits & 0x1:
+            raise CheckpointError(f"{self.path}: member {name} is encrypted; mapspec reads unencrypted archives only")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise CheckpointError(f"{self.path}: member {name} uses zip compression method {info.compress_type}; "
+                                  "only stored and deflated members are supported")
+        if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+            raise CheckpointError(f"{self.path}: stored member {name} declares {info.file_size} bytes "
+                                  f"but holds {info.compress_size}")
+        if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024:
+            raise CheckpointError(f"{self.path}: member {name} claims to inflate {info.compress_size} bytes to "
+                                  f"{info.file_size}, more than deflate can (a zip bomb?)")
+        if info.header_offset + info.compress_size > self.file.size:
+            raise CheckpointError(f"{self.path}: member {name} at byte {info.header_offset} runs past the end "
+                                  "of the file")
+        if limit is not None and info.file_size > limit:
+            raise CheckpointError(f"{self.path}: member {name} is {info.file_size} bytes, more than it can be "
+                                  f"({limit})")
+
+    def open(self, info: zipfile.ZipInfo, limit: int | None = None):
+        """A stream of the member's bytes (CRC checked at its end by zipfile)."""
+        self.check(info, limit)
+        return self.zip.open(info)
+
+    def read(self, info: zipfile.ZipInfo, limit: int) -> bytes:
+        with self.open(info, limit) as f:
+            data = f.read(info.file_size + 1)
+        if len(data) != info.file_size:
+            raise CheckpointError(f"{self.path}: member {shown(info.filename)} holds {len(data)} bytes, "
+                                  f"its directory entry says {info.file_size}")
+        return data
+
+    def data_offset(self, info: zipfile.ZipInfo) -> int:
+        """Where a stored member's bytes start in the file, from its local header."""
+        self.check(info)
+        at = info.header_offset
+        head = self.file.read_bytes(at, 30, f"the local header of {shown(info.filename)}")
+        if head[:4] != b"PK\x03\x04":
+            raise CheckpointError(f"{self.path}: corrupt local header for {shown(info.filename)} at byte {at}")
+        name_len = int.from_bytes(head[26:28], "little")
+        extra_len = int.from_bytes(head[28:30], "little")
+        start = at + 30 + name_len + extra_len
+        if start + info.compress_size > self.file.size:
+            raise CheckpointError(f"{self.path}: member {shown(info.filename)} at byte {start} runs past the end "
+                                  "of the file")
+        return start
+
+    def close(self) -> None:
+        self.zip.close()
+        self._handle.close()
