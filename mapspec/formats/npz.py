@@ -157,4 +157,5 @@ class NpzSink:
         self.atomic.commit()
 
     def abort(self) -> None:
-        self.atomic.abort()  # closing the zip would write its directory: just drop it
+        self.zip.fp = None  # closing the zip would write its directory (and fail again): drop it
+        self.atomic.abort()

@@ -9,6 +9,7 @@ Writing streams torch's own zip format through torch.
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import pickle
@@ -177,25 +178,46 @@ class TorchSink:
         pickler.dump(state)
         self.writer = torch._C.PyTorchFileWriter(str(self.atomic.tmp))
         data = buf.getvalue()
-        self.writer.write_record("data.pkl", data, len(data))
-        self.writer.write_record(".format_version", "1", 1)
-        self.writer.write_record(".storage_alignment", "64", 2)
-        self.writer.write_record("byteorder", "little", len("little"))
+        with _write_errors():
+            self.writer.write_record("data.pkl", data, len(data))
+            self.writer.write_record(".format_version", "1", 1)
+            self.writer.write_record(".storage_alignment", "64", 2)
+            self.writer.write_record("byteorder", "little", len("little"))
         self.written: set[str] = set()
 
     def write(self, name: str, array: np.ndarray) -> None:
         tensor = to_torch(array, self.infos[name].dtype)
         storage = tensor.untyped_storage()
-        self.writer.write_record(f"data/{self.keys[name]}", storage, storage.nbytes())
+        with _write_errors():
+            self.writer.write_record(f"data/{self.keys[name]}", storage, storage.nbytes())
         self.written.add(name)
 
     def commit(self) -> None:
         if set(self.infos) - self.written:
             raise RuntimeError("torch sink closed with tensors unwritten")
-        self.writer.write_end_of_file()
+        with _write_errors():
+            self.writer.write_end_of_file()
         self.writer = None
         self.atomic.commit()
 
     def abort(self) -> None:
-        self.writer = None
+        # After a failed write, the writer's destructor would finish the archive, fail again
+        # and abort the process from C++; finishing it here (its error ignored) marks it done.
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.write_end_of_file()
+            except Exception:
+                pass
         self.atomic.abort()
+
+
+class _write_errors:
+    """torch's writer reports a full disk as RuntimeError: make it the OSError it is."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if isinstance(exc, RuntimeError):
+            raise OSError(errno.EIO, f"torch's writer failed ({str(exc).splitlines()[0][:200]})") from None

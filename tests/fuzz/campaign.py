@@ -24,10 +24,11 @@ def _folder(base: Path, name: str) -> Path:
     return folder
 
 
-def pickle_cases(base: Path, containers=CONTAINERS) -> Iterator[Case]:
-    """Every technique in every container, converted (apply) and inspected."""
+def pickle_cases(base: Path, quick: bool = False) -> Iterator[Case]:
+    """Every technique in every container, converted (apply) or inspected; `quick`: each
+    technique once, the containers taking turns."""
     for i, t in enumerate(TECHNIQUES):
-        for container in containers:
+        for container in (CONTAINERS[i % len(CONTAINERS)],) if quick else CONTAINERS:
             folder = _folder(base, f"pickle{i:03d}-{container}")
             marker = folder / "MARKER"
             path = write_case(t, container, str(marker), folder)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-LIMITS = {"memory": 3 << 30, "cpu": 30, "wall": 90}
+LIMITS = {"memory": 3 << 30, "cpu": 20, "wall": 40}
 MAX_ERROR = 500  # characters of one error line
 SPEC_ERROR = re.compile(r"^\S.*:\d+:\d+: error: ")
 IDENTITY = "mapspec 1\n{k:**} -> {k}\n"

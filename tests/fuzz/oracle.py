@@ -42,8 +42,9 @@ def _read(fmt: str, path: str) -> dict[str, np.ndarray]:
 
         return load_file(path)
     if fmt == "npz":
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        with np.load(path, allow_pickle=False) as z:  # .npy members only, as savez writes them
+            members = set(z.zip.namelist())
+            return {k: z[k] for k in z.files if k + ".npy" in members}
     if fmt == "mxnet":
         import mxnet as mx
 
@@ -65,7 +66,7 @@ def read_wts(path: str) -> dict[str, np.ndarray]:
         name, n, *values = line.split()
         if len(values) != int(n):
             raise ValueError("count mismatch")
-        out[name] = np.array([int(v, 16) for v in values], np.uint32).view(">f4").astype(np.float32)
+        out[name] = np.array([int(v, 16) for v in values], np.uint32).view(np.float32)  # the hex is the bits
     return out
 
 

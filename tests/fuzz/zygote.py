@@ -100,11 +100,12 @@ def _run(job: dict) -> dict:
 
 
 def main() -> None:
-    preload = sys.argv[1:]
-    import numpy  # noqa: F401 - shared by every child
+    import importlib
 
+    preload = sys.argv[1:]
+    importlib.import_module("numpy")  # shared by every child
     if "cli" in preload:
-        import mapspec.cli  # noqa: F401
+        importlib.import_module("mapspec.cli")
     if "oracle" in preload:
         import tests.fuzz.oracle as oracle
 
