@@ -37,14 +37,17 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 PROGRESS_AFTER = 200  # steps: shorter runs finish before a bar is worth drawing
 
 
+_DEBUG = False  # --debug, set for each invocation
+
+
 def _debug() -> bool:
-    return os.environ.get("MAPSPEC_DEBUG", "") not in ("", "0")
+    return _DEBUG or os.environ.get("MAPSPEC_DEBUG", "") not in ("", "0")
 
 
 @app.callback()
 def _options(debug: bool = typer.Option(False, "--debug", help="Show a traceback for internal errors.")) -> None:
-    if debug:
-        os.environ["MAPSPEC_DEBUG"] = "1"
+    global _DEBUG
+    _DEBUG = debug
 
 
 def _fail(message: str, code: int, exc: BaseException | None = None) -> typer.Exit:

@@ -85,7 +85,8 @@ class SpecError(MapspecError):
             width = self.span.end_column - self.span.column
         if len(line) > MAX_LINE:  # show a window around the caret, not a megabyte of spec
             start = max(0, column - 1 - MAX_LINE // 2)
-            line = ("..." if start else "") + line[start:start + MAX_LINE] + "..."
+            line = ("..." if start else "") + line[start:start + MAX_LINE] + (
+                "..." if start + MAX_LINE < len(line) else "")
             column = column - start + (3 if start else 0)
             width = max(1, min(width, len(line) - column + 1, 80))
         # Tabs keep their width so the caret lines up under the offending text.
