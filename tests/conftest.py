@@ -24,6 +24,17 @@ def golden(path: Path, actual: str) -> None:
     assert actual == path.read_text()
 
 
+def torch_zip(path: Path, pkl: bytes, entries: dict | None = None) -> Path:
+    """A torch.save-shaped zip holding a hand-made pickle: archive/data.pkl plus archive/<name>."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pkl)
+        for k, v in (entries or {}).items():
+            z.writestr(f"archive/{k}", v)
+    return path
+
+
 @pytest.fixture
 def torch():
     return pytest.importorskip("torch")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -211,16 +212,28 @@ class ZipMembers:
         return self.zip.open(info)
 
     def read(self, info: zipfile.ZipInfo, limit: int) -> bytes:
-        with self.open(info, limit) as f:
-            data = f.read(info.file_size + 1)
+        """A small member's bytes, whole. Its CRC-32 is checked unless it is 0, as torch
+        writes it with `set_crc32_options(False)` (torch.load never checks it)."""
+        name = shown(info.filename)
+        raw = self.file.read_bytes(self.data_offset(info, limit), info.compress_size, f"member {name}")
+        if info.compress_type == zipfile.ZIP_STORED:
+            data = raw
+        else:
+            inflate = zlib.decompressobj(-15)
+            try:
+                data = inflate.decompress(raw, info.file_size + 1)
+            except zlib.error as exc:
+                raise CheckpointError(f"{self.path}: member {name} does not inflate ({exc})") from None
         if len(data) != info.file_size:
-            raise CheckpointError(f"{self.path}: member {shown(info.filename)} holds {len(data)} bytes, "
+            raise CheckpointError(f"{self.path}: member {name} holds {len(data)} bytes, "
                                   f"its directory entry says {info.file_size}")
+        if info.CRC and zlib.crc32(data) != info.CRC:
+            raise CheckpointError(f"{self.path}: member {name} fails its CRC-32 check (corrupt)")
         return data
 
-    def data_offset(self, info: zipfile.ZipInfo) -> int:
-        """Where a stored member's bytes start in the file, from its local header."""
-        self.check(info)
+    def data_offset(self, info: zipfile.ZipInfo, limit: int | None = None) -> int:
+        """Where a member's (stored or compressed) bytes start in the file, from its local header."""
+        self.check(info, limit)
         at = info.header_offset
         head = self.file.read_bytes(at, 30, f"the local header of {shown(info.filename)}")
         if head[:4] != b"PK\x03\x04":

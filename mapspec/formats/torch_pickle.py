@@ -22,7 +22,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import CheckpointError
 from .reading import MAX_EXPANDED_BYTES, RegularFile, ZipMembers, reading, shown
-from .unpickle import MAX_DEPTH, MAX_PICKLE, Device, Inert, StandIn, check_pickle, unpickle
+from .unpickle import MAX_DEPTH, MAX_PICKLE, Device, Inert, StandIn, PickleTruncated, check_pickle, unpickle
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MAX_NDIM = dtypes.MAX_NDIM
@@ -343,36 +343,39 @@ def _load_zip(path: Path, file: RegularFile) -> Any:
 def _load_legacy(path: Path, file: RegularFile) -> Any:
     """Consecutive pickles: magic, protocol, sys_info, the object, the storage keys; then per
     storage key an int64 element count and the raw bytes."""
-    stream = file.file()
     pos = 0
 
     def next_pickle(**kw) -> Any:
+        """The pickle at `pos`: read in growing windows until its STOP is inside one."""
         nonlocal pos
-        stream.seek(pos)
-        end = check_pickle(stream, path, start=0)
-        if end - pos > MAX_PICKLE:
-            raise CheckpointError(f"{path}: a pickle of {end - pos} bytes at byte {pos}, more than mapspec reads")
-        data = file.read_bytes(pos, end - pos, "a pickle")
-        obj = unpickle(data, path, **kw)
-        pos = end
+        window = 1 << 16
+        while True:
+            data = file.read_bytes(pos, min(window, file.size - pos), "a pickle")
+            try:
+                end = check_pickle(data, path, base=pos)
+                break
+            except PickleTruncated:
+                if pos + len(data) >= file.size or window >= MAX_PICKLE:
+                    raise CheckpointError(f"{path}: the pickle at byte {pos} ends without STOP (truncated, "
+                                          "or larger than mapspec reads)") from None
+                window *= 4
+        obj = unpickle(data[:end], path, checked=True, **kw)
+        pos += end
         return obj
 
     try:
-        try:
-            magic = next_pickle()
-        except CheckpointError:
-            magic = None
-        if magic != LEGACY_MAGIC:
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip nor the legacy magic number)")
-        if next_pickle() != 1001:
-            raise CheckpointError(f"{path}: unsupported legacy protocol")
-        next_pickle()  # sys_info
-        torch = _TorchGlobals(path, file, lambda key, dtype, numel: Storage(key, dtype, numel, file, None, False),
-                              legacy=True)
-        obj = next_pickle(extra=torch.extra, persistent=torch.persistent)
-        keys = next_pickle()
-    finally:
-        stream.close()
+        magic = next_pickle()
+    except CheckpointError:
+        magic = None
+    if magic != LEGACY_MAGIC:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip nor the legacy magic number)")
+    if next_pickle() != 1001:
+        raise CheckpointError(f"{path}: unsupported legacy protocol")
+    next_pickle()  # sys_info
+    torch = _TorchGlobals(path, file, lambda key, dtype, numel: Storage(key, dtype, numel, file, None, False),
+                          legacy=True)
+    obj = next_pickle(extra=torch.extra, persistent=torch.persistent)
+    keys = next_pickle()
     if not isinstance(keys, (list, tuple)):
         raise CheckpointError(f"{path}: corrupt legacy storage list")
     for key in keys:

@@ -2,7 +2,7 @@
 
 Two passes over every pickle:
 
-1. `check_pickle` walks the opcodes with `pickletools.genops` (pure Python, no recursion, no
+1. `check_pickle` walks the opcodes (a tight loop over the bytes, no recursion, no
    allocation beyond the bytes present) and refuses, with the byte offset, anything the C
    unpickler would turn into a crash or an allocation the file does not pay for: lengths past
    the end of the data, memo indices out of proportion (the C memo grows to the index), huge
@@ -60,121 +60,196 @@ BLOCKED_NAMES = {"eval", "exec", "system", "__import__", "compile", "open", "get
                  "globals", "locals", "vars", "input", "breakpoint", "execfile", "popen", "check_call",
                  "check_output", "Popen"}
 
-_MARK = pickletools.markobject
-# Opcodes that add children to the container below them, and those that build a new one.
-_MUTATORS = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}
-_BUILDERS = {"TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "LIST", "DICT", "FROZENSET", "EMPTY_LIST", "EMPTY_DICT",
-             "EMPTY_TUPLE", "EMPTY_SET", "OBJ", "INST"}
-_CALLS = {"REDUCE", "NEWOBJ", "NEWOBJ_EX"}
-_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
-_GETS = {"GET", "BINGET", "LONG_BINGET"}
+# Per opcode byte: how its argument is laid out and what it does to the stack, derived once
+# from pickletools' descriptions so that the check below is a tight loop over the bytes.
+_ARG_NONE, _ARG_FIXED, _ARG_LINE, _ARG_TWO_LINES, _ARG_COUNTED = range(5)
+(_ATOM, _BUILDER, _CALL, _MUTATOR, _PUT, _GET, _MEMOIZE, _DUP, _MARKOP, _STOP, _POP, _POP_MARK,
+ _OTHER) = range(13)
+_CATEGORY = {"TUPLE": _BUILDER, "TUPLE1": _BUILDER, "TUPLE2": _BUILDER, "TUPLE3": _BUILDER, "LIST": _BUILDER,
+             "DICT": _BUILDER, "FROZENSET": _BUILDER, "EMPTY_LIST": _BUILDER, "EMPTY_DICT": _BUILDER,
+             "EMPTY_TUPLE": _BUILDER, "EMPTY_SET": _BUILDER, "OBJ": _BUILDER, "INST": _BUILDER,
+             "REDUCE": _CALL, "NEWOBJ": _CALL, "NEWOBJ_EX": _CALL,
+             "APPEND": _MUTATOR, "APPENDS": _MUTATOR, "SETITEM": _MUTATOR, "SETITEMS": _MUTATOR,
+             "ADDITEMS": _MUTATOR, "BUILD": _MUTATOR,
+             "PUT": _PUT, "BINPUT": _PUT, "LONG_BINPUT": _PUT, "GET": _GET, "BINGET": _GET, "LONG_BINGET": _GET,
+             "MEMOIZE": _MEMOIZE, "DUP": _DUP, "MARK": _MARKOP, "STOP": _STOP, "POP": _POP, "POP_MARK": _POP_MARK}
+_OPS: list[tuple | None] = [None] * 256  # (name, arg kind, arg size, category, pops, pops to mark, pushes)
+for _op in pickletools.opcodes:
+    _n = _op.arg.n if _op.arg is not None else 0
+    if _op.arg is None:
+        _kind, _size = _ARG_NONE, 0
+    elif _n > 0:
+        _kind, _size = _ARG_FIXED, _n
+    elif _n == pickletools.UP_TO_NEWLINE:
+        _kind, _size = (_ARG_TWO_LINES if _op.name in ("GLOBAL", "INST") else _ARG_LINE), 0
+    else:  # a length prefix of 1, 4 (signed or not) or 8 bytes, then that many bytes
+        _kind = _ARG_COUNTED
+        _size = {pickletools.TAKEN_FROM_ARGUMENT1: 1, pickletools.TAKEN_FROM_ARGUMENT4: -4,
+                 pickletools.TAKEN_FROM_ARGUMENT4U: 4, pickletools.TAKEN_FROM_ARGUMENT8U: 8}[_n]
+    _marked = pickletools.markobject in _op.stack_before
+    _pre = _op.stack_before.index(pickletools.markobject) if _marked else len(_op.stack_before)
+    _OPS[ord(_op.code.encode("latin1"))] = (_op.name, _kind, _size, _CATEGORY.get(_op.name, _ATOM), _pre, _marked,
+                                             len(_op.stack_after))
+del _op, _n, _kind, _size, _marked, _pre
 
 
-def check_pickle(stream, path: Path, start: int = 0) -> int:
-    """Walk one pickle's opcodes from `stream` (file-like) and refuse what is unsafe to
-    build; returns the position just after its STOP. Offsets in messages are file offsets."""
-    nodes: list[int] = []  # depth of each object built so far
-    sizes: list[int] = []  # objects in each one's tree, shared references counted each time
-    stack: list[int] = []  # node ids on the unpickler's stack
+class PickleTruncated(Exception):
+    """The pickle runs past the bytes given (the caller may have more to give)."""
+
+
+def check_pickle(data: bytes, path: Path, start: int = 0, base: int = 0) -> int:
+    """Walk one pickle's opcodes in `data` from `start` and refuse what is unsafe to build;
+    returns the index just after its STOP. Messages give offsets as `base` + index.
+    Raises `PickleTruncated` if `data` ends before the STOP."""
+    depth: list[int] = [0]  # per object built so far; object 0 stands for every atom
+    size: list[int] = [1]  # objects in each one's tree, shared references counted each time
+    stack: list[int] = []
     marks: list[int] = []
     memo: dict[int, int] = {}
-    ops = 0
+    end = len(data)
     pos = start
+    ops = 0
+    find = data.find
+    at = start
 
     def bad(why: str) -> CheckpointError:
-        return CheckpointError(f"{path}: malformed or unsafe pickle at byte {pos}: {why}")
+        return CheckpointError(f"{path}: malformed or unsafe pickle at byte {base + at}: {why}")
 
-    def new(depth: int, size: int) -> int:
-        if depth > MAX_DEPTH:
-            raise CheckpointError(f"{path}: the pickle nests deeper than {MAX_DEPTH} levels (byte {pos})")
-        nodes.append(depth)
-        sizes.append(_expanded(size, pos))
-        return len(nodes) - 1
-
-    def _expanded(size: int, at: int) -> int:
+    def grown(value: int) -> int:
         # Hashing, comparing or printing a tuple walks its whole tree, shared parts again
         # each time: a few bytes of memo references can make it astronomically large.
-        if size > MAX_NODES:
+        if value > MAX_NODES:
             raise CheckpointError(f"{path}: the pickle builds an object of more than {MAX_NODES:,} parts through "
-                                  f"shared references (byte {at}); refusing")
-        return size
+                                  f"shared references (byte {base + at}); refusing")
+        return value
 
-    try:
-        for op, arg, at in pickletools.genops(stream):
-            pos = start + (at or 0)
-            ops += 1
-            name = op.name
-            if name == "MARK":
-                marks.append(len(stack))
-                continue
-            if name == "STOP":
-                if len(stack) != 1:
-                    raise bad("STOP with a stack of %d items" % len(stack))
-                return start + stream.tell()
-            if name in _PUTS or name == "MEMOIZE":
-                if not stack:
-                    raise bad("memo store from an empty stack")
-                index = len(memo) if name == "MEMOIZE" else arg
-                if not isinstance(index, int) or index < 0 or index > ops:
-                    raise bad(f"memo index {index} (the C unpickler would size its memo to it)")
-                memo[index] = stack[-1]
-                continue
-            if name in _GETS:
-                if arg not in memo:
-                    raise bad(f"memo index {arg} was never stored")
-                stack.append(memo[arg])
-                continue
-            if name == "DUP":
-                if not stack:
-                    raise bad("DUP on an empty stack")
-                stack.append(stack[-1])
-                continue
-            before = op.stack_before
-            if _MARK in before:
-                if not marks:
-                    raise bad(f"{name} without a MARK")
-                m = marks.pop()
-                items = stack[m:]
-                del stack[m:]
-                n_pre = before.index(_MARK)
-                if len(stack) < n_pre:
-                    raise bad(f"{name} on an empty stack")
-                pre = stack[len(stack) - n_pre:]
-                del stack[len(stack) - n_pre:]
-                popped = pre + items
-            else:
-                n = len(before)
-                if len(stack) < n:
+    def deep(value: int) -> int:
+        if value > MAX_DEPTH:
+            raise CheckpointError(f"{path}: the pickle nests deeper than {MAX_DEPTH} levels (byte {base + at})")
+        return value
+
+    while True:
+        at = pos
+        if pos >= end:
+            raise PickleTruncated()
+        spec = _OPS[data[pos]]
+        if spec is None:
+            raise bad(f"unknown opcode {data[pos]:#04x}")
+        name, kind, n, category, pre, marked, pushes = spec
+        pos += 1
+        ops += 1
+        arg = b""
+        index = -1
+        if kind == _ARG_FIXED:
+            if pos + n > end:
+                raise PickleTruncated()
+            if category == _PUT or category == _GET:
+                index = data[pos] if n == 1 else int.from_bytes(data[pos:pos + n], "little")
+            elif name == "PROTO":
+                arg = data[pos:pos + 1]
+            pos += n
+        elif kind == _ARG_LINE or kind == _ARG_TWO_LINES:
+            stop = find(b"\n", pos)
+            if kind == _ARG_TWO_LINES and stop >= 0:
+                stop = find(b"\n", stop + 1)
+            if stop < 0:
+                raise PickleTruncated()
+            if name in ("INT", "LONG", "PUT", "GET") and stop - pos > 4300:
+                raise bad(f"a number of {stop - pos} digits")
+            if category == _PUT or category == _GET:
+                text = data[pos:stop]
+                index = int(text) if text.isdigit() else -1
+            pos = stop + 1
+        elif kind == _ARG_COUNTED:
+            width = abs(n)
+            if pos + width > end:
+                raise PickleTruncated()
+            length = int.from_bytes(data[pos:pos + width], "little", signed=n < 0)
+            if length < 0:
+                raise bad(f"negative length {length}")
+            pos += width
+            if name in ("LONG1", "LONG4") and length > MAX_INT_BYTES:
+                raise bad(f"an integer of {length} bytes")
+            if length > MAX_PICKLE:
+                raise bad(f"a length of {length} bytes, more than a pickle can hold")
+            if pos + length > end:
+                raise PickleTruncated()
+            pos += length
+        if category == _ATOM:
+            if pre:
+                if len(stack) < pre:
                     raise bad(f"{name} on a stack of {len(stack)} items")
-                popped = stack[len(stack) - n:]
-                del stack[len(stack) - n:]
-            depths = [nodes[i] for i in popped]
-            if name in _MUTATORS:
-                if not popped:
-                    raise bad(f"{name} without a container")
-                container, children = popped[0], depths[1:]
-                if children:
-                    sizes[container] = _expanded(sizes[container] + sum(sizes[i] for i in popped[1:]), pos)
-                    nodes[container] = max(nodes[container], 1 + max(children))
-                    if nodes[container] > MAX_DEPTH:
-                        raise CheckpointError(f"{path}: the pickle nests deeper than {MAX_DEPTH} levels (byte {pos})")
-                stack.append(container)
-            elif op.stack_after:
-                size = 1 + sum(sizes[i] for i in popped)
-                if name in _BUILDERS:
-                    depth = 1 + max(depths, default=0)
-                elif name in _CALLS:
-                    depth = max(depths, default=0)
-                else:
-                    depth, size = 0, 1
-                stack.append(new(depth, size))
-            if name in ("LONG1", "LONG4") and isinstance(arg, int) and (arg.bit_length() + 7) // 8 > MAX_INT_BYTES:
-                raise bad(f"an integer of {(arg.bit_length() + 7) // 8} bytes")
-    except CheckpointError:
-        raise
-    except (ValueError, TypeError, IndexError, KeyError, OverflowError, UnicodeDecodeError, EOFError) as exc:
-        raise bad(str(exc)[:160]) from None
-    raise bad("the pickle ends without STOP")
+                del stack[len(stack) - pre:]
+            if pushes:
+                stack.append(0)
+            if name == "PROTO" and arg[0] > pickle.HIGHEST_PROTOCOL:
+                raise bad(f"unsupported pickle protocol {arg[0]}")
+            continue
+        if category == _PUT or category == _MEMOIZE:
+            if not stack:
+                raise bad("memo store from an empty stack")
+            if category == _MEMOIZE:
+                index = len(memo)
+            if index < 0 or index > ops:
+                raise bad(f"memo index {index} (the C unpickler would size its memo to it)")
+            memo[index] = stack[-1]
+            continue
+        if category == _GET:
+            node = memo.get(index)
+            if node is None:
+                raise bad(f"memo index {index} was never stored")
+            stack.append(node)
+            continue
+        if category == _DUP:
+            if not stack:
+                raise bad("DUP on an empty stack")
+            stack.append(stack[-1])
+            continue
+        if category == _MARKOP:
+            marks.append(len(stack))
+            continue
+        if category == _STOP:
+            if len(stack) != 1 or marks:
+                raise bad(f"STOP with {len(stack)} objects on the stack")
+            return pos
+        if marked:
+            if not marks:
+                raise bad(f"{name} without a MARK")
+            m = marks.pop()
+            if m < pre:
+                raise bad(f"{name} on an empty stack")
+            popped = stack[m - pre:]
+            del stack[m - pre:]
+        else:
+            if len(stack) < pre:
+                raise bad(f"{name} on a stack of {len(stack)} items")
+            popped = stack[len(stack) - pre:] if pre else []
+            if pre:
+                del stack[len(stack) - pre:]
+        if category == _MUTATOR:
+            if not popped:
+                raise bad(f"{name} without a container")
+            container = popped[0]
+            if container == 0:  # an atom used as a container: give it a node of its own
+                depth.append(0)
+                size.append(1)
+                container = len(depth) - 1
+            if len(popped) > 1:
+                children = popped[1:]
+                size[container] = grown(size[container] + sum(size[i] for i in children))
+                depth[container] = deep(max(depth[container], 1 + max(depth[i] for i in children)))
+            stack.append(container)
+        elif category == _BUILDER or category == _CALL:
+            d, total = 0, 1
+            for i in popped:
+                if depth[i] > d:
+                    d = depth[i]
+                total += size[i]
+            depth.append(deep(d + 1 if category == _BUILDER else d))
+            size.append(grown(total))
+            stack.append(len(depth) - 1)
+        elif pushes:  # POP/POP_MARK push nothing; anything else pushes an atom
+            stack.append(0)
 
 
 class Budget:
@@ -396,11 +471,16 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def unpickle(data: bytes, path: Path, extra: Callable[[str, str], Any] | None = None,
-             persistent: Callable[[Any], Any] | None = None) -> Any:
-    """The object a pickle holds, checked first (`check_pickle`), built inertly."""
+             persistent: Callable[[Any], Any] | None = None, checked: bool = False) -> Any:
+    """The object a pickle holds, checked first (`check_pickle`, unless the caller just
+    did), built inertly."""
     if len(data) > MAX_PICKLE:
         raise CheckpointError(f"{path}: a pickle of {len(data)} bytes, more than mapspec reads ({MAX_PICKLE})")
-    check_pickle(io.BytesIO(data), path)
+    try:
+        if not checked:
+            check_pickle(data, path)
+    except PickleTruncated:
+        raise CheckpointError(f"{path}: the pickle ends without STOP (truncated)") from None
     try:
         return RestrictedUnpickler(data, path, extra, persistent).load()
     except CheckpointError:
