@@ -26,7 +26,7 @@ def runner():
 
 
 def assert_clean(cases, runner: Runner) -> int:
-    verdicts = [runner.run(case) for case in cases]
+    verdicts = runner.run_all(cases)
     bad = [v for v in verdicts if not v.clean]
     assert not bad, f"{len(bad)} of {len(verdicts)} cases not clean:\n" + "\n".join(map(str, bad))
     return len(verdicts)

@@ -11,11 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -102,20 +105,35 @@ class Verdict:
 
 
 class Runner:
-    def __init__(self, python: str = sys.executable):
-        self.cli = Zygote("cli", python)
-        self._oracle = None
-        self.python = python
+    """Runs cases on `workers` zygotes at once (the reference reader is shared)."""
 
-    def oracle(self) -> Zygote:
-        if self._oracle is None:
-            self._oracle = Zygote("oracle", self.python)
-        return self._oracle
+    def __init__(self, workers: int = 2, python: str = sys.executable):
+        self.python = python
+        self._idle: queue.Queue[Zygote] = queue.Queue()
+        self._all = [Zygote("cli", python) for _ in range(max(1, workers))]
+        for z in self._all:
+            self._idle.put(z)
+        self._oracle = None
+        self._oracle_lock = threading.Lock()
+
+    def _read_with_library(self, job: dict) -> dict:
+        with self._oracle_lock:
+            if self._oracle is None:
+                self._oracle = Zygote("oracle", self.python)
+            return self._oracle.run(job)
 
     def close(self) -> None:
-        self.cli.close()
+        for z in self._all:
+            z.close()
         if self._oracle is not None:
             self._oracle.close()
+
+    def run_all(self, cases: Iterable[Case]) -> list[Verdict]:
+        """Every case's verdict, in order, `workers` at a time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(self._all)) as pool:
+            return list(pool.map(self.run, cases))
 
     def __enter__(self) -> "Runner":
         return self
@@ -128,8 +146,12 @@ class Runner:
         out_dir = case.folder / "out"
         out_dir.mkdir(exist_ok=True)
         stdout, stderr = case.folder / "stdout.txt", case.folder / "stderr.txt"
-        result = self.cli.run({"kind": "cli", "argv": case.argv, "cwd": str(case.folder), "stdout": str(stdout),
-                               "stderr": str(stderr), "limits": case.limits})
+        zygote = self._idle.get()
+        try:
+            result = zygote.run({"kind": "cli", "argv": case.argv, "cwd": str(case.folder), "stdout": str(stdout),
+                                 "stderr": str(stderr), "limits": case.limits})
+        finally:
+            self._idle.put(zygote)
         err = stderr.read_text(errors="replace")
         problems: list[str] = []
         rc = result["rc"]
@@ -164,7 +186,7 @@ class Runner:
     def _check_data(self, case: Case, notes: list[str]) -> list[str]:
         fmt, path = case.oracle
         save = case.folder / "oracle.npz"
-        res = self.oracle().run({"kind": "oracle", "format": fmt, "path": str(path), "save": str(save),
+        res = self._read_with_library({"kind": "oracle", "format": fmt, "path": str(path), "save": str(save),
                                  "cwd": str(case.folder), "stdout": str(case.folder / "oracle.out"),
                                  "stderr": str(case.folder / "oracle.err"), "limits": case.limits})
         if res["rc"] == 2:

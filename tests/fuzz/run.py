@@ -8,6 +8,7 @@ with the interpreter of the environment to fuzz (the MXNet one adds mx.nd.save s
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -18,16 +19,15 @@ from .campaign import mutation_cases, pickle_cases, spec_cases
 from .harness import Runner
 
 
-def run(cases, runner: Runner, stop_after: int | None = None) -> tuple[int, list]:
+def run(cases, runner: Runner, batch: int = 50) -> tuple[int, list]:
     findings, total = [], 0
-    for case in cases:
-        total += 1
-        verdict = runner.run(case)
-        if not verdict.clean:
-            findings.append(verdict)
-            print(verdict, flush=True)
-            if stop_after and len(findings) >= stop_after:
-                break
+    cases = iter(cases)
+    while chunk := list(itertools.islice(cases, batch)):
+        for verdict in runner.run_all(chunk):
+            total += 1
+            if not verdict.clean:
+                findings.append(verdict)
+                print(verdict, flush=True)
     return total, findings
 
 
@@ -37,12 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-pickles", action="store_true", help="skip the hostile pickle corpus")
     ap.add_argument("--keep", type=Path, help="keep case folders here")
+    ap.add_argument("--workers", type=int, default=2, help="cases run at once")
     args = ap.parse_args(argv)
     base = args.keep or Path(tempfile.mkdtemp(prefix="mapspec-fuzz-"))
     base.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     groups = []
-    with Runner() as runner:
+    with Runner(args.workers) as runner:
         if not args.no_pickles:
             groups.append(("hostile pickles", pickle_cases(base / "pickles")))
         groups.append(("file mutations", mutation_cases(base / "files", args.seed, args.cases)))
