@@ -17,6 +17,7 @@ from .inspect import inspect_checkpoint
 from .load import LoadReport, load_into
 from .parser import parse_spec
 from .plan import Plan, Step, TensorInfo, compile_spec
+from .remap import remap
 
 __version__ = "0.1.0"
 
@@ -24,5 +25,5 @@ __all__ = [
     "CheckpointError", "ConversionError", "MapspecError", "Plan", "PlanError", "Report", "Span",
     "SpecError", "SpecSyntaxError", "Step", "TensorInfo", "UsageError", "apply", "check_spec",
     "compile_spec", "inspect_checkpoint", "load_into", "LoadReport", "open_source", "parse_spec", "plan_for",
-    "read_infos",
+    "read_infos", "remap",
 ]

@@ -1,40 +1,72 @@
-"""The `mapspec` command: apply, check, explain, fmt.
+"""The `mapspec` command: a thin layer over the library. Each command parses its options,
+calls the library and prints what `render` makes of the result.
 
 Exit codes: 0 success, 1 a conversion problem, 2 bad input, 3 an internal error (a bug:
 please report it), 128+N killed by signal N (SIGINT 130, SIGTERM 143). Errors are printed as
 one `error:` line (spec errors as `path:line:col: error: ...` with the line and a caret); a
-Python traceback is shown only under `--debug` or MAPSPEC_DEBUG=1."""
+usage error (an unknown option, a missing argument) is one `error:` line too; a Python
+traceback is shown only for an internal error under `--debug` or MAPSPEC_DEBUG=1."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
 from enum import Enum
 from functools import wraps
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+try:
+    from typer._click import exceptions as cx  # newer typer carries its own copy of click
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as cx
+from typer.core import TyperGroup
 
-from . import actions as act
-from .errors import Interrupted, MapspecError, SpecError, shorten
+from . import render
+from .errors import Interrupted, MapspecError, SpecError, UsageError
 from .executor import apply as apply_spec, plan_for
+from .formats import FORMAT_NAMES
 from .formatter import format_text
 from .parser import parse_spec, read_spec
 from .checks import check_spec
-from .plan import Plan
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+PROGRESS_AFTER = 64 << 20  # bytes: smaller conversions finish before a bar is worth drawing
+
+
+class _Group(TyperGroup):
+    """Usage errors as one `error:` line (exit 2), like every other error, not a boxed panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except cx.NoArgsIsHelpError as exc:
+            sys.stdout.write(exc.ctx.get_help() + "\n")
+            sys.exit(2)
+        except cx.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            warn(f"error: {exc.format_message()}{hint}")
+            sys.exit(2)
+        except cx.ClickException as exc:
+            warn(f"error: {exc.format_message()}")
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            warn("error: interrupted")
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile and apply checkpoint mapping specs.")
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-PROGRESS_AFTER = 200  # steps: shorter runs finish before a bar is worth drawing
+
+def say(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def warn(text: str) -> None:
+    sys.stderr.write(text + "\n")
 
 
 _DEBUG = False  # --debug, set for each invocation
@@ -45,15 +77,16 @@ def _debug() -> bool:
 
 
 @app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="Show a traceback for internal errors.")) -> None:
+def _options(debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an internal error.")]
+             = False) -> None:
     global _DEBUG
     _DEBUG = debug
 
 
-def _fail(message: str, code: int, exc: BaseException | None = None) -> typer.Exit:
-    if exc is not None and _debug():
-        err.print("".join(traceback.format_exception(exc)), markup=False, end="")
-    err.print(shorten(message), markup=False)
+def _fail(message: str, code: int, exc: BaseException) -> typer.Exit:
+    if _debug():
+        sys.stderr.write("".join(traceback.format_exception(exc)))
+    warn(message)
     return typer.Exit(code)
 
 
@@ -63,8 +96,8 @@ def _guard(fn):
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except MapspecError as exc:
-            raise _fail(exc.render(), exc.exit_code, exc) from None
+        except (MapspecError, OSError) as exc:
+            raise _fail(render.error_text(exc), getattr(exc, "exit_code", 2), exc) from None
         except Interrupted as exc:
             raise _fail("error: interrupted; nothing was written", 128 + exc.signum, exc) from None
         except KeyboardInterrupt as exc:
@@ -73,238 +106,250 @@ def _guard(fn):
             raise _fail("error: the input needs more memory than is available", 2, exc) from None
         except RecursionError as exc:
             raise _fail("error: the input nests too deeply", 2, exc) from None
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            raise _fail(f"error: {where}{exc.strerror or exc}", 2, exc) from None
-        except typer.Exit:
+        except (typer.Exit, cx.ClickException, typer.Abort):
             raise
-        except Exception as exc:  # a bug: say so briefly, traceback on request
+        except Exception as exc:  # a bug: say so briefly, the traceback on request
             hint = "" if _debug() else "; rerun with --debug for the traceback"
-            raise _fail(f"error: internal error ({type(exc).__name__}: {str(exc)[:200]}); please report it{hint}",
-                        3, exc) from None
+            raise _fail(render.error_text(f"internal error ({type(exc).__name__}: {str(exc)[:200]}); "
+                                          f"please report it{hint}"), 3, exc) from None
     return run
 
 
-@app.command()
-@_guard
-def apply(
-    spec: Path = typer.Argument(..., help="The .map spec."),
-    checkpoint: Path = typer.Argument(..., help="The checkpoint to convert."),
-    output: Path = typer.Option(..., "-o", "--output", help="Where to write; the format follows the suffix."),
-    target: Optional[str] = typer.Option(None, "--target", help="A checkpoint with the target keys and shapes, "
-                                         "or a model factory module:callable(args)."),
-    to: Optional[str] = typer.Option(None, "--to", help="Output format: safetensors, pt, npz, mxnet."),
-    select: Optional[str] = typer.Option(None, "--select", help="Convert only this sub-tree (e.g. model, ema)."),
-    epoch: Optional[int] = typer.Option(None, "--epoch", help="MXNet: CHECKPOINT is a prefix; read PREFIX-EPOCH.params."),
-    fit: str = typer.Option("strict", "--fit", help="With --target: strict, shape (keep what fits by name and "
-                            "shape) or drop (leave out --drop patterns, the rest strictly)."),
-    drop: list[str] = typer.Option([], "--drop", help="A glob of output names to leave out, e.g. 'fc.*' (repeatable)."),
-    non_strict: bool = typer.Option(False, "--non-strict", help="Leave unmatched keys out instead of failing."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
-) -> None:
-    """Convert CHECKPOINT with SPEC into OUTPUT."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = None
+# ------------------------------------------------------------------ options, declared once
 
-        def progress(i: int, n: int) -> None:
-            nonlocal task
-            if n < PROGRESS_AFTER:
-                return
-            if task is None:
-                task = bar.add_task("converting", total=n)
-            bar.update(task, completed=i)
-
-        report = apply_spec(spec, checkpoint, output, target=target, to=to, select=select,
-                            epoch=epoch, strict=not non_strict, fit=fit, drop=tuple(drop), force=force,
-                            progress=progress)
-    if report.plan.unmatched:
-        err.print(f"warning: {len(report.plan.unmatched)} unmatched keys left out: "
-                  + ", ".join(report.plan.unmatched[:5]) + (" ..." if len(report.plan.unmatched) > 5 else ""),
-                  markup=False)
-    r = report.plan.target_report
-    if r is not None and fit != "strict":
-        for line in r.lines():
-            err.print(f"note: {line}", markup=False)
-    out.print(report.summary(), markup=False)
+def _formats_help() -> str:
+    names: dict[str, list[str]] = {}
+    for alias, fmt in FORMAT_NAMES.items():
+        names.setdefault(fmt, [])
+        if alias != fmt:
+            names[fmt].append(alias)
+    return ", ".join(f + (f" ({', '.join(a)})" if a else "") for f, a in names.items())
 
 
-@app.command()
-@_guard
-def check(
-    spec: Path = typer.Argument(..., help="The .map spec."),
-    checkpoint: Optional[Path] = typer.Argument(None, help="Compile against this checkpoint's keys."),
-    target: Optional[str] = typer.Option(None, "--target", help="A checkpoint with the target keys and shapes, "
-                                         "or a model factory module:callable(args)."),
-    select: Optional[str] = typer.Option(None, "--select"),
-    epoch: Optional[int] = typer.Option(None, "--epoch"),
-    fit: str = typer.Option("strict", "--fit", help="With --target: strict, shape or drop (see apply)."),
-    drop: list[str] = typer.Option([], "--drop", help="A glob of output names to leave out (repeatable)."),
-    non_strict: bool = typer.Option(False, "--non-strict"),
-) -> None:
-    """Compile only; exit 0 when SPEC (and its plan for CHECKPOINT) is clean."""
-    parsed = parse_spec(spec)
-    check_spec(parsed)
-    if checkpoint is None:
-        if target is not None:
-            raise SpecError("--target needs a CHECKPOINT to compile against")
-        out.print(f"{spec}: ok ({len(parsed.rules)} rules, {len(parsed.tables)} tables)", markup=False)
-        return
-    plan = plan_for(parsed, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict,
-                    fit=fit, drop=tuple(drop))
-    line = f"{spec}: ok: {len(plan.steps)} outputs from {plan.source_count} tensors, {len(plan.dropped)} dropped"
-    if plan.unmatched:
-        line += f", {len(plan.unmatched)} unmatched"
-    if target is not None:
-        r = plan.target_report
-        line += (", matches the target" if r.ok else
-                 f", fits the target ({len(plan.steps)}/{r.target_count}; {len(r.missing)} missing, "
-                 f"{len(r.mismatched)} shape-mismatched, {len(r.unexpected)} unexpected)")
-    out.print(line, markup=False)
+class Fit(str, Enum):
+    strict = "strict"
+    shape = "shape"
+    drop = "drop"
 
 
-class ExplainFormat(str, Enum):
+class Look(str, Enum):
     table = "table"
     markdown = "markdown"
     json = "json"
 
 
+class TreeFormat(str, Enum):
+    tree = "tree"
+    json = "json"
+
+
+class DiffFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+SpecArg = Annotated[Path, typer.Argument(help="The .map spec.", show_default=False, metavar="SPEC")]
+CheckpointArg = Annotated[Path, typer.Argument(help="The checkpoint (an MXNet prefix with --epoch).",
+                                               show_default=False, metavar="CHECKPOINT")]
+TargetOpt = Annotated[Optional[str], typer.Option(
+    "--target", help="What the output must fit: a checkpoint with the target keys and shapes, or a model "
+    "factory module:callable(args).")]
+SelectOpt = Annotated[Optional[str], typer.Option(
+    "--select", help="Convert only this sub-tree (e.g. model, ema); '' for the whole file.")]
+EpochOpt = Annotated[Optional[int], typer.Option(
+    "--epoch", help="MXNet: CHECKPOINT is a prefix; read PREFIX-EPOCH.params (epoch 0: PREFIX-0000.params).")]
+FitOpt = Annotated[Fit, typer.Option(
+    "--fit", help="With --target: strict (same keys and shapes), shape (keep what fits by name and shape) "
+    "or drop (leave out --drop patterns, fit the rest strictly).")]
+DropOpt = Annotated[Optional[list[str]], typer.Option(
+    "--drop", help="With --fit drop: a glob of output names to leave out, e.g. 'fc.*' (repeatable).")]
+NonStrictOpt = Annotated[bool, typer.Option(
+    "--non-strict", help="Leave keys no rule matches out (with a warning) instead of failing.")]
+StrictRulesOpt = Annotated[bool, typer.Option(
+    "--strict-rules", help="A rule that matches no key is an error, not a warning.")]
+
+
+def _plan(spec, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules):
+    return plan_for(spec, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict,
+                    fit=fit.value, drop=tuple(drop or ()), strict_rules=strict_rules)
+
+
+def _warn_plan(plan, spec) -> None:
+    for line in render.plan_warnings(plan, spec):
+        warn(line)
+
+
+# ------------------------------------------------------------------ commands
+
+@app.command()
+@_guard
+def apply(
+    spec: SpecArg,
+    checkpoint: CheckpointArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write; the format follows the suffix "
+                                         "(or --to). Missing folders are created.", show_default=False)],
+    target: TargetOpt = None,
+    to: Annotated[Optional[str], typer.Option("--to", help="Output format: " + _formats_help() + ".")] = None,
+    select: SelectOpt = None,
+    epoch: EpochOpt = None,
+    fit: FitOpt = Fit.strict,
+    drop: DropOpt = None,
+    non_strict: NonStrictOpt = False,
+    strict_rules: StrictRulesOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
+) -> None:
+    """Convert CHECKPOINT with SPEC into OUTPUT."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    parsed = parse_spec(spec)
+    err = Console(stderr=True)
+    with Progress(TextColumn("converting"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = None
+
+        def progress(done: int, total: int) -> None:
+            nonlocal task
+            if total < PROGRESS_AFTER:
+                return
+            if task is None:
+                task = bar.add_task("converting", total=total)
+            bar.update(task, completed=done)
+
+        report = apply_spec(parsed, checkpoint, output, target=target, to=to, select=select, epoch=epoch,
+                            strict=not non_strict, fit=fit.value, drop=tuple(drop or ()), force=force,
+                            strict_rules=strict_rules, progress=progress)
+    _warn_plan(report.plan, parsed)
+    r = report.plan.target_report
+    if r is not None and fit is not Fit.strict:
+        for line in r.lines():
+            warn(f"note: {line}")
+    say(report.summary())
+
+
+@app.command()
+@_guard
+def check(
+    spec: SpecArg,
+    checkpoint: Annotated[Optional[list[Path]], typer.Argument(
+        help="Compile against this checkpoint's keys too. (Several .map files instead: check each spec on "
+        "its own, as the pre-commit hook does.)", show_default=False, metavar="CHECKPOINT")] = None,
+    target: TargetOpt = None,
+    select: SelectOpt = None,
+    epoch: EpochOpt = None,
+    fit: FitOpt = Fit.strict,
+    drop: DropOpt = None,
+    non_strict: NonStrictOpt = False,
+    strict_rules: StrictRulesOpt = False,
+) -> None:
+    """Compile only; exit 0 when SPEC (and its plan for CHECKPOINT) is clean."""
+    rest = checkpoint or []
+    if all(p.suffix == ".map" for p in rest):  # specs only: each on its own
+        if target is not None:
+            raise SpecError("--target needs a CHECKPOINT to compile against")
+        for path in [spec, *rest]:
+            parsed = parse_spec(path)
+            check_spec(parsed)
+            say(f"{path}: ok ({len(parsed.rules)} rules, {len(parsed.tables)} tables)")
+        return
+    if len(rest) > 1:
+        raise UsageError(f"check takes one SPEC and one CHECKPOINT, or only specs; got {len(rest) + 1} paths")
+    parsed = parse_spec(spec)
+    plan = _plan(parsed, rest[0], target, select, epoch, fit, drop, non_strict, strict_rules)
+    _warn_plan(plan, parsed)
+    say(render.check_line(spec, plan, target is not None))
+
+
 @app.command()
 @_guard
 def explain(
-    spec: Path = typer.Argument(...),
-    checkpoint: Path = typer.Argument(...),
-    fmt: ExplainFormat = typer.Option(ExplainFormat.table, "--format"),
-    target: Optional[str] = typer.Option(None, "--target"),
-    select: Optional[str] = typer.Option(None, "--select"),
-    epoch: Optional[int] = typer.Option(None, "--epoch"),
-    fit: str = typer.Option("strict", "--fit"),
-    drop: list[str] = typer.Option([], "--drop"),
-    non_strict: bool = typer.Option(False, "--non-strict"),
+    spec: SpecArg,
+    checkpoint: CheckpointArg,
+    fmt: Annotated[Look, typer.Option("--format", help="table (plain text), markdown (for a pull request) "
+                                      "or json (the whole plan).")] = Look.table,
+    per_tensor: Annotated[bool, typer.Option("--per-tensor", help="One row per output tensor instead of one "
+                                             "per rule.")] = False,
+    target: TargetOpt = None,
+    select: SelectOpt = None,
+    epoch: EpochOpt = None,
+    fit: FitOpt = Fit.strict,
+    drop: DropOpt = None,
+    non_strict: NonStrictOpt = False,
+    strict_rules: StrictRulesOpt = False,
 ) -> None:
-    """Show the plan: one row per output tensor."""
-    plan = plan_for(spec, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict,
-                    fit=fit, drop=tuple(drop))
-    if fmt is ExplainFormat.json:
-        sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
-    elif fmt is ExplainFormat.markdown:
-        sys.stdout.write(explain_markdown(plan))
-    else:
-        out.print(explain_table(plan))
+    """Show the plan for review: one row per rule (key count, an example, what changes)."""
+    parsed = parse_spec(spec)
+    plan = _plan(parsed, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules)
+    _warn_plan(plan, parsed)
+    sys.stdout.write(render.explain(plan, parsed, fmt.value, per_tensor))
 
 
-def _row(step) -> list[str]:
-    return [
-        ", ".join(step.inputs),
-        step.output,
-        " ".join(_action_text(a) for a in step.actions) or "-",
-        " ".join(act.format_shape(i.shape) for i in step.input_infos) + " -> " + act.format_shape(step.info.shape),
-        "/".join(sorted({i.dtype for i in step.input_infos})) + " -> " + step.info.dtype,
-    ]
+@app.command()
+@_guard
+def diff(
+    old: Annotated[Path, typer.Argument(help="The spec as it was.", show_default=False, metavar="OLD")],
+    new: Annotated[Path, typer.Argument(help="The spec as it is now.", show_default=False, metavar="NEW")],
+    checkpoint: CheckpointArg,
+    fmt: Annotated[DiffFormat, typer.Option("--format", help="text or json.")] = DiffFormat.text,
+    exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 1 when an output changes.")] = False,
+    select: SelectOpt = None,
+    epoch: EpochOpt = None,
+    non_strict: NonStrictOpt = False,
+) -> None:
+    """Show which outputs change (names, shapes, actions, sources) between two versions of a spec."""
+    from .diff import diff_plans
 
-
-def _action_text(a) -> str:
-    p = a.params
-    if a.name in ("view", "reshape", "squeeze", "unsqueeze"):
-        return f"{a.name}{act.format_shape(tuple(p['shape']))}"
-    if a.name == "cast":
-        return f"cast({p['to']})"
-    if a.name in ("split", "chunk"):
-        return f"{a.name}[{p['index']}]"
-    return f"{a.name}({', '.join(str(v) for v in p.values())})"
-
-
-HEAD = ["source", "target", "actions", "shape", "dtype"]
-
-
-def explain_table(plan: Plan) -> Table:
-    t = Table(title=f"{Path(plan.spec_file).name}: {len(plan.steps)} outputs, {len(plan.dropped)} dropped")
-    for h in HEAD:
-        t.add_column(h, overflow="fold")
-    for s in plan.steps:
-        t.add_row(*_row(s))
-    return t
-
-
-def explain_markdown(plan: Plan) -> str:
-    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
-    for s in plan.steps:
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _row(s)) + " |")
-    if plan.dropped:
-        lines.append("")
-        lines.append(f"Dropped: {', '.join(k for k, _ in plan.dropped)}")
-    return "\n".join(lines) + "\n"
-
-
-class InspectFormat(str, Enum):
-    tree = "tree"
-    json = "json"
+    plans = [_plan(parse_spec(p), checkpoint, None, select, epoch, Fit.strict, None, non_strict, False)
+             for p in (old, new)]
+    d = diff_plans(*plans)
+    sys.stdout.write(render.diff_text(d, fmt.value))
+    if exit_code and d.changes:
+        raise typer.Exit(1)
 
 
 @app.command()
 @_guard
 def inspect(
-    checkpoint: Path = typer.Argument(..., help="Any supported checkpoint."),
-    fmt: InspectFormat = typer.Option(InspectFormat.tree, "--format"),
-    epoch: Optional[int] = typer.Option(None, "--epoch"),
+    checkpoint: Annotated[Path, typer.Argument(help="Any supported checkpoint.", show_default=False,
+                                               metavar="CHECKPOINT")],
+    keys: Annotated[bool, typer.Option("--keys", help="List every tensor, one per line: name, shape, dtype "
+                                       "(tab-separated; --format json for a JSON list).")] = False,
+    fmt: Annotated[TreeFormat, typer.Option("--format", help="tree or json.")] = TreeFormat.tree,
+    select: Annotated[Optional[str], typer.Option("--select", help="With --keys: list this sub-tree "
+                                                  "('' for the whole file; default: what apply converts).")] = None,
+    epoch: EpochOpt = None,
 ) -> None:
     """Show what a checkpoint holds, without running any code from it."""
+    import json
+
+    if keys:
+        from .formats import open_source
+
+        source = open_source(checkpoint, select=select, epoch=epoch)
+        try:
+            infos = dict(source.infos())
+            if getattr(source, "auto", False):
+                warn(f"note: the keys under '{source.prefix}', which apply converts (--select '' lists the whole file)")
+        finally:
+            source.close()
+        sys.stdout.write(render.keys_text(infos, "json" if fmt is TreeFormat.json else "text"))
+        return
     from .inspect import inspect_checkpoint
 
     info = inspect_checkpoint(checkpoint, epoch)
-    if fmt is InspectFormat.json:
-        sys.stdout.write(json.dumps(info, indent=2) + "\n")
-        return
-    from rich.tree import Tree
-
-    t = info["tensors"]
-    from rich.markup import escape
-
-    root = Tree(escape(f"{info['file']} [{info['format']}]: {_tensor_line(t)}"))
-    _tree(root, info["content"])
-    if info.get("auto_select"):
-        root.add(f"(apply converts '{info['auto_select']}' unless --select says otherwise)")
-    out.print(root, crop=False, overflow="fold")
-
-
-def _tensor_line(t: dict) -> str:
-    dts = ", ".join(f"{k} x{v}" for k, v in t["dtypes"].items())
-    return f"{t['count']} tensors, {t['elements']:,} elements, {t['bytes']:,} bytes ({dts})" if t["count"] else "no tensors"
-
-
-def _tree(node, d: dict) -> None:
-    from rich.markup import escape
-
-    for key, value in (d.get("entries") or {}).items():
-        kind = value["type"]
-        if kind in ("dict",):
-            child = node.add(escape(f"{key}: dict"))
-            _tree(child, value)
-        elif kind == "value":
-            node.add(escape(f"{key}: {value['value']!r}"))
-        elif kind == "module":
-            node.add(escape(f"{key}: {value['class']} ({_tensor_line(value)})"))
-        elif kind == "optimizer":
-            groups = "; ".join(", ".join(f"{k}={v}" for k, v in list(g.items())[:6]) for g in value["param_groups"])
-            node.add(escape(f"{key}: optimizer, {value['state_entries']} state entries, "
-                            f"{len(value['param_groups'])} param groups ({groups}), {_tensor_line(value)}"))
-        elif kind == "object":
-            child = node.add(escape(f"{key}: {value['class']}"))
-            for f, v in value["fields"].items():
-                child.add(escape(f"{f}: {v!r}"))
-        elif kind == "tensor":
-            node.add(escape(f"{key}: tensor {value['shape']} {value['dtype']}"))
-        else:
-            node.add(escape(f"{key}: {kind} ({_tensor_line(value)})" if "count" in value else f"{key}: {kind}"))
+    sys.stdout.write(json.dumps(info, indent=2) + "\n" if fmt is TreeFormat.json else render.inspect_tree(info))
 
 
 @app.command()
 @_guard
 def fmt(
-    specs: list[Path] = typer.Argument(..., help="Spec files to format in place."),
-    check: bool = typer.Option(False, "--check", help="Change nothing; exit 1 if a file would change."),
+    specs: Annotated[list[Path], typer.Argument(help="Spec files to rewrite in place.", show_default=False,
+                                                metavar="SPEC...")],
+    check: Annotated[bool, typer.Option("--check", help="Change nothing; list the files that would change and "
+                                        "exit 1 if there are any.")] = False,
 ) -> None:
-    """Rewrite specs in canonical form."""
+    """Rewrite specs in place in canonical form (it prints only the names of files it changes)."""
     changed = []
     for path in specs:
         try:
@@ -317,8 +362,57 @@ def fmt(
             if not check:
                 path.write_text(new, encoding="utf-8")
     for path in changed:
-        out.print(f"{'would reformat' if check else 'reformatted'} {path}", markup=False)
+        say(f"{'would reformat' if check else 'reformatted'} {path}")
     if check and changed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_guard
+def draft(
+    source: Annotated[Path, typer.Argument(help="The checkpoint to convert from.", show_default=False,
+                                           metavar="SOURCE")],
+    target: Annotated[str, typer.Argument(help="A checkpoint with the target keys and shapes, "
+                                          "or a model factory module:callable(args).", show_default=False,
+                                          metavar="TARGET")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the draft here "
+                                                   "(default: stdout).")] = None,
+    explain_: Annotated[bool, typer.Option("--explain", help="Print the evidence for every rule on stderr.")] = False,
+    select: SelectOpt = None,
+    epoch: EpochOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
+) -> None:
+    """Infer a reviewable spec converting SOURCE into TARGET (exit 1: target keys left unexplained)."""
+    from .draft import draft as make_draft
+    from .executor import open_for
+    from .load import target_infos
+
+    if output is not None and output.exists() and not force:
+        raise UsageError(f"{output} exists; use --force to overwrite it")
+    src = open_for(None, source, select, epoch)
+    try:
+        infos = dict(src.infos())
+    finally:
+        src.close()
+    result = make_draft(infos, target_infos(target), source_name=source.name, target_name=Path(target).name,
+                        file=str(output or "draft.map"))
+    if explain_:
+        for line in result.explain():
+            warn(line)
+    if output is None:
+        sys.stdout.write(result.text)
+    else:
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(result.text, encoding="utf-8")
+        tmp.replace(output)
+    p = result.pairing
+    summary = (f"draft: {len(result.rules)} rules, {sum(len(x.targets) for x in p.pairs)}/{len(p.target.keys)} "
+               f"target tensors, {len(p.dropped)} source tensors dropped, {len(p.suggestions)} suggestions")
+    warn(summary + (f" -> {output}" if output else ""))
+    if not result.ok:
+        warn(f"error: the draft leaves {len(result.problems)} target keys unexplained:")
+        for line in result.problems:
+            warn(f"  {line}")
         raise typer.Exit(1)
 
 

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+import numpy as np
+
 from . import actions as act
 from .errors import OutputError, UsageError
 from .formats import open_sink, open_source, sink_format
 from .formats.base import guarded_writes
 from .parser import parse_spec
-from .plan import Plan, TensorInfo, compile_spec
+from .plan import Plan, Step, TensorInfo, compile_spec
 from .rules import Spec
 
 
@@ -22,7 +24,7 @@ class Report:
     plan: Plan
     output: Path
     format: str
-    bytes: int
+    bytes: int  # the output's size on disk
     selected: str | None = None  # the sub-tree mapspec chose by itself, if it did
 
     @property
@@ -30,54 +32,49 @@ class Report:
         return len(self.plan.steps)
 
     def summary(self) -> str:
-        p = self.plan
-        if p.target_report is not None:  # loading into a target: count against what it holds
-            r = p.target_report
-            head = f"Transferred {len(p.steps)}/{r.target_count} target tensors from {p.source_count} source tensors"
-            notes = [f"{len(r.missing)} missing", f"{len(r.unexpected)} unexpected", f"{len(r.mismatched)} shape-mismatched"]
-            return f"{head} ({', '.join(notes)}) -> {self.output} [{self.format}, {_size(self.bytes)}]"
-        extra = [f"{len(p.dropped)} dropped"]
-        if self.selected:
-            extra.append(f"selected '{self.selected}'")
-        if p.unmatched:
-            extra.append(f"{len(p.unmatched)} unmatched")
-        return (f"Transferred {len(p.steps)}/{p.source_count} tensors "
-                f"({', '.join(extra)}) -> {self.output} [{self.format}, {_size(self.bytes)}]")
+        from .render import report_summary
+
+        return report_summary(self)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)  # pragma: no cover
+def disk_size(path: Path) -> int:
+    """Bytes a written output takes on disk (a directory output: all its files)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def run_step(step: Step, arrays: list[np.ndarray]) -> np.ndarray:
+    """One step's actions on its input arrays (bf16 as bits); the planned output array."""
+    dtype = step.input_infos[0].dtype
+    for pa in step.actions:
+        arrays = [act.REGISTRY[pa.name].run(dict(pa.params), arrays, dtype)]
+        if pa.name == "cast":
+            dtype = pa.params["to"]
+    (out,) = arrays
+    if tuple(out.shape) != step.info.shape:  # pragma: no cover - the planner guarantees this
+        raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
+    return out
 
 
 def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = None) -> int:
-    """Write every step of `plan` to `sink`; returns the bytes written."""
+    """Write every step of `plan` to `sink`; returns the tensor bytes written. `progress`
+    hears the running byte count after each tensor."""
     total = 0
     release = getattr(source, "release", None)
     # Steps that split one input read it several times: release it after its last use.
     last_use = {k: i for i, step in enumerate(plan.steps) for k in step.inputs}
     for i, step in enumerate(plan.steps):
-        arrays = [source.read(k) for k in step.inputs]
-        dtype = step.input_infos[0].dtype
-        for pa in step.actions:
-            arrays = [act.REGISTRY[pa.name].run(dict(pa.params), arrays, dtype)]
-            if pa.name == "cast":
-                dtype = pa.params["to"]
-        (out,) = arrays
-        if tuple(out.shape) != step.info.shape:  # pragma: no cover - the planner guarantees this
-            raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
+        out = run_step(step, [source.read(k) for k in step.inputs])
         sink.write(step.output, out)
-        del arrays, out
+        del out
         if release is not None:
             for k in step.inputs:
                 if last_use[k] == i:
                     release(k)
         total += step.info.nbytes
         if progress:
-            progress(i + 1)
+            progress(total)
     return total
 
 
@@ -94,9 +91,11 @@ def apply(
     fit: str = "strict",
     drop: tuple[str, ...] = (),
     force: bool = False,
+    strict_rules: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
-    """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input."""
+    """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
+    `progress(done, total)` hears tensor bytes written so far and in all."""
     spec = as_spec(spec)
     output = Path(output)
     fmt = sink_format(output, to)
@@ -107,16 +106,16 @@ def apply(
     source = open_for(spec, checkpoint, select, epoch)
     try:
         plan = compile_spec(spec, source.infos(), target=_target(target), strict=strict, fit=fit,
-                            drop=tuple(drop))
-        check_space(output, sum(step.info.nbytes for step in plan.steps))
+                            drop=tuple(drop), strict_rules=strict_rules)
+        n = sum(s.info.nbytes for s in plan.steps)
+        check_space(output, n)
         # Everything that creates, fills or renames the output runs inside the guard: a failure
         # anywhere (even while the sink is being built) or SIGTERM/SIGINT removes its temp files.
         with guarded_writes(replace=force), _naming(output):
             sink = None
             try:
                 sink = open_sink(output, fmt, plan.outputs())
-                n = len(plan.steps)
-                written = execute(plan, source, sink, (lambda i: progress(i, n)) if progress else None)
+                execute(plan, source, sink, (lambda done: progress(done, n)) if progress else None)
                 sink.commit()
             except BaseException:
                 if sink is not None:
@@ -124,7 +123,7 @@ def apply(
                 raise
     finally:
         source.close()
-    return Report(plan, output, fmt, written,
+    return Report(plan, output, fmt, disk_size(output),
                   source.prefix if getattr(source, "auto", False) else None)
 
 
@@ -134,8 +133,11 @@ def check_space(output: Path, needed: int) -> None:
     (torch's included) ever meets a full disk half-way through."""
     import shutil
 
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:  # the sink creates missing folders
+        folder = folder.parent
     try:
-        free = shutil.disk_usage(output.parent).free
+        free = shutil.disk_usage(folder).free
     except OSError:
         return  # the sink reports the folder's problem itself
     if needed > free:
@@ -167,7 +169,8 @@ class _naming:
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,
-             epoch: int | None = None, strict: bool = True, fit: str = "strict", drop: tuple[str, ...] = ()) -> Plan:
+             epoch: int | None = None, strict: bool = True, fit: str = "strict", drop: tuple[str, ...] = (),
+             strict_rules: bool = False) -> Plan:
     """Compile `spec` against a checkpoint's key list without converting anything."""
     spec = as_spec(spec)
     source = open_for(spec, checkpoint, select, epoch)
@@ -175,7 +178,8 @@ def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, se
         infos = dict(source.infos())
     finally:
         source.close()
-    return compile_spec(spec, infos, target=_target(target), strict=strict, fit=fit, drop=tuple(drop))
+    return compile_spec(spec, infos, target=_target(target), strict=strict, fit=fit, drop=tuple(drop),
+                        strict_rules=strict_rules)
 
 
 def as_spec(spec: Spec | str | Path) -> Spec:

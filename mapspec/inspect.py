@@ -82,8 +82,11 @@ def describe(obj: Any, depth: int = 0, budget: Budget | None = None) -> dict:
     if isinstance(obj, StandIn):
         fields = [(k, v) for k, v in obj.__dict__.items()
                   if isinstance(k, str) and not k.startswith("_") and not isinstance(v, (Tensor, StandIn))]
-        return {"type": "object", "class": clip(obj.qualname(), MAX_TEXT),
-                "fields": {_key(k): _plain(v) for k, v in fields[:MAX_ITEMS]}}
+        out = {"type": "object", "class": clip(obj.qualname(), MAX_TEXT),
+               "fields": {_key(k): _plain(v) for k, v in fields[:MAX_ITEMS]}}
+        if len(fields) > MAX_ITEMS:
+            out["more"] = len(fields) - MAX_ITEMS
+        return out
     return {"type": "value", "value": _plain(obj)}
 
 
@@ -122,10 +125,16 @@ def _plain(v: Any, depth: int = 0) -> Any:
     if depth > 2:
         return "..."
     if isinstance(v, dict):
-        return {_key(k): _plain(x, depth + 1) for k, x in list(v.items())[:MAX_ITEMS]}
+        out = {_key(k): _plain(x, depth + 1) for k, x in list(v.items())[:MAX_ITEMS]}
+        if len(v) > MAX_ITEMS:
+            out["..."] = f"{len(v) - MAX_ITEMS} more"
+        return out
     if isinstance(v, (list, tuple, set, frozenset)):
         items = list(v)[:MAX_ITEMS + 1]
-        return [_plain(x, depth + 1) for x in items[:MAX_ITEMS]] + (["..."] if len(v) > MAX_ITEMS else [])
+        return [_plain(x, depth + 1) for x in items[:MAX_ITEMS]] + (
+            [f"... {len(v) - MAX_ITEMS} more"] if len(v) > MAX_ITEMS else [])
+    if isinstance(v, Tensor):
+        return f"tensor{list(v.array.shape)} {v.dtype}"
     if isinstance(v, StandIn):
         fields = [(k, x) for k, x in v.__dict__.items() if isinstance(k, str) and not k.startswith("_")]
         name = clip(v.qualname(), MAX_TEXT)
@@ -155,14 +164,20 @@ def inspect_checkpoint(path: str | Path, epoch: int | None = None) -> dict:
                 groups.setdefault(clip(_group(k), MAX_TEXT), []).append(i)
             tree["content"] = {"type": "groups",
                                "entries": {g: summarize(v) for g, v in list(groups.items())[:MAX_ITEMS * 5]}}
+            if len(groups) > MAX_ITEMS * 5:
+                tree["content"]["more"] = len(groups) - MAX_ITEMS * 5
         return tree
     finally:
         source.close()
 
 
 def _group(key: str) -> str:
-    """The first segment of a name: up to a dot, or an MXNet-style double underscore."""
-    return re.split(r"\.|__", key.split(":", 1)[-1], maxsplit=1)[0]
+    """The first segment of a name: up to a dot or an MXNet-style double underscore (a name
+    with neither: up to its first underscore). An MXNet `arg:`/`aux:` prefix stays part of
+    it, since a spec must match it."""
+    prefix, rest = (key[:4], key[4:]) if key.startswith(("arg:", "aux:")) else ("", key)
+    parts = re.split(r"\.|__", rest, maxsplit=1)
+    return prefix + (parts[0] if len(parts) > 1 else rest.split("_", 1)[0])
 
 
 def auto_select(obj: Any) -> str | None:

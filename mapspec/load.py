@@ -14,18 +14,17 @@ The report's `missing` and `unexpected` lists are the ones `load_state_dict` its
 from __future__ import annotations
 
 import ast
-import fnmatch
 import importlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
-import numpy as np
-
-from .errors import ConversionError, UsageError
-from .executor import as_spec, execute, open_for
-from .plan import TensorInfo, compile_spec
+from .errors import UsageError
+from .executor import as_spec, open_for
+from .fit import MODES, Target, fit, model_target
+from .plan import TensorInfo
+from .remap import _remap, tensor_info
 from .rules import Spec
 
 Mode = Literal["strict", "shape", "drop"]
@@ -43,80 +42,38 @@ class LoadReport:
     def summary(self) -> str:
         return f"Transferred {len(self.loaded)}/{self.target_count} tensors"
 
-    def lines(self) -> list[str]:
-        out = [f"missing: {k}" for k in self.missing]
-        out += [f"unexpected: {k}" for k in self.unexpected]
-        out += [f"shape mismatch: {k} checkpoint {s}, model {t}" for k, s, t in self.mismatched]
-        return out
-
-
-class _DictSink:
-    def __init__(self):
-        self.tensors: dict[str, np.ndarray] = {}
-
-    def write(self, name: str, array: np.ndarray) -> None:
-        self.tensors[name] = array
-
-
-def converted(checkpoint: str | Path, spec: Spec | str | Path | None = None, *, select: str | None = None,
-              epoch: int | None = None, strict: bool = True) -> tuple[dict[str, np.ndarray], dict[str, TensorInfo]]:
-    """The checkpoint's tensors after the spec (or as stored, without one)."""
-    spec = as_spec(spec) if spec is not None else None
-    source = open_for(spec, checkpoint, select, epoch)
-    try:
-        if spec is None:
-            infos = dict(source.infos())
-            return {k: np.array(source.read(k)) for k in infos}, infos
-        plan = compile_spec(spec, source.infos(), strict=strict)
-        sink = _DictSink()
-        execute(plan, source, sink)
-        return {k: np.array(v) for k, v in sink.tensors.items()}, plan.outputs()
-    finally:
-        source.close()
-
 
 def load_into(model: Any, checkpoint: str | Path, spec: Spec | str | Path | None = None, *,
               mode: Mode = "shape", drop: Iterable[str] = (), select: str | None = None,
               epoch: int | None = None) -> LoadReport:
-    """Load `checkpoint` (through `spec`) into `model`; returns what was loaded and what not."""
+    """Load `checkpoint` (through `spec`, see `remap`) into `model`; returns what was loaded
+    and what not. Fitting follows the same rules as `mapspec apply --target` (`fit.py`)."""
     from .formats.torch import to_torch
 
-    if mode not in ("strict", "shape", "drop"):
-        raise UsageError(f"unknown mode '{mode}' (strict, shape, drop)")
+    if mode not in MODES:
+        raise UsageError(f"unknown mode '{mode}' ({', '.join(MODES)})")
     drop = list(drop)
     if mode == "drop" and not drop:
         raise UsageError("mode 'drop' needs drop patterns, e.g. drop=['fc.*']")
-    arrays, infos = converted(checkpoint, spec, select=select, epoch=epoch)
-    target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    report = LoadReport(target_count=len(target))
-    dropped = {k for k in arrays if any(fnmatch.fnmatchcase(k, p) for p in drop)}
-    report.dropped = sorted(dropped)
-    keep = {}
-    for k, a in arrays.items():
-        if k in dropped:
-            continue
-        if k in target and tuple(a.shape) != target[k]:
-            report.mismatched.append((k, tuple(a.shape), target[k]))
-            continue
-        if k in target or mode == "strict":
-            keep[k] = a
-    unexpected = [k for k in arrays if k not in target and k not in dropped]
-    missing = [k for k in target if k not in keep and not k.endswith("num_batches_tracked")]
-    if mode == "strict" and (unexpected or missing or report.mismatched):
-        problems = LoadReport(missing=missing, unexpected=unexpected, mismatched=report.mismatched)
-        raise ConversionError("the checkpoint does not fit the model strictly", problems.lines())
-    if mode == "drop":
-        stray = [k for k in missing if not any(fnmatch.fnmatchcase(k, p) for p in drop)]
-        if stray or report.mismatched:
-            problems = LoadReport(missing=stray, mismatched=report.mismatched)
-            raise ConversionError("outside the dropped patterns, the checkpoint does not fit the model",
-                                  problems.lines())
-    tensors = {k: to_torch(a, infos[k].dtype) for k, a in keep.items() if k in target}
-    result = model.load_state_dict(tensors, strict=False)
-    report.loaded = list(tensors)
-    report.missing = list(result.missing_keys)
-    report.unexpected = unexpected
-    return report
+    spec = as_spec(spec) if spec is not None else None
+    source = open_for(spec, checkpoint, select, epoch)
+    try:  # the tensors share the source's memory until load_state_dict copies them
+        tensors = {k: to_torch(source.read(k), i.dtype) for k, i in source.infos().items()}
+        origin = {}
+        if spec is not None:
+            plan, tensors = _remap(spec, tensors, None)  # open_for applied the selection
+            origin = {s.output: s.rule for s in plan.steps}
+        target = model_target(model)
+        kept, fitted = fit({k: tensor_info(v) for k, v in tensors.items()}, target, mode, drop, origin, api=True)
+        load = {k: tensors[k] for k in kept if k in target.infos}
+        result = model.load_state_dict(load, strict=False)
+    finally:
+        source.close()
+    unexpected = [k for k, _ in fitted.unexpected]
+    mismatched = [(k, tuple(p.shape), tuple(t.shape)) for k, p, t in fitted.mismatched]
+    left_out = set(tensors) - set(kept) - set(unexpected) - {k for k, _, _ in mismatched}
+    return LoadReport(loaded=list(load), missing=list(result.missing_keys), unexpected=unexpected,
+                      mismatched=mismatched, dropped=sorted(left_out), target_count=len(target.infos))
 
 
 # ------------------------------------------------------------------ model factories
@@ -152,20 +109,12 @@ def from_factory(text: str) -> Any:
     return obj(*args, **kwargs)
 
 
-def factory_infos(text: str) -> dict[str, TensorInfo]:
-    from .formats.torch_pickle import TORCH_DTYPES
-
-    model = from_factory(text)
-    return {k: TensorInfo(tuple(v.shape), TORCH_DTYPES[str(v.dtype).removeprefix("torch.")])
-            for k, v in model.state_dict().items()}
-
-
-def target_infos(target: Any) -> Mapping[str, TensorInfo] | None:
+def target_infos(target: Any) -> Target | Mapping[str, TensorInfo] | None:
     """A --target: a checkpoint path, a `module:callable(args)` factory, or a mapping."""
     from .formats import read_infos
 
     if target is None or isinstance(target, Mapping):
         return target
     if isinstance(target, str) and is_factory(target):
-        return factory_infos(target)
+        return model_target(from_factory(target))
     return read_infos(target)

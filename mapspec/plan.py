@@ -7,7 +7,6 @@ tensor is read.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
@@ -15,6 +14,8 @@ from typing import Any, Mapping, NamedTuple
 from . import actions as act
 from .checks import check_spec
 from .errors import ConversionError, PlanError, Span
+from . import fit as fitting
+from .fit import TargetReport
 from .matcher import Ambiguous, Entry, Matcher
 from .rules import BinOp, Capture, DropRule, Fanout, Lit, Lookup, Num, Ref, RenameRule, Spec, Subst
 
@@ -79,6 +80,11 @@ class Plan:
     unmatched: tuple[str, ...]
     source_count: int
     target_report: "TargetReport | None" = None
+    unused: tuple[Span, ...] = ()  # rules that matched no key
+
+    def source_used(self) -> int:
+        """How many source tensors went into the outputs."""
+        return len({k for s in self.steps for k in s.inputs})
 
     def outputs(self) -> dict[str, TensorInfo]:
         return {s.output: s.info for s in self.steps}
@@ -100,25 +106,6 @@ class Plan:
                 "unmatched": len(self.unmatched),
             },
         }
-
-
-@dataclass(frozen=True)
-class TargetReport:
-    missing: tuple[tuple[str, TensorInfo], ...] = ()
-    unexpected: tuple[tuple[str, TensorInfo], ...] = ()
-    mismatched: tuple[tuple[str, TensorInfo, TensorInfo], ...] = ()
-    target_count: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def lines(self) -> list[str]:
-        out = [f"missing from the output: {k} {act.format_shape(i.shape)}" for k, i in self.missing]
-        out += [f"not in the target: {k} {act.format_shape(i.shape)}" for k, i in self.unexpected]
-        out += [f"shape mismatch: {k} produced {act.format_shape(p.shape)}, target {act.format_shape(t.shape)}"
-                for k, p, t in self.mismatched]
-        return out
 
 
 def _where(span: Span) -> str:
@@ -143,13 +130,15 @@ def compile_spec(
     strict: bool = True,
     fit: str = "strict",
     drop: tuple[str, ...] = (),
+    strict_rules: bool = False,
 ) -> Plan:
     """Plan the conversion of a checkpoint whose tensors are `keys` (name -> shape, dtype).
 
     With a `target`, `fit` says how the outputs must meet it: "strict" (same keys and shapes),
     "shape" (keep only outputs whose name and shape the target has), or "drop" (leave out
     outputs matching the `drop` globs; the rest must fit, and what the target then misses
-    must match the globs too)."""
+    must match the globs too). A rule that matches no key is listed in `Plan.unused`, or is
+    an error with `strict_rules`."""
     check_spec(spec)
     tables = {t.name: t.mapping() for t in spec.tables}
     table_keys = {n: tuple(m) for n, m in tables.items()}
@@ -163,6 +152,7 @@ def compile_spec(
     dropped: list[tuple[str, Span]] = []
     unmatched: list[str] = []
     produced: dict[str, Step | _Pending] = {}  # output -> its step; insertion order is plan order
+    used: set[int] = set()
     match = matcher.match
     for key in keys:
         try:
@@ -176,6 +166,7 @@ def compile_spec(
             unmatched.append(key)
             continue
         entry, caps = hit
+        used.add(entry.rule)
         renderer = renderers.get(entry.rule)
         if renderer is None:
             rule = spec.rules[entry.rule]
@@ -202,44 +193,22 @@ def compile_spec(
             prev.inputs.append(((fan_index, renderer.order_key(caps)), key))
 
     if unmatched and strict:
-        raise _coverage_error(unmatched, spec)
+        missing = {k: i for k, i in target.items() if k not in produced} if target is not None else {}
+        raise _coverage_error(unmatched, spec, matcher, table_keys, keys, missing)
+    unused = tuple(r.span for i, r in enumerate(spec.rules) if i not in used)
+    if unused and strict_rules:
+        raise PlanError(f"this rule matches no key of the checkpoint ({len(keys)} keys; "
+                        "`mapspec inspect --keys` lists them)", unused[0])
 
     steps = [_plan_step(p, keys) if isinstance(p, _Pending) else p for p in produced.values()]
     report = None
     if target is not None:
-        steps, report = _fit(steps, target, fit, drop)
+        by_name = {st.output: st for st in steps}
+        kept, report = fitting.fit({st.output: st.info for st in steps}, target, fit, drop,
+                                   {st.output: st.rule for st in steps})
+        steps = [by_name[k] for k in kept]
     return Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(steps),
-                tuple(dropped), tuple(unmatched), len(keys), report)
-
-
-def _fit(steps: list[Step], target: Mapping[str, TensorInfo], fit: str, drop: tuple[str, ...]):
-    import fnmatch
-
-    if fit not in ("strict", "shape", "drop"):
-        raise ConversionError(f"unknown fit '{fit}' (strict, shape, drop)")
-    if fit == "drop" and not drop:
-        raise ConversionError("--fit drop needs --drop patterns, e.g. --drop 'fc.*'")
-    hit = lambda k: any(fnmatch.fnmatchcase(k, p) for p in drop)  # noqa: E731
-    if fit == "drop":
-        steps = [s for s in steps if not hit(s.output)]
-    report = compare_target({s.output: s.info for s in steps}, target)
-    if fit == "shape":
-        bad = {k for k, _ in report.unexpected} | {k for k, _, _ in report.mismatched}
-        return [s for s in steps if s.output not in bad], report
-    problems = report if fit == "strict" else TargetReport(
-        tuple((k, i) for k, i in report.missing if not hit(k)), report.unexpected, report.mismatched,
-        report.target_count)
-    if not problems.ok:
-        raise ConversionError("the output does not match the target", problems.lines())
-    return steps, report
-
-
-def compare_target(produced: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo]) -> TargetReport:
-    missing = tuple((k, i) for k, i in target.items() if k not in produced)
-    unexpected = tuple((k, i) for k, i in produced.items() if k not in target)
-    mismatched = tuple((k, i, target[k]) for k, i in produced.items()
-                       if k in target and tuple(target[k].shape) != tuple(i.shape))
-    return TargetReport(missing, unexpected, mismatched, len(target))
+                tuple(dropped), tuple(unmatched), len(keys), report, unused)
 
 
 def _duplicate(out: str, prev, key: str, rule) -> PlanError:
@@ -249,22 +218,14 @@ def _duplicate(out: str, prev, key: str, rule) -> PlanError:
                      f"and from '{key}'", rule.span)
 
 
-def _coverage_error(unmatched: list[str], spec: Spec) -> ConversionError:
-    texts = []
-    for rule in spec.rules:
-        pats = rule.sources if isinstance(rule, RenameRule) else rule.patterns
-        texts.extend((p.text, p.span) for p in pats)
-    by_text = {t: s for t, s in texts}
-    details = []
-    for key in unmatched[:20]:
-        close = difflib.get_close_matches(key, list(by_text), n=2, cutoff=0.4)
-        hint = "; closest: " + ", ".join(f"{c} (line {by_text[c].line})" for c in close) if close else ""
-        details.append(f"{key}{hint}")
-    if len(unmatched) > 20:
-        details.append(f"... and {len(unmatched) - 20} more")
+def _coverage_error(unmatched: list[str], spec: Spec, matcher: Matcher, tables: dict[str, tuple[str, ...]],
+                    keys: Mapping[str, TensorInfo], missing: Mapping[str, TensorInfo]) -> ConversionError:
+    from .coverage import unmatched_lines
+
     n = len(unmatched)
     return ConversionError(f"{n} source key{'s are' if n != 1 else ' is'} not matched by any rule "
-                           "(add rules, drop them, or use --non-strict)", details)
+                           "(add rules, drop them, or use --non-strict)",
+                           unmatched_lines(unmatched, spec, matcher, tables, keys, missing))
 
 
 def _plan_step(p: _Pending, keys: Mapping[str, TensorInfo]) -> Step:

@@ -160,9 +160,12 @@ def test_check_with_and_without_checkpoint_and_target(tmp_path):
     sink.commit()
     r = run("check", tmp_path / "spec.map", ckpt, "--target", wrong)
     assert r.exit_code == 1
-    assert "missing from the output: layers.0.norm.running_var (3,)" in r.output
-    assert "not in the target: layers.0.norm.bias (3,)" in r.output
-    assert "shape mismatch: head.weight produced (4, 3, 1, 1), target (4, 3)" in r.output
+    # issue 11.4: an unexpected output is paired with the missing key it most likely should be
+    assert ("not in the target: layers.0.norm.bias (3,), most likely missing from the output: "
+            "layers.0.norm.running_var (same shape): the rule at line 7 writes 'bias' where the target has "
+            "'running_var'") in r.output
+    assert "shape mismatch: head.weight produced (4, 3, 1, 1), target (4, 3) (rule at line 8)" in r.output
+    assert "fix: correct the rules named above; leave them out: --fit drop --drop 'head.*' (or --fit shape)" in r.output
 
 
 def test_explain_json_is_the_plan(tmp_path):
@@ -174,8 +177,8 @@ def test_explain_json_is_the_plan(tmp_path):
     assert head["inputs"] == ["fc.weight"] and head["shape"] == [4, 3, 1, 1] and head["dtype"] == "float32"
     assert [a["name"] for a in head["actions"]] == ["view", "cast"]
     assert plan["dropped"] == [{"key": "m.num_batches_tracked", "rule": "spec.map:9:1"}]
-    md = run("explain", tmp_path / "spec.map", ckpt, "--format", "markdown").output
-    assert "| fc.weight | head.weight | view(4, 3, 1, 1) cast(float32) |" in md
+    md = run("explain", tmp_path / "spec.map", ckpt, "--format", "markdown", "--per-tensor").output
+    assert "| fc.weight | head.weight | 8 | view(4, 3, 1, 1) cast(float32) |" in md
     assert "head.weight" in run("explain", tmp_path / "spec.map", ckpt).output
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mapspec import MapspecError, compile_spec, parse_spec
+from mapspec import MapspecError, compile_spec, parse_spec, render
 from mapspec.checks import check_spec
 from mapspec.formats.base import select
 
@@ -16,14 +16,28 @@ OK = sorted(p.name for p in (SPECS / "ok").glob("*.map"))
 BAD = sorted(p.name for p in (SPECS / "bad").glob("*.map"))
 
 
+def ok_spec(name: str):
+    """A good spec and the keys it is compiled against (run from SPECS)."""
+    spec = parse_spec(Path("ok") / name)
+    stored = load_keys(Path("ok") / name.replace(".map", ".keys.json"))
+    return spec, {k: stored[v] for k, v in select(stored, spec.header.select, Path(name)).items()}
+
+
 @pytest.mark.parametrize("name", OK)
 def test_ok_spec_compiles_to_golden_plan(name, monkeypatch):
     monkeypatch.chdir(SPECS)
-    spec = parse_spec(Path("ok") / name)
-    stored = load_keys(Path("ok") / name.replace(".map", ".keys.json"))
-    keys = {k: stored[v] for k, v in select(stored, spec.header.select, Path(name)).items()}
+    spec, keys = ok_spec(name)
     plan = compile_spec(spec, keys)
     golden(SPECS / "ok" / name.replace(".map", ".plan.json"), json.dumps(plan.to_json(), indent=2) + "\n")
+
+
+@pytest.mark.parametrize("name", OK)
+def test_ok_spec_reviews_as_golden_markdown(name, monkeypatch):
+    """`mapspec explain --format markdown`: one row per rule, for a pull request."""
+    monkeypatch.chdir(SPECS)
+    spec, keys = ok_spec(name)
+    review = render.explain(compile_spec(spec, keys), spec, "markdown")
+    golden(SPECS / "ok" / name.replace(".map", ".review.md"), review)
 
 
 @pytest.mark.parametrize("name", BAD)

@@ -55,7 +55,11 @@ def test_strict_mode_refuses_and_leaves_the_model_alone(imagenet_resnet34):
     before = model.state_dict()["conv1.weight"].clone()
     with pytest.raises(ConversionError) as info:
         load_into(model, path, mode="strict")
-    assert "shape mismatch: fc.weight checkpoint (1000, 512), model (5, 512)" in info.value.render()
+    text = info.value.render()
+    assert "shape mismatch: fc.weight produced (1000, 512), target (5, 512)" in text
+    # issue 11.6: fc is mismatched, not also "missing"; and the message says how to fix it
+    assert "missing" not in text
+    assert "fix: leave them out: mode='drop', drop=['fc.*'] (or mode='shape')" in text
     assert torch.equal(model.state_dict()["conv1.weight"], before)
     report = load_into(resnet((3, 4, 6, 3), 1000), path, mode="strict")
     assert report.missing == [] and report.unexpected == []

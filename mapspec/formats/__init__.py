@@ -111,7 +111,7 @@ def open_source(path: str | Path, fmt: str | None = None, select: str | None = N
 
     path = resolve_prefix(Path(path), epoch)
     if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
+        raise CheckpointError(f"{path}: no such file{_epoch_hint(path) if epoch is None else ''}")
     fmt = FORMAT_NAMES.get(fmt, fmt) if fmt else sniff(path)
     source_cls, _ = _classes(fmt)
     with reading(path):
@@ -127,6 +127,20 @@ def open_source(path: str | Path, fmt: str | None = None, select: str | None = N
             source.auto = True
             return source
     return Selected(source, select) if select else source
+
+
+def _epoch_hint(path: Path) -> str:
+    """`r50` when `r50-0000.params` exists: the MXNet prefix form, which needs --epoch."""
+    import glob
+    import re
+
+    found = sorted(p.name for p in path.parent.glob(f"{glob.escape(path.name)}-*.params")
+                   if re.fullmatch(r"-[0-9]+\.params", p.name[len(path.name):]))
+    if not found:
+        return ""
+    epoch = int(found[-1][len(path.name) + 1:-len(".params")])
+    return (f"; {', '.join(found[-3:])} {'exists' if len(found) == 1 else 'exist'}: "
+            f"it is an MXNet checkpoint prefix, add --epoch {epoch}")
 
 
 def read_infos(path: str | Path, select: str | None = None) -> dict[str, TensorInfo]:

@@ -42,7 +42,8 @@ class Sink(Protocol):
 
 class AtomicPath:
     """A temporary path beside `final`, moved to it on commit and removed on abort, so no
-    half-written output is ever seen under the final name.
+    half-written output is ever seen under the final name. Missing output folders are
+    created, and removed again on abort.
 
     Inside `guarded_writes` it is registered with the run, which removes it on any failure
     or signal (even one raised while the sink was still being built) and decides whether
@@ -51,11 +52,20 @@ class AtomicPath:
     def __init__(self, final: Path, directory: bool = False):
         self.final = Path(final)
         parent = self.final.parent
-        if not parent.is_dir():
-            raise UsageError(f"output folder {parent} does not exist")
         self.directory = directory
         self.replace = True
         self._files: list = []
+        self.created: list[Path] = []  # folders made for this output, deepest first
+        missing = parent
+        while not missing.exists():
+            self.created.append(missing)
+            missing = missing.parent
+        if not missing.is_dir():
+            raise UsageError(f"cannot create the output folder {parent}: {missing} is not a folder")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create the output folder {parent}: {exc.strerror}") from None
         prefix = f".{self.final.name}."
         if directory:
             self.tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".part", dir=parent))
@@ -115,6 +125,11 @@ class AtomicPath:
                 tmp.unlink()
         except OSError:
             pass
+        for folder in self.created:
+            try:
+                folder.rmdir()
+            except OSError:  # something else was put there meanwhile: leave it
+                break
 
 
 def rename_noreplace(src: Path, dst: Path) -> None:

@@ -1,0 +1,201 @@
+"""Spec text for a draft: header, tables, rules with their evidence, drops with their reason,
+suggestions as comments. The caller formats it with the project's formatter."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from .generalize import ALT, Rule
+from .keys import Side
+from .pairing import Pairing
+
+KEYCHARS = re.compile(r"[A-Za-z0-9_./:()\-]+|[^A-Za-z0-9_./:()\-]+")
+INTS = "ijklmn"
+VARS = "pquvwyz"
+
+CANNOT_KNOW = """\
+# What keys and shapes cannot reveal, this draft cannot know: a value-level permutation
+# (the rotary q/k reordering between Llama layouts, a fused tensor whose parts come in another
+# order than the target lists them, a square weight stored transposed) converts without an
+# error and gives wrong numbers. Compare both models' outputs on one input before trusting it."""
+
+
+def lit(text: str) -> str:
+    """Key text as a spec writes it: characters outside the key alphabet in quotes."""
+    out = []
+    for run in KEYCHARS.findall(text):
+        if re.fullmatch(r"[A-Za-z0-9_./:()\-]+", run):
+            out.append(run.replace("->", '-">"'))
+        else:
+            out.append('"' + run.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "".join(out)
+
+
+class Tables:
+    def __init__(self) -> None:
+        self.by_entries: dict[tuple, str] = {}
+
+    def name(self, entries: tuple[tuple[str, str], ...]) -> str:
+        if entries not in self.by_entries:
+            self.by_entries[entries] = f"t{len(self.by_entries) + 1}"
+        return self.by_entries[entries]
+
+    def text(self) -> list[str]:
+        out = []
+        for entries, name in self.by_entries.items():
+            out.append(f"table {name} {{")
+            out += [f"  {lit(k)} = {lit(v)}" for k, v in entries]
+            out.append("}")
+            out.append("")
+        return out
+
+
+def rule_text(rule: Rule, side: Side, tables: Tables) -> str:
+    names: dict[int, str] = {}
+    var_names: dict[tuple, str] = {}
+    src, tgt = [], []
+    ints = iter(INTS)
+    vars_ = iter(VARS)
+    restricted: dict[int, tuple] = {}
+    for p in rule.src:
+        kind = p[0]
+        if kind == "lit":
+            src.append(lit(p[1]))
+        elif kind == "ns":
+            spaces = sorted({side.namespace[k] for k in _source_keys(rule)})
+            src.append(spaces[0] if len(spaces) == 1 else "{x:" + "|".join(spaces) + "}")
+        elif kind == "int":
+            n = names[p[1]] = next(ints)
+            if p[2] is None:
+                src.append(f"{{{n}:int}}")
+            else:
+                restricted[p[1]] = p[2]
+                src.append(f"{{{n}:" + "|".join(map(str, p[2])) + "}")
+        elif kind == "var":
+            v = var_names[p] = next(vars_)
+            entries, used = p[1], p[2]
+            keys = [s for s, _ in entries]
+            identity = all(s == t for s, t in entries)
+            if all(ALT.match(s) for s in keys) and (not used or identity):
+                src.append(f"{{{v}:" + "|".join(keys) + "}")
+            else:
+                table = tables.name(entries if used else tuple((s, s) for s in keys))
+                src.append(f"{{{v} in {table}}}")
+        elif kind == "rest":
+            src.append("{r:**}" + ("" if p[1] is None else ".{p:" + "|".join(p[1]) + "}"))
+    if rule.tgt is None:
+        return "drop " + "".join(src)
+    for p in rule.tgt:
+        kind = p[0]
+        if kind == "lit":
+            tgt.append(lit(p[1]))
+        elif kind == "var":
+            v = var_names[p]
+            identity = all(s == t for s, t in p[1])
+            tgt.append(f"{{{v}}}" if identity and all(ALT.match(s) for s, _ in p[1]) else f"{{{tables.name(p[1])}[{v}]}}")
+        elif kind == "fan":
+            vals = p[1]
+            tgt.append("{part:int}" if list(vals) == [str(i) for i in range(len(vals))]
+                       else "{part:" + "|".join(vals) + "}")
+        elif kind == "rest":
+            leaves = next(x for x in rule.src if x[0] == "rest")[1]
+            tgt.append("{r}" + ("" if leaves is None else ".{p}"))
+        elif kind == "expr":
+            tgt.append(_expr(p[1], names, restricted, tables))
+    acts = "".join(f" then {a}" for a in rule.actions)
+    return f"{''.join(src)} -> {''.join(tgt)}{acts}"
+
+
+def _expr(sol: tuple, names: dict[int, str], restricted: dict[int, tuple], tables: Tables) -> str:
+    op, i = sol[0], sol[1]
+    n = names[i]
+    if op == "table" or (i in restricted and not (op == "add" and sol[2] == 0)):
+        if op == "table":
+            mapping = dict(sol[2])
+        else:
+            mapping = {v: _apply(sol, v) for v in restricted[i]}
+        return f"{{{tables.name(tuple((str(k), str(v)) for k, v in sorted(mapping.items())))}[{n}]}}"
+    if op == "add":
+        c = sol[2]
+        return f"{{{n}}}" if c == 0 else f"{{{n}{'+' if c > 0 else '-'}{abs(c)}}}"
+    m, c = sol[2], sol[3]
+    body = f"{n}{op}{m}"
+    return f"{{{body}}}" if c == 0 else f"{{{body}{'+' if c > 0 else '-'}{abs(c)}}}"
+
+
+def _apply(sol: tuple, v: int) -> int:
+    op = sol[0]
+    if op == "add":
+        return v + sol[2]
+    return (v // sol[2] if op == "//" else v % sol[2]) + sol[3]
+
+
+def _source_keys(rule: Rule) -> list[str]:
+    if rule.tgt is None:
+        return [k for k, _ in rule.pairs]
+    return [k for p in rule.pairs for k in p.sources]
+
+
+def rule_comment(rule: Rule) -> str:
+    if rule.tgt is None:
+        n = len(rule.pairs)
+        return f"# dropped ({n} tensor{'s' if n != 1 else ''}): {rule.why}"
+    weakest = min(rule.pairs, key=lambda p: p.evidence.strength).evidence
+    n = sum(len(p.targets) for p in rule.pairs)
+    kinds = Counter(p.evidence.kind for p in rule.pairs)
+    mix = ", ".join(f"{k} x{c}" for k, c in kinds.most_common())
+    return f"# {n} target tensor{'s' if n != 1 else ''} [{mix}]; weakest: {weakest}"
+
+
+def spec_text(pairing: Pairing, rules: list[Rule], source_name: str, target_name: str) -> str:
+    S = pairing.source
+    tables = Tables()
+    body: list[str] = []
+    renames = [r for r in rules if r.tgt is not None]
+    drops = [r for r in rules if r.tgt is None]
+    order = {k: i for i, k in enumerate(pairing.target.keys)}
+    renames.sort(key=lambda r: min(order[t] for p in r.pairs for t in p.targets))
+    for r in renames:
+        body.append(rule_comment(r))
+        body.append(rule_text(r, S, tables))
+        body.append("")
+    for r in drops:
+        body.append(rule_comment(r))
+        body.append(rule_text(r, S, tables))
+        body.append("")
+    if pairing.suggestions:
+        body.append("# Undecided: these source tensors are dropped above; pick a target for each and")
+        body.append("# replace their drop with a rule.")
+        for s in pairing.suggestions:
+            body.append(f"# ? {', '.join(s.sources)} -> {' | '.join(s.targets)}  ({s.why})")
+    n_t = len(pairing.target.keys)
+    made = sum(len(p.targets) for p in pairing.pairs)
+    head = [
+        f"# Draft by `mapspec draft`: {source_name} -> {target_name}.",
+        f"# {made} of {n_t} target tensors paired, {len(pairing.dropped)} source tensors dropped, "
+        f"{len(rules)} rules. Review every rule: its comment says how many tensors it covers and",
+        "# its weakest evidence (`mapspec draft --explain` lists the evidence pair by pair).",
+    ]
+    if pairing.counters:
+        head.append(f"# Not produced: {len(pairing.counters)} target counters (num_batches_tracked ...) no "
+                    "source tensor holds;")
+        head.append("# torch's load_state_dict fills them in; check with --fit drop --drop '*.num_batches_tracked'.")
+    if pairing.unexplained:
+        head.append(f"# INCOMPLETE: {len(pairing.unexplained)} target tensors are not explained by this draft.")
+    head += CANNOT_KNOW.splitlines()
+    head += ["mapspec 1", ""]
+    return "\n".join(head + tables.text() + body).rstrip() + "\n"
+
+
+def explain_lines(rules: list[Rule], side: Side) -> list[str]:
+    tables = Tables()
+    out = []
+    for r in rules:
+        out.append(rule_text(r, side, tables))
+        if r.tgt is None:
+            out += [f"    {k}: {why}" for k, why in r.pairs]
+        else:
+            for p in r.pairs:
+                out.append(f"    {', '.join(p.sources)} -> {', '.join(p.targets)}: {p.evidence}")
+    return out

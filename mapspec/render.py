@@ -1,0 +1,354 @@
+"""Everything mapspec shows a person, as text: plans (by rule or per tensor; plain table,
+markdown, JSON), reports, warnings, checkpoint trees and key lists, spec diffs.
+
+The CLI prints these strings and the Python API returns them (`Report.summary`), so a plan
+reads the same wherever it is looked at. Tables are formatted here with plain string
+operations, not rich tables: a 100,000-row plan renders in well under a second."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from .actions import format_shape
+from .errors import Span
+from .hints import fold, glob_of, plural, skeleton
+from .plan import PlannedAction, Plan, Step, TensorInfo
+from .rules import Action, DropRule, RenameRule, Spec, Text, Tuple, Word
+
+if TYPE_CHECKING:
+    from .diff import PlanDiff
+    from .executor import Report
+
+
+# ------------------------------------------------------------------ sizes, tables
+
+def size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def text_table(head: Sequence[str], rows: Iterable[Sequence[str]], title: str | None = None) -> str:
+    """Columns padded to their widest cell; the last column is never padded or cut."""
+    rows = list(rows)
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
+    # one format string for every row: "{:<w0}  {:<w1}  ...  {}"
+    row = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + ("  " if len(widths) > 1 else "") + "{}"
+    lines = [title] if title else []
+    lines.append(row.format(*head).rstrip())
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend(row.format(*r).rstrip() for r in rows)
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    cell = lambda c: str(c).replace("|", "\\|") or " "  # noqa: E731
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.extend("| " + " | ".join(cell(c) for c in r) + " |" for r in rows)
+    return "\n".join(lines) + "\n"
+
+
+def where(span: Span) -> str:
+    return f"{Path(span.file).name}:{span.line}"
+
+
+# ------------------------------------------------------------------ rules and actions
+
+def value_text(v: Any) -> str:
+    if isinstance(v, Word):
+        return v.name
+    if isinstance(v, Text):
+        return json.dumps(v.value)
+    if isinstance(v, Tuple):
+        inner = ", ".join(value_text(x) for x in v.items)
+        return ("+" if v.append else "") + f"({inner}{',' if len(v.items) == 1 and not v.append else ''})"
+    return str(v)
+
+
+def action_text(a: Action) -> str:
+    args = [value_text(v) for v in a.args] + [f"{k}={value_text(v)}" for k, v in a.kwargs]
+    return f"{a.name}({', '.join(args)})"
+
+
+def rule_text(rule) -> str:
+    """A rule as one line of spec text."""
+    if isinstance(rule, RenameRule):
+        return (" | ".join(p.text for p in rule.sources) + " -> " + rule.target.text
+                + "".join(f" then {action_text(a)}" for a in rule.actions))
+    word = "drop" if isinstance(rule, DropRule) else "keep"
+    return f"{word} " + " | ".join(p.text for p in rule.patterns)
+
+
+def planned_text(a: PlannedAction, index: bool = True) -> str:
+    p = a.params
+    if a.name in ("view", "reshape", "squeeze", "unsqueeze") and "shape" in p:
+        return f"{a.name}{format_shape(tuple(p['shape']))}"
+    if a.name == "cast":
+        return f"cast({p['to']})"
+    if a.name in ("split", "chunk"):
+        return f"{a.name}[{p['index']}]" if index else a.name
+    return f"{a.name}({', '.join(str(v) for v in p.values())})"
+
+
+def change_text(step: Step) -> str:
+    """What a step changes besides the name: shapes and dtypes that differ, and its actions
+    (the part a split takes left out: it differs for every output by design)."""
+    parts = []
+    shapes_in = {i.shape for i in step.input_infos}
+    if shapes_in != {step.info.shape}:
+        parts.append(" ".join(format_shape(i.shape) for i in step.input_infos) + " -> " + format_shape(step.info.shape))
+    dtypes_in = {i.dtype for i in step.input_infos}
+    if dtypes_in != {step.info.dtype}:
+        parts.append("/".join(sorted(dtypes_in)) + " -> " + step.info.dtype)
+    if step.actions and parts:
+        parts.append("by " + " ".join(planned_text(a, index=False) for a in step.actions))
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------ explain
+
+RULE_HEAD = ["line", "rule", "keys", "example", "changes"]
+TENSOR_HEAD = ["source", "target", "rule", "actions", "shape", "dtype"]
+
+
+def rule_rows(plan: Plan, spec: Spec) -> list[list[str]]:
+    """One row per rule (in spec order): how many keys it took, one example, what changes."""
+    by_rule: dict[Span, list[Step]] = {}
+    for s in plan.steps:
+        by_rule.setdefault(s.rule, []).append(s)
+    dropped: dict[Span, list[str]] = {}
+    for k, span in plan.dropped:
+        dropped.setdefault(span, []).append(k)
+    rows = []
+    for rule in spec.rules:
+        text = rule_text(rule)
+        steps = by_rule.get(rule.span, [])
+        if isinstance(rule, DropRule):
+            keys = dropped.get(rule.span, [])
+            rows.append([where(rule.span), text, str(len(keys)), (keys[0] + " (dropped)") if keys else "matches nothing", ""])
+            continue
+        if not steps:
+            rows.append([where(rule.span), text, "0", "matches nothing", ""])
+            continue
+        sources = len({k for s in steps for k in s.inputs})
+        count = str(sources) if sources == len(steps) else f"{sources} -> {len(steps)}"
+        ex = steps[0]
+        changes = Counter(change_text(s) for s in steps)
+        change = changes.most_common(1)[0][0]
+        if len(changes) > 1:
+            change = (change + "; " if change else "") + f"and {plural(len(changes) - 1, 'other change')}"
+        rows.append([where(rule.span), text, count, f"{', '.join(ex.inputs)} -> {ex.output}", change])
+    if plan.unmatched:
+        rows.append(["", "(no rule: left out by --non-strict)", str(len(plan.unmatched)), plan.unmatched[0], ""])
+    return rows
+
+
+def tensor_rows(plan: Plan) -> list[list[str]]:
+    shapes: dict = {}  # the same few shapes and dtypes recur in every large plan
+    dts: dict = {}
+
+    def shape_text(s: Step) -> str:
+        key = (tuple(i.shape for i in s.input_infos), s.info.shape)
+        text = shapes.get(key)
+        if text is None:
+            text = shapes[key] = " ".join(map(format_shape, key[0])) + " -> " + format_shape(key[1])
+        return text
+
+    def dtype_text(s: Step) -> str:
+        key = (tuple(i.dtype for i in s.input_infos), s.info.dtype)
+        text = dts.get(key)
+        if text is None:
+            text = dts[key] = "/".join(sorted(set(key[0]))) + " -> " + key[1]
+        return text
+
+    return [[", ".join(s.inputs), s.output, str(s.rule.line),
+             " ".join(planned_text(a) for a in s.actions) if s.actions else "-", shape_text(s), dtype_text(s)]
+            for s in plan.steps]
+
+
+def plan_title(plan: Plan) -> str:
+    extra = [f"{len(plan.dropped)} dropped"]
+    if plan.unmatched:
+        extra.append(f"{len(plan.unmatched)} unmatched")
+    return (f"{Path(plan.spec_file).name}: {len(plan.steps)} outputs from {plan.source_count} "
+            f"source tensors ({', '.join(extra)})")
+
+
+def dropped_lines(plan: Plan) -> list[str]:
+    """Dropped keys folded per rule: `line 9 drop **.num_batches_tracked: 53 keys like ...`."""
+    out = []
+    for group in fold(plan.dropped, lambda d: d[1]):
+        keys = [k for k, _ in group]
+        like = keys[0] if len(keys) == 1 else f"like {glob_of(keys)} (e.g. {keys[0]})"
+        out.append(f"{where(group[0][1])}: {plural(len(keys), 'key')} {like}")
+    return out
+
+
+def explain(plan: Plan, spec: Spec, fmt: str = "table", per_tensor: bool = False) -> str:
+    """The plan for review: by rule (default) or per tensor; as a table, markdown or JSON."""
+    if fmt == "json":
+        return json.dumps(plan.to_json(), indent=2) + "\n"
+    head, rows = (TENSOR_HEAD, tensor_rows(plan)) if per_tensor else (RULE_HEAD, rule_rows(plan, spec))
+    if fmt == "markdown":
+        if not per_tensor:
+            rows = [[r[0], f"`{r[1]}`", r[2], f"`{r[3]}`" if "->" in r[3] or "(dropped)" in r[3] else r[3], r[4]]
+                    for r in rows]
+        text = f"**{plan_title(plan)}**\n\n" + markdown_table(head, rows)
+        if per_tensor and plan.dropped:
+            text += "\nDropped:\n\n" + "".join(f"- {line}\n" for line in dropped_lines(plan))
+        return text
+    text = text_table(head, rows, plan_title(plan))
+    if per_tensor and plan.dropped:
+        text += "dropped:\n" + "".join(f"  {line}\n" for line in dropped_lines(plan))
+    return text
+
+
+# ------------------------------------------------------------------ errors, reports, warnings
+
+def error_text(exc: BaseException) -> str:
+    """An error as shown to a person: one `error:` line (spec errors with the line and a
+    caret, conversion errors with their details below)."""
+    from .errors import MapspecError, shorten
+
+    if isinstance(exc, MapspecError):
+        return exc.render()
+    if isinstance(exc, OSError):  # no empty `error: : ...` when the error names no file
+        return shorten(f"error: {exc.filename}: {exc.strerror or exc}" if exc.filename else
+                       f"error: {exc.strerror or exc}")
+    return shorten(f"error: {exc}")
+
+
+
+def report_summary(report: "Report") -> str:
+    p = report.plan
+    where_to = f"-> {report.output} [{report.format}, {size(report.bytes)}]"
+    if p.target_report is not None:  # loading into a target: count against what it holds
+        r = p.target_report
+        notes = [f"{len(r.missing)} missing", f"{len(r.unexpected)} unexpected", f"{len(r.mismatched)} shape-mismatched"]
+        if r.filled:
+            notes.append(f"{len(r.filled)} BatchNorm counters left to load_state_dict")
+        return (f"Transferred {len(p.steps)}/{r.target_count} target tensors from {p.source_count} source tensors "
+                f"({', '.join(notes)}) {where_to}")
+    used = p.source_used()
+    extra = [f"{len(p.dropped)} dropped"]
+    if report.selected:
+        extra.append(f"selected '{report.selected}'")
+    if p.unmatched:
+        extra.append(f"{len(p.unmatched)} unmatched")
+    into = f" into {plural(len(p.steps), 'output')}" if len(p.steps) != used else ""
+    return f"Transferred {used}/{p.source_count} tensors{into} ({', '.join(extra)}) {where_to}"
+
+
+def plan_warnings(plan: Plan, spec: Spec) -> list[str]:
+    """Rules that matched nothing (at their location) and keys left out by --non-strict."""
+    rules = {r.span: r for r in spec.rules}
+    out = [f"{span}: warning: this rule matches no key of this checkpoint ({rule_text(rules[span])}): if it "
+           "should, correct its pattern (`mapspec inspect --keys` lists the keys), else remove it; "
+           "--strict-rules makes this an error"
+           for span in plan.unused]
+    if plan.unmatched:
+        n = len(plan.unmatched)
+        out.append(f"warning: {plural(n, 'unmatched key')} left out: " + ", ".join(plan.unmatched[:5])
+                   + (" ..." if n > 5 else ""))
+    return out
+
+
+def check_line(spec_path: Path | str, plan: Plan, with_target: bool) -> str:
+    line = (f"{spec_path}: ok: {len(plan.steps)} outputs from {plan.source_count} tensors, "
+            f"{len(plan.dropped)} dropped")
+    if plan.unmatched:
+        line += f", {len(plan.unmatched)} unmatched"
+    if plan.unused:
+        line += f", {plural(len(plan.unused), 'rule')} matching nothing"
+    if with_target:
+        r = plan.target_report
+        filled = (f" ({len(r.filled)} BatchNorm counters left out, which load_state_dict fills in)"
+                  if r.filled else "")
+        line += (", matches the target" + filled if r.ok else
+                 f", fits the target ({len(plan.steps)}/{r.target_count}; {len(r.missing)} missing, "
+                 f"{len(r.mismatched)} shape-mismatched, {len(r.unexpected)} unexpected)")
+    return line
+
+
+# ------------------------------------------------------------------ inspect
+
+def keys_text(infos: Mapping[str, TensorInfo], fmt: str = "text") -> str:
+    """Every key, one per line: name, shape, dtype (tab-separated); or a JSON list."""
+    if fmt == "json":
+        return json.dumps([{"name": k, "shape": list(i.shape), "dtype": i.dtype} for k, i in infos.items()],
+                          indent=1) + "\n"
+    return "".join(f"{k}\t{format_shape(i.shape)}\t{i.dtype}\n" for k, i in infos.items())
+
+
+def tensor_line(t: dict) -> str:
+    dts = ", ".join(f"{k} x{v}" for k, v in t["dtypes"].items())
+    return f"{t['count']} tensors, {t['elements']:,} elements, {t['bytes']:,} bytes ({dts})" if t["count"] else "no tensors"
+
+
+def inspect_tree(info: dict) -> str:
+    """The checkpoint's content as an indented tree; nothing cut, hidden entries counted."""
+    lines = [f"{info['file']} [{info['format']}]: {tensor_line(info['tensors'])}"]
+    _tree(lines, info["content"], "")
+    if info.get("auto_select"):
+        lines.append(f"(apply converts '{info['auto_select']}' unless --select says otherwise)")
+    lines.append("(`mapspec inspect --keys` lists every tensor: name, shape, dtype)")
+    return "\n".join(lines) + "\n"
+
+
+def _tree(lines: list[str], d: dict, indent: str) -> None:
+    items = list((d.get("entries") or {}).items())
+    more = d.get("more", 0)
+    for n, (key, value) in enumerate(items):
+        last = n == len(items) - 1 and not more
+        branch, child = ("└── ", "    ") if last else ("├── ", "│   ")
+        kind = value["type"]
+        if kind == "dict":
+            lines.append(f"{indent}{branch}{key}: dict" + (f" ({value['length']} entries)" if "length" in value else ""))
+            _tree(lines, value, indent + child)
+        elif kind == "value":
+            lines.append(f"{indent}{branch}{key}: {value['value']!r}")
+        elif kind == "module":
+            lines.append(f"{indent}{branch}{key}: {value['class']} ({tensor_line(value)})")
+        elif kind == "optimizer":
+            groups = "; ".join(", ".join(f"{k}={v}" for k, v in g.items()) for g in value["param_groups"])
+            lines.append(f"{indent}{branch}{key}: optimizer, {value['state_entries']} state entries, "
+                         f"{len(value['param_groups'])} param groups ({groups}), {tensor_line(value)}")
+        elif kind == "object":
+            lines.append(f"{indent}{branch}{key}: {value['class']}")
+            fields = {"entries": {f: {"type": "value", "value": v} for f, v in value["fields"].items()},
+                      "more": value.get("more", 0)}
+            _tree(lines, fields, indent + child)
+        elif kind == "tensor":
+            lines.append(f"{indent}{branch}{key}: tensor {value['shape']} {value['dtype']}")
+        else:
+            lines.append(f"{indent}{branch}{key}: {kind} ({tensor_line(value)})" if "count" in value
+                         else f"{indent}{branch}{key}: {kind}")
+    if more:
+        lines.append(f"{indent}└── ... {more} more")
+
+
+# ------------------------------------------------------------------ diff
+
+def diff_text(d: "PlanDiff", fmt: str = "text") -> str:
+    """Which outputs change between two versions of a spec, repeated changes folded."""
+    if fmt == "json":
+        return json.dumps(d.to_json(), indent=2) + "\n"
+    lines = [f"{d.old_name} -> {d.new_name}: {plural(len(d.changes), 'output change')} "
+             f"({d.unchanged} outputs unchanged)"]
+    for group in fold(d.changes, lambda c: (c.kind, skeleton(c.old or ""), skeleton(c.new or ""), c.what)):
+        c = group[0]
+        if len(group) == 1:
+            lines.append(f"  {c.line()}")
+        else:
+            olds = [g.old for g in group if g.old]
+            news = [g.new for g in group if g.new]
+            ex = c.line()
+            name = glob_of(news) if c.kind == "changed" else " -> ".join(
+                x for x in (glob_of(olds) if olds else "", glob_of(news) if news else "") if x)
+            lines.append(f"  {c.kind} {len(group)} outputs like {name} (e.g. {ex})")
+    return "\n".join(lines) + "\n"
