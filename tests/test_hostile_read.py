@@ -666,3 +666,84 @@ def test_every_listed_reader_failure_is_a_checkpoint_error_naming_the_file(tmp_p
     with pytest.raises(CheckpointError, match=r"\.\.\. \(\d+ more characters\)"):
         with reading("/x/y.pt"):
             raise CheckpointError("e" * 100_000)
+
+
+# ------------------------------------------------------------------ torch tensor geometry
+
+def _pt_with_geometry(path: Path, torch, numel: int, size, stride, offset=0) -> Path:
+    """A torch zip whose one tensor has the given geometry over a float storage of `numel`."""
+    import collections
+    import pickle
+
+    class Storage:
+        pass
+
+    class Tensor:
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, (Storage(), offset, tuple(size), tuple(stride), False,
+                                                     collections.OrderedDict())
+
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, protocol=2)
+    pickler.persistent_id = lambda o: ("storage", torch.FloatStorage, "0", "cpu", numel) if isinstance(o, Storage) else None
+    pickler.dump({"t": Tensor()})
+    return torch_zip(path, buf.getvalue(), {"data/0": b"\0" * (4 * numel)})
+
+
+@pytest.mark.parametrize("size, stride, offset, words", [
+    ((1,) * 33, (1,) * 33, 0, "dimensions"),
+    ((-2,), (1,), 0, "corrupt tensor geometry"),
+    ((2,), (-1,), 0, "corrupt tensor geometry"),
+    ((0, 2 ** 40, 2 ** 40), (1, 1, 1), 0, "overflows"),
+    ((3,), (2,), 0, "outside its storage"),
+    ((2,), (1,), 3, "outside its storage"),
+    ((2,), (1,), 2 ** 70, "corrupt tensor offset"),
+])
+def test_torch_tensor_geometry_is_checked_at_open(tmp_path, torch, size, stride, offset, words):
+    path = _pt_with_geometry(tmp_path / "g.pt", torch, 4, size, stride, offset)
+    assert words in inspect_error(path)
+
+
+def test_extent_is_the_bytes_read_for_pass_through_copies(tmp_path, torch):
+    from safetensors.numpy import save_file
+
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    torch.save({"w": t, "wt": t.t(), "row": t[1]}, tmp_path / "c.pt")
+    save_file({"w": t.numpy()}, tmp_path / "c.safetensors")
+    from mapspec.formats.mxnet import MXNetSink
+    from mapspec.plan import TensorInfo
+
+    sink = MXNetSink(tmp_path / "c.params", {"w": TensorInfo((3, 4), "float32")})
+    sink.write("w", t.numpy())
+    sink.commit()
+    for name in ("c.pt", "c.safetensors", "c.params"):
+        src = open_source(tmp_path / name)
+        file, offset, nbytes = src.extent("w")
+        assert file.read_bytes(offset, nbytes) == src.read("w").tobytes()
+    src = open_source(tmp_path / "c.pt")
+    assert src.extent("wt") is None  # a transposed view is not its stored bytes
+    file, offset, nbytes = src.extent("row")
+    assert file.read_bytes(offset, nbytes) == t[1].numpy().tobytes()
+
+
+def test_messages_never_repr_what_the_pickle_built(tmp_path):
+    # a persistent id that is a list of lists filled after they were nested (10**9 leaves
+    # that the size check cannot see): the error must describe it, not print it
+    pkl = G + b"".join(b"]q" + bytes([i]) + b"0" for i in range(10))
+    for level in range(9, 0, -1):  # outermost first, so each list is nested while still empty
+        pkl += b"h" + bytes([level]) + b"(" + (b"h" + bytes([level - 1])) * 10 + b"e0"
+    pkl += b"h\x09Q."  # BINPERSID of the outermost list
+    line = inspect_error(torch_zip(tmp_path / "pid.pt", pkl))
+    assert "unsupported persistent id" in line and len(line) < 400
+
+
+@pytest.mark.parametrize("kind", ["int", "tuple"])
+def test_crafted_hash_collisions_are_refused(tmp_path, kind):
+    # dict keys that all hash alike make building the dict quadratic: 100k of them, minutes
+    import pickle
+
+    p = 2 ** 61 - 1  # hash(n) == n % p for ints, and tuples hash their items' hashes
+    keys = [i * p for i in range(1, 200)] if kind == "int" else [(i * p, 0) for i in range(1, 200)]
+    assert len({hash(k) for k in keys}) == 1
+    pkl = pickle.dumps(dict.fromkeys(keys, 0), protocol=2)
+    assert "same hash" in inspect_error(torch_zip(tmp_path / "h.pt", pkl))

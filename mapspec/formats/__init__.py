@@ -85,6 +85,8 @@ class Guarded:
         self.object = getattr(inner, "object", None)
         if hasattr(inner, "release"):
             self.release = self._release
+        if hasattr(inner, "extent"):
+            self.extent = self._extent
 
     def infos(self) -> Mapping[str, TensorInfo]:
         with reading(self.path):
@@ -97,6 +99,10 @@ class Guarded:
     def _release(self, key: str) -> None:
         with reading(self.path):
             self.inner.release(key)
+
+    def _extent(self, key: str):
+        with reading(self.path):
+            return self.inner.extent(key)
 
     def close(self) -> None:
         with reading(self.path):
@@ -116,17 +122,23 @@ def open_source(path: str | Path, fmt: str | None = None, select: str | None = N
     source_cls, _ = _classes(fmt)
     with reading(path):
         source = Guarded(source_cls(path))
-    if select is None and source.object is not None:
-        from ..inspect import auto_select
+    try:
+        auto = False
+        if select is None and source.object is not None:
+            from ..inspect import auto_select
 
-        # A training checkpoint (model, ema, optimizer, epoch...) converts its model part.
-        with reading(path):
-            select = auto_select(source.object)
-        if select:
-            source = Selected(source, select)
-            source.auto = True
+            # A training checkpoint (model, ema, optimizer, epoch...) converts its model part.
+            with reading(path):
+                select = auto_select(source.object)
+            auto = bool(select)
+        if not select:
             return source
-    return Selected(source, select) if select else source
+        selected = Selected(source, select)
+        selected.auto = auto
+        return selected
+    except BaseException:
+        source.close()
+        raise
 
 
 def _epoch_hint(path: Path) -> str:

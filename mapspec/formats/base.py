@@ -25,7 +25,11 @@ class Source(Protocol):
         """Every tensor's name, shape and dtype, in file order; no tensor data is read."""
 
     def read(self, key: str) -> np.ndarray:
-        """One tensor, memory-mapped where the format allows (bf16 as uint16 bits)."""
+        """One tensor, read now into a fresh buffer (bf16 as uint16 bits).
+
+        Sources may also offer `release(key)` (its bytes are consumed) and `extent(key)`:
+        `(RegularFile, offset, nbytes)` when the tensor is stored as-is, C-order and
+        little-endian, in one range of a file (so it can be copied without decoding), else None."""
 
     def close(self) -> None: ...
 
@@ -258,6 +262,10 @@ class Selected:
         release = getattr(self.inner, "release", None)
         if release:
             release(self._names[key])
+
+    def extent(self, key: str):
+        extent = getattr(self.inner, "extent", None)
+        return extent(self._names[key]) if extent else None
 
     def close(self) -> None:
         self.inner.close()

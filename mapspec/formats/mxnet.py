@@ -242,6 +242,10 @@ class MXNetSource:
             dense[rows, cols] = data
         return dense
 
+    def extent(self, key: str) -> tuple[RegularFile, int, int] | None:
+        r = self._records[key]
+        return None if r.stype else (self._file, r.offset, r.info.nbytes)
+
     def release(self, key: str) -> None:
         r = self._records[key]
         self._file.release(r.offset, dtypes.nbytes(r.storage_shape if r.stype else r.info.shape, r.info.dtype))

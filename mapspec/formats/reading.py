@@ -41,9 +41,29 @@ def clip(text: str, limit: int = MAX_MESSAGE) -> str:
     return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
+def brief(value: object, depth: int = 0) -> str:
+    """A short rendering of a value from a file, made here, never through its own repr():
+    a pickle can build values whose repr() is astronomically long."""
+    if isinstance(value, str):
+        return repr(value[:MAX_NAME] + ("..." if len(value) > MAX_NAME else ""))
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() <= 256 else f"<integer of {value.bit_length()} bits>"
+    if isinstance(value, (tuple, list)):
+        open_, close = ("(", ")") if isinstance(value, tuple) else ("[", "]")
+        if depth >= 2:
+            return f"{open_}...{close}"
+        items = [brief(v, depth + 1) for v in value[:8]] + (["..."] if len(value) > 8 else [])
+        return open_ + ", ".join(items) + ("," if len(value) == 1 and open_ == "(" else "") + close
+    return f"<{type(value).__name__}>"
+
+
 def shown(name: object) -> str:
     """A name from a file, quoted for a message: printable and at most MAX_NAME characters."""
-    text = repr(name) if not isinstance(name, str) else name
+    text = name if isinstance(name, str) else brief(name)
     if len(text) > MAX_NAME:
         text = f"{text[:MAX_NAME]}...({len(text)} characters)"
     return repr(text) if not text.isprintable() else f"'{text}'"

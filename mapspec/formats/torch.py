@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import CheckpointError, UsageError
 from ..plan import TensorInfo
 from .base import AtomicPath
+from .reading import brief
 from .torch_pickle import StandIn, Tensor, load
 from .unpickle import MAX_DEPTH, MAX_NODES, Budget
 
@@ -85,7 +86,8 @@ def flatten(obj: Any, prefix: str, out: dict, depth: int = 0, budget: Budget | N
         module_state(obj, f"{prefix}." if prefix else "", out, budget, depth + 1)
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
-            flatten(v, f"{prefix}.{k}" if prefix else str(k), out, depth + 1, budget)
+            k = k if isinstance(k, str) else str(k) if isinstance(k, int) else brief(k)
+            flatten(v, f"{prefix}.{k}" if prefix else k, out, depth + 1, budget)
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
             flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1, budget)
@@ -105,6 +107,14 @@ class TorchSource:
 
     def read(self, key: str) -> np.ndarray:
         return self._tensors[key].read()
+
+    def extent(self, key: str):
+        return self._tensors[key].extent()
+
+    def release(self, key: str) -> None:
+        found = self._tensors[key].extent()
+        if found:
+            found[0].release(found[1], found[2])
 
     def close(self) -> None:
         self._tensors = {}

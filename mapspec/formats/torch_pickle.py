@@ -134,6 +134,17 @@ class Tensor(Inert):
         return np.lib.stride_tricks.as_strided(flat, shape=self.shape, strides=tuple(s * dt.itemsize for s in self.stride),
                                                writeable=False)
 
+    def extent(self) -> tuple[RegularFile, int, int] | None:
+        """(file, byte offset, byte count) if the tensor is its bytes as stored: contiguous,
+        not byte-swapped, in a storage whose place in the file is known."""
+        storage = self.storage
+        if storage.offset is None or (storage.swap and dtypes.itemsize(self.dtype) > 1):
+            return None
+        if 0 not in self.shape and self.stride != _contiguous(self.shape):
+            return None
+        size = dtypes.itemsize(self.dtype)
+        return storage.file, storage.offset + self.offset * size, math.prod(self.shape) * size
+
     def __repr__(self) -> str:
         return f"Tensor({self.dtype}, {self.shape})"
 
@@ -239,10 +250,12 @@ class _TorchGlobals:
             raise CheckpointError(f"{self.path}: corrupt tensor geometry (size and stride must be sequences)")
         size, stride = tuple(size), tuple(stride)
         offset = _int(offset, self.path)
-        if len(size) != len(stride) or len(size) > MAX_NDIM or not all(
+        if len(size) > MAX_NDIM:
+            dtypes.check_shape(size, f"{self.path}: a tensor")  # says how many dimensions
+        if len(size) != len(stride) or not all(
                 isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 63 for v in size + stride):
             raise CheckpointError(f"{self.path}: corrupt tensor geometry size={shown(size)} stride={shown(stride)}")
-        dtypes.check_shape(size, f"{self.path}: tensor")
+        dtypes.check_shape(size, f"{self.path}: a tensor")
         itemsize = dtypes.itemsize(dtype)
         # The storage in units of this tensor's dtype (v3 tensors view untyped bytes).
         available = (storage.nbytes if limit is None else limit * dtypes.itemsize(storage.dtype)) // itemsize

@@ -25,6 +25,7 @@ import builtins
 import io
 import pickle
 import pickletools
+import struct
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +39,9 @@ MAX_DEPTH = 256  # nesting of containers in a pickle, and of anything walked rec
 MAX_INT_BYTES = 256  # binary integers (LONG1/LONG4) wider than this are refused
 MAX_PICKLE = 256 << 20  # bytes of one pickle (the tensors' data is outside it)
 MAX_NODES = 2_000_000  # objects visited when walking what a pickle built
+# Picklers number memo entries 0, 1, 2...; an index may run this far ahead of the opcodes
+# seen (the C unpickler allocates its memo up to twice the highest index).
+MEMO_SLACK = 1 << 16
 
 # Modules that can run anything: refused outright, by name, with a message that says so.
 BLOCKED_MODULES = {
@@ -64,7 +68,7 @@ BLOCKED_NAMES = {"eval", "exec", "system", "__import__", "compile", "open", "get
 # from pickletools' descriptions so that the check below is a tight loop over the bytes.
 _ARG_NONE, _ARG_FIXED, _ARG_LINE, _ARG_TWO_LINES, _ARG_COUNTED = range(5)
 (_ATOM, _BUILDER, _CALL, _MUTATOR, _PUT, _GET, _MEMOIZE, _DUP, _MARKOP, _STOP, _POP, _POP_MARK,
- _OTHER) = range(13)
+ _NUMBER) = range(13)
 _CATEGORY = {"TUPLE": _BUILDER, "TUPLE1": _BUILDER, "TUPLE2": _BUILDER, "TUPLE3": _BUILDER, "LIST": _BUILDER,
              "DICT": _BUILDER, "FROZENSET": _BUILDER, "EMPTY_LIST": _BUILDER, "EMPTY_DICT": _BUILDER,
              "EMPTY_TUPLE": _BUILDER, "EMPTY_SET": _BUILDER, "OBJ": _BUILDER, "INST": _BUILDER,
@@ -72,7 +76,13 @@ _CATEGORY = {"TUPLE": _BUILDER, "TUPLE1": _BUILDER, "TUPLE2": _BUILDER, "TUPLE3"
              "APPEND": _MUTATOR, "APPENDS": _MUTATOR, "SETITEM": _MUTATOR, "SETITEMS": _MUTATOR,
              "ADDITEMS": _MUTATOR, "BUILD": _MUTATOR,
              "PUT": _PUT, "BINPUT": _PUT, "LONG_BINPUT": _PUT, "GET": _GET, "BINGET": _GET, "LONG_BINGET": _GET,
-             "MEMOIZE": _MEMOIZE, "DUP": _DUP, "MARK": _MARKOP, "STOP": _STOP, "POP": _POP, "POP_MARK": _POP_MARK}
+             "MEMOIZE": _MEMOIZE, "DUP": _DUP, "MARK": _MARKOP, "STOP": _STOP, "POP": _POP, "POP_MARK": _POP_MARK,
+             **dict.fromkeys(("BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "BINFLOAT", "FLOAT",
+                              "NONE", "NEWTRUE", "NEWFALSE"), _NUMBER)}
+_TUPLES = {"TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"}
+# Numbers and tuples of numbers hash the same in every process, so a file can pick many
+# distinct ones with one hash and make a dict of them quadratic to build: refused past this.
+MAX_COLLISIONS = 64
 _OPS: list[tuple | None] = [None] * 256  # (name, arg kind, arg size, category, pops, pops to mark, pushes)
 for _op in pickletools.opcodes:
     _n = _op.arg.n if _op.arg is not None else 0
@@ -123,6 +133,22 @@ def check_pickle(data: bytes, path: Path, start: int = 0, base: int = 0) -> int:
                                   f"shared references (byte {base + at}); refusing")
         return value
 
+    values: dict[int, object] = {}  # node -> value, for numbers and tuples of them
+    hashes: dict[int, object] = {}  # hash -> the one value seen with it, or a set of them
+
+    def collide(value) -> None:
+        h = hash(value)
+        seen = hashes.get(h, _BAD)
+        if seen is _BAD:
+            hashes[h] = value
+        elif isinstance(seen, set):
+            seen.add(value)
+            if len(seen) > MAX_COLLISIONS:
+                raise CheckpointError(f"{path}: the pickle holds more than {MAX_COLLISIONS} different values with "
+                                      f"the same hash (byte {base + at}), crafted to make building it quadratic")
+        elif seen != value:
+            hashes[h] = {seen, value}
+
     def deep(value: int) -> int:
         if value > MAX_DEPTH:
             raise CheckpointError(f"{path}: the pickle nests deeper than {MAX_DEPTH} levels (byte {base + at})")
@@ -140,6 +166,7 @@ def check_pickle(data: bytes, path: Path, start: int = 0, base: int = 0) -> int:
         ops += 1
         arg = b""
         index = -1
+        arg_at = pos
         if kind == _ARG_FIXED:
             if pos + n > end:
                 raise PickleTruncated()
@@ -159,6 +186,8 @@ def check_pickle(data: bytes, path: Path, start: int = 0, base: int = 0) -> int:
             if category == _PUT or category == _GET:
                 text = data[pos:stop]
                 index = int(text) if text.isdigit() else -1
+            elif category == _NUMBER:
+                arg = data[pos:stop]
             pos = stop + 1
         elif kind == _ARG_COUNTED:
             width = abs(n)
@@ -175,6 +204,16 @@ def check_pickle(data: bytes, path: Path, start: int = 0, base: int = 0) -> int:
             if pos + length > end:
                 raise PickleTruncated()
             pos += length
+        if category == _NUMBER:
+            value = _number(name, data, arg_at, pos, arg)
+            if value is _BAD:
+                raise bad(f"{name} with an argument that is not a number")
+            values[len(depth)] = value
+            collide(value)
+            depth.append(0)
+            size.append(1)
+            stack.append(len(depth) - 1)
+            continue
         if category == _ATOM:
             if pre:
                 if len(stack) < pre:
@@ -190,7 +229,7 @@ def check_pickle(data: bytes, path: Path, start: int = 0, base: int = 0) -> int:
                 raise bad("memo store from an empty stack")
             if category == _MEMOIZE:
                 index = len(memo)
-            if index < 0 or index > ops:
+            if index < 0 or index > ops + MEMO_SLACK:
                 raise bad(f"memo index {index} (the C unpickler would size its memo to it)")
             memo[index] = stack[-1]
             continue
@@ -245,11 +284,39 @@ def check_pickle(data: bytes, path: Path, start: int = 0, base: int = 0) -> int:
                 if depth[i] > d:
                     d = depth[i]
                 total += size[i]
+            if name in _TUPLES and all(i in values for i in popped):
+                value = tuple(values[i] for i in popped)
+                values[len(depth)] = value
+                collide(value)
             depth.append(deep(d + 1 if category == _BUILDER else d))
             size.append(grown(total))
             stack.append(len(depth) - 1)
         elif pushes:  # POP/POP_MARK push nothing; anything else pushes an atom
             stack.append(0)
+
+
+_BAD = object()
+
+
+def _number(name: str, data: bytes, start: int, end: int, text: bytes):
+    """The value of a number opcode whose argument is data[start:end] (or `text`)."""
+    try:
+        if name in ("BININT", "BININT1", "BININT2"):
+            return int.from_bytes(data[start:end], "little", signed=name == "BININT")
+        if name in ("LONG1", "LONG4"):
+            width = 1 if name == "LONG1" else 4
+            return int.from_bytes(data[start + width:end], "little", signed=True)
+        if name == "BINFLOAT":
+            return struct.unpack(">d", data[start:end])[0]
+        if name == "INT":
+            return {b"00": False, b"01": True}.get(text) if text in (b"00", b"01") else int(text)
+        if name == "LONG":
+            return int(text[:-1] if text.endswith(b"L") else text)
+        if name == "FLOAT":
+            return float(text)
+        return {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name]
+    except (ValueError, struct.error):
+        return _BAD
 
 
 class Budget:
@@ -434,7 +501,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if not isinstance(name, str) or len(name) > 16:
             raise CheckpointError(f"{self.path}: numpy.dtype of {shown(name)} in the pickle")
         dt = np.dtype(name)
-        if dt.hasobject or dt.fields is not None or dt.subdtype is not None:
+        if dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
             raise CheckpointError(f"{self.path}: numpy.dtype {shown(name)}: only plain numeric dtypes are read")
         return dt
 
