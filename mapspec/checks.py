@@ -1,25 +1,75 @@
-"""Cross-rule checks that need no checkpoint: captures, tables, actions, duplicate targets."""
+"""Cross-rule checks that need no checkpoint: captures, tables, actions and the merge axes
+and fan-out captures they name. Every problem is reported, not only the first."""
 
 from __future__ import annotations
 
-from .actions import lookup as lookup_action, normalize
+from typing import Any, Mapping
+
+from .actions import count as split_count, lookup as lookup_action, normalize
 from .errors import SpecError
-from .rules import BinOp, Capture, Fanout, Lookup, Num, Ref, RenameRule, Spec, Subst
+from .params import Config, bind_all, raise_all
+from .rules import BinOp, Capture, Fanout, KeepRule, Lookup, Neg, Num, Pattern, Ref, RenameRule, Spec, Subst
 
 
-def check_spec(spec: Spec) -> None:
-    """Raise `SpecError` at the first problem found."""
-    tables = _check_tables(spec)
-    for rule in spec.rules:
-        patterns = rule.sources if isinstance(rule, RenameRule) else rule.patterns
-        for pat in patterns:
-            for part in pat.parts:
-                if isinstance(part, Capture) and part.type == "table" and part.table not in tables:
-                    raise SpecError(f"unknown table '{part.table}'", part.span)
-        if isinstance(rule, RenameRule):
-            # Two rules may name the same target: a spec can cover several layouts of a
-            # checkpoint. Only a checkpoint holding both sources is an error (in the planner).
-            _check_rename(rule, tables)
+def check_spec(spec: Spec, *, params: Mapping[str, Any] | None = None, config: Config = None) -> None:
+    """Bind the spec's parameters and check it; raise `SpecError` (or `SpecErrors`, all of
+    them) at the problems found."""
+    bound, _, errors, tainted = bind_all(spec, params, config)
+    check_bound(bound, errors, tainted)
+
+
+def check_bound(spec: Spec, errors: list[SpecError] | None = None, skip: set[int] = frozenset()) -> None:
+    """Check a spec whose parameters are bound, adding to the `errors` binding found; the
+    rules in `skip` use a parameter that has no value and are not checked further."""
+    errors = list(errors or [])
+    try:
+        tables = _check_tables(spec)
+    except SpecError as exc:
+        raise_all(errors + [exc])
+    first_otherwise = None
+    for i, rule in enumerate(spec.rules):
+        if i in skip:
+            continue
+        try:
+            for pat in patterns_of(rule):
+                for part in pat.parts:
+                    if isinstance(part, Capture) and part.type == "table" and part.table not in tables:
+                        raise SpecError(f"unknown table '{part.table}'", part.span)
+            if rule.otherwise:
+                if first_otherwise is not None:
+                    raise SpecError(f"a spec has at most one otherwise rule (the first is at line "
+                                    f"{first_otherwise.span.line})", rule.span)
+                first_otherwise = rule
+            if isinstance(rule, RenameRule):
+                # Two rules may name the same target: a spec can cover several layouts of a
+                # checkpoint. Only a checkpoint holding both sources is an error (in the planner).
+                _check_rename(rule, tables)
+            elif isinstance(rule, KeepRule):
+                _check_unary(rule.actions, "keep")
+        except SpecError as exc:
+            errors.append(exc)
+    raise_all(errors)
+
+
+def patterns_of(rule) -> tuple[Pattern, ...]:
+    return rule.sources if isinstance(rule, RenameRule) else rule.patterns
+
+
+def axes_of(rule: RenameRule) -> list[Capture]:
+    """The merge axes of a rule: the named captures of its source that its target does not use."""
+    used = set()
+    for part in rule.target.parts:
+        if isinstance(part, Subst):
+            used |= {r.name for r, _ in _walk_refs(part.expr, False)}
+    return [p for p in rule.sources[0].parts if isinstance(p, Capture) and p.name and p.name not in used]
+
+
+def _check_unary(actions, what: str) -> None:
+    for action in actions:
+        normalize(action)
+        if lookup_action(action).kind != "unary":
+            raise SpecError(f"{what} takes actions on one tensor; {action.name}() needs a rule of its own",
+                            action.span)
 
 
 def _check_tables(spec: Spec) -> dict[str, dict[str, str]]:
@@ -40,45 +90,30 @@ def _check_tables(spec: Spec) -> dict[str, dict[str, str]]:
 
 
 def _check_rename(rule: RenameRule, tables: dict[str, dict[str, str]]) -> None:
-    multi = []
-    params = []
-    for action in rule.actions:
-        p = normalize(action)
-        params.append(p)
-        if lookup_action(action).kind != "unary":
-            multi.append((action, p))
-    if len(multi) > 1:
-        raise SpecError("a rule can hold one many-to-one or one-to-many action, not several", multi[1][0].span)
-
-    fanout = rule.target.fanout()
-    fanouts = [p for p in rule.target.parts if isinstance(p, Fanout)]
-    if len(fanouts) > 1:
-        raise SpecError("a target can declare one fan-out capture", fanouts[1].capture.span)
-    kind = lookup_action(multi[0][0]).kind if multi else None
-    if fanout is not None and kind != "split":
-        raise SpecError(f"target declares {{{fanout.name}:...}}, one output per value; that needs split() or chunk()",
-                        fanout.span)
-    if kind == "split":
-        action, p = multi[0]
-        if fanout is None:
-            raise SpecError(f"{action.name}() makes several outputs; declare their names in the target, "
-                            "e.g. {part:q|k|v} or {i:int}", action.span)
-        if fanout.type not in ("alt", "int"):
-            raise SpecError("a fan-out capture lists its values ({p:q|k|v}) or counts them ({i:int})", fanout.span)
-        count = len(p["sizes"]) if "sizes" in p else p["chunks"]
-        if fanout.type == "alt" and len(fanout.alternatives) != count:
-            raise SpecError(f"{action.name}() makes {count} outputs but {{{fanout.name}}} names "
-                            f"{len(fanout.alternatives)}", fanout.span)
+    fanouts: dict[str, Capture] = {}
+    for part in rule.target.parts:
+        if isinstance(part, Fanout):
+            cap = part.capture
+            if cap.name in fanouts:
+                raise SpecError(f"{{{cap.name}}} is declared twice in the target", cap.span)
+            if cap.type not in ("alt", "int"):
+                raise SpecError("a fan-out capture lists its values ({p:q|k|v}) or counts them ({i:int})", cap.span)
+            fanouts[cap.name] = cap
+    if (rule.is_copy or rule.otherwise) and fanouts:
+        raise SpecError(f"a {'copy' if rule.is_copy else 'otherwise rule'} has one output per key; "
+                        "it cannot declare fan-out captures", next(iter(fanouts.values())).span)
+    if rule.is_copy:
+        _check_unary(rule.actions, "copy")
 
     used = _template_refs(rule)
     for src in rule.sources:
         caps = src.captures()
-        if fanout is not None and fanout.name in caps:
-            raise SpecError(f"{{{fanout.name}}} is bound in the source and declared again in the target",
-                            fanout.span)
+        for name, fan in fanouts.items():
+            if name in caps:
+                raise SpecError(f"{{{name}}} is bound in the source and declared again in the target", fan.span)
         for ref, in_arith in used:
-            if fanout is not None and ref.name == fanout.name:
-                if in_arith and fanout.type != "int":
+            if ref.name in fanouts:
+                if in_arith and fanouts[ref.name].type != "int":
                     raise SpecError(f"arithmetic needs an integer capture; {{{ref.name}}} is not", ref.span)
                 continue
             cap = caps.get(ref.name)
@@ -88,33 +123,100 @@ def _check_rename(rule: RenameRule, tables: dict[str, dict[str, str]]) -> None:
             if in_arith and cap.type != "int":
                 raise SpecError(f"arithmetic needs an integer capture; declare it as {{{ref.name}:int}} "
                                 f"in {src.text}", ref.span)
-        if kind == "merge":
-            names = {r.name for r, _ in used}
-            if not any(n not in names for n in caps):
-                raise SpecError(f"{multi[0][0].name}() merges several keys into one; the source needs a capture "
-                                "that the target does not use, to tell the inputs apart", multi[0][0].span)
 
+    _check_chain(rule, fanouts)
     for part in rule.target.parts:
         if isinstance(part, Subst):
             _check_lookups(part.expr, rule, tables)
 
 
+def _check_chain(rule: RenameRule, fanouts: dict[str, Capture]) -> None:
+    """Follow the merge axes and fan-out captures through the actions: each merge consumes an
+    open axis (named by over=, or the only one open), each split produces a declared fan-out
+    capture (named by into=, or the only one left), and none is left over at the end."""
+    axes = [a.name for a in axes_of(rule)]
+    used = {r.name for r, _ in _template_refs(rule)}
+    if any(lookup_action(a).kind == "merge" for a in rule.actions):
+        for src in rule.sources[1:]:
+            names = [c.name for c in src.parts if isinstance(c, Capture) and c.name and c.name not in used]
+            if sorted(names) != sorted(axes):
+                raise SpecError(f"the alternatives of a merging rule must have the same merge axes; {src.text} "
+                                f"has {_names(names) or 'none'} where {rule.sources[0].text} has "
+                                f"{_names(axes) or 'none'}", src.span)
+    open_, todo = list(axes), dict(fanouts)
+    merges = False
+    for action in rule.actions:
+        d, p = lookup_action(action), normalize(action)
+        if d.kind == "merge":
+            merges = True
+            if p["over"] is not None:
+                if p["over"] not in open_:
+                    what = ("is already merged" if p["over"] in axes else
+                            "is used by the target" if p["over"] in rule.sources[0].captures() else
+                            "is not a capture of the source")
+                    raise SpecError(f"{action.name}(over={p['over']}): {{{p['over']}}} {what}; "
+                                    f"the merge axes here are {_names(open_) or 'none'}", action.span)
+                open_.remove(p["over"])
+            elif len(open_) == 1:
+                open_.pop()
+            elif not open_:
+                raise SpecError(f"{action.name}() merges several keys into one; the source needs a capture "
+                                "that the target does not use, to tell the inputs apart", action.span)
+            else:
+                raise SpecError(f"{action.name}() must say which capture it merges: "
+                                f"{' or '.join('over=' + a for a in open_)}", action.span)
+        elif d.kind == "split":
+            if p["into"] is not None:
+                if p["into"] not in todo:
+                    what = "is already split" if p["into"] in fanouts else "is not declared in the target"
+                    raise SpecError(f"{action.name}(into={p['into']}): {{{p['into']}}} {what}; declare the "
+                                    "outputs in the target, e.g. {part:q|k|v} or {i:int}", action.span)
+                cap = todo.pop(p["into"])
+            elif len(todo) == 1:
+                cap = todo.pop(next(iter(todo)))
+            elif not todo:
+                raise SpecError(f"{action.name}() makes several outputs; declare their names in the target, "
+                                "e.g. {part:q|k|v} or {i:int}", action.span)
+            else:
+                raise SpecError(f"{action.name}() must say which target capture it makes: "
+                                f"{' or '.join('into=' + n for n in todo)}", action.span)
+            n = split_count(p)
+            if n is not None and cap.type == "alt" and n != len(cap.alternatives):
+                raise SpecError(f"{action.name}() makes {n} outputs but {{{cap.name}}} names "
+                                f"{len(cap.alternatives)}", cap.span)
+    if todo:
+        cap = next(iter(todo.values()))
+        raise SpecError(f"target declares {{{cap.name}:...}}, one output per value; that needs split(), "
+                        "chunk() or unstack()", cap.span)
+    if merges and open_:
+        raise SpecError(f"the source capture{'s' if len(open_) > 1 else ''} {_names(open_)} "
+                        f"{'are' if len(open_) > 1 else 'is'} neither used by the target nor merged; "
+                        f"merge over {'them' if len(open_) > 1 else 'it'} too (over={open_[0]})", rule.span)
+
+
+def _names(names) -> str:
+    return ", ".join("{" + n + "}" for n in names)
+
+
 def _template_refs(rule: RenameRule) -> list[tuple[Ref, bool]]:
     out: list[tuple[Ref, bool]] = []
-
-    def walk(expr, in_arith: bool) -> None:
-        if isinstance(expr, Ref):
-            out.append((expr, in_arith))
-        elif isinstance(expr, BinOp):
-            walk(expr.left, True)
-            walk(expr.right, True)
-        elif isinstance(expr, Lookup):
-            walk(expr.key, False)
-
     for part in rule.target.parts:
         if isinstance(part, Subst):
-            walk(part.expr, False)
+            out.extend(_walk_refs(part.expr, False))
     return out
+
+
+def _walk_refs(expr, in_arith: bool) -> list[tuple[Ref, bool]]:
+    """The names an expression uses, each with whether it is inside arithmetic."""
+    if isinstance(expr, Ref):
+        return [(expr, in_arith)]
+    if isinstance(expr, BinOp):
+        return _walk_refs(expr.left, True) + _walk_refs(expr.right, True)
+    if isinstance(expr, Neg):
+        return _walk_refs(expr.operand, True)
+    if isinstance(expr, Lookup):
+        return _walk_refs(expr.key, False)
+    return []
 
 
 def _check_lookups(expr, rule: RenameRule, tables: dict[str, dict[str, str]]) -> None:

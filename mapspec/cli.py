@@ -68,6 +68,23 @@ def say(text: str) -> None:
 def warn(text: str) -> None:
     sys.stderr.write(text + "\n")
 
+PARAM_HELP = "Set a spec parameter: NAME=VALUE (repeatable; overrides --config)."
+CONFIG_HELP = "A model configuration JSON the spec's parameters read (param ... from \"key\")."
+
+
+def _params(pairs: list[str]) -> dict[str, str]:
+    """-p NAME=VALUE options as a mapping; the spec decides each value's type."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        name = name.strip()
+        if not eq or not name.isidentifier():
+            raise UsageError(f"-p {pair}: expected NAME=VALUE, e.g. -p n_heads=32")
+        if name in out:
+            raise UsageError(f"-p {name} is given twice")
+        out[name] = value
+    return out
+
 
 _DEBUG = False  # --debug, set for each invocation
 
@@ -167,11 +184,14 @@ NonStrictOpt = Annotated[bool, typer.Option(
     "--non-strict", help="Leave keys no rule matches out (with a warning) instead of failing.")]
 StrictRulesOpt = Annotated[bool, typer.Option(
     "--strict-rules", help="A rule that matches no key is an error, not a warning.")]
+ParamOpt = Annotated[Optional[list[str]], typer.Option("-p", "--param", help=PARAM_HELP)]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help=CONFIG_HELP)]
 
 
-def _plan(spec, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules):
+def _plan(spec, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules, param=None, config=None):
     return plan_for(spec, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict,
-                    fit=fit.value, drop=tuple(drop or ()), strict_rules=strict_rules)
+                    fit=fit.value, drop=tuple(drop or ()), strict_rules=strict_rules,
+                    params=_params(param or []), config=config)
 
 
 def _warn_plan(plan, spec) -> None:
@@ -197,6 +217,8 @@ def apply(
     non_strict: NonStrictOpt = False,
     strict_rules: StrictRulesOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
+    param: ParamOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Convert CHECKPOINT with SPEC into OUTPUT."""
     from rich.console import Console
@@ -219,7 +241,8 @@ def apply(
 
         report = apply_spec(parsed, checkpoint, output, target=target, to=to, select=select, epoch=epoch,
                             strict=not non_strict, fit=fit.value, drop=tuple(drop or ()), force=force,
-                            strict_rules=strict_rules, progress=progress)
+                            strict_rules=strict_rules, progress=progress, params=_params(param or []),
+                            config=config)
     _warn_plan(report.plan, parsed)
     r = report.plan.target_report
     if r is not None and fit is not Fit.strict:
@@ -242,6 +265,8 @@ def check(
     drop: DropOpt = None,
     non_strict: NonStrictOpt = False,
     strict_rules: StrictRulesOpt = False,
+    param: ParamOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Compile only; exit 0 when SPEC (and its plan for CHECKPOINT) is clean."""
     rest = checkpoint or []
@@ -250,13 +275,13 @@ def check(
             raise SpecError("--target needs a CHECKPOINT to compile against")
         for path in [spec, *rest]:
             parsed = parse_spec(path)
-            check_spec(parsed)
+            check_spec(parsed, params=_params(param or []), config=config)
             say(f"{path}: ok ({len(parsed.rules)} rules, {len(parsed.tables)} tables)")
         return
     if len(rest) > 1:
         raise UsageError(f"check takes one SPEC and one CHECKPOINT, or only specs; got {len(rest) + 1} paths")
     parsed = parse_spec(spec)
-    plan = _plan(parsed, rest[0], target, select, epoch, fit, drop, non_strict, strict_rules)
+    plan = _plan(parsed, rest[0], target, select, epoch, fit, drop, non_strict, strict_rules, param, config)
     _warn_plan(plan, parsed)
     say(render.check_line(spec, plan, target is not None))
 
@@ -277,10 +302,12 @@ def explain(
     drop: DropOpt = None,
     non_strict: NonStrictOpt = False,
     strict_rules: StrictRulesOpt = False,
+    param: ParamOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Show the plan for review: one row per rule (key count, an example, what changes)."""
     parsed = parse_spec(spec)
-    plan = _plan(parsed, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules)
+    plan = _plan(parsed, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules, param, config)
     _warn_plan(plan, parsed)
     sys.stdout.write(render.explain(plan, parsed, fmt.value, per_tensor))
 

@@ -97,6 +97,30 @@ class SpecError(MapspecError):
         return f"{self.span}: {self.message}" if self.span else self.message
 
 
+class SpecErrors(SpecError):
+    """Several problems found in one run, shown one after another in file order."""
+
+    def __init__(self, errors: list[SpecError]):
+        flat: list[SpecError] = []
+        seen = set()
+        for e in errors:
+            for one in e.errors if isinstance(e, SpecErrors) else [e]:
+                if (one.span, one.message) not in seen:  # the same fault met once per layer
+                    seen.add((one.span, one.message))
+                    flat.append(one)
+        flat.sort(key=lambda e: (e.span is not None, e.span.file if e.span else "",
+                                 e.span.line if e.span else 0, e.span.column if e.span else 0))
+        super().__init__(f"{len(flat)} errors", flat[0].span if flat else None)
+        self.errors = flat
+        self.exit_code = max(e.exit_code for e in flat)
+
+    def render(self) -> str:
+        return "\n".join(e.render() for e in self.errors) + f"\n{len(self.errors)} errors"
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
 class SpecSyntaxError(SpecError):
     """The spec text does not follow the grammar."""
 

@@ -14,6 +14,7 @@ from . import actions as act
 from .errors import OutputError, UsageError
 from .formats import open_sink, open_source, sink_format
 from .formats.base import guarded_writes
+from .params import Config
 from .parser import parse_spec
 from .plan import Plan, Step, TensorInfo, compile_spec
 from .rules import Spec
@@ -46,12 +47,7 @@ def disk_size(path: Path) -> int:
 
 def run_step(step: Step, arrays: list[np.ndarray]) -> np.ndarray:
     """One step's actions on its input arrays (bf16 as bits); the planned output array."""
-    dtype = step.input_infos[0].dtype
-    for pa in step.actions:
-        arrays = [act.REGISTRY[pa.name].run(dict(pa.params), arrays, dtype)]
-        if pa.name == "cast":
-            dtype = pa.params["to"]
-    (out,) = arrays
+    (out,) = act.run_all(step.actions, arrays)
     if tuple(out.shape) != step.info.shape:  # pragma: no cover - the planner guarantees this
         raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
     return out
@@ -93,9 +89,12 @@ def apply(
     force: bool = False,
     strict_rules: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    params: Mapping[str, object] | None = None,
+    config: Config = None,
 ) -> Report:
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
-    `progress(done, total)` hears tensor bytes written so far and in all."""
+    `progress(done, total)` hears tensor bytes written so far and in all; `params` and `config`
+    give the spec's parameters their values (as -p and --config)."""
     spec = as_spec(spec)
     output = Path(output)
     fmt = sink_format(output, to)
@@ -105,8 +104,8 @@ def apply(
         raise UsageError("the output would overwrite the input checkpoint")
     source = open_for(spec, checkpoint, select, epoch)
     try:
-        plan = compile_spec(spec, source.infos(), target=_target(target), strict=strict, fit=fit,
-                            drop=tuple(drop), strict_rules=strict_rules)
+        plan = compile_spec(spec, source.infos(), params=params, config=config, target=_target(target),
+                            strict=strict, fit=fit, drop=tuple(drop), strict_rules=strict_rules)
         n = sum(s.info.nbytes for s in plan.steps)
         check_space(output, n)
         # Everything that creates, fills or renames the output runs inside the guard: a failure
@@ -170,7 +169,8 @@ class _naming:
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,
              epoch: int | None = None, strict: bool = True, fit: str = "strict", drop: tuple[str, ...] = (),
-             strict_rules: bool = False) -> Plan:
+             strict_rules: bool = False, params: Mapping[str, object] | None = None,
+             config: Config = None) -> Plan:
     """Compile `spec` against a checkpoint's key list without converting anything."""
     spec = as_spec(spec)
     source = open_for(spec, checkpoint, select, epoch)
@@ -178,8 +178,8 @@ def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, se
         infos = dict(source.infos())
     finally:
         source.close()
-    return compile_spec(spec, infos, target=_target(target), strict=strict, fit=fit, drop=tuple(drop),
-                        strict_rules=strict_rules)
+    return compile_spec(spec, infos, params=params, config=config, target=_target(target), strict=strict,
+                        fit=fit, drop=tuple(drop), strict_rules=strict_rules)
 
 
 def as_spec(spec: Spec | str | Path) -> Spec:

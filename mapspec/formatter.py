@@ -72,15 +72,34 @@ def _statement(st: Tree, text: str, file: str, comments: dict[int, Token], used:
     if kind == "include":
         return [f"include {c[0]}"]
     if kind in ("drop", "keep"):
-        return [f"{kind} " + " | ".join(_pattern(t, text, file) for t in c)]
+        keys = [t for t in c if isinstance(t, Token)]
+        return _with_actions(f"{kind} " + " | ".join(_pattern(t, text, file) for t in keys),
+                             [a for a in c if isinstance(a, Tree)])
     if kind == "rename":
         sources = " | ".join(_pattern(t, text, file) for t in c[0].children)
-        head = f"{sources} -> {_template(c[1], text, file)}"
-        acts = [f"then {_action(a)}" for a in c[2:]]
-        one = " ".join([head] + acts)
-        if len(one) <= WIDTH or not acts:
-            return [one]
-        return [head] + [f"    {a}" for a in acts]
+        return _with_actions(f"{sources} -> {_template(c[1], text, file)}", c[2:])
+    if kind == "copy":
+        absent = [t for t in c[2:] if isinstance(t, Token)]
+        head = f"copy {_pattern(c[0], text, file)} -> {_template(c[1], text, file)}" + (" if absent" if absent else "")
+        return _with_actions(head, [a for a in c[2:] if isinstance(a, Tree)])
+    if kind == "otherwise":
+        lines = _statement(c[0], text, file, comments, used)
+        return [f"otherwise {lines[0]}"] + lines[1:]
+    if kind == "otherwise_keep":
+        return _with_actions("otherwise keep", c)
+    if kind == "otherwise_drop":
+        return ["otherwise drop"]
+    if kind == "param":
+        out = f"param {c[0]}"
+        for tok in c[1:]:
+            out += {"NAME": f": {tok}", "STRING": f" from {tok}"}.get(tok.type, "")
+            if tok.type == "LINE":
+                out += " = " + _line(tok, "expr_line", text, file)
+        return [out]
+    if kind == "let":
+        return [f"let {c[0]} = {_line(c[1], 'expr_line', text, file)}"]
+    if kind == "assertion":
+        return [f"assert {_line(c[0], 'assert_line', text, file)}"]
     if kind == "table":
         name, *entries = c
         rows = [(_pattern(e.children[0], text, file), _pattern(e.children[1], text, file), e) for e in entries]
@@ -103,6 +122,24 @@ def _statement(st: Tree, text: str, file: str, comments: dict[int, Token], used:
         lines.append("}")
         return lines
     raise ValueError(kind)  # pragma: no cover
+
+
+def _with_actions(head: str, actions) -> list[str]:
+    acts = [f"then {_action(a)}" for a in actions]
+    one = " ".join([head] + acts)
+    if len(one) <= WIDTH or not acts:
+        return [one]
+    return [head] + [f"    {a}" for a in acts]
+
+
+def _line(tok: Token, start: str, text: str, file: str) -> str:
+    """A LINE token (an expression, a quoted string or an assertion) in canonical form."""
+    tree = grammar.parse_fragment(tok, start, file, text)
+    if start == "assert_line":
+        left, op, right, *message = tree.children
+        return f"{_expr(left, sep=' ')} {op} {_expr(right, sep=' ')}" + (f", {message[0]}" if message else "")
+    (inner,) = tree.children
+    return str(inner) if isinstance(inner, Token) else _expr(inner, sep=" ")
 
 
 def _pattern(tok: Token, text: str, file: str) -> str:
@@ -143,16 +180,20 @@ def _ctype(t: Tree) -> str:
     return "|".join(str(a) for a in t.children)
 
 
-def _expr(t: Tree, parent: int = 0, right: bool = False) -> str:
+def _expr(t: Tree, parent: int = 0, right: bool = False, sep: str = "") -> str:
+    """An expression, compact in templates (`{s-1}`), spaced elsewhere (`head_dim // 2`)."""
     kind = t.data
     if kind == "ref":
         return str(t.children[0])
     if kind == "number":
         return str(t.children[0])
     if kind == "lookup":
-        return f"{t.children[0]}[{_expr(t.children[1])}]"
+        return f"{t.children[0]}[{_expr(t.children[1], sep=sep)}]"
+    if kind == "neg":
+        return "-" + _expr(t.children[0], 3, sep=sep)
     prec = _PREC[kind]
-    s = _expr(t.children[0], prec) + _OPS[kind] + _expr(t.children[1], prec, right=True)
+    s = (_expr(t.children[0], prec, sep=sep) + sep + _OPS[kind] + sep
+         + _expr(t.children[1], prec, right=True, sep=sep))
     if prec < parent or (right and prec == parent):
         return f"({s})"
     return s
@@ -167,11 +208,16 @@ def _arg(v) -> str:
     kind = v.data
     if kind == "kwarg":
         return f"{v.children[0]}={_arg(v.children[1])}"
-    if kind in ("int", "word", "string"):
+    if kind == "string":
         return str(v.children[0])
+    if kind in _PREC or kind in ("ref", "number", "neg", "lookup"):
+        return _expr(v, sep=" ")
     if kind == "tuple":
         items = [_arg(x) for x in v.children]
         return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
     if kind == "append":
         return "+" + _arg(v.children[0])
+    if kind == "append_one":
+        return "+(" + _arg(v.children[0]) + ")"
     raise ValueError(kind)  # pragma: no cover
+

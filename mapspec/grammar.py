@@ -17,7 +17,9 @@ _TERMINAL_NAMES = {
     "NAME": "a name",
     "STRING": 'a quoted string',
     "INT": "an integer",
-    "SIGNED_INT": "an integer",
+    "LINE": "an expression",
+    "COMPARE": "a comparison (==, !=, <, <=, >, >=)",
+    "IF_ABSENT": "'if absent'",
     "LIT": "key text",
     "ALT": "an alternative",
     "QUOTED": "a quoted string",
@@ -41,7 +43,7 @@ def parser() -> Lark:
         grammar_text(),
         parser="lalr",
         lexer="contextual",
-        start=["spec", "pattern", "template"],
+        start=["spec", "pattern", "template", "expr_line", "assert_line"],
         propagate_positions=True,
         maybe_placeholders=False,
     )
@@ -104,7 +106,7 @@ def _syntax_error(
         if tok.type == "$END":
             msg = f"unexpected end of {what}"
             line, col = _end_position(source, line0, col0, what)
-        elif str(tok) == "{" and what == "statement":
+        elif (str(tok) == "{" or tok.type == "LINE" and str(tok).startswith("{")) and what == "statement":
             msg = "unclosed '{' in a key (a capture is written {name} with no line break inside)"
         else:
             msg = f"unexpected {_describe_token(tok, what)}"

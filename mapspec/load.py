@@ -23,6 +23,7 @@ from typing import Any, Iterable, Literal, Mapping
 from .errors import UsageError
 from .executor import as_spec, open_for
 from .fit import MODES, Target, fit, model_target
+from .params import Config
 from .plan import TensorInfo
 from .remap import _remap, tensor_info
 from .rules import Spec
@@ -43,11 +44,14 @@ class LoadReport:
         return f"Transferred {len(self.loaded)}/{self.target_count} tensors"
 
 
+
 def load_into(model: Any, checkpoint: str | Path, spec: Spec | str | Path | None = None, *,
               mode: Mode = "shape", drop: Iterable[str] = (), select: str | None = None,
-              epoch: int | None = None) -> LoadReport:
-    """Load `checkpoint` (through `spec`, see `remap`) into `model`; returns what was loaded
-    and what not. Fitting follows the same rules as `mapspec apply --target` (`fit.py`)."""
+              epoch: int | None = None, params: Mapping[str, object] | None = None,
+              config: Config = None) -> LoadReport:
+    """Load `checkpoint` (through `spec`, see `remap`; its parameters from `params` and
+    `config`) into `model`; returns what was loaded and what not. Fitting follows the same
+    rules as `mapspec apply --target` (`fit.py`)."""
     from .formats.torch import to_torch
 
     if mode not in MODES:
@@ -61,7 +65,7 @@ def load_into(model: Any, checkpoint: str | Path, spec: Spec | str | Path | None
         tensors = {k: to_torch(source.read(k), i.dtype) for k, i in source.infos().items()}
         origin = {}
         if spec is not None:
-            plan, tensors = _remap(spec, tensors, None)  # open_for applied the selection
+            plan, tensors = _remap(spec, tensors, None, params, config)  # open_for applied the selection
             origin = {s.output: s.rule for s in plan.steps}
         target = model_target(model)
         kept, fitted = fit({k: tensor_info(v) for k, v in tensors.items()}, target, mode, drop, origin, api=True)

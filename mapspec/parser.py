@@ -11,15 +11,20 @@ from . import grammar
 from .errors import Span, SpecError
 from .rules import (
     Action,
+    Assertion,
     BinOp,
+    Calc,
     Capture,
     DropRule,
     Fanout,
     Header,
     KeepRule,
+    Let,
     Lit,
     Lookup,
+    Neg,
     Num,
+    Param,
     Pattern,
     Ref,
     RenameRule,
@@ -35,7 +40,6 @@ from .rules import (
 
 LANGUAGE_VERSION = 1
 MAX_INT = 10**15  # larger integers in a spec are typos or attacks, never tensor sizes
-MAX_EXPR_DEPTH = 64  # operators in one {...} expression, nested or in a row
 MAX_INCLUDE_DEPTH = 64
 MAX_SPEC_BYTES = 16 << 20
 
@@ -57,6 +61,7 @@ def read_spec(path: str | Path) -> str:
     finally:
         os.close(fd)
     return data.decode("utf-8")
+MAX_DEPTH = 100  # operators in one expression, nested: far beyond any real spec
 
 
 def parse_spec(path: str | Path | None = None, *, text: str | None = None, name: str | None = None) -> Spec:
@@ -106,6 +111,8 @@ class _Builder:
         tables: list[Table] = []
         rules: list = []
         includes: list[str] = []
+        definitions: list = []
+        assertions: list[Assertion] = []
         body_started = False
         for st in tree.children:
             kind = st.data
@@ -127,21 +134,39 @@ class _Builder:
                 includes.extend(sub.includes)
                 tables.extend(sub.tables)
                 rules.extend(sub.rules)
+                definitions.extend(sub.definitions)
+                assertions.extend(sub.assertions)
             elif kind == "table":
                 tables.append(self._table(st))
             elif kind == "rename":
                 rules.append(self._rename(st))
+            elif kind == "copy":
+                rules.append(self._copy(st))
             elif kind == "drop":
                 rules.append(DropRule(patterns=tuple(self._pattern(t) for t in st.children), span=span))
             elif kind == "keep":
-                rules.append(KeepRule(patterns=tuple(self._pattern(t) for t in st.children), span=span))
+                rules.append(self._keep(st.children, span))
+            elif kind == "otherwise":
+                rules.append(self._rename(st.children[0]).model_copy(update={"otherwise": True, "span": span}))
+            elif kind == "otherwise_keep":
+                rules.append(self._keep([self._everything(st)] + st.children, span).model_copy(
+                    update={"otherwise": True}))
+            elif kind == "otherwise_drop":
+                rules.append(DropRule(patterns=(self._everything(st),), span=span, otherwise=True))
+            elif kind == "param":
+                definitions.append(self._param(st, span))
+            elif kind == "let":
+                name_tok, line = st.children
+                definitions.append(Let(name=str(name_tok), expr=self._line(line), span=self.span_tok(name_tok)))
+            elif kind == "assertion":
+                assertions.append(self._assertion(st.children[0], span))
             else:  # pragma: no cover - the grammar has no other statements
                 raise self.error(f"unknown statement {kind}", span)
         if seen:
             first = min(seen.values(), key=lambda s: (s.line, s.column))
             header = header.model_copy(update={"span": first})
         return Spec(file=self.file, header=header, tables=tuple(tables), rules=tuple(rules),
-                    includes=tuple(includes))
+                    includes=tuple(includes), definitions=tuple(definitions), assertions=tuple(assertions))
 
     def _header(self, st: Tree, header: Header, span: Span) -> Header:
         if st.data == "version":
@@ -196,6 +221,54 @@ class _Builder:
         target = self._template(target_tok)
         return RenameRule(sources=sources, target=target, actions=tuple(self._action(a) for a in actions),
                           span=self.span_tree(st))
+
+    def _copy(self, st: Tree) -> RenameRule:
+        source_tok, target_tok, *rest = st.children
+        if_absent = bool(rest) and isinstance(rest[0], Token) and rest[0].type == "IF_ABSENT"
+        actions = rest[1:] if if_absent else rest
+        return RenameRule(sources=(self._pattern(source_tok),), target=self._template(target_tok),
+                          actions=tuple(self._action(a) for a in actions), span=self.span_tree(st),
+                          is_copy=True, if_absent=if_absent)
+
+    def _keep(self, children: list, span: Span) -> KeepRule:
+        keys = [c if isinstance(c, Pattern) else self._pattern(c) for c in children if not isinstance(c, Tree)]
+        actions = [self._action(c) for c in children if isinstance(c, Tree)]
+        return KeepRule(patterns=tuple(keys), actions=tuple(actions), span=span)
+
+    def _everything(self, st: Tree) -> Pattern:
+        """The pattern of a bare `otherwise keep` / `otherwise drop`: every key."""
+        span = self.span_tree(st)
+        return Pattern(parts=(Capture(name=None, type="multi", span=span),), text="**", span=span)
+
+    # -------------------------------------------------------------- parameters
+    def _param(self, st: Tree, span: Span) -> Param:
+        name_tok, *rest = st.children
+        fields: dict = {"name": str(name_tok), "span": self.span_tok(name_tok)}
+        for tok in rest:
+            if tok.type == "NAME":
+                if str(tok) not in ("int", "str"):
+                    raise self.error(f"a parameter is int or str, not '{tok}'", self.span_tok(tok))
+                fields["type"] = str(tok)
+            elif tok.type == "STRING":
+                fields["config_key"] = ast.literal_eval(str(tok))
+            else:
+                fields["default"] = self._line(tok)
+        return Param(**fields)
+
+    def _line(self, tok: Token):
+        """The expression (or quoted string) of a LINE token."""
+        tree = grammar.parse_fragment(tok, "expr_line", self.file, self.text).children[0]
+        if isinstance(tree, Token):
+            return ast.literal_eval(str(tree))
+        return self._expr(tree, tok)
+
+    def _assertion(self, tok: Token, span: Span) -> Assertion:
+        tree = grammar.parse_fragment(tok, "assert_line", self.file, self.text)
+        left, op, right, *message = tree.children
+        start = self._frag_span(tree, tok)
+        return Assertion(left=self._expr(left, tok), op=str(op), right=self._expr(right, tok),
+                         message=ast.literal_eval(str(message[0])) if message else None,
+                         span=Span(self.file, span.line, span.column, start.end_line, start.end_column))
 
     # -------------------------------------------------------------- patterns
     def _pattern(self, tok: Token) -> Pattern:
@@ -289,18 +362,23 @@ class _Builder:
             raise self.error(f"integer {shown} is out of range (at most {MAX_INT:,})", span)
         return int(str(tok))
 
-    def _expr(self, t: Tree, base: Token, depth: int = 0):
-        if depth > MAX_EXPR_DEPTH:
-            raise self.error(f"expression is too long or nests too deeply (over {MAX_EXPR_DEPTH} operators)",
-                             self.span_tok(base))
+    def _expr(self, t: Tree, base: Token | None, depth: int = 0):
+        """An expression tree; `base` is the token it was parsed from again (None: the tree's
+        positions are the file's own)."""
+        where = (lambda x: self._frag_span(x, base)) if base is not None else (
+            lambda x: self.span_tok(x) if isinstance(x, Token) else self.span_tree(x))
+        if depth > MAX_DEPTH:  # every later pass recurses over expressions too
+            raise self.error(f"expression nested more than {MAX_DEPTH} levels deep", where(t))
         kind = t.data
         if kind == "ref":
-            return Ref(name=str(t.children[0]), span=self._frag_span(t.children[0], base))
+            return Ref(name=str(t.children[0]), span=where(t.children[0]))
         if kind == "number":
             return Num(value=self._int(t.children[0], base))
+        if kind == "neg":
+            inner = self._expr(t.children[0], base, depth + 1)
+            return Num(value=-inner.value) if isinstance(inner, Num) else Neg(operand=inner)
         if kind == "lookup":
-            return Lookup(table=str(t.children[0]), key=self._expr(t.children[1], base, depth + 1),
-                          span=self._frag_span(t, base))
+            return Lookup(table=str(t.children[0]), key=self._expr(t.children[1], base, depth + 1), span=where(t))
         op = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "mod": "%"}[kind]
         return BinOp(op=op, left=self._expr(t.children[0], base, depth + 1),
                      right=self._expr(t.children[1], base, depth + 1))
@@ -321,10 +399,15 @@ class _Builder:
 
     def _value(self, v):
         kind = v.data
-        if kind == "int":
-            return self._int(v.children[0])
-        if kind == "word":
-            return Word(name=str(v.children[0]))
+        if kind in ("ref", "number", "neg", "add", "sub", "mul", "floordiv", "mod", "lookup"):
+            expr = self._expr(v, None)
+            if isinstance(expr, Num):
+                return expr.value
+            if isinstance(expr, Ref):
+                return Word(name=expr.name, span=expr.span)
+            if isinstance(expr, Lookup):
+                raise self.error("a table lookup is not an action argument", expr.span)
+            return Calc(expr=expr, span=self.span_tree(v))
         if kind == "string":
             return Text(value=ast.literal_eval(str(v.children[0])))
         if kind == "tuple":
@@ -332,6 +415,8 @@ class _Builder:
         if kind == "append":
             inner = self._value(v.children[0])
             return Tuple(items=inner.items, append=True)
+        if kind == "append_one":
+            return Tuple(items=(self._value(v.children[0]),), append=True)
         raise TypeError(kind)  # pragma: no cover
 
 

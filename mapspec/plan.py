@@ -7,17 +7,20 @@ tensor is read.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Iterator, Mapping, NamedTuple
 
 from . import actions as act
-from .checks import check_spec
-from .errors import ConversionError, PlanError, Span
 from . import fit as fitting
+from .actions import PlannedAction
+from .checks import axes_of, check_bound, patterns_of
+from .errors import ConversionError, PlanError, Span, SpecError
 from .fit import TargetReport
 from .matcher import Ambiguous, Entry, Matcher
-from .rules import BinOp, Capture, DropRule, Fanout, Lit, Lookup, Num, Ref, RenameRule, Spec, Subst
+from .params import Binding, Config, bind_all, raise_all
+from .rules import BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst, expr_names
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,19 +33,6 @@ class TensorInfo:
         from .dtypes import nbytes
 
         return nbytes(self.shape, self.dtype)
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedAction:
-    name: str
-    params: Mapping[str, Any]
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "params": dict(self.params)}
-
-    def __str__(self) -> str:
-        args = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.name}({args})"
 
 
 class Step(NamedTuple):
@@ -81,6 +71,9 @@ class Plan:
     source_count: int
     target_report: "TargetReport | None" = None
     unused: tuple[Span, ...] = ()  # rules that matched no key
+    params: tuple[Binding, ...] = ()
+    fallback: Span | None = None  # the `otherwise` rule, if the spec has one
+    copied: tuple[str, ...] = ()  # outputs written by `copy` rules (a source read twice)
 
     def source_used(self) -> int:
         """How many source tensors went into the outputs."""
@@ -96,6 +89,9 @@ class Plan:
             "from": self.source_framework,
             "to": self.target_framework,
             "select": self.select,
+            **({"params": {b.name: b.to_json() for b in self.params}} if self.params else {}),
+            **({"otherwise": _where(self.fallback)} if self.fallback else {}),
+            **({"copied": list(self.copied)} if self.copied else {}),
             "steps": [s.to_json() for s in self.steps],
             "dropped": [{"key": k, "rule": _where(s)} for k, s in self.dropped],
             "unmatched": list(self.unmatched),
@@ -115,17 +111,20 @@ def _where(span: Span) -> str:
 # ------------------------------------------------------------------ compiling
 
 @dataclass
-class _Pending:
-    rule: RenameRule
-    output: str
-    renderer: "_Renderer | None"
-    inputs: list[tuple[tuple, str]] = field(default_factory=list)  # (order key, source key)
+class _Group:
+    """The source keys of one multi-tensor rule that render the same target (up to the
+    target's fan-out captures): planned together once every key has been seen."""
+
+    renderer: "_Renderer"
+    members: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (key, captures)
 
 
 def compile_spec(
     spec: Spec,
     keys: Mapping[str, TensorInfo],
     *,
+    params: Mapping[str, Any] | None = None,
+    config: Config = None,
     target: Mapping[str, TensorInfo] | None = None,
     strict: bool = True,
     fit: str = "strict",
@@ -134,25 +133,33 @@ def compile_spec(
 ) -> Plan:
     """Plan the conversion of a checkpoint whose tensors are `keys` (name -> shape, dtype).
 
-    With a `target`, `fit` says how the outputs must meet it: "strict" (same keys and shapes),
-    "shape" (keep only outputs whose name and shape the target has), or "drop" (leave out
-    outputs matching the `drop` globs; the rest must fit, and what the target then misses
-    must match the globs too). A rule that matches no key is listed in `Plan.unused`, or is
-    an error with `strict_rules`."""
-    check_spec(spec)
+    `params` (name -> value, as `-p` gives them) and `config` (a model configuration: a JSON
+    file or a mapping) give the spec's parameters their values. With a `target`, `fit` says
+    how the outputs must meet it: "strict" (same keys and shapes), "shape" (keep only outputs
+    whose name and shape the target has), or "drop" (leave out outputs matching the `drop`
+    globs; the rest must fit, and what the target then misses must match the globs too). A rule
+    that matches no key is listed in `Plan.unused`, or is an error with `strict_rules`."""
+    spec, bindings, errors, tainted = bind_all(spec, params, config)
+    check_bound(spec, errors, tainted)
     tables = {t.name: t.mapping() for t in spec.tables}
     table_keys = {n: tuple(m) for n, m in tables.items()}
-    entries = []
+    ordinary, copies, fallback = [], [], []
     for ri, rule in enumerate(spec.rules):
-        pats = rule.sources if isinstance(rule, RenameRule) else rule.patterns
-        entries.extend(Entry(ri, ai, p) for ai, p in enumerate(pats))
-    matcher = Matcher(entries, table_keys)
+        entries = [Entry(ri, ai, p) for ai, p in enumerate(patterns_of(rule))]
+        if getattr(rule, "is_copy", False):
+            copies.append((ri, Matcher(entries, table_keys)))
+        elif rule.otherwise:
+            fallback.extend(entries)
+        else:
+            ordinary.extend(entries)
+    matcher = Matcher(ordinary, table_keys)
+    otherwise = Matcher(fallback, table_keys).match if fallback else None
     renderers = {i: _Renderer(r, tables) for i, r in enumerate(spec.rules) if isinstance(r, RenameRule)}
 
     dropped: list[tuple[str, Span]] = []
     unmatched: list[str] = []
-    produced: dict[str, Step | _Pending] = {}  # output -> its step; insertion order is plan order
-    used: set[int] = set()
+    produced: dict[Any, Step | _Group] = {}  # output (or group) -> its step; insertion order is plan order
+    used: set[int] = {ri for ri, _ in copies}  # a copy that matches nothing is an error of its own
     match = matcher.match
     for key in keys:
         try:
@@ -162,6 +169,8 @@ def compile_spec(
             raise PlanError(f"key '{key}' is matched by this rule and by the rule at "
                             f"{_where(a.span)} ({amb.first.pattern.text}); make the patterns disjoint",
                             amb.second.pattern.span) from None
+        if hit is None and otherwise is not None:
+            hit = otherwise(key)
         if hit is None:
             unmatched.append(key)
             continue
@@ -173,24 +182,22 @@ def compile_spec(
             if isinstance(rule, DropRule):
                 dropped.append((key, rule.span))
                 continue
-            outputs = ((key, 0),)  # keep
-        else:
-            rule = renderer.rule
-            outputs = renderer.render(key, caps, entry)
-        for out, fan_index in outputs:
+            if key in produced:  # keep
+                raise _duplicate(key, produced[key], key, rule)
+            produced[key] = _unary_step(key, key, keys[key], rule)
+            continue
+        if renderer.simple_step:
+            out = renderer.render(key, caps)
             prev = produced.get(out)
-            if renderer is None or renderer.simple_step:
-                if prev is not None:
-                    raise _duplicate(out, prev, key, rule)
-                info = keys[key]
-                produced[out] = (Step(out, (key,), (info,), (), info, rule.span) if renderer is None
-                                 else renderer.step(out, key, info))
-                continue
-            if prev is None:
-                prev = produced[out] = _Pending(rule, out, renderer)
-            elif not isinstance(prev, _Pending) or prev.rule is not rule or not renderer.merges:
-                raise _duplicate(out, prev, key, rule)
-            prev.inputs.append(((fan_index, renderer.order_key(caps)), key))
+            if prev is not None:
+                raise _duplicate(out, prev, key, renderer.rule)
+            produced[out] = renderer.step(out, key, keys[key])
+            continue
+        gid = (entry.rule, renderer.group_key(caps))
+        group = produced.get(gid)
+        if group is None:
+            group = produced[gid] = _Group(renderer)
+        group.members.append((key, caps))
 
     if unmatched and strict:
         missing = {k: i for k, i in target.items() if k not in produced} if target is not None else {}
@@ -200,20 +207,79 @@ def compile_spec(
         raise PlanError(f"this rule matches no key of the checkpoint ({len(keys)} keys; "
                         "`mapspec inspect --keys` lists them)", unused[0])
 
-    steps = [_plan_step(p, keys) if isinstance(p, _Pending) else p for p in produced.values()]
+    problems: list[SpecError] = []  # every group's and copy's, reported together
+    steps: dict[str, Step] = {}
+    for item in produced.values():
+        try:
+            new = [item] if isinstance(item, Step) else item.renderer.plan_group(item.members, keys)
+            for step in new:
+                if step.output in steps:
+                    raise _duplicate(step.output, steps[step.output], step.inputs[0], item.renderer.rule
+                                     if isinstance(item, _Group) else _rule_at(spec, step.rule))
+                steps[step.output] = step
+        except PlanError as exc:
+            problems.append(exc)
+    copied: list[str] = []
+    for ri, copy_matcher in copies:
+        try:
+            copied += _plan_copies(renderers[ri], copy_matcher, keys, set(unmatched), steps)
+        except PlanError as exc:
+            problems.append(exc)
+    raise_all(problems)
+
     report = None
+    out_steps = list(steps.values())
     if target is not None:
-        by_name = {st.output: st for st in steps}
-        kept, report = fitting.fit({st.output: st.info for st in steps}, target, fit, drop,
-                                   {st.output: st.rule for st in steps})
-        steps = [by_name[k] for k in kept]
-    return Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(steps),
-                tuple(dropped), tuple(unmatched), len(keys), report, unused)
+        by_name = {st.output: st for st in out_steps}
+        kept, report = fitting.fit({st.output: st.info for st in out_steps}, target, fit, drop,
+                                   {st.output: st.rule for st in out_steps})
+        out_steps = [by_name[k] for k in kept]
+    return Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(out_steps),
+                tuple(dropped), tuple(unmatched), len(keys), report, unused, bindings,
+                next((r.span for r in spec.rules if r.otherwise), None), tuple(copied))
+
+
+def _rule_at(spec: Spec, span: Span):
+    return next(r for r in spec.rules if r.span == span)
+
+
+def _unary_step(out: str, key: str, info: TensorInfo, rule) -> Step:
+    """The step of a one-input, one-output rule: its actions, if any, in a row."""
+    if not rule.actions:
+        return Step(out, (key,), (info,), (), info, rule.span)
+    shape, dtype, planned = tuple(info.shape), info.dtype, []
+    for action in rule.actions:
+        d, p = act.lookup(action), act.normalize(action)
+        shape, dtype, resolved = d.infer(p, [shape], dtype, action)
+        planned.append(PlannedAction(action.name, resolved, (tuple(shape),), dtype))
+    return Step(out, (key,), (info,), tuple(planned), TensorInfo(tuple(shape), dtype), rule.span)
+
+
+def _plan_copies(renderer: "_Renderer", matcher: Matcher, keys: Mapping[str, TensorInfo],
+                 unmatched: set[str], steps: dict[str, Step]) -> list[str]:
+    """Add the steps of one copy rule; returns their outputs."""
+    rule = renderer.rule
+    outputs = []
+    hits = [(k, h) for k in keys if (h := matcher.match(k)) is not None]
+    if not hits:
+        raise PlanError(f"copy: no key of the checkpoint matches {rule.sources[0].text}", rule.sources[0].span)
+    for key, (entry, caps) in hits:
+        if key in unmatched:
+            raise PlanError(f"copy: '{key}' is not matched by any other rule; a copy is an extra output, "
+                            "the key still needs its own rule", rule.span)
+        out = renderer.render(key, caps)
+        if out in steps:
+            if rule.if_absent:
+                continue
+            raise _duplicate(out, steps[out], key, rule)
+        steps[out] = renderer.step(out, key, keys[key])
+        outputs.append(out)
+    return outputs
 
 
 def _duplicate(out: str, prev, key: str, rule) -> PlanError:
-    first = prev.inputs[0] if isinstance(prev, Step) else prev.inputs[0][1]
-    line = prev.rule.line if isinstance(prev, Step) else prev.rule.span.line
+    first = prev.inputs[0] if isinstance(prev, Step) else prev.members[0][0]
+    line = prev.rule.line if isinstance(prev, Step) else prev.renderer.rule.span.line
     return PlanError(f"target '{out}' is produced twice: from '{first}' (rule at line {line}) "
                      f"and from '{key}'", rule.span)
 
@@ -228,35 +294,6 @@ def _coverage_error(unmatched: list[str], spec: Spec, matcher: Matcher, tables: 
                            unmatched_lines(unmatched, spec, matcher, tables, keys, missing))
 
 
-def _plan_step(p: _Pending, keys: Mapping[str, TensorInfo]) -> Step:
-    rule = p.rule
-    inputs = [k for _, k in sorted(p.inputs, key=lambda x: x[0])] if len(p.inputs) > 1 else [p.inputs[0][1]]
-    infos = [keys[k] for k in inputs]
-    if not isinstance(rule, RenameRule):
-        return Step(p.output, tuple(inputs), tuple(infos), (), infos[0], rule.span)
-    renderer = p.renderer
-    if renderer.merges:
-        renderer.check_group(p.output, [o[1] for o, _ in sorted(p.inputs, key=lambda x: x[0])], inputs)
-    dtype_set = {i.dtype for i in infos}
-    if len(dtype_set) > 1 and renderer.merges:
-        raise PlanError(f"inputs of '{p.output}' have different dtypes: {', '.join(sorted(dtype_set))}; "
-                        "cast() them first", rule.span)
-    shapes = [tuple(i.shape) for i in infos]
-    dtype = infos[0].dtype
-    planned = []
-    fan_index = p.inputs[0][0][0]
-    for action, d, params in renderer.actions:
-        if d.kind == "split":
-            params = {**params, "index": fan_index}
-        new_shape, dtype, resolved = d.infer(params, shapes, dtype, action)
-        planned.append(PlannedAction(action.name, resolved))
-        shapes = [new_shape]
-    if len(shapes) != 1:
-        raise PlanError(f"'{p.output}' has {len(shapes)} inputs but no concat() or stack() to merge them",
-                        rule.span)
-    return Step(p.output, tuple(inputs), tuple(infos), tuple(planned), TensorInfo(shapes[0], dtype), rule.span)
-
-
 class _Negative(ArithmeticError):
     pass
 
@@ -267,86 +304,87 @@ def _nonneg(value: int) -> str:
     return str(value)
 
 
-class _Renderer:
-    """Turns a match's captures into output names (and simple steps) for one rename rule.
+class _Tensor(NamedTuple):
+    """One tensor of a rule's data while it is planned: where it sits on the merge axes
+    still open, its shape and dtype."""
 
-    Each (rule, source alternative) gets its template compiled to a small Python function
-    once, so rendering a key costs one call; errors (a missing table entry, a negative
-    index) are diagnosed afterwards by `_diagnose`, off the fast path."""
+    coords: dict[str, Any]
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def _dtype_of(tensors) -> str:
+    """The dtype recorded after an action: the tensors', or theirs one by one if they differ
+    (inputs of different dtypes, before a cast brings them together)."""
+    kinds = [t.dtype for t in tensors]
+    return kinds[0] if len(set(kinds)) == 1 else "/".join(kinds)
+
+
+class _Renderer:
+    """Everything about one rename rule the planner needs: its target as a small compiled
+    function per source alternative (so rendering a key costs one call; errors such as a
+    missing table entry or a negative index are diagnosed off the fast path by `_diagnose`),
+    and the planning of its multi-tensor groups."""
 
     def __init__(self, rule: RenameRule, tables: dict[str, dict[str, str]]):
         self.rule = rule
         self.tables = tables
         self.actions = [(a, act.lookup(a), act.normalize(a)) for a in rule.actions]
         kinds = {d.kind for _, d, _ in self.actions}
-        self.merges = "merge" in kinds
-        self.fanout: Capture | None = rule.target.fanout()
-        self.fan_count = 0
-        for _, d, p in self.actions:
-            if d.kind == "split":
-                self.fan_count = len(p["sizes"]) if "sizes" in p else p["chunks"]
-        self.simple_step = not kinds - {"unary"} and self.fanout is None
+        self.fanouts: dict[str, Capture] = {p.capture.name: p.capture for p in rule.target.parts
+                                            if isinstance(p, Fanout)}
+        self.simple_step = not kinds - {"unary"} and not self.fanouts
         used = set()
         for part in rule.target.parts:
             if isinstance(part, Subst):
-                used |= _refs(part.expr)
+                used |= expr_names(part.expr)
         self.used = used
-        self._fns: dict[int, Any] = {}
+        self.axes: list[Capture] = axes_of(rule)
+        self._key_names = sorted(used - set(self.fanouts))
+        self._fn = self._compile()
 
     # -------------------------------------------------------------- rendering
-    def _compile(self, pattern) -> Any:
-        types = {n: c.type for n, c in pattern.captures().items()}
-        if self.fanout is not None:
-            types[self.fanout.name] = self.fanout.type
+    def _compile(self) -> Any:
         pieces = []
         for part in self.rule.target.parts:
             if isinstance(part, Lit):
                 pieces.append(repr(part.text))
             elif isinstance(part, Fanout):
-                pieces.append("F")
-            elif isinstance(part.expr, BinOp):
-                pieces.append(f"_nonneg({self._code(part.expr, types, True)})")
+                pieces.append(f"F[{part.capture.name!r}]")
+            elif isinstance(part.expr, (BinOp, Neg)):
+                pieces.append(f"_nonneg({self._code(part.expr, True)})")
             else:
-                pieces.append(self._code(part.expr, types, False))
+                pieces.append(self._code(part.expr, False))
         src = "lambda c, F=None: " + (" + ".join(pieces) if pieces else "''")
         return eval(src, {"T": self.tables, "_nonneg": _nonneg})  # noqa: S307 - our own generated code
 
-    def _code(self, expr, types, arith: bool) -> str:
+    def _code(self, expr, arith: bool) -> str:
         if isinstance(expr, Ref):
-            ref = "F" if self.fanout is not None and expr.name == self.fanout.name else f"c[{expr.name!r}]"
+            ref = f"F[{expr.name!r}]" if expr.name in self.fanouts else f"c[{expr.name!r}]"
             return f"int({ref})" if arith else ref
         if isinstance(expr, Num):
             return repr(expr.value) if arith else repr(str(expr.value))
+        if isinstance(expr, Neg):
+            return f"(-{self._code(expr.operand, True)})"
         if isinstance(expr, Lookup):
-            key = self._code(expr.key, types, isinstance(expr.key, BinOp))
-            if isinstance(expr.key, BinOp):
+            key = self._code(expr.key, isinstance(expr.key, (BinOp, Neg)))
+            if isinstance(expr.key, (BinOp, Neg)):
                 key = f"str({key})"
             return f"T[{expr.table!r}][{key}]"
-        return f"({self._code(expr.left, types, True)} {expr.op} {self._code(expr.right, types, True)})"
+        return f"({self._code(expr.left, True)} {expr.op} {self._code(expr.right, True)})"
 
-    def render(self, key: str, caps: dict[str, str], entry) -> list[tuple[str, int]]:
-        fn = self._fns.get(entry.alternative)
-        if fn is None:
-            fn = self._fns[entry.alternative] = self._compile(entry.pattern)
+    def render(self, key: str, caps: dict[str, str], fan: dict[str, str] | None = None) -> str:
         try:
-            if self.fanout is None:
-                return ((fn(caps), 0),)
-            values = (self.fanout.alternatives if self.fanout.type == "alt"
-                      else [str(i) for i in range(self.fan_count)])
-            return [(fn(caps, v), i) for i, v in enumerate(values)]
+            return self._fn(caps, fan)
         except (KeyError, ArithmeticError):
-            self._diagnose(key, caps)
+            self._diagnose(key, {**caps, **(fan or {})})
             raise  # pragma: no cover - _diagnose always raises
 
     def step(self, out: str, key: str, info: TensorInfo) -> Step:
         """The step of a one-input, one-output rule."""
-        if not self.actions:
+        if not self.actions:  # the common case, 100,000 times: no call further down
             return Step(out, (key,), (info,), (), info, self.rule.span)
-        shape, dtype, planned = tuple(info.shape), info.dtype, []
-        for action, d, params in self.actions:
-            shape, dtype, resolved = d.infer(params, [shape], dtype, action)
-            planned.append(PlannedAction(action.name, resolved))
-        return Step(out, (key,), (info,), tuple(planned), TensorInfo(tuple(shape), dtype), self.rule.span)
+        return _unary_step(out, key, info, self.rule)
 
     def _diagnose(self, key: str, caps: dict[str, str]) -> None:
         values: dict[str, Any] = dict(caps)
@@ -362,6 +400,8 @@ class _Renderer:
             return values.get(expr.name, "0")
         if isinstance(expr, Num):
             return expr.value
+        if isinstance(expr, Neg):
+            return -int(self._eval(expr.operand, values, key, span))
         if isinstance(expr, Lookup):
             k = str(self._eval(expr.key, values, key, span))
             table = self.tables[expr.table]
@@ -380,52 +420,165 @@ class _Renderer:
             return left * right
         return left // right if expr.op == "//" else left % right
 
-    def order_key(self, caps: dict[str, str]) -> tuple:
-        """Where a merged input goes: by the captures the target does not use."""
-        if not self.merges:
-            return ()
-        out = []
-        for part in self._group_captures():
-            v = caps.get(part.name)
-            if part.type == "int":
-                out.append(int(v))
-            elif part.type == "alt":
-                out.append(part.alternatives.index(v))
-            elif part.type == "table":
-                out.append(list(self.tables[part.table]).index(v))
-            else:
-                out.append(v)
-        return tuple(out)
+    # -------------------------------------------------------------- multi-tensor groups
+    def group_key(self, caps: dict[str, str]) -> tuple:
+        """Keys of one group render the same target: the same values of the captures it uses."""
+        return tuple(caps.get(n) for n in self._key_names)
 
-    def _group_captures(self) -> list[Capture]:
-        src = self.rule.sources[0]
-        return [p for p in src.parts if isinstance(p, Capture) and p.name and p.name not in self.used]
+    def _value(self, cap: Capture, text: str):
+        return int(text) if cap.type == "int" else text
 
-    def check_group(self, output: str, order_keys: list[tuple], inputs: list[str]) -> None:
-        """A merge over one alternative or integer capture needs every value, once."""
-        caps = self._group_captures()
-        if len(caps) != 1:
-            return
-        cap = caps[0]
-        seen = [k[0] for k in order_keys]
+    def _rank(self, cap: Capture, value) -> Any:
+        """Where a value of a merge axis goes: alternatives and table keys in the order
+        written, integers numerically, other text in sorted order."""
         if cap.type == "alt":
-            expected = list(range(len(cap.alternatives)))
-            if seen != expected:
-                missing = [cap.alternatives[i] for i in expected if i not in seen]
-                raise PlanError(f"'{output}' merges {{{cap.name}}} = {', '.join(cap.alternatives)}, "
-                                f"but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing "
-                                f"(found {', '.join(inputs)})", self.rule.span)
-        elif cap.type == "int":
-            if seen != list(range(len(seen))):
-                raise PlanError(f"'{output}' merges {{{cap.name}}} = 0..{len(seen) - 1}, but found "
-                                f"{', '.join(map(str, seen))}", self.rule.span)
+            return cap.alternatives.index(value)
+        if cap.type == "table":
+            return list(self.tables[cap.table]).index(value)
+        return value
+
+    def plan_group(self, members: list[tuple[str, dict[str, str]]], keys: Mapping[str, TensorInfo]) -> list[Step]:
+        """Plan every output of one group: walk the actions over the grid of its tensors."""
+        axes = self.axes
+        coords = [{a.name: self._value(a, caps[a.name]) for a in axes} for _, caps in members]
+        order = sorted(range(len(members)), key=lambda i: tuple(self._rank(a, coords[i][a.name]) for a in axes))
+        inputs = tuple(members[i][0] for i in order)
+        infos = tuple(keys[k] for k in inputs)
+        base = members[0][1]
+        tensors = [_Tensor(coords[i], tuple(info.shape), info.dtype) for i, info in zip(order, infos)]
+        walk = _Walk(self, base, inputs, infos)
+        return list(walk.run(0, tensors, (), {}, {}))
+
+    def _preview(self, caps: dict[str, str], fan: dict[str, str] | None = None) -> str:
+        """The target as far as it is known (fan-out captures not yet chosen stay {name})."""
+        fan = dict(fan or {})
+        for name in self.fanouts:
+            fan.setdefault(name, "{" + name + "}")
+        try:
+            return self._fn(caps, fan)
+        except (KeyError, ArithmeticError, ValueError):
+            return self.rule.target.text
 
 
-def _refs(expr) -> set[str]:
-    if isinstance(expr, Ref):
-        return {expr.name}
-    if isinstance(expr, BinOp):
-        return _refs(expr.left) | _refs(expr.right)
-    if isinstance(expr, Lookup):
-        return _refs(expr.key)
-    return set()
+class _Walk:
+    """The actions of one group's rule applied in order. A merge consumes a merge axis (after
+    checking it is complete), a split fixes a fan-out capture: the walk branches there, once
+    per piece, and each branch that reaches the end is one output step."""
+
+    def __init__(self, r: _Renderer, base: dict[str, str], inputs: tuple[str, ...], infos: tuple[TensorInfo, ...]):
+        self.r, self.base, self.inputs, self.infos = r, base, inputs, infos
+
+    def run(self, i: int, tensors: list[_Tensor], planned: tuple, fan: dict, consumed: dict) -> Iterator[Step]:
+        r = self.r
+        if i == len(r.actions):
+            if len(tensors) != 1:
+                left = [a.name for a in r.axes if a.name in tensors[0].coords]
+                raise PlanError(f"'{r._preview(self.base, fan)}' has {len(tensors)} inputs left after the last "
+                                f"action; merge them with concat() or stack() over "
+                                f"{', '.join('{' + n + '}' for n in left)}", r.rule.span)
+            out = r.render(self.inputs[0], self.base, fan)
+            info = TensorInfo(tensors[0].shape, tensors[0].dtype)
+            yield Step(out, self.inputs, self.infos, planned, info, r.rule.span)
+            return
+        action, d, p = r.actions[i]
+        if d.kind == "unary":
+            results = [d.infer(p, [t.shape], t.dtype, action) for t in tensors]
+            new = [_Tensor(t.coords, shape, dtype) for t, (shape, dtype, _) in zip(tensors, results)]
+            pa = act.mapped(action.name, [res[2] for res in results], [t.shape for t in new], _dtype_of(new))
+            yield from self.run(i + 1, new, planned + (pa,), fan, consumed)
+        elif d.kind == "merge":
+            axis = self._axis(action, p, tensors)
+            groups = self._complete(axis, tensors, fan, consumed, action)
+            merged, resolved = [], None
+            for g in groups:
+                kinds = {tensors[j].dtype for j in g}
+                if len(kinds) > 1:
+                    raise PlanError(f"{action.name}() over {{{axis.name}}} gets tensors of different dtypes "
+                                    f"({', '.join(sorted(kinds))}); cast() them to one dtype first, in this rule",
+                                    action.span)
+                shape, dtype, res = d.infer(p, [tensors[j].shape for j in g], tensors[g[0]].dtype, action)
+                resolved = resolved or res
+                coords = {k: v for k, v in tensors[g[0]].coords.items() if k != axis.name}
+                merged.append(_Tensor(coords, shape, dtype))
+            values = consumed | {axis.name: self._required(axis, tensors)}
+            pa = PlannedAction(action.name, {**resolved, "over": axis.name}, tuple(t.shape for t in merged),
+                               _dtype_of(merged), groups=None if len(groups) == 1 else tuple(tuple(g) for g in groups))
+            yield from self.run(i + 1, merged, planned + (pa,), fan, values)
+        else:
+            name = p["into"] or next(n for n in r.fanouts if n not in fan)
+            cap = r.fanouts[name]
+            fans = [d.fan(p, t.shape, action)[1] for t in tensors]
+            n = len(fans[0])
+            if any(len(f) != n for f in fans):
+                raise PlanError(f"{action.name}() gives {', '.join(str(len(f)) for f in fans)} pieces for the "
+                                "tensors here; they must agree", action.span)
+            if cap.type == "alt" and n != len(cap.alternatives):
+                raise PlanError(f"{action.name}() makes {n} outputs here but {{{name}}} names "
+                                f"{len(cap.alternatives)} ({', '.join(cap.alternatives)})", action.span)
+            values = cap.alternatives if cap.type == "alt" else [str(k) for k in range(n)]
+            for k, value in enumerate(values):
+                pieces = [f[k] for f in fans]
+                new = [_Tensor(t.coords, pc[0], t.dtype) for t, pc in zip(tensors, pieces)]
+                pa = act.mapped(action.name, [pc[1] for pc in pieces], [t.shape for t in new], _dtype_of(new))
+                yield from self.run(i + 1, new, planned + (pa,), {**fan, name: value}, consumed)
+
+    def _axis(self, action, p, tensors: list[_Tensor]) -> Capture:
+        """The axis a merge consumes (the checks made sure it is open, and the only one
+        open when over= is not given)."""
+        name = p["over"] if p["over"] is not None else next(iter(tensors[0].coords))
+        return next(a for a in self.r.axes if a.name == name)
+
+    def _required(self, axis: Capture, tensors: list[_Tensor]) -> list:
+        if axis.type == "alt":
+            return list(axis.alternatives)
+        if axis.type == "table":
+            return list(self.r.tables[axis.table])
+        present = {t.coords[axis.name] for t in tensors}
+        if axis.type == "int":
+            return list(range(max(present) + 1))
+        return sorted(present)
+
+    def _complete(self, axis: Capture, tensors: list[_Tensor], fan: dict, consumed: dict, action) -> list[list[int]]:
+        """The tensors to merge, group by group in axis order. The whole grid of the axes
+        still open must be there: every value of each (every alternative, every table key,
+        every integer up to the largest seen) with every value of the others."""
+        r = self.r
+        open_ = [a for a in r.axes if a.name in tensors[0].coords]
+        others = [a for a in open_ if a.name != axis.name]
+        required = {a.name: self._required(a, tensors) for a in open_}
+        where = {tuple(t.coords[a.name] for a in open_): j for j, t in enumerate(tensors)}
+        groups, missing = [], []
+        for row in itertools.product(*(required[a.name] for a in others)):
+            cell = dict(zip((a.name for a in others), row))
+            group = []
+            for v in required[axis.name]:
+                cell[axis.name] = v
+                j = where.get(tuple(cell[a.name] for a in open_))
+                if j is None:
+                    rank = tuple(r._rank(a, cell[a.name]) for a in open_)
+                    missing.extend((rank, k) for k in self._keys(cell, consumed))
+                else:
+                    group.append(j)
+            groups.append(group)
+        if missing:
+            keys = [k for _, k in sorted(missing)]
+            values = required[axis.name]
+            desc = f"0..{len(values) - 1}" if axis.type == "int" else ", ".join(map(str, values))
+            shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+            verb = "is" if len(keys) == 1 else "are"
+            found = f" (found {', '.join(self.inputs)})" if len(self.inputs) <= 6 else ""
+            raise PlanError(f"'{r._preview(self.base, fan)}' merges {{{axis.name}}} = {desc} with "
+                            f"{action.name}(), but {shown} {verb} missing{found}", r.rule.span)
+        return groups
+
+    def _keys(self, coords: dict, consumed: dict) -> list[str]:
+        """The source keys a missing tensor would have come from."""
+        names = list(consumed)
+        pattern = self.r.rule.sources[0]
+        out = []
+        for combo in itertools.product(*(consumed[n] for n in names)):
+            values = {**self.base, **coords, **dict(zip(names, combo))}
+            out.append("".join(p.text if isinstance(p, Lit) else
+                               str(values.get(p.name, "{" + str(p.name) + "}")) if p.name else
+                               ("*" if p.type == "segment" else "**") for p in pattern.parts))
+        return out

@@ -15,6 +15,7 @@ import numpy as np
 from . import dtypes
 from .errors import UsageError
 from .executor import as_spec, run_step
+from .params import Config
 from .formats.base import select as select_names
 from .plan import Plan, TensorInfo, compile_spec
 from .rules import Spec
@@ -88,13 +89,12 @@ def remap(spec: Spec | str | Path, state_dict: Mapping[str, Any], **params: Any)
     tensor type given. A spec header `select model` takes the keys under `model.`.
     Every key must be matched by a rule, as `mapspec apply` requires."""
     spec = as_spec(spec)
-    if params:
-        raise UsageError(f"{Path(spec.file).name} declares no parameters; got {', '.join(sorted(params))}")
-    return _remap(spec, state_dict, spec.header.select)[1]
+    return _remap(spec, state_dict, spec.header.select, params or None)[1]
 
 
-def _remap(spec: Spec, state_dict: Mapping[str, Any], select: str | None) -> tuple[Plan, dict[str, Any]]:
+def _remap(spec: Spec, state_dict: Mapping[str, Any], select: str | None,
+           params: Mapping[str, Any] | None = None, config: Config = None) -> tuple[Plan, dict[str, Any]]:
     names = select_names(state_dict, select, Path(spec.file)) if select else {k: k for k in state_dict}
     tensors = {k: state_dict[v] for k, v in names.items()}
-    plan = compile_spec(spec, {k: tensor_info(v) for k, v in tensors.items()})
+    plan = compile_spec(spec, {k: tensor_info(v) for k, v in tensors.items()}, params=params, config=config)
     return plan, run_plan(plan, tensors)

@@ -77,11 +77,14 @@ def action_text(a: Action) -> str:
 
 def rule_text(rule) -> str:
     """A rule as one line of spec text."""
+    lead = "otherwise " if getattr(rule, "otherwise", False) else ""
+    then = "".join(f" then {action_text(a)}" for a in getattr(rule, "actions", ()))
     if isinstance(rule, RenameRule):
-        return (" | ".join(p.text for p in rule.sources) + " -> " + rule.target.text
-                + "".join(f" then {action_text(a)}" for a in rule.actions))
+        lead += "copy " if rule.is_copy else ""
+        tail = " if absent" if rule.if_absent else ""
+        return lead + " | ".join(p.text for p in rule.sources) + " -> " + rule.target.text + then + tail
     word = "drop" if isinstance(rule, DropRule) else "keep"
-    return f"{word} " + " | ".join(p.text for p in rule.patterns)
+    return f"{lead}{word} " + " | ".join(p.text for p in rule.patterns) + then
 
 
 def planned_text(a: PlannedAction, index: bool = True) -> str:
@@ -90,9 +93,13 @@ def planned_text(a: PlannedAction, index: bool = True) -> str:
         return f"{a.name}{format_shape(tuple(p['shape']))}"
     if a.name == "cast":
         return f"cast({p['to']})"
-    if a.name in ("split", "chunk"):
+    if a.name in ("split", "chunk", "unstack") and "index" in p:
         return f"{a.name}[{p['index']}]" if index else a.name
-    return f"{a.name}({', '.join(str(v) for v in p.values())})"
+    if a.name in ("concat", "stack") and "over" in p:
+        return f"{a.name}({p['dim']}, over={p['over']})"
+    if a.name == "expect" and "shape" in p:
+        return "expect(" + ", ".join("_" if d is None else str(d) for d in p["shape"]) + ")"
+    return f"{a.name}({', '.join(str(v) for k, v in p.items() if k not in ('each', 'groups'))})"
 
 
 def change_text(step: Step) -> str:
@@ -189,11 +196,24 @@ def dropped_lines(plan: Plan) -> list[str]:
     return out
 
 
+def plan_notes(plan: Plan) -> list[str]:
+    """What a plan depends on besides the keys: parameter values, the catch-all rule."""
+    notes = []
+    if plan.params:
+        notes.append("parameters: " + ", ".join(f"{b.name}={b.value} ({b.origin})" for b in plan.params))
+    if plan.fallback is not None:
+        n = sum(1 for s in plan.steps if s.rule == plan.fallback)
+        n += sum(1 for _, span in plan.dropped if span == plan.fallback)
+        notes.append(f"otherwise (line {plan.fallback.line}) caught {plural(n, 'key')}")
+    return notes
+
+
 def explain(plan: Plan, spec: Spec, fmt: str = "table", per_tensor: bool = False) -> str:
     """The plan for review: by rule (default) or per tensor; as a table, markdown or JSON."""
     if fmt == "json":
         return json.dumps(plan.to_json(), indent=2) + "\n"
     head, rows = (TENSOR_HEAD, tensor_rows(plan)) if per_tensor else (RULE_HEAD, rule_rows(plan, spec))
+    notes = plan_notes(plan)
     if fmt == "markdown":
         if not per_tensor:
             rows = [[r[0], f"`{r[1]}`", r[2], f"`{r[3]}`" if "->" in r[3] or "(dropped)" in r[3] else r[3], r[4]]
@@ -201,11 +221,11 @@ def explain(plan: Plan, spec: Spec, fmt: str = "table", per_tensor: bool = False
         text = f"**{plan_title(plan)}**\n\n" + markdown_table(head, rows)
         if per_tensor and plan.dropped:
             text += "\nDropped:\n\n" + "".join(f"- {line}\n" for line in dropped_lines(plan))
-        return text
+        return text + "".join(f"\n{n[0].upper()}{n[1:]}\n" for n in notes)
     text = text_table(head, rows, plan_title(plan))
     if per_tensor and plan.dropped:
         text += "dropped:\n" + "".join(f"  {line}\n" for line in dropped_lines(plan))
-    return text
+    return text + "".join(f"{n}\n" for n in notes)
 
 
 # ------------------------------------------------------------------ errors, reports, warnings
@@ -236,6 +256,8 @@ def report_summary(report: "Report") -> str:
                 f"({', '.join(notes)}) {where_to}")
     used = p.source_used()
     extra = [f"{len(p.dropped)} dropped"]
+    if p.copied:
+        extra.append(f"{len(p.copied)} copied")
     if report.selected:
         extra.append(f"selected '{report.selected}'")
     if p.unmatched:

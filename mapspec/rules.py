@@ -75,7 +75,25 @@ class Lookup(Node):
     span: Span
 
 
-Expr = Annotated[Union[Ref, Num, BinOp, Lookup], Field(discriminator="kind")]
+class Neg(Node):
+    kind: Literal["neg"] = "neg"
+    operand: "Expr"
+
+
+Expr = Annotated[Union[Ref, Num, BinOp, Lookup, Neg], Field(discriminator="kind")]
+
+
+def expr_names(expr) -> set[str]:
+    """The names (captures, parameters) an expression uses."""
+    if isinstance(expr, Ref):
+        return {expr.name}
+    if isinstance(expr, BinOp):
+        return expr_names(expr.left) | expr_names(expr.right)
+    if isinstance(expr, Neg):
+        return expr_names(expr.operand)
+    if isinstance(expr, Lookup):
+        return expr_names(expr.key)
+    return set()
 
 
 class Subst(Node):
@@ -99,20 +117,24 @@ class Template(Node):
     text: str
     span: Span
 
-    def fanout(self) -> Capture | None:
-        for p in self.parts:
-            if isinstance(p, Fanout):
-                return p.capture
-        return None
-
 
 # ------------------------------------------------------------------ actions
 
 class Word(Node):
-    """A bare name argument, such as a dtype."""
+    """A bare name argument: a parameter until parameters are bound, else a word such as a
+    dtype or a capture named by over=/into=."""
 
     kind: Literal["word"] = "word"
     name: str
+    span: Span | None = None
+
+
+class Calc(Node):
+    """An arithmetic argument such as `head_dim // 2`, evaluated when parameters are bound."""
+
+    kind: Literal["calc"] = "calc"
+    expr: Expr
+    span: Span
 
 
 class Text(Node):
@@ -126,7 +148,7 @@ class Tuple(Node):
     append: bool = False
 
 
-Value = Annotated[Union[int, Word, Text, Tuple], Field(union_mode="left_to_right")]
+Value = Annotated[Union[int, Word, Text, Tuple, Calc], Field(union_mode="left_to_right")]
 
 
 class Action(Node):
@@ -139,25 +161,35 @@ class Action(Node):
 # ------------------------------------------------------------------ statements
 
 class RenameRule(Node):
+    """`SOURCE -> TARGET then ...`; also a `copy` (one more output of a key some other rule
+    matches, `if_absent`: only when no other rule produces that target) and the catch-all
+    `otherwise` (matches only keys no other rule matched)."""
+
     kind: Literal["rename"] = "rename"
     sources: tuple[Pattern, ...]
     target: Template
     actions: tuple[Action, ...] = ()
     span: Span
+    is_copy: bool = False
+    if_absent: bool = False
+    otherwise: bool = False
 
 
 class DropRule(Node):
     kind: Literal["drop"] = "drop"
     patterns: tuple[Pattern, ...]
     span: Span
+    otherwise: bool = False
 
 
 class KeepRule(Node):
-    """Pass keys through under their own name."""
+    """Pass keys through under their own name, through unary actions if any."""
 
     kind: Literal["keep"] = "keep"
     patterns: tuple[Pattern, ...]
+    actions: tuple[Action, ...] = ()
     span: Span
+    otherwise: bool = False
 
 
 Rule = Annotated[Union[RenameRule, DropRule, KeepRule], Field(discriminator="kind")]
@@ -178,6 +210,39 @@ class Table(Node):
         return {e.key: e.value for e in self.entries}
 
 
+class Param(Node):
+    """`param NAME [: int|str] [from "CONFIG.KEY"] [= DEFAULT]`: a value given when compiling."""
+
+    kind: Literal["param"] = "param"
+    name: str
+    type: Literal["int", "str"] = "int"
+    config_key: str | None = None
+    default: Expr | str | None = None
+    span: Span
+
+
+class Let(Node):
+    """`let NAME = EXPR`: a value derived from parameters (never set from outside)."""
+
+    kind: Literal["let"] = "let"
+    name: str
+    expr: Expr
+    span: Span
+
+
+class Assertion(Node):
+    """`assert EXPR OP EXPR [, "message"]`, checked once parameters are bound."""
+
+    left: Expr
+    op: Literal["==", "!=", "<", "<=", ">", ">="]
+    right: Expr
+    message: str | None = None
+    span: Span
+
+
+Definition = Annotated[Union[Param, Let], Field(discriminator="kind")]
+
+
 class Header(Node):
     version: int = 1
     source: str | None = None
@@ -194,10 +259,12 @@ class Spec(Node):
     tables: tuple[Table, ...] = ()
     rules: tuple[Rule, ...] = ()
     includes: tuple[str, ...] = ()
+    definitions: tuple[Definition, ...] = ()  # params and lets, in source order
+    assertions: tuple[Assertion, ...] = ()
 
     def table_map(self) -> dict[str, Table]:
         return {t.name: t for t in self.tables}
 
 
-for _model in (BinOp, Lookup, Tuple, Subst, Template, Action):
+for _model in (BinOp, Lookup, Neg, Calc, Tuple, Subst, Template, Action, Param, Let, Assertion):
     _model.model_rebuild()

@@ -1,4 +1,7 @@
-"""Golden specs: each good spec's compiled plan, each bad spec's exact error."""
+"""Golden specs: each good spec's compiled plan, each bad spec's exact error.
+
+A spec with parameters takes them from NAME.params.json beside it: {"params": {...}} as -p
+gives them, and/or {"config": {...}} as a --config file holds them."""
 
 import json
 from pathlib import Path
@@ -23,11 +26,17 @@ def ok_spec(name: str):
     return spec, {k: stored[v] for k, v in select(stored, spec.header.select, Path(name)).items()}
 
 
+def given(path: Path) -> dict:
+    """The parameters a golden spec is compiled with."""
+    file = path.with_suffix("").with_suffix(".params.json")
+    return json.loads(file.read_text()) if file.exists() else {}
+
+
 @pytest.mark.parametrize("name", OK)
 def test_ok_spec_compiles_to_golden_plan(name, monkeypatch):
     monkeypatch.chdir(SPECS)
     spec, keys = ok_spec(name)
-    plan = compile_spec(spec, keys)
+    plan = compile_spec(spec, keys, **given(Path("ok") / name))
     golden(SPECS / "ok" / name.replace(".map", ".plan.json"), json.dumps(plan.to_json(), indent=2) + "\n")
 
 
@@ -36,7 +45,7 @@ def test_ok_spec_reviews_as_golden_markdown(name, monkeypatch):
     """`mapspec explain --format markdown`: one row per rule, for a pull request."""
     monkeypatch.chdir(SPECS)
     spec, keys = ok_spec(name)
-    review = render.explain(compile_spec(spec, keys), spec, "markdown")
+    review = render.explain(compile_spec(spec, keys, **given(Path("ok") / name)), spec, "markdown")
     golden(SPECS / "ok" / name.replace(".map", ".review.md"), review)
 
 
@@ -47,9 +56,9 @@ def test_bad_spec_gives_golden_error(name, monkeypatch):
     keys_file = path.with_suffix("").with_suffix(".keys.json")
     with pytest.raises(MapspecError) as info:
         spec = parse_spec(path)
-        check_spec(spec)
+        check_spec(spec, **given(path))
         if keys_file.exists():
-            compile_spec(spec, load_keys(keys_file))
+            compile_spec(spec, load_keys(keys_file), **given(path))
     rendered = f"exit {info.value.exit_code}\n{info.value.render()}\n"
     golden(SPECS / "bad" / name.replace(".map", ".err"), rendered)
 

@@ -68,7 +68,7 @@ def test_numpy_arrays_come_back_as_numpy(spec):
 def test_unmatched_keys_and_unknown_parameters_are_refused(spec):
     with pytest.raises(mapspec.ConversionError, match="not matched by any rule"):
         mapspec.remap(spec, {"other": np.ones(1, np.float32)})
-    with pytest.raises(UsageError, match="declares no parameters; got width"):
+    with pytest.raises(UsageError, match="width: this spec declares no parameters"):
         mapspec.remap(spec, {}, width=2)
     with pytest.raises(UsageError, match="not a tensor"):
         mapspec.remap(spec, {"module.emb": [1, 2]})
