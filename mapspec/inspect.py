@@ -22,7 +22,7 @@ from .formats.unpickle import MAX_NODES, Budget
 from .plan import TensorInfo
 
 MAX_ITEMS = 40
-MAX_TEXT = 200  # characters of a string from the file shown in a summary
+MAX_TEXT = 1000  # characters of a string from the file shown in a summary (a 400-character note whole)
 AUTO_SELECT = ("state_dict", "model_state_dict", "model", "ema", "net", "module", "params")
 
 

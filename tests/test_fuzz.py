@@ -45,8 +45,7 @@ def test_live_payloads_really_run_under_plain_pickle(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout + done.stderr
-    assert len(list(tmp_path.iterdir())) == sum(t.live for t in TECHNIQUES if t.needs != "torch") or \
-        len(list(tmp_path.iterdir())) >= 20
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("live")]) == sum(t.live for t in TECHNIQUES) >= 50
 
 
 def test_hostile_pickles_never_run_and_fail_cleanly(tmp_path, runner):
