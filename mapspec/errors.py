@@ -114,8 +114,12 @@ class SpecErrors(SpecError):
         self.errors = flat
         self.exit_code = max(e.exit_code for e in flat)
 
+    SHOWN = 20  # errors rendered; a spec with thousands of faults does not print them all
+
     def render(self) -> str:
-        return "\n".join(e.render() for e in self.errors) + f"\n{len(self.errors)} errors"
+        more = len(self.errors) - self.SHOWN
+        return ("\n".join(e.render() for e in self.errors[:self.SHOWN])
+                + (f"\n... {more} more not shown" if more > 0 else "") + f"\n{len(self.errors)} errors")
 
     def __str__(self) -> str:
         return "\n".join(str(e) for e in self.errors)
@@ -153,9 +157,9 @@ class CheckpointError(MapspecError):
     exit_code = 2
 
 
-class OutputError(MapspecError):
+class OutputError(MapspecError, OSError):
     """The output cannot be written (disk full, file size limit, an output that appeared
-    meanwhile, interrupted): nothing is left under its name."""
+    meanwhile): nothing is left under its name. An OSError too, for callers that catch those."""
 
     exit_code = 2
 

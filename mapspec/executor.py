@@ -11,7 +11,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from . import actions as act
-from .errors import OutputError, UsageError
+from .errors import MapspecError, OutputError, UsageError
 from .formats import open_sink, open_source, sink_format
 from .formats.base import guarded_writes
 from .params import Config
@@ -162,8 +162,8 @@ class _naming:
         return None
 
     def __exit__(self, kind, exc, tb) -> None:
-        if isinstance(exc, OSError) and not exc.filename or (
-                isinstance(exc, OSError) and Path(str(exc.filename)).name.endswith(".part")):
+        if isinstance(exc, OSError) and not isinstance(exc, MapspecError) and (
+                not exc.filename or Path(str(exc.filename)).name.endswith(".part")):
             raise OutputError(f"{self.output}: cannot write: {exc.strerror or exc}") from None
 
 

@@ -238,3 +238,12 @@ def test_several_double_star_captures_against_a_1_mb_key_finish(tmp_path):
     done = run(tmp_path, "check", "s.map", "in.safetensors", "--non-strict", timeout=600)
     assert done.returncode == 0, done.stderr[:2000]
     assert "1 unmatched" in done.stdout
+
+
+def test_a_spec_with_hundreds_of_errors_shows_twenty_and_counts_the_rest(tmp_path):
+    from mapspec.errors import SpecErrors
+
+    errors = [SpecError(f"problem {i}") for i in range(500)]
+    lines = SpecErrors(errors).render().splitlines()
+    assert lines[:2] == ["error: problem 0", "error: problem 1"] and len(lines) == 22
+    assert lines[-2:] == ["... 480 more not shown", "500 errors"]

@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LIMITS = {"memory": 3 << 30, "cpu": 20, "wall": 40}
 MAX_ERROR = 500  # characters of one error line
 SPEC_ERROR = re.compile(r"^\S.*:\d+:\d+: error: ")
+SPEC_COUNT = re.compile(r"^(\d+ errors?|\.\.\. \d+ more not shown)$")
+MAX_SPEC_ERRORS = 20
 IDENTITY = "mapspec 1\n{k:**} -> {k}\n"
 # Formats whose library is the reference: a file it refuses must not convert either.
 STRICT_ORACLES = {"safetensors", "npz"}
@@ -213,7 +215,11 @@ def _error_shape(err: str) -> list[str]:
         return ["failed without a message"]
     problems = []
     if SPEC_ERROR.match(lines[0]):
-        if len(lines) > 3:
+        # one or more `file:line:col: error:` blocks (the line and a caret below each), and
+        # then maybe an `N errors` count
+        odd = [x for x in lines if not (SPEC_ERROR.match(x) or x.startswith("    ") or SPEC_COUNT.match(x))]
+        blocks = sum(1 for x in lines if SPEC_ERROR.match(x))
+        if odd or len(lines) > 3 * blocks + 2 or blocks > MAX_SPEC_ERRORS:
             problems.append(f"spec error of {len(lines)} lines")
     elif not lines[0].startswith("error: ") or len(lines) != 1:
         if not (lines[0].startswith("error: ") and all(x.startswith("  ") for x in lines[1:])):
