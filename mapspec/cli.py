@@ -116,9 +116,9 @@ def _guard(fn):
         except (MapspecError, OSError) as exc:
             raise _fail(render.error_text(exc), getattr(exc, "exit_code", 2), exc) from None
         except Interrupted as exc:
-            raise _fail("error: interrupted; nothing was written", 128 + exc.signum, exc) from None
+            raise _fail("error: interrupted (no partial output is left behind)", 128 + exc.signum, exc) from None
         except KeyboardInterrupt as exc:
-            raise _fail("error: interrupted; nothing was written", 130, exc) from None
+            raise _fail("error: interrupted (no partial output is left behind)", 130, exc) from None
         except MemoryError as exc:  # bad input that asks for more memory than there is
             raise _fail("error: the input needs more memory than is available", 2, exc) from None
         except RecursionError as exc:

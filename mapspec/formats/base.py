@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -58,8 +59,13 @@ class AtomicPath:
         parent = self.final.parent
         self.directory = directory
         self.replace = True
+        self.tmp: Path | None = None
         self._files: list = []
+        self._done = False
         self.created: list[Path] = []  # folders made for this output, deepest first
+        run = getattr(_RUN, "current", None)
+        if run is not None:  # registered before anything exists on disk: a signal at any point finds it
+            run.adopt(self)
         missing = parent
         while not missing.exists():
             self.created.append(missing)
@@ -70,21 +76,18 @@ class AtomicPath:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot create the output folder {parent}: {exc.strerror}") from None
-        prefix = f".{self.final.name}."
-        if directory:
-            self.tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".part", dir=parent))
-        else:
-            fd, name = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=parent)
-            os.close(fd)
-            self.tmp = Path(name)
-        run = getattr(_RUN, "current", None)
-        if run is not None:
-            run.adopt(self)
-        if not directory:
-            # mkstemp makes the file private (0600); the output should get the usual mode.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)
+        while True:
+            # The name is known (and so removable) before the file exists; the mode is the
+            # usual one for new files (the umask applies), not mkstemp's private 0600.
+            self.tmp = parent / f".{self.final.name}.{secrets.token_hex(4)}.part"
+            try:
+                if directory:
+                    os.mkdir(self.tmp, 0o777)
+                else:
+                    os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                break
+            except FileExistsError:
+                continue
 
     def open(self, mode: str = "wb", **kwargs):
         """The temp file opened for writing; abort closes it (ignoring errors) before unlinking."""
@@ -110,9 +113,14 @@ class AtomicPath:
                 raise OutputError(f"{self.final} appeared while converting; nothing was replaced "
                                   "(use --force to overwrite it)") from None
         self.tmp = None
+        self._done = True
 
     def abort(self) -> None:
-        """Remove the temp output; never raises, so cleanup always happens."""
+        """Remove the temp output and the folders made for it; never raises, so cleanup
+        always happens. Nothing after a commit."""
+        if self._done:
+            return
+        self._done = True
         for f in self._files:
             try:
                 f.close()
@@ -120,10 +128,10 @@ class AtomicPath:
                 pass
         self._files = []
         tmp, self.tmp = self.tmp, None
-        if tmp is None:
-            return
         try:
-            if tmp.is_dir() and not tmp.is_symlink():
+            if tmp is None:
+                pass
+            elif tmp.is_dir() and not tmp.is_symlink():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink()
