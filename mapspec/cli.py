@@ -219,6 +219,9 @@ def apply(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
     param: ParamOpt = None,
     config: ConfigOpt = None,
+    reverse: Annotated[bool, typer.Option("--reverse", help="Run SPEC's derived inverse (see `mapspec invert`).")] = False,
+    lossy: Annotated[bool, typer.Option("--lossy", help="With --reverse: undo lossy casts anyway, reporting the "
+                                        "loss.")] = False,
 ) -> None:
     """Convert CHECKPOINT with SPEC into OUTPUT."""
     from rich.console import Console
@@ -242,7 +245,7 @@ def apply(
         report = apply_spec(parsed, checkpoint, output, target=target, to=to, select=select, epoch=epoch,
                             strict=not non_strict, fit=fit.value, drop=tuple(drop or ()), force=force,
                             strict_rules=strict_rules, progress=progress, params=_params(param or []),
-                            config=config)
+                            config=config, reverse=reverse, lossy=lossy)
     _warn_plan(report.plan, parsed)
     r = report.plan.target_report
     if r is not None and fit is not Fit.strict:
@@ -391,6 +394,81 @@ def fmt(
     for path in changed:
         say(f"{'would reformat' if check else 'reformatted'} {path}")
     if check and changed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_guard
+def invert(
+    spec: SpecArg,
+    checkpoint: Annotated[Optional[Path], typer.Argument(
+        help="A checkpoint SPEC converts: supplies the shapes and dtypes some inverses need, and limits the "
+        "inverse to the rules it uses.", show_default=False, metavar="CHECKPOINT")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the inverse spec here "
+                                                   "(default: stdout).", show_default=False)] = None,
+    select: SelectOpt = None,
+    epoch: EpochOpt = None,
+    lossy: Annotated[bool, typer.Option("--lossy", help="Invert lossy casts anyway, reporting the loss.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing OUTPUT.")] = False,
+    param: ParamOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print the inverse of SPEC as ordinary spec text, from/to swapped."""
+    from .invert import invert_spec
+
+    parsed = parse_spec(spec)
+    params = _params(param or [])
+    forward = (plan_for(parsed, checkpoint, select=select, epoch=epoch, params=params, config=config)
+               if checkpoint is not None else None)
+    inverse = invert_spec(parsed, forward, params=params, config=config, lossy=lossy)
+    for loss in inverse.losses:
+        warn(f"warning: {loss}")
+    if output is None:
+        sys.stdout.write(inverse.text)
+        return
+    if output.exists() and not force:
+        raise UsageError(f"{output} exists; use --force to overwrite it")
+    output.write_text(inverse.text, encoding="utf-8")
+    say(f"wrote {output} ({len(inverse.spec.rules)} rules)")
+
+
+@app.command()
+@_guard
+def verify(
+    spec: SpecArg,
+    checkpoint: CheckpointArg,
+    against: Annotated[Optional[Path], typer.Option(
+        "--against", help="Compare with this checkpoint, converted another way. Without it: convert forward, "
+        "then back, and compare with CHECKPOINT.", show_default=False)] = None,
+    atol: Annotated[float, typer.Option("--atol", help="With --against: absolute tolerance.")] = 0.0,
+    rtol: Annotated[float, typer.Option("--rtol", help="With --against: relative tolerance (of the "
+                                        "reference).")] = 0.0,
+    select: SelectOpt = None,
+    epoch: EpochOpt = None,
+    lossy: Annotated[bool, typer.Option("--lossy", help="Round trip: invert lossy casts anyway (they will "
+                                        "differ).")] = False,
+    worst: Annotated[int, typer.Option("--worst", help="How many of the worst tensors to list.")] = 10,
+    param: ParamOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Check a conversion numerically: exit 0 only if every tensor matches."""
+    from .verify import verify_against, verify_roundtrip
+
+    params = _params(param or [])
+    if against is not None:
+        result = verify_against(spec, checkpoint, against, atol=atol, rtol=rtol, select=select, epoch=epoch,
+                                params=params, config=config)
+        title = f"{spec.name}: {checkpoint.name} against {against.name}"
+    else:
+        if atol or rtol:
+            raise UsageError("--atol/--rtol go with --against; a round trip must be bit-exact")
+        result, _ = verify_roundtrip(spec, checkpoint, select=select, epoch=epoch, lossy=lossy, params=params,
+                                     config=config)
+        title = f"{spec.name}: {checkpoint.name} forward and back"
+    sys.stdout.write(render.verification_text(result, title, worst))
+    if not result.ok:
+        bad = sum(not c.ok for c in result.checks)
+        warn(f"error: {bad} tensors differ, {len(result.missing)} missing, {len(result.extra)} extra")
         raise typer.Exit(1)
 
 

@@ -17,6 +17,7 @@ from .formats.base import guarded_writes
 from .params import Config
 from .parser import parse_spec
 from .plan import Plan, Step, TensorInfo, compile_spec
+from .provenance import Provenance
 from .rules import Spec
 
 
@@ -91,21 +92,36 @@ def apply(
     progress: Callable[[int, int], None] | None = None,
     params: Mapping[str, object] | None = None,
     config: Config = None,
+    reverse: bool = False,
+    lossy: bool = False,
 ) -> Report:
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
     `progress(done, total)` hears tensor bytes written so far and in all; `params` and `config`
-    give the spec's parameters their values (as -p and --config)."""
+    give the spec's parameters their values (as -p and --config); `reverse` runs the spec's
+    derived inverse (see `invert`); `lossy` lets it undo lossy casts."""
     spec = as_spec(spec)
+    inverse = None
+    if reverse:
+        from .invert import invert_spec
+
+        inverse = invert_spec(spec, params=params, config=config, lossy=lossy)
     output = Path(output)
     fmt = sink_format(output, to)
     if output.exists() and not force:
         raise UsageError(f"{output} exists; use --force to overwrite it")
     if output.resolve() == Path(checkpoint).resolve():
         raise UsageError("the output would overwrite the input checkpoint")
-    source = open_for(spec, checkpoint, select, epoch)
+    source = open_for(inverse.spec if inverse else spec, checkpoint, select, epoch)
     try:
-        plan = compile_spec(spec, source.infos(), params=params, config=config, target=_target(target),
-                            strict=strict, fit=fit, drop=tuple(drop), strict_rules=strict_rules)
+        options = dict(target=_target(target), strict=strict, fit=fit, drop=tuple(drop), strict_rules=strict_rules)
+        if inverse:  # the inverse states the parameters' values already
+            plan = inverse.compile(source.infos(), **options)
+            values = inverse.params
+        else:
+            plan = compile_spec(spec, source.infos(), params=params, config=config, **options)
+            values = {b.name: b.value for b in plan.params}
+        record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path, params=values,
+                            direction="reverse" if reverse else "forward", select=getattr(source, "prefix", None))
         n = sum(s.info.nbytes for s in plan.steps)
         check_space(output, n)
         # Everything that creates, fills or renames the output runs inside the guard: a failure
@@ -113,7 +129,7 @@ def apply(
         with guarded_writes(replace=force), _naming(output):
             sink = None
             try:
-                sink = open_sink(output, fmt, plan.outputs())
+                sink = open_sink(output, fmt, plan.outputs(), record)
                 execute(plan, source, sink, (lambda done: progress(done, n)) if progress else None)
                 sink.commit()
             except BaseException:

@@ -77,7 +77,13 @@ def _statement(st: Tree, text: str, file: str, comments: dict[int, Token], used:
                              [a for a in c if isinstance(a, Tree)])
     if kind == "rename":
         sources = " | ".join(_pattern(t, text, file) for t in c[0].children)
-        return _with_actions(f"{sources} -> {_template(c[1], text, file)}", c[2:])
+        lines = _with_actions(f"{sources} -> {_template(c[1], text, file)}", [a for a in c[2:] if a.data == "action"])
+        rev = [a for a in c[2:] if a.data in ("reverse", "reverse_none")]
+        if rev:  # on a line of its own, under the rule it inverts
+            r = rev[0].children
+            lines.append("    " + ("reverse none" if rev[0].data == "reverse_none" else " ".join(
+                [f"reverse -> {_template(r[0], text, file)}"] + [f"then {_action(a)}" for a in r[1:]])))
+        return lines
     if kind == "copy":
         absent = [t for t in c[2:] if isinstance(t, Token)]
         head = f"copy {_pattern(c[0], text, file)} -> {_template(c[1], text, file)}" + (" if absent" if absent else "")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from . import provenance
 from .formats import open_source, sniff
 from .formats.reading import clip, reading
 from .formats.torch_pickle import StandIn, Tensor
@@ -22,7 +23,7 @@ from .formats.unpickle import MAX_NODES, Budget
 from .plan import TensorInfo
 
 MAX_ITEMS = 40
-MAX_TEXT = 1000  # characters of a string from the file shown in a summary (a 400-character note whole)
+MAX_TEXT = 1024  # characters of a string from the file shown in a summary (a 1 MB one is clipped)
 AUTO_SELECT = ("state_dict", "model_state_dict", "model", "ema", "net", "module", "params")
 
 
@@ -133,8 +134,6 @@ def _plain(v: Any, depth: int = 0) -> Any:
         items = list(v)[:MAX_ITEMS + 1]
         return [_plain(x, depth + 1) for x in items[:MAX_ITEMS]] + (
             [f"... {len(v) - MAX_ITEMS} more"] if len(v) > MAX_ITEMS else [])
-    if isinstance(v, Tensor):
-        return f"tensor{list(v.array.shape)} {v.dtype}"
     if isinstance(v, StandIn):
         fields = [(k, x) for k, x in v.__dict__.items() if isinstance(k, str) and not k.startswith("_")]
         name = clip(v.qualname(), MAX_TEXT)
@@ -151,6 +150,9 @@ def inspect_checkpoint(path: str | Path, epoch: int | None = None) -> dict:
     try:
         infos = dict(source.infos())
         tree = {"file": str(path), "format": fmt, "tensors": summarize(list(infos.values()))}
+        record = provenance.read(path)
+        if record is not None:
+            tree["provenance"] = record
         obj = getattr(source, "object", None)
         if obj is not None:
             with reading(path):

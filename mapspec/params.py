@@ -288,9 +288,13 @@ class _Substitute:
 
     def _rule(self, rule):
         if isinstance(rule, RenameRule):
+            rev = rule.reverse
+            if rev is not None and rev.target is not None:  # `reverse ->` uses parameters too
+                rev = rev.model_copy(update={"target": self._template(rev.target),
+                                             "actions": None if rev.actions is None else self._actions(rev.actions)})
             return rule.model_copy(update={"sources": tuple(self._pattern(p) for p in rule.sources),
                                            "target": self._template(rule.target),
-                                           "actions": self._actions(rule.actions)})
+                                           "actions": self._actions(rule.actions), "reverse": rev})
         update = {"patterns": tuple(self._pattern(p) for p in rule.patterns)}
         if isinstance(rule, KeepRule):
             update["actions"] = self._actions(rule.actions)

@@ -28,6 +28,7 @@ from .rules import (
     Pattern,
     Ref,
     RenameRule,
+    Reverse,
     Spec,
     Subst,
     Table,
@@ -219,8 +220,16 @@ class _Builder:
         sources_tree, target_tok, *actions = st.children
         sources = tuple(self._pattern(t) for t in sources_tree.children)
         target = self._template(target_tok)
+        reverse = None
+        if actions and actions[-1].data == "reverse_none":
+            reverse = Reverse(target=None, span=self.span_tree(actions.pop()))
+        elif actions and actions[-1].data == "reverse":
+            rev_tok, *rev_actions = actions.pop().children
+            reverse = Reverse(target=self._template(rev_tok),
+                              actions=tuple(self._action(a) for a in rev_actions) if rev_actions else None,
+                              span=self.span_tok(rev_tok))
         return RenameRule(sources=sources, target=target, actions=tuple(self._action(a) for a in actions),
-                          span=self.span_tree(st))
+                          reverse=reverse, span=self.span_tree(st))
 
     def _copy(self, st: Tree) -> RenameRule:
         source_tok, target_tok, *rest = st.children

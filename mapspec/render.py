@@ -272,7 +272,7 @@ def plan_warnings(plan: Plan, spec: Spec) -> list[str]:
     out = [f"{span}: warning: this rule matches no key of this checkpoint ({rule_text(rules[span])}): if it "
            "should, correct its pattern (`mapspec inspect --keys` lists the keys), else remove it; "
            "--strict-rules makes this an error"
-           for span in plan.unused]
+           for span in plan.unused if span in rules]  # (--reverse plans the derived inverse: not this spec's rules)
     if plan.unmatched:
         n = len(plan.unmatched)
         out.append(f"warning: {plural(n, 'unmatched key')} left out: " + ", ".join(plan.unmatched[:5])
@@ -318,6 +318,10 @@ def inspect_tree(info: dict) -> str:
     _tree(lines, info["content"], "")
     if info.get("auto_select"):
         lines.append(f"(apply converts '{info['auto_select']}' unless --select says otherwise)")
+    if info.get("provenance"):
+        lines.append("written by mapspec:")
+        lines += [f"  {k}: {json.dumps(v, sort_keys=True) if isinstance(v, dict) else v}"
+                  for k, v in info["provenance"].items()]
     lines.append("(`mapspec inspect --keys` lists every tensor: name, shape, dtype)")
     return "\n".join(lines) + "\n"
 
@@ -374,3 +378,27 @@ def diff_text(d: "PlanDiff", fmt: str = "text") -> str:
                 x for x in (glob_of(olds) if olds else "", glob_of(news) if news else "") if x)
             lines.append(f"  {c.kind} {len(group)} outputs like {name} (e.g. {ex})")
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ verification
+
+def verification_text(result, title: str, worst: int = 10) -> str:
+    """`mapspec verify`: a table per rule, the worst tensors, and the verdict line."""
+    rows = []
+    for rule, checks in result.by_rule():
+        big = max(c.max_abs for c in checks)
+        rows.append([where(rule) if rule else "-", str(len(checks)), f"{sum(c.nbytes for c in checks):,}",
+                     f"{sum(c.exact for c in checks)}/{len(checks)}", "0" if big == 0 else f"{big:.6g}"])
+    lines = [text_table(["rule", "tensors", "bytes", "exact", "max abs diff"], rows, title)]
+    for c in result.worst(worst):
+        at = f" ({where(c.rule)})" if c.rule else ""
+        detail = c.note or f"max abs diff {c.max_abs:.6g}"
+        lines.append(f"{'within tolerance' if c.ok else 'DIFFERS'}: {c.name}{at}: {detail}\n")
+    lines += [f"MISSING: {k} is in the reference but not produced\n" for k in result.missing[:worst]]
+    lines += [f"EXTRA: {k} is produced but not in the reference\n" for k in result.extra[:worst]]
+    if result.ok:
+        n = len(result.checks)
+        exact = sum(c.exact for c in result.checks)
+        lines.append(f"ok: {n} tensors, {exact} bit-exact" + (f", {n - exact} within tolerance" if exact < n else "")
+                     + "\n")
+    return "".join(lines)

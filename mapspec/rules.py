@@ -160,6 +160,14 @@ class Action(Node):
 
 # ------------------------------------------------------------------ statements
 
+class Reverse(Node):
+    """`reverse -> KEY [then ...]`: how a rule inverts, where the derived inverse is not wanted."""
+
+    target: Template | None  # None: `reverse none`, the rule has no part in the inverse
+    actions: tuple[Action, ...] | None = None  # None: the derived inverse actions
+    span: Span
+
+
 class RenameRule(Node):
     """`SOURCE -> TARGET then ...`; also a `copy` (one more output of a key some other rule
     matches, `if_absent`: only when no other rule produces that target) and the catch-all
@@ -169,6 +177,7 @@ class RenameRule(Node):
     sources: tuple[Pattern, ...]
     target: Template
     actions: tuple[Action, ...] = ()
+    reverse: Reverse | None = None
     span: Span
     is_copy: bool = False
     if_absent: bool = False

@@ -10,6 +10,23 @@ DATA = Path(__file__).parent / "data"
 UPDATE = os.environ.get("MAPSPEC_UPDATE_GOLDEN") == "1"
 
 
+# Shipped specs with parameters are checked with a published model's configuration.
+SHIPPED_CONFIGS = {
+    "gpt2_to_qkv.map": "gpt2.json",
+    "llama_hf_to_meta.map": "llama3-8b.json",
+    "llama_meta_to_hf.map": "llama3-8b-params.json",
+    "llama_to_megatron.map": "llama3-8b.json",
+    "mixtral_fused_experts.map": "mixtral-8x7b.json",
+    "phi3_fused.map": "phi3-mini.json",
+}
+
+
+def shipped_config(spec: Path) -> Path | None:
+    """The published configuration (tests/data/configs) a shipped spec is checked with, if any."""
+    name = SHIPPED_CONFIGS.get(spec.name)
+    return name and DATA / "configs" / name
+
+
 def load_keys(path: Path) -> dict[str, TensorInfo]:
     raw = json.loads(path.read_text())
     return {k: TensorInfo(tuple(shape), dtype) for k, (shape, dtype) in raw.items()}

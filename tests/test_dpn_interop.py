@@ -67,3 +67,66 @@ def test_dpn_conversion_gives_the_same_logits(tmp_path, variant):
         got = model(torch.from_numpy(x)).numpy()
     assert 0.1 < np.abs(expected).max() < 1e3, "logits must be informative for the 1e-4 bound to mean anything"
     assert np.abs(got - expected).max() < 1e-4
+
+
+def load_params(path: Path) -> dict:
+    return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
+
+
+@pytest.mark.parametrize("variant", ["dpn68", "dpn92"])
+def test_dpn_reverse_gives_mxnet_params_mxnet_loads(tmp_path, variant):
+    """PyTorch DPN state dict (torch.save of the model, BN counters and all) -> apply --reverse
+    -> .params that mx.model.load_checkpoint loads with the original symbol: the same logits,
+    and every tensor equal to the original MXNet file's, bit for bit."""
+    cfg = VARIANTS[variant]
+    fc = "fc6-1k" if variant == "dpn92" else "fc6"  # dpn.map writes fc6 back unless -p fc=...
+    net = mxnet_dpn(cfg, fc)
+    args, aux = seeded_checkpoint(net, tmp_path / variant, seed=len(variant))
+    forward = tmp_path / "forward.pt"
+    r = CliRunner().invoke(app, ["apply", str(SPEC), str(tmp_path / variant), "--epoch", "0", "-o", str(forward)])
+    assert r.exit_code == 0, r.output
+    model = torch_dpn(cfg)
+    model.load_state_dict({**model.state_dict(), **torch.load(forward, weights_only=True)}, strict=True)
+    torch.save(model.state_dict(), tmp_path / "torch_dpn.pth")
+
+    back = tmp_path / "back-0000.params"
+    r = CliRunner().invoke(app, ["apply", "--reverse", "--non-strict", str(SPEC), str(tmp_path / "torch_dpn.pth"),
+                                 "-o", str(back), "-p", f"fc={fc}"])
+    assert r.exit_code == 0, r.output
+    assert "num_batches_tracked" in r.output  # PyTorch's BN counters have no MXNet place: named, left out
+    original = load_params(tmp_path / f"{variant}-0000.params")
+    got = load_params(back)
+    assert sorted(got) == sorted(original)
+    for k, v in original.items():
+        assert got[k].dtype == v.dtype and got[k].tobytes() == v.tobytes(), k
+
+    (tmp_path / "back-symbol.json").write_bytes((tmp_path / f"{variant}-symbol.json").read_bytes())
+    sym, arg_params, aux_params = mx.model.load_checkpoint(str(tmp_path / "back"), 0)
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_array_equal(mx_forward(sym, arg_params, aux_params, x), mx_forward(net, args, aux, x))
+
+
+@pytest.mark.parametrize("variant, fc", [("dpn68", "fc6"), ("dpn131", "fc6"), ("dpn107", "fc6-1k")])
+def test_dpn_round_trip_is_bit_exact(tmp_path, variant, fc):
+    net = mxnet_dpn(VARIANTS[variant], fc)
+    seeded_checkpoint(net, tmp_path / variant, seed=3)
+    r = CliRunner().invoke(app, ["verify", str(SPEC), str(tmp_path / variant), "--epoch", "0", "-p", f"fc={fc}"])
+    assert r.exit_code == 0, r.output
+    n = len(net.list_arguments()) - 1 + len(net.list_auxiliary_states())
+    assert f"ok: {n} tensors, {n} bit-exact" in r.output
+
+
+@pytest.mark.parametrize("variant, fc", [("dpn92", "fc6-1k"), ("dpn68b", "fc6")])
+def test_dpn_layouts_the_reverse_does_not_write_are_named(tmp_path, variant, fc):
+    """The reverse direction writes fc6 unless -p fc=fc6-1k, and the non-b c1x1-c BN names
+    (dpn.map says so): for an -extra model without -p, or a b model, verify names exactly
+    the keys it would write differently."""
+    net = mxnet_dpn(VARIANTS[variant], fc)
+    args, aux = seeded_checkpoint(net, tmp_path / variant, seed=5)
+    r = CliRunner().invoke(app, ["verify", str(SPEC), str(tmp_path / variant), "--epoch", "0", "--worst", "1000"])
+    assert r.exit_code == 1, r.output
+    missing = {line.split()[1] for line in r.output.splitlines() if line.startswith("MISSING: ")}
+    if fc == "fc6-1k":
+        assert missing == {"arg:fc6-1k_weight", "arg:fc6-1k_bias"}
+    else:
+        assert missing and all("c1x1-c__bn_" in k for k in missing)

@@ -629,7 +629,8 @@ class _Odd:
 def test_inspect_json_is_plain_and_never_uses_the_files_reprs(tmp_path, torch):
     ck = {"model": {"w": torch.ones(2)}, "best_fitness": np.float64(0.5), "epoch": np.int64(3),
           "flag": np.bool_(True), "big": 2 ** 2000, "nan": float("nan"), "cplx": 1 + 2j, "sl": slice(1, 2, 3),
-          "dev": torch.device("cpu"), "dt": torch.float16, "set": {1, 2}, (1, 2): "tuple key", "obj": _Odd()}
+          "dev": torch.device("cpu"), "dt": torch.float16, "set": {1, 2}, (1, 2): "tuple key", "obj": _Odd(),
+          "long": "y" * 1_000_000}
     torch.save(ck, tmp_path / "c.pt")
     r = runner.invoke(app, ["inspect", str(tmp_path / "c.pt"), "--format", "json"])
     assert r.exit_code == 0, r.output
@@ -643,6 +644,7 @@ def test_inspect_json_is_plain_and_never_uses_the_files_reprs(tmp_path, torch):
     assert entries["(1, 2)" if "(1, 2)" in entries else "<tuple>"]["value"] == "tuple key"
     assert entries["obj"]["class"].endswith("._Odd")  # a stand-in, described by its name only
     assert tree["auto_select"] == "model"
+    assert 1000 < len(entries["long"]["value"]) < 1100 and "more characters" in entries["long"]["value"]
 
 
 def test_inspect_of_a_module_field_holding_a_laughs_graph_is_bounded(tmp_path):
@@ -747,3 +749,44 @@ def test_crafted_hash_collisions_are_refused(tmp_path, kind):
     assert len({hash(k) for k in keys}) == 1
     pkl = pickle.dumps(dict.fromkeys(keys, 0), protocol=2)
     assert "same hash" in inspect_error(torch_zip(tmp_path / "h.pt", pkl))
+
+
+def test_npz_dtype_table_declaring_a_huge_string_is_refused_before_allocating(tmp_path):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<U100000000", "fortran_order": False, "shape": ()})
+    with zipfile.ZipFile(tmp_path / "t.npz", "w") as z:
+        z.writestr("a.npy", _npy(np.zeros(2, np.uint16)))
+        z.writestr("__mapspec_dtypes__.npy", buf.getvalue() + b"{}")
+    assert "dtype table" in inspect_error(tmp_path / "t.npz")
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, array)
+    return buf.getvalue()
+
+
+def test_pickle_build_cannot_change_the_readers_functions(tmp_path, torch):
+    # BUILD with slot state on a global sets attributes with setattr(); on a plain function
+    # that would change it for every later load in the process
+    pkl = G + glob("torch._utils", "_rebuild_parameter") + b"N}X\x0c\x00\x00\x00__defaults__(\x88tsb."
+    line = inspect_error(torch_zip(tmp_path / "b.pt", pkl))
+    assert line.startswith("error: ")
+    torch.save({"p": torch.nn.Parameter(torch.ones(2))}, tmp_path / "ok.pt")
+    np.testing.assert_array_equal(open_source(tmp_path / "ok.pt").read("p"), [1.0, 1.0])
+
+
+def test_provenance_records_are_read_as_hostile_input_too(tmp_path, torch):
+    from mapspec.provenance import SIDECAR
+
+    torch.save({"a": torch.ones(2)}, tmp_path / "ok.pt")
+    with zipfile.ZipFile(tmp_path / "ok.pt") as zin, zipfile.ZipFile(tmp_path / "rec.pt", "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+        zout.writestr("ok/mapspec.json", b'{"version": 1, "pad": "' + b"a" * 3_000_000 + b'"}',
+                      compress_type=zipfile.ZIP_DEFLATED)
+    assert "more than it can be" in inspect_error(tmp_path / "rec.pt")  # not inflated whole
+    _npz(tmp_path / "x.npz")
+    os.mkfifo(tmp_path / ("x.npz" + SIDECAR))
+    r = cli_subprocess("inspect", tmp_path / "x.npz", timeout=60)  # a FIFO sidecar is not read (no hang)
+    assert r.returncode == 0 and "a (64,)" not in r.stderr, r.stderr

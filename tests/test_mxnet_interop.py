@@ -62,8 +62,11 @@ def test_native_reader_reads_sparse_as_dense(tmp_path):
     dense[1] = [1, 2, 3]
     dense[4] = [4, 5, 6]
     csr = np.array([[0, 7, 0], [0, 0, 0], [8, 0, 9]], np.float32)
-    mx.nd.save(str(tmp_path / "s.params"), {"rsp": mx.nd.array(dense).tostype("row_sparse"),
-                                             "csr": mx.nd.array(csr).tostype("csr")})
+    arrays = {"rsp": mx.nd.array(dense).tostype("row_sparse"), "csr": mx.nd.array(csr).tostype("csr")}
+    # mxnet's engine converts asynchronously and mx.nd.save does not always wait for it: without
+    # waitall it sometimes writes a csr array whose storage shape says 0 values (seen 1 run in 8).
+    mx.nd.waitall()
+    mx.nd.save(str(tmp_path / "s.params"), arrays)
     src = open_source(tmp_path / "s.params")
     np.testing.assert_array_equal(src.read("rsp"), dense)
     np.testing.assert_array_equal(src.read("csr"), csr)

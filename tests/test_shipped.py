@@ -10,6 +10,8 @@ import pytest
 from mapspec import apply, check_spec, open_source, parse_spec
 from mapspec.formatter import format_text
 
+from conftest import shipped_config
+
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "specs").glob("*.map"))
 ALL_SPECS = SHIPPED + sorted((REPO / "tests" / "data" / "specs" / "ok").glob("*.map"))
@@ -17,7 +19,7 @@ ALL_SPECS = SHIPPED + sorted((REPO / "tests" / "data" / "specs" / "ok").glob("*.
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_spec_checks_clean(path):
-    check_spec(parse_spec(path))
+    check_spec(parse_spec(path), config=shipped_config(path))
 
 
 @pytest.mark.parametrize("path", ALL_SPECS, ids=lambda p: p.name)

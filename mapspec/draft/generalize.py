@@ -18,10 +18,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .keys import Side, is_boundary, tokens
+from .keys import Side, is_boundary, shared_ends, tokens
 from .pairing import Pair
 
 PLAIN = re.compile(r"^[A-Za-z0-9_./:()\-]+$")
+SEGMENT = re.compile(r"[./]")
 ALT = re.compile(r"^[A-Za-z0-9_./()\-]+$")
 
 # Part kinds: ("lit", text) | ("int", ordinal, values or None) | ("var", entries, used, ordered)
@@ -92,12 +93,7 @@ def _fan_parts(keys: tuple[str, ...], side: Side | None, kind: str) -> tuple:
     toks = [tokens(side.body[k] if side else k) for k in keys]
     if side is not None and side.namespace[keys[0]]:
         toks = [[side.namespace[k], ":"] + t for k, t in zip(keys, toks)]
-    p = 0
-    while all(len(t) > p for t in toks) and len({t[p] for t in toks}) == 1:
-        p += 1
-    q = 0
-    while all(len(t) > p + q for t in toks) and len({t[-1 - q] for t in toks}) == 1:
-        q += 1
+    p, q = shared_ends(toks)
     while p > 0 and not is_boundary(toks[0][p - 1]):
         p -= 1
     while q > 0 and not is_boundary(toks[0][len(toks[0]) - q]):
@@ -127,7 +123,8 @@ def _literal_rule(s, t, a, x) -> Rule:
 # ------------------------------------------------------------------ whole sub-trees
 
 def _subtrees(pairs: list[Pair], side: Side) -> tuple[list[Rule], list[Pair]]:
-    groups: dict[tuple, list[tuple[Pair, str]]] = defaultdict(list)
+    tails: dict[int, str] = {}
+    family_segments: dict[tuple, int] = {}
     for p in pairs:
         if len(p.sources) != 1 or len(p.targets) != 1:
             continue
@@ -141,8 +138,25 @@ def _subtrees(pairs: list[Pair], side: Side) -> tuple[list[Rule], list[Pair]]:
         tail = s[len(s) - n:]
         if n == 0 or "." not in tail.strip("."):
             continue
+        tails[id(p)] = tail
+        fam = (_skeleton(_tgt_parts((s,))), _skeleton(_tgt_parts((t,))))
+        family_segments[fam] = min(family_segments.get(fam, 1 << 30), len(SEGMENT.split(tail)))
+    # pairs that differ only in their numbers share as much tail as the least of them: in
+    # `blocks.0.proj` -> `stages.0.blocks.0.proj` the tail `blocks.0.proj` is a coincidence of
+    # numbers that `blocks.2.proj` -> `stages.1.blocks.0.proj` does not repeat
+    groups: dict[tuple, list[tuple[Pair, str]]] = defaultdict(list)
+    for p in pairs:
+        if id(p) not in tails:
+            continue
+        s, t = p.sources[0], p.targets[0]
+        fam = (_skeleton(_tgt_parts((s,))), _skeleton(_tgt_parts((t,))))
+        tail = "".join(re.split(r"(?=[./])", tails[id(p)])[-family_segments[fam]:])
+        tail = tail[1:] if tail[:1] in "./" else tail
+        n = len(tail)
+        if "." not in tail.strip("."):
+            continue
         groups[(s[:len(s) - n], t[:len(t) - n], p.actions)].append((p, tail))
-    rules, used = [], set()
+    found: list[tuple[str, str, tuple, tuple, list[Pair]]] = []
     keys = side.keys
     for (P, Q, acts), members in groups.items():
         if len(members) < 2:
@@ -157,9 +171,36 @@ def _subtrees(pairs: list[Pair], side: Side) -> tuple[list[Rule], list[Pair]]:
             rest = ("rest", tuple(leaves))
         else:
             continue
-        rules.append(Rule((("lit", P), rest), (("lit", Q), ("rest",)), acts, [p for p, _ in members]))
-        used |= {id(p) for p, _ in members}
+        found.append((P, Q, acts, rest, [p for p, _ in members]))
+    # sub-trees whose prefixes differ only in their numbers (`layers.7.` -> `stages.1.blocks.3.`)
+    # become one rule with the numbers solved, as for single keys
+    by_skel: dict[tuple, list] = defaultdict(list)
+    for P, Q, acts, rest, ps in found:
+        by_skel[(_skeleton(_tgt_parts((P,))), _skeleton(_tgt_parts((Q,))), acts, rest)].append((P, Q, ps))
+    rules, used = [], set()
+    for (_, _, acts, rest), trees in by_skel.items():
+        members = [(_tgt_parts((P,)), _tgt_parts((Q,)), ps) for P, Q, ps in trees]
+        sols = _solve([_ints(m[0]) for m in members], [_ints(m[1]) for m in members]) if len(trees) > 1 else None
+        if sols is None:
+            built = [Rule((("lit", P), rest), (("lit", Q), ("rest",)), acts, ps) for P, Q, ps in trees]
+        else:
+            rule = _build(members, acts, sols, restrict=not _covers([P for P, _, _ in trees], keys))
+            built = [Rule(rule.src + (rest,), rule.tgt + (("rest",),), acts, [p for ps in rule.pairs for p in ps])]
+        rules += built
+        used |= {id(p) for _, _, ps in trees for p in ps}
     return rules, [p for p in pairs if id(p) not in used]
+
+
+def _covers(prefixes: list[str], keys: list[str]) -> bool:
+    """Whether every key under a prefix of this numbered shape is under one of `prefixes`
+    (then the rule's numbers need not be limited to the values seen)."""
+    shape = re.compile("".join(r"\d+" if t.isdigit() else re.escape(t) for t in tokens(prefixes[0])))
+    mine = set(prefixes)
+    for k in keys:
+        m = shape.match(k)
+        if m and len(k) > m.end() and k[:m.end()] not in mine:
+            return False
+    return True
 
 
 # ------------------------------------------------------------------ numbers

@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from .. import dtypes
 from ..plan import TensorInfo
 
 TOKEN = re.compile(r"[A-Za-z]+|[0-9]+|[^A-Za-z0-9]+")
@@ -21,6 +22,17 @@ INT_DTYPES = {"int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "u
 def tokens(key: str) -> list[str]:
     """`conv2_x__1_c1x1-a` -> conv 2 _x__ ... : letters, digits and separator runs."""
     return TOKEN.findall(key)
+
+
+def shared_ends(seqs: list) -> tuple[int, int]:
+    """Lengths of the prefix and of the (non-overlapping) suffix every sequence shares."""
+    p = 0
+    while all(len(t) > p for t in seqs) and len({t[p] for t in seqs}) == 1:
+        p += 1
+    q = 0
+    while all(len(t) > p + q for t in seqs) and len({t[-1 - q] for t in seqs}) == 1:
+        q += 1
+    return p, q
 
 
 def is_boundary(tok: str) -> bool:
@@ -80,7 +92,7 @@ class Side:
     def __post_init__(self) -> None:
         self.keys = list(self.infos)
         self.order = {k: i for i, k in enumerate(self.keys)}
-        self.ordered = len(self.keys) > 2 and self.keys != sorted(self.keys)
+        self.ordered = len(self.keys) > 2 and not _sorted(self.keys, self.infos)
         self.namespace, self.body = _namespaces(self.keys)
         self.leaf, self.module = _leaves(self.body)
         self.common = _common_prefix(list(self.body.values()))
@@ -94,6 +106,18 @@ class Side:
         for k in self.keys:
             out[self.module[k]].append(k)
         return dict(out)
+
+
+def _sorted(keys: list[str], infos: Mapping[str, TensorInfo]) -> bool:
+    """Whether the file order is only a sort: by name, or by item size then name as the
+    safetensors library writes its header (int64 counters first, then float32 ...)."""
+    if keys == sorted(keys):
+        return True
+    try:
+        by_size = sorted(keys, key=lambda k: (-dtypes.itemsize(infos[k].dtype), k))
+    except KeyError:  # a dtype the table does not know: no safetensors file
+        return False
+    return keys == by_size
 
 
 def _namespaces(keys: list[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -150,3 +174,16 @@ def similarity(a: str, b: str, subst: Mapping[str, str] | None = None) -> float:
         return 0.0
     ca, cb = Counter(wa), Counter(wb)
     return 2 * sum((ca & cb).values()) / (len(wa) + len(wb))
+
+
+def trigram_similarity(a: str, b: str) -> float:
+    """Dice overlap of the letter trigrams of two names, separators ignored."""
+    ta, tb = _trigrams(a), _trigrams(b)
+    if not ta or not tb:
+        return 0.0
+    return 2 * sum((ta & tb).values()) / (sum(ta.values()) + sum(tb.values()))
+
+
+def _trigrams(name: str) -> Counter:
+    letters = re.sub(r"[^a-z]", "", name.lower())
+    return Counter(letters[i:i + 3] for i in range(len(letters) - 2))

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..plan import TensorInfo
-from .keys import Side, canonical, is_counter, relation, similarity, words as _words
+from .keys import Side, canonical, is_counter, relation, similarity, trigram_similarity, words as _words
+from .numbering import against_number_order, align, families, split
 
 # How sure each kind of evidence is; a rule reports its weakest.
-STRENGTH = {"same name": 5, "sizes add up": 4, "only one of its shapes": 4, "next to a pair": 3,
-            "order": 2, "name similarity": 2}
+STRENGTH = {"same name": 5, "sizes add up": 4, "only one of its shapes": 4, "numbers move together": 3,
+            "next to a pair": 3, "order": 2, "name similarity": 2, "the last of its shapes": 2}
 OPTIMIZER_WORDS = {"momentum", "exp", "avg", "sq", "optimizer", "optim", "adam", "step", "state"}
 
 
@@ -104,7 +105,8 @@ class _Unit:
     id: str
     keys: list[str]
     pos: int
-    sig: tuple
+    sig: tuple      # its shapes up to transposes and size-1 dims
+    shapes: tuple   # its exact shapes
 
 
 class _State:
@@ -112,6 +114,7 @@ class _State:
         self.S, self.T, self.free_s, self.free_t, self.r = S, T, free_s, free_t, result
         self.ordered = S.ordered and T.ordered
         self.subst: dict[str, str] = {}
+        self.withheld_t: set[str] = set()   # candidates of an open family: no single tensor may take them
 
     # -------------------------------------------------------------- fused tensors
     def fused(self) -> None:
@@ -208,7 +211,7 @@ class _State:
 
     def tensors(self) -> None:
         su = self._units(self.S, self.free_s, by_module=False)
-        tu = self._units(self.T, self.free_t, by_module=False)
+        tu = self._units(self.T, self.free_t - self.withheld_t, by_module=False)
         for a, b, ev in self._assign(su, tu, module_level=False):
             sk, tk = a.keys[0], b.keys[0]
             self._add((sk,), (tk,), actions_for(self.S.infos[sk], self.T.infos[tk]), ev)
@@ -227,7 +230,8 @@ class _State:
             items = list(groups.items())
         else:
             items = [(side.name(k), [k]) for k in side.keys if k in free]
-        return [_Unit(i, ks, side.order[ks[0]], tuple(sorted(canonical(side.infos[k].shape) for k in ks)))
+        return [_Unit(i, ks, side.order[ks[0]], tuple(sorted(canonical(side.infos[k].shape) for k in ks)),
+                      tuple(sorted(tuple(side.infos[k].shape) for k in ks)))
                 for i, ks in items]
 
     def _norm(self, side: Side, text: str) -> str:
@@ -251,7 +255,9 @@ class _State:
             out.append((a, b, ev))
 
         what = "module" if module_level else "tensor"
-        # same name
+        fam_s, fam_t = families(su, self._namer(self.S)), families(tu, self._namer(self.T))
+        # same name, unless the numbers in it say otherwise
+        same = []
         for sig, (ss, ts) in classes.items():
             by_name = defaultdict(list)
             for b in ts:
@@ -260,7 +266,9 @@ class _State:
             for a in ss:
                 n = self._norm(self.S, a.id)
                 if n and seen[n] == 1 and len(by_name.get(n, ())) == 1:
-                    take(a, by_name[n][0], Evidence("same name", ""))
+                    same.append((a, by_name[n][0]))
+        for a, b in against_number_order(same, fam_s, fam_t):
+            take(a, b, Evidence("same name", ""))
         # the only one of its shapes
         for sig, (ss, ts) in classes.items():
             fs = [a for a in ss if id(a) not in paired_s]
@@ -295,6 +303,9 @@ class _State:
                     if count_s[ix] == 1 and count_t[iy] == 1:
                         take(x, y, Evidence("next to a pair", f"beside {a.id}"))
                         changed = True
+        # numbered families: numbers that move together, in any file order (after neighbours,
+        # which see the order both files agree on inside a block, as numbers cannot)
+        self._numbered(fam_s, fam_t, paired_s, paired_t, take, what)
         # rank within a class; name similarity when the counts differ
         for sig, (ss, ts) in classes.items():
             fs = sorted((a for a in ss if id(a) not in paired_s), key=lambda u: u.pos)
@@ -305,8 +316,7 @@ class _State:
                 for n, (a, b) in enumerate(zip(fs, ft), 1):
                     take(a, b, Evidence("order", f"{n} of {len(fs)} {what}s {_sig_text(sig)} in file order"))
                 continue
-            sims = {(id(a), id(b)): similarity(self._norm(self.S, a.id), self._norm(self.T, b.id), self.subst)
-                    for a in fs for b in ft}
+            sims = {(id(a), id(b)): self._similarity(a, b) for a in fs for b in ft}
             for a in fs:
                 ranked = sorted(ft, key=lambda b: -sims[(id(a), id(b))])
                 best = ranked[0]
@@ -315,10 +325,14 @@ class _State:
                 back = max(sims[(id(x), id(best))] for x in fs if x is not a) if len(fs) > 1 else 0.0
                 if id(best) not in paired_t and s1 >= 0.5 and s1 - s2 >= 0.2 and s1 - back >= 0.2:
                     take(a, best, Evidence("name similarity", f"{s1:.2f}, next best {max(s2, back):.2f}"))
-            if module_level:
-                continue  # single tensors get another chance
             fs = [a for a in fs if id(a) not in paired_s]
             ft = [b for b in ft if id(b) not in paired_t]
+            if len(fs) == 1 and len(ft) == 1 and len(ss) == len(ts) and \
+                    all(id(a) in paired_s and paired_s[id(a)] is not None for a in ss if a is not fs[0]):
+                take(fs[0], ft[0], Evidence("the last of its shapes", f"every other {what} {_sig_text(sig)} is paired"))
+                continue
+            if module_level:
+                continue  # single tensors get another chance
             if fs and ft:
                 why = (f"{len(fs)} source and {len(ft)} target tensors of shape {_sig_text(sig)}; "
                        + ("no name or order tells them apart" if not self.ordered
@@ -328,6 +342,58 @@ class _State:
                     self.free_s.difference_update(a.keys)
                     self.r.dropped[a.keys[0]] = "undecided: see the suggestion below"
         return out
+
+    @staticmethod
+    def _pattern(side: Side, fam, key: str) -> str:
+        """A family's key as a suggestion shows it: `layers.#.feed_forward.w1.weight`."""
+        name = side.name(key)
+        leaf = side.leaf[key] if name.endswith(side.leaf[key]) and not fam.skel.endswith(side.leaf[key]) else ""
+        return side.common + fam.skel + leaf
+
+    @staticmethod
+    def _namer(side: Side):
+        return lambda u: u.id[len(side.common):] if u.id.startswith(side.common) else u.id
+
+    def _numbered(self, fam_s, fam_t, paired_s: dict, paired_t: dict, take, what: str) -> None:
+        """Pair numbered families member by member (numbering.py); hold back the families
+        whose counterpart names and shapes leave open, as one suggestion each."""
+        # whole families first, then with the sub-families where a number acts as a name; what
+        # the second pass leaves open is open for good
+        for fs_, ft_ in ((fam_s, fam_t), (fam_s + split(fam_s), fam_t + split(fam_t))):
+            links, undecided = align(fs_, ft_, paired_s, paired_t)
+            for link in links:
+                ev = Evidence("numbers move together", link.detail(self.S.common, self.T.common))
+                for a, b in zip(link.fs.members, link.ft.members):
+                    if id(a) not in paired_s:
+                        take(a, b, ev)
+        for fs, cands in undecided:
+            free = [a for a in fs.members if id(a) not in paired_s]
+            cands = [ft for ft in cands if not any(paired_t.get(id(b)) is not None for b in ft.members)]
+            if not free or len(cands) < 2:
+                continue
+            sources = tuple(self._pattern(self.S, fs, k) for k in free[0].keys)
+            targets = tuple(self._pattern(self.T, ft, k) for ft in cands for k in ft.members[0].keys)
+            why = (f"{len(fs.members)} {what}s each, numbered alike; names and shapes do not tell "
+                   f"{len(cands)} families apart")
+            self.r.suggestions.append(Suggestion(sources, targets, why))
+            for a in free:
+                paired_s[id(a)] = None
+                self.free_s.difference_update(a.keys)
+                for k in a.keys:
+                    self.r.dropped[k] = "undecided: see the suggestion below"
+            for ft in cands:
+                for b in ft.members:
+                    paired_t.setdefault(id(b), None)
+                    self.withheld_t.update(b.keys)
+
+    def _similarity(self, a: _Unit, b: _Unit) -> float:
+        """Word overlap; for names without numbers (embeddings, heads) also letter trigrams,
+        which see `embed_tokens` in `tok_embeddings`. Numbered names are left to the numbers."""
+        na, nb = self._norm(self.S, a.id), self._norm(self.T, b.id)
+        sim = similarity(na, nb, self.subst)
+        if not any(c.isdigit() for c in na + nb):
+            sim = max(sim, trigram_similarity(na, nb))
+        return sim
 
     # -------------------------------------------------------------- leaves inside a module pair
     def _local_leaves(self, a: _Unit, b: _Unit) -> list[tuple[str, str]] | None:

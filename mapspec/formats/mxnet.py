@@ -267,6 +267,7 @@ class MXNetSink:
 
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         self.atomic = AtomicPath(path)
+        self.provenance = metadata
         self.infos = dict(outputs)
         self.file = self.atomic.open("wb")
         self.file.write(struct.pack("<QQQ", FILE_MAGIC, 0, len(outputs)))
@@ -294,6 +295,8 @@ class MXNetSink:
         if set(self.offsets) - self.written:
             raise RuntimeError("MXNet sink closed with tensors unwritten")
         self.file.close()
+        if self.provenance is not None:  # the container has no free field: a sidecar
+            self.provenance.write_sidecar(self.atomic.final)
         self.atomic.commit()
 
     def abort(self) -> None:

@@ -88,8 +88,8 @@ class NpzSource:
         return dtypes.check_shape(shape, where), bool(fortran), dt, header
 
     def _tags(self, info, shape, dt, header, where) -> dict[str, str]:
-        if shape != () or dt.kind != "U" or info.file_size > MAX_TAGS:
-            raise CheckpointError(f"{where} is not mapspec's dtype table (a 0-d string)")
+        if shape != () or dt.kind != "U" or info.file_size > MAX_TAGS or header + dt.itemsize != info.file_size:
+            raise CheckpointError(f"{where} is not mapspec's dtype table (a 0-d string of its member's size)")
         raw = self._data(info, header, dt.itemsize, where)
         try:
             tags = json.loads(raw.view(dt)[0])
@@ -141,6 +141,7 @@ class NpzSink:
 
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         self.atomic = AtomicPath(path)
+        self.provenance = metadata
         self.infos = dict(outputs)
         self.zip = zipfile.ZipFile(self.atomic.open("wb"), "w", zipfile.ZIP_STORED, allowZip64=True)
 
@@ -153,6 +154,8 @@ class NpzSink:
         if tagged:
             with self.zip.open(DTYPES_MEMBER + ".npy", "w") as f:
                 np.lib.format.write_array(f, np.array(json.dumps(tagged)), allow_pickle=False)
+        if self.provenance is not None:  # the archive comment: np.load lists members only
+            self.zip.comment = self.provenance.json().encode()
         self.zip.close()
         self.atomic.commit()
 

@@ -25,6 +25,7 @@ import numpy as np
 from .. import dtypes
 from ..errors import CheckpointError, UsageError
 from ..plan import TensorInfo
+from ..provenance import RECORD
 from .base import AtomicPath
 from .reading import RegularFile, clip, read_small, shown
 from .unpickle import MAX_DEPTH, MAX_NODES, MAX_PICKLE, Budget, StandIn, unpickle
@@ -165,6 +166,7 @@ class OneflowSink:
             raise UsageError(f"OneFlow checkpoints cannot hold {', '.join(bad)} tensors")
         self.final = Path(path)
         self.atomic = AtomicPath(self.final, directory=True)
+        self.provenance = metadata
         self.infos = dict(outputs)
         self.paths = {name: f"tensor_{i}" for i, name in enumerate(outputs)}
         data = OrderedDict((name, _Tensor(p)) for name, p in self.paths.items())
@@ -179,7 +181,9 @@ class OneflowSink:
         (folder / "out").write_bytes(dtypes.raw(array, self.infos[name].dtype))
 
     def commit(self) -> None:
-        self.atomic.commit()
+        if self.provenance is not None:  # flow.load reads only what the pickle names
+            (self.atomic.tmp / RECORD).write_text(self.provenance.json(), encoding="utf-8")
+        self.atomic.commit()  # replacing an earlier output only with --force
 
     def abort(self) -> None:
         self.atomic.abort()

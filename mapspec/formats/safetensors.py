@@ -173,11 +173,12 @@ class SafetensorsSource:
 
 
 class SafetensorsSink:
-    def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata: dict[str, str] | None = None):
+    def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         self.atomic = AtomicPath(path)
+        self.provenance = metadata
         # Larger items first, then by name, as the library orders them: every tensor stays aligned.
         order = sorted(outputs, key=lambda k: (-dtypes.itemsize(outputs[k].dtype), k))
-        header: dict = {"__metadata__": metadata or {"format": "pt"}}
+        header: dict = {"__metadata__": self._metadata(final=False)}
         self.offsets: dict[str, int] = {}
         self.infos = dict(outputs)
         pos = 0
@@ -187,13 +188,23 @@ class SafetensorsSink:
                             "data_offsets": [pos, pos + info.nbytes]}
             self.offsets[name] = pos
             pos += info.nbytes
-        blob = json.dumps(header, separators=(",", ":")).encode()
-        blob += b" " * (-len(blob) % 8)
+        self.header = header
+        blob = self._blob()
         self.base = 8 + len(blob)
         self.file = self.atomic.open("wb")
         self.file.write(struct.pack("<Q", len(blob)) + blob)
         self.file.truncate(self.base + pos)
         self.written: set[str] = set()
+
+    def _metadata(self, final: bool) -> dict[str, str]:
+        meta = {"format": "pt"}
+        if self.provenance is not None:
+            meta.update(self.provenance.strings(final))
+        return meta
+
+    def _blob(self) -> bytes:
+        blob = json.dumps(self.header, separators=(",", ":")).encode()
+        return blob + b" " * (-len(blob) % 8)
 
     def write(self, name: str, array: np.ndarray) -> None:
         self.file.seek(self.base + self.offsets[name])
@@ -204,6 +215,14 @@ class SafetensorsSink:
         missing = set(self.offsets) - self.written
         if missing:
             raise RuntimeError(f"safetensors sink closed with {len(missing)} tensors unwritten")
+        if self.provenance is not None:
+            # The header went out first with the source's sha256 as a same-length placeholder.
+            self.header["__metadata__"] = self._metadata(final=True)
+            blob = self._blob()
+            if 8 + len(blob) != self.base:  # pragma: no cover - the placeholder has the same length
+                raise RuntimeError("safetensors metadata changed length")
+            self.file.seek(8)
+            self.file.write(blob)
         self.file.close()
         self.atomic.commit()
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import CheckpointError, UsageError
 from ..plan import TensorInfo
+from ..provenance import RECORD
 from .base import AtomicPath
 from .reading import brief
 from .torch_pickle import StandIn, Tensor, load
@@ -175,6 +176,7 @@ class TorchSink:
         if unsupported:
             raise UsageError(f"torch files cannot hold {', '.join(unsupported)} tensors")
         self.atomic = AtomicPath(path)
+        self.provenance = metadata
         self.infos = dict(outputs)
         self.keys = {name: str(i) for i, name in enumerate(outputs)}
         state = OrderedDict(
@@ -206,6 +208,9 @@ class TorchSink:
         if set(self.infos) - self.written:
             raise RuntimeError("torch sink closed with tensors unwritten")
         with _write_errors():
+            if self.provenance is not None:  # a record the pickle does not name: torch.load skips it
+                record = self.provenance.json().encode()
+                self.writer.write_record(RECORD, record, len(record))
             self.writer.write_end_of_file()
         self.writer = None
         self.atomic.commit()

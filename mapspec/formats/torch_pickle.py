@@ -176,7 +176,7 @@ class _TorchGlobals:
             if name == "_rebuild_tensor_v3":
                 return self.rebuild_v3
             if name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
-                return _rebuild_parameter
+                return self.rebuild_parameter
             if name in UNSUPPORTED_REBUILDS:
                 raise self.unsupported(UNSUPPORTED_REBUILDS[name], f"torch._utils.{name}")
         if module == "torch.serialization" and name == "_get_layout":
@@ -236,6 +236,13 @@ class _TorchGlobals:
             raise CheckpointError(f"{self.path}: a tensor without a storage")
         return self._rebuild(storage, offset, size, stride, storage.dtype)
 
+    def rebuild_parameter(self, data, requires_grad=False, *_rest):
+        # A bound method, like every callable handed to the unpickler: BUILD cannot set
+        # attributes on it (on a plain function it could, for the whole process).
+        if isinstance(data, Tensor):
+            data.requires_grad = bool(requires_grad)
+        return data
+
     def rebuild_v3(self, storage, offset, size, stride, requires_grad, hooks, dtype, *_rest) -> Tensor:
         if not isinstance(dtype, _TorchDtype):
             raise CheckpointError(f"{self.path}: a tensor whose dtype is not a torch dtype")
@@ -284,12 +291,6 @@ def _int(value, path: Path) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2 ** 63:
         raise CheckpointError(f"{path}: corrupt tensor offset {shown(value)}")
     return value
-
-
-def _rebuild_parameter(data, requires_grad=False, *_rest):
-    if isinstance(data, Tensor):
-        object.__setattr__(data, "requires_grad", bool(requires_grad))
-    return data
 
 
 # ------------------------------------------------------------------ files

@@ -104,6 +104,7 @@ def _count(text: bytes) -> int:
 class WtsSink:
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         self.atomic = AtomicPath(path)
+        self.provenance = metadata
         self.infos = dict(outputs)
         self.file = self.atomic.open("w", encoding="ascii", newline="\n")
         self.file.write(f"{len(outputs)}\n")
@@ -118,6 +119,8 @@ class WtsSink:
 
     def commit(self) -> None:
         self.file.close()
+        if self.provenance is not None:  # every line of a .wts is a weight: a sidecar
+            self.provenance.write_sidecar(self.atomic.final)
         self.atomic.commit()
 
     def abort(self) -> None:
