@@ -58,3 +58,22 @@ def test_mutated_checkpoints_of_every_format(tmp_path, runner):
 
 def test_mutated_specs(tmp_path, runner):
     assert assert_clean(spec_cases(tmp_path, SEED, SPEC_CASES), runner) == SPEC_CASES
+
+
+# ---------------------------------------------------------------- what the long campaign found
+
+def test_mxnet_names_holding_nul_are_refused(tmp_path):
+    """Found by `tests.fuzz.run --seed 43`: mx.nd.load cuts a name at NUL ('\\x07'), mapspec
+    kept it whole ('\\x07\\x00\\x00\\x00ids'); the two readings disagreed, so neither is given."""
+    import numpy as np
+
+    from mapspec.errors import CheckpointError
+    from mapspec.formats import open_sink, open_source
+    from mapspec.plan import TensorInfo
+
+    path = tmp_path / "nul.params"
+    sink = open_sink(path, "mxnet", {"a\0ids": TensorInfo((2,), "float32")})
+    sink.write("a\0ids", np.ones(2, np.float32))
+    sink.commit()
+    with pytest.raises(CheckpointError, match="name 0 at byte .* holds a NUL character"):
+        open_source(path)

@@ -200,6 +200,8 @@ class MXNetSource:
                 names.append(cur.take(length, f"name {i}").decode("utf-8"))
             except UnicodeDecodeError:
                 raise CheckpointError(f"{self.path}: name {i} at byte {length_at + 8} is not UTF-8") from None
+            if "\0" in names[-1]:  # mxnet's own loader cuts a name there: neither reading would be sure
+                raise CheckpointError(f"{self.path}: name {i} at byte {length_at + 8} holds a NUL character")
         if not names:  # mx.nd.save of a list: positions are the names
             names = [str(i) for i in range(count)]
         if len(set(names)) != len(names):

@@ -19,12 +19,13 @@ from .campaign import mutation_cases, pickle_cases, spec_cases
 from .harness import Runner
 
 
-def run(cases, runner: Runner, batch: int = 50) -> tuple[int, list]:
+def run(cases, runner: Runner, notes: Counter, batch: int = 50) -> tuple[int, list]:
     findings, total = [], 0
     cases = iter(cases)
     while chunk := list(itertools.islice(cases, batch)):
         for verdict in runner.run_all(chunk):
             total += 1
+            notes.update(verdict.notes)
             if not verdict.clean:
                 findings.append(verdict)
                 print(verdict, flush=True)
@@ -50,14 +51,17 @@ def main(argv: list[str] | None = None) -> int:
         groups.append(("spec mutations", spec_cases(base / "specs", args.seed, max(1, args.cases // 5))))
         summary = []
         all_findings = []
+        notes: Counter = Counter()
         for name, cases in groups:
-            total, findings = run(cases, runner)
+            total, findings = run(cases, runner, notes)
             summary.append(f"{name}: {total} cases, {total - len(findings)} clean")
             all_findings += findings
     print("\n".join(summary))
     kinds = Counter(p for v in all_findings for p in v.problems)
     for problem, n in kinds.most_common():
         print(f"  {n:5d}  {problem}")
+    for note, n in notes.most_common():  # divergences from a non-reference library: not failures
+        print(f"  note: {n} x {note}")
     print(f"{time.monotonic() - start:.0f} s" + (f"; cases kept in {base}" if args.keep else ""))
     if not args.keep:
         import shutil
