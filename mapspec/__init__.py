@@ -18,14 +18,14 @@ from .inspect import inspect_checkpoint
 from .invert import Inversion, NotInvertible, invert_spec
 from .load import LoadReport, load_into
 from .parser import parse_spec
-from .plan import Plan, Step, TensorInfo, compile_spec
+from .plan import Plan, Step, TensorInfo, UnusedRule, compile_spec
 from .remap import remap
 from .verify import Verification, verify_against, verify_roundtrip
 
 from .version import __version__
 
 __all__ = [
-    "CheckpointError", "ConversionError", "Draft", "MapspecError", "Plan", "PlanError", "Report", "Span",
+    "CheckpointError", "ConversionError", "Draft", "MapspecError", "Plan", "PlanError", "UnusedRule", "Report", "Span",
     "SpecError", "SpecSyntaxError", "Step", "TensorInfo", "UsageError", "apply", "check_spec",
     "compile_spec", "draft_spec", "inspect_checkpoint", "load_into", "LoadReport", "open_source", "parse_spec",
     "plan_for", "read_infos", "remap", "__version__", "Inversion", "NotInvertible", "invert_spec", "Verification",

@@ -174,7 +174,7 @@ TargetOpt = Annotated[Optional[str], typer.Option(
 SelectOpt = Annotated[Optional[str], typer.Option(
     "--select", help="Convert only this sub-tree (e.g. model, ema); '' for the whole file.")]
 EpochOpt = Annotated[Optional[int], typer.Option(
-    "--epoch", help="MXNet: CHECKPOINT is a prefix; read PREFIX-EPOCH.params (epoch 0: PREFIX-0000.params).")]
+    "--epoch", min=0, help="MXNet: CHECKPOINT is a prefix; read PREFIX-EPOCH.params (epoch 0: PREFIX-0000.params).")]
 FitOpt = Annotated[Fit, typer.Option(
     "--fit", help="With --target: strict (same keys and shapes), shape (keep what fits by name and shape) "
     "or drop (leave out --drop patterns, fit the rest strictly).")]
@@ -188,7 +188,15 @@ ParamOpt = Annotated[Optional[list[str]], typer.Option("-p", "--param", help=PAR
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help=CONFIG_HELP)]
 
 
+def _check_fit(target, fit: Fit, drop) -> None:
+    """--fit and --drop only mean something with --target: never ignore them silently."""
+    if target is None and (fit is not Fit.strict or drop):
+        raise UsageError(f"{'--drop' if drop else '--fit ' + fit.value} says how the output meets --target; "
+                         "give --target too")
+
+
 def _plan(spec, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules, param=None, config=None):
+    _check_fit(target, fit, drop)
     return plan_for(spec, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict,
                     fit=fit.value, drop=tuple(drop or ()), strict_rules=strict_rules,
                     params=_params(param or []), config=config)
@@ -228,6 +236,9 @@ def apply(
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
 
+    _check_fit(target, fit, drop)
+    if lossy and not reverse:
+        raise UsageError("--lossy goes with --reverse (a forward conversion casts as the spec says)")
     parsed = parse_spec(spec)
     err = Console(stderr=True)
     with Progress(TextColumn("converting"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -275,7 +286,8 @@ def check(
     rest = checkpoint or []
     if all(p.suffix == ".map" for p in rest):  # specs only: each on its own
         if target is not None:
-            raise SpecError("--target needs a CHECKPOINT to compile against")
+            raise UsageError("--target needs a CHECKPOINT to compile against")
+        _check_fit(target, fit, drop)
         for path in [spec, *rest]:
             parsed = parse_spec(path)
             check_spec(parsed, params=_params(param or []), config=config)
@@ -322,17 +334,28 @@ def diff(
     new: Annotated[Path, typer.Argument(help="The spec as it is now.", show_default=False, metavar="NEW")],
     checkpoint: CheckpointArg,
     fmt: Annotated[DiffFormat, typer.Option("--format", help="text or json.")] = DiffFormat.text,
-    exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 1 when an output changes.")] = False,
+    exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 1 when an output changes (rule and "
+                                            "parameter changes no output shows do not count).")] = False,
     select: SelectOpt = None,
     epoch: EpochOpt = None,
     non_strict: NonStrictOpt = False,
+    param: Annotated[Optional[list[str]], typer.Option("-p", "--param", help=PARAM_HELP + " Each spec takes the "
+                                                       "parameters it declares.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
-    """Show which outputs change (names, shapes, actions, sources) between two versions of a spec."""
+    """Show which outputs change (names, shapes, actions, sources) between two versions of a spec,
+    then the rule and parameter changes that change no output."""
     from .diff import diff_plans
 
-    plans = [_plan(parse_spec(p), checkpoint, None, select, epoch, Fit.strict, None, non_strict, False)
-             for p in (old, new)]
-    d = diff_plans(*plans)
+    specs = [parse_spec(p) for p in (old, new)]
+    given = _params(param or [])
+    declared = [{d.name for d in s.definitions} for s in specs]
+    # a parameter only one version declares goes to that one; a name neither declares, to NEW (its error)
+    values = [{k: v for k, v in given.items() if k in declared[0]},
+              {k: v for k, v in given.items() if k in declared[1] or k not in declared[0]}]
+    plans = [plan_for(s, checkpoint, select=select, epoch=epoch, strict=not non_strict, params=v, config=config)
+             for s, v in zip(specs, values)]
+    d = diff_plans(*plans, *specs)
     sys.stdout.write(render.diff_text(d, fmt.value))
     if exit_code and d.changes:
         raise typer.Exit(1)
@@ -440,14 +463,14 @@ def verify(
     against: Annotated[Optional[Path], typer.Option(
         "--against", help="Compare with this checkpoint, converted another way. Without it: convert forward, "
         "then back, and compare with CHECKPOINT.", show_default=False)] = None,
-    atol: Annotated[float, typer.Option("--atol", help="With --against: absolute tolerance.")] = 0.0,
-    rtol: Annotated[float, typer.Option("--rtol", help="With --against: relative tolerance (of the "
+    atol: Annotated[float, typer.Option("--atol", min=0.0, help="With --against: absolute tolerance.")] = 0.0,
+    rtol: Annotated[float, typer.Option("--rtol", min=0.0, help="With --against: relative tolerance (of the "
                                         "reference).")] = 0.0,
     select: SelectOpt = None,
     epoch: EpochOpt = None,
     lossy: Annotated[bool, typer.Option("--lossy", help="Round trip: invert lossy casts anyway (they will "
                                         "differ).")] = False,
-    worst: Annotated[int, typer.Option("--worst", help="How many of the worst tensors to list.")] = 10,
+    worst: Annotated[int, typer.Option("--worst", min=0, help="How many of the worst tensors to list.")] = 10,
     param: ParamOpt = None,
     config: ConfigOpt = None,
 ) -> None:

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Mapping
 
 from .hints import PatternIndex, fold, glob_of, pair_by_name, plural
-from .matcher import Ambiguous, Matcher
+from .matcher import Ambiguous, Entry, Matcher
 from .rules import RenameRule, Spec
 
 if TYPE_CHECKING:
@@ -45,8 +45,29 @@ def _match(matcher: Matcher, key: str):
         return amb.first, {}
 
 
-def _finding(key: str, spec: Spec, matcher: Matcher, index: PatternIndex):
-    """(fold key, description of one) for an unmatched key."""
+def _finding(key: str, spec: Spec, matcher: Matcher, index: PatternIndex, copies: Matcher | None):
+    """(fold key, description of one) for an unmatched key. A copy that reads the key is named
+    (a copy never covers its key); the catch-all is never offered as the rule the key missed
+    (it takes what no rule matches, however broad its pattern)."""
+    found = _closest(key, spec, matcher, index)
+    copy = _match(copies, key) if copies is not None else None
+    if copy is not None:  # the key is known to the spec: say what is missing, then any near miss
+        line = spec.rules[copy[0].rule].span.line
+        what = (f"the copy at line {line} reads it, but a copy is one more output, not the key's own rule: "
+                "add one (a rename, or 'keep @DROP@')")
+        if found is not None and found[0][0] in ("prefix", "last"):
+            return found[0] + ("copy", line), f"{what}; or {found[1]}"
+        return ("copy", line, key.rsplit(".", 1)[-1]), what
+    if found is not None:
+        return found
+    last = ("last", key.rsplit(".", 1)[-1])
+    fallback = next((r for r in spec.rules if r.otherwise), None)  # (only one with a pattern leaves keys over)
+    also = (f", and the catch-all at line {fallback.span.line} takes only "
+            f"{' | '.join(p.text for p in _patterns(fallback))}") if fallback is not None else ""
+    return last, f"no rule comes close{also}: add a rule, or add 'drop @DROP@'"
+
+
+def _closest(key: str, spec: Spec, matcher: Matcher, index: PatternIndex):
     for variant, (old, new) in _prefix_variants(key):
         hit = _match(matcher, variant)
         if hit is not None:
@@ -73,7 +94,7 @@ def _finding(key: str, spec: Spec, matcher: Matcher, index: PatternIndex):
             edits = ", ".join(f"'{t}' in place of '{k}'" for k, t in diffs)
             return ("close", rule.span, pattern.text, tuple(t for _, t in diffs)), f"closest rule: {where} has {edits}"
         return ("near", rule.span, pattern.text), f"closest rule: {where}"
-    return ("last", last), "no rule comes close: add a rule, or add 'drop @DROP@'"
+    return None
 
 
 def _widen(where: str, segment: str, last: str) -> str:
@@ -93,8 +114,11 @@ def unmatched_lines(unmatched: list[str], spec: Spec, matcher: Matcher, tables: 
                     missing: Mapping[str, TensorInfo] | None = None) -> list[str]:
     """One line per kind of problem; with a target, the target key no output produces that
     each (first) key most likely is (same shape, similar name)."""
-    index = PatternIndex(((p, r) for r in spec.rules for p in _patterns(r)), tables)
-    findings = [(key,) + _finding(key, spec, matcher, index) for key in unmatched]
+    ordinary = [(ri, r) for ri, r in enumerate(spec.rules) if not r.otherwise and not getattr(r, "is_copy", False)]
+    index = PatternIndex(((p, r) for _, r in ordinary for p in _patterns(r)), tables)
+    copies = [Entry(ri, 0, r.sources[0]) for ri, r in enumerate(spec.rules) if getattr(r, "is_copy", False)]
+    copy_matcher = Matcher(copies, tables) if copies else None
+    findings = [(key,) + _finding(key, spec, matcher, index, copy_matcher) for key in unmatched]
     counterpart = {}
     if keys and missing:
         left = [(k, keys[k]) for k in unmatched]

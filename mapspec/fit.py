@@ -112,9 +112,11 @@ def compare(produced: Mapping[str, "TensorInfo"], target: Target | Mapping) -> T
 
 def fit(produced: Mapping[str, "TensorInfo"], target: Target | Mapping, mode: str = "strict",
         drop: Iterable[str] = (), origin: Mapping[str, Span] | None = None,
-        api: bool = False) -> tuple[list[str], TargetReport]:
+        api: bool = False, roles: Mapping[Span, str] | None = None) -> tuple[list[str], TargetReport]:
     """The outputs to keep and how they meet the target; raises ConversionError (with what
-    each problem most likely should have been, and how to fix it) when they do not fit."""
+    each problem most likely should have been, and how to fix it) when they do not fit.
+    `origin` names the rule of each output; `roles` marks the rules that are a "copy" or the
+    catch-all ("otherwise"), whose fixes differ."""
     drop = tuple(drop)
     if mode not in MODES:
         raise ConversionError(f"unknown fit '{mode}' ({', '.join(MODES)})")
@@ -132,20 +134,27 @@ def fit(produced: Mapping[str, "TensorInfo"], target: Target | Mapping, mode: st
         report.target_count, report.filled)
     if not problems.ok:
         raise ConversionError("the output does not match the target" if not api else
-                              "the checkpoint does not fit the model", explain(problems, origin or {}, api))
+                              "the checkpoint does not fit the model", explain(problems, origin or {}, api, roles or {}))
     return kept, report
 
 
 # ------------------------------------------------------------------ explaining a misfit
 
-def _rule(origin: Mapping[str, Span], key: str) -> str:
+ROLE_NAMES = {"copy": "copy", "otherwise": "catch-all"}
+
+
+def _rule(origin: Mapping[str, Span], key: str, roles: Mapping[Span, str]) -> str:
     span = origin.get(key)
-    return f" (rule at line {span.line})" if span else ""
+    return f" ({ROLE_NAMES.get(roles.get(span), 'rule')} at line {span.line})" if span else ""
 
 
-def explain(report: TargetReport, origin: Mapping[str, Span], api: bool = False) -> list[str]:
+def explain(report: TargetReport, origin: Mapping[str, Span], api: bool = False,
+            roles: Mapping[Span, str] | None = None) -> list[str]:
     """Lines pairing each unexpected output with the missing target key it most likely
-    should have been (same shape, most similar name), repeated findings folded into one."""
+    should have been (same shape, most similar name), repeated findings folded into one.
+    An output a copy wrote is fixed in the copy (a drop rule would not remove it); one the
+    catch-all wrote, by a rule of its own for those keys."""
+    roles = roles or {}
     out: list[str] = []
     pairs = pair_by_name(report.unexpected, report.missing, lambda a, b: tuple(a.shape) == tuple(b.shape))
     paired_u = {i for i, _ in pairs}
@@ -154,8 +163,9 @@ def explain(report: TargetReport, origin: Mapping[str, Span], api: bool = False)
     for group in fold(found, lambda f: (origin.get(f[0]), replacements(f[0], f[1]))):
         produced, wanted, info = group[0]
         span = origin.get(produced)
-        edits = ", ".join(f"'{a}' where the target has '{b}'" for a, b in replacements(produced, wanted))
-        who = f"the rule at line {span.line} writes" if span else "the output has"
+        edits = (", ".join(f"'{a}' where the target has '{b}'" for a, b in replacements(produced, wanted))
+                 or f"'{produced}' where the target has '{wanted}'")  # (they differ only in separators)
+        who = f"the {ROLE_NAMES.get(roles.get(span), 'rule')} at line {span.line} writes" if span else "the output has"
         if len(group) == 1:
             out.append(f"not in the target: {produced} {format_shape(info.shape)}, most likely "
                        f"missing from the output: {wanted} (same shape): {who} {edits}")
@@ -175,22 +185,29 @@ def explain(report: TargetReport, origin: Mapping[str, Span], api: bool = False)
     for group in fold(unexpected, lambda u: origin.get(u[0])):
         if len(group) == 1:
             k, i = group[0]
-            out.append(f"not in the target: {k} {format_shape(i.shape)}{_rule(origin, k)}")
+            out.append(f"not in the target: {k} {format_shape(i.shape)}{_rule(origin, k, roles)}")
         else:
             out.append(f"not in the target: {plural(len(group), 'output')} like {glob_of([k for k, _ in group])}"
-                       f"{_rule(origin, group[0][0])} (e.g. {group[0][0]} {format_shape(group[0][1].shape)})")
+                       f"{_rule(origin, group[0][0], roles)} (e.g. {group[0][0]} {format_shape(group[0][1].shape)})")
     for k, p, t in report.mismatched:
         out.append(f"shape mismatch: {k} produced {format_shape(p.shape)}, target {format_shape(t.shape)}"
-                   f"{_rule(origin, k)}")
-    out.append(_how_to_fix(report, bool(pairs), missing, unexpected, api))
+                   f"{_rule(origin, k, roles)}")
+    fixed_by = lambda k: roles.get(origin.get(k))  # noqa: E731
+    out.append(_how_to_fix(report, [fixed_by(report.unexpected[i][0]) for i in paired_u],
+                           missing, [(u, fixed_by(u[0])) for u in unexpected], api, origin))
     return out
 
 
-def _how_to_fix(report: TargetReport, paired: bool, missing, unexpected, api: bool) -> str:
+def _how_to_fix(report: TargetReport, paired: list, missing, unexpected, api: bool, origin) -> str:
     tips = []
     if paired:
-        tips.append("correct the rules named above")
-    if unexpected:
+        tips.append("correct the rules named above" + (" (the catch-all's keys need a rule of their own)"
+                                                        if "otherwise" in paired else ""))
+    copies = sorted({origin[u[0]].line for u, role in unexpected if role == "copy"})
+    if copies:
+        tips.append(f"remove the copy at line{'s' if len(copies) > 1 else ''} {', '.join(map(str, copies))} "
+                    "(what it writes is not in the target)")
+    if any(role != "copy" for _, role in unexpected):
         tips.append("drop what the target does not hold (a 'drop' rule)")
     left_out = [k for k, _ in missing] + [k for k, _, _ in report.mismatched]
     if left_out:

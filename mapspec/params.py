@@ -40,6 +40,7 @@ from .rules import (
     Tuple,
     Word,
     expr_names,
+    expr_text,
 )
 
 
@@ -235,24 +236,6 @@ def _first_span(expr):
     if isinstance(expr, Neg):
         return _first_span(expr.operand)
     return None
-
-
-_PREC = {"+": 1, "-": 1, "*": 2, "//": 2, "%": 2}
-
-
-def expr_text(expr, parent: int = 0, right: bool = False) -> str:
-    """An expression as written (canonical spacing)."""
-    if isinstance(expr, Num):
-        return str(expr.value)
-    if isinstance(expr, Ref):
-        return expr.name
-    if isinstance(expr, Neg):
-        return "-" + expr_text(expr.operand, 3)
-    if isinstance(expr, Lookup):
-        return f"{expr.table}[{expr_text(expr.key)}]"
-    prec = _PREC[expr.op]
-    s = f"{expr_text(expr.left, prec)} {expr.op} {expr_text(expr.right, prec, True)}"
-    return f"({s})" if prec < parent or (right and prec == parent) else s
 
 
 class _Substitute:

@@ -8,9 +8,10 @@ tensor is read.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 from . import actions as act
 from . import fit as fitting
@@ -20,7 +21,8 @@ from .errors import ConversionError, PlanError, Span, SpecError
 from .fit import TargetReport
 from .matcher import Ambiguous, Entry, Matcher
 from .params import Binding, Config, bind_all, raise_all
-from .rules import BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst, expr_names
+from .rules import (BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst, expr_names,
+                    rule_text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,16 @@ class TensorInfo:
         from .dtypes import nbytes
 
         return nbytes(self.shape, self.dtype)
+
+
+class UnusedRule(NamedTuple):
+    """A rule that matched no key: where it is and what it says."""
+
+    rule: Span
+    text: str
+
+    def to_json(self) -> dict:
+        return {"rule": _where(self.rule), "text": self.text}
 
 
 class Step(NamedTuple):
@@ -70,7 +82,7 @@ class Plan:
     unmatched: tuple[str, ...]
     source_count: int
     target_report: "TargetReport | None" = None
-    unused: tuple[Span, ...] = ()  # rules that matched no key
+    unused: tuple[UnusedRule, ...] = ()  # rules that matched no key
     params: tuple[Binding, ...] = ()
     fallback: Span | None = None  # the `otherwise` rule, if the spec has one
     copied: tuple[str, ...] = ()  # outputs written by `copy` rules (a source read twice)
@@ -92,6 +104,7 @@ class Plan:
             **({"params": {b.name: b.to_json() for b in self.params}} if self.params else {}),
             **({"otherwise": _where(self.fallback)} if self.fallback else {}),
             **({"copied": list(self.copied)} if self.copied else {}),
+            **({"unused_rules": [u.to_json() for u in self.unused]} if self.unused else {}),
             "steps": [s.to_json() for s in self.steps],
             "dropped": [{"key": k, "rule": _where(s)} for k, s in self.dropped],
             "unmatched": list(self.unmatched),
@@ -139,6 +152,7 @@ def compile_spec(
     whose name and shape the target has), or "drop" (leave out outputs matching the `drop`
     globs; the rest must fit, and what the target then misses must match the globs too). A rule
     that matches no key is listed in `Plan.unused`, or is an error with `strict_rules`."""
+    written = spec  # as the author wrote it (parameters by name): how its rules are quoted back
     spec, bindings, errors, tainted = bind_all(spec, params, config)
     check_bound(spec, errors, tainted)
     tables = {t.name: t.mapping() for t in spec.tables}
@@ -160,6 +174,7 @@ def compile_spec(
     unmatched: list[str] = []
     produced: dict[Any, Step | _Group] = {}  # output (or group) -> its step; insertion order is plan order
     used: set[int] = {ri for ri, _ in copies}  # a copy that matches nothing is an error of its own
+    failed: dict[int, PlanError] = {}  # a rule's first shape error; its other keys are not planned again
     match = matcher.match
     for key in keys:
         try:
@@ -176,6 +191,8 @@ def compile_spec(
             continue
         entry, caps = hit
         used.add(entry.rule)
+        if entry.rule in failed:
+            continue
         renderer = renderers.get(entry.rule)
         if renderer is None:
             rule = spec.rules[entry.rule]
@@ -184,14 +201,20 @@ def compile_spec(
                 continue
             if key in produced:  # keep
                 raise _duplicate(key, produced[key], key, rule)
-            produced[key] = _unary_step(key, key, keys[key], rule)
+            try:
+                produced[key] = _unary_step(key, key, keys[key], rule)
+            except PlanError as exc:  # reported with every other rule's problems below
+                failed[entry.rule] = exc
             continue
         if renderer.simple_step:
             out = renderer.render(key, caps)
             prev = produced.get(out)
             if prev is not None:
                 raise _duplicate(out, prev, key, renderer.rule)
-            produced[out] = renderer.step(out, key, keys[key])
+            try:
+                produced[out] = renderer.step(out, key, keys[key])
+            except PlanError as exc:  # reported with every other rule's problems below
+                failed[entry.rule] = exc
             continue
         gid = (entry.rule, renderer.group_key(caps))
         group = produced.get(gid)
@@ -202,12 +225,8 @@ def compile_spec(
     if unmatched and strict:
         missing = {k: i for k, i in target.items() if k not in produced} if target is not None else {}
         raise _coverage_error(unmatched, spec, matcher, table_keys, keys, missing)
-    unused = tuple(r.span for i, r in enumerate(spec.rules) if i not in used)
-    if unused and strict_rules:
-        raise PlanError(f"this rule matches no key of the checkpoint ({len(keys)} keys; "
-                        "`mapspec inspect --keys` lists them)", unused[0])
 
-    problems: list[SpecError] = []  # every group's and copy's, reported together
+    problems: list[SpecError] = list(failed.values())  # every rule's, group's and copy's, reported together
     steps: dict[str, Step] = {}
     for item in produced.values():
         try:
@@ -226,17 +245,44 @@ def compile_spec(
         except PlanError as exc:
             problems.append(exc)
     raise_all(problems)
+    # A rule whose target a `copy ... if absent` wrote instead (lm_head in a tied model) is
+    # not unused: the spec says what stands in for it.
+    stand_ins = copy_stand_ins(spec, steps.values())
+    unused = tuple(UnusedRule(r.span, rule_text(written.rules[i])) for i, r in enumerate(spec.rules)
+                   if i not in used and r.span not in stand_ins)
+    if unused and strict_rules:
+        raise PlanError(f"this rule matches no key of the checkpoint ({len(keys)} keys; "
+                        "`mapspec inspect --keys` lists them)", unused[0].rule)
 
     report = None
     out_steps = list(steps.values())
     if target is not None:
         by_name = {st.output: st for st in out_steps}
+        roles = {r.span: "copy" if getattr(r, "is_copy", False) else "otherwise" for r in spec.rules
+                 if getattr(r, "is_copy", False) or r.otherwise}
         kept, report = fitting.fit({st.output: st.info for st in out_steps}, target, fit, drop,
-                                   {st.output: st.rule for st in out_steps})
+                                   {st.output: st.rule for st in out_steps}, roles=roles)
         out_steps = [by_name[k] for k in kept]
     return Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(out_steps),
                 tuple(dropped), tuple(unmatched), len(keys), report, unused, bindings,
                 next((r.span for r in spec.rules if r.otherwise), None), tuple(copied))
+
+
+def copy_stand_ins(spec: Spec, steps: Iterable[Step]) -> dict[Span, Span]:
+    """Rules that produced nothing because the target they name was written by a
+    `copy ... if absent` instead: rule span -> the copy's span."""
+    steps = list(steps)
+    producing = {s.rule for s in steps}
+    copies = {r.span for r in spec.rules if isinstance(r, RenameRule) and r.is_copy and r.if_absent}
+    written = [(s.rule, s.output) for s in steps if s.rule in copies]
+    out = {}
+    for rule in spec.rules:
+        if isinstance(rule, RenameRule) and not rule.is_copy and rule.span not in producing and written:
+            names = re.compile("".join(re.escape(p.text) if isinstance(p, Lit) else ".+" for p in rule.target.parts))
+            by = next((span for span, name in written if names.fullmatch(name)), None)
+            if by is not None:
+                out[rule.span] = by
+    return out
 
 
 def _rule_at(spec: Spec, span: Span):

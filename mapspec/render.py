@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from .actions import format_shape
 from .errors import Span
 from .hints import fold, glob_of, plural, skeleton
-from .plan import PlannedAction, Plan, Step, TensorInfo
-from .rules import Action, DropRule, RenameRule, Spec, Text, Tuple, Word
+from .plan import PlannedAction, Plan, Step, TensorInfo, copy_stand_ins
+from .rules import DropRule, Spec, rule_text
 
 if TYPE_CHECKING:
     from .diff import PlanDiff
@@ -57,35 +57,8 @@ def where(span: Span) -> str:
     return f"{Path(span.file).name}:{span.line}"
 
 
-# ------------------------------------------------------------------ rules and actions
-
-def value_text(v: Any) -> str:
-    if isinstance(v, Word):
-        return v.name
-    if isinstance(v, Text):
-        return json.dumps(v.value)
-    if isinstance(v, Tuple):
-        inner = ", ".join(value_text(x) for x in v.items)
-        return ("+" if v.append else "") + f"({inner}{',' if len(v.items) == 1 and not v.append else ''})"
-    return str(v)
-
-
-def action_text(a: Action) -> str:
-    args = [value_text(v) for v in a.args] + [f"{k}={value_text(v)}" for k, v in a.kwargs]
-    return f"{a.name}({', '.join(args)})"
-
-
-def rule_text(rule) -> str:
-    """A rule as one line of spec text."""
-    lead = "otherwise " if getattr(rule, "otherwise", False) else ""
-    then = "".join(f" then {action_text(a)}" for a in getattr(rule, "actions", ()))
-    if isinstance(rule, RenameRule):
-        lead += "copy " if rule.is_copy else ""
-        tail = " if absent" if rule.if_absent else ""
-        return lead + " | ".join(p.text for p in rule.sources) + " -> " + rule.target.text + then + tail
-    word = "drop" if isinstance(rule, DropRule) else "keep"
-    return f"{lead}{word} " + " | ".join(p.text for p in rule.patterns) + then
-
+# ------------------------------------------------------------------ actions as planned
+# (rules as spec text: `rules.rule_text`, which the plan's JSON uses too)
 
 def planned_text(a: PlannedAction, index: bool = True) -> str:
     p = a.params
@@ -94,7 +67,13 @@ def planned_text(a: PlannedAction, index: bool = True) -> str:
     if a.name == "cast":
         return f"cast({p['to']})"
     if a.name in ("split", "chunk", "unstack") and "index" in p:
-        return f"{a.name}[{p['index']}]" if index else a.name
+        if index:
+            return f"{a.name}[{p['index']}]"
+        return f"unstack({p['dim']})" if a.name == "unstack" else f"{a.name}(dim={p['dim']})"
+    if a.name in ("transpose", "permute") and "dims" in p:
+        moved = [i for i, d in enumerate(p["dims"]) if i != d]
+        dims = moved if a.name == "transpose" and len(moved) == 2 else p["dims"]
+        return f"{a.name}({', '.join(map(str, dims))})"
     if a.name in ("concat", "stack") and "over" in p:
         return f"{a.name}({p['dim']}, over={p['over']})"
     if a.name == "expect" and "shape" in p:
@@ -102,18 +81,37 @@ def planned_text(a: PlannedAction, index: bool = True) -> str:
     return f"{a.name}({', '.join(str(v) for k, v in p.items() if k not in ('each', 'groups'))})"
 
 
-def change_text(step: Step) -> str:
-    """What a step changes besides the name: shapes and dtypes that differ, and its actions
-    (the part a split takes left out: it differs for every output by design)."""
-    parts = []
-    shapes_in = {i.shape for i in step.input_infos}
-    if shapes_in != {step.info.shape}:
-        parts.append(" ".join(format_shape(i.shape) for i in step.input_infos) + " -> " + format_shape(step.info.shape))
-    dtypes_in = {i.dtype for i in step.input_infos}
-    if dtypes_in != {step.info.dtype}:
-        parts.append("/".join(sorted(dtypes_in)) + " -> " + step.info.dtype)
-    if step.actions and parts:
-        parts.append("by " + " ".join(planned_text(a, index=False) for a in step.actions))
+REORDERING = frozenset({"transpose", "permute"})  # move values even where the shape comes out the same
+
+
+def _shapes_text(shapes: Sequence[tuple[int, ...]]) -> str:
+    """`(16, 16) (8, 16) (8, 16)`; a run of one shape as `3 x (16, 16)`."""
+    runs: list[list] = []
+    for shape in shapes:
+        if runs and runs[-1][0] == shape:
+            runs[-1][1] += 1
+        else:
+            runs.append([shape, 1])
+    return " ".join(format_shape(sh) if n == 1 else f"{n} x {format_shape(sh)}" for sh, n in runs)
+
+
+def change_text(steps: Sequence[Step]) -> str:
+    """What the steps from one set of inputs (one output, or the pieces a split makes) change
+    besides names: shapes and dtypes that differ, and the actions where they change anything.
+    A rotary permutation (view, transpose, reshape back) keeps the shape but moves every
+    value: it is shown too."""
+    first, parts = steps[0], []
+    shapes_in = [i.shape for i in first.input_infos]
+    shapes_out = [s.info.shape for s in steps]
+    if set(shapes_in) != set(shapes_out) or len(shapes_in) != len(shapes_out):
+        parts.append(_shapes_text(shapes_in) + " -> " + _shapes_text(shapes_out))
+    dtypes_in = {i.dtype for i in first.input_infos}
+    dtypes_out = {s.info.dtype for s in steps}
+    if dtypes_in != dtypes_out:
+        parts.append("/".join(sorted(dtypes_in)) + " -> " + "/".join(sorted(dtypes_out)))
+    if first.actions and (parts or REORDERING & {a.name for a in first.actions}):
+        parts.append(("by " if parts else "values reordered by ")
+                     + " ".join(planned_text(a, index=False) for a in first.actions))
     return "; ".join(parts)
 
 
@@ -131,6 +129,7 @@ def rule_rows(plan: Plan, spec: Spec) -> list[list[str]]:
     dropped: dict[Span, list[str]] = {}
     for k, span in plan.dropped:
         dropped.setdefault(span, []).append(k)
+    stand_ins = copy_stand_ins(spec, plan.steps)
     rows = []
     for rule in spec.rules:
         text = rule_text(rule)
@@ -140,19 +139,31 @@ def rule_rows(plan: Plan, spec: Spec) -> list[list[str]]:
             rows.append([where(rule.span), text, str(len(keys)), (keys[0] + " (dropped)") if keys else "matches nothing", ""])
             continue
         if not steps:
-            rows.append([where(rule.span), text, "0", "matches nothing", ""])
+            if rule.span in stand_ins:
+                nothing = f"absent here; the copy at line {stand_ins[rule.span].line} writes its target"
+            elif getattr(rule, "if_absent", False):
+                nothing = "yields: other rules write every target it names"
+            else:
+                nothing = "matches nothing"
+            rows.append([where(rule.span), text, "0", nothing, ""])
             continue
         sources = len({k for s in steps for k in s.inputs})
         count = str(sources) if sources == len(steps) else f"{sources} -> {len(steps)}"
-        ex = steps[0]
-        changes = Counter(change_text(s) for s in steps)
+        pieces = fold(steps, lambda s: s.inputs)  # one output each, or the pieces of a split
+        changes = Counter(change_text(g) for g in pieces)
         change = changes.most_common(1)[0][0]
         if len(changes) > 1:
             change = (change + "; " if change else "") + f"and {plural(len(changes) - 1, 'other change')}"
-        rows.append([where(rule.span), text, count, f"{', '.join(ex.inputs)} -> {ex.output}", change])
+        example = f"{_names(pieces[0][0].inputs, 'keys')} -> {_names([s.output for s in pieces[0]], 'outputs')}"
+        rows.append([where(rule.span), text, count, example, change])
     if plan.unmatched:
         rows.append(["", "(no rule: left out by --non-strict)", str(len(plan.unmatched)), plan.unmatched[0], ""])
     return rows
+
+
+def _names(names: Sequence[str], what: str) -> str:
+    """Up to two names as they are; more as one glob with their count."""
+    return ", ".join(names) if len(names) <= 2 else f"{glob_of(names)} ({len(names)} {what})"
 
 
 def tensor_rows(plan: Plan) -> list[list[str]]:
@@ -268,11 +279,11 @@ def report_summary(report: "Report") -> str:
 
 def plan_warnings(plan: Plan, spec: Spec) -> list[str]:
     """Rules that matched nothing (at their location) and keys left out by --non-strict."""
-    rules = {r.span: r for r in spec.rules}
-    out = [f"{span}: warning: this rule matches no key of this checkpoint ({rule_text(rules[span])}): if it "
+    spans = {r.span for r in spec.rules}
+    out = [f"{u.rule}: warning: this rule matches no key of this checkpoint ({u.text}): if it "
            "should, correct its pattern (`mapspec inspect --keys` lists the keys), else remove it; "
            "--strict-rules makes this an error"
-           for span in plan.unused if span in rules]  # (--reverse plans the derived inverse: not this spec's rules)
+           for u in plan.unused if u.rule in spans]  # (--reverse plans the derived inverse: not this spec's rules)
     if plan.unmatched:
         n = len(plan.unmatched)
         out.append(f"warning: {plural(n, 'unmatched key')} left out: " + ", ".join(plan.unmatched[:5])
@@ -364,8 +375,10 @@ def diff_text(d: "PlanDiff", fmt: str = "text") -> str:
     """Which outputs change between two versions of a spec, repeated changes folded."""
     if fmt == "json":
         return json.dumps(d.to_json(), indent=2) + "\n"
+    also = ([f"{plural(len(d.rules), 'rule change')} no output shows"] if d.rules else []) + (
+        [f"{plural(len(d.params), 'parameter')} changed"] if d.params else [])
     lines = [f"{d.old_name} -> {d.new_name}: {plural(len(d.changes), 'output change')} "
-             f"({d.unchanged} outputs unchanged)"]
+             f"({d.unchanged} outputs unchanged)" + "".join(f"; {a}" for a in also)]
     for group in fold(d.changes, lambda c: (c.kind, skeleton(c.old or ""), skeleton(c.new or ""), c.what)):
         c = group[0]
         if len(group) == 1:
@@ -377,6 +390,7 @@ def diff_text(d: "PlanDiff", fmt: str = "text") -> str:
             name = glob_of(news) if c.kind == "changed" else " -> ".join(
                 x for x in (glob_of(olds) if olds else "", glob_of(news) if news else "") if x)
             lines.append(f"  {c.kind} {len(group)} outputs like {name} (e.g. {ex})")
+    lines += [f"  {c.line()}" for c in (*d.rules, *d.params)]
     return "\n".join(lines) + "\n"
 
 

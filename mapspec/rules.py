@@ -6,6 +6,7 @@ planner, at execution) can point at the exact `file:line:col`.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -277,3 +278,58 @@ class Spec(Node):
 
 for _model in (BinOp, Lookup, Neg, Calc, Tuple, Subst, Template, Action, Param, Let, Assertion):
     _model.model_rebuild()
+
+
+# ------------------------------------------------------------------ rules as spec text
+
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "//": 2, "%": 2}
+
+
+def expr_text(expr, parent: int = 0, right: bool = False) -> str:
+    """An expression as written (`n_heads * head_dim`, `head_dim // 2`), parenthesised only
+    where precedence needs it."""
+    if isinstance(expr, Ref):
+        return expr.name
+    if isinstance(expr, Num):
+        return str(expr.value)
+    if isinstance(expr, Neg):
+        return "-" + expr_text(expr.operand, 3)
+    if isinstance(expr, Lookup):
+        return f"{expr.table}[{expr_text(expr.key)}]"
+    level = _PRECEDENCE[expr.op]
+    text = f"{expr_text(expr.left, level)} {expr.op} {expr_text(expr.right, level, True)}"
+    return f"({text})" if level < parent or (right and level == parent) else text
+
+
+def value_text(v) -> str:
+    """An action argument as written."""
+    if isinstance(v, Word):
+        return v.name
+    if isinstance(v, Calc):
+        return expr_text(v.expr)
+    if isinstance(v, Text):
+        return json.dumps(v.value)
+    if isinstance(v, Tuple):
+        inner = ", ".join(value_text(x) for x in v.items)
+        return ("+" if v.append else "") + f"({inner}{',' if len(v.items) == 1 and not v.append else ''})"
+    return str(v)
+
+
+def action_text(a: Action) -> str:
+    args = [value_text(v) for v in a.args] + [f"{k}={value_text(v)}" for k, v in a.kwargs]
+    return f"{a.name}({', '.join(args)})"
+
+
+def rule_text(rule) -> str:
+    """A rule as one line of spec text (its `reverse` clause left out: it does not change
+    what the rule does forward)."""
+    lead = "otherwise " if getattr(rule, "otherwise", False) else ""
+    then = "".join(f" then {action_text(a)}" for a in getattr(rule, "actions", ()))
+    if isinstance(rule, RenameRule):
+        lead += "copy " if rule.is_copy else ""
+        tail = " if absent" if rule.if_absent else ""
+        return lead + " | ".join(p.text for p in rule.sources) + " -> " + rule.target.text + tail + then
+    word = "drop" if isinstance(rule, DropRule) else "keep"
+    if lead:  # `otherwise keep` / `otherwise drop` take every key left: no pattern is written
+        return f"{lead}{word}{then}"
+    return f"{word} " + " | ".join(p.text for p in rule.patterns) + then

@@ -107,6 +107,44 @@ def test_a_rule_matching_nothing_is_a_warning_with_its_location_or_an_error_when
     assert not (tmp_path / "p.safetensors").exists()
 
 
+def test_the_plan_json_lists_rules_that_match_nothing(tmp_path, many):
+    spec = tmp_path / "s.map"
+    spec.write_text("mapspec 1\nblocks.{i:int}.{p:w|b} -> b{i}.{p}\nhead.weight -> fc.weight then view(n, -1)\n"
+                    "param n = 2\ndrop head.*\n")
+    r = run("explain", spec, many, "--format", "json")
+    assert r.exit_code == 0, r.output
+    listed = [{"rule": "s.map:3:1", "text": "head.weight -> fc.weight then view(n, -1)"},
+              {"rule": "s.map:5:1", "text": "drop head.*"}]
+    assert json.loads(r.stdout)["unused_rules"] == listed
+    assert mapspec.plan_for(spec, many).to_json()["unused_rules"] == listed
+    spec.write_text("mapspec 1\nblocks.{i:int}.{p:w|b} -> b{i}.{p}\n")
+    assert "unused_rules" not in json.loads(run("explain", spec, many, "--format", "json").stdout)
+
+
+def test_a_rule_a_copy_stands_in_for_is_not_unused_and_a_copy_that_yields_says_so(tmp_path):
+    """Tied embeddings: `lm_head.weight -> output.weight` matches nothing in a tied model
+    because `copy ... if absent` writes output.weight instead; in an untied one the copy yields."""
+    spec = tmp_path / "s.map"
+    spec.write_text("mapspec 1\nemb.weight -> tok.weight\nlm_head.weight -> output.weight\n"
+                    "copy emb.weight -> output.weight if absent\n")
+    tied = write(tmp_path / "tied.safetensors", {"emb.weight": np.ones((4, 2), np.float32)})
+    r = run("check", spec, tied, "--strict-rules")
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    rows = [line for line in run("explain", spec, tied, "--format", "markdown").stdout.splitlines()
+            if line.startswith("| s.map")]
+    assert rows[1] == "| s.map:3 | `lm_head.weight -> output.weight` | 0 | absent here; the copy at line 4 writes its target |   |"
+    assert rows[2] == "| s.map:4 | `copy emb.weight -> output.weight if absent` | 1 | `emb.weight -> output.weight` |   |"
+    untied = write(tmp_path / "untied.safetensors", {"emb.weight": np.ones((4, 2), np.float32),
+                                                     "lm_head.weight": np.ones((4, 2), np.float32)})
+    rows = [line for line in run("explain", spec, untied, "--format", "markdown").stdout.splitlines()
+            if line.startswith("| s.map")]
+    assert rows[1] == "| s.map:3 | `lm_head.weight -> output.weight` | 1 | `lm_head.weight -> output.weight` |   |"
+    assert rows[2] == ("| s.map:4 | `copy emb.weight -> output.weight if absent` | 0 | yields: other rules write "
+                       "every target it names |   |")
+    spec.write_text("mapspec 1\nemb.weight -> tok.weight\nlm_head.weight -> output.weight\n")
+    assert "s.map:3:1: warning: this rule matches no key" in run("check", spec, tied).output
+
+
 # ------------------------------------------------------------------ 11.5 explain, diff
 
 def test_explain_by_rule_is_one_row_per_rule(tmp_path, many):
@@ -170,6 +208,68 @@ def test_diff_shows_which_outputs_change(tmp_path, many):
     assert lines[2].startswith("  removed 150 outputs like b*.bias (e.g. removed b0.bias (was from blocks.0.b")
 
 
+def test_diff_reports_rule_and_parameter_changes_that_change_no_output(tmp_path, many):
+    """Never "0 output changes" about a spec that changed: rules added or removed that match
+    nothing, rules rewritten with the same outputs, parameter values; output changes first."""
+    old, new = tmp_path / "old.map", tmp_path / "new.map"
+    old.write_text("mapspec 1\nparam n = 2\nblocks.{i:int}.w -> b{i}.weight then view(n, -1)\n"
+                   "blocks.{i:int}.b -> b{i}.bias\nhead.weight -> fc.weight\n")
+    new.write_text("mapspec 1\nparam n = 2\nparam width = 8\nblocks.{i:int}.w -> b{i}.weight then view(n, -1)\n"
+                   "blocks.{j:int}.{p:b} -> b{j}.bias\ndrop head.*\n")
+    r = run("diff", old, new, many, "-p", "n=1")
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == [
+        "old.map -> new.map: 0 output changes (300 outputs unchanged); 3 rule changes no output shows; "
+        "1 parameter changed",
+        "  rule rewritten old.map:4 -> new.map:5 (the same 150 outputs): blocks.{i:int}.b -> b{i}.bias => "
+        "blocks.{j:int}.{p:b} -> b{j}.bias",
+        "  rule removed old.map:5 (matched nothing): head.weight -> fc.weight",
+        "  rule added new.map:6 (matches nothing): drop head.*",
+        "  parameter added width = 8 (default)",
+    ]
+    assert run("diff", old, new, many, "-p", "n=1", "--exit-code").exit_code == 0  # no output changed
+    data = json.loads(run("diff", old, new, many, "-p", "n=1", "--format", "json").stdout)
+    assert data["changes"] == [] and [c["kind"] for c in data["rules"]] == ["rule rewritten", "rule removed", "rule added"]
+    assert data["params"] == [{"kind": "parameter added", "old": None, "new": "width", "detail": "width = 8 (default)"}]
+
+    # a rule split in two with the same outputs; a default changed that changes shapes too
+    new.write_text("mapspec 1\nparam n = 1\nblocks.{i:int}.w -> b{i}.weight then view(n, -1)\n"
+                   "blocks.{i:int}.b -> b{i}.bias\nhead.weight -> fc.weight\n")
+    lines = run("diff", old, new, many).output.splitlines()
+    assert lines[0] == ("old.map -> new.map: 150 output changes (150 outputs unchanged); 1 parameter changed")
+    assert lines[1].startswith("  changed 150 outputs like b*.weight (e.g. changed b0.weight: shape (2, 1) -> (1, 2);")
+    assert lines[2:] == ["  parameter n: 2 (default) -> 1 (default)"]
+    new.write_text("mapspec 1\nparam n = 2\nblocks.{i:int}.w -> b{i}.weight then view(n, -1)\n"
+                   "blocks.{i:int}.b -> b{i}.bias\nhead.weight -> fc.weight\n")
+    old.write_text("mapspec 1\nparam n = 2\nblocks.{i:int}.{p:w} -> b{i}.weight then view(n, -1)\n"
+                   "blocks.{i:int}.b -> b{i}.bias\nhead.weight -> fc.weight\n")
+    assert run("diff", old, new, many).output.splitlines()[1:] == [
+        "  rule rewritten old.map:3 -> new.map:3 (the same 150 outputs): blocks.{i:int}.{p:w} -> b{i}.weight then "
+        "view(n, -1) => blocks.{i:int}.w -> b{i}.weight then view(n, -1)"]
+    old.write_text("mapspec 1\nparam n = 2\nblocks.{i:int}.{p:w|b} -> b{i}.{p}\n")
+    new.write_text("mapspec 1\nparam n = 2\nblocks.{i:int}.w -> b{i}.w\nblocks.{i:int}.b -> b{i}.b\n")
+    assert run("diff", old, new, many).output.splitlines()[1:] == [
+        "  rule removed old.map:3 (300 outputs, which other rules now produce the same): blocks.{i:int}.{p:w|b} -> b{i}.{p}",
+        "  rule added new.map:3 (150 outputs, as other rules produced them before): blocks.{i:int}.w -> b{i}.w",
+        "  rule added new.map:4 (150 outputs, as other rules produced them before): blocks.{i:int}.b -> b{i}.b"]
+
+
+def test_diff_takes_parameters_each_spec_declares(tmp_path, many):
+    old, new = tmp_path / "old.map", tmp_path / "new.map"
+    old.write_text("mapspec 1\nparam rows from \"rows\"\nblocks.{i:int}.{p:w|b} -> b{i}.{p} then view(rows, -1)\n")
+    new.write_text("mapspec 1\nparam cols from \"cols\"\nblocks.{i:int}.{p:w|b} -> b{i}.{p} then view(cols, -1)\n")
+    config = tmp_path / "config.json"
+    config.write_text('{"rows": 1, "cols": 1}')
+    r = run("diff", old, new, many, "--config", config)
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines()[0] == ("old.map -> new.map: 0 output changes (300 outputs unchanged); "
+                                        "1 rule change no output shows; 2 parameters changed")
+    assert "  parameter removed rows (was 1, config rows)" in r.output
+    assert run("diff", old, new, many, "-p", "rows=1", "-p", "cols=1").exit_code == 0
+    r = run("diff", old, new, many, "-p", "rows=1", "-p", "colz=1")  # a name neither declares: NEW says so
+    assert r.exit_code == 2 and r.output.startswith("error: -p colz: the spec has no parameter 'colz'; did you mean cols?")
+
+
 # ------------------------------------------------------------------ 11.6 the smaller observations
 
 def test_a_checkpoint_prefix_without_epoch_suggests_it(tmp_path, many):
@@ -192,21 +292,54 @@ def test_to_help_lists_every_format():
         assert re.search(rf"\b{fmt}\b", text), fmt
 
 
-@pytest.mark.parametrize("name", ["apply", "check", "explain", "diff", "inspect", "fmt", "draft"])
-def test_every_option_and_argument_has_help(name):
-    command = typer.main.get_command(app).commands[name]
+COMMANDS = typer.main.get_command(app).commands  # every command, so a new one is swept too
+
+
+def test_the_sweep_covers_every_command():
+    assert set(COMMANDS) >= {"apply", "check", "explain", "diff", "inspect", "fmt", "draft", "invert", "verify"}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_option_and_argument_has_help(name):
+    command = COMMANDS[name]
+    assert (command.help or "").strip(), f"{name} has no help"
     for param in command.params:
-        assert getattr(param, "help", None), f"{name}: {param.name} has no help"
+        assert (getattr(param, "help", None) or "").strip(), f"{name}: {param.name} has no help"
 
 
-def test_usage_errors_are_one_error_line(tmp_path):
+def _one_error_line(r, what: str) -> None:
+    assert r.exit_code == 2, r.output
+    assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ") and what in r.output, r.output
+    assert "╭" not in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_an_unknown_option_or_a_missing_argument_is_one_error_line(name):
+    _one_error_line(run(name, "--no-such-option"), "No such option: --no-such-option")
+    _one_error_line(run(name), "Missing argument")
+
+
+def test_usage_errors_are_one_error_line(tmp_path, many):
+    spec = tmp_path / "s.map"
+    spec.write_text("mapspec 1\nkeep **\n")
     for args, what in ((["apply", "a.map", "--fitt", "x"], "No such option: --fitt"),
-                       (["check"], "Missing argument"),
-                       (["apply", "a.map", "c.pt", "-o", "x.pt", "--fit", "loose"], "Invalid value for '--fit'")):
-        r = run(*args)
-        assert r.exit_code == 2, r.output
-        assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ") and what in r.output
-        assert "╭" not in r.output
+                       (["apply", "a.map", "c.pt", "-o", "x.pt", "--fit", "loose"], "Invalid value for '--fit'"),
+                       (["apply", spec, many], "Missing option '-o' / '--output'"),
+                       (["explain", spec, many, "--format"], "Option '--format' requires an argument"),
+                       (["diff", spec, spec], "Missing argument 'CHECKPOINT'"),
+                       (["check", spec, many, "-p", "n"], "-p n: expected NAME=VALUE"),
+                       # values that used to be taken and then ignored, or turned into a file name
+                       (["check", spec, many, "--epoch", "-1"], "Invalid value for '--epoch'"),
+                       (["inspect", many, "--epoch", "-2"], "Invalid value for '--epoch'"),
+                       (["verify", spec, many, "--worst", "-1"], "Invalid value for '--worst'"),
+                       (["verify", spec, many, "--against", many, "--atol", "-1"], "Invalid value for '--atol'"),
+                       (["check", spec, many, "--fit", "drop"], "--fit drop says how the output meets --target"),
+                       (["explain", spec, many, "--drop", "fc.*"], "--drop says how the output meets --target"),
+                       (["apply", spec, many, "-o", tmp_path / "o.safetensors", "--fit", "shape"], "--target too"),
+                       (["check", spec, spec, "--target", many], "--target needs a CHECKPOINT"),
+                       (["apply", spec, many, "-o", tmp_path / "o.safetensors", "--lossy"], "--lossy goes with --reverse")):
+        _one_error_line(run(*args), what)
+    assert not (tmp_path / "o.safetensors").exists()
 
 
 def test_summary_counts_source_tensors_and_reports_the_file_size(tmp_path):

@@ -12,7 +12,7 @@ from mapspec import MapspecError, compile_spec, parse_spec, render
 from mapspec.checks import check_spec
 from mapspec.formats.base import select
 
-from conftest import DATA, golden, load_keys
+from conftest import DATA, golden, load_keys, without
 
 SPECS = DATA / "specs"
 OK = sorted(p.name for p in (SPECS / "ok").glob("*.map"))
@@ -67,3 +67,19 @@ def test_every_bad_spec_has_a_reason_in_its_golden_error():
     for name in BAD:
         text = (SPECS / "bad" / name.replace(".map", ".err")).read_text()
         assert "error:" in text and len(text.splitlines()) >= 2, name
+
+
+SHIPPED = sorted((DATA.parent.parent / "specs").glob("*.map"))
+
+
+@pytest.mark.parametrize("path", [SPECS / "ok" / n for n in OK] + SHIPPED, ids=lambda p: p.name)
+def test_the_rule_column_is_spec_text_that_parses_back_to_the_rule(path):
+    """`explain` shows each rule as one line of spec text (parameters as written, `head_dim // 2`
+    included; copies, catch-alls and keep with actions in their own syntax)."""
+    spec = parse_spec(path)
+    for rule in spec.rules:
+        text = render.rule_text(rule)
+        again = parse_spec(text="mapspec 1\n" + text + "\n", name="again.map").rules
+        # (the `reverse` clause is not shown: it does not change what the rule does forward)
+        same = without(again[0].model_dump(), ("span", "reverse")) == without(rule.model_dump(), ("span", "reverse"))
+        assert len(again) == 1 and same, text

@@ -99,3 +99,48 @@ def test_names_compare_by_tokens():
     assert glob_of(["layer1.0.bn1.num_batches_tracked", "bn1.num_batches_tracked"]) == "**.bn1.num_batches_tracked"
     assert glob_of(["aux:s1_bn0_moving_mean", "aux:s2_bn3_moving_var"]) == "aux:s*_bn*_moving_*"
     assert glob_of(["x.gamma", "x.beta"]) == "x.*"
+
+
+# ------------------------------------------------------------------ copies and the catch-all (language 2)
+
+def test_a_key_only_a_copy_reads_is_told_it_needs_its_own_rule(tmp_path):
+    """A copy never covers its key: the hint must not point at the copy as the rule it missed."""
+    keys = ["model.embed_tokens.weight", "model.norm.weight", "model.embed_tokens.bias"]
+    text = "copy model.embed_tokens.weight -> output.weight\nmodel.norm.weight -> norm.weight\n"
+    lines = coverage_lines(tmp_path, text + "model.embed_tokens.bias -> tok.bias\n", keys)
+    assert lines == ["model.embed_tokens.weight: the copy at line 2 reads it, but a copy is one more output, not the "
+                     "key's own rule: add one (a rename, or 'keep model.embed_tokens.weight'); or closest rule: line 4 "
+                     "(model.embed_tokens.bias) has 'bias' in place of 'weight': widen it (e.g. {p:bias|weight} with "
+                     "{p} in the target), or add 'drop model.embed_tokens.weight'"]
+    assert coverage_lines(tmp_path, text, keys[:2]) == [
+        "model.embed_tokens.weight: the copy at line 2 reads it, but a copy is one more output, not the key's own "
+        "rule: add one (a rename, or 'keep model.embed_tokens.weight')"]
+    # and the suggestion is right
+    fixed = spec(tmp_path, text + "keep model.embed_tokens.weight\n")
+    assert sorted(s.output for s in compile_spec(fixed, {k: F for k in keys[:2]}).steps) == [
+        "model.embed_tokens.weight", "norm.weight", "output.weight"]
+
+
+def test_the_catch_all_is_not_offered_as_the_rule_a_key_missed_but_its_pattern_is_shown(tmp_path):
+    keys = ["model.norm.weight", "model.extra.bias", "model.extras.scale"]
+    lines = coverage_lines(tmp_path, "model.norm.weight -> norm.weight\notherwise model.extras.{r:**} -> {r}\n", keys)
+    assert lines == ["model.extra.bias: no rule comes close, and the catch-all at line 3 takes only "
+                     "model.extras.{r:**}: add a rule, or add 'drop model.extra.bias'"]
+
+
+def test_a_misfit_from_a_copy_or_the_catch_all_is_fixed_where_it_was_made(tmp_path):
+    """A drop rule does not remove what a copy writes; the catch-all's keys need rules of their own."""
+    s = spec(tmp_path, "emb.weight -> tok.weight\ncopy emb.weight -> output.weight\notherwise {r:**} -> {r}\n")
+    keys = {"emb.weight": TensorInfo((10, 4), "float32"), "extra.bias": F}
+    target = {"tok.weight": TensorInfo((10, 4), "float32"), "extra_bias": F}
+    with pytest.raises(ConversionError) as info:
+        compile_spec(s, keys, target=target)
+    assert info.value.details == [
+        "not in the target: extra.bias (4,), most likely missing from the output: extra_bias (same shape): the "
+        "catch-all at line 4 writes 'extra.bias' where the target has 'extra_bias'",
+        "not in the target: output.weight (10, 4) (copy at line 3)",
+        "fix: correct the rules named above (the catch-all's keys need a rule of their own); remove the copy at "
+        "line 3 (what it writes is not in the target)",
+    ]
+    fixed = spec(tmp_path, "emb.weight -> tok.weight\nextra.bias -> extra_bias\notherwise {r:**} -> {r}\n")
+    assert compile_spec(fixed, keys, target=target).target_report.ok

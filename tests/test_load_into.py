@@ -116,3 +116,54 @@ def test_check_reports_how_a_shape_fit_goes(tmp_path, imagenet_resnet34):
                                  "--target", "models:resnet((3, 4, 6, 3), 5)", "--fit", "shape"])
     n = len(source)
     assert r.exit_code == 0 and f"fits the target ({n - 2}/{n}; 0 missing, 2 shape-mismatched, 0 unexpected)" in r.output
+
+
+# ------------------------------------------------------------------ parametrised specs
+
+def module_with(infos):
+    """A torch module holding exactly these parameters (zeros), by dotted name."""
+    root = torch.nn.Module()
+    for key, info in infos.items():
+        *path, leaf = key.split(".")
+        node = root
+        for part in path:
+            if not hasattr(node, part):
+                node.add_module(part, torch.nn.Module())
+            node = getattr(node, part)
+        node.register_parameter(leaf, torch.nn.Parameter(torch.zeros(info.shape)))
+    return root
+
+
+def test_a_parametrised_spec_loads_with_params_or_config(tmp_path):
+    """load_into(..., params=..., config=...): a transformers Llama checkpoint into a model with
+    Meta's names, the rotary permutation sized by the model's configuration."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+
+    from mapspec import PlanError, plan_for
+    from conftest import LLAMA, meta_to_hf
+
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(1)
+    hf = transformers.LlamaForCausalLM(config)
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, tmp_path / "hf.safetensors")
+    config.to_json_file(tmp_path / "config.json")
+    meta_names = plan_for(LLAMA, tmp_path / "hf.safetensors", config=tmp_path / "config.json").outputs()
+
+    by_config = module_with(meta_names)
+    report = load_into(by_config, tmp_path / "hf.safetensors", LLAMA, mode="strict", config=tmp_path / "config.json")
+    assert report.missing == [] and report.unexpected == [] and len(report.loaded) == len(meta_names)
+    wq = by_config.state_dict()["layers.0.attention.wq.weight"]
+    assert torch.equal(meta_to_hf(torch, wq, 4), hf.state_dict()["model.layers.0.self_attn.q_proj.weight"])
+
+    by_params = module_with(meta_names)
+    load_into(by_params, tmp_path / "hf.safetensors", LLAMA, mode="strict",
+              params={"n_heads": 4, "n_kv": 2, "hidden": 32})
+    assert all(torch.equal(by_params.state_dict()[k], v) for k, v in by_config.state_dict().items())
+    # -p wins over the configuration, as on the command line; a wrong count is refused before loading
+    untouched = module_with(meta_names)
+    with pytest.raises(PlanError, match=r"expect\(8, 32\)"):
+        load_into(untouched, tmp_path / "hf.safetensors", LLAMA, mode="strict", params={"n_heads": 8},
+                  config=tmp_path / "config.json")
+    assert all(not v.any() for v in untouched.state_dict().values())

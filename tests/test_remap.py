@@ -6,6 +6,8 @@ import pytest
 import mapspec
 from mapspec import UsageError
 
+from conftest import LLAMA, meta_to_hf
+
 SPEC = """mapspec 1
 table bn {
   gamma = weight
@@ -80,3 +82,37 @@ def test_a_spec_select_header_takes_the_sub_tree(tmp_path):
           "optimizer.step": np.ones(1, np.float32)}
     out = mapspec.remap(tmp_path / "sel.map", sd)
     assert list(out) == ["head.weight", "head.bias"] and out["head.weight"] is sd["model.fc.weight"]
+
+
+# ------------------------------------------------------------------ parametrised specs
+
+def tiny_llama(torch, tied: bool):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).to(torch.bfloat16), config
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_a_parametrised_spec_remaps_a_live_transformers_llama(tied):
+    """remap(spec, state_dict, **params): the parameters a spec declares, as keyword arguments."""
+    torch = pytest.importorskip("torch")
+    model, config = tiny_llama(torch, tied)
+    sd = model.state_dict()
+    out = mapspec.remap(LLAMA, sd, n_heads=config.num_attention_heads, n_kv=config.num_key_value_heads,
+                        hidden=config.hidden_size)
+    for i in range(2):
+        for proj, heads in (("q", 4), ("k", 2)):
+            meta = out[f"layers.{i}.attention.w{proj}.weight"]
+            assert isinstance(meta, torch.Tensor) and meta.dtype == torch.bfloat16
+            assert torch.equal(meta_to_hf(torch, meta, heads), sd[f"model.layers.{i}.self_attn.{proj}_proj.weight"])
+        assert out[f"layers.{i}.attention.wv.weight"] is sd[f"model.layers.{i}.self_attn.v_proj.weight"]
+        assert out[f"model.layers.{i}.input_layernorm.weight"] is sd[f"model.layers.{i}.input_layernorm.weight"]
+    assert out["tok_embeddings.weight"] is sd["model.embed_tokens.weight"]
+    assert torch.equal(out["output.weight"], sd["lm_head.weight"])
+    # the head count the shapes cannot tell still fails where they can: k has 2 * 8 rows, not 2 * 4
+    with pytest.raises(mapspec.PlanError, match=r"expect\(8, 32\): the tensor here has shape \(16, 32\)"):
+        mapspec.remap(LLAMA, sd, n_heads=8, n_kv=2, hidden=32)
+    with pytest.raises(mapspec.SpecError, match="parameter 'n_heads' has no value"):
+        mapspec.remap(LLAMA, sd, hidden=32)

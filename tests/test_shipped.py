@@ -10,7 +10,7 @@ import pytest
 from mapspec import apply, check_spec, open_source, parse_spec
 from mapspec.formatter import format_text
 
-from conftest import shipped_config
+from conftest import shipped_config, without
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((REPO / "specs").glob("*.map"))
@@ -34,13 +34,7 @@ def test_fmt_is_idempotent_and_keeps_meaning(path):
 
 def _meaning(spec):
     """The rule graph without positions or source spellings."""
-    def strip(x):
-        if isinstance(x, dict):
-            return {k: strip(v) for k, v in x.items() if k not in ("span", "text")}
-        if isinstance(x, (list, tuple)):
-            return [strip(v) for v in x]
-        return x
-    return strip(spec.model_dump(exclude={"file"}))
+    return without(spec.model_dump(exclude={"file"}), ("span", "text"))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
