@@ -38,9 +38,15 @@ def _read(fmt: str, path: str) -> dict[str, np.ndarray]:
         flatten(torch.load(path, map_location="cpu", weights_only=True), "", out)
         return out
     if fmt == "safetensors":
-        from safetensors.numpy import load_file
+        try:  # the torch API holds bf16 (the numpy one cannot); both validate the file alike
+            from safetensors.torch import load_file
+        except ImportError:
+            from safetensors.numpy import load_file
 
-        return load_file(path)
+            return load_file(path)
+        out = {}
+        flatten(load_file(path), "", out)
+        return out
     if fmt == "npz":
         with np.load(path, allow_pickle=False) as z:  # .npy members only, as savez writes them
             members = set(z.zip.namelist())
