@@ -18,8 +18,9 @@ from .inspect import inspect_checkpoint
 from .invert import Inversion, NotInvertible, invert_spec
 from .load import LoadReport, load_into
 from .parser import parse_spec
-from .plan import Plan, Step, TensorInfo, UnusedRule, compile_spec
+from .plan import Plan, Step, UnusedRule, compile_spec
 from .remap import remap
+from .tensorinfo import TensorInfo
 from .verify import Verification, verify_against, verify_roundtrip
 
 from .version import __version__

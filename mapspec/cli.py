@@ -9,6 +9,7 @@ traceback is shown only for an internal error under `--debug` or MAPSPEC_DEBUG=1
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -27,7 +28,7 @@ from typer.core import TyperGroup
 from . import render
 from .errors import Interrupted, MapspecError, SpecError, UsageError
 from .executor import apply as apply_spec, plan_for
-from .formats import FORMAT_NAMES
+from .formats import known_names
 from .formatter import format_text
 from .parser import parse_spec, read_spec
 from .checks import check_spec
@@ -135,12 +136,7 @@ def _guard(fn):
 # ------------------------------------------------------------------ options, declared once
 
 def _formats_help() -> str:
-    names: dict[str, list[str]] = {}
-    for alias, fmt in FORMAT_NAMES.items():
-        names.setdefault(fmt, [])
-        if alias != fmt:
-            names[fmt].append(alias)
-    return ", ".join(f + (f" ({', '.join(a)})" if a else "") for f, a in names.items())
+    return known_names()  # from the format registry
 
 
 class Fit(str, Enum):
@@ -218,6 +214,9 @@ def apply(
                                          "(or --to). Missing folders are created.", show_default=False)],
     target: TargetOpt = None,
     to: Annotated[Optional[str], typer.Option("--to", help="Output format: " + _formats_help() + ".")] = None,
+    max_shard_size: Annotated[Optional[str], typer.Option(
+        "--max-shard-size", help="Write OUTPUT as a directory of HF-style shards of at most this size (5GB, 500MB) "
+        "plus an index; --to safetensors (default) or torch.", show_default=False)] = None,
     select: SelectOpt = None,
     epoch: EpochOpt = None,
     fit: FitOpt = Fit.strict,
@@ -256,7 +255,7 @@ def apply(
         report = apply_spec(parsed, checkpoint, output, target=target, to=to, select=select, epoch=epoch,
                             strict=not non_strict, fit=fit.value, drop=tuple(drop or ()), force=force,
                             strict_rules=strict_rules, progress=progress, params=_params(param or []),
-                            config=config, reverse=reverse, lossy=lossy)
+                            config=config, reverse=reverse, lossy=lossy, max_shard_size=max_shard_size)
     _warn_plan(report.plan, parsed)
     r = report.plan.target_report
     if r is not None and fit is not Fit.strict:
@@ -299,6 +298,7 @@ def check(
     plan = _plan(parsed, rest[0], target, select, epoch, fit, drop, non_strict, strict_rules, param, config)
     _warn_plan(plan, parsed)
     say(render.check_line(spec, plan, target is not None))
+    say(render.peak_line(plan))
 
 
 @app.command()
@@ -324,7 +324,14 @@ def explain(
     parsed = parse_spec(spec)
     plan = _plan(parsed, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules, param, config)
     _warn_plan(plan, parsed)
-    sys.stdout.write(render.explain(plan, parsed, fmt.value, per_tensor))
+    text = render.explain(plan, parsed, fmt.value, per_tensor)
+    if fmt is Look.json:  # the expected peak, beside the plan's own summary
+        data = json.loads(text)
+        data["summary"]["expected_peak_bytes"] = plan.peak_step()[0]
+        text = json.dumps(data, indent=2) + "\n"
+    else:
+        text += render.peak_line(plan) + "\n"
+    sys.stdout.write(text)
 
 
 @app.command()
@@ -382,7 +389,7 @@ def inspect(
         source = open_source(checkpoint, select=select, epoch=epoch)
         try:
             infos = dict(source.infos())
-            if getattr(source, "auto", False):
+            if source.auto:
                 warn(f"note: the keys under '{source.prefix}', which apply converts (--select '' lists the whole file)")
         finally:
             source.close()

@@ -12,12 +12,13 @@ import numpy as np
 
 from . import actions as act
 from .errors import MapspecError, OutputError, UsageError
-from .formats import open_sink, open_source, sink_format
+from .formats import Selected, open_sink, open_source, sink_format
 from .formats.base import guarded_writes
 from .params import Config
 from .parser import parse_spec
-from .plan import Plan, Step, TensorInfo, compile_spec
+from .plan import Plan, Step, compile_spec
 from .provenance import Provenance
+from .tensorinfo import TensorInfo
 from .rules import Spec
 
 
@@ -58,17 +59,18 @@ def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = N
     """Write every step of `plan` to `sink`; returns the tensor bytes written. `progress`
     hears the running byte count after each tensor."""
     total = 0
-    release = getattr(source, "release", None)
     # Steps that split one input read it several times: release it after its last use.
     last_use = {k: i for i, step in enumerate(plan.steps) for k in step.inputs}
     for i, step in enumerate(plan.steps):
-        out = run_step(step, [source.read(k) for k in step.inputs])
-        sink.write(step.output, out)
-        del out
-        if release is not None:
+        # A tensor passing through unchanged is copied file-to-file by the kernel.
+        extent = source.extent(step.inputs[0]) if not step.actions and len(step.inputs) == 1 else None
+        if extent is None or not sink.write_region(step.output, extent):
+            out = run_step(step, [source.read(k) for k in step.inputs])
+            sink.write(step.output, out)
+            del out
             for k in step.inputs:
                 if last_use[k] == i:
-                    release(k)
+                    source.release(k)
         total += step.info.nbytes
         if progress:
             progress(total)
@@ -89,6 +91,7 @@ def apply(
     drop: tuple[str, ...] = (),
     force: bool = False,
     strict_rules: bool = False,
+    max_shard_size: int | str | None = None,
     progress: Callable[[int, int], None] | None = None,
     params: Mapping[str, object] | None = None,
     config: Config = None,
@@ -98,7 +101,11 @@ def apply(
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
     `progress(done, total)` hears tensor bytes written so far and in all; `params` and `config`
     give the spec's parameters their values (as -p and --config); `reverse` runs the spec's
-    derived inverse (see `invert`); `lossy` lets it undo lossy casts."""
+    derived inverse (see `invert`); `lossy` lets it undo lossy casts.
+
+    `checkpoint` may be a sharded checkpoint (an index, a model directory, a glob or a list of
+    shards). With `max_shard_size` ("5GB", bytes), `output` is a directory of HF-style shards
+    plus an index, `to` safetensors (the default) or torch."""
     spec = as_spec(spec)
     inverse = None
     if reverse:
@@ -106,13 +113,13 @@ def apply(
 
         inverse = invert_spec(spec, params=params, config=config, lossy=lossy)
     output = Path(output)
-    fmt = sink_format(output, to)
+    fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None else None))
     if output.exists() and not force:
         raise UsageError(f"{output} exists; use --force to overwrite it")
-    if output.resolve() == Path(checkpoint).resolve():
-        raise UsageError("the output would overwrite the input checkpoint")
+    _refuse_overwrite(output, _paths(checkpoint), max_shard_size is not None)
     source = open_for(inverse.spec if inverse else spec, checkpoint, select, epoch)
     try:
+        _refuse_overwrite(output, source.shards, max_shard_size is not None)
         options = dict(target=_target(target), strict=strict, fit=fit, drop=tuple(drop), strict_rules=strict_rules)
         if inverse:  # the inverse states the parameters' values already
             plan = inverse.compile(source.infos(), **options)
@@ -121,7 +128,8 @@ def apply(
             plan = compile_spec(spec, source.infos(), params=params, config=config, **options)
             values = {b.name: b.value for b in plan.params}
         record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path, params=values,
-                            direction="reverse" if reverse else "forward", select=getattr(source, "prefix", None))
+                            direction="reverse" if reverse else "forward",
+                            select=source.prefix if isinstance(source, Selected) else None)
         n = sum(s.info.nbytes for s in plan.steps)
         check_space(output, n)
         # Everything that creates, fills or renames the output runs inside the guard: a failure
@@ -129,7 +137,7 @@ def apply(
         with guarded_writes(replace=force), _naming(output):
             sink = None
             try:
-                sink = open_sink(output, fmt, plan.outputs(), record)
+                sink = open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size)
                 execute(plan, source, sink, (lambda done: progress(done, n)) if progress else None)
                 sink.commit()
             except BaseException:
@@ -139,7 +147,7 @@ def apply(
     finally:
         source.close()
     return Report(plan, output, fmt, disk_size(output),
-                  source.prefix if getattr(source, "auto", False) else None)
+                  source.prefix if source.auto else None)
 
 
 def check_space(output: Path, needed: int) -> None:
@@ -205,6 +213,18 @@ def as_spec(spec: Spec | str | Path) -> Spec:
 def open_for(spec: Spec | None, checkpoint: str | Path, select: str | None, epoch: int | None):
     """The checkpoint's source, seen through --select or else the spec's own `select`."""
     return open_source(checkpoint, select=select or (spec.header.select if spec else None), epoch=epoch)
+
+
+def _refuse_overwrite(output: Path, inputs, directory: bool) -> None:
+    out = output.resolve()
+    for p in inputs:
+        p = Path(p).resolve()
+        if out == p or (directory and out in p.parents):
+            raise UsageError("the output would overwrite the input checkpoint")
+
+
+def _paths(checkpoint) -> list[Path]:
+    return [Path(p) for p in checkpoint] if isinstance(checkpoint, (list, tuple)) else [Path(checkpoint)]
 
 
 def _target(target):

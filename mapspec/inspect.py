@@ -18,13 +18,13 @@ import numpy as np
 from . import provenance
 from .formats import open_source, sniff
 from .formats.reading import clip, reading
+from .formats.torch import auto_select
 from .formats.torch_pickle import StandIn, Tensor
 from .formats.unpickle import MAX_NODES, Budget
-from .plan import TensorInfo
+from .tensorinfo import TensorInfo
 
 MAX_ITEMS = 40
 MAX_TEXT = 1024  # characters of a string from the file shown in a summary (a 1 MB one is clipped)
-AUTO_SELECT = ("state_dict", "model_state_dict", "model", "ema", "net", "module", "params")
 
 
 def summarize(infos: list[TensorInfo]) -> dict:
@@ -145,15 +145,17 @@ def inspect_checkpoint(path: str | Path, epoch: int | None = None) -> dict:
     from .formats.mxnet import resolve_prefix
 
     path = resolve_prefix(Path(path), epoch)
-    fmt = sniff(path) if path.exists() else None
     source = open_source(path, select="")  # "" asks for the whole file, no automatic choice
     try:
         infos = dict(source.infos())
+        fmt = sniff(source.shards[0] if source.shards else path)
         tree = {"file": str(path), "format": fmt, "tensors": summarize(list(infos.values()))}
+        if source.shards:
+            tree["shards"] = _shards(source, infos)
         record = provenance.read(path)
         if record is not None:
             tree["provenance"] = record
-        obj = getattr(source, "object", None)
+        obj = source.object
         if obj is not None:
             with reading(path):
                 tree["content"] = describe(obj)
@@ -173,6 +175,14 @@ def inspect_checkpoint(path: str | Path, epoch: int | None = None) -> dict:
         source.close()
 
 
+def _shards(source, infos: dict[str, TensorInfo]) -> list[dict]:
+    """Each shard of a sharded checkpoint: its file, tensor count and bytes."""
+    held: dict = {p: [] for p in source.shards}
+    for k, i in infos.items():
+        held[source.shard_of(k)].append(i)
+    return [{"file": p.name, "tensors": len(v), "bytes": int(sum(i.nbytes for i in v))} for p, v in held.items()]
+
+
 def _group(key: str) -> str:
     """The first segment of a name: up to a dot or an MXNet-style double underscore (a name
     with neither: up to its first underscore). An MXNet `arg:`/`aux:` prefix stays part of
@@ -180,16 +190,3 @@ def _group(key: str) -> str:
     prefix, rest = (key[:4], key[4:]) if key.startswith(("arg:", "aux:")) else ("", key)
     parts = re.split(r"\.|__", rest, maxsplit=1)
     return prefix + (parts[0] if len(parts) > 1 else rest.split("_", 1)[0])
-
-
-def auto_select(obj: Any) -> str | None:
-    """The sub-tree that holds the model in common training-checkpoint layouts."""
-    from .formats.torch import is_module
-
-    if not isinstance(obj, dict) or all(isinstance(v, Tensor) for v in obj.values()):
-        return None
-    for name in AUTO_SELECT:
-        value = obj.get(name)
-        if value is not None and (is_module(value) or _tensors_in(value)):
-            return name
-    return None

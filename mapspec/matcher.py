@@ -1,19 +1,23 @@
-"""One matcher for all of a spec's source patterns.
+"""One matcher for all of a spec's source patterns, costing about the same per key whether
+a spec has 20 rules or 2,000.
 
-Every pattern becomes a path of regex tokens (each character of its literal prefix, then the
-rest as one token) and the paths are merged into a trie, so a literal prefix shared by many
-rules is matched once. The trie
-is emitted as a single regex whose branches end in an empty named group; after a full match,
-`lastgroup` names the pattern that matched. The same trie emitted with every branch list
-reversed finds the *last* matching pattern in the same order: if the first and the last
-differ, two patterns match the key. So each key costs two regex calls however many rules
-there are, plus one for its captures.
+Most patterns have a fixed number of dot-separated segments and captures that are whole
+segments (`model.layers.{i:int}.{p:weight|bias}`). Those are indexed by their literal
+segments: per segment count and per set of literal positions, a dict from the literal
+values to the patterns, so a key costs a split and a few dict lookups (one per distinct
+literal-position set, a handful per spec), and its captures are its segments, checked
+without a regex. Other patterns (a `**`, a capture sharing its segment with text as in
+`conv{s:int}_x`, alternatives holding dots) go into a trie emitted as a single regex whose
+branches end in an empty named group; `lastgroup` names the first matching pattern, and the
+same trie with its branches reversed names the last one: if they differ, two patterns match
+the key. Nothing is compared pattern against pattern, so compiling is linear in the rules.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Iterable, NamedTuple
 
 import numpy as np
@@ -110,24 +114,6 @@ def _emit(node: _Node, reverse: bool) -> str:
     return "".join(out)
 
 
-def _literal_prefix(pattern: Pattern) -> str:
-    parts = _parts(pattern)
-    return parts[0].text if parts and isinstance(parts[0], Lit) else ""
-
-
-def _trie_order(root: _Node, count: int) -> list[int]:
-    """Each entry's rank in the order the forward regex tries them (depth first)."""
-    order = [0] * count
-    rank, stack = 0, [root]
-    while stack:
-        node = stack.pop()
-        for i in node.ends:
-            order[i] = rank
-            rank += 1
-        stack.extend(reversed(list(node.children.values())))
-    return order
-
-
 @dataclass(frozen=True)
 class Entry:
     """One source pattern and who owns it."""
@@ -159,11 +145,38 @@ def _segments(pattern: Pattern, tables: dict[str, tuple[str, ...]]) -> list[str 
     return segments
 
 
-def _may_overlap(a: list[str | None] | None, b: list[str | None] | None) -> bool:
-    """False only when no key can match both patterns (a conservative test)."""
-    if a is None or b is None:
-        return True
-    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+def _whole_segment_captures(pattern: Pattern, tables: dict[str, tuple[str, ...]]):
+    """For a fixed-shape pattern whose every capture is a whole segment (`a.{i:int}.{p:w|b}`):
+    [(segment position, capture name or None, test of the segment text)], so a key's captures
+    are its segments, checked without a regex. None when a capture shares its segment with
+    other text (`conv{s:int}_x`)."""
+    out = []
+    pos = 0
+    parts = pattern.parts
+    for n, part in enumerate(parts):
+        if isinstance(part, Lit):
+            pos += part.text.count(".")
+            continue
+        before = parts[n - 1] if n else None
+        after = parts[n + 1] if n + 1 < len(parts) else None
+        if (before is not None and not (isinstance(before, Lit) and before.text.endswith("."))) or \
+                (after is not None and not (isinstance(after, Lit) and after.text.startswith("."))):
+            return None
+        if part.type == "segment":
+            test = bool
+        elif part.type == "int":
+            test = _is_int
+        elif part.type in ("alt", "table"):
+            values = frozenset(part.alternatives if part.type == "alt" else tables.get(part.table or "", ()))
+            test = values.__contains__
+        else:
+            return None
+        out.append((pos, part.name, test))
+    return out
+
+
+def _is_int(text: str) -> bool:
+    return text.isdigit() and text.isascii()  # as [0-9]+: no other scripts' digits
 
 
 # Backtracking regexes cost up to len(key) ** (variable-length parts of a pattern) on a key
@@ -279,73 +292,113 @@ class Ambiguous(Exception):
 class Matcher:
     def __init__(self, entries: Iterable[Entry], tables: dict[str, tuple[str, ...]]):
         self.entries = list(entries)
+        self._tables = tables
+        self._compiled: dict[int, re.Pattern] = {}
+        self._plain: list[list | None] = [None] * len(self.entries)  # see _whole_segment_captures
+        # segment count -> [(literal positions, their values -> entry indices)]
+        by_len: dict[int, dict[tuple[int, ...], dict[tuple[str, ...], list[int]]]] = {}
         root = _Node()
+        free = 0
         for i, entry in enumerate(self.entries):
-            node = root
-            for tok in pattern_tokens(entry.pattern, tables):
-                node = node.children.setdefault(tok, _Node())
-            node.ends.append(i)
-        if self.entries:
+            shape = _segments(entry.pattern, tables)
+            plain = _whole_segment_captures(entry.pattern, tables) if shape is not None else None
+            if plain is None:  # into the trie: its shared prefixes beat trying each pattern's regex
+                free += 1
+                node = root
+                for tok in pattern_tokens(entry.pattern, tables):
+                    node = node.children.setdefault(tok, _Node())
+                node.ends.append(i)
+                continue
+            self._plain[i] = plain
+            positions = tuple(n for n, seg in enumerate(shape) if seg is not None)
+            index = by_len.setdefault(len(shape), {}).setdefault(positions, {})
+            index.setdefault(tuple(shape[n] for n in positions), []).append(i)
+        self._by_len = {n: [(_getter(pos), index) for pos, index in groups.items()]
+                        for n, groups in by_len.items()}
+        if free:
             self._forward = re.compile(_emit(root, reverse=False), re.DOTALL)
             self._backward = re.compile(_emit(root, reverse=True), re.DOTALL)
         else:
-            self._forward = self._backward = re.compile(r"(?!)")
-        self._regexes = [pattern_regex(e.pattern, tables) for e in self.entries]
-        worst = max((_variable_parts(e.pattern) for e in self.entries), default=0)
-        self.fast_limit = int(BUDGET ** (1 / worst)) if worst else None  # longer keys: `_match_long`
-        self._linear = [LinearPattern(e.pattern, tables) for e in self.entries]
-        self._prefixes = [_literal_prefix(e.pattern) for e in self.entries]
-        self._order = _trie_order(root, len(self.entries))
-        shapes = [_segments(e.pattern, tables) for e in self.entries]
-        # Only a pattern that another rule's pattern could also match needs the reverse check.
-        self._contested = [
-            any(o.rule != e.rule and _may_overlap(shapes[i], shapes[j]) for j, o in enumerate(self.entries))
-            for i, e in enumerate(self.entries)]
+            self._forward = self._backward = None
+        # Keys longer than this would let the trie's backtracking explode: `_match_long`.
+        self._free = [i for i, plain in enumerate(self._plain) if plain is None]
+        worst = max((_variable_parts(self.entries[i].pattern) for i in self._free), default=0)
+        self.fast_limit = int(BUDGET ** (1 / worst)) if worst else None
+        self._linear: dict[int, LinearPattern] = {}
+
+    def _regex(self, i: int) -> re.Pattern:
+        rx = self._compiled.get(i)
+        if rx is None:  # compiled on first use: a 2,000-rule spec rarely needs them all
+            rx = self._compiled[i] = pattern_regex(self.entries[i].pattern, self._tables)
+        return rx
 
     def match(self, key: str) -> Hit | None:
         """The one pattern matching `key` with its captures, None if none; `Ambiguous` if the
         key is matched by patterns of two different rules."""
-        if self.fast_limit is not None and len(key) > self.fast_limit:
-            return self._match_long(key)
-        m = self._forward.fullmatch(key)
-        if m is None:
+        found = []
+        groups = self._by_len.get(key.count(".") + 1)
+        if groups:
+            segments = key.split(".")
+            for get, index in groups:
+                candidates = index.get(get(segments))
+                if candidates:
+                    for i in candidates:
+                        caps = {}
+                        for pos, name, test in self._plain[i]:
+                            text = segments[pos]
+                            if not test(text):
+                                break
+                            if name:
+                                caps[name] = text
+                        else:
+                            found.append((i, caps))
+        if self._forward is not None and self.fast_limit is not None and len(key) > self.fast_limit:
+            found += self._match_long(key)
+        elif self._forward is not None:
+            m = self._forward.fullmatch(key)
+            if m is not None:
+                first = int(m.lastgroup[1:])
+                last = int(self._backward.fullmatch(key).lastgroup[1:])
+                for i in {first, last}:
+                    found.append((i, self._regex(i).fullmatch(key).groupdict()))
+        if len(found) == 1:  # the common case
+            i, caps = found[0]
+            return Hit(self.entries[i], caps)
+        if not found:
             return None
-        first = int(m.lastgroup[1:])
-        if not self._contested[first]:
-            return Hit(self.entries[first], self._regexes[first].fullmatch(key).groupdict())
-        last = int(self._backward.fullmatch(key).lastgroup[1:])
-        a, b = self.entries[first], self.entries[last]
+        found.sort(key=lambda h: (self.entries[h[0]].rule, self.entries[h[0]].alternative))
+        a, b = self.entries[found[0][0]], self.entries[found[-1][0]]
         if a.rule != b.rule:
-            if (a.rule, a.alternative) > (b.rule, b.alternative):
-                a, b = b, a
             raise Ambiguous(key, a, b)
-        if (a.rule, a.alternative) > (b.rule, b.alternative):
-            first, a = last, b
-        return Hit(a, self._regexes[first].fullmatch(key).groupdict())
+        return Hit(a, found[0][1])
 
-    def _match_long(self, key: str) -> Hit | None:
-        """`match` for a key long enough to make backtracking regexes explode: every
-        pattern whose literal prefix fits is matched by `LinearPattern`, and the winner is
-        chosen as `match` chooses it."""
-        hits = {}
-        for i, prefix in enumerate(self._prefixes):
-            if key.startswith(prefix):
-                found = self._linear[i].fullmatch(key)
-                if found is not None:
-                    hits[i] = found
-        if not hits:
-            return None
-        first = min(hits, key=self._order.__getitem__)
-        if not self._contested[first]:
-            return Hit(self.entries[first], hits[first])
-        rules = sorted(hits, key=lambda i: (self.entries[i].rule, self.entries[i].alternative))
-        a, b = self.entries[rules[0]], self.entries[rules[-1]]
-        if a.rule != b.rule:
-            second = next(self.entries[i] for i in rules if self.entries[i].rule != a.rule)
-            raise Ambiguous(key, a, second)
-        return Hit(a, hits[rules[0]])
+    def _match_long(self, key: str) -> list[tuple[int, dict[str, str]]]:
+        """Every trie pattern matching a key long enough to make backtracking explode, by
+        `LinearPattern` (only those whose literal prefix fits are tried)."""
+        found = []
+        for i in self._free:
+            parts = _parts(self.entries[i].pattern)
+            if parts and isinstance(parts[0], Lit) and not key.startswith(parts[0].text):
+                continue
+            linear = self._linear.get(i)
+            if linear is None:
+                linear = self._linear[i] = LinearPattern(self.entries[i].pattern, self._tables)
+            caps = linear.fullmatch(key)
+            if caps is not None:
+                found.append((i, caps))
+        return found
 
     def naive_match(self, key: str) -> list[Entry]:
         """Every matching pattern, one regex at a time: the reference the tests and the
         benchmark compare against."""
-        return [e for e, rx in zip(self.entries, self._regexes) if rx.fullmatch(key)]
+        return [e for i, e in enumerate(self.entries) if self._regex(i).fullmatch(key)]
+
+
+def _getter(positions: tuple[int, ...]):
+    """segments -> the tuple of the segments at `positions` (itemgetter, always a tuple)."""
+    if len(positions) == 1:
+        (p,) = positions
+        return lambda segments: (segments[p],)
+    if not positions:
+        return lambda segments: ()
+    return itemgetter(*positions)

@@ -23,18 +23,9 @@ from .matcher import Ambiguous, Entry, Matcher
 from .params import Binding, Config, bind_all, raise_all
 from .rules import (BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst, expr_names,
                     rule_text)
+from .tensorinfo import TensorInfo  # re-exported: the plan speaks in TensorInfo
 
 
-@dataclass(frozen=True, slots=True)
-class TensorInfo:
-    shape: tuple[int, ...]
-    dtype: str
-
-    @property
-    def nbytes(self) -> int:
-        from .dtypes import nbytes
-
-        return nbytes(self.shape, self.dtype)
 
 
 class UnusedRule(NamedTuple):
@@ -94,6 +85,18 @@ class Plan:
     def outputs(self) -> dict[str, TensorInfo]:
         return {s.output: s.info for s in self.steps}
 
+    def peak_step(self) -> tuple[int, Step | None]:
+        """The most tensor memory one step holds, and that step: its inputs' pages while
+        read (released after their last use), plus, when actions run, the result and one
+        intermediate. Steps without actions may be copied by the kernel and hold nothing,
+        so this is an upper bound; the process adds its interpreter (about 100 MiB)."""
+        best, where = 0, None
+        for s in self.steps:
+            n = sum(i.nbytes for i in s.input_infos) + (2 * s.info.nbytes if s.actions else 0)
+            if n > best:
+                best, where = n, s
+        return best, where
+
     def to_json(self) -> dict:
         return {
             "format": "mapspec-plan/1",
@@ -132,6 +135,25 @@ class _Group:
     members: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (key, captures)
 
 
+def _without_gc(fn):
+    """Compiling builds millions of small objects that all live until the plan is done, so the
+    cyclic collector only re-scans them (a third of the time at 1M keys): pause it."""
+    import functools
+    import gc
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was:
+                gc.enable()
+    return run
+
+
+@_without_gc
 def compile_spec(
     spec: Spec,
     keys: Mapping[str, TensorInfo],

@@ -291,6 +291,13 @@ def plan_warnings(plan: Plan, spec: Spec) -> list[str]:
     return out
 
 
+def peak_line(plan: Plan) -> str:
+    """What `apply` is expected to hold at most, before it runs (the plan knows every size)."""
+    n, step = plan.peak_step()
+    where = f" (largest step: {step.output})" if step is not None else ""
+    return f"expected peak memory: {size(n)} of tensors{where} + the interpreter"
+
+
 def check_line(spec_path: Path | str, plan: Plan, with_target: bool) -> str:
     line = (f"{spec_path}: ok: {len(plan.steps)} outputs from {plan.source_count} tensors, "
             f"{len(plan.dropped)} dropped")
@@ -326,6 +333,9 @@ def tensor_line(t: dict) -> str:
 def inspect_tree(info: dict) -> str:
     """The checkpoint's content as an indented tree; nothing cut, hidden entries counted."""
     lines = [f"{info['file']} [{info['format']}]: {tensor_line(info['tensors'])}"]
+    if info.get("shards"):
+        lines.append(f"  {len(info['shards'])} shards")
+        lines += [f"    {sh['file']}: {sh['tensors']} tensors, {sh['bytes']:,} bytes" for sh in info["shards"]]
     _tree(lines, info["content"], "")
     if info.get("auto_select"):
         lines.append(f"(apply converts '{info['auto_select']}' unless --select says otherwise)")

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import dtypes
 from .errors import Span
+from .formats.base import SinkBase
 from .plan import Plan, TensorInfo
 
 CHUNK = 1 << 20  # elements compared at once in float64
@@ -99,8 +100,9 @@ def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
     return all(np.array_equal(ua[i:i + step], ub[i:i + step]) for i in range(0, ua.size, step))
 
 
-class CompareSink:
-    """A sink that compares each tensor with the reference instead of writing it."""
+class CompareSink(SinkBase):
+    """A sink that compares each tensor with the reference instead of writing it (never by a
+    kernel copy: `write_region` says no, so every tensor arrives as an array)."""
 
     def __init__(self, plan: Plan, reference, atol: float = 0.0, rtol: float = 0.0,
                  rule_of: Callable[[Span], Span] = lambda span: span):

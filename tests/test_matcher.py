@@ -65,17 +65,38 @@ def test_matcher_agrees_with_naive(pats, ks):
         elif rules:
             hit = m.match(key)
             assert hit is not None and hit.entry.rule == rules[0]
-            rx = m._regexes[m.entries.index(hit.entry)]
+            rx = m._regex(m.entries.index(hit.entry))
             assert hit.captures == rx.fullmatch(key).groupdict()
         else:
             assert m.match(key) is None
 
 
-def test_shared_prefixes_are_matched_once_in_one_regex():
-    pats = [Pattern(parts=(Lit(text=f"model.layers.0.attn_{i}.weight"),), text="p", span=SPAN) for i in range(50)]
+def test_fixed_shape_patterns_are_looked_up_not_tried_one_by_one():
+    pats = [Pattern(parts=(Lit(text=f"model.layers.0.attn_{i}."), Capture(name="p", type="alt", alternatives=("w", "b"),
+                                                                         span=SPAN)), text="p", span=SPAN)
+            for i in range(2000)]
+    m = Matcher([Entry(i, 0, p) for i, p in enumerate(pats)], {})
+    assert m._forward is None  # no combined regex: every pattern has a fixed number of segments
+    assert m.match("model.layers.0.attn_1717.b") == (m.entries[1717], {"p": "b"})
+    assert not m._compiled  # whole-segment captures are read off the key's segments, no regex
+    assert m.match("model.layers.0.attn_1717.x") is None
+
+
+def test_captures_sharing_a_segment_compile_only_the_candidates_regex():
+    pats = [Pattern(parts=(Lit(text=f"conv{i}_"), Capture(name="s", type="int", span=SPAN), Lit(text=".w")),
+                    text="p", span=SPAN) for i in range(300)]
+    m = Matcher([Entry(i, 0, p) for i, p in enumerate(pats)], {})
+    assert m.match("conv12_7.w") == (m.entries[12], {"s": "7"})
+    assert m.match("conv12_x.w") is None and m.match("conv12_\u0663.w") is None  # an Arabic-Indic 3 is no [0-9]
+    assert list(m._compiled) == [12]
+
+
+def test_double_star_patterns_share_one_regex_with_their_prefixes():
+    pats = [Pattern(parts=(Lit(text=f"model.layers.0.attn_{i}."), Capture(name=None, type="multi", span=SPAN)),
+                    text="p", span=SPAN) for i in range(50)]
     m = Matcher([Entry(i, 0, p) for i, p in enumerate(pats)], {})
     assert m._forward.pattern.count(re.escape("model.layers.0.attn_")) == 1
-    assert m.match("model.layers.0.attn_17.weight").entry.rule == 17
+    assert m.match("model.layers.0.attn_17.weight.x").entry.rule == 17
 
 
 def test_two_alternatives_of_one_rule_are_not_ambiguous():

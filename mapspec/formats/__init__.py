@@ -1,92 +1,116 @@
-"""Format adapters, chosen by file suffix (or `--to`), or by sniffing a source's first bytes."""
+"""Format adapters, looked up in the registry (`registry.Format`): by `--to` name, by file
+suffix, or by sniffing a source's first bytes. Sharded checkpoints (an HF index, a model
+directory, a list or glob of shards) open as one source over the union of their keys."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping, Sequence
 
 from ..errors import CheckpointError, UsageError
-from ..plan import TensorInfo
-from .base import AtomicPath, Selected, Sink, Source
-from .reading import RegularFile, ZipMembers, reading
+from ..tensorinfo import TensorInfo
+from .base import AtomicPath, Extent, Selected, Sink, Source, SourceBase
+from .reading import RegularFile, reading
+from .registry import HEAD_BYTES, Format
 
-SUFFIXES = {
-    ".safetensors": "safetensors",
-    ".pt": "torch", ".pth": "torch", ".bin": "torch", ".ckpt": "torch",
-    ".npz": "npz",
-    ".params": "mxnet",
-    ".wts": "wts",
-    ".oneflow": "oneflow", ".of": "oneflow",
-}
-FORMAT_NAMES = {"safetensors": "safetensors", "pt": "torch", "torch": "torch", "pytorch": "torch", "npz": "npz",
-                "mxnet": "mxnet", "params": "mxnet", "wts": "wts", "tensorrt": "wts",
-                "oneflow": "oneflow"}
+# One module per format, each ending with `FORMAT = Format(...)`; sniffing tries them in this
+# order. The modules import numpy only, so converting MXNet to safetensors never imports torch.
+MODULES = ("safetensors", "mxnet", "torch", "npz", "oneflow", "wts")
 
 
-# format -> (module, source class, sink class); modules load on first use, so converting
-# MXNet to safetensors never imports torch.
-ADAPTERS = {
-    "safetensors": ("safetensors", "SafetensorsSource", "SafetensorsSink"),
-    "torch": ("torch", "TorchSource", "TorchSink"),
-    "npz": ("npz", "NpzSource", "NpzSink"),
-    "mxnet": ("mxnet", "MXNetSource", "MXNetSink"),
-    "wts": ("wts", "WtsSource", "WtsSink"),
-    "oneflow": ("oneflow", "OneflowSource", "OneflowSink"),
-}
+def formats() -> tuple[Format, ...]:
+    return tuple(importlib.import_module(f".{m}", __name__).FORMAT for m in MODULES)
 
 
-def _classes(fmt: str):
-    if fmt not in ADAPTERS:
-        raise UsageError(f"unknown format '{fmt}' (known: {', '.join(sorted(set(FORMAT_NAMES)))})")
-    import importlib
+def by_name(name: str) -> Format:
+    for f in formats():
+        if name.lower() in f.names:
+            return f
+    raise UsageError(f"unknown format '{name}' (known: {known_names()})")
 
-    module, source, sink = ADAPTERS[fmt]
-    mod = importlib.import_module(f".{module}", __name__)
-    return getattr(mod, source), getattr(mod, sink)
+
+def known_names() -> str:
+    """Every format with its aliases, for help texts and errors: 'safetensors, torch (pt, pytorch), ...'."""
+    return ", ".join(f.name + (f" ({', '.join(f.aliases)})" if f.aliases else "") for f in formats())
+
+
+def by_suffix(path: Path) -> Format | None:
+    suffix = path.suffix.lower()
+    return next((f for f in formats() if suffix in f.suffixes), None)
 
 
 def sniff(path: Path) -> str:
-    fmt = SUFFIXES.get(path.suffix.lower())
+    """The format of a single checkpoint (file or format directory), by suffix, else by content."""
+    fmt = by_suffix(path)
     if fmt:
-        return fmt
-    from .oneflow import is_oneflow_dir
-
-    if is_oneflow_dir(path):
-        return "oneflow"
+        return fmt.name
+    head = b""
+    if not path.is_dir():
+        with reading(path), RegularFile(path) as f:
+            head = f.read_bytes(0, min(HEAD_BYTES, f.size), "the file header")
+    with reading(path):
+        for f in formats():
+            if f.sniff is not None and f.directory == path.is_dir() and f.sniff(path, head):
+                return f.name
     if path.is_dir():
-        raise CheckpointError(f"{path}: a directory, but not a OneFlow checkpoint (no pickled_data)")
-    with reading(path), RegularFile(path) as f:
-        head = f.read_bytes(0, min(9, f.size), "the file header")
-        from .mxnet import is_mxnet
-
-        if is_mxnet(head):
-            return "mxnet"
-        if head[:4] == b"PK\x03\x04":
-            members = ZipMembers(f)
-            try:
-                names = [i.filename for i in members.infos]
-            finally:
-                members.close()
-            return "torch" if any(n.endswith("data.pkl") for n in names) else "npz"
-    if len(head) == 9 and head[8:9] == b"{":
-        return "safetensors"
-    if head[:1] == b"\x80":
-        return "torch"
-    raise CheckpointError(f"{path}: unknown checkpoint format (expected .safetensors, .pt, .npz, .params)")
+        raise CheckpointError(f"{path}: a directory, but no checkpoint in it (no *.index.json, no single "
+                              f"checkpoint file, not a OneFlow directory)")
+    suffixes = ", ".join(s for f in formats() for s in f.suffixes)
+    raise CheckpointError(f"{path}: unknown checkpoint format (expected one of {suffixes}, a shard index "
+                          f"*.index.json, or a model directory)")
 
 
-class Guarded:
+def open_source(path: str | Path | Sequence[str | Path], fmt: str | None = None, select: str | None = None,
+                epoch: int | None = None) -> Source:
+    """A lazy source. `path` is a checkpoint file, a format directory (OneFlow), a shard index
+    (`*.index.json`), a model directory holding one or a single checkpoint file, a glob of
+    shards, or a list of shard files. `select` picks a sub-tree; None lets a training
+    checkpoint pick its model part automatically; "" keeps the whole file."""
+    from . import sharded
+    from .mxnet import resolve_prefix
+
+    if isinstance(path, (list, tuple)):
+        source: Source = sharded.ShardedSource.from_files([Path(p) for p in path])
+    else:
+        path = resolve_prefix(Path(path), epoch)
+        if not path.exists() and not any(c in str(path) for c in "*?["):
+            raise CheckpointError(f"{path}: no such file{_epoch_hint(path) if epoch is None else ''}")
+        source = sharded.open_path(path, fmt)
+    try:
+        auto = False
+        if select is None:
+            # A training checkpoint (model, ema, optimizer, epoch...) converts its model part.
+            select = source.auto_select()
+            auto = bool(select)
+        if not select:
+            return source
+        chosen = Selected(source, select)
+        chosen.auto = auto
+        return chosen
+    except BaseException:
+        source.close()
+        raise
+
+
+def open_file(path: Path, fmt: str | None = None) -> Source:
+    """One checkpoint file (or format directory) through its format's source."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    cls = (by_name(fmt) if fmt else by_name(sniff(path))).source
+    with reading(path):
+        return Guarded(cls(path))
+
+
+class Guarded(SourceBase):
     """A source whose every failure while reading is one `CheckpointError` naming its file
     (see `reading`): the one error discipline, for every format."""
 
     def __init__(self, inner: Source):
         self.inner = inner
         self.path = inner.path
-        self.object = getattr(inner, "object", None)
-        if hasattr(inner, "release"):
-            self.release = self._release
-        if hasattr(inner, "extent"):
-            self.extent = self._extent
+        self.metadata = inner.metadata
+        self.object = inner.object
 
     def infos(self) -> Mapping[str, TensorInfo]:
         with reading(self.path):
@@ -96,49 +120,21 @@ class Guarded:
         with reading(self.path):
             return self.inner.read(key)
 
-    def _release(self, key: str) -> None:
+    def extent(self, key: str) -> Extent | None:
+        with reading(self.path):
+            return self.inner.extent(key)
+
+    def release(self, key: str) -> None:
         with reading(self.path):
             self.inner.release(key)
 
-    def _extent(self, key: str):
+    def auto_select(self) -> str | None:
         with reading(self.path):
-            return self.inner.extent(key)
+            return self.inner.auto_select()
 
     def close(self) -> None:
         with reading(self.path):
             self.inner.close()
-
-
-def open_source(path: str | Path, fmt: str | None = None, select: str | None = None,
-                epoch: int | None = None) -> Source:
-    """A lazy source. `select` picks a sub-tree; None lets a training checkpoint pick its
-    model part automatically (see `inspect.auto_select`); "" keeps the whole file."""
-    from .mxnet import resolve_prefix
-
-    path = resolve_prefix(Path(path), epoch)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file{_epoch_hint(path) if epoch is None else ''}")
-    fmt = FORMAT_NAMES.get(fmt, fmt) if fmt else sniff(path)
-    source_cls, _ = _classes(fmt)
-    with reading(path):
-        source = Guarded(source_cls(path))
-    try:
-        auto = False
-        if select is None and source.object is not None:
-            from ..inspect import auto_select
-
-            # A training checkpoint (model, ema, optimizer, epoch...) converts its model part.
-            with reading(path):
-                select = auto_select(source.object)
-            auto = bool(select)
-        if not select:
-            return source
-        selected = Selected(source, select)
-        selected.auto = auto
-        return selected
-    except BaseException:
-        source.close()
-        raise
 
 
 def _epoch_hint(path: Path) -> str:
@@ -165,19 +161,31 @@ def read_infos(path: str | Path, select: str | None = None) -> dict[str, TensorI
 
 def sink_format(path: str | Path, to: str | None) -> str:
     if to:
-        if to not in FORMAT_NAMES:
-            raise UsageError(f"unknown output format '{to}' (known: {', '.join(sorted(FORMAT_NAMES))})")
-        return FORMAT_NAMES[to]
-    fmt = SUFFIXES.get(Path(path).suffix.lower())
+        return by_name(to).name
+    fmt = by_suffix(Path(path))
     if fmt is None:
         raise UsageError(f"cannot tell the output format from '{Path(path).name}'; use --to "
-                         f"({', '.join(sorted(FORMAT_NAMES))})")
-    return fmt
+                         f"({known_names()})")
+    return fmt.name
 
 
-def open_sink(path: str | Path, fmt: str, outputs: Mapping[str, TensorInfo], metadata=None) -> Sink:
-    _, sink_cls = _classes(fmt)
-    return sink_cls(Path(path), outputs, metadata)
+def check_dtypes(fmt: Format, dtypes: Iterable[str]) -> None:
+    unsupported = sorted(set(dtypes) - fmt.dtypes)
+    if unsupported:
+        raise UsageError(f"{fmt.name} files cannot hold {', '.join(unsupported)} tensors; cast them in the spec")
 
 
-__all__ = ["AtomicPath", "Sink", "Source", "open_sink", "open_source", "read_infos", "sink_format", "sniff"]
+def open_sink(path: str | Path, fmt: str, outputs: Mapping[str, TensorInfo], metadata=None,
+              max_shard_size: int | str | None = None) -> Sink:
+    """A sink for `outputs`; with `max_shard_size`, `path` is a directory of HF-style shards."""
+    f = by_name(fmt)
+    check_dtypes(f, (i.dtype for i in outputs.values()))
+    if max_shard_size is not None:
+        from .sharded import ShardedSink
+
+        return ShardedSink(Path(path), f, outputs, max_shard_size, metadata)
+    return f.sink(Path(path), outputs, metadata)
+
+
+__all__ = ["AtomicPath", "Extent", "Format", "Guarded", "Selected", "Sink", "Source", "SourceBase", "by_name", "formats", "known_names",
+           "open_file", "open_sink", "open_source", "read_infos", "sink_format", "sniff"]

@@ -11,38 +11,110 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Protocol
 
 import numpy as np
 
 from ..errors import CheckpointError, Interrupted, OutputError, UsageError
-from ..plan import TensorInfo
+from ..tensorinfo import TensorInfo
+
+if TYPE_CHECKING:
+    from .reading import RegularFile
+
+
+class Extent(NamedTuple):
+    """A tensor's bytes exactly as a sink would store them (C order, little-endian), lying in
+    one range of a file: sinks copy them file-to-file (`copy_extent`), never through Python."""
+
+    file: "RegularFile"
+    offset: int
+    nbytes: int
 
 
 class Source(Protocol):
+    """Everything the executor, `inspect` and selection ask of a checkpoint reader."""
+
     path: Path
+    metadata: Mapping[str, str]  # free-form file metadata (safetensors `__metadata__`), else {}
+    object: Any                  # the unpickled tree for pickle formats (training checkpoints), else None
+    shards: tuple[Path, ...]     # the files behind a sharded checkpoint, else ()
+    auto: bool                   # a sub-tree mapspec selected by itself (see auto_select)
 
     def infos(self) -> Mapping[str, TensorInfo]:
         """Every tensor's name, shape and dtype, in file order; no tensor data is read."""
 
     def read(self, key: str) -> np.ndarray:
-        """One tensor, read now into a fresh buffer (bf16 as uint16 bits).
+        """One tensor, read now into a fresh buffer (bf16 as uint16 bits)."""
 
-        Sources may also offer `release(key)` (its bytes are consumed) and `extent(key)`:
-        `(RegularFile, offset, nbytes)` when the tensor is stored as-is, C-order and
-        little-endian, in one range of a file (so it can be copied without decoding), else None."""
+    def extent(self, key: str) -> Extent | None:
+        """Where `key`'s bytes lie as stored, C-order and little-endian, in one range of a
+        file, if they do (so they can be copied without decoding)."""
+
+    def release(self, key: str) -> None:
+        """`key`'s bytes are consumed: hand their pages back, so memory stays near one step."""
+
+    def auto_select(self) -> str | None:
+        """The sub-tree to convert when the caller did not say (a training checkpoint's model)."""
 
     def close(self) -> None: ...
 
 
+class SourceBase:
+    """What a source without the feature answers; sources override what they support."""
+
+    metadata: Mapping[str, str] = {}
+    object: Any = None
+    shards: tuple[Path, ...] = ()
+    auto = False
+
+    def extent(self, key: str) -> Extent | None:
+        return None
+
+    def release(self, key: str) -> None:
+        pass
+
+    def auto_select(self) -> str | None:
+        return None
+
+
 class Sink(Protocol):
     def write(self, name: str, array: np.ndarray) -> None: ...
+
+    def write_region(self, name: str, extent: Extent) -> bool:
+        """Write `name` by copying its stored bytes file-to-file; False: not supported here,
+        `write` it instead."""
 
     def commit(self) -> None:
         """Make the output appear, whole, under its final name."""
 
     def abort(self) -> None:
         """Remove everything written so far."""
+
+
+class SinkBase:
+    def write_region(self, name: str, extent: Extent) -> bool:
+        return False
+
+
+def copy_extent(extent: Extent, fd_out: int, offset_out: int) -> None:
+    """Copy `extent` to `fd_out` at `offset_out` inside the kernel (copy_file_range), so the
+    bytes never pass through Python or page faults; falls back to pread/pwrite in chunks."""
+    file, pos, left = extent
+    fd_in, out = file.fd, offset_out
+    fast = hasattr(os, "copy_file_range")
+    while left:
+        n = 0
+        if fast:
+            try:
+                n = os.copy_file_range(fd_in, fd_out, min(left, 1 << 30), pos, out)
+            except OSError:  # EXDEV on old kernels, EINVAL on some file systems
+                fast = False
+        if not fast:
+            chunk = os.pread(fd_in, min(left, 8 << 20), pos)
+            n = os.pwrite(fd_out, chunk, out) if chunk else 0
+        if n <= 0:
+            raise CheckpointError(f"{file.path}: ends before byte {pos + left} (truncated while reading?)")
+        pos, out, left = pos + n, out + n, left - n
 
 
 class AtomicPath:
@@ -247,15 +319,16 @@ def select(infos: Mapping[str, TensorInfo], prefix: str | None, path: Path) -> d
     return out
 
 
-class Selected:
+class Selected(SourceBase):
     """A source seen through `select`: only the sub-tree, with names relative to it."""
-
-    auto = False  # chosen by mapspec for a training checkpoint, not asked for
 
     def __init__(self, inner: Source, prefix: str | None):
         self.inner = inner
         self.prefix = prefix
         self.path = inner.path
+        self.metadata = inner.metadata
+        self.object = inner.object
+        self.shards = inner.shards
         all_infos = inner.infos()
         self._names = select(all_infos, prefix, inner.path)
         self._infos = {k: all_infos[v] for k, v in self._names.items()}
@@ -266,14 +339,11 @@ class Selected:
     def read(self, key: str) -> np.ndarray:
         return self.inner.read(self._names[key])
 
-    def release(self, key: str) -> None:
-        release = getattr(self.inner, "release", None)
-        if release:
-            release(self._names[key])
+    def extent(self, key: str) -> Extent | None:
+        return self.inner.extent(self._names[key])
 
-    def extent(self, key: str):
-        extent = getattr(self.inner, "extent", None)
-        return extent(self._names[key]) if extent else None
+    def release(self, key: str) -> None:
+        self.inner.release(self._names[key])
 
     def close(self) -> None:
         self.inner.close()

@@ -26,8 +26,9 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError, UsageError
-from ..plan import TensorInfo
-from .base import AtomicPath
+from ..tensorinfo import TensorInfo
+from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent
+from .registry import Format
 from .reading import MAX_EXPANDED_BYTES, RegularFile, shown
 
 FILE_MAGIC = 0x112
@@ -164,7 +165,7 @@ def _check_sparse(path: Path, what: str, stype: int, shape: tuple, storage: tupl
             raise bad(f"index arrays {indptr} and {cols} do not fit shape {shape} with {storage[0]} values")
 
 
-class MXNetSource:
+class MXNetSource(SourceBase):
     def __init__(self, path: Path):
         self.path = Path(path)
         self._file = RegularFile(self.path)
@@ -264,14 +265,14 @@ def _header(info: TensorInfo) -> bytes:
     return struct.pack("<Ii", magic, 0) + shape + struct.pack("<iii", 1, 0, CODES[info.dtype])
 
 
-class MXNetSink:
+class MXNetSink(SinkBase):
     """Record sizes are known from the plan, so every record has its place before data comes."""
 
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         self.atomic = AtomicPath(path)
         self.provenance = metadata
         self.infos = dict(outputs)
-        self.file = self.atomic.open("wb")
+        self.file = self.atomic.open("r+b")  # not "wb": truncating makes close() flush everything
         self.file.write(struct.pack("<QQQ", FILE_MAGIC, 0, len(outputs)))
         self.offsets: dict[str, int] = {}
         pos = 24
@@ -292,6 +293,12 @@ class MXNetSink:
         self.file.seek(self.offsets[name])
         self.file.write(dtypes.raw(array, self.infos[name].dtype))
         self.written.add(name)
+
+    def write_region(self, name: str, extent: Extent) -> bool:
+        self.file.flush()
+        copy_extent(extent, self.file.fileno(), self.offsets[name])
+        self.written.add(name)
+        return True
 
     def commit(self) -> None:
         if set(self.offsets) - self.written:
@@ -316,3 +323,7 @@ def resolve_prefix(path: Path, epoch: int | None) -> Path:
 
 def is_mxnet(head: bytes) -> bool:
     return len(head) >= 8 and struct.unpack("<Q", head[:8])[0] == FILE_MAGIC
+
+
+FORMAT = Format("mxnet", "MXNet .params (mx.nd.save)", (".params",), MXNetSource, MXNetSink,
+                frozenset(FLAGS.values()), aliases=("params",), sniff=lambda path, head: is_mxnet(head))

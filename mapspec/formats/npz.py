@@ -15,8 +15,9 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError
-from ..plan import TensorInfo
-from .base import AtomicPath
+from ..tensorinfo import TensorInfo
+from .base import AtomicPath, SinkBase, SourceBase
+from .registry import Format
 from .reading import RegularFile, ZipMembers, clip, shown
 
 DTYPES_MEMBER = "__mapspec_dtypes__"
@@ -25,7 +26,7 @@ DTYPES_MEMBER = "__mapspec_dtypes__"
 MAX_TAGS = 1 << 24  # bytes of the dtype-tag member
 
 
-class NpzSource:
+class NpzSource(SourceBase):
     def __init__(self, path: Path):
         self.path = Path(path)
         self._file = RegularFile(self.path)
@@ -136,7 +137,7 @@ class NpzSource:
         self._file.close()
 
 
-class NpzSink:
+class NpzSink(SinkBase):
     """Each tensor is written as its own zip member as it arrives."""
 
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
@@ -162,3 +163,12 @@ class NpzSink:
     def abort(self) -> None:
         self.zip.fp = None  # closing the zip would write its directory (and fail again): drop it
         self.atomic.abort()
+
+
+def _is_npz(path: Path, head: bytes) -> bool:
+    from .torch import is_torch_zip
+
+    return head[:4] == b"PK\x03\x04" and not is_torch_zip(path)
+
+
+FORMAT = Format("npz", "NumPy .npz", (".npz",), NpzSource, NpzSink, frozenset(dtypes.STORAGE), sniff=_is_npz)

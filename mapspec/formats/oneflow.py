@@ -24,9 +24,10 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError, UsageError
-from ..plan import TensorInfo
 from ..provenance import RECORD
-from .base import AtomicPath
+from ..tensorinfo import TensorInfo
+from .base import AtomicPath, SinkBase, SourceBase
+from .registry import Format
 from .reading import RegularFile, clip, read_small, shown
 from .unpickle import MAX_DEPTH, MAX_NODES, MAX_PICKLE, Budget, StandIn, unpickle
 
@@ -71,7 +72,7 @@ def is_oneflow_dir(path: Path) -> bool:
     return path.is_dir() and ((path / "pickled_data").is_file() or (path / "snapshot_done").exists())
 
 
-class OneflowSource:
+class OneflowSource(SourceBase):
     def __init__(self, path: Path):
         self.path = Path(path)
         if not self.path.is_dir():
@@ -159,7 +160,7 @@ class _Pickler(pickle._Pickler):
     dispatch[type] = save_global
 
 
-class OneflowSink:
+class OneflowSink(SinkBase):
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         bad = sorted({i.dtype for i in outputs.values()} - set(CODES))
         if bad:
@@ -187,3 +188,7 @@ class OneflowSink:
 
     def abort(self) -> None:
         self.atomic.abort()
+
+
+FORMAT = Format("oneflow", "OneFlow flow.save directory", (".oneflow", ".of"), OneflowSource, OneflowSink,
+                frozenset(CODES), sniff=lambda path, head: is_oneflow_dir(path), directory=True)

@@ -17,8 +17,9 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError
-from ..plan import TensorInfo
-from .base import AtomicPath
+from ..tensorinfo import TensorInfo
+from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent
+from .registry import Format
 from .reading import RegularFile, clip, shown
 
 NAMES = {
@@ -104,7 +105,7 @@ def parse_header(blob: bytes, path: Path) -> tuple[dict, dict]:
     return metadata, header
 
 
-class SafetensorsSource:
+class SafetensorsSource(SourceBase):
     def __init__(self, path: Path):
         self.path = Path(path)
         self._file = RegularFile(self.path)
@@ -172,7 +173,7 @@ class SafetensorsSource:
         self._file.close()
 
 
-class SafetensorsSink:
+class SafetensorsSink(SinkBase):
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         self.atomic = AtomicPath(path)
         self.provenance = metadata
@@ -191,7 +192,7 @@ class SafetensorsSink:
         self.header = header
         blob = self._blob()
         self.base = 8 + len(blob)
-        self.file = self.atomic.open("wb")
+        self.file = self.atomic.open("r+b")  # not "wb": truncating makes close() flush everything
         self.file.write(struct.pack("<Q", len(blob)) + blob)
         self.file.truncate(self.base + pos)
         self.written: set[str] = set()
@@ -211,6 +212,12 @@ class SafetensorsSink:
         self.file.write(dtypes.raw(array, self.infos[name].dtype))
         self.written.add(name)
 
+    def write_region(self, name: str, extent: Extent) -> bool:
+        self.file.flush()
+        copy_extent(extent, self.file.fileno(), self.base + self.offsets[name])
+        self.written.add(name)
+        return True
+
     def commit(self) -> None:
         missing = set(self.offsets) - self.written
         if missing:
@@ -228,3 +235,8 @@ class SafetensorsSink:
 
     def abort(self) -> None:
         self.atomic.abort()
+
+
+FORMAT = Format(
+    "safetensors", "safetensors (Hugging Face)", (".safetensors",), SafetensorsSource, SafetensorsSink,
+    frozenset(NAMES.values()), sniff=lambda path, head: len(head) >= 9 and head[8:9] == b"{", hf_layout=("model.safetensors", "model", "model.safetensors.index.json"))

@@ -4,28 +4,27 @@ Reading needs no torch: `torch_pickle` unpickles with known-safe globals only, a
 tensor is read from the file when asked for. Nested dicts (training checkpoints) are flattened
 with dots, so `select model` picks `checkpoint["model"]`; a pickled `nn.Module` contributes
 what its `state_dict()` would; entries that are not tensors (epoch, config) are skipped.
-Writing streams torch's own zip format through torch.
+Writing streams torch's zip format natively (`torch_zip`): no torch needed.
 """
 
 from __future__ import annotations
 
-import errno
-import io
-import math
-import pickle
+import os
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from .. import dtypes
 from ..errors import CheckpointError, UsageError
-from ..plan import TensorInfo
 from ..provenance import RECORD
-from .base import AtomicPath
-from .reading import brief
+from ..tensorinfo import TensorInfo
+from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent
+from .reading import RegularFile, ZipMembers, brief
+from .registry import Format
 from .torch_pickle import StandIn, Tensor, load
+from .torch_zip import STORAGE_TYPES, ZipWriter, state_pickle
 from .unpickle import MAX_DEPTH, MAX_NODES, Budget
 
 
@@ -94,7 +93,28 @@ def flatten(obj: Any, prefix: str, out: dict, depth: int = 0, budget: Budget | N
             flatten(v, f"{prefix}.{i}" if prefix else str(i), out, depth + 1, budget)
 
 
-class TorchSource:
+# Where common training-checkpoint layouts keep the model, in order of preference.
+AUTO_SELECT = ("state_dict", "model_state_dict", "model", "ema", "net", "module", "params")
+
+
+def auto_select(obj: Any) -> str | None:
+    """The sub-tree that holds the model in common training-checkpoint layouts."""
+    if not isinstance(obj, dict) or all(isinstance(v, Tensor) for v in obj.values()):
+        return None
+    for name in AUTO_SELECT:
+        value = obj.get(name)
+        if value is not None and (is_module(value) or _holds_tensors(value)):
+            return name
+    return None
+
+
+def _holds_tensors(obj: Any) -> bool:
+    found: dict = {}
+    flatten(obj, "", found)
+    return bool(found)
+
+
+class TorchSource(SourceBase):
     def __init__(self, path: Path):
         self.path = Path(path)
         self._checkpoint = load(self.path)
@@ -109,8 +129,12 @@ class TorchSource:
     def read(self, key: str) -> np.ndarray:
         return self._tensors[key].read()
 
-    def extent(self, key: str):
-        return self._tensors[key].extent()
+    def auto_select(self) -> str | None:
+        return auto_select(self.object)
+
+    def extent(self, key: str) -> Extent | None:
+        found = self._tensors[key].extent()
+        return Extent(*found) if found else None
 
     def release(self, key: str) -> None:
         found = self._tensors[key].extent()
@@ -133,106 +157,79 @@ def to_torch(array: np.ndarray, dtype: str):
         return torch.from_numpy(np.asarray(array, order="C"))
 
 
-STORAGE_TYPES = {
-    "float64": "DoubleStorage", "float32": "FloatStorage", "float16": "HalfStorage",
-    "bfloat16": "BFloat16Storage", "int64": "LongStorage", "int32": "IntStorage",
-    "int16": "ShortStorage", "int8": "CharStorage", "uint8": "ByteStorage", "bool": "BoolStorage",
-}
+class TorchSink(SinkBase):
+    """Writes torch.save's zip format natively (see `torch_zip`), one tensor at a time.
 
-
-class _StorageRef:
-    def __init__(self, key: str, dtype: str, numel: int):
-        self.key, self.dtype, self.numel = key, dtype, numel
-
-
-class _TensorRef:
-    """Pickles as torch.save pickles a contiguous tensor whose storage is `data/<key>`."""
-
-    def __init__(self, storage: _StorageRef, shape: tuple[int, ...]):
-        self.storage, self.shape = storage, shape
-
-    def __reduce_ex__(self, protocol):
-        import torch
-
-        stride, n = [], 1
-        for size in reversed(self.shape):
-            stride.insert(0, n)
-            n *= size
-        return (torch._utils._rebuild_tensor_v2,
-                (self.storage, 0, tuple(self.shape), tuple(stride), False, OrderedDict()))
-
-
-class TorchSink:
-    """Writes torch.save's zip format one tensor at a time.
-
-    torch.save needs every tensor in memory at once. Its pickle, though, holds only names,
-    shapes, dtypes and storage keys, all known from the plan, so it is written first with
-    torch's own record writer, and each tensor's bytes follow as a `data/<key>` record as it
-    arrives. torch.load reads the result like any torch.save file (tests check both ways)."""
+    torch.save needs every tensor in memory at once, and importing torch alone costs a
+    second and 220 MiB. The pickle holds only names, shapes, dtypes and storage keys, all
+    known from the plan, so it is written first, and each tensor's bytes follow as a
+    `data/<key>` record as they arrive. torch.load(weights_only=True) and transformers'
+    from_pretrained read the result like any torch.save file (tests check both)."""
 
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
-        torch = require_torch("writing .pt files")
-        unsupported = sorted({i.dtype for i in outputs.values()} - set(STORAGE_TYPES))
-        if unsupported:
-            raise UsageError(f"torch files cannot hold {', '.join(unsupported)} tensors")
         self.atomic = AtomicPath(path)
         self.provenance = metadata
         self.infos = dict(outputs)
         self.keys = {name: str(i) for i, name in enumerate(outputs)}
-        state = OrderedDict(
-            (name, _TensorRef(_StorageRef(self.keys[name], info.dtype, math.prod(info.shape)), info.shape))
-            for name, info in outputs.items())
-        buf = io.BytesIO()
-        pickler = pickle.Pickler(buf, protocol=2)
-        pickler.persistent_id = lambda obj: (
-            ("storage", getattr(torch, STORAGE_TYPES[obj.dtype]), obj.key, "cpu", obj.numel)
-            if isinstance(obj, _StorageRef) else None)
-        pickler.dump(state)
-        self.writer = torch._C.PyTorchFileWriter(str(self.atomic.tmp))
-        data = buf.getvalue()
-        with _write_errors():
-            self.writer.write_record("data.pkl", data, len(data))
-            self.writer.write_record(".format_version", "1", 1)
-            self.writer.write_record(".storage_alignment", "64", 2)
-            self.writer.write_record("byteorder", "little", len("little"))
-        self.written: set[str] = set()
+        self.pending = list(outputs)  # records follow the pickle's order
+        self.file = self.atomic.open("r+b")  # not "wb": truncating makes close() flush everything
+        self.zip = ZipWriter(self.file)
+        self.zip.add("data.pkl", state_pickle(outputs, self.keys))
+        self.zip.add(".format_version", b"1")
+        self.zip.add(".storage_alignment", b"64")
+        self.zip.add("byteorder", b"little")
+
+    def _begin(self, name: str) -> int:
+        if not self.pending or self.pending[0] != name:
+            raise RuntimeError(f"torch sink: '{name}' written out of plan order")
+        self.pending.pop(0)
+        return self.zip.begin(f"data/{self.keys[name]}", self.infos[name].nbytes)
 
     def write(self, name: str, array: np.ndarray) -> None:
-        tensor = to_torch(array, self.infos[name].dtype)
-        storage = tensor.untyped_storage()
-        with _write_errors():
-            self.writer.write_record(f"data/{self.keys[name]}", storage, storage.nbytes())
-        self.written.add(name)
+        self._begin(name)
+        self.zip.write(dtypes.raw(array, self.infos[name].dtype))
+        self.zip.end()
+
+    def write_region(self, name: str, extent: Extent) -> bool:
+        start = self._begin(name)
+        self.file.flush()
+        _, _, nbytes = extent
+        copy_extent(extent, self.file.fileno(), start)
+        self.zip.copied(self.file.fileno(), start, nbytes)
+        self.file.seek(start + nbytes)
+        self.zip.end()
+        return True
 
     def commit(self) -> None:
-        if set(self.infos) - self.written:
-            raise RuntimeError("torch sink closed with tensors unwritten")
-        with _write_errors():
-            if self.provenance is not None:  # a record the pickle does not name: torch.load skips it
-                record = self.provenance.json().encode()
-                self.writer.write_record(RECORD, record, len(record))
-            self.writer.write_end_of_file()
-        self.writer = None
+        if self.pending:
+            raise RuntimeError(f"torch sink closed with {len(self.pending)} tensors unwritten")
+        if self.provenance is not None:  # a record the pickle does not name: torch.load skips it
+            self.zip.add(RECORD, self.provenance.json().encode())
+        self.zip.add("version", b"3\n")
+        self.zip.add(".data/serialization_id", os.urandom(20).hex().encode())
+        self.zip.finish()
+        self.file.truncate()
+        self.file.close()
         self.atomic.commit()
 
     def abort(self) -> None:
-        # After a failed write, the writer's destructor would finish the archive, fail again
-        # and abort the process from C++; finishing it here (its error ignored) marks it done.
-        writer, self.writer = self.writer, None
-        if writer is not None:
-            try:
-                writer.write_end_of_file()
-            except Exception:
-                pass
-        self.atomic.abort()
+        self.atomic.abort()  # closes the file first, ignoring a failed flush
 
 
-class _write_errors:
-    """torch's writer reports a full disk as RuntimeError: make it the OSError it is."""
+def is_torch_zip(path: Path) -> bool:
+    """A zip holding `<dir>/data.pkl`: torch.save's format (an .npz is a zip without it)."""
+    with RegularFile(path) as f:
+        members = ZipMembers(f)
+        try:
+            return any(i.filename.endswith("data.pkl") for i in members.infos)
+        finally:
+            members.close()
 
-    def __enter__(self) -> None:
-        return None
 
-    def __exit__(self, kind, exc, tb) -> None:
-        if isinstance(exc, RuntimeError):
-            raise OSError(errno.EIO, f"torch's writer failed ({str(exc).splitlines()[0][:200]})") from None
+def _is_torch(path: Path, head: bytes) -> bool:
+    return is_torch_zip(path) if head[:4] == b"PK\x03\x04" else head[:1] == b"\x80"
+
+
+FORMAT = Format("torch", "PyTorch torch.save", (".pt", ".pth", ".bin", ".ckpt"), TorchSource, TorchSink,
+                frozenset(STORAGE_TYPES), aliases=("pt", "pytorch"), sniff=_is_torch,
+                hf_layout=("pytorch_model.bin", "pytorch_model", "pytorch_model.bin.index.json"))

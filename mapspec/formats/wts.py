@@ -16,12 +16,13 @@ import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError
-from ..plan import TensorInfo
-from .base import AtomicPath
+from ..tensorinfo import TensorInfo
+from .base import AtomicPath, SinkBase, SourceBase
+from .registry import Format
 from .reading import RegularFile, clip, shown
 
 
-class WtsSource:
+class WtsSource(SourceBase):
     def __init__(self, path: Path):
         self.path = Path(path)
         self._file = RegularFile(self.path)
@@ -101,7 +102,7 @@ def _count(text: bytes) -> int:
     return int(text)
 
 
-class WtsSink:
+class WtsSink(SinkBase):
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
         self.atomic = AtomicPath(path)
         self.provenance = metadata
@@ -125,3 +126,8 @@ class WtsSink:
 
     def abort(self) -> None:
         self.atomic.abort()
+
+
+# Every dtype goes in: like tensorrtx's gen_wts.py, the writer stores each value as float32.
+FORMAT = Format("wts", "TensorRT .wts (tensorrtx)", (".wts",), WtsSource, WtsSink, frozenset(dtypes.STORAGE),
+                aliases=("tensorrt",), sniff=lambda path, head: head.split(b"\n", 1)[0].strip().isdigit())

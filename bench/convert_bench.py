@@ -1,0 +1,271 @@
+"""Conversion at disk speed: `mapspec apply` against `cp` of the same bytes and against the
+classic way (torch.load + rename + torch.save; mx.nd.load + torch.save; the safetensors
+library's load + save), each in its own child process, in paired runs. Prints, per case,
+the median of the paired time ratios (run / cp) and every command's peak RSS.
+
+    /work/main/.venv/bin/python bench/convert_bench.py [--dir DIR] [--gb 2] [--repeat 3] [--big]
+        [--mxnet-python /work/main/.venv-mxnet/bin/python]
+
+--big adds the 13.5 GB fp16 sharded HF-style directory (Llama-7B shapes): -> sharded
+safetensors and -> sharded .bin. It needs about 3 x 13.5 GB free; the script checks first.
+Not part of CI: the numbers depend on the machine. Outputs are synced to disk (untimed)
+between runs so every run starts with the same clean page cache state for writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from mapspec import TensorInfo  # noqa: E402
+from mapspec.formats import open_sink  # noqa: E402
+
+MAPSPEC = ["-c", "import sys; from mapspec.cli import main; sys.argv[0] = 'mapspec'; main()"]
+
+RENAME = "mapspec 1\nmodel.{rest:**} -> net.{rest}\n"
+# cast + transpose + split + concat, on every layer: qkv split into q/k/v (cast to fp16),
+# up/gate concatenated into one tensor, down transposed.
+ACTIONS = """mapspec 1
+model.layers.{i:int}.qkv.weight -> net.layers.{i}.{p:q|k|v}.weight then chunk(3, 0) then cast(float16)
+model.layers.{i:int}.mlp.{m:up|gate}.weight -> net.layers.{i}.mlp.up_gate.weight then concat(0)
+model.layers.{i:int}.mlp.down.weight -> net.layers.{i}.mlp.down_t.weight then transpose()
+model.layers.{i:int}.norm.weight -> net.layers.{i}.norm.weight
+model.embed.weight -> net.embed.weight
+"""
+
+CLASSIC_TORCH = """
+import sys, torch
+src, out, actions = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+state = torch.load(src, map_location="cpu", weights_only=True)
+new = {}
+for k, v in state.items():
+    name = "net." + k[len("model."):]
+    if not actions:
+        new[name] = v
+    elif k.endswith(".qkv.weight"):
+        for p, t in zip("qkv", v.chunk(3, 0)):
+            new[name.replace("qkv", p)] = t.half().contiguous()
+    elif k.endswith("mlp.up.weight"):
+        new[name.replace("up.weight", "up_gate.weight")] = torch.cat([v, state[k.replace(".up.", ".gate.")]], 0)
+    elif k.endswith("mlp.gate.weight"):
+        pass
+    elif k.endswith("mlp.down.weight"):
+        new[name.replace("down", "down_t")] = v.t().contiguous()
+    else:
+        new[name] = v
+del state
+torch.save(new, out)
+"""
+
+CLASSIC_SAFETENSORS = """
+import sys
+from safetensors.numpy import load_file, save_file
+src, out = sys.argv[1], sys.argv[2]
+state = load_file(src)
+save_file({"net." + k[len("model."):]: v for k, v in state.items()}, out)
+"""
+
+CLASSIC_MXNET = """
+import sys, mxnet as mx, torch
+src, out = sys.argv[1], sys.argv[2]
+state = {"net." + k[len("model."):]: torch.from_numpy(v.asnumpy()) for k, v in mx.nd.load(src).items()}
+torch.save(state, out)
+"""
+
+
+def layers(gb: float, hidden: int = 2048) -> dict[str, TensorInfo]:
+    """fp32 transformer-ish layers (qkv, mlp up/gate/down, norms) adding up to about `gb` GB."""
+    infos = {"model.embed.weight": TensorInfo((8192, hidden), "float32")}
+    i = 0
+    while sum(x.nbytes for x in infos.values()) < gb * 1e9:
+        infos[f"model.layers.{i}.qkv.weight"] = TensorInfo((3 * hidden, hidden), "float32")
+        for m in ("up", "gate"):
+            infos[f"model.layers.{i}.mlp.{m}.weight"] = TensorInfo((2 * hidden, hidden), "float32")
+        infos[f"model.layers.{i}.mlp.down.weight"] = TensorInfo((hidden, 2 * hidden), "float32")
+        infos[f"model.layers.{i}.norm.weight"] = TensorInfo((hidden,), "float32")
+        i += 1
+    return infos
+
+
+def llama7b() -> dict[str, TensorInfo]:
+    """Llama-7B's tensors in fp16: 6.74 B parameters, 13.5 GB."""
+    h, f, v = 4096, 11008, 32000
+    infos = {"model.embed_tokens.weight": TensorInfo((v, h), "float16")}
+    for i in range(32):
+        for p in "qkvo":
+            infos[f"model.layers.{i}.self_attn.{p}_proj.weight"] = TensorInfo((h, h), "float16")
+        for m, shape in (("gate", (f, h)), ("up", (f, h)), ("down", (h, f))):
+            infos[f"model.layers.{i}.mlp.{m}_proj.weight"] = TensorInfo(shape, "float16")
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            infos[f"model.layers.{i}.{n}.weight"] = TensorInfo((h,), "float16")
+    infos["model.norm.weight"] = TensorInfo((h,), "float16")
+    infos["lm_head.weight"] = TensorInfo((v, h), "float16")
+    return infos
+
+
+def fill(path: Path, fmt: str, infos: dict[str, TensorInfo], max_shard_size: str | None = None) -> None:
+    """Written by mapspec's own sinks (each tested against the real library); the values are
+    a fixed random block tiled, so writing 13.5 GB does not wait on a random generator."""
+    block = np.random.default_rng(0).standard_normal(1 << 22).astype(np.float32)
+    sink = open_sink(path, fmt, infos, max_shard_size=max_shard_size)
+    try:
+        for k, info in infos.items():
+            n = int(np.prod(info.shape))
+            a = np.resize(block, n).astype(info.dtype).reshape(info.shape)
+            sink.write(k, a)
+        sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
+
+
+def run(argv: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB) of one child process. The RSS comes from /usr/bin/time:
+    a child forked from this (large) process would report this process's size."""
+    report = Path(os.environ.get("TMPDIR", "/tmp")) / f"convert_bench.{os.getpid()}.rss"
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(report), *argv],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(argv)}\n{proc.stderr}")
+    rss = int(report.read_text().split()[-1]) / 1024
+    report.unlink()
+    return wall, rss
+
+
+def clean(*paths: Path) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    os.sync()
+
+
+def case(title: str, src: Path, commands: dict[str, tuple[list[str], Path]], repeat: int) -> None:
+    """Paired runs: per repeat, cp then each command; ratios per pair, medians over repeats."""
+    copy = src.parent / f"cp-{src.name}"
+    cp = ["cp", "-r", str(src), str(copy)]
+    times: dict[str, list[float]] = {"cp": []}
+    rss: dict[str, list[float]] = {"cp": []}
+    ratios: dict[str, list[float]] = {}
+    for _ in range(repeat):
+        clean(copy)
+        t_cp, r = run(cp)
+        times["cp"].append(t_cp)
+        rss["cp"].append(r)
+        clean(copy)
+        for name, (argv, out) in commands.items():
+            clean(out)
+            t, r = run(argv)
+            clean(out)
+            times.setdefault(name, []).append(t)
+            rss.setdefault(name, []).append(r)
+            ratios.setdefault(name, []).append(t / t_cp)
+    print(f"\n{title}  ({size(src)}; cp median {statistics.median(times['cp']):.2f} s)")
+    print(f"  {'command':<34} {'time / cp':>10} {'median s':>9} {'peak RSS':>10}")
+    print(f"  {'cp':<34} {'1.00x':>10} {statistics.median(times['cp']):>9.2f} {max(rss['cp']):>7.0f} MiB")
+    for name in commands:
+        print(f"  {name:<34} {statistics.median(ratios[name]):>9.2f}x {statistics.median(times[name]):>9.2f} "
+              f"{max(rss[name]):>7.0f} MiB")
+    sys.stdout.flush()
+
+
+def size(path: Path) -> str:
+    n = sum(p.stat().st_size for p in path.rglob("*")) if path.is_dir() else path.stat().st_size
+    return f"{n / 1e9:.2f} GB"
+
+
+def mapspec(spec: Path, src: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, *MAPSPEC, "apply", str(spec), str(src), "-o", str(out), *extra]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/mapspec-bench"))
+    ap.add_argument("--gb", type=float, default=2.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--big", action="store_true", help="also the 13.5 GB fp16 sharded directory")
+    ap.add_argument("--mxnet-python", default="/work/main/.venv-mxnet/bin/python",
+                    help="a Python with mxnet and torch, for the classic MXNet way (skipped if absent)")
+    args = ap.parse_args()
+    d = args.dir
+    d.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(d).free
+    need = 4 * 3 * args.gb * 1e9 + (3 * 13.5e9 if args.big else 0)
+    if free < need:
+        raise SystemExit(f"{d}: {free / 1e9:.1f} GB free, the benchmark needs about {need / 1e9:.0f} GB")
+    os.environ["PYTHONPATH"] = str(REPO)
+    print(f"mapspec convert_bench, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.uname().nodename}, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; medians of {args.repeat} paired runs")
+    (d / "rename.map").write_text(RENAME)
+    (d / "actions.map").write_text(ACTIONS)
+    infos = layers(args.gb)
+    src = {"safetensors": d / "in.safetensors", "torch": d / "in.pt", "mxnet": d / "in.params"}
+    for fmt, path in src.items():
+        if not path.exists():
+            print(f"building {path} ...", flush=True)
+            fill(path, fmt, infos)
+    torch_in = d / "in-torchsave.pt"  # the classic way reads what torch.save wrote
+    if not torch_in.exists():
+        subprocess.run([sys.executable, "-c", "import sys, torch; from safetensors.torch import load_file; "
+                        "torch.save(load_file(sys.argv[1]), sys.argv[2])", str(src["safetensors"]), str(torch_in)],
+                       check=True)
+    rename, actions = d / "rename.map", d / "actions.map"
+    py = sys.executable
+    case("rename only: safetensors -> safetensors", src["safetensors"], {
+        "mapspec": (mapspec(rename, src["safetensors"], d / "o.safetensors"), d / "o.safetensors"),
+        "safetensors load_file + save_file": ([py, "-c", CLASSIC_SAFETENSORS, str(src["safetensors"]),
+                                              str(d / "c.safetensors")], d / "c.safetensors"),
+    }, args.repeat)
+    case("rename only: .pt (torch.save) -> .pt", torch_in, {
+        "mapspec": (mapspec(rename, torch_in, d / "o.pt"), d / "o.pt"),
+        "torch.load + torch.save": ([py, "-c", CLASSIC_TORCH, str(torch_in), str(d / "c.pt"), "0"], d / "c.pt"),
+    }, args.repeat)
+    case("rename only: .pt -> safetensors, safetensors -> .pt", torch_in, {
+        "mapspec .pt -> safetensors": (mapspec(rename, torch_in, d / "o.safetensors"), d / "o.safetensors"),
+        "mapspec safetensors -> .pt": (mapspec(rename, src["safetensors"], d / "o.pt"), d / "o.pt"),
+    }, args.repeat)
+    commands = {
+        "mapspec .params -> safetensors": (mapspec(rename, src["mxnet"], d / "o.safetensors"), d / "o.safetensors"),
+        "mapspec .params -> .pt": (mapspec(rename, src["mxnet"], d / "o.pt"), d / "o.pt"),
+    }
+    if Path(args.mxnet_python).exists():
+        commands["mx.nd.load + torch.save"] = ([args.mxnet_python, "-c", CLASSIC_MXNET, str(src["mxnet"]),
+                                               str(d / "c.pt")], d / "c.pt")
+    case("rename only: MXNet .params ->", src["mxnet"], commands, args.repeat)
+    case("cast + transpose + split + concat: .pt -> .pt", torch_in, {
+        "mapspec": (mapspec(actions, torch_in, d / "o.pt"), d / "o.pt"),
+        "torch.load + ops + torch.save": ([py, "-c", CLASSIC_TORCH, str(torch_in), str(d / "c.pt"), "1"], d / "c.pt"),
+    }, args.repeat)
+    case("cast + transpose + split + concat: safetensors -> safetensors", src["safetensors"], {
+        "mapspec": (mapspec(actions, src["safetensors"], d / "o.safetensors"), d / "o.safetensors"),
+    }, args.repeat)
+    if args.big:
+        big = d / "llama7b"
+        if not big.exists():
+            print(f"building {big} (13.5 GB) ...", flush=True)
+            fill(big, "safetensors", llama7b(), max_shard_size="5GB")
+        (d / "keep.map").write_text("mapspec 1\n{rest:**} -> {rest}\n")
+        keep = d / "keep.map"
+        case("13.5 GB fp16 sharded directory, rename only", big, {
+            "mapspec -> sharded safetensors": (mapspec(keep, big, d / "o7b", "--max-shard-size", "5GB"), d / "o7b"),
+            "mapspec -> sharded .bin": (mapspec(keep, big, d / "o7b-bin", "--max-shard-size", "5GB", "--to", "torch"),
+                                        d / "o7b-bin"),
+        }, max(1, args.repeat - 1))
+
+
+if __name__ == "__main__":
+    main()

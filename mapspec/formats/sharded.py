@@ -1,0 +1,262 @@
+"""Sharded checkpoints, as transformers' `save_pretrained` writes them.
+
+Reading: an index (`model.safetensors.index.json`, `pytorch_model.bin.index.json`), a model
+directory holding one (or a single checkpoint file), or an explicit list or glob of shards
+opens as one source over the union of the shards' keys, so a spec is compiled against the
+whole model and merges across shards work; each tensor is read lazily from its own shard.
+Every shard is opened, and the index checked against what the shards hold, before anything
+is written.
+
+Writing: `ShardedSink` fills shards in plan order up to `max_shard_size` (a tensor larger
+than the bound gets a shard of its own, as transformers does), names them as transformers
+does, writes the index, and builds it all in a temporary directory that is renamed into
+place only when every shard is complete."""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..errors import CheckpointError, UsageError
+from ..tensorinfo import TensorInfo
+from .base import AtomicPath, Extent, SinkBase, SourceBase
+from .registry import Format
+
+MAX_INDEX = 100_000_000  # bytes; an index is names and file names only
+
+
+def open_path(path: Path, fmt: str | None = None):
+    """The source for one path argument: a file, a format directory, an index, a model
+    directory, or a glob of shards."""
+    from . import by_name, formats, open_file, sniff
+
+    if not path.exists() and any(c in str(path) for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(str(path)))
+        if not files:
+            raise CheckpointError(f"{path}: no files match")
+        return ShardedSource.from_files(files) if len(files) > 1 else open_file(files[0], fmt)
+    if path.name.endswith(".index.json"):
+        return ShardedSource.from_index(path)
+    if path.is_dir():
+        if fmt is not None and by_name(fmt).directory:
+            return open_file(path, fmt)
+        if any(f.directory and f.sniff(path, b"") for f in formats()):
+            return open_file(path, sniff(path))
+        return _open_model_dir(path)
+    return open_file(path, fmt)
+
+
+def _open_model_dir(path: Path):
+    """A model directory: its index (safetensors preferred, as transformers prefers it), else
+    its single checkpoint file."""
+    from . import by_suffix, formats, open_file
+
+    layouts = [f.hf_layout for f in formats() if f.hf_layout]  # registry order: safetensors first
+    for _single, _stem, index in layouts:
+        if (path / index).is_file():
+            return ShardedSource.from_index(path / index)
+    for single, _stem, _index in layouts:
+        if (path / single).is_file():
+            return open_file(path / single)
+    files = [p for p in sorted(path.iterdir()) if p.is_file() and by_suffix(p) is not None]
+    if len(files) == 1:
+        return open_file(files[0])
+    found = ", ".join(p.name for p in files[:8]) or "no checkpoint files"
+    raise CheckpointError(f"{path}: a directory without a shard index (*.index.json) or a single checkpoint "
+                          f"file ({found}); name the files to read, e.g. '{path}/*.safetensors'")
+
+
+class ShardedSource(SourceBase):
+    """Several checkpoint files seen as one: keys are the union, each read from its shard."""
+
+    def __init__(self, path: Path, shards: Sequence[Path], weight_map: Mapping[str, str] | None = None):
+        from . import open_file
+
+        self.path = path
+        self.shards = tuple(shards)
+        missing = [p for p in self.shards if not p.is_file()]
+        if missing:
+            raise CheckpointError(f"{path}: shard {missing[0].name} is missing"
+                                  + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        self._sources = []
+        self._owner: dict[str, SourceBase] = {}
+        self._infos: dict[str, TensorInfo] = {}
+        try:
+            for shard in self.shards:
+                source = open_file(shard)
+                self._sources.append(source)
+                for key, info in source.infos().items():
+                    if key in self._owner:
+                        raise CheckpointError(f"{path}: tensor '{key}' is in both {_where(self._owner[key])} "
+                                              f"and {shard.name}")
+                    self._owner[key] = source
+                    self._infos[key] = info
+            for key, name in (weight_map or {}).items():
+                owner = self._owner.get(key)
+                if owner is None or owner.path.name != name:
+                    held = f"it is in {owner.path.name}" if owner is not None else "no shard holds it"
+                    raise CheckpointError(f"{path}: the index puts tensor '{key}' in {name}, but {held}")
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def from_files(cls, files: Sequence[Path]) -> "ShardedSource":
+        if not files:
+            raise CheckpointError("no shard files given")
+        return cls(files[0].parent, files)
+
+    @classmethod
+    def from_index(cls, index: Path) -> "ShardedSource":
+        try:
+            if index.stat().st_size > MAX_INDEX:
+                raise CheckpointError(f"{index}: {index.stat().st_size} bytes, too large for a shard index")
+            data = json.loads(index.read_text("utf-8"))
+        except OSError as exc:
+            raise CheckpointError(f"{index}: {exc.strerror}") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{index}: not a valid JSON shard index ({exc})") from None
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in weight_map.items()):
+            raise CheckpointError(f"{index}: a shard index needs a 'weight_map' object of tensor -> file name")
+        names = list(dict.fromkeys(weight_map.values()))
+        for name in names:  # shards are file names beside the index, never paths elsewhere
+            if name in ("", ".", "..") or "/" in name or "\\" in name:
+                raise CheckpointError(f"{index}: shard name {name!r} is not a file name beside the index")
+        return cls(index, [index.parent / n for n in sorted(names)], weight_map)
+
+    def infos(self) -> Mapping[str, TensorInfo]:
+        return self._infos
+
+    def read(self, key: str) -> np.ndarray:
+        return self._owner[key].read(key)
+
+    def extent(self, key: str) -> Extent | None:
+        return self._owner[key].extent(key)
+
+    def release(self, key: str) -> None:
+        self._owner[key].release(key)
+
+    def shard_of(self, key: str) -> Path:
+        return self._owner[key].path
+
+    def close(self) -> None:
+        for s in self._sources:
+            s.close()
+        self._sources = []
+
+
+def _where(source) -> str:
+    return source.path.name
+
+
+# ------------------------------------------------------------------ writing
+
+UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from '5GB', '500MB', '100KB' (decimal, as transformers reads them), '2GiB', or a number."""
+    if isinstance(size, int):
+        n = size
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", size)
+        unit = m and m[2].upper()
+        if not m or unit not in UNITS:
+            raise UsageError(f"--max-shard-size {size!r}: expected a size such as 5GB, 500MB, 2GiB or bytes")
+        n = int(float(m[1]) * UNITS[unit])
+    if n <= 0:
+        raise UsageError(f"--max-shard-size must be positive (got {size!r})")
+    return n
+
+
+def assign_shards(outputs: Mapping[str, TensorInfo], max_bytes: int) -> list[list[str]]:
+    """Tensors in order, filling each shard up to `max_bytes`; a tensor larger than the bound
+    gets a shard of its own. Deterministic: the same plan always gives the same shards."""
+    shards: list[list[str]] = []
+    size = 0
+    for name, info in outputs.items():
+        n = info.nbytes
+        if not shards or (shards[-1] and size + n > max_bytes):
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += n
+    return shards or [[]]
+
+
+def shard_names(fmt: str, count: int) -> list[str]:
+    from . import by_name
+
+    single, stem, _index = by_name(fmt).hf_layout
+    if count == 1:
+        return [single]
+    ext = single[len(stem):]
+    return [f"{stem}-{i:05d}-of-{count:05d}{ext}" for i in range(1, count + 1)]
+
+
+class ShardedSink(SinkBase):
+    """HF-style shards + index in a new directory, which appears whole or not at all."""
+
+    def __init__(self, path: Path, fmt: Format, outputs: Mapping[str, TensorInfo], max_shard_size: int | str,
+                 metadata=None):
+        if fmt.hf_layout is None:
+            from . import formats
+
+            shardable = ", ".join(f.name for f in formats() if f.hf_layout)
+            raise UsageError(f"--max-shard-size writes {shardable} shards, not {fmt.name}")
+        max_bytes = parse_size(max_shard_size)
+        self.final = Path(path)
+        if self.final.exists() and not self.final.is_dir():
+            raise UsageError(f"{self.final} is a file; sharded output goes to a directory")
+        self.atomic = AtomicPath(self.final, directory=True)
+        self.sinks = []
+        self.route: dict[str, SinkBase] = {}
+        try:
+            groups = assign_shards(outputs, max_bytes)
+            names = shard_names(fmt.name, len(groups))
+            weight_map = {}
+            for name, group in zip(names, groups):
+                sink = fmt.sink(self.atomic.tmp / name, {k: outputs[k] for k in group}, metadata)
+                self.sinks.append(sink)
+                for k in group:
+                    self.route[k] = sink
+                    weight_map[k] = name
+            self.files = names
+            self.index = None
+            if len(names) > 1:
+                total = sum(i.nbytes for i in outputs.values())
+                self.index = (fmt.hf_layout[2],
+                              {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        self.route[name].write(name, array)
+
+    def write_region(self, name: str, extent: Extent) -> bool:
+        return self.route[name].write_region(name, extent)
+
+    def commit(self) -> None:
+        for sink in self.sinks:
+            sink.commit()
+        if self.index is not None:
+            name, data = self.index
+            (self.atomic.tmp / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")
+        self.atomic.commit()  # replacing an earlier output only with --force
+
+    def abort(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.abort()
+            except Exception:
+                pass
+        self.atomic.abort()

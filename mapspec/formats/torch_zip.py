@@ -1,0 +1,196 @@
+"""torch.save's zip format, written natively: no torch import, one record per tensor.
+
+Layout, as torch's PyTorchStreamWriter writes it (formats.md): every entry sits under one
+folder (`archive/`), stored uncompressed, its data 64-byte aligned by a padding extra field
+(id "FB"): `data.pkl`, `.format_version`, `.storage_alignment`, `byteorder`, one `data/<key>`
+per tensor, `version`, `.data/serialization_id`, then the central directory and zip64 end
+records. The pickle (protocol 2) refers to torch globals by name only, so it is written
+without torch: `torch._utils._rebuild_tensor_v2(persistent storage, 0, size, stride, False,
+OrderedDict())`, the storage's persistent id `('storage', torch.<T>Storage, key, 'cpu', numel)`.
+
+CRC-32: every entry carries a valid CRC (torch itself writes them unless told not to, and
+other zip tools call files without them corrupt). It is computed while the bytes stream
+past (zlib.crc32, about 2 GB/s) or, for bytes copied file-to-file, read back from the page
+cache. Local headers hold the real sizes (the plan knows them) and the CRC is patched in
+after the data, so no data descriptors are needed."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import struct
+import zlib
+from collections import OrderedDict
+from typing import BinaryIO, Mapping
+
+from ..tensorinfo import TensorInfo
+
+ALIGN = 64
+FOLDER = "archive"
+CHUNK = 8 << 20  # bytes per read when a CRC needs bytes that were copied in the kernel
+ZIP64_LIMIT = 0xFFFFFFFF  # sizes and offsets from here on go in zip64 extra fields
+MARK = 0xFFFFFFFF  # what a 32-bit field holds when its value is in the zip64 extra
+VERSION = 45  # "needs" zip64, as torch's writer says
+
+STORAGE_TYPES = {
+    "float64": "DoubleStorage", "float32": "FloatStorage", "float16": "HalfStorage",
+    "bfloat16": "BFloat16Storage", "int64": "LongStorage", "int32": "IntStorage",
+    "int16": "ShortStorage", "int8": "CharStorage", "uint8": "ByteStorage", "bool": "BoolStorage",
+}
+
+
+class Global:
+    """`module.name` in a pickle, written by name: pickling it never imports `module`."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+        self.__name__ = name
+
+    def __call__(self, *args):  # pragma: no cover - pickle only checks that reducers are callable
+        raise TypeError(f"{self.module}.{self.name} is a name in a pickle, not a function")
+
+
+REBUILD = Global("torch._utils", "_rebuild_tensor_v2")
+ORDERED_DICT = Global("collections", "OrderedDict")
+
+
+class _Storage:
+    def __init__(self, key: str, dtype: str, numel: int):
+        self.key, self.dtype, self.numel = key, dtype, numel
+
+
+class _Tensor:
+    """Pickles as torch.save pickles a contiguous tensor over a whole storage."""
+
+    def __init__(self, storage: _Storage, shape: tuple[int, ...]):
+        self.storage, self.shape = storage, shape
+
+    def __reduce_ex__(self, protocol):
+        stride, n = [], 1
+        for size in reversed(self.shape):
+            stride.insert(0, n)
+            n *= size
+        return REBUILD, (self.storage, 0, tuple(self.shape), tuple(stride), False, _EmptyOrderedDict())
+
+
+class _EmptyOrderedDict:
+    def __reduce_ex__(self, protocol):
+        return ORDERED_DICT, ()
+
+
+class _Pickler(pickle._Pickler):
+    """The pure-Python pickler (the C one insists on importing every global it names)."""
+
+    def save_named(self, obj: Global) -> None:
+        self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+        self.memoize(obj)
+
+    def persistent_id(self, obj):
+        if isinstance(obj, _Storage):
+            return ("storage", Global("torch", STORAGE_TYPES[obj.dtype]), obj.key, "cpu", obj.numel)
+        return None
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[Global] = save_named
+
+
+def state_pickle(outputs: Mapping[str, TensorInfo], keys: Mapping[str, str]) -> bytes:
+    """data.pkl for an OrderedDict of `outputs`, tensor `name` stored as `data/<keys[name]>`."""
+    import math
+
+    state = _StateDict((name, _Tensor(_Storage(keys[name], info.dtype, math.prod(info.shape)), info.shape))
+                       for name, info in outputs.items())
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=2).dump(state)
+    return buf.getvalue()
+
+
+class _StateDict(OrderedDict):
+    def __reduce_ex__(self, protocol):
+        return ORDERED_DICT, (), None, None, iter(self.items())
+
+
+class ZipWriter:
+    """A streaming writer of stored (uncompressed), 64-byte aligned zip entries."""
+
+    def __init__(self, file: BinaryIO):
+        self.file = file
+        self.entries: list[tuple[bytes, int, int, int]] = []  # name, header offset, size, crc
+        self._open: tuple[bytes, int, int, int] | None = None  # name, header offset, size, data start
+        self._crc = 0
+        self._written = 0
+
+    def begin(self, name: str, size: int) -> int:
+        """Start entry `name` of `size` bytes; returns the file offset where its data goes."""
+        assert self._open is None
+        raw = f"{FOLDER}/{name}".encode()
+        at = self.file.tell()
+        zip64 = size >= ZIP64_LIMIT
+        z64 = struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b""
+        pad = -(at + 30 + len(raw) + 4 + len(z64)) % ALIGN
+        extra = z64 + struct.pack("<HH", 0x4246, pad) + b"Z" * pad
+        small = MARK if zip64 else size
+        self.file.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, VERSION, 0x800, 0, 0, 0x21, 0, small, small,
+                                    len(raw), len(extra)) + raw + extra)
+        start = at + 30 + len(raw) + len(extra)
+        self._open = (raw, at, size, start)
+        self._crc = 0
+        self._written = 0
+        return start
+
+    def write(self, data) -> None:
+        self._crc = zlib.crc32(data, self._crc)
+        self._written += self.file.write(data)
+
+    def copied(self, fd: int, start: int, nbytes: int) -> None:
+        """`nbytes` landed at `start` without passing through `write` (copy_file_range):
+        read them back to take their CRC."""
+        crc, pos, end = self._crc, start, start + nbytes
+        while pos < end:
+            chunk = os.pread(fd, min(CHUNK, end - pos), pos)
+            if not chunk:
+                raise OSError(f"short read at byte {pos} of the output")
+            crc = zlib.crc32(chunk, crc)
+            pos += len(chunk)
+        self._crc = crc
+        self._written += nbytes
+
+    def end(self) -> None:
+        raw, at, size, start = self._open
+        if self._written != size:
+            raise RuntimeError(f"zip entry {raw.decode()}: {self._written} bytes written, {size} announced")
+        here = start + size
+        self.file.seek(at + 14)
+        self.file.write(struct.pack("<I", self._crc))
+        self.file.seek(here)
+        self.entries.append((raw, at, size, self._crc))
+        self._open = None
+
+    def add(self, name: str, data: bytes) -> None:
+        self.begin(name, len(data))
+        self.write(data)
+        self.end()
+
+    def finish(self) -> None:
+        cd_start = self.file.tell()
+        out = io.BytesIO()
+        for raw, at, size, crc in self.entries:
+            z64 = b""
+            if size >= ZIP64_LIMIT:
+                z64 += struct.pack("<QQ", size, size)
+            if at >= ZIP64_LIMIT:
+                z64 += struct.pack("<Q", at)
+            extra = struct.pack("<HH", 1, len(z64)) + z64 if z64 else b""
+            small = MARK if size >= ZIP64_LIMIT else size
+            out.write(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 0x031E, VERSION, 0x800, 0, 0, 0x21, crc,
+                                  small, small, len(raw), len(extra), 0, 0, 0, 0o100644 << 16,
+                                  MARK if at >= ZIP64_LIMIT else at) + raw + extra)
+        cd = out.getvalue()
+        self.file.write(cd)
+        eocd64_at = cd_start + len(cd)
+        n = len(self.entries)
+        self.file.write(struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 0x031E, VERSION, 0, 0, n, n, len(cd), cd_start))
+        self.file.write(struct.pack("<IIQI", 0x07064B50, 0, eocd64_at, 1))
+        self.file.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, min(n, 0xFFFF), min(n, 0xFFFF),
+                                    min(len(cd), MARK), MARK if cd_start >= ZIP64_LIMIT else cd_start, 0))

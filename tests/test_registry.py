@@ -1,0 +1,46 @@
+"""The format registry: one entry per format, and everything that lists formats reads it."""
+
+import ast
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mapspec import UsageError
+from mapspec.cli import app
+from mapspec.formats import by_name, by_suffix, formats, known_names, sink_format
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_every_format_is_registered_once_with_names_suffixes_and_dtypes():
+    names = [f.name for f in formats()]
+    assert names == ["safetensors", "mxnet", "torch", "npz", "oneflow", "wts"]
+    every = [n for f in formats() for n in f.names]
+    assert len(every) == len(set(every))
+    suffixes = [s for f in formats() for s in f.suffixes]
+    assert len(suffixes) == len(set(suffixes))
+    for f in formats():
+        assert f.dtypes and f.source and f.sink
+        assert by_name(f.name) is f and by_suffix(Path("x" + f.suffixes[0])) is f
+    assert by_name("pt").name == "torch" and by_name("tensorrt").name == "wts"
+
+
+def test_help_and_errors_list_every_format():
+    r = CliRunner().invoke(app, ["apply", "--help"], env={"COLUMNS": "300"})
+    for f in formats():
+        assert f.name in r.output
+    with pytest.raises(UsageError) as e:
+        sink_format("out.xyz", None)
+    assert known_names() in str(e.value)
+    with pytest.raises(UsageError, match="unknown format 'tf'.*oneflow.*wts"):
+        sink_format("out.safetensors", "tf")
+
+
+def test_formats_import_nothing_above_them():
+    """Imports point down the pipeline: no format module imports the planner, inspect or the CLI."""
+    above = {"plan", "inspect", "cli", "executor", "matcher", "actions", "checks", "parser", "load"}
+    for module in (REPO / "mapspec" / "formats").glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                assert (node.module or "").split(".")[0] not in above, f"{module.name} imports ..{node.module}"
