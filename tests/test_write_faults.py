@@ -130,9 +130,12 @@ def test_disk_full_names_the_output_and_removes_the_temp_file(tmp_path, monkeypa
     first, which raised again, so the temp file stayed."""
     write_input(tmp_path)
     monkeypatch.chdir(tmp_path)
+    # A cast makes every tensor pass through the sink's Python file (unchanged tensors are
+    # copied by the kernel; the RLIMIT_FSIZE tests above cover that path on a real limit).
+    (tmp_path / "cast.map").write_text("mapspec 1\n{k:**} -> {k} then cast(float64)\n")
     real_open = AtomicPath.open
     monkeypatch.setattr(AtomicPath, "open", lambda self, *a, **k: FullDisk(real_open(self, *a, **k), 100_000))
-    result = CliRunner().invoke(app, ["apply", "id.map", "in.safetensors", "-o", f"out/o{suffix}"])
+    result = CliRunner().invoke(app, ["apply", "cast.map", "in.safetensors", "-o", f"out/o{suffix}"])
     assert result.exit_code == 2, result.output
     assert result.output.strip() == f"error: out/o{suffix}: cannot write: No space left on device"
     assert list((tmp_path / "out").iterdir()) == []

@@ -106,14 +106,10 @@ def _warm_up() -> None:
 
     for module in ("mapspec.cli", "mapspec.inspect"):
         importlib.import_module(module)
-    from mapspec.formats import ADAPTERS, _classes
+    from mapspec.formats import formats
     from mapspec.parser import parse_spec
 
-    for fmt in ADAPTERS:
-        try:
-            _classes(fmt)
-        except Exception:  # an adapter whose library is missing here loads nothing up front
-            pass
+    formats()  # imports every format module
     parse_spec(text="mapspec 1\ntable t {\n  a = b\n}\n{x:**}.{n:int}.{p in t} -> {x}.{n + 1}.{t[p]} then view(+(1,))\n")
 
 
