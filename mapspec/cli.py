@@ -27,9 +27,10 @@ from typer.core import TyperGroup
 
 from . import render
 from .errors import Interrupted, MapspecError, SpecError, UsageError
-from .executor import apply as apply_spec, plan_for
+from .executor import apply as apply_spec, inverse_plan_for, plan_for
 from .formats import known_names
 from .formatter import format_text
+from .invert import parse_prefer
 from .parser import parse_spec, read_spec
 from .checks import check_spec
 
@@ -182,6 +183,9 @@ StrictRulesOpt = Annotated[bool, typer.Option(
     "--strict-rules", help="A rule that matches no key is an error, not a warning.")]
 ParamOpt = Annotated[Optional[list[str]], typer.Option("-p", "--param", help=PARAM_HELP)]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help=CONFIG_HELP)]
+PreferOpt = Annotated[Optional[list[str]], typer.Option(
+    "--prefer-alternative", metavar="[LINE:]N", help="The inverse writes fallback alternatives (A | B -> T) back "
+    "as the N-th, counted from 1: N for every such rule, LINE:N for the rule on that line (repeatable).")]
 
 
 def _check_fit(target, fit: Fit, drop) -> None:
@@ -198,8 +202,11 @@ def _plan(spec, checkpoint, target, select, epoch, fit, drop, non_strict, strict
                     params=_params(param or []), config=config)
 
 
-def _warn_plan(plan, spec) -> None:
-    for line in render.plan_warnings(plan, spec):
+def _warn_plan(plan, spec, inverse=None) -> None:
+    """`inverse`: the plan is of this derived inverse of `spec` (apply/explain --reverse)."""
+    lines = (render.plan_warnings(plan, spec) if inverse is None else
+             render.plan_warnings(plan, inverse.spec, inverse.forward_rule))
+    for line in lines:
         warn(line)
 
 
@@ -227,8 +234,9 @@ def apply(
     param: ParamOpt = None,
     config: ConfigOpt = None,
     reverse: Annotated[bool, typer.Option("--reverse", help="Run SPEC's derived inverse (see `mapspec invert`).")] = False,
-    lossy: Annotated[bool, typer.Option("--lossy", help="With --reverse: undo lossy casts anyway, reporting the "
-                                        "loss.")] = False,
+    lossy: Annotated[bool, typer.Option("--lossy", help="With --reverse: undo lossy casts and drops anyway, "
+                                        "reporting the loss.")] = False,
+    prefer: PreferOpt = None,
 ) -> None:
     """Convert CHECKPOINT with SPEC into OUTPUT."""
     from rich.console import Console
@@ -255,8 +263,11 @@ def apply(
         report = apply_spec(parsed, checkpoint, output, target=target, to=to, select=select, epoch=epoch,
                             strict=not non_strict, fit=fit.value, drop=tuple(drop or ()), force=force,
                             strict_rules=strict_rules, progress=progress, params=_params(param or []),
-                            config=config, reverse=reverse, lossy=lossy, max_shard_size=max_shard_size)
-    _warn_plan(report.plan, parsed)
+                            config=config, reverse=reverse, lossy=lossy, max_shard_size=max_shard_size,
+                            prefer=parse_prefer(prefer or []))
+    for loss in report.losses:
+        warn(f"warning: {loss}")
+    _warn_plan(report.plan, parsed, report.inverse)
     r = report.plan.target_report
     if r is not None and fit is not Fit.strict:
         for line in r.lines():
@@ -319,12 +330,29 @@ def explain(
     strict_rules: StrictRulesOpt = False,
     param: ParamOpt = None,
     config: ConfigOpt = None,
+    reverse: Annotated[bool, typer.Option("--reverse", help="Explain SPEC's derived inverse on CHECKPOINT (of "
+                                          "SPEC's target layout); rows point at the forward rules.")] = False,
+    prefer: PreferOpt = None,
 ) -> None:
     """Show the plan for review: one row per rule (key count, an example, what changes)."""
     parsed = parse_spec(spec)
-    plan = _plan(parsed, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules, param, config)
-    _warn_plan(plan, parsed)
-    text = render.explain(plan, parsed, fmt.value, per_tensor)
+    if not reverse:
+        plan = _plan(parsed, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules, param, config)
+        _warn_plan(plan, parsed)
+        text = render.explain(plan, parsed, fmt.value, per_tensor)
+    else:
+        _check_fit(target, fit, drop)
+        inverse, plan = inverse_plan_for(parsed, checkpoint, select=select, epoch=epoch,
+                                         params=_params(param or []), config=config,
+                                         prefer=parse_prefer(prefer or []), target=target, strict=not non_strict,
+                                         fit=fit.value, drop=tuple(drop or ()), strict_rules=strict_rules)
+        for loss in inverse.losses:
+            warn(f"warning: {loss}")
+        _warn_plan(plan, parsed, inverse)
+        values = ", ".join(f"{k}={v}" for k, v in inverse.params.items())
+        notes = [f"derived inverse of {spec.name}" + (f" with {values}" if values else "")
+                 + "; line: the forward rule each inverse rule undoes (`mapspec invert` prints the inverse)"]
+        text = render.explain(plan, inverse.spec, fmt.value, per_tensor, origin=inverse.forward_rule, notes=notes)
     if fmt is Look.json:  # the expected peak, beside the plan's own summary
         data = json.loads(text)
         data["summary"]["expected_peak_bytes"] = plan.peak_step()[0]
@@ -438,10 +466,12 @@ def invert(
                                                    "(default: stdout).", show_default=False)] = None,
     select: SelectOpt = None,
     epoch: EpochOpt = None,
-    lossy: Annotated[bool, typer.Option("--lossy", help="Invert lossy casts anyway, reporting the loss.")] = False,
+    lossy: Annotated[bool, typer.Option("--lossy", help="Invert lossy casts and drops anyway, reporting the "
+                                        "loss.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing OUTPUT.")] = False,
     param: ParamOpt = None,
     config: ConfigOpt = None,
+    prefer: PreferOpt = None,
 ) -> None:
     """Print the inverse of SPEC as ordinary spec text, from/to swapped."""
     from .invert import invert_spec
@@ -450,7 +480,8 @@ def invert(
     params = _params(param or [])
     forward = (plan_for(parsed, checkpoint, select=select, epoch=epoch, params=params, config=config)
                if checkpoint is not None else None)
-    inverse = invert_spec(parsed, forward, params=params, config=config, lossy=lossy)
+    inverse = invert_spec(parsed, forward, params=params, config=config, lossy=lossy,
+                          prefer=parse_prefer(prefer or []))
     for loss in inverse.losses:
         warn(f"warning: {loss}")
     if output is None:
@@ -475,11 +506,12 @@ def verify(
                                         "reference).")] = 0.0,
     select: SelectOpt = None,
     epoch: EpochOpt = None,
-    lossy: Annotated[bool, typer.Option("--lossy", help="Round trip: invert lossy casts anyway (they will "
-                                        "differ).")] = False,
+    lossy: Annotated[bool, typer.Option("--lossy", help="Round trip: invert lossy casts and drops anyway "
+                                        "(they will differ).")] = False,
     worst: Annotated[int, typer.Option("--worst", min=0, help="How many of the worst tensors to list.")] = 10,
     param: ParamOpt = None,
     config: ConfigOpt = None,
+    prefer: PreferOpt = None,
 ) -> None:
     """Check a conversion numerically: exit 0 only if every tensor matches."""
     from .verify import verify_against, verify_roundtrip
@@ -492,8 +524,10 @@ def verify(
     else:
         if atol or rtol:
             raise UsageError("--atol/--rtol go with --against; a round trip must be bit-exact")
-        result, _ = verify_roundtrip(spec, checkpoint, select=select, epoch=epoch, lossy=lossy, params=params,
-                                     config=config)
+        result, inverse = verify_roundtrip(spec, checkpoint, select=select, epoch=epoch, lossy=lossy,
+                                           params=params, config=config, prefer=parse_prefer(prefer or []))
+        for loss in inverse.losses:
+            warn(f"warning: {loss}")
         title = f"{spec.name}: {checkpoint.name} forward and back"
     sys.stdout.write(render.verification_text(result, title, worst))
     if not result.ok:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from .provenance import Provenance
 from .tensorinfo import TensorInfo
 from .rules import Spec
 
+if TYPE_CHECKING:
+    from .invert import Inversion
+
 
 @dataclass(frozen=True)
 class Report:
@@ -29,6 +32,12 @@ class Report:
     format: str
     bytes: int  # the output's size on disk
     selected: str | None = None  # the sub-tree mapspec chose by itself, if it did
+    inverse: Inversion | None = None  # with reverse: the derived inverse that ran
+
+    @property
+    def losses(self) -> tuple[str, ...]:
+        """With reverse: what the inverse leaves out or undoes lossily."""
+        return self.inverse.losses if self.inverse is not None else ()
 
     @property
     def written(self) -> int:
@@ -97,11 +106,13 @@ def apply(
     config: Config = None,
     reverse: bool = False,
     lossy: bool = False,
+    prefer: Mapping[int | None, int] | None = None,
 ) -> Report:
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
     `progress(done, total)` hears tensor bytes written so far and in all; `params` and `config`
     give the spec's parameters their values (as -p and --config); `reverse` runs the spec's
-    derived inverse (see `invert`); `lossy` lets it undo lossy casts.
+    derived inverse (see `invert`); `lossy` lets it undo lossy casts and drops; `prefer` chooses
+    the fallback alternatives it writes back (see `invert_spec`).
 
     `checkpoint` may be a sharded checkpoint (an index, a model directory, a glob or a list of
     shards). With `max_shard_size` ("5GB", bytes), `output` is a directory of HF-style shards
@@ -111,7 +122,7 @@ def apply(
     if reverse:
         from .invert import invert_spec
 
-        inverse = invert_spec(spec, params=params, config=config, lossy=lossy)
+        inverse = invert_spec(spec, params=params, config=config, lossy=lossy, prefer=prefer)
     output = Path(output)
     fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None else None))
     if output.exists() and not force:
@@ -147,7 +158,7 @@ def apply(
     finally:
         source.close()
     return Report(plan, output, fmt, disk_size(output),
-                  source.prefix if source.auto else None)
+                  source.prefix if source.auto else None, inverse)
 
 
 def check_space(output: Path, needed: int) -> None:
@@ -204,6 +215,25 @@ def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, se
         source.close()
     return compile_spec(spec, infos, params=params, config=config, target=_target(target), strict=strict,
                         fit=fit, drop=tuple(drop), strict_rules=strict_rules)
+
+
+def inverse_plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, select: str | None = None,
+                     epoch: int | None = None, params: Mapping[str, object] | None = None, config: Config = None,
+                     lossy: bool = False, prefer=None, **options):
+    """The derived inverse of `spec` (from the spec alone, as apply --reverse runs it) and its
+    plan against a checkpoint of the spec's target layout: (Inversion, Plan). `options` go to
+    compile_spec (target=, strict=, fit=, ...)."""
+    from .invert import invert_spec
+
+    inverse = invert_spec(as_spec(spec), params=params, config=config, lossy=lossy, prefer=prefer)
+    source = open_for(inverse.spec, checkpoint, select, epoch)
+    try:
+        infos = dict(source.infos())
+    finally:
+        source.close()
+    if "target" in options:
+        options["target"] = _target(options["target"])
+    return inverse, inverse.compile(infos, **options)
 
 
 def as_spec(spec: Spec | str | Path) -> Spec:

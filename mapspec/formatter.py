@@ -73,8 +73,11 @@ def _statement(st: Tree, text: str, file: str, comments: dict[int, Token], used:
         return [f"include {c[0]}"]
     if kind in ("drop", "keep"):
         keys = [t for t in c if isinstance(t, Token)]
-        return _with_actions(f"{kind} " + " | ".join(_pattern(t, text, file) for t in keys),
-                             [a for a in c if isinstance(a, Tree)])
+        lines = _with_actions(f"{kind} " + " | ".join(_pattern(t, text, file) for t in keys),
+                              [a for a in c if isinstance(a, Tree) and a.data == "action"])
+        if any(isinstance(a, Tree) and a.data == "drop_reverse_none" for a in c):
+            lines.append("    reverse none")  # as under a rename rule
+        return lines
     if kind == "rename":
         sources = " | ".join(_pattern(t, text, file) for t in c[0].children)
         lines = _with_actions(f"{sources} -> {_template(c[1], text, file)}", [a for a in c[2:] if a.data == "action"])
@@ -88,6 +91,9 @@ def _statement(st: Tree, text: str, file: str, comments: dict[int, Token], used:
         absent = [t for t in c[2:] if isinstance(t, Token)]
         head = f"copy {_pattern(c[0], text, file)} -> {_template(c[1], text, file)}" + (" if absent" if absent else "")
         return _with_actions(head, [a for a in c[2:] if isinstance(a, Tree)])
+    if kind == "optional":
+        lines = _statement(c[0], text, file, comments, used)
+        return [f"optional {lines[0]}"] + lines[1:]
     if kind == "otherwise":
         lines = _statement(c[0], text, file, comments, used)
         return [f"otherwise {lines[0]}"] + lines[1:]

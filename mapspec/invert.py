@@ -32,7 +32,7 @@ from typing import Mapping
 import numpy as np
 
 from . import actions as act
-from .errors import SpecError, SpecErrors, Span
+from .errors import SpecError, SpecErrors, Span, UsageError
 from .formatter import format_text
 from .parser import parse_spec
 from .plan import Plan, Step, TensorInfo, compile_spec
@@ -98,22 +98,38 @@ class _Shapes:
 
 def invert_spec(spec: Spec | str | Path, forward: Mapping[str, TensorInfo] | Plan | None = None, *,
                 params: Mapping[str, object] | None = None, config: Config = None,
-                lossy: bool = False) -> Inversion:
+                lossy: bool = False, prefer: Mapping[int | None, int] | None = None) -> Inversion:
     """The inverse of `spec`. `forward` (the forward checkpoint's tensors, or its plan) supplies
     what the spec alone does not say; without it, rules that need it are refused. Parameters
-    are bound first (`params`, `config`, as for apply): the inverse states their values."""
+    are bound first (`params`, `config`, as for apply): the inverse states their values.
+    `prefer` chooses which fallback alternative (`A | B -> T`) the inverse writes back, counted
+    from 1: {line: n} for the rule starting on that line of the spec, {None: n} for every other
+    such rule (see `parse_prefer`). It overrides what the forward checkpoint used; a rule's own
+    `reverse` clause overrides it."""
     if not isinstance(spec, Spec):
         spec = parse_spec(spec)
     if forward is not None and not isinstance(forward, Plan):
         forward = compile_spec(spec, forward, params=params, config=config)
     bound, bindings = bind(spec, params, config) if forward is None else bind(
         spec, {b.name: b.value for b in forward.params if b.origin != "let"})
-    return _Inverter(bound, forward, lossy, bindings).run()
+    return _Inverter(bound, forward, lossy, bindings, dict(prefer or {})).run()
+
+
+def parse_prefer(values: list[str]) -> dict[int | None, int]:
+    """`--prefer-alternative` values: `N` (every fallback rule) or `LINE:N` (the rule on LINE)."""
+    out: dict[int | None, int] = {}
+    for v in values:
+        line, _, n = v.rpartition(":")
+        if not n.isdigit() or int(n) < 1 or (line and not line.isdigit()):
+            raise UsageError(f"--prefer-alternative {v!r}: expected N or LINE:N (N counts the alternatives from 1)")
+        out[int(line) if line else None] = int(n)
+    return out
 
 
 class _Inverter:
-    def __init__(self, spec: Spec, plan: Plan | None, lossy: bool, bindings=()):
+    def __init__(self, spec: Spec, plan: Plan | None, lossy: bool, bindings=(), prefer=None):
         self.spec = spec
+        self.prefer = prefer or {}
         self.bindings = bindings
         self.plan = plan
         self.lossy = lossy
@@ -198,11 +214,17 @@ class _Inverter:
             if isinstance(rule, DropRule):
                 keys = self.dropped.get(rule.span, [])
                 listed = f": {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}" if keys else ""
-                self._fail(f"a drop cannot be inverted: the dropped keys cannot be recreated{listed}", rule.span)
+                if rule.reverse_none or self.lossy:
+                    why = "marked `reverse none`" if rule.reverse_none else "--lossy"
+                    self.losses.append(f"{Path(rule.span.file).name}:{rule.span.line}: the inverse does not "
+                                       f"recreate the keys this drop removes ({why}){listed or ': ' + _patterns(rule)}")
+                    continue
+                self._fail(f"a drop cannot be inverted: the dropped keys cannot be recreated{listed} (mark it "
+                           "`reverse none` if the inverse may leave them out)", rule.span)
                 continue
             if isinstance(rule, RenameRule) and rule.reverse is not None and rule.reverse.target is None:
                 continue  # `reverse none`: another rule writes these keys back
-            head = "otherwise " if rule.otherwise else ""
+            head = ("optional " if rule.optional else "") + ("otherwise " if rule.otherwise else "")
             if rule.otherwise and self.plan is None and getattr(rule, "reverse", None) is None:
                 self._fail("a catch-all cannot be inverted from the spec alone: a key it wrote could as well "
                            "be one another rule wrote, and its inverse would claim it; invert against the "
@@ -238,6 +260,11 @@ class _Inverter:
                                "`reverse none`", rule.span)
                 seen_patterns.setdefault(p, rule.span)
             blocks.append((rule.span, lines))
+        fallbacks = {r.span.line for r in self.spec.rules if isinstance(r, RenameRule) and len(r.sources) > 1
+                     and r.span.file == self.spec.file}
+        for line in sorted(k for k in self.prefer if k is not None and k not in fallbacks):
+            raise UsageError(f"--prefer-alternative {line}:{self.prefer[line]}: no rule with alternatives "
+                             f"(A | B -> T) starts on line {line} of {Path(self.spec.file).name}")
         if len(self.problems) == 1:
             raise self.problems[0]
         if self.problems:
@@ -250,6 +277,7 @@ class _Inverter:
         out = [f"# The inverse of {name}, derived by `mapspec invert`."]
         if self.bindings:
             out.append("# with " + ", ".join(f"{b.name} = {b.value}" for b in self.bindings))
+        out += [f"# warning: {loss}" for loss in self.losses]  # what the inverse does not restore, in its text
         out.append("mapspec 1")
         if h.source or h.target:
             out.append(f"from {h.target or 'unknown'} to {h.source or 'unknown'}")
@@ -323,12 +351,20 @@ class _Inverter:
             return rule.sources[0]
         if rule.reverse is not None:
             return rule.sources[0]  # the reverse clause names the key; captures as in the first
+        own = rule.span.file == self.spec.file  # LINE:N names a line of the spec itself, not of an include
+        n = self.prefer.get(rule.span.line if own else -1, self.prefer.get(None))
+        if n is not None:
+            if n > len(rule.sources):
+                self._fail(f"--prefer-alternative {n}: this rule has only {len(rule.sources)} alternatives",
+                           rule.span)
+                return None
+            return rule.sources[n - 1]
         used = self.shapes.get(rule.span).alternatives if rule.span in self.shapes else set()
         if len(used) == 1:
             return rule.sources[next(iter(used))]
         alts = " | ".join(p.text for p in rule.sources)
         self._fail(f"fallback alternatives ({alts}): which name should the inverse write back? "
-                   "State it with `reverse -> NAME`" + ("" if self.plan is None else
+                   "State it with `reverse -> NAME` or choose with --prefer-alternative N" + ("" if self.plan is None else
                                                          " (the checkpoint used " + (
                                                              "several" if used else "none") + " of them)"),
                    rule.span)
@@ -516,6 +552,15 @@ class _Inverter:
         if name == "stack":
             over = _axis_of(p, merge_axes)
             return [f"unstack({p['dim']}{f', into={over}' if over else ''})"]
+        if name == "concat" and known is not None:
+            # Every piece has the shape the spec fixed before the join, and an alternation or a
+            # table says how many pieces there are: the join undoes as that many equal chunks.
+            over = _axis_of(p, merge_axes)
+            cap = next((c for c in merge_axes if c.name == over), None)
+            count = (len(cap.alternatives) if cap is not None and cap.type == "alt" else
+                     len(self.tables[cap.table]) if cap is not None and cap.type == "table" else None)
+            if count is not None:
+                return [f"chunk({count}, {p['dim']}, into={over})"]
         return None  # cast, concat, views from an unknown shape: the plan says
 
     def _from_plan(self, rule, i: int, action, p, merge_axes) -> list[str] | None:
@@ -588,6 +633,10 @@ def _render(a, axis: str | None) -> str | None:
         return f"unstack({p['dim']}{into})"
     over = f", over={axis}" if axis else ""
     return f"{a.name}({p['dim']}{over})"
+
+
+def _patterns(rule) -> str:
+    return " | ".join(p.text for p in rule.patterns)
 
 
 def _line(text: str, line: int) -> str:

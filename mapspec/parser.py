@@ -144,9 +144,15 @@ class _Builder:
             elif kind == "copy":
                 rules.append(self._copy(st))
             elif kind == "drop":
-                rules.append(DropRule(patterns=tuple(self._pattern(t) for t in st.children), span=span))
+                rules.append(self._drop(st.children, span))
             elif kind == "keep":
                 rules.append(self._keep(st.children, span))
+            elif kind == "optional":
+                inner = st.children[0]
+                rule = (self._rename(inner) if inner.data == "rename" else self._keep(inner.children, span)
+                        if inner.data == "keep" else
+                        self._drop(inner.children, span))
+                rules.append(rule.model_copy(update={"optional": True, "span": span}))
             elif kind == "otherwise":
                 rules.append(self._rename(st.children[0]).model_copy(update={"otherwise": True, "span": span}))
             elif kind == "otherwise_keep":
@@ -168,6 +174,12 @@ class _Builder:
             header = header.model_copy(update={"span": first})
         return Spec(file=self.file, header=header, tables=tuple(tables), rules=tuple(rules),
                     includes=tuple(includes), definitions=tuple(definitions), assertions=tuple(assertions))
+
+    def _drop(self, children: list, span: Span) -> DropRule:
+        """`drop P | Q`, with `reverse none` under it (the inverse may leave the keys out)."""
+        keys = [t for t in children if not isinstance(t, Tree)]
+        return DropRule(patterns=tuple(self._pattern(t) for t in keys), span=span,
+                        reverse_none=len(keys) < len(children))
 
     def _header(self, st: Tree, header: Header, span: Span) -> Header:
         if st.data == "version":

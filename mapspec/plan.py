@@ -271,7 +271,7 @@ def compile_spec(
     # not unused: the spec says what stands in for it.
     stand_ins = copy_stand_ins(spec, steps.values())
     unused = tuple(UnusedRule(r.span, rule_text(written.rules[i])) for i, r in enumerate(spec.rules)
-                   if i not in used and r.span not in stand_ins)
+                   if i not in used and r.span not in stand_ins and not r.optional)
     if unused and strict_rules:
         raise PlanError(f"this rule matches no key of the checkpoint ({len(keys)} keys; "
                         "`mapspec inspect --keys` lists them)", unused[0].rule)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from .actions import format_shape
 from .errors import Span
@@ -121,8 +121,9 @@ RULE_HEAD = ["line", "rule", "keys", "example", "changes"]
 TENSOR_HEAD = ["source", "target", "rule", "actions", "shape", "dtype"]
 
 
-def rule_rows(plan: Plan, spec: Spec) -> list[list[str]]:
-    """One row per rule (in spec order): how many keys it took, one example, what changes."""
+def rule_rows(plan: Plan, spec: Spec, origin: Callable[[Span], Span] = lambda span: span) -> list[list[str]]:
+    """One row per rule (in spec order): how many keys it took, one example, what changes.
+    `origin` gives the location a row points at (a derived inverse's rule: its forward rule)."""
     by_rule: dict[Span, list[Step]] = {}
     for s in plan.steps:
         by_rule.setdefault(s.rule, []).append(s)
@@ -136,16 +137,19 @@ def rule_rows(plan: Plan, spec: Spec) -> list[list[str]]:
         steps = by_rule.get(rule.span, [])
         if isinstance(rule, DropRule):
             keys = dropped.get(rule.span, [])
-            rows.append([where(rule.span), text, str(len(keys)), (keys[0] + " (dropped)") if keys else "matches nothing", ""])
+            rows.append([where(origin(rule.span)), text, str(len(keys)), (keys[0] + " (dropped)") if keys else
+                         "matches nothing", ""])
             continue
         if not steps:
             if rule.span in stand_ins:
                 nothing = f"absent here; the copy at line {stand_ins[rule.span].line} writes its target"
             elif getattr(rule, "if_absent", False):
                 nothing = "yields: other rules write every target it names"
+            elif getattr(rule, "optional", False):
+                nothing = "optional: matches nothing here"
             else:
                 nothing = "matches nothing"
-            rows.append([where(rule.span), text, "0", nothing, ""])
+            rows.append([where(origin(rule.span)), text, "0", nothing, ""])
             continue
         sources = len({k for s in steps for k in s.inputs})
         count = str(sources) if sources == len(steps) else f"{sources} -> {len(steps)}"
@@ -155,7 +159,7 @@ def rule_rows(plan: Plan, spec: Spec) -> list[list[str]]:
         if len(changes) > 1:
             change = (change + "; " if change else "") + f"and {plural(len(changes) - 1, 'other change')}"
         example = f"{_names(pieces[0][0].inputs, 'keys')} -> {_names([s.output for s in pieces[0]], 'outputs')}"
-        rows.append([where(rule.span), text, count, example, change])
+        rows.append([where(origin(rule.span)), text, count, example, change])
     if plan.unmatched:
         rows.append(["", "(no rule: left out by --non-strict)", str(len(plan.unmatched)), plan.unmatched[0], ""])
     return rows
@@ -166,7 +170,7 @@ def _names(names: Sequence[str], what: str) -> str:
     return ", ".join(names) if len(names) <= 2 else f"{glob_of(names)} ({len(names)} {what})"
 
 
-def tensor_rows(plan: Plan) -> list[list[str]]:
+def tensor_rows(plan: Plan, origin: Callable[[Span], Span] = lambda span: span) -> list[list[str]]:
     shapes: dict = {}  # the same few shapes and dtypes recur in every large plan
     dts: dict = {}
 
@@ -184,7 +188,7 @@ def tensor_rows(plan: Plan) -> list[list[str]]:
             text = dts[key] = "/".join(sorted(set(key[0]))) + " -> " + key[1]
         return text
 
-    return [[", ".join(s.inputs), s.output, str(s.rule.line),
+    return [[", ".join(s.inputs), s.output, str(origin(s.rule).line),
              " ".join(planned_text(a) for a in s.actions) if s.actions else "-", shape_text(s), dtype_text(s)]
             for s in plan.steps]
 
@@ -219,12 +223,15 @@ def plan_notes(plan: Plan) -> list[str]:
     return notes
 
 
-def explain(plan: Plan, spec: Spec, fmt: str = "table", per_tensor: bool = False) -> str:
-    """The plan for review: by rule (default) or per tensor; as a table, markdown or JSON."""
+def explain(plan: Plan, spec: Spec, fmt: str = "table", per_tensor: bool = False,
+            origin: Callable[[Span], Span] = lambda span: span, notes: Sequence[str] = ()) -> str:
+    """The plan for review: by rule (default) or per tensor; as a table, markdown or JSON.
+    For a derived inverse, `origin` points each row at its forward rule and `notes` say what
+    it was derived with."""
     if fmt == "json":
         return json.dumps(plan.to_json(), indent=2) + "\n"
-    head, rows = (TENSOR_HEAD, tensor_rows(plan)) if per_tensor else (RULE_HEAD, rule_rows(plan, spec))
-    notes = plan_notes(plan)
+    head, rows = (TENSOR_HEAD, tensor_rows(plan, origin)) if per_tensor else (RULE_HEAD, rule_rows(plan, spec, origin))
+    notes = list(notes) + plan_notes(plan)
     if fmt == "markdown":
         if not per_tensor:
             rows = [[r[0], f"`{r[1]}`", r[2], f"`{r[3]}`" if "->" in r[3] or "(dropped)" in r[3] else r[3], r[4]]
@@ -277,13 +284,19 @@ def report_summary(report: "Report") -> str:
     return f"Transferred {used}/{p.source_count} tensors{into} ({', '.join(extra)}) {where_to}"
 
 
-def plan_warnings(plan: Plan, spec: Spec) -> list[str]:
-    """Rules that matched nothing (at their location) and keys left out by --non-strict."""
+def plan_warnings(plan: Plan, spec: Spec, origin: Callable[[Span], Span] | None = None) -> list[str]:
+    """Rules that matched nothing (at their location) and keys left out by --non-strict. With
+    `origin`, `spec` is a derived inverse: each warning is at the forward rule it undoes."""
     spans = {r.span for r in spec.rules}
-    out = [f"{u.rule}: warning: this rule matches no key of this checkpoint ({u.text}): if it "
-           "should, correct its pattern (`mapspec inspect --keys` lists the keys), else remove it; "
-           "--strict-rules makes this an error"
-           for u in plan.unused if u.rule in spans]  # (--reverse plans the derived inverse: not this spec's rules)
+    if origin is None:
+        out = [f"{u.rule}: warning: this rule matches no key of this checkpoint ({u.text}): if it "
+               "should, correct its pattern (`mapspec inspect --keys` lists the keys), else remove it; "
+               "--strict-rules makes this an error"
+               for u in plan.unused if u.rule in spans]
+    else:
+        out = [f"{origin(u.rule)}: warning: the inverse of this rule matches no key of this checkpoint ({u.text}): "
+               "nothing is written back through it; --strict-rules makes this an error"
+               for u in plan.unused if u.rule in spans]
     if plan.unmatched:
         n = len(plan.unmatched)
         out.append(f"warning: {plural(n, 'unmatched key')} left out: " + ", ".join(plan.unmatched[:5])
@@ -420,9 +433,14 @@ def verification_text(result, title: str, worst: int = 10) -> str:
         lines.append(f"{'within tolerance' if c.ok else 'DIFFERS'}: {c.name}{at}: {detail}\n")
     lines += [f"MISSING: {k} is in the reference but not produced\n" for k in result.missing[:worst]]
     lines += [f"EXTRA: {k} is produced but not in the reference\n" for k in result.extra[:worst]]
+    lines += [f"not restored: {k} (dropped by {where(span)}, marked `reverse none`)\n"
+              for k, span in result.not_restored[:worst]]
+    if len(result.not_restored) > worst:
+        lines.append(f"not restored: {len(result.not_restored) - worst} more\n")
     if result.ok:
         n = len(result.checks)
         exact = sum(c.exact for c in result.checks)
         lines.append(f"ok: {n} tensors, {exact} bit-exact" + (f", {n - exact} within tolerance" if exact < n else "")
+                     + (f", {len(result.not_restored)} not restored by design" if result.not_restored else "")
                      + "\n")
     return "".join(lines)

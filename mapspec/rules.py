@@ -183,6 +183,7 @@ class RenameRule(Node):
     is_copy: bool = False
     if_absent: bool = False
     otherwise: bool = False
+    optional: bool = False  # may match nothing (a spec covering several layouts)
 
 
 class DropRule(Node):
@@ -190,6 +191,8 @@ class DropRule(Node):
     patterns: tuple[Pattern, ...]
     span: Span
     otherwise: bool = False
+    reverse_none: bool = False  # `reverse none`: the inverse may leave these keys out, reported
+    optional: bool = False
 
 
 class KeepRule(Node):
@@ -200,6 +203,7 @@ class KeepRule(Node):
     actions: tuple[Action, ...] = ()
     span: Span
     otherwise: bool = False
+    optional: bool = False
 
 
 Rule = Annotated[Union[RenameRule, DropRule, KeepRule], Field(discriminator="kind")]
@@ -323,13 +327,14 @@ def action_text(a: Action) -> str:
 def rule_text(rule) -> str:
     """A rule as one line of spec text (its `reverse` clause left out: it does not change
     what the rule does forward)."""
-    lead = "otherwise " if getattr(rule, "otherwise", False) else ""
+    lead = "optional " if getattr(rule, "optional", False) else ""
+    lead += "otherwise " if getattr(rule, "otherwise", False) else ""
     then = "".join(f" then {action_text(a)}" for a in getattr(rule, "actions", ()))
     if isinstance(rule, RenameRule):
         lead += "copy " if rule.is_copy else ""
         tail = " if absent" if rule.if_absent else ""
         return lead + " | ".join(p.text for p in rule.sources) + " -> " + rule.target.text + tail + then
     word = "drop" if isinstance(rule, DropRule) else "keep"
-    if lead:  # `otherwise keep` / `otherwise drop` take every key left: no pattern is written
+    if getattr(rule, "otherwise", False):  # `otherwise keep` / `otherwise drop` take every key left
         return f"{lead}{word}{then}"
     return f"{word} " + " | ".join(p.text for p in rule.patterns) + then

@@ -40,6 +40,8 @@ class Verification:
     checks: list[TensorCheck] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # in the reference, not produced
     extra: list[str] = field(default_factory=list)  # produced, not in the reference
+    # round trip: dropped by a rule marked `reverse none`, so left out on the way back by design
+    not_restored: list[tuple[str, Span]] = field(default_factory=list)
     atol: float = 0.0
     rtol: float = 0.0
 
@@ -156,11 +158,13 @@ def verify_against(spec, checkpoint: str | Path, reference: str | Path, *, atol:
 
 
 def verify_roundtrip(spec, checkpoint: str | Path, *, select: str | None = None, epoch: int | None = None,
-                     params=None, config=None, lossy: bool = False, workdir: str | Path | None = None):
+                     params=None, config=None, lossy: bool = False, workdir: str | Path | None = None,
+                     prefer=None):
     """Convert `checkpoint` forward with `spec`, then back with its derived inverse, and
     compare every tensor bit for bit with the original. The forward result goes to a temporary
     safetensors file in `workdir` (default: the system's temporary folder), so memory holds
-    one tensor at a time. Returns the verification and the inversion."""
+    one tensor at a time. `lossy` and `prefer` go to invert_spec. Returns the verification and
+    the inversion."""
     from .executor import as_spec, execute, open_for
     from .formats import open_sink, open_source
     from .invert import invert_spec
@@ -170,7 +174,7 @@ def verify_roundtrip(spec, checkpoint: str | Path, *, select: str | None = None,
     source = open_for(spec, checkpoint, select, epoch)
     try:
         plan = compile_spec(spec, source.infos(), params=params, config=config)
-        inverse = invert_spec(spec, plan, lossy=lossy)
+        inverse = invert_spec(spec, plan, lossy=lossy, prefer=prefer)
         with tempfile.TemporaryDirectory(prefix="mapspec-verify-", dir=workdir) as tmp:
             middle = Path(tmp) / "forward.safetensors"
             sink = open_sink(middle, "safetensors", plan.outputs())
@@ -186,11 +190,21 @@ def verify_roundtrip(spec, checkpoint: str | Path, *, select: str | None = None,
                 compare_sink = CompareSink(back_plan, source, rule_of=inverse.forward_rule)
                 execute(back_plan, back, compare_sink)
                 compare_sink.result.checks.extend(_copies(spec, plan, back))
+                _not_restored(spec, plan, compare_sink.result)
             finally:
                 back.close()
     finally:
         source.close()
     return compare_sink.result, inverse
+
+
+def _not_restored(spec, plan: Plan, result: Verification) -> None:
+    """Keys a `drop ... reverse none` removed are not missing from the round trip: the spec
+    says the way back leaves them out. They are listed apart, never silently."""
+    marked = {r.span for r in spec.rules if getattr(r, "reverse_none", False)}
+    by_design = {key: span for key, span in plan.dropped if span in marked}
+    result.not_restored = [(k, by_design[k]) for k in result.missing if k in by_design]
+    result.missing = [k for k in result.missing if k not in by_design]
 
 
 def _copies(spec, plan: Plan, written) -> list[TensorCheck]:

@@ -2,6 +2,7 @@
 back to the original bit for bit, and refuses what it cannot undo at the forward rule."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -316,3 +317,186 @@ def test_a_catch_all_whose_inverse_another_rule_would_claim_is_refused(tmp_path,
     random_checkpoint({"a.0": TensorInfo((2,), "float32"), "c.1": TensorInfo((2,), "float32")},
                       tmp_path / "ok.safetensors")
     assert runner.invoke(app, ["verify", "s.map", "ok.safetensors"]).exit_code == 0
+
+
+# ------------------------------------------------------------------ choosing a fallback alternative
+
+FALLBACK = "mapspec 1\nfrom a to b\nold.{n:w|b} | new.{n:w|b} -> x.{n}\nlegacy.{n:w|b} | cur.{n:w|b} -> y.{n}\n"
+
+
+def fallback_checkpoint(tmp_path, monkeypatch) -> None:
+    from mapspec.plan import TensorInfo
+
+    monkeypatch.chdir(tmp_path)
+    Path("s.map").write_text(FALLBACK)
+    infos = {k: TensorInfo((2,), "float32") for k in ("old.w", "old.b", "cur.w", "cur.b")}
+    random_checkpoint(infos, tmp_path / "in.safetensors")
+    assert runner.invoke(app, ["apply", "s.map", "in.safetensors", "-o", "out.safetensors"]).exit_code == 0
+
+
+def test_prefer_alternative_chooses_the_name_written_back(tmp_path, monkeypatch):
+    """Without a checkpoint the inverse cannot tell `old` from `new`; --prefer-alternative N
+    (every fallback rule) or LINE:N (one rule) says; it overrides what the checkpoint used."""
+    fallback_checkpoint(tmp_path, monkeypatch)
+    r = runner.invoke(app, ["invert", "s.map"])
+    assert r.exit_code == 2 and "or choose with --prefer-alternative N" in r.output
+    r = runner.invoke(app, ["invert", "s.map", "--prefer-alternative", "2"])
+    assert r.exit_code == 0, r.output
+    assert "x.{n:w|b} -> new.{n}" in r.output and "y.{n:w|b} -> cur.{n}" in r.output
+    r = runner.invoke(app, ["invert", "s.map", "--prefer-alternative", "1", "--prefer-alternative", "4:2"])
+    assert "x.{n:w|b} -> old.{n}" in r.output and "y.{n:w|b} -> cur.{n}" in r.output
+    # the forward checkpoint used old and cur; the flag overrides it for line 3 only
+    r = runner.invoke(app, ["invert", "s.map", "in.safetensors", "--prefer-alternative", "3:2"])
+    assert "x.{n:w|b} -> new.{n}" in r.output and "y.{n:w|b} -> cur.{n}" in r.output
+    r = runner.invoke(app, ["apply", "--reverse", "s.map", "out.safetensors", "-o", "back.safetensors",
+                            "--prefer-alternative", "2"])
+    assert r.exit_code == 0, r.output
+    src = open_source(tmp_path / "back.safetensors")
+    assert sorted(src.infos()) == ["cur.b", "cur.w", "new.b", "new.w"]
+    src.close()
+    # the round trip with the names the checkpoint used is exact; with others it says what differs
+    assert runner.invoke(app, ["verify", "s.map", "in.safetensors", "--prefer-alternative", "1",
+                               "--prefer-alternative", "4:2"]).exit_code == 0
+    r = runner.invoke(app, ["verify", "s.map", "in.safetensors", "--prefer-alternative", "2"])
+    assert r.exit_code == 1 and "MISSING: old.w" in r.output and "EXTRA: new.w" in r.output
+
+
+def test_prefer_alternative_in_the_api(tmp_path):
+    Path(tmp_path / "s.map").write_text(FALLBACK)
+    inv = invert_spec(tmp_path / "s.map", prefer={None: 1, 4: 2})
+    assert "x.{n:w|b} -> old.{n}" in inv.text and "y.{n:w|b} -> cur.{n}" in inv.text
+
+
+@pytest.mark.parametrize("value, message", [
+    ("3", "s.map:3:1: error: --prefer-alternative 3: this rule has only 2 alternatives"),
+    ("2:1", "error: --prefer-alternative 2:1: no rule with alternatives (A | B -> T) starts on line 2 of s.map"),
+    ("x", "error: --prefer-alternative 'x': expected N or LINE:N (N counts the alternatives from 1)"),
+    ("0", "error: --prefer-alternative '0': expected N or LINE:N"),
+])
+def test_a_wrong_prefer_alternative_is_one_clear_error(tmp_path, monkeypatch, value, message):
+    monkeypatch.chdir(tmp_path)
+    Path("s.map").write_text(FALLBACK)
+    r = runner.invoke(app, ["invert", "s.map", "--prefer-alternative", value])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+
+
+# ------------------------------------------------------------------ explain --reverse
+
+def meta_checkpoint(path: Path) -> None:
+    """A Meta-layout Llama (4 heads, 2 key/value heads, hidden 32, 2 layers), random values."""
+    from mapspec.plan import TensorInfo
+
+    t = {"tok_embeddings.weight": (40, 32), "norm.weight": (32,), "output.weight": (40, 32)}
+    for i in range(2):
+        p = f"layers.{i}."
+        t.update({p + "attention.wq.weight": (32, 32), p + "attention.wk.weight": (16, 32),
+                  p + "attention.wv.weight": (16, 32), p + "attention.wo.weight": (32, 32),
+                  p + "feed_forward.w1.weight": (48, 32), p + "feed_forward.w2.weight": (32, 48),
+                  p + "feed_forward.w3.weight": (48, 32), p + "attention_norm.weight": (32,),
+                  p + "ffn_norm.weight": (32,)})
+    random_checkpoint({k: TensorInfo(s, "float32") for k, s in t.items()}, path)
+
+
+EXPLAIN = INVERT / "explain"
+
+
+@pytest.mark.parametrize("fmt", ["table", "per-tensor", "markdown"])
+def test_explain_reverse_is_golden(tmp_path, monkeypatch, fmt):
+    """`explain --reverse SPEC CKPT`: the derived inverse's plan, each row at the forward rule it
+    undoes, with the inverse rule's text, the parameters it was derived with."""
+    monkeypatch.chdir(REPO)
+    meta_checkpoint(tmp_path / "meta.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 4, "num_key_value_heads": 2,
+                                                      "hidden_size": 32}))
+    args = {"table": [], "per-tensor": ["--per-tensor"], "markdown": ["--format", "markdown"]}[fmt]
+    r = runner.invoke(app, ["explain", "--reverse", "specs/llama_hf_to_meta.map", str(tmp_path / "meta.safetensors"),
+                            "--config", str(tmp_path / "config.json"), *args])
+    assert r.exit_code == 0, r.output
+    golden(EXPLAIN / f"llama_hf_to_meta.{fmt}.txt", r.output)
+
+
+def test_explain_reverse_points_each_row_at_the_forward_rule(tmp_path, monkeypatch):
+    """The rows name the forward spec's lines (those of the rules `invert` derived them from),
+    and each shows the inverse rule as `mapspec invert` prints it."""
+    monkeypatch.chdir(REPO)
+    meta_checkpoint(tmp_path / "meta.safetensors")
+    params = ["-p", "n_heads=4", "-p", "n_kv=2", "-p", "hidden=32"]
+    r = runner.invoke(app, ["explain", "--reverse", "specs/llama_hf_to_meta.map", str(tmp_path / "meta.safetensors"),
+                            *params])
+    assert r.exit_code == 0, r.output
+    inverse = runner.invoke(app, ["invert", "specs/llama_hf_to_meta.map", *params]).output
+    origins = re.findall(r"^# llama_hf_to_meta\.map:(\d+)\n(.*)$", inverse, re.M)
+    rows = [line for line in r.output.splitlines() if line.startswith("llama_hf_to_meta.map:")]
+    assert len(rows) == len(origins) == 10
+    for row, (line, text) in zip(rows, origins):
+        assert row.startswith(f"llama_hf_to_meta.map:{line} ") and text in row
+
+
+# ------------------------------------------------------------------ drops the way back leaves out
+
+DROPS = "mapspec 1\nw.{i:int} -> v.{i}\ndrop buf.*\n    reverse none\n"
+
+
+def test_a_drop_marked_reverse_none_is_left_out_of_the_inverse_and_said_so(tmp_path, monkeypatch):
+    from mapspec.plan import TensorInfo
+
+    monkeypatch.chdir(tmp_path)
+    assert format_text(DROPS) == DROPS
+    Path("s.map").write_text(DROPS)
+    r = runner.invoke(app, ["invert", "s.map"])
+    assert r.exit_code == 0, r.output
+    warning = "s.map:3: the inverse does not recreate the keys this drop removes (marked `reverse none`)"
+    assert f"# warning: {warning}: buf.*\n" in r.output and f"warning: {warning}: buf.*\n" in r.output
+    random_checkpoint({"w.0": TensorInfo((2,), "float32"), "buf.mask": TensorInfo((3,), "float32")},
+                      tmp_path / "in.safetensors")
+    r = runner.invoke(app, ["verify", "s.map", "in.safetensors"])
+    assert r.exit_code == 0, r.output
+    assert "not restored: buf.mask (dropped by s.map:3, marked `reverse none`)" in r.output
+    assert "ok: 1 tensors, 1 bit-exact, 1 not restored by design" in r.output
+    assert f"warning: {warning}: buf.mask" in r.output
+    assert runner.invoke(app, ["apply", "s.map", "in.safetensors", "-o", "out.safetensors"]).exit_code == 0
+    r = runner.invoke(app, ["apply", "--reverse", "s.map", "out.safetensors", "-o", "back.safetensors"])
+    assert r.exit_code == 0 and f"warning: {warning}: buf.*" in r.output
+
+
+def test_an_unmarked_drop_inverts_only_with_lossy_and_verify_then_fails(tmp_path, monkeypatch):
+    from mapspec.plan import TensorInfo
+
+    monkeypatch.chdir(tmp_path)
+    Path("s.map").write_text(DROPS.replace("    reverse none\n", ""))
+    r = runner.invoke(app, ["invert", "s.map"])
+    assert r.exit_code == 2 and "mark it `reverse none` if the inverse may leave them out" in r.output
+    r = runner.invoke(app, ["invert", "s.map", "--lossy"])
+    assert r.exit_code == 0
+    assert "warning: s.map:3: the inverse does not recreate the keys this drop removes (--lossy): buf.*" in r.output
+    random_checkpoint({"w.0": TensorInfo((2,), "float32"), "buf.mask": TensorInfo((3,), "float32")},
+                      tmp_path / "in.safetensors")
+    r = runner.invoke(app, ["verify", "s.map", "in.safetensors", "--lossy"])
+    assert r.exit_code == 1 and "MISSING: buf.mask is in the reference but not produced" in r.output
+
+
+def test_an_inverse_rule_that_matches_nothing_is_warned_at_its_forward_rule(tmp_path, monkeypatch):
+    """A tied checkpoint has no head: the inverse of `head -> out` writes nothing back, and
+    apply --reverse and explain --reverse say so at the forward rule (--strict-rules: an error)."""
+    from mapspec.plan import TensorInfo
+
+    monkeypatch.chdir(tmp_path)
+    Path("s.map").write_text("mapspec 1\nw.{i:int} -> v.{i}\nhead -> out\n")
+    random_checkpoint({"v.0": TensorInfo((2,), "float32")}, tmp_path / "tied.safetensors")
+    warning = ("s.map:3:1: warning: the inverse of this rule matches no key of this checkpoint (out -> head): "
+               "nothing is written back through it")
+    r = runner.invoke(app, ["apply", "--reverse", "s.map", "tied.safetensors", "-o", "back.safetensors"])
+    assert r.exit_code == 0 and warning in r.output
+    r = runner.invoke(app, ["explain", "--reverse", "s.map", "tied.safetensors"])
+    assert r.exit_code == 0 and warning in r.output and "s.map:3  out -> head         0     matches nothing" in r.output
+    r = runner.invoke(app, ["apply", "--reverse", "--strict-rules", "s.map", "tied.safetensors", "-o", "b2.safetensors"])
+    assert r.exit_code != 0 and r.output.startswith("s.map:3:1: error: in the inverse (")
+    assert not (tmp_path / "b2.safetensors").exists()
+
+
+def test_an_optional_drop_can_be_marked_reverse_none(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = DROPS.replace("drop buf.*", "optional drop buf.*")
+    assert format_text(text) == text
+    rule = parse_spec(text=text, name="s.map").rules[1]
+    assert rule.optional and rule.reverse_none

@@ -382,3 +382,29 @@ def test_a_merge_over_two_axes_is_exact_or_names_exactly_what_is_missing(order):
         assert not expected_missing
         assert list(step.inputs) == [name(e, w) for e in range(top + 1) for w in ("w1", "w3")]
         assert step.info.shape == (top + 1, 12, 4)
+
+
+def test_an_optional_rule_may_match_nothing_without_a_warning_or_strict_rules_error(tmp_path):
+    """A spec covering two layouts of one family marks the other layout's rules `optional`."""
+    spec = tmp_path / "two_layouts.map"
+    spec.write_text("mapspec 1\n"
+                    "a.{i:int}.w -> x.{i}.w\n"
+                    "optional b.{i:int}.w -> x.{i}.w\n"
+                    "optional drop c.**\n"
+                    "d.w -> y.w\n")
+    keys = {"a.0.w": TensorInfo((2,), "float32"), "a.1.w": TensorInfo((2,), "float32")}
+    plan = compile_spec(parse_spec(spec), keys, strict_rules=False)
+    assert [u.text for u in plan.unused] == ["d.w -> y.w"]  # only the ordinary rule is reported
+    with pytest.raises(PlanError, match="matches no key"):
+        compile_spec(parse_spec(spec), keys, strict_rules=True)
+    spec.write_text(spec.read_text().replace("d.w -> y.w\n", ""))
+    assert compile_spec(parse_spec(spec), keys, strict_rules=True).unused == ()
+    # `optional` survives formatting, and a key named like the keyword is still a key
+    from mapspec.formatter import format_text
+
+    text = spec.read_text() + "optional.w -> z.w\n"
+    assert format_text(text) == text
+    spec.write_text(text)
+    rules = parse_spec(spec).rules
+    assert [r.optional for r in rules] == [False, True, True, False]
+    assert rules[3].sources[0].text == "optional.w"
