@@ -390,11 +390,15 @@ def _inverse_stack(p: Params, shapes: list[Shape], dtype: str) -> list[PlannedAc
 
 # ------------------------------------------------------------------ split / chunk (one -> many)
 
+MAX_PIECES = 65_536  # outputs of one split or chunk; each becomes a named tensor in the plan
+
 def _norm_split(action: Action) -> Params:
     bound = _bind(action, ["sizes", "dim", "into"], 1)
     sizes = _ints(action, bound["sizes"], "sizes")
     if not sizes or any(s <= 0 for s in sizes):
         raise SpecError("split(): sizes must be positive", action.span)
+    if len(sizes) > MAX_PIECES:
+        raise SpecError(f"split(): at most {MAX_PIECES:,} pieces, got {len(sizes):,}", action.span)
     return {"sizes": sizes, "dim": _int(action, bound["dim"], "dim") if "dim" in bound else 0,
             "into": _name(action, bound, "into")}
 
@@ -404,6 +408,8 @@ def _norm_chunk(action: Action) -> Params:
     chunks = _int(action, bound["chunks"], "chunks")
     if chunks <= 0:
         raise SpecError("chunk(): chunks must be positive", action.span)
+    if chunks > MAX_PIECES:
+        raise SpecError(f"chunk(): at most {MAX_PIECES:,} chunks, got {chunks:,}", action.span)
     return {"chunks": chunks, "dim": _int(action, bound["dim"], "dim") if "dim" in bound else 0,
             "into": _name(action, bound, "into")}
 

@@ -1,15 +1,18 @@
 """The `mapspec` command: a thin layer over the library. Each command parses its options,
 calls the library and prints what `render` makes of the result.
 
-Exit codes: 0 success, 1 a conversion problem, 2 bad input. Errors are printed as one
-`error:` line (spec errors as `path:line:col: error: ...` with the line and a caret); a
-Python traceback is never shown for bad input, and a usage error (an unknown option, a
-missing argument) is one `error:` line too."""
+Exit codes: 0 success, 1 a conversion problem, 2 bad input, 3 an internal error (a bug:
+please report it), 128+N killed by signal N (SIGINT 130, SIGTERM 143). Errors are printed as
+one `error:` line (spec errors as `path:line:col: error: ...` with the line and a caret); a
+usage error (an unknown option, a missing argument) is one `error:` line too; a Python
+traceback is shown only for an internal error under `--debug` or MAPSPEC_DEBUG=1."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from contextlib import contextmanager
 from enum import Enum
 from functools import wraps
@@ -24,12 +27,12 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from typer.core import TyperGroup
 
 from . import render
-from .errors import MapspecError, UsageError
+from .errors import Interrupted, MapspecError, SpecError, UsageError
 from .executor import apply as apply_spec, inverse_plan_for, plan_for
 from .formats import known_names
 from .formatter import format_text
 from .invert import parse_prefer
-from .parser import parse_spec
+from .parser import parse_spec, read_spec
 from .checks import check_spec
 
 PROGRESS_AFTER = 64 << 20  # bytes: smaller conversions finish before a bar is worth drawing
@@ -86,17 +89,49 @@ def _params(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+_DEBUG = False  # --debug, set for each invocation
+
+
+def _debug() -> bool:
+    return _DEBUG or os.environ.get("MAPSPEC_DEBUG", "") not in ("", "0")
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an internal error.")]
+             = False) -> None:
+    global _DEBUG
+    _DEBUG = debug
+
+
+def _fail(message: str, code: int, exc: BaseException) -> typer.Exit:
+    if _debug():
+        sys.stderr.write("".join(traceback.format_exception(exc)))
+    warn(message)
+    return typer.Exit(code)
+
+
 def _guard(fn):
+    """The one place an exception becomes an exit code and one `error:` line."""
     @wraps(fn)
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except MapspecError as exc:
-            warn(render.error_text(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except OSError as exc:
-            warn(render.error_text(exc))
-            raise typer.Exit(2) from None
+        except (MapspecError, OSError) as exc:
+            raise _fail(render.error_text(exc), getattr(exc, "exit_code", 2), exc) from None
+        except Interrupted as exc:
+            raise _fail("error: interrupted (no partial output is left behind)", 128 + exc.signum, exc) from None
+        except KeyboardInterrupt as exc:
+            raise _fail("error: interrupted (no partial output is left behind)", 130, exc) from None
+        except MemoryError as exc:  # bad input that asks for more memory than there is
+            raise _fail("error: the input needs more memory than is available", 2, exc) from None
+        except RecursionError as exc:
+            raise _fail("error: the input nests too deeply", 2, exc) from None
+        except (typer.Exit, cx.ClickException, typer.Abort):
+            raise
+        except Exception as exc:  # a bug: say so briefly, the traceback on request
+            hint = "" if _debug() else "; rerun with --debug for the traceback"
+            raise _fail(render.error_text(f"internal error ({type(exc).__name__}: {str(exc)[:200]}); "
+                                          f"please report it{hint}"), 3, exc) from None
     return run
 
 
@@ -416,7 +451,10 @@ def fmt(
     """Rewrite specs in place in canonical form (it prints only the names of files it changes)."""
     changed = []
     for path in specs:
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = read_spec(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecError(f"cannot read spec {path}: {getattr(exc, 'strerror', None) or exc}") from None
         new = format_text(text, str(path))
         if new != text:
             changed.append(path)

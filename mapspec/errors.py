@@ -27,13 +27,24 @@ class Span:
         return {"file": self.file, "line": self.line, "column": self.column}
 
 
+MAX_LINE = 400  # characters of one rendered error line; longer ones are cut in the middle
+
+
+def shorten(text: str, limit: int = MAX_LINE) -> str:
+    """`text` with every line cut to `limit` characters, so an error never echoes a 1 MB key."""
+    head, tail = limit * 2 // 3, limit // 3 - 30
+    return "\n".join(line if len(line) <= limit else
+                     f"{line[:head]} ...[{len(line) - head - tail:,} characters]... {line[-tail:]}"
+                     for line in text.split("\n"))
+
+
 class MapspecError(Exception):
     """Base of every error mapspec raises on purpose."""
 
     exit_code = 2
 
     def render(self) -> str:
-        return f"error: {self}"
+        return shorten(f"error: {self}")
 
 
 class SpecError(MapspecError):
@@ -63,16 +74,23 @@ class SpecError(MapspecError):
 
     def render(self) -> str:
         if self.span is None:
-            return f"error: {self.message}"
-        head = f"{self.span}: error: {self.message}"
+            return shorten(f"error: {self.message}")
+        head = shorten(f"{self.span}: error: {self.message}")
         line = self.source_line()
         if line is None:
             return head
+        column = self.span.column
         width = 1
         if self.span.end_line == self.span.line and self.span.end_column > self.span.column:
             width = self.span.end_column - self.span.column
+        if len(line) > MAX_LINE:  # show a window around the caret, not a megabyte of spec
+            start = max(0, column - 1 - MAX_LINE // 2)
+            line = ("..." if start else "") + line[start:start + MAX_LINE] + (
+                "..." if start + MAX_LINE < len(line) else "")
+            column = column - start + (3 if start else 0)
+            width = max(1, min(width, len(line) - column + 1, 80))
         # Tabs keep their width so the caret lines up under the offending text.
-        pad = "".join("\t" if c == "\t" else " " for c in line[: self.span.column - 1])
+        pad = "".join("\t" if c == "\t" else " " for c in line[: column - 1])
         return f"{head}\n    {line}\n    {pad}{'^' * width}"
 
     def __str__(self) -> str:
@@ -96,8 +114,12 @@ class SpecErrors(SpecError):
         self.errors = flat
         self.exit_code = max(e.exit_code for e in flat)
 
+    SHOWN = 20  # errors rendered; a spec with thousands of faults does not print them all
+
     def render(self) -> str:
-        return "\n".join(e.render() for e in self.errors) + f"\n{len(self.errors)} errors"
+        more = len(self.errors) - self.SHOWN
+        return ("\n".join(e.render() for e in self.errors[:self.SHOWN])
+                + (f"\n... {more} more not shown" if more > 0 else "") + f"\n{len(self.errors)} errors")
 
     def __str__(self) -> str:
         return "\n".join(str(e) for e in self.errors)
@@ -123,7 +145,7 @@ class ConversionError(MapspecError):
         out = f"{where}error: {self.message}"
         if self.details:
             out += "\n" + "\n".join(f"  {d}" for d in self.details)
-        return out
+        return shorten(out)
 
     def __str__(self) -> str:
         return self.render().removeprefix("error: ")
@@ -133,6 +155,22 @@ class CheckpointError(MapspecError):
     """A checkpoint that cannot be read safely: missing, truncated, corrupt or unsafe."""
 
     exit_code = 2
+
+
+class OutputError(MapspecError, OSError):
+    """The output cannot be written (disk full, file size limit, an output that appeared
+    meanwhile): nothing is left under its name. An OSError too, for callers that catch those."""
+
+    exit_code = 2
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived during a write; raised from the signal handler so every
+    `finally` and abort on the way out runs. A BaseException, like KeyboardInterrupt."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class UsageError(MapspecError):

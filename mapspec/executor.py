@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import numpy as np
 
 from . import actions as act
-from .errors import UsageError
+from .errors import MapspecError, OutputError, UsageError
 from .formats import Selected, open_sink, open_source, sink_format
+from .formats.base import guarded_writes
 from .params import Config
 from .parser import parse_spec
 from .plan import Plan, Step, compile_spec
@@ -140,18 +141,65 @@ def apply(
         record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path, params=values,
                             direction="reverse" if reverse else "forward",
                             select=source.prefix if isinstance(source, Selected) else None)
-        sink = open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size)
-        try:
-            n = sum(s.info.nbytes for s in plan.steps)
-            execute(plan, source, sink, (lambda done: progress(done, n)) if progress else None)
-            sink.commit()
-        except BaseException:
-            sink.abort()
-            raise
+        n = sum(s.info.nbytes for s in plan.steps)
+        check_space(output, n)
+        # Everything that creates, fills or renames the output runs inside the guard: a failure
+        # anywhere (even while the sink is being built) or SIGTERM/SIGINT removes its temp files.
+        with guarded_writes(replace=force), _naming(output):
+            sink = None
+            try:
+                sink = open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size)
+                execute(plan, source, sink, (lambda done: progress(done, n)) if progress else None)
+                sink.commit()
+            except BaseException:
+                if sink is not None:
+                    sink.abort()
+                raise
     finally:
         source.close()
     return Report(plan, output, fmt, disk_size(output),
                   source.prefix if source.auto else None, inverse)
+
+
+def check_space(output: Path, needed: int) -> None:
+    """Refuse up front when the output's tensor bytes cannot fit: not on the file system
+    holding it, nor under the process's file size limit. Format-independent, so no writer
+    (torch's included) ever meets a full disk half-way through."""
+    import shutil
+
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:  # the sink creates missing folders
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # the sink reports the folder's problem itself
+    if needed > free:
+        raise OutputError(f"{output}: not enough free space: the output needs at least {needed:,} bytes, "
+                          f"{free:,} are free")
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and needed > soft:
+        raise OutputError(f"{output}: the output needs at least {needed:,} bytes, over this process's "
+                          f"file size limit of {soft:,} bytes")
+
+
+class _naming:
+    """An OSError from writing says no file (`error: : No space left on device`): name the output."""
+
+    def __init__(self, output: Path):
+        self.output = output
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if isinstance(exc, OSError) and not isinstance(exc, MapspecError) and (
+                not exc.filename or Path(str(exc.filename)).name.endswith(".part")):
+            raise OutputError(f"{self.output}: cannot write: {exc.strerror or exc}") from None
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,

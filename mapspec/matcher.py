@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Iterable, NamedTuple
 
+import numpy as np
+
 from .rules import Capture, Lit, Pattern
 
 SEGMENT = r"[^.]+"
@@ -177,6 +179,105 @@ def _is_int(text: str) -> bool:
     return text.isdigit() and text.isascii()  # as [0-9]+: no other scripts' digits
 
 
+# Backtracking regexes cost up to len(key) ** (variable-length parts of a pattern) on a key
+# that almost matches. Keys longer than BUDGET ** (1 / parts) go to `LinearPattern` instead.
+BUDGET = 2_000_000
+
+
+def _variable_parts(pattern: Pattern) -> int:
+    return sum(1 for p in _parts(pattern)
+               if isinstance(p, _AnyPrefix) or (isinstance(p, Capture) and p.type in ("segment", "int", "multi")))
+
+
+class LinearPattern:
+    """One pattern matched in time linear in the key (times its number of parts), with the
+    captures Python's backtracking regex would give.
+
+    can[i][p] says whether parts[i:] match key[p:]; it is computed from the last part back,
+    each part in a few vectorised passes. The captures then follow left to right: a greedy
+    part takes the longest end from which the rest can still match, an alternation its first
+    such alternative, which is the choice backtracking settles on."""
+
+    def __init__(self, pattern: Pattern, tables: dict[str, tuple[str, ...]]):
+        self.parts = _parts(pattern)
+        self.tables = tables
+
+    def _alternatives(self, part) -> tuple[str, ...]:
+        if isinstance(part, Lit):
+            return (part.text,)
+        return part.alternatives if part.type == "alt" else self.tables.get(part.table or "", ())
+
+    def fullmatch(self, key: str) -> dict[str, str] | None:
+        n = len(key)
+        codes = np.frombuffer(key.encode("utf-32-le"), np.uint32)
+        idx = np.arange(n + 1)
+
+        def next_stop(stop: np.ndarray) -> np.ndarray:
+            # nxt[p] = the first q >= p where stop[q] (n at the end)
+            at = np.where(np.append(stop, True), idx, n)
+            return np.minimum.accumulate(at[::-1])[::-1]
+
+        dot = codes == ord(".")
+        nextdot = next_stop(dot)
+        nextnondigit = next_stop((codes < ord("0")) | (codes > ord("9")))
+
+        def starts(text: str) -> np.ndarray:
+            out = np.zeros(n + 1, bool)
+            m = len(text)
+            if m <= n:
+                ok = np.ones(n - m + 1, bool)
+                for j, c in enumerate(text):
+                    ok &= codes[j:n - m + 1 + j] == ord(c)
+                out[:n - m + 1] = ok
+            return out
+
+        def first_true(can: np.ndarray) -> np.ndarray:  # first e >= q with can[e], n+1 if none
+            at = np.where(can, idx, n + 1)
+            return np.minimum.accumulate(at[::-1])[::-1]
+
+        def shifted(a: np.ndarray, k: int, fill=False) -> np.ndarray:  # a[p + k], `fill` past the end
+            out = np.full(n + 1, fill, a.dtype)
+            if k <= n:
+                out[:n + 1 - k] = a[k:]
+            return out
+
+        cans = [None] * len(self.parts) + [idx == n]
+        for i in range(len(self.parts) - 1, -1, -1):
+            part, nxt = self.parts[i], cans[i + 1]
+            if isinstance(part, _AnyPrefix):  # (?:.+\.)? : nothing, or anything ending in a dot
+                ends = nxt & np.append(False, dot)
+                can = nxt | shifted(first_true(ends) <= n, 2)
+            elif isinstance(part, Lit) or part.type in ("alt", "table"):
+                can = np.zeros(n + 1, bool)
+                for a in self._alternatives(part):
+                    can |= starts(a) & shifted(nxt, len(a))
+            elif part.type == "multi":
+                can = shifted(first_true(nxt) <= n, 1)
+            else:  # segment or int: one or more characters before the next stop
+                stop = nextdot if part.type == "segment" else nextnondigit
+                can = (shifted(first_true(nxt), 1, n + 1) <= stop) & (stop > idx)
+            cans[i] = can
+        if not cans[0][0]:
+            return None
+        captures: dict[str, str] = {}
+        p = 0
+        for i, part in enumerate(self.parts):
+            nxt = cans[i + 1]
+            if isinstance(part, _AnyPrefix):
+                ends = np.flatnonzero(nxt[p + 2:] & np.append(False, dot)[p + 2:])
+                e = p + 2 + int(ends[-1]) if len(ends) else p
+            elif isinstance(part, Lit) or part.type in ("alt", "table"):
+                e = next(p + len(a) for a in self._alternatives(part)
+                         if key.startswith(a, p) and p + len(a) <= n and nxt[p + len(a)])
+            else:
+                limit = n if part.type == "multi" else int((nextdot if part.type == "segment" else nextnondigit)[p])
+                e = p + 1 + int(np.flatnonzero(nxt[p + 1:limit + 1])[-1])
+            if isinstance(part, Capture) and part.name:
+                captures[part.name] = key[p:e]
+            p = e
+        return captures
+
+
 class Hit(NamedTuple):
     entry: Entry
     captures: dict[str, str]
@@ -219,6 +320,11 @@ class Matcher:
             self._backward = re.compile(_emit(root, reverse=True), re.DOTALL)
         else:
             self._forward = self._backward = None
+        # Keys longer than this would let the trie's backtracking explode: `_match_long`.
+        self._free = [i for i, plain in enumerate(self._plain) if plain is None]
+        worst = max((_variable_parts(self.entries[i].pattern) for i in self._free), default=0)
+        self.fast_limit = int(BUDGET ** (1 / worst)) if worst else None
+        self._linear: dict[int, LinearPattern] = {}
 
     def _regex(self, i: int) -> re.Pattern:
         rx = self._compiled.get(i)
@@ -246,7 +352,9 @@ class Matcher:
                                 caps[name] = text
                         else:
                             found.append((i, caps))
-        if self._forward is not None:
+        if self._forward is not None and self.fast_limit is not None and len(key) > self.fast_limit:
+            found += self._match_long(key)
+        elif self._forward is not None:
             m = self._forward.fullmatch(key)
             if m is not None:
                 first = int(m.lastgroup[1:])
@@ -263,6 +371,22 @@ class Matcher:
         if a.rule != b.rule:
             raise Ambiguous(key, a, b)
         return Hit(a, found[0][1])
+
+    def _match_long(self, key: str) -> list[tuple[int, dict[str, str]]]:
+        """Every trie pattern matching a key long enough to make backtracking explode, by
+        `LinearPattern` (only those whose literal prefix fits are tried)."""
+        found = []
+        for i in self._free:
+            parts = _parts(self.entries[i].pattern)
+            if parts and isinstance(parts[0], Lit) and not key.startswith(parts[0].text):
+                continue
+            linear = self._linear.get(i)
+            if linear is None:
+                linear = self._linear[i] = LinearPattern(self.entries[i].pattern, self._tables)
+            caps = linear.fullmatch(key)
+            if caps is not None:
+                found.append((i, caps))
+        return found
 
     def naive_match(self, key: str) -> list[Entry]:
         """Every matching pattern, one regex at a time: the reference the tests and the

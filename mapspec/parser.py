@@ -40,6 +40,28 @@ from .rules import (
 )
 
 LANGUAGE_VERSION = 1
+MAX_INT = 10**15  # larger integers in a spec are typos or attacks, never tensor sizes
+MAX_INCLUDE_DEPTH = 64
+MAX_SPEC_BYTES = 16 << 20
+
+
+def read_spec(path: str | Path) -> str:
+    """A spec's text. Only regular files: a FIFO or /dev/zero would hang or never end."""
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens without a writer
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError("not a regular file")
+        if st.st_size > MAX_SPEC_BYTES:
+            raise OSError(f"{st.st_size:,} bytes is larger than a spec can be ({MAX_SPEC_BYTES:,})")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+    finally:
+        os.close(fd)
+    return data.decode("utf-8")
 MAX_DEPTH = 100  # operators in one expression, nested: far beyond any real spec
 
 
@@ -50,7 +72,7 @@ def parse_spec(path: str | Path | None = None, *, text: str | None = None, name:
             raise TypeError("parse_spec needs a path or text")
         file = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_spec(path)
         except (OSError, UnicodeDecodeError) as exc:
             raise SpecError(f"cannot read spec {file}: {_reason(exc)}") from None
     else:
@@ -59,6 +81,8 @@ def parse_spec(path: str | Path | None = None, *, text: str | None = None, name:
 
 
 def _reason(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start})"
     return getattr(exc, "strerror", None) or str(exc)
 
 
@@ -159,7 +183,7 @@ class _Builder:
 
     def _header(self, st: Tree, header: Header, span: Span) -> Header:
         if st.data == "version":
-            version = int(st.children[0])
+            version = self._int(st.children[0])
             if version != LANGUAGE_VERSION:
                 raise self.error(
                     f"unsupported language version {version}; this mapspec reads version {LANGUAGE_VERSION}",
@@ -181,8 +205,10 @@ class _Builder:
         resolved = str(path.resolve())
         if resolved in self.stack:
             raise self.error(f"include cycle: {rel} includes itself", self.span_tok(tok))
+        if len(self.stack) >= MAX_INCLUDE_DEPTH:
+            raise self.error(f"includes nest deeper than {MAX_INCLUDE_DEPTH} files", self.span_tok(tok))
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_spec(path)
         except (OSError, UnicodeDecodeError) as exc:
             raise self.error(f"cannot include {rel}: {_reason(exc)}", self.span_tok(tok)) from None
         return _Builder(str(path), text, self.stack).build(root=False)
@@ -348,6 +374,15 @@ class _Builder:
                 parts.append(item)
         return Template(parts=tuple(parts), text=str(tok), span=self.span_tok(tok))
 
+    def _int(self, tok: Token, base: Token | None = None) -> int:
+        """An integer literal, bounded before Python converts it (over 4,300 digits it raises)."""
+        text = str(tok).lstrip("+-")
+        if len(text) > 16 or int(text) > MAX_INT:
+            span = self._frag_span(tok, base) if base is not None else self.span_tok(tok)
+            shown = str(tok) if len(str(tok)) <= 24 else f"{str(tok)[:12]}...({len(str(tok)):,} digits)"
+            raise self.error(f"integer {shown} is out of range (at most {MAX_INT:,})", span)
+        return int(str(tok))
+
     def _expr(self, t: Tree, base: Token | None, depth: int = 0):
         """An expression tree; `base` is the token it was parsed from again (None: the tree's
         positions are the file's own)."""
@@ -359,7 +394,7 @@ class _Builder:
         if kind == "ref":
             return Ref(name=str(t.children[0]), span=where(t.children[0]))
         if kind == "number":
-            return Num(value=int(t.children[0]))
+            return Num(value=self._int(t.children[0], base))
         if kind == "neg":
             inner = self._expr(t.children[0], base, depth + 1)
             return Num(value=-inner.value) if isinstance(inner, Num) else Neg(operand=inner)

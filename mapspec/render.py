@@ -251,13 +251,14 @@ def explain(plan: Plan, spec: Spec, fmt: str = "table", per_tensor: bool = False
 def error_text(exc: BaseException) -> str:
     """An error as shown to a person: one `error:` line (spec errors with the line and a
     caret, conversion errors with their details below)."""
-    from .errors import MapspecError
+    from .errors import MapspecError, shorten
 
     if isinstance(exc, MapspecError):
         return exc.render()
-    if isinstance(exc, OSError):
-        return f"error: {exc.filename or ''}: {exc.strerror or exc}"
-    return f"error: {exc}"
+    if isinstance(exc, OSError):  # no empty `error: : ...` when the error names no file
+        return shorten(f"error: {exc.filename}: {exc.strerror or exc}" if exc.filename else
+                       f"error: {exc.strerror or exc}")
+    return shorten(f"error: {exc}")
 
 
 

@@ -201,6 +201,8 @@ class MXNetSource(SourceBase):
                 names.append(cur.take(length, f"name {i}").decode("utf-8"))
             except UnicodeDecodeError:
                 raise CheckpointError(f"{self.path}: name {i} at byte {length_at + 8} is not UTF-8") from None
+            if "\0" in names[-1]:  # mxnet's own loader cuts a name there: neither reading would be sure
+                raise CheckpointError(f"{self.path}: name {i} at byte {length_at + 8} holds a NUL character")
         if not names:  # mx.nd.save of a list: positions are the names
             names = [str(i) for i in range(count)]
         if len(set(names)) != len(names):
@@ -270,7 +272,7 @@ class MXNetSink(SinkBase):
         self.atomic = AtomicPath(path)
         self.provenance = metadata
         self.infos = dict(outputs)
-        self.file = open(self.atomic.tmp, "r+b")  # not "wb": truncating makes close() flush everything
+        self.file = self.atomic.open("r+b")  # not "wb": truncating makes close() flush everything
         self.file.write(struct.pack("<QQQ", FILE_MAGIC, 0, len(outputs)))
         self.offsets: dict[str, int] = {}
         pos = 24
@@ -307,7 +309,6 @@ class MXNetSink(SinkBase):
         self.atomic.commit()
 
     def abort(self) -> None:
-        self.file.close()
         self.atomic.abort()
 
 

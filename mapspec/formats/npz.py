@@ -144,7 +144,7 @@ class NpzSink(SinkBase):
         self.atomic = AtomicPath(path)
         self.provenance = metadata
         self.infos = dict(outputs)
-        self.zip = zipfile.ZipFile(self.atomic.tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self.zip = zipfile.ZipFile(self.atomic.open("wb"), "w", zipfile.ZIP_STORED, allowZip64=True)
 
     def write(self, name: str, array: np.ndarray) -> None:
         with self.zip.open(name + ".npy", "w", force_zip64=True) as f:
@@ -161,7 +161,7 @@ class NpzSink(SinkBase):
         self.atomic.commit()
 
     def abort(self) -> None:
-        self.zip.close()
+        self.zip.fp = None  # closing the zip would write its directory (and fail again): drop it
         self.atomic.abort()
 
 

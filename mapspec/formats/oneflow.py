@@ -26,7 +26,7 @@ from .. import dtypes
 from ..errors import CheckpointError, UsageError
 from ..provenance import RECORD
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, SinkBase, SourceBase, replace_dir
+from .base import AtomicPath, SinkBase, SourceBase
 from .registry import Format
 from .reading import RegularFile, clip, read_small, shown
 from .unpickle import MAX_DEPTH, MAX_NODES, MAX_PICKLE, Budget, StandIn, unpickle
@@ -184,7 +184,7 @@ class OneflowSink(SinkBase):
     def commit(self) -> None:
         if self.provenance is not None:  # flow.load reads only what the pickle names
             (self.atomic.tmp / RECORD).write_text(self.provenance.json(), encoding="utf-8")
-        replace_dir(self.atomic.tmp, self.final)
+        self.atomic.commit()  # replacing an earlier output only with --force
 
     def abort(self) -> None:
         self.atomic.abort()

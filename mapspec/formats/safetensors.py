@@ -192,7 +192,7 @@ class SafetensorsSink(SinkBase):
         self.header = header
         blob = self._blob()
         self.base = 8 + len(blob)
-        self.file = open(self.atomic.tmp, "r+b")  # not "wb": truncating makes close() flush everything
+        self.file = self.atomic.open("r+b")  # not "wb": truncating makes close() flush everything
         self.file.write(struct.pack("<Q", len(blob)) + blob)
         self.file.truncate(self.base + pos)
         self.written: set[str] = set()
@@ -234,7 +234,6 @@ class SafetensorsSink(SinkBase):
         self.atomic.commit()
 
     def abort(self) -> None:
-        self.file.close()
         self.atomic.abort()
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import CheckpointError, UsageError
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase, replace_dir
+from .base import AtomicPath, Extent, SinkBase, SourceBase
 from .registry import Format
 
 MAX_INDEX = 100_000_000  # bytes; an index is names and file names only
@@ -251,7 +251,7 @@ class ShardedSink(SinkBase):
         if self.index is not None:
             name, data = self.index
             (self.atomic.tmp / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")
-        replace_dir(self.atomic.tmp, self.final)
+        self.atomic.commit()  # replacing an earlier output only with --force
 
     def abort(self) -> None:
         for sink in self.sinks:

@@ -173,7 +173,7 @@ class TorchSink(SinkBase):
         self.infos = dict(outputs)
         self.keys = {name: str(i) for i, name in enumerate(outputs)}
         self.pending = list(outputs)  # records follow the pickle's order
-        self.file = open(self.atomic.tmp, "r+b")  # not "wb": truncating makes close() flush everything
+        self.file = self.atomic.open("r+b")  # not "wb": truncating makes close() flush everything
         self.zip = ZipWriter(self.file)
         self.zip.add("data.pkl", state_pickle(outputs, self.keys))
         self.zip.add(".format_version", b"1")
@@ -213,8 +213,7 @@ class TorchSink(SinkBase):
         self.atomic.commit()
 
     def abort(self) -> None:
-        self.file.close()
-        self.atomic.abort()
+        self.atomic.abort()  # closes the file first, ignoring a failed flush
 
 
 def is_torch_zip(path: Path) -> bool:

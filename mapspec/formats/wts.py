@@ -107,7 +107,7 @@ class WtsSink(SinkBase):
         self.atomic = AtomicPath(path)
         self.provenance = metadata
         self.infos = dict(outputs)
-        self.file = open(self.atomic.tmp, "w", encoding="ascii", newline="\n")
+        self.file = self.atomic.open("w", encoding="ascii", newline="\n")
         self.file.write(f"{len(outputs)}\n")
 
     def write(self, name: str, array: np.ndarray) -> None:
@@ -125,7 +125,6 @@ class WtsSink(SinkBase):
         self.atomic.commit()
 
     def abort(self) -> None:
-        self.file.close()
         self.atomic.abort()
 
 
