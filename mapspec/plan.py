@@ -293,9 +293,11 @@ def compile_spec(
 def copy_stand_ins(spec: Spec, steps: Iterable[Step]) -> dict[Span, Span]:
     """Rules that produced nothing because the target they name was written by a
     `copy ... if absent` instead: rule span -> the copy's span."""
+    copies = {r.span for r in spec.rules if isinstance(r, RenameRule) and r.is_copy and r.if_absent}
+    if not copies:  # most specs: no pass over the steps (a million of them hash a Span each)
+        return {}
     steps = list(steps)
     producing = {s.rule for s in steps}
-    copies = {r.span for r in spec.rules if isinstance(r, RenameRule) and r.is_copy and r.if_absent}
     written = [(s.rule, s.output) for s in steps if s.rule in copies]
     out = {}
     for rule in spec.rules:

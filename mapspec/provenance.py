@@ -16,7 +16,10 @@ source checkpoint's name and sha256. Where it is kept depends on what the format
 The source's sha256 is computed in a background thread that reads the file once while the
 conversion runs, so it costs no wall time on a machine with a spare core; its reads come from
 the page cache the conversion fills anyway (bench/provenance_bench.py: hashing 1 GiB alone
-0.8 s, beside a 4 s conversion no measurable difference). A source
+0.8 s, beside a 4 s conversion no measurable difference). On a loaded machine there is no
+spare core (sha256 runs at 0.75-1.5 GB/s here, slower than the copy), so the digest is also
+remembered per user under the file's change stamps (`cached_sha256`): converting the same
+source again, as one does while writing a spec, does not hash it again. A source
 directory (OneFlow) is hashed as its files in sorted order, each as `relative path NUL size
 NUL bytes`. The sha256 is the only value not known before the first tensor is written, so a
 format that writes its metadata first (safetensors) reserves its 64 characters and fills them
@@ -29,9 +32,11 @@ import hashlib
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from .cache import cache_dir, write_atomically
 from .version import __version__
 
 SIDECAR = ".mapspec.json"
@@ -46,7 +51,7 @@ def sha256_path(path: Path) -> str:
     h = hashlib.sha256()
     path = Path(path)
     if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        for f in _files(path):
             rel = f.relative_to(path).as_posix()
             h.update(f"{rel}\0{f.stat().st_size}\0".encode())
             _feed(h, f)
@@ -66,6 +71,65 @@ def _feed(h, path: Path) -> None:
             h.update(view[:n])  # hashlib releases the GIL for large buffers
 
 
+def cached_sha256(path: Path) -> str:
+    """`sha256_path`, remembered in the user cache (`mapspec.cache`) under the file's identity
+    and change stamps: device, inode, size, mtime and ctime in nanoseconds, of every file for
+    a directory. Any write to a file changes its ctime, which no user can set back, so a
+    stamp that matches means the same bytes (the test git's index and rsync rely on). A
+    source converted again (the usual loop while writing a spec) is not read twice; its
+    first conversion pays the hash beside the copy as before. Sources under REMEMBER_FROM
+    (64 MiB) hash in milliseconds and are not remembered."""
+    path = Path(path)
+    folder = cache_dir("sha256")
+    stamp = _stamp(path) if folder is not None else None
+    if stamp is None or _size(path) < REMEMBER_FROM:
+        return sha256_path(path)
+    entry = folder / stamp
+    try:
+        value = entry.read_text("ascii").strip()
+        if len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+            return value
+    except (OSError, UnicodeError):
+        pass
+    started = time.time_ns()
+    value = sha256_path(path)
+    # Remembered only if unchanged while it was read, and last changed well before: file
+    # times come from a coarse clock, so a write in the same tick as the one before the
+    # hash would leave the stamps equal ("racy git"); one after RACY_NS cannot.
+    if _stamp(path) == stamp and started - _last_change(path) > RACY_NS:
+        write_atomically(entry, value.encode())
+    return value
+
+
+RACY_NS = 2_000_000_000
+REMEMBER_FROM = 64 << 20  # bytes: smaller sources hash in milliseconds; no cache entry for them
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in _files(path))
+
+
+def _last_change(path: Path) -> int:
+    return max((f.stat().st_ctime_ns for f in _files(path)), default=0)
+
+
+def _files(path: Path) -> list[Path]:
+    """A source's files: itself, or a directory's files in sorted order."""
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+
+def _stamp(path: Path) -> str | None:
+    try:
+        marks = [str(path.resolve())]
+        for f in _files(path):
+            st = f.stat()
+            marks.append(f"{f.relative_to(path).as_posix() if f != path else ''}\0{st.st_dev}\0{st.st_ino}\0"
+                         f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}")
+    except OSError:
+        return None
+    return hashlib.sha256("\n".join(marks).encode()).hexdigest()
+
+
 class _Digest(threading.Thread):
     """The source's sha256, computed beside the conversion."""
 
@@ -78,7 +142,7 @@ class _Digest(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.value = sha256_path(self.path)
+            self.value = cached_sha256(self.path)
         except BaseException as exc:  # reported by result(), in the caller's thread
             self.error = exc
 

@@ -101,3 +101,23 @@ def test_unchanged_tensors_are_copied_by_the_kernel_and_bit_identical(tmp_path, 
     if dst == "pt":
         with zipfile.ZipFile(tmp_path / "out.pt") as z:
             assert z.testzip() is None
+
+
+@pytest.mark.parametrize("src", ["pt", "safetensors"])
+def test_a_whole_record_copied_from_a_pt_keeps_its_stated_crc_without_reading_back(tmp_path, monkeypatch, torch, src):
+    """.pt -> .pt takes each record's CRC-32 from the source's zip directory (the bytes are
+    the same bytes); from any other source the copied bytes are read back for it."""
+    from mapspec.formats import torch_zip
+
+    tensors = {"a.w": (np.random.default_rng(1).standard_normal((16, 3)).astype(np.float32), "float32")}
+    write(tmp_path / f"in.{src}", tensors, {"pt": "torch", "safetensors": "safetensors"}[src])
+    stated = []  # the CRC each copied record came with (None: read back for it)
+    real = torch_zip.ZipWriter.copied
+    monkeypatch.setattr(torch_zip.ZipWriter, "copied", lambda self, fd, start, n, crc32=None: (
+        stated.append(crc32), real(self, fd, start, n, crc32))[1])
+    (tmp_path / "k.map").write_text("mapspec 1\na.{p} -> b.{p}\n")
+    apply(tmp_path / "k.map", tmp_path / f"in.{src}", tmp_path / "out.pt")
+    assert len(stated) == 1 and (stated[0] is not None) == (src == "pt")
+    with zipfile.ZipFile(tmp_path / "out.pt") as z:
+        assert z.testzip() is None  # every CRC matches its bytes
+    assert torch.load(tmp_path / "out.pt", weights_only=True)["b.w"].numpy().tobytes() == tensors["a.w"][0].tobytes()

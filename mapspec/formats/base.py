@@ -29,6 +29,10 @@ class Extent(NamedTuple):
     file: "RegularFile"
     offset: int
     nbytes: int
+    # The CRC-32 of these bytes when the source states it (a whole torch zip record): a zip
+    # sink copies it instead of reading the copied bytes back. A wrong stated CRC is carried
+    # over, so a corrupt record stays detectably corrupt rather than getting a fresh CRC.
+    crc32: int | None = None
 
 
 class Source(Protocol):
@@ -99,7 +103,7 @@ class SinkBase:
 def copy_extent(extent: Extent, fd_out: int, offset_out: int) -> None:
     """Copy `extent` to `fd_out` at `offset_out` inside the kernel (copy_file_range), so the
     bytes never pass through Python or page faults; falls back to pread/pwrite in chunks."""
-    file, pos, left = extent
+    file, pos, left = extent.file, extent.offset, extent.nbytes
     fd_in, out = file.fd, offset_out
     fast = hasattr(os, "copy_file_range")
     while left:

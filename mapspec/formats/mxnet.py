@@ -245,9 +245,9 @@ class MXNetSource(SourceBase):
             dense[rows, cols] = data
         return dense
 
-    def extent(self, key: str) -> tuple[RegularFile, int, int] | None:
+    def extent(self, key: str) -> Extent | None:
         r = self._records[key]
-        return None if r.stype else (self._file, r.offset, r.info.nbytes)
+        return None if r.stype else Extent(self._file, r.offset, r.info.nbytes)
 
     def release(self, key: str) -> None:
         r = self._records[key]

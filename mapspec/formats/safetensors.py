@@ -154,20 +154,20 @@ class SafetensorsSource(SourceBase):
     def infos(self) -> Mapping[str, TensorInfo]:
         return self._infos
 
-    def extent(self, key: str) -> tuple[RegularFile, int, int]:
+    def extent(self, key: str) -> Extent:
         """Where a tensor's stored bytes are: (file, byte offset, byte count)."""
         begin, end = self._offsets[key]
-        return self._file, self._base + begin, end - begin
+        return Extent(self._file, self._base + begin, end - begin)
 
     def read(self, key: str) -> np.ndarray:
         info = self._infos[key]
-        file, offset, nbytes = self.extent(key)
-        raw = file.read_range(offset, nbytes, f"tensor {shown(key)}")
+        e = self.extent(key)
+        raw = e.file.read_range(e.offset, e.nbytes, f"tensor {shown(key)}")
         return raw.view(dtypes.STORAGE[info.dtype]).reshape(info.shape)
 
     def release(self, key: str) -> None:
-        _, offset, nbytes = self.extent(key)
-        self._file.release(offset, nbytes)
+        e = self.extent(key)
+        self._file.release(e.offset, e.nbytes)
 
     def close(self) -> None:
         self._file.close()

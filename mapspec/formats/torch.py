@@ -139,7 +139,8 @@ class TorchSource(SourceBase):
     def release(self, key: str) -> None:
         found = self._tensors[key].extent()
         if found:
-            found[0].release(found[1], found[2])
+            file, offset, nbytes, _crc = found
+            file.release(offset, nbytes)
 
     def close(self) -> None:
         self._tensors = {}
@@ -193,10 +194,9 @@ class TorchSink(SinkBase):
     def write_region(self, name: str, extent: Extent) -> bool:
         start = self._begin(name)
         self.file.flush()
-        _, _, nbytes = extent
         copy_extent(extent, self.file.fileno(), start)
-        self.zip.copied(self.file.fileno(), start, nbytes)
-        self.file.seek(start + nbytes)
+        self.zip.copied(self.file.fileno(), start, extent.nbytes, extent.crc32)
+        self.file.seek(start + extent.nbytes)
         self.zip.end()
         return True
 

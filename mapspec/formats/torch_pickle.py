@@ -83,12 +83,16 @@ class _TorchDtype(Inert):
 
 class Storage(Inert):
     """One storage: `numel` elements of `dtype` at byte `offset` of `file` (the offset of a
-    legacy file's storage is learnt after the pickle that references it)."""
+    legacy file's storage is learnt after the pickle that references it). A zip record's
+    `record` is (its byte count, the CRC-32 its directory states), so a tensor that is the
+    whole record can be copied with that CRC instead of reading the copy back for it."""
 
-    __slots__ = ("key", "dtype", "numel", "file", "offset", "swap")
+    __slots__ = ("key", "dtype", "numel", "file", "offset", "swap", "record")
 
-    def __init__(self, key: str, dtype: str, numel: int, file: RegularFile, offset: int | None, swap: bool):
+    def __init__(self, key: str, dtype: str, numel: int, file: RegularFile, offset: int | None, swap: bool,
+                 record: tuple[int, int] | None = None):
         self.key, self.dtype, self.numel, self.file, self.offset, self.swap = key, dtype, numel, file, offset, swap
+        self.record = record
 
     def read(self, start: int, count: int, dtype: str) -> np.ndarray:
         """`count` elements of `dtype` from element `start` (in units of `dtype`)."""
@@ -134,16 +138,19 @@ class Tensor(Inert):
         return np.lib.stride_tricks.as_strided(flat, shape=self.shape, strides=tuple(s * dt.itemsize for s in self.stride),
                                                writeable=False)
 
-    def extent(self) -> tuple[RegularFile, int, int] | None:
-        """(file, byte offset, byte count) if the tensor is its bytes as stored: contiguous,
-        not byte-swapped, in a storage whose place in the file is known."""
+    def extent(self) -> tuple[RegularFile, int, int, int | None] | None:
+        """(file, byte offset, byte count, CRC-32 or None) if the tensor is its bytes as stored:
+        contiguous, not byte-swapped, in a storage whose place in the file is known. The CRC is
+        the archive's own for its record, given when the tensor is that whole record."""
         storage = self.storage
         if storage.offset is None or (storage.swap and dtypes.itemsize(self.dtype) > 1):
             return None
         if 0 not in self.shape and self.stride != _contiguous(self.shape):
             return None
         size = dtypes.itemsize(self.dtype)
-        return storage.file, storage.offset + self.offset * size, math.prod(self.shape) * size
+        nbytes = math.prod(self.shape) * size
+        whole = storage.record is not None and self.offset == 0 and storage.record[0] == nbytes
+        return storage.file, storage.offset + self.offset * size, nbytes, storage.record[1] if whole else None
 
     def __repr__(self) -> str:
         return f"Tensor({self.dtype}, {self.shape})"
@@ -346,7 +353,7 @@ def _load_zip(path: Path, file: RegularFile) -> Any:
             if info.compress_type != 0:
                 raise CheckpointError(f"{path}: storage record {shown(key)} is compressed; torch writes them "
                                       "uncompressed and mapspec reads only those")
-            return Storage(key, dtype, numel, file, members.data_offset(info), swap)
+            return Storage(key, dtype, numel, file, members.data_offset(info), swap, (info.file_size, info.CRC))
 
         torch = _TorchGlobals(path, file, locate)
         return unpickle(data_pkl, path, torch.extra, torch.persistent)

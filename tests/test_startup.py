@@ -1,0 +1,139 @@
+"""CLI start-up: the package imports its public names on first use, and the spec parser's
+LALR tables come from a private cache instead of being rebuilt by every process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mapspec
+from mapspec import grammar
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = "mapspec 1\nmodel.{rest:**} -> net.{rest}\n"
+
+
+def test_every_public_name_resolves_to_what_its_module_defines():
+    import importlib
+    for name in mapspec.__all__:
+        value = getattr(mapspec, name)
+        assert value is not None
+        if name in mapspec._EXPORTS:
+            module, attr = mapspec._EXPORTS[name]
+            assert value is getattr(importlib.import_module(module, "mapspec"), attr)
+    assert set(mapspec.__all__) <= set(dir(mapspec))
+    assert callable(mapspec.remap)  # the function, not the submodule of the same name
+    with pytest.raises(AttributeError):
+        mapspec.no_such_name
+
+
+def test_apply_does_not_import_the_commands_it_does_not_run():
+    code = ("import sys, mapspec.cli; "
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[:2] in "
+            "(['mapspec', 'draft'], ['mapspec', 'inspect'], ['mapspec', 'load'], ['mapspec', 'verify']))))")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
+
+
+@pytest.fixture
+def cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("MAPSPEC_NO_CACHE", raising=False)
+    grammar.parser.cache_clear()
+    yield tmp_path / "mapspec" / "grammar.lark-cache"
+    grammar.parser.cache_clear()
+
+
+def _tree(parser):
+    return parser.parse(SPEC, start="spec")
+
+
+def test_the_parser_is_cached_and_the_cached_one_parses_the_same(cache_home):
+    built = grammar.parser()
+    assert cache_home.is_file()
+    assert cache_home.parent.stat().st_mode & 0o777 == 0o700
+    grammar.parser.cache_clear()
+    loaded = grammar.parser()
+    assert loaded is not built
+    assert _tree(loaded) == _tree(built)
+    assert [t.name for t in loaded.terminals] == [t.name for t in built.terminals]
+
+
+def test_a_corrupt_or_stale_cache_is_rebuilt_not_trusted(cache_home):
+    grammar.parser()
+    cache_home.write_bytes(b"not the key\n" + os.urandom(100))
+    grammar.parser.cache_clear()
+    assert _tree(grammar.parser()) is not None
+    assert cache_home.read_bytes().split(b"\n", 1)[0] != b"not the key"
+    key = cache_home.read_bytes().split(b"\n", 1)[0]
+    cache_home.write_bytes(key + b"\n" + b"truncated pickle")
+    grammar.parser.cache_clear()
+    assert _tree(grammar.parser()) is not None
+
+
+def test_a_cache_directory_others_can_write_is_not_used(cache_home):
+    cache_home.parent.mkdir(mode=0o700)
+    os.chmod(cache_home.parent, 0o777)
+    assert grammar.cache_path() is None
+    assert _tree(grammar.parser()) is not None
+    assert not cache_home.exists()
+
+
+def test_no_cache_when_asked(cache_home, monkeypatch):
+    monkeypatch.setenv("MAPSPEC_NO_CACHE", "1")
+    assert grammar.cache_path() is None
+    assert _tree(grammar.parser()) is not None
+    assert not cache_home.exists()
+
+
+def test_a_file_changed_moments_ago_is_hashed_not_remembered(cache_home, tmp_path, monkeypatch):
+    from mapspec import provenance
+    from mapspec.provenance import cached_sha256
+    monkeypatch.setattr(provenance, "REMEMBER_FROM", 0)
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"weights")
+    cached_sha256(src)
+    assert not list((cache_home.parent / "sha256").iterdir())
+
+
+def test_the_source_sha256_is_remembered_until_the_file_changes(cache_home, tmp_path, monkeypatch):
+    from mapspec import provenance
+    from mapspec.provenance import cached_sha256, sha256_path
+    import hashlib
+    import time
+    monkeypatch.setattr(provenance, "RACY_NS", 0)
+    monkeypatch.setattr(provenance, "REMEMBER_FROM", 0)
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"weights" * 1000)
+    first = cached_sha256(src)
+    assert first == hashlib.sha256(src.read_bytes()).hexdigest()
+    entries = list((cache_home.parent / "sha256").iterdir())
+    assert len(entries) == 1 and entries[0].read_text() == first
+    entries[0].write_text("f" * 64)  # a remembered value is used while the stamps match...
+    assert cached_sha256(src) == "f" * 64
+    time.sleep(0.05)  # past the file clock's tick (RACY_NS, 2 s in real use, is set to 0 here)
+    with open(src, "r+b") as f:  # ...and any write changes them (same size, one byte)
+        f.write(b"W")
+    assert cached_sha256(src) == hashlib.sha256(src.read_bytes()).hexdigest() != first
+    d = tmp_path / "dir"
+    (d / "b").mkdir(parents=True)
+    (d / "a").write_bytes(b"xy")
+    (d / "b" / "c").write_bytes(b"z")
+    assert cached_sha256(d) == sha256_path(d) == cached_sha256(d)
+    time.sleep(0.05)
+    (d / "b" / "c").write_bytes(b"q")
+    assert cached_sha256(d) == sha256_path(d)
+
+
+def test_a_small_source_is_hashed_not_remembered(cache_home, tmp_path, monkeypatch):
+    from mapspec import provenance
+    monkeypatch.setattr(provenance, "RACY_NS", 0)
+    src = tmp_path / "small.bin"
+    src.write_bytes(b"w" * 100)
+    provenance.cached_sha256(src)
+    assert not list((cache_home.parent / "sha256").iterdir())
