@@ -49,6 +49,17 @@ def without(value, fields: tuple[str, ...]):
     return value
 
 
+def write_safetensors(path: Path, arrays: dict) -> Path:
+    """A checkpoint of these numpy arrays, written by mapspec's own safetensors sink."""
+    from mapspec.formats import open_sink
+
+    sink = open_sink(path, "safetensors", {k: TensorInfo(a.shape, str(a.dtype)) for k, a in arrays.items()})
+    for k, a in arrays.items():
+        sink.write(k, a)
+    sink.commit()
+    return path
+
+
 def golden(path: Path, actual: str) -> None:
     """Compare with a golden file; MAPSPEC_UPDATE_GOLDEN=1 rewrites it instead."""
     if UPDATE or not path.exists():
