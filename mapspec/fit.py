@@ -148,6 +148,15 @@ def _rule(origin: Mapping[str, Span], key: str, roles: Mapping[Span, str]) -> st
     return f" ({ROLE_NAMES.get(roles.get(span), 'rule')} at line {span.line})" if span else ""
 
 
+def _listed(what: str, group: list, noun: str, rule: str = "") -> str:
+    """One line for a group of (key, info) alike: the key itself, or a glob of them and an example."""
+    k, i = group[0]
+    if len(group) == 1:
+        return f"{what}: {k} {format_shape(i.shape)}{rule}"
+    return (f"{what}: {plural(len(group), noun)} like {glob_of([k for k, _ in group])}{rule} "
+            f"(e.g. {k} {format_shape(i.shape)})")
+
+
 def explain(report: TargetReport, origin: Mapping[str, Span], api: bool = False,
             roles: Mapping[Span, str] | None = None) -> list[str]:
     """Lines pairing each unexpected output with the missing target key it most likely
@@ -175,20 +184,10 @@ def explain(report: TargetReport, origin: Mapping[str, Span], api: bool = False,
                        f"(e.g. {produced} -> {wanted})")
     missing = [m for j, m in enumerate(report.missing) if j not in paired_m]
     for group in fold(missing, lambda m: skeleton(m[0])):
-        if len(group) == 1:
-            k, i = group[0]
-            out.append(f"missing from the output: {k} {format_shape(i.shape)}")
-        else:
-            out.append(f"missing from the output: {plural(len(group), 'key')} like {glob_of([k for k, _ in group])} "
-                       f"(e.g. {group[0][0]} {format_shape(group[0][1].shape)})")
+        out.append(_listed("missing from the output", group, "key"))
     unexpected = [u for i, u in enumerate(report.unexpected) if i not in paired_u]
     for group in fold(unexpected, lambda u: origin.get(u[0])):
-        if len(group) == 1:
-            k, i = group[0]
-            out.append(f"not in the target: {k} {format_shape(i.shape)}{_rule(origin, k, roles)}")
-        else:
-            out.append(f"not in the target: {plural(len(group), 'output')} like {glob_of([k for k, _ in group])}"
-                       f"{_rule(origin, group[0][0], roles)} (e.g. {group[0][0]} {format_shape(group[0][1].shape)})")
+        out.append(_listed("not in the target", group, "output", _rule(origin, group[0][0], roles)))
     for k, p, t in report.mismatched:
         out.append(f"shape mismatch: {k} produced {format_shape(p.shape)}, target {format_shape(t.shape)}"
                    f"{_rule(origin, k, roles)}")

@@ -38,7 +38,7 @@ from .parser import parse_spec
 from .plan import Plan, Step, TensorInfo, compile_spec
 from .params import Config, bind
 from .rules import (BinOp, Capture, DropRule, Fanout, KeepRule, Lit, Lookup, Num, Pattern, Ref, RenameRule, Spec,
-                    Subst, Template)
+                    Subst, Template, action_text, expr_text)
 
 # Casts that lose nothing: every value of the first dtype is a value of the second.
 LOSSLESS = {
@@ -339,7 +339,7 @@ class _Inverter:
         template = self._template_from(rule.reverse.target if rule.reverse is not None else source,
                                        values, merge_axes, reported)
         if rule.reverse is not None and rule.reverse.actions is not None:
-            actions = [_action_text(a) for a in rule.reverse.actions]
+            actions = [action_text(a) for a in rule.reverse.actions]
         else:
             actions = self._actions(rule, merge_axes)
         if len(self.problems) > n_problems or pattern is None or template is None or actions is None:
@@ -432,7 +432,7 @@ class _Inverter:
                 return None
             values[name] = name if offset == 0 else f"{name}{'-' if offset > 0 else '+'}{abs(offset)}"
             return "{" + name + ":int}"
-        self._fail(f"template arithmetic {{{_expr_text(expr)}}} cannot be inverted (only {{c + k}} and "
+        self._fail(f"template arithmetic {{{expr_text(expr, sep='')}}} cannot be inverted (only {{c + k}} and "
                    "{c - k} can); state the inverse with `reverse -> ...`", part.span)
         return None
 
@@ -733,30 +733,3 @@ def _quote(text: str) -> str:
 def _tuple(values) -> str:
     values = [int(v) for v in values]
     return "(" + ", ".join(map(str, values)) + ("," if len(values) == 1 else "") + ")"
-
-
-def _expr_text(expr) -> str:
-    if isinstance(expr, Ref):
-        return expr.name
-    if isinstance(expr, Num):
-        return str(expr.value)
-    if isinstance(expr, Lookup):
-        return f"{expr.table}[{_expr_text(expr.key)}]"
-    return f"{_expr_text(expr.left)}{expr.op}{_expr_text(expr.right)}"
-
-
-def _action_text(action) -> str:
-    from .rules import Text, Tuple, Word
-
-    def value(v):
-        if isinstance(v, Word):
-            return v.name
-        if isinstance(v, Text):
-            return '"' + v.value + '"'
-        if isinstance(v, Tuple):
-            inner = "(" + ", ".join(value(x) for x in v.items) + ("," if len(v.items) == 1 else "") + ")"
-            return ("+" if v.append else "") + inner
-        return str(v)
-
-    args = [value(a) for a in action.args] + [f"{k}={value(v)}" for k, v in action.kwargs]
-    return f"{action.name}({', '.join(args)})"

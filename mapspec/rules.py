@@ -289,19 +289,19 @@ for _model in (BinOp, Lookup, Neg, Calc, Tuple, Subst, Template, Action, Param, 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "//": 2, "%": 2}
 
 
-def expr_text(expr, parent: int = 0, right: bool = False) -> str:
+def expr_text(expr, parent: int = 0, right: bool = False, sep: str = " ") -> str:
     """An expression as written (`n_heads * head_dim`, `head_dim // 2`), parenthesised only
-    where precedence needs it."""
+    where precedence needs it; `sep=""` gives the compact form templates use (`{n//2}`)."""
     if isinstance(expr, Ref):
         return expr.name
     if isinstance(expr, Num):
         return str(expr.value)
     if isinstance(expr, Neg):
-        return "-" + expr_text(expr.operand, 3)
+        return "-" + expr_text(expr.operand, 3, sep=sep)
     if isinstance(expr, Lookup):
-        return f"{expr.table}[{expr_text(expr.key)}]"
+        return f"{expr.table}[{expr_text(expr.key, sep=sep)}]"
     level = _PRECEDENCE[expr.op]
-    text = f"{expr_text(expr.left, level)} {expr.op} {expr_text(expr.right, level, True)}"
+    text = f"{expr_text(expr.left, level, sep=sep)}{sep}{expr.op}{sep}{expr_text(expr.right, level, True, sep)}"
     return f"({text})" if level < parent or (right and level == parent) else text
 
 

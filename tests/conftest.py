@@ -2,6 +2,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mapspec import TensorInfo
@@ -47,6 +48,43 @@ def without(value, fields: tuple[str, ...]):
     if isinstance(value, (list, tuple)):
         return [without(v, fields) for v in value]
     return value
+
+
+def write_safetensors(path: Path, arrays: dict) -> Path:
+    """A checkpoint of these numpy arrays, written by mapspec's own safetensors sink."""
+    from mapspec.formats import open_sink
+
+    sink = open_sink(path, "safetensors", {k: TensorInfo(a.shape, str(a.dtype)) for k, a in arrays.items()})
+    for k, a in arrays.items():
+        sink.write(k, a)
+    sink.commit()
+    return path
+
+
+def seeded_gluon(net, seed: int):
+    """An initialised, hybridised Gluon `net` (input 3x64x64) with seeded values that keep a
+    BatchNorm network's logits well scaled."""
+    import mxnet as mx
+
+    net.initialize()
+    net(mx.nd.zeros((1, 3, 64, 64)))
+    rng = np.random.default_rng(seed)
+    for name, p in net.collect_params().items():
+        shape = p.shape
+        if name.endswith("gamma"):
+            value = rng.uniform(0.3, 0.8, shape)
+        elif "conv" in name and name.endswith("bias"):
+            # BatchNorm follows each biased conv, so training never moves these from zero
+            value = np.zeros(shape)
+        elif name.endswith(("beta", "bias", "running_mean")):
+            value = rng.normal(0, 0.1, shape)
+        elif name.endswith("running_var"):
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.normal(0, np.sqrt(2.0 / np.prod(shape[1:])), shape)
+        p.set_data(mx.nd.array(value.astype(np.float32)))
+    net.hybridize()
+    return net
 
 
 def golden(path: Path, actual: str) -> None:

@@ -16,19 +16,13 @@ from mapspec import TensorInfo, compile_spec, parse_spec, render
 from mapspec.cli import app
 from mapspec.formats import formats, open_sink, open_source
 
+from conftest import write_safetensors as write
+
 runner = CliRunner()
 
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def write(path: Path, tensors: dict) -> Path:
-    sink = open_sink(path, "safetensors", {k: TensorInfo(a.shape, str(a.dtype)) for k, a in tensors.items()})
-    for k, a in tensors.items():
-        sink.write(k, a)
-    sink.commit()
-    return path
 
 
 @pytest.fixture

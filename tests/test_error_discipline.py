@@ -22,22 +22,17 @@ import mapspec.cli as cli
 from mapspec.cli import app
 from mapspec.checks import check_spec
 from mapspec.errors import MAX_LINE, SpecError, shorten
-from mapspec.formats import open_sink
 from mapspec.matcher import LinearPattern, Matcher, pattern_regex
 from mapspec.parser import MAX_INCLUDE_DEPTH, parse_spec
-from mapspec.plan import TensorInfo
+
+from conftest import write_safetensors
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 
 
 def checkpoint(folder: Path, arrays: dict[str, np.ndarray]) -> Path:
-    path = folder / "in.safetensors"
-    sink = open_sink(path, "safetensors", {k: TensorInfo(a.shape, str(a.dtype)) for k, a in arrays.items()})
-    for k, a in arrays.items():
-        sink.write(k, a)
-    sink.commit()
-    return path
+    return write_safetensors(folder / "in.safetensors", arrays)
 
 
 @pytest.fixture

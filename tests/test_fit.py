@@ -98,3 +98,20 @@ def test_fit_target_object_keeps_explicit_filled_keys():
                frozenset({"b.num_batches_tracked"}))
     kept, report = fit({"a": TensorInfo((2,), "float32")}, t)
     assert kept == ["a"] and report.filled == ("b.num_batches_tracked",)
+
+
+def test_alike_missing_and_unexpected_keys_are_listed_as_one_glob_line_each():
+    from mapspec.errors import Span
+    from mapspec.fit import explain
+
+    produced = {f"blocks.{i}.w": TensorInfo((2, i + 1), "float32") for i in range(5)}
+    produced["solo.x"] = TensorInfo((3,), "float32")
+    target = {f"layers.{i}.weight": TensorInfo((7, i + 9), "float32") for i in range(4)}
+    target["only.y"] = TensorInfo((5,), "float32")
+    rule = Span("a.map", 3, 1, 3, 9)
+    lines = explain(compare(produced, target), {k: rule for k in produced})
+    assert lines[:3] == [
+        "missing from the output: 4 keys like layers.*.weight (e.g. layers.0.weight (7, 9))",
+        "missing from the output: only.y (5,)",
+        "not in the target: 6 outputs like ** (rule at line 3) (e.g. blocks.0.w (2, 1))",
+    ]

@@ -8,6 +8,7 @@ import pytest
 
 from mapspec import apply
 
+from conftest import seeded_gluon
 from models import resnet
 
 mx = pytest.importorskip("mxnet")
@@ -21,32 +22,12 @@ def torchvision_resnet(layers):
     return resnet(layers, CLASSES)
 
 
-def seeded_gluon(factory, seed):
-    net = factory(classes=CLASSES)
-    net.initialize()
-    net(mx.nd.zeros((1, 3, 64, 64)))
-    rng = np.random.default_rng(seed)
-    for name, p in net.collect_params().items():
-        shape = p.shape
-        if name.endswith("gamma"):
-            value = rng.uniform(0.3, 0.8, shape)
-        elif name.endswith(("beta", "bias", "running_mean")):
-            value = rng.normal(0, 0.1, shape)
-        elif name.endswith("running_var"):
-            value = rng.uniform(0.5, 1.5, shape)
-        else:
-            value = rng.normal(0, np.sqrt(2.0 / np.prod(shape[1:])), shape)
-        p.set_data(mx.nd.array(value.astype(np.float32)))
-    net.hybridize()
-    return net
-
-
 @pytest.mark.parametrize("depth,layers", [(18, (2, 2, 2, 2)), (34, (3, 4, 6, 3))])
 @pytest.mark.parametrize("form", ["save_parameters", "export"])
 def test_gluon_resnet_gives_the_same_logits(tmp_path, depth, layers, form):
     from mxnet.gluon.model_zoo import vision
 
-    net = seeded_gluon(getattr(vision, f"resnet{depth}_v1"), seed=depth)
+    net = seeded_gluon(getattr(vision, f"resnet{depth}_v1")(classes=CLASSES), seed=depth)
     x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
     expected = net(mx.nd.array(x)).asnumpy()
     if form == "save_parameters":

@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 
 import mapspec
 from mapspec.cli import app
-from mapspec.formats import open_sink, open_source
-from mapspec.plan import TensorInfo
+from mapspec.formats import open_source
 from mapspec.provenance import sha256_path
+
+from conftest import write_safetensors
 
 SPEC = """mapspec 1
 from pytorch to pytorch
@@ -37,11 +38,7 @@ EXPECTED = {
 
 @pytest.fixture
 def setup(tmp_path):
-    src = tmp_path / "in.safetensors"
-    sink = open_sink(src, "safetensors", {k: TensorInfo(a.shape, "float32") for k, a in TENSORS.items()})
-    for k, a in TENSORS.items():
-        sink.write(k, a)
-    sink.commit()
+    src = write_safetensors(tmp_path / "in.safetensors", TENSORS)
     (tmp_path / "spec.map").write_text(SPEC)
     (tmp_path / "bn.map").write_text(BN)
     return tmp_path, src

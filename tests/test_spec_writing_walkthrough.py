@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from mapspec import load_into
 from mapspec.cli import app
 
+from conftest import seeded_gluon
 from models import resnet50
 
 mx = pytest.importorskip("mxnet")
@@ -29,34 +30,12 @@ def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def seeded(net, seed):
-    net.initialize()
-    net(mx.nd.zeros((1, 3, 64, 64)))
-    rng = np.random.default_rng(seed)
-    for name, p in net.collect_params().items():
-        shape = p.shape
-        if name.endswith("gamma"):
-            value = rng.uniform(0.3, 0.8, shape)
-        elif "conv" in name and name.endswith("bias"):
-            # BatchNorm follows each biased conv, so training never moves these from zero
-            value = np.zeros(shape)
-        elif name.endswith(("beta", "bias", "running_mean")):
-            value = rng.normal(0, 0.1, shape)
-        elif name.endswith("running_var"):
-            value = rng.uniform(0.5, 1.5, shape)
-        else:
-            value = rng.normal(0, np.sqrt(2.0 / np.prod(shape[1:])), shape)
-        p.set_data(mx.nd.array(value.astype(np.float32)))
-    net.hybridize()
-    return net
-
-
 @pytest.fixture(scope="module")
 def gluon_r50(tmp_path_factory):
     from mxnet.gluon.model_zoo import vision
 
     d = tmp_path_factory.mktemp("r50")
-    net = seeded(vision.resnet50_v1(classes=CLASSES), 50)
+    net = seeded_gluon(vision.resnet50_v1(classes=CLASSES), 50)
     x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
     expected = net(mx.nd.array(x)).asnumpy()
     net.save_parameters(str(d / "r50.params"))
@@ -168,7 +147,7 @@ def test_the_export_form_by_the_messages(tmp_path):
     forgets the prefix of the running statistics is told which rules and what to write."""
     from mxnet.gluon.model_zoo import vision
 
-    net = seeded(vision.resnet18_v1(classes=CLASSES), 18)
+    net = seeded_gluon(vision.resnet18_v1(classes=CLASSES), 18)
     net(mx.nd.zeros((1, 3, 64, 64)))
     net.export(str(tmp_path / "r18"), 0)
     spec = tmp_path / "r18.map"

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 
 from mapspec.cli import app
 from mapspec.errors import OutputError
-from mapspec.formats import open_sink
 from mapspec.formats.base import AtomicPath, guarded_writes
-from mapspec.plan import TensorInfo
+
+from conftest import write_safetensors
 
 REPO = Path(__file__).resolve().parent.parent
 IDENTITY = "mapspec 1\n{k:**} -> {k}\n"
@@ -32,11 +32,7 @@ TENSOR_BYTES = 8 * 64 * 1024 * 4
 
 def write_input(folder: Path, tensors: int = 8, side: int = 256) -> Path:
     arrays = {f"t{i}": np.full((side, side), i, np.float32) for i in range(tensors)}
-    path = folder / "in.safetensors"
-    sink = open_sink(path, "safetensors", {k: TensorInfo(a.shape, "float32") for k, a in arrays.items()})
-    for k, a in arrays.items():
-        sink.write(k, a)
-    sink.commit()
+    path = write_safetensors(folder / "in.safetensors", arrays)
     (folder / "id.map").write_text(IDENTITY)
     (folder / "out").mkdir()
     return path
