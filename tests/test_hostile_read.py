@@ -790,3 +790,35 @@ def test_provenance_records_are_read_as_hostile_input_too(tmp_path, torch):
     os.mkfifo(tmp_path / ("x.npz" + SIDECAR))
     r = cli_subprocess("inspect", tmp_path / "x.npz", timeout=60)  # a FIFO sidecar is not read (no hang)
     assert r.returncode == 0 and "a (64,)" not in r.stderr, r.stderr
+
+
+def test_storage_record_longer_than_its_storage_is_refused_as_torch_does(tmp_path, torch):
+    # Bytes inserted into a data record (CRC fixed): the pickle still says 3 floats, so which
+    # 12 of the 16 bytes are the tensor is not what the file says; torch refuses it too.
+    torch.save({"a": torch.tensor([1.0, 2.0, 3.0])}, tmp_path / "ok.pt")
+    longer = rezip(tmp_path / "ok.pt", tmp_path / "longer.pt",
+                   lambda n, d: d[:4] + b"\xff" * 4 + d[4:] if n.endswith("/data/0") else d)
+    with pytest.raises(RuntimeError, match="record size"):
+        torch.load(longer, weights_only=True)
+    assert "storage '0' claims 12 bytes, its entry holds 16" in inspect_error(longer)
+
+
+def test_empty_tensors_still_read(tmp_path, torch):
+    torch.save({"e": torch.empty(0), "z": torch.zeros(2, 0, 3, dtype=torch.int64)}, tmp_path / "e.pt")
+    src = open_source(tmp_path / "e.pt")
+    assert src.read("e").shape == (0,) and src.read("z").shape == (2, 0, 3)
+
+
+@pytest.mark.parametrize("extra", ["other/data.pkl", "/archive/version", "ARCHIVE/data/0"])
+def test_records_outside_the_archive_folder_are_refused_as_torch_does(tmp_path, torch, extra):
+    # torch requires every record under the first one's folder; a second data.pkl or storage
+    # elsewhere would make which records are the checkpoint a guess.
+    torch.save({"a": torch.tensor([1.0, 2.0])}, tmp_path / "ok.pt")
+    odd = tmp_path / "odd.pt"
+    with zipfile.ZipFile(tmp_path / "ok.pt") as zin, zipfile.ZipFile(odd, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename.replace("ok/", "archive/", 1), zin.read(info))
+        zout.writestr(extra, zin.read(zin.infolist()[0]))
+    with pytest.raises(RuntimeError, match="not in a subdirectory"):
+        torch.load(odd, weights_only=True)
+    assert f"record {extra!r} is outside the archive's folder 'archive/'" in inspect_error(odd)

@@ -333,6 +333,12 @@ def _load_zip(path: Path, file: RegularFile) -> Any:
         if not pkl:
             raise CheckpointError(f"{path}: a zip file, but not a torch.save file (no <dir>/data.pkl)")
         prefix = pkl[0].filename[: -len("data.pkl")]
+        # One folder for every record, as torch requires: a second data.pkl or storage in
+        # another folder would make which records are the checkpoint a guess.
+        stray = next((i.filename for i in members.infos if not i.filename.startswith(prefix)), None)
+        if stray is not None:
+            raise CheckpointError(f"{path}: record {shown(stray)} is outside the archive's folder "
+                                  f"{shown(prefix)} (torch refuses such files)")
         data_pkl = members.read(pkl[0], MAX_PICKLE)
         swap = False
         order = members.by_name.get(prefix + "byteorder")
@@ -347,7 +353,9 @@ def _load_zip(path: Path, file: RegularFile) -> Any:
             if info is None:
                 raise CheckpointError(f"{path}: storage {shown(key)} is missing from the archive")
             nbytes = numel * dtypes.itemsize(dtype)
-            if nbytes > info.file_size:
+            # Exactly, as torch checks: a record longer than its storage has bytes that belong
+            # to no element, so which of them are the tensor is not what the file says.
+            if nbytes != info.file_size:
                 raise CheckpointError(f"{path}: storage {shown(key)} claims {nbytes} bytes, its entry holds "
                                       f"{info.file_size}")
             if info.compress_type != 0:
