@@ -822,3 +822,21 @@ def test_records_outside_the_archive_folder_are_refused_as_torch_does(tmp_path, 
     with pytest.raises(RuntimeError, match="not in a subdirectory"):
         torch.load(odd, weights_only=True)
     assert f"record {extra!r} is outside the archive's folder 'archive/'" in inspect_error(odd)
+
+
+def test_an_unknown_callable_given_a_storage_is_refused_not_left_out(torch, tmp_path):
+    """A tensor rebuilt by a function mapspec does not know (here torch's own, under a corrupted
+    module name) used to become an inert stand-in: the tensor was silently missing from the
+    conversion. Now the file is refused, saying why."""
+    src = tmp_path / "ok.pt"
+    torch.save({"w": torch.arange(4.0), "b": torch.ones(2)}, src)
+    bad = rezip(src, tmp_path / "bad.pt", lambda name, data: data.replace(b"torch._utils\n_rebuild_tensor_v2",
+                                                                        b"torch._utilz\n_rebuild_tensor_v2")
+                if name.endswith("data.pkl") else data)
+    assert b"torch._utilz" in zipfile.ZipFile(bad).read("ok/data.pkl")
+    line = inspect_error(bad)
+    assert "torch._utilz._rebuild_tensor_v2" in line and "tensor storage" in line and "not supported" in line
+    spec = tmp_path / "all.map"
+    spec.write_text("keep **\n")
+    assert "tensor storage" in cli_error("apply", spec, bad, "-o", tmp_path / "out.safetensors", "--non-strict")
+    assert not (tmp_path / "out.safetensors").exists()

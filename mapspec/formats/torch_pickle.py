@@ -88,6 +88,7 @@ class Storage(Inert):
     whole record can be copied with that CRC instead of reading the copy back for it."""
 
     __slots__ = ("key", "dtype", "numel", "file", "offset", "swap", "record")
+    tensor_data = True
 
     def __init__(self, key: str, dtype: str, numel: int, file: RegularFile, offset: int | None, swap: bool,
                  record: tuple[int, int] | None = None):
@@ -289,6 +290,7 @@ class _TorchGlobals:
 
 class _StorageView(Inert):
     __slots__ = ("base", "start", "size")
+    tensor_data = True
 
     def __init__(self, base: Storage, start: int, size: int):
         self.base, self.start, self.size = base, start, size

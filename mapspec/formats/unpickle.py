@@ -341,6 +341,13 @@ class StandIn:
     _name = "?"
 
     def __new__(cls, *args, **kwargs):  # REDUCE and NEWOBJ both land here; __init__ adds nothing
+        if any(getattr(a, "tensor_data", False) for a in args):
+            # An unknown callable building something from a storage is almost surely a tensor
+            # rebuild mapspec does not know: left as a stand-in, that tensor would silently
+            # be missing from the conversion.
+            raise CheckpointError(f"{shown(cls.qualname())}(...) builds something from tensor storage; "
+                                  "mapspec does not know it, so it cannot tell which tensor it makes "
+                                  "(not supported; not a safety issue)")
         obj = object.__new__(cls)
         obj.__dict__.update(_args=args, _items={}, _list=[], _state=None)
         return obj
@@ -389,6 +396,7 @@ class Inert:
     """Base of the values the unpickler hands out: BUILD cannot change them afterwards."""
 
     __slots__ = ()
+    tensor_data = False  # True for storages: what an unknown callable may not be given
 
     def __setstate__(self, state):
         raise CheckpointError(f"the pickle tries to change a {type(self).__name__}")
