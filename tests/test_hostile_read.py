@@ -607,6 +607,7 @@ def test_oneflow_bad_meta_is_a_clear_error(tmp_path, meta, words):
     (b"1\nw -1  3f800000\n", "is not a number", False),
     (b"1\nw 99999999999999999999999  3f800000\n", "is not a number", False),
     (b"1\n\xffw 1  3f800000\n", "not UTF-8", False),
+    (b"1\nbn.runn\x00\x00\x01 1  3f800000\n", "NUL character", False),
     (b"1\nw 1  3f800000\nv 1  3f800000\n", "more entries than", False),
     (b"2\nw 1  3f800000\nw 1  3f800000\n", "appears twice", False),
     (b"999999999999\nw 1  3f800000\n", "entries announced", False),

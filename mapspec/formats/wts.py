@@ -62,6 +62,8 @@ class WtsSource(SourceBase):
                 except ValueError:
                     raise CheckpointError(f"{self.path}: entry {shown(name)} at byte {at}: value count "
                                           f"{clip(repr(parts[1]), 40)} is not a number") from None
+                if "\0" in name:  # C string readers cut a name there: no two readings would agree
+                    raise CheckpointError(f"{self.path}: the name at byte {at} holds a NUL character")
                 if name in lines:
                     raise CheckpointError(f"{self.path}: entry {shown(name)} at byte {at} appears twice")
                 values = len(parts[2].split()) if len(parts) > 2 else 0
