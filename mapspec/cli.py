@@ -33,8 +33,6 @@ from . import render
 from .errors import Interrupted, MapspecError, SpecError, UsageError
 from .executor import apply as apply_spec, inverse_plan_for, plan_for
 from .formats import known_names
-from .formatter import format_text
-from .invert import parse_prefer
 from .parser import parse_spec, read_spec
 from .checks import check_spec
 
@@ -253,6 +251,15 @@ PreferOpt = Annotated[Optional[list[str]], typer.Option(
     "as the N-th, counted from 1: N for every such rule, LINE:N for the rule on that line (repeatable).")]
 
 
+def _prefer(values: list[str] | None) -> dict[int | None, int]:
+    """--prefer-alternative values; `invert` (the inverse machinery) is imported only when given."""
+    if not values:
+        return {}
+    from .invert import parse_prefer
+
+    return parse_prefer(values)
+
+
 def _check_fit(target, fit: Fit, drop) -> None:
     """--fit and --drop only mean something with --target: never ignore them silently."""
     if target is None and (fit is not Fit.strict or drop):
@@ -339,7 +346,7 @@ def apply(
                             strict=not non_strict, fit=fit.value, drop=tuple(drop or ()), force=force,
                             strict_rules=strict_rules, progress=progress, params=_params(param or []),
                             config=config, reverse=reverse, lossy=lossy, max_shard_size=max_shard_size,
-                            prefer=parse_prefer(prefer or []))
+                            prefer=_prefer(prefer))
     for loss in report.losses:
         warn(f"warning: {loss}")
     _warn_plan(report.plan, parsed, report.inverse)
@@ -419,7 +426,7 @@ def explain(
         _check_fit(target, fit, drop)
         inverse, plan = inverse_plan_for(parsed, checkpoint, select=select, epoch=epoch,
                                          params=_params(param or []), config=config,
-                                         prefer=parse_prefer(prefer or []), target=target, strict=not non_strict,
+                                         prefer=_prefer(prefer), target=target, strict=not non_strict,
                                          fit=fit.value, drop=tuple(drop or ()), strict_rules=strict_rules)
         for loss in inverse.losses:
             warn(f"warning: {loss}")
@@ -513,6 +520,8 @@ def fmt(
                                         "exit 1 if there are any.")] = False,
 ) -> None:
     """Rewrite specs in place in canonical form (it prints only the names of files it changes)."""
+    from .formatter import format_text
+
     changed = []
     for path in specs:
         try:
@@ -556,7 +565,7 @@ def invert(
     forward = (plan_for(parsed, checkpoint, select=select, epoch=epoch, params=params, config=config)
                if checkpoint is not None else None)
     inverse = invert_spec(parsed, forward, params=params, config=config, lossy=lossy,
-                          prefer=parse_prefer(prefer or []))
+                          prefer=_prefer(prefer))
     for loss in inverse.losses:
         warn(f"warning: {loss}")
     if output is None:
@@ -600,7 +609,7 @@ def verify(
         if atol or rtol:
             raise UsageError("--atol/--rtol go with --against; a round trip must be bit-exact")
         result, inverse = verify_roundtrip(spec, checkpoint, select=select, epoch=epoch, lossy=lossy,
-                                           params=params, config=config, prefer=parse_prefer(prefer or []))
+                                           params=params, config=config, prefer=_prefer(prefer))
         for loss in inverse.losses:
             warn(f"warning: {loss}")
         title = f"{spec.name}: {checkpoint.name} forward and back"
