@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
-import numpy as np
+from .lazy import numpy as np
 
 from . import actions as act
 from .errors import MapspecError, OutputError, UsageError
