@@ -258,6 +258,8 @@ def _paths(checkpoint) -> list[Path]:
 
 
 def _target(target):
+    if target is None:  # no --target: `load` (model factories) is not even imported
+        return None
     from .load import target_infos
 
     return target_infos(str(target) if isinstance(target, os.PathLike) else target)
