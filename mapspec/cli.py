@@ -61,8 +61,10 @@ class _LazyCommands(MutableMapping):
         self._built[name] = command
 
     def __delitem__(self, name: str) -> None:
+        if name not in self._infos and name not in self._built:
+            raise KeyError(name)
         self._infos.pop(name, None)
-        del self._built[name]
+        self._built.pop(name, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter({**dict.fromkeys(self._infos), **dict.fromkeys(self._built)})
