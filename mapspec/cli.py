@@ -230,6 +230,20 @@ class DiffFormat(str, Enum):
 SpecArg = Annotated[Path, typer.Argument(help="The .map spec.", show_default=False, metavar="SPEC")]
 CheckpointArg = Annotated[Path, typer.Argument(help="The checkpoint (an MXNet prefix with --epoch).",
                                                show_default=False, metavar="CHECKPOINT")]
+# apply, explain and inspect also take several shard files: what the shell makes of an unquoted
+# `model-*.safetensors` (a quoted glob, a directory or an index stay one CHECKPOINT).
+ShardsArg = Annotated[list[Path], typer.Argument(
+    help="The checkpoint: a file, a model directory, a shard index or glob, or several shard files "
+    "(an MXNet prefix with --epoch).", show_default=False, metavar="CHECKPOINT")]
+
+
+def _shards(paths: list[Path], epoch: int | None) -> Path | list[Path]:
+    """One CHECKPOINT as given; several as the shards of one checkpoint."""
+    if len(paths) == 1:
+        return paths[0]
+    if epoch is not None:
+        raise UsageError("--epoch reads one MXNet prefix, not several checkpoints")
+    return list(paths)
 TargetOpt = Annotated[Optional[str], typer.Option(
     "--target", help="What the output must fit: a checkpoint with the target keys and shapes, or a model "
     "factory module:callable(args).")]
@@ -316,7 +330,7 @@ def _progress_bar():
 @_guard
 def apply(
     spec: SpecArg,
-    checkpoint: CheckpointArg,
+    checkpoint: ShardsArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write; the format follows the suffix "
                                          "(or --to). Missing folders are created.", show_default=False)],
     target: TargetOpt = None,
@@ -338,8 +352,9 @@ def apply(
                                         "reporting the loss.")] = False,
     prefer: PreferOpt = None,
 ) -> None:
-    """Convert CHECKPOINT with SPEC into OUTPUT."""
+    """Convert CHECKPOINT (or the shards given) with SPEC into OUTPUT."""
     _check_fit(target, fit, drop)
+    checkpoint = _shards(checkpoint, epoch)
     if lossy and not reverse:
         raise UsageError("--lossy goes with --reverse (a forward conversion casts as the spec says)")
     parsed = parse_spec(spec)
@@ -400,7 +415,7 @@ def check(
 @_guard
 def explain(
     spec: SpecArg,
-    checkpoint: CheckpointArg,
+    checkpoint: ShardsArg,
     fmt: Annotated[Look, typer.Option("--format", help="table (plain text), markdown (for a pull request) "
                                       "or json (the whole plan).")] = Look.table,
     per_tensor: Annotated[bool, typer.Option("--per-tensor", help="One row per output tensor instead of one "
@@ -419,6 +434,7 @@ def explain(
     prefer: PreferOpt = None,
 ) -> None:
     """Show the plan for review: one row per rule (key count, an example, what changes)."""
+    checkpoint = _shards(checkpoint, epoch)
     parsed = parse_spec(spec)
     if not reverse:
         plan = _plan(parsed, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules, param, config)
