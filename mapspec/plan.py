@@ -20,6 +20,7 @@ from .checks import axes_of, check_bound, patterns_of
 from .errors import ConversionError, PlanError, Span, SpecError
 from .fit import TargetReport
 from .matcher import Ambiguous, Entry, Matcher
+from .nogc import without_gc
 from .params import Binding, Config, bind_all, raise_all
 from .rules import (BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst, expr_names,
                     rule_text)
@@ -135,25 +136,7 @@ class _Group:
     members: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (key, captures)
 
 
-def _without_gc(fn):
-    """Compiling builds millions of small objects that all live until the plan is done, so the
-    cyclic collector only re-scans them (a third of the time at 1M keys): pause it."""
-    import functools
-    import gc
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        was = gc.isenabled()
-        gc.disable()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if was:
-                gc.enable()
-    return run
-
-
-@_without_gc
+@without_gc
 def compile_spec(
     spec: Spec,
     keys: Mapping[str, TensorInfo],
