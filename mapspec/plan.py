@@ -402,13 +402,13 @@ class _Renderer:
         self.fanouts: dict[str, Capture] = {p.capture.name: p.capture for p in rule.target.parts
                                             if isinstance(p, Fanout)}
         self.simple_step = not kinds - {"unary"} and not self.fanouts
-        used = set()
-        for part in rule.target.parts:
-            if isinstance(part, Subst):
-                used |= expr_names(part.expr)
-        self.used = used
-        self.axes: list[Capture] = axes_of(rule)
-        self._key_names = sorted(used - set(self.fanouts))
+        if not self.simple_step:  # what only rules planned in groups (merges, splits) need
+            used = set()
+            for part in rule.target.parts:
+                if isinstance(part, Subst):
+                    used |= expr_names(part.expr)
+            self.axes: list[Capture] = axes_of(rule)
+            self._key_names = sorted(used - set(self.fanouts))
         self._fn = self._compile({} if code is None else code)
 
     # -------------------------------------------------------------- rendering

@@ -46,7 +46,7 @@ class Pattern(Node):
     span: Span
 
     def captures(self) -> dict[str, Capture]:
-        return {p.name: p for p in self.parts if isinstance(p, Capture) and p.name}
+        return {p.name: p for p in self.parts if type(p) is Capture and p.name}  # (a failing isinstance costs 4x)
 
 
 # ------------------------------------------------------------------ templates
