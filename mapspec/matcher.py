@@ -132,15 +132,18 @@ def _plain_index(pattern: Pattern, tables: dict[str, tuple[str, ...]]):
     (`conv{s:int}_x`). One pass over the parts: this runs once per pattern of a spec."""
     segments: list[str | None] = [""]
     captures = []
-    parts = pattern.parts
-    last = len(parts) - 1
-    for n, part in enumerate(parts):
+    for part in pattern.parts:
         if type(part) is Lit:  # (not isinstance: failing, on a pydantic node, it costs 4x)
             pieces = part.text.split(".")
-            if segments[-1] is not None:
+            if segments[-1] is None:
+                if pieces[0]:  # text right after a capture, in its segment
+                    return None
+            else:
                 segments[-1] += pieces[0]
             segments += pieces[1:]
             continue
+        if segments[-1] != "":  # text (or another capture) before it in its segment
+            return None
         kind = part.type
         if kind == "segment":
             test = bool
@@ -153,14 +156,6 @@ def _plain_index(pattern: Pattern, tables: dict[str, tuple[str, ...]]):
             test = frozenset(values).__contains__
         else:
             return None
-        if n:
-            before = parts[n - 1]
-            if not (isinstance(before, Lit) and before.text.endswith(".")):
-                return None
-        if n < last:
-            after = parts[n + 1]
-            if not (isinstance(after, Lit) and after.text.startswith(".")):
-                return None
         segments[-1] = None
         captures.append((len(segments) - 1, part.name, test))
     return segments, captures

@@ -329,7 +329,8 @@ def rule_text(rule) -> str:
     what the rule does forward)."""
     lead = "optional " if getattr(rule, "optional", False) else ""
     lead += "otherwise " if getattr(rule, "otherwise", False) else ""
-    then = "".join(f" then {action_text(a)}" for a in getattr(rule, "actions", ()))
+    actions = getattr(rule, "actions", ())
+    then = "".join(f" then {action_text(a)}" for a in actions) if actions else ""
     if isinstance(rule, RenameRule):
         lead += "copy " if rule.is_copy else ""
         tail = " if absent" if rule.if_absent else ""
