@@ -255,7 +255,7 @@ class _Substitute:
         rules = []
         changed = False
         for i, r in enumerate(spec.rules):
-            if self._untouched(r):  # most rules of most specs: no copy (2,000 rules cost 0.1 s)
+            if self._untouched(r):  # most rules of most specs: not copied (45 us a rule)
                 rules.append(r)
                 continue
             self._taint = False
