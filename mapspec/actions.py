@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-import numpy as np
+from .lazy import numpy as np
 
 from . import dtypes
 from .errors import PlanError as ShapeError, SpecError
@@ -295,7 +295,7 @@ def _norm_cast(action: Action) -> Params:
     value = bound["dtype"]
     name = dtypes.canonical(value.name) if isinstance(value, Word) else None
     if name is None:
-        raise SpecError(f"cast(): unknown dtype {_show(value)} (known: {', '.join(dtypes.STORAGE)})",
+        raise SpecError(f"cast(): unknown dtype {_show(value)} (known: {', '.join(dtypes.NAMES)})",
                         action.span)
     return {"dtype": name}
 

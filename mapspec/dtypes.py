@@ -3,24 +3,42 @@ its name says what the bits mean."""
 
 from __future__ import annotations
 
-import numpy as np
+import sys
+from functools import lru_cache
 
-# name -> the numpy dtype that stores it (little-endian everywhere on disk)
-STORAGE: dict[str, np.dtype] = {
-    "float64": np.dtype("<f8"),
-    "float32": np.dtype("<f4"),
-    "float16": np.dtype("<f2"),
-    "bfloat16": np.dtype("<u2"),
-    "int64": np.dtype("<i8"),
-    "int32": np.dtype("<i4"),
-    "int16": np.dtype("<i2"),
-    "int8": np.dtype("i1"),
-    "uint64": np.dtype("<u8"),
-    "uint32": np.dtype("<u4"),
-    "uint16": np.dtype("<u2"),
-    "uint8": np.dtype("u1"),
-    "bool": np.dtype("?"),
+from .lazy import numpy as np
+
+# name -> (numpy dtype code that stores it, bytes per element); little-endian everywhere on
+# disk. The numpy dtypes themselves (`STORAGE`) are made on first use: a rename-only
+# conversion needs only names and sizes, and then never imports numpy (see `lazy`).
+_CODES: dict[str, tuple[str, int]] = {
+    "float64": ("<f8", 8),
+    "float32": ("<f4", 4),
+    "float16": ("<f2", 2),
+    "bfloat16": ("<u2", 2),
+    "int64": ("<i8", 8),
+    "int32": ("<i4", 4),
+    "int16": ("<i2", 2),
+    "int8": ("i1", 1),
+    "uint64": ("<u8", 8),
+    "uint32": ("<u4", 4),
+    "uint16": ("<u2", 2),
+    "uint8": ("u1", 1),
+    "bool": ("?", 1),
 }
+NAMES = tuple(_CODES)
+
+
+@lru_cache(maxsize=None)
+def _storage() -> dict[str, "np.dtype"]:
+    return {k: np.dtype(code) for k, (code, _) in _CODES.items()}
+
+
+def __getattr__(name: str):
+    if name == "STORAGE":  # name -> the numpy dtype that stores it
+        return _storage()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 ALIASES = {
     "float": "float32", "fp32": "float32", "f32": "float32",
@@ -47,7 +65,7 @@ def check_shape(shape: tuple, what: str) -> tuple[int, ...]:
         raise CheckpointError(f"{what} has {n} dimensions; mapspec reads at most {MAX_NDIM}")
     n = 1
     for d in shape:
-        if not isinstance(d, (int, np.integer)) or isinstance(d, (bool, np.bool_)) or d < 0:
+        if not _is_size(d):
             raise CheckpointError(f"{what} has an invalid size {str(d)[:40]!r} in its shape")
         n *= max(int(d), 1)
         if n > MAX_NUMEL:
@@ -55,15 +73,23 @@ def check_shape(shape: tuple, what: str) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
+def _is_size(d) -> bool:
+    """A non-negative integer, Python's or numpy's (never a bool)."""
+    if isinstance(d, int):
+        return not isinstance(d, bool) and d >= 0
+    numpy = sys.modules.get("numpy")  # a numpy scalar means numpy is loaded; else no import for it
+    return numpy is not None and isinstance(d, numpy.integer) and d >= 0
+
+
 def canonical(name: str) -> str | None:
     """The canonical dtype name for `name` (or an alias), or None."""
     name = ALIASES.get(name, name)
-    return name if name in STORAGE else None
+    return name if name in _CODES else None
 
 
 def of_array(arr: np.ndarray) -> str:
     """The dtype name of a plain numpy array (never bfloat16: that needs a tag)."""
-    for name, dt in STORAGE.items():
+    for name, dt in _storage().items():
         if name != "bfloat16" and arr.dtype == dt:
             return name
     if arr.dtype.kind in "fiub" and arr.dtype.byteorder == ">":
@@ -72,7 +98,7 @@ def of_array(arr: np.ndarray) -> str:
 
 
 def itemsize(name: str) -> int:
-    return STORAGE[name].itemsize
+    return _CODES[name][1]
 
 
 def nbytes(shape: tuple[int, ...], name: str) -> int:
@@ -85,7 +111,7 @@ def nbytes(shape: tuple[int, ...], name: str) -> int:
 
 def stored(array: np.ndarray, name: str) -> np.ndarray:
     """The array as it is stored: the dtype's storage type, C order (0-d stays 0-d)."""
-    return np.asarray(array, dtype=STORAGE[name], order="C")
+    return np.asarray(array, dtype=_storage()[name], order="C")
 
 
 def raw(array: np.ndarray, name: str) -> memoryview:
@@ -118,4 +144,4 @@ def cast(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
             return arr
     if dst == "bfloat16":
         return _f32_to_bf16(arr.astype(np.float32, copy=False))
-    return arr.astype(STORAGE[dst])
+    return arr.astype(_storage()[dst])

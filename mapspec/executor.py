@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
-import numpy as np
+from .lazy import numpy as np
 
 from . import actions as act
 from .errors import MapspecError, OutputError, UsageError
@@ -258,6 +258,8 @@ def _paths(checkpoint) -> list[Path]:
 
 
 def _target(target):
+    if target is None:  # no --target: `load` (model factories) is not even imported
+        return None
     from .load import target_infos
 
     return target_infos(str(target) if isinstance(target, os.PathLike) else target)

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from .lazy import numpy as np
 
 from . import provenance
 from .formats import open_source, sniff

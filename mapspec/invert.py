@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
+from .lazy import numpy as np
 
 from . import actions as act
 from .errors import SpecError, SpecErrors, Span, UsageError

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Iterable, NamedTuple
 
-import numpy as np
+from .lazy import numpy as np
 
 from .rules import Capture, Lit, Pattern
 

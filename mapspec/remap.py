@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
+from .lazy import numpy as np
 
 from . import dtypes
 from .errors import UsageError

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import tempfile
 from pathlib import Path
 from typing import Callable
-import numpy as np
+from .lazy import numpy as np
 
 from . import dtypes
 from .errors import Span

@@ -52,10 +52,10 @@ def test_peak_rss_is_bounded_by_the_largest_step_not_the_file(tmp_path, suffix):
         sink.write(k, np.full(4 * MiB, i, np.float32))
     sink.commit()
     (tmp_path / "s.map").write_text("mapspec 1\nt{i:int} -> u{i} then cast(float16)\n")
-    code = ("import resource, sys\nfrom mapspec.cli import main\n"
+    code = ("import resource, sys\nfrom mapspec.cli import app\n"
             f"sys.argv = ['mapspec', 'apply', {str(tmp_path / 's.map')!r}, {str(tmp_path / f'in.{suffix}')!r}, "
             f"'-o', {str(tmp_path / 'out.safetensors')!r}]\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "try:\n    app()\nexcept SystemExit:\n    pass\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
     base = ("import resource, mapspec.cli\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}

@@ -137,6 +137,24 @@ def test_glob_and_list_of_shards_and_single_file_directory(tmp_path):
     assert list(tensors_of(tmp_path / "one")) == ["a"]
 
 
+def test_cli_takes_several_shard_files_as_the_shell_expands_a_glob(tmp_path):
+    """`mapspec apply spec.map model-*.safetensors -o out` unquoted: the shell passes every shard."""
+    write(tmp_path / "part-1.safetensors", {"model.a": np.arange(4, dtype=np.float32)})
+    write(tmp_path / "part-2.safetensors", {"model.b": np.ones((2, 2), np.float16)})
+    (tmp_path / "r.map").write_text("mapspec 1\nmodel.{x} -> net.{x}\n")
+    shards = [str(tmp_path / "part-1.safetensors"), str(tmp_path / "part-2.safetensors")]
+    r = runner.invoke(app, ["apply", str(tmp_path / "r.map"), *shards, "-o", str(tmp_path / "out.safetensors")])
+    assert r.exit_code == 0, r.output
+    got = tensors_of(tmp_path / "out.safetensors")
+    assert list(got) == ["net.a", "net.b"] and got["net.b"].dtype == np.float16
+    r = runner.invoke(app, ["explain", str(tmp_path / "r.map"), *shards])
+    assert r.exit_code == 0 and "model.{x} -> net.{x}  2 " in r.output, r.output
+    r = runner.invoke(app, ["apply", str(tmp_path / "r.map"), *shards, "-o", str(tmp_path / "o2.safetensors"),
+                            "--epoch", "1"])
+    assert r.exit_code == 2 and r.output.strip() == "error: --epoch reads one MXNet prefix, not several checkpoints"
+    assert not (tmp_path / "o2.safetensors").exists()
+
+
 def test_missing_shard_and_lying_index_fail_before_writing(tmp_path):
     (tmp_path / "m").mkdir()
     write(tmp_path / "m" / "model-00001-of-00002.safetensors", {"a": np.zeros(2, np.float32)})

@@ -3,12 +3,15 @@ LALR tables come from a private cache instead of being rebuilt by every process.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import write_safetensors
 
 import mapspec
 from mapspec import grammar
@@ -38,6 +41,63 @@ def test_apply_does_not_import_the_commands_it_does_not_run():
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""
+
+
+def _console(code: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`code` then the `mapspec` console entry point (mapspec.cli:main) on `args`, in a process
+    of its own, its output through pipes."""
+    script = f"import sys\n{code}\nfrom mapspec.cli import main\nsys.argv = ['mapspec', *sys.argv[1:]]\nmain()\n"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered, as usual
+    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+# What the process held at its end, printed by an atexit handler (which the console exit runs).
+_AT_EXIT = """
+import atexit, json
+import mapspec.cli as cli
+built = []
+_build = cli.get_command_from_info
+cli.get_command_from_info = lambda info, **kw: built.append(info.callback.__name__) or _build(info, **kw)
+atexit.register(lambda: print(json.dumps({"built": built, "modules": sorted(sys.modules)})))
+"""
+
+
+def test_a_rename_only_apply_builds_one_command_and_imports_no_numpy(tmp_path):
+    """The cheap start, pinned by what is loaded (not by time): typer builds only `apply`'s
+    click command; numpy, the other commands' modules, torch and rich are never imported."""
+    write_safetensors(tmp_path / "in.safetensors", {f"model.l{i}.w": np.full((4, 4), i, np.float32)
+                                                   for i in range(6)})
+    (tmp_path / "s.map").write_text(SPEC)
+    r = _console(_AT_EXIT, "apply", "s.map", "in.safetensors", "-o", "out.safetensors", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    summary, at_exit = r.stdout.splitlines()
+    assert summary.startswith("Transferred 6/6 tensors")
+    seen = json.loads(at_exit)
+    assert seen["built"] == ["apply"]
+    loaded = set(seen["modules"])
+    assert not loaded & {"numpy", "torch", "rich", "mapspec.draft", "mapspec.inspect", "mapspec.invert",
+                         "mapspec.verify", "mapspec.load", "mapspec.formatter", "mapspec.diff"}
+    out = mapspec.open_source(tmp_path / "out.safetensors")
+    try:
+        assert {k: out.read(k).tolist() for k in out.infos()} == \
+            {f"net.l{i}.w": np.full((4, 4), i, np.float32).tolist() for i in range(6)}
+    finally:
+        out.close()
+
+
+def test_the_console_exit_waits_for_threads_flushes_pipes_and_keeps_the_exit_code(tmp_path):
+    """main() ends the process without interpreter teardown, but only after what a normal exit
+    runs: a non-daemon thread is waited for, buffered output reaches the pipe, codes stay."""
+    late = ("import pathlib, threading, time, mapspec.cli\n"
+            "threading.Thread(target=lambda: (time.sleep(0.5), pathlib.Path('late').write_text('done'))).start()")
+    r = _console(late, "fmt", "--check", cwd=tmp_path)  # no specs: a usage error, at once
+    assert r.returncode == 2 and r.stderr.startswith("error: ")
+    assert (tmp_path / "late").read_text() == "done"
+    r = _console("", "apply", "--no-such-option", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    r = _console("sys.stdout.write('x' * 5000)", "no-such-command", cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == "x" * 5000  # still in the buffer when the command ends
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Protocol
 
-import numpy as np
+from ..lazy import numpy as np
 
 from ..errors import CheckpointError, Interrupted, OutputError, UsageError
 from ..tensorinfo import TensorInfo

@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
+from ..lazy import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError
@@ -171,4 +171,4 @@ def _is_npz(path: Path, head: bytes) -> bool:
     return head[:4] == b"PK\x03\x04" and not is_torch_zip(path)
 
 
-FORMAT = Format("npz", "NumPy .npz", (".npz",), NpzSource, NpzSink, frozenset(dtypes.STORAGE), sniff=_is_npz)
+FORMAT = Format("npz", "NumPy .npz", (".npz",), NpzSource, NpzSink, frozenset(dtypes.NAMES), sniff=_is_npz)

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
+from ..lazy import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError, UsageError

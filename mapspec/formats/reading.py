@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
+from ..lazy import numpy as np
 
 from ..errors import CheckpointError, MapspecError
 
@@ -112,11 +112,14 @@ class RegularFile:
         self.fd = open_regular(self.path)
         self.size = os.fstat(self.fd).st_size
 
-    def read_into(self, buffer: memoryview, offset: int, what: str = "data") -> None:
-        nbytes = len(buffer)
-        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
+    def _check_range(self, offset: int, nbytes: int, what: str) -> None:
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:  # before allocating anything
             raise CheckpointError(f"{self.path}: {what} at byte {offset} needs {nbytes} bytes, "
                                   f"the {self.size}-byte file ends first (truncated?)")
+
+    def read_into(self, buffer: memoryview, offset: int, what: str = "data") -> None:
+        nbytes = len(buffer)
+        self._check_range(offset, nbytes, what)
         got = 0
         while got < nbytes:
             n = os.preadv(self.fd, [buffer[got:]], offset + got)
@@ -127,15 +130,17 @@ class RegularFile:
 
     def read_range(self, offset: int, nbytes: int, what: str = "data") -> np.ndarray:
         """Bytes [offset, offset + nbytes) as a fresh, writable uint8 array."""
-        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:  # before allocating anything
-            raise CheckpointError(f"{self.path}: {what} at byte {offset} needs {nbytes} bytes, "
-                                  f"the {self.size}-byte file ends first (truncated?)")
+        self._check_range(offset, nbytes, what)
         buf = np.empty(nbytes, np.uint8)
         self.read_into(memoryview(buf), offset, what)
         return buf
 
     def read_bytes(self, offset: int, nbytes: int, what: str = "data") -> bytes:
-        return self.read_range(offset, nbytes, what).tobytes()
+        """The same bytes as `bytes` (headers, metadata: no numpy needed)."""
+        self._check_range(offset, nbytes, what)
+        buf = bytearray(nbytes)
+        self.read_into(memoryview(buf), offset, what)
+        return bytes(buf)
 
     def release(self, offset: int, nbytes: int) -> None:
         """Tell the kernel a range is consumed, so a long conversion does not crowd the page cache."""

@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
+from ..lazy import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
+from ..lazy import numpy as np
 
 from ..errors import CheckpointError, UsageError
 from ..tensorinfo import TensorInfo

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
+from ..lazy import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError, UsageError

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from ..lazy import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
+from ..lazy import numpy as np
 
 from .. import dtypes
 from ..errors import CheckpointError
@@ -131,5 +131,5 @@ class WtsSink(SinkBase):
 
 
 # Every dtype goes in: like tensorrtx's gen_wts.py, the writer stores each value as float32.
-FORMAT = Format("wts", "TensorRT .wts (tensorrtx)", (".wts",), WtsSource, WtsSink, frozenset(dtypes.STORAGE),
+FORMAT = Format("wts", "TensorRT .wts (tensorrtx)", (".wts",), WtsSource, WtsSink, frozenset(dtypes.NAMES),
                 aliases=("tensorrt",), sniff=lambda path, head: head.split(b"\n", 1)[0].strip().isdigit())

@@ -43,11 +43,11 @@ def _child(job: dict) -> int:
         signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
     _limit(job.get("limits", {}))
     if job["kind"] == "cli":
-        from mapspec.cli import main
+        from mapspec.cli import app  # not main(): it would end this process itself
 
         sys.argv = ["mapspec", *job["argv"]]
         try:
-            main()
+            app()
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
