@@ -32,8 +32,8 @@ def check_bound(spec: Spec, errors: list[SpecError] | None = None, skip: set[int
             continue
         try:
             for pat in patterns_of(rule):
-                for part in pat.parts:
-                    if isinstance(part, Capture) and part.type == "table" and part.table not in tables:
+                for part in pat.parts:  # (`type() is`: a failing isinstance on a node costs 4x)
+                    if type(part) is Capture and part.type == "table" and part.table not in tables:
                         raise SpecError(f"unknown table '{part.table}'", part.span)
             if rule.otherwise:
                 if first_otherwise is not None:
@@ -91,8 +91,17 @@ def _check_tables(spec: Spec) -> dict[str, dict[str, str]]:
 
 def _check_rename(rule: RenameRule, tables: dict[str, dict[str, str]]) -> None:
     fanouts: dict[str, Capture] = {}
-    for part in rule.target.parts:
-        if isinstance(part, Fanout):
+    used: list[tuple[Ref, bool]] = []  # the template's names, each with whether it is in arithmetic
+    computed = []  # expressions that are more than a name (arithmetic, lookups)
+    for part in rule.target.parts:  # (`type() is`: a failing isinstance on a node costs 4x)
+        kind = type(part)
+        if kind is Subst:
+            if type(part.expr) is Ref:  # the common `{name}`: no walk
+                used.append((part.expr, False))
+            else:
+                used.extend(_walk_refs(part.expr, False))
+                computed.append(part.expr)
+        elif kind is Fanout:
             cap = part.capture
             if cap.name in fanouts:
                 raise SpecError(f"{{{cap.name}}} is declared twice in the target", cap.span)
@@ -105,7 +114,6 @@ def _check_rename(rule: RenameRule, tables: dict[str, dict[str, str]]) -> None:
     if rule.is_copy:
         _check_unary(rule.actions, "copy")
 
-    used = _template_refs(rule)
     for src in rule.sources:
         caps = src.captures()
         for name, fan in fanouts.items():
@@ -124,18 +132,20 @@ def _check_rename(rule: RenameRule, tables: dict[str, dict[str, str]]) -> None:
                 raise SpecError(f"arithmetic needs an integer capture; declare it as {{{ref.name}:int}} "
                                 f"in {src.text}", ref.span)
 
-    _check_chain(rule, fanouts)
-    for part in rule.target.parts:
-        if isinstance(part, Subst):
-            _check_lookups(part.expr, rule, tables)
+    _check_chain(rule, fanouts, {r.name for r, _ in used})
+    for expr in computed:
+        _check_lookups(expr, rule, tables)
 
 
-def _check_chain(rule: RenameRule, fanouts: dict[str, Capture]) -> None:
+def _check_chain(rule: RenameRule, fanouts: dict[str, Capture], used: set[str]) -> None:
     """Follow the merge axes and fan-out captures through the actions: each merge consumes an
     open axis (named by over=, or the only one open), each split produces a declared fan-out
     capture (named by into=, or the only one left), and none is left over at the end."""
-    axes = [a.name for a in axes_of(rule)]
-    used = {r.name for r, _ in _template_refs(rule)}
+    if not rule.actions:  # nothing merges or splits: only a declared fan-out can be left over
+        if fanouts:
+            _left_over(next(iter(fanouts.values())))
+        return
+    axes = [c.name for c in rule.sources[0].parts if isinstance(c, Capture) and c.name and c.name not in used]
     if any(lookup_action(a).kind == "merge" for a in rule.actions):
         for src in rule.sources[1:]:
             names = [c.name for c in src.parts if isinstance(c, Capture) and c.name and c.name not in used]
@@ -185,45 +195,41 @@ def _check_chain(rule: RenameRule, fanouts: dict[str, Capture]) -> None:
                 raise SpecError(f"{action.name}() makes {n} outputs but {{{cap.name}}} names "
                                 f"{len(cap.alternatives)}", cap.span)
     if todo:
-        cap = next(iter(todo.values()))
-        raise SpecError(f"target declares {{{cap.name}:...}}, one output per value; that needs split(), "
-                        "chunk() or unstack()", cap.span)
+        _left_over(next(iter(todo.values())))
     if merges and open_:
         raise SpecError(f"the source capture{'s' if len(open_) > 1 else ''} {_names(open_)} "
                         f"{'are' if len(open_) > 1 else 'is'} neither used by the target nor merged; "
                         f"merge over {'them' if len(open_) > 1 else 'it'} too (over={open_[0]})", rule.span)
 
 
+def _left_over(cap: Capture) -> None:
+    raise SpecError(f"target declares {{{cap.name}:...}}, one output per value; that needs split(), "
+                    "chunk() or unstack()", cap.span)
+
+
 def _names(names) -> str:
     return ", ".join("{" + n + "}" for n in names)
 
 
-def _template_refs(rule: RenameRule) -> list[tuple[Ref, bool]]:
-    out: list[tuple[Ref, bool]] = []
-    for part in rule.target.parts:
-        if isinstance(part, Subst):
-            out.extend(_walk_refs(part.expr, False))
-    return out
-
-
 def _walk_refs(expr, in_arith: bool) -> list[tuple[Ref, bool]]:
     """The names an expression uses, each with whether it is inside arithmetic."""
-    if isinstance(expr, Ref):
+    kind = type(expr)  # (not isinstance: failing, on a pydantic node, it costs 4x)
+    if kind is Ref:
         return [(expr, in_arith)]
-    if isinstance(expr, BinOp):
+    if kind is BinOp:
         return _walk_refs(expr.left, True) + _walk_refs(expr.right, True)
-    if isinstance(expr, Neg):
+    if kind is Neg:
         return _walk_refs(expr.operand, True)
-    if isinstance(expr, Lookup):
+    if kind is Lookup:
         return _walk_refs(expr.key, False)
     return []
 
 
 def _check_lookups(expr, rule: RenameRule, tables: dict[str, dict[str, str]]) -> None:
-    if isinstance(expr, BinOp):
+    if type(expr) is BinOp:
         _check_lookups(expr.left, rule, tables)
         _check_lookups(expr.right, rule, tables)
-    if not isinstance(expr, Lookup):
+    if type(expr) is not Lookup:
         return
     if expr.table not in tables:
         known = f" (tables: {', '.join(tables)})" if tables else ""

@@ -114,65 +114,51 @@ def _emit(node: _Node, reverse: bool) -> str:
     return "".join(out)
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One source pattern and who owns it."""
+class Entry(NamedTuple):
+    """One source pattern and who owns it. (A NamedTuple: one per pattern of a spec, and
+    half the cost of a frozen dataclass to build.)"""
 
     rule: int
     alternative: int
     pattern: Pattern
 
 
-def _segments(pattern: Pattern, tables: dict[str, tuple[str, ...]]) -> list[str | None] | None:
-    """The pattern's dot-separated segments: the literal text of a segment made of literals
-    only, None for a segment with a capture in it. None overall when the number of segments
-    is not fixed (a `**`, or alternatives holding dots)."""
+def _plain_index(pattern: Pattern, tables: dict[str, tuple[str, ...]]):
+    """For a pattern with a fixed number of dot-separated segments whose every capture is a
+    whole segment (`a.{i:int}.{p:w|b}`): its segments (the literal text of each, None for a
+    capture's) and [(segment position, capture name or None, test of the segment text)], so
+    a key's captures are its segments, checked without a regex. None for any other pattern:
+    a `**`, alternatives holding dots, a capture sharing its segment with other text
+    (`conv{s:int}_x`). One pass over the parts: this runs once per pattern of a spec."""
     segments: list[str | None] = [""]
+    captures = []
     for part in pattern.parts:
-        if isinstance(part, Lit):
+        if type(part) is Lit:  # (not isinstance: failing, on a pydantic node, it costs 4x)
             pieces = part.text.split(".")
-            for n, piece in enumerate(pieces):
-                if n:
-                    segments.append("")
-                if segments[-1] is not None:
-                    segments[-1] += piece
+            if segments[-1] is None:
+                if pieces[0]:  # text right after a capture, in its segment
+                    return None
+            else:
+                segments[-1] += pieces[0]
+            segments += pieces[1:]
             continue
-        values = part.alternatives if part.type == "alt" else tables.get(part.table or "", ()) \
-            if part.type == "table" else ()
-        if part.type == "multi" or any("." in v for v in values):
+        if segments[-1] != "":  # text (or another capture) before it in its segment
             return None
-        segments[-1] = None
-    return segments
-
-
-def _whole_segment_captures(pattern: Pattern, tables: dict[str, tuple[str, ...]]):
-    """For a fixed-shape pattern whose every capture is a whole segment (`a.{i:int}.{p:w|b}`):
-    [(segment position, capture name or None, test of the segment text)], so a key's captures
-    are its segments, checked without a regex. None when a capture shares its segment with
-    other text (`conv{s:int}_x`)."""
-    out = []
-    pos = 0
-    parts = pattern.parts
-    for n, part in enumerate(parts):
-        if isinstance(part, Lit):
-            pos += part.text.count(".")
-            continue
-        before = parts[n - 1] if n else None
-        after = parts[n + 1] if n + 1 < len(parts) else None
-        if (before is not None and not (isinstance(before, Lit) and before.text.endswith("."))) or \
-                (after is not None and not (isinstance(after, Lit) and after.text.startswith("."))):
-            return None
-        if part.type == "segment":
+        kind = part.type
+        if kind == "segment":
             test = bool
-        elif part.type == "int":
+        elif kind == "int":
             test = _is_int
-        elif part.type in ("alt", "table"):
-            values = frozenset(part.alternatives if part.type == "alt" else tables.get(part.table or "", ()))
-            test = values.__contains__
+        elif kind == "alt" or kind == "table":
+            values = part.alternatives if kind == "alt" else tables.get(part.table or "", ())
+            if "." in "".join(values):
+                return None
+            test = frozenset(values).__contains__
         else:
             return None
-        out.append((pos, part.name, test))
-    return out
+        segments[-1] = None
+        captures.append((len(segments) - 1, part.name, test))
+    return segments, captures
 
 
 def _is_int(text: str) -> bool:
@@ -294,22 +280,21 @@ class Matcher:
         self.entries = list(entries)
         self._tables = tables
         self._compiled: dict[int, re.Pattern] = {}
-        self._plain: list[list | None] = [None] * len(self.entries)  # see _whole_segment_captures
+        self._plain: list[list | None] = [None] * len(self.entries)  # see _plain_index
         # segment count -> [(literal positions, their values -> entry indices)]
         by_len: dict[int, dict[tuple[int, ...], dict[tuple[str, ...], list[int]]]] = {}
         root = _Node()
         free = 0
         for i, entry in enumerate(self.entries):
-            shape = _segments(entry.pattern, tables)
-            plain = _whole_segment_captures(entry.pattern, tables) if shape is not None else None
-            if plain is None:  # into the trie: its shared prefixes beat trying each pattern's regex
+            indexed = _plain_index(entry.pattern, tables)
+            if indexed is None:  # into the trie: its shared prefixes beat trying each pattern's regex
                 free += 1
                 node = root
                 for tok in pattern_tokens(entry.pattern, tables):
                     node = node.children.setdefault(tok, _Node())
                 node.ends.append(i)
                 continue
-            self._plain[i] = plain
+            shape, self._plain[i] = indexed
             positions = tuple(n for n, seg in enumerate(shape) if seg is not None)
             index = by_len.setdefault(len(shape), {}).setdefault(positions, {})
             index.setdefault(tuple(shape[n] for n in positions), []).append(i)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from lark import Token, Tree
 
-from . import grammar
+from . import grammar, keyscan
 from .errors import Span, SpecError
+from .nogc import without_gc
 from .rules import (
     Action,
     Assertion,
@@ -65,6 +66,7 @@ def read_spec(path: str | Path) -> str:
 MAX_DEPTH = 100  # operators in one expression, nested: far beyond any real spec
 
 
+@without_gc
 def parse_spec(path: str | Path | None = None, *, text: str | None = None, name: str | None = None) -> Spec:
     """Parse a spec file (or `text`, reported as `name`) into a `Spec`, includes resolved."""
     if text is None:
@@ -293,11 +295,13 @@ class _Builder:
 
     # -------------------------------------------------------------- patterns
     def _pattern(self, tok: Token) -> Pattern:
-        tree = grammar.parse_fragment(tok, "pattern", self.file, self.text)
+        items = keyscan.pattern_parts(str(tok), self.file, tok.line, tok.column)
+        if items is None:  # not one of the common shapes: the parser reads (or rejects) it
+            tree = grammar.parse_fragment(tok, "pattern", self.file, self.text)
+            items = (self._pattern_part(part, tok) for part in tree.children)  # errors in order
         parts: list = []
         names: dict[str, Span] = {}
-        for part in tree.children:
-            item = self._pattern_part(part, tok)
+        for item in items:
             if isinstance(item, Capture) and item.name:
                 if item.name in names:
                     raise self.error(f"capture {{{item.name}}} is bound twice in one pattern", item.span)
@@ -350,8 +354,20 @@ class _Builder:
 
     # -------------------------------------------------------------- templates
     def _template(self, tok: Token) -> Template:
-        tree = grammar.parse_fragment(tok, "template", self.file, self.text)
+        items = keyscan.template_parts(str(tok), self.file, tok.line, tok.column)
+        if items is None:  # not one of the common shapes: the parser reads (or rejects) it
+            items = self._template_items(tok)
         parts: list = []
+        for item in items:
+            if isinstance(item, Lit) and parts and isinstance(parts[-1], Lit):
+                parts[-1] = Lit(text=parts[-1].text + item.text)
+            else:
+                parts.append(item)
+        return Template(parts=tuple(parts), text=str(tok), span=self.span_tok(tok))
+
+    def _template_items(self, tok: Token) -> list:
+        tree = grammar.parse_fragment(tok, "template", self.file, self.text)
+        items: list = []
         for part in tree.children:
             kind = part.data
             if kind == "lit":
@@ -368,11 +384,8 @@ class _Builder:
                 item = Fanout(capture=self._typed(part, self._frag_span(part, tok)))
             else:  # pragma: no cover
                 raise self.error(f"unexpected {kind} in a template", self._frag_span(part, tok))
-            if isinstance(item, Lit) and parts and isinstance(parts[-1], Lit):
-                parts[-1] = Lit(text=parts[-1].text + item.text)
-            else:
-                parts.append(item)
-        return Template(parts=tuple(parts), text=str(tok), span=self.span_tok(tok))
+            items.append(item)
+        return items
 
     def _int(self, tok: Token, base: Token | None = None) -> int:
         """An integer literal, bounded before Python converts it (over 4,300 digits it raises)."""

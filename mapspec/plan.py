@@ -20,6 +20,7 @@ from .checks import axes_of, check_bound, patterns_of
 from .errors import ConversionError, PlanError, Span, SpecError
 from .fit import TargetReport
 from .matcher import Ambiguous, Entry, Matcher
+from .nogc import without_gc
 from .params import Binding, Config, bind_all, raise_all
 from .rules import (BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst, expr_names,
                     rule_text)
@@ -141,25 +142,7 @@ class _Group:
     members: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (key, captures)
 
 
-def _without_gc(fn):
-    """Compiling builds millions of small objects that all live until the plan is done, so the
-    cyclic collector only re-scans them (a third of the time at 1M keys): pause it."""
-    import functools
-    import gc
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        was = gc.isenabled()
-        gc.disable()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if was:
-                gc.enable()
-    return run
-
-
-@_without_gc
+@without_gc
 def compile_spec(
     spec: Spec,
     keys: Mapping[str, TensorInfo],
@@ -196,7 +179,7 @@ def compile_spec(
             ordinary.extend(entries)
     matcher = Matcher(ordinary, table_keys)
     otherwise = Matcher(fallback, table_keys).match if fallback else None
-    renderers = {i: _Renderer(r, tables) for i, r in enumerate(spec.rules) if isinstance(r, RenameRule)}
+    renderers = _Renderers(spec.rules, tables)
 
     dropped: list[tuple[str, Span]] = []
     unmatched: list[str] = []
@@ -221,7 +204,7 @@ def compile_spec(
         used.add(entry.rule)
         if entry.rule in failed:
             continue
-        renderer = renderers.get(entry.rule)
+        renderer = renderers[entry.rule]
         if renderer is None:
             rule = spec.rules[entry.rule]
             if isinstance(rule, DropRule):
@@ -277,7 +260,7 @@ def compile_spec(
     # not unused: the spec says what stands in for it.
     stand_ins = copy_stand_ins(spec, steps.values())
     unused = tuple(UnusedRule(r.span, rule_text(written.rules[i])) for i, r in enumerate(spec.rules)
-                   if i not in used and r.span not in stand_ins and not r.optional)
+                   if i not in used and not r.optional and (not stand_ins or r.span not in stand_ins))
     if unused and strict_rules:
         raise PlanError(f"this rule matches no key of the checkpoint ({len(keys)} keys; "
                         "`mapspec inspect --keys` lists them)", unused[0].rule)
@@ -396,13 +379,28 @@ def _dtype_of(tensors) -> str:
     return kinds[0] if len(set(kinds)) == 1 else "/".join(kinds)
 
 
+class _Renderers(dict):
+    """rule index -> its `_Renderer` (None for drop and keep rules), made when the rule first
+    matches a key: a rule that matches nothing never renders, so costs nothing here."""
+
+    def __init__(self, rules, tables: dict[str, dict[str, str]]):
+        super().__init__()
+        self.rules, self.tables = rules, tables
+        self.code: dict[str, Any] = {}  # template code -> its compiled maker, shared by rules of one shape
+
+    def __missing__(self, i: int) -> "_Renderer | None":
+        rule = self.rules[i]
+        made = self[i] = _Renderer(rule, self.tables, self.code) if isinstance(rule, RenameRule) else None
+        return made
+
+
 class _Renderer:
     """Everything about one rename rule the planner needs: its target as a small compiled
     function per source alternative (so rendering a key costs one call; errors such as a
     missing table entry or a negative index are diagnosed off the fast path by `_diagnose`),
     and the planning of its multi-tensor groups."""
 
-    def __init__(self, rule: RenameRule, tables: dict[str, dict[str, str]]):
+    def __init__(self, rule: RenameRule, tables: dict[str, dict[str, str]], code: dict[str, Any] | None = None):
         self.rule = rule
         self.tables = tables
         self.actions = [(a, act.lookup(a), act.normalize(a)) for a in rule.actions]
@@ -410,29 +408,37 @@ class _Renderer:
         self.fanouts: dict[str, Capture] = {p.capture.name: p.capture for p in rule.target.parts
                                             if isinstance(p, Fanout)}
         self.simple_step = not kinds - {"unary"} and not self.fanouts
-        used = set()
-        for part in rule.target.parts:
-            if isinstance(part, Subst):
-                used |= expr_names(part.expr)
-        self.used = used
-        self.axes: list[Capture] = axes_of(rule)
-        self._key_names = sorted(used - set(self.fanouts))
-        self._fn = self._compile()
+        if not self.simple_step:  # what only rules planned in groups (merges, splits) need
+            used = set()
+            for part in rule.target.parts:
+                if isinstance(part, Subst):
+                    used |= expr_names(part.expr)
+            self.axes: list[Capture] = axes_of(rule)
+            self._key_names = sorted(used - set(self.fanouts))
+        self._fn = self._compile({} if code is None else code)
 
     # -------------------------------------------------------------- rendering
-    def _compile(self) -> Any:
-        pieces = []
+    def _compile(self, cache: dict[str, Any]) -> Any:
+        """The target as one function of the captures. Its literal text is an argument of the
+        generated code, so rules differing only in literals (most rules of a spec) share one
+        compiled maker in `cache`."""
+        pieces, texts = [], []
         for part in self.rule.target.parts:
             if isinstance(part, Lit):
-                pieces.append(repr(part.text))
+                pieces.append(f"L{len(texts)}")
+                texts.append(part.text)
             elif isinstance(part, Fanout):
                 pieces.append(f"F[{part.capture.name!r}]")
             elif isinstance(part.expr, (BinOp, Neg)):
                 pieces.append(f"_nonneg({self._code(part.expr, True)})")
             else:
                 pieces.append(self._code(part.expr, False))
-        src = "lambda c, F=None: " + (" + ".join(pieces) if pieces else "''")
-        return eval(src, {"T": self.tables, "_nonneg": _nonneg})  # noqa: S307 - our own generated code
+        src = " + ".join(pieces) if pieces else "''"
+        maker = cache.get(src)
+        if maker is None:  # our own generated code: names, quoted names and integers only
+            args = "".join(f"L{n}, " for n in range(len(texts)))
+            maker = cache[src] = eval(f"lambda {args}T, _nonneg: lambda c, F=None: {src}", {})  # noqa: S307
+        return maker(*texts, self.tables, _nonneg)
 
     def _code(self, expr, arith: bool) -> str:
         if isinstance(expr, Ref):

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from mapspec import MapspecError, PlanError, SpecError, TensorInfo, apply, compile_spec, parse_spec
 from mapspec.cli import app
 from mapspec.errors import SpecErrors
+from mapspec.params import bind
 
 from test_shipped import _meaning
 
@@ -338,6 +339,23 @@ def test_parameters_in_template_arithmetic_and_split_sizes():
         ("layers.2.q", (8, 3)), ("layers.2.k", (2, 3)), ("layers.2.v", (2, 3))]
     with pytest.raises(PlanError, match=r"split\(8, 2, 2\): sizes add up to 12, but dim 0 of shape \(16, 3\) is 16"):
         compile_spec(spec(text), {"blocks.0.qkv": TensorInfo((16, 3), "float32")}, params={"q_rows": 8})
+
+
+def test_binding_rewrites_the_rules_parameters_or_computed_arguments_change_and_no_other():
+    text = ("mapspec 1\nparam n = 3\n"
+            "a.{i:int}.w -> b.{i}.w\n"            # nothing to bind: the rule as written
+            "c.{i:int}.w -> d.{i + n}.w\n"        # a parameter in the template
+            "e.{n}.w -> f.w\n"                    # a parameter in the pattern
+            "g.w -> h.w then reshape(2 * 3)\n")   # an argument computed when binding
+    written = spec(text)
+    bound, _ = bind(written)
+    assert bound.rules[0] is written.rules[0]
+    assert all(b is not w for b, w in zip(bound.rules[1:], written.rules[1:]))
+    keys = {"a.1.w": TensorInfo((2,), "float32"), "c.2.w": TensorInfo((2,), "float32"),
+            "e.3.w": TensorInfo((2,), "float32"), "g.w": TensorInfo((2, 3), "float32")}
+    plan = compile_spec(written, keys)
+    assert [(s.output, s.info.shape) for s in plan.steps] == [
+        ("b.1.w", (2,)), ("d.5.w", (2,)), ("f.w", (2,)), ("h.w", (6,))]
 
 
 def test_inputs_of_different_dtypes_merge_after_a_cast_in_the_same_rule(tmp_path):
