@@ -34,6 +34,9 @@ class Job(Generic[T]):
         finally:
             self._done.set()
 
+    def done(self) -> bool:
+        return self._done.is_set()
+
     def result(self) -> T:
         """The job's value once it has run (waiting for it); its error, raised here."""
         self._done.wait()

@@ -177,3 +177,63 @@ def test_the_expected_peak_counts_the_step_read_ahead(tmp_path):
     infos["b"] = TensorInfo((MiB // 4 - 1,), "float32")  # under READ_AHEAD_BYTES: read when its step runs
     n, step = compile_spec(parse_spec(spec), infos).peak_step()
     assert (n, step.output) == (4 * MiB + 2 * 2 * MiB, "a")
+
+
+# ---------------------------------------------------------------- shards side by side
+
+@pytest.mark.parametrize("fmt, cls", [("safetensors", "SafetensorsSink"), ("torch", "TorchSink")])
+def test_shards_are_copied_on_two_lanes_each_shard_in_plan_order(tmp_path, monkeypatch, fmt, cls):
+    import importlib
+
+    module = importlib.import_module(f"mapspec.formats.{fmt}")
+    seen = []
+    real = getattr(module, cls).write_region
+
+    def write_region(self, name, extent):
+        seen.append((self.atomic.tmp.name, name, threading.current_thread().name))
+        return real(self, name, extent)
+
+    monkeypatch.setattr(getattr(module, cls), "write_region", write_region)
+    arrays = {f"t{i}": np.full(1000, i, np.float32) for i in range(10)}
+    arrays["small"] = np.arange(5, dtype=np.float32)  # cast: through numpy, written on this thread
+    write_safetensors(tmp_path / "in.safetensors", arrays)
+    (tmp_path / "s.map").write_text("mapspec 1\nt{i:int} -> u{i}\nsmall -> small then cast(float64)\n")
+    apply(tmp_path / "s.map", tmp_path / "in.safetensors", tmp_path / "out", max_shard_size=8000, to=fmt)
+    shards = sorted({shard for shard, _, _ in seen})
+    assert len(shards) >= 3
+    for k, shard in enumerate(shards):  # shard k on lane k % 2, its records in plan order
+        mine = [(name, thread) for s, name, thread in seen if s == shard]
+        assert {thread for _, thread in mine} == {f"mapspec-shards-{k % 2}"}
+        assert [n for n, _ in mine] == sorted((n for n, _ in mine), key=lambda n: int(n[1:]))
+    out = open_source(tmp_path / "out")
+    for k, a in arrays.items():
+        np.testing.assert_array_equal(out.read(k.replace("t", "u") if k.startswith("t") else k), a)
+    out.close()
+
+
+def test_a_copy_failing_on_a_lane_is_the_normal_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from typer.testing import CliRunner
+
+    from mapspec.cli import app
+    from mapspec.formats import safetensors
+
+    real = safetensors.SafetensorsSink.write_region
+
+    def write_region(self, name, extent):
+        if name == "u7":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, name, extent)
+
+    monkeypatch.setattr(safetensors.SafetensorsSink, "write_region", write_region)
+    write_safetensors(tmp_path / "in.safetensors", {f"t{i}": np.full(1000, i, np.float32) for i in range(10)})
+    (tmp_path / "s.map").write_text("mapspec 1\nt{i:int} -> u{i}\n")
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["apply", "s.map", "in.safetensors", "-o", "out/d", "--max-shard-size", "8000"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == "error: out/d: cannot write: No space left on device"
+    assert list((tmp_path / "out").iterdir()) == []
+    for name in ("mapspec-shards-0", "mapspec-shards-1"):
+        wait_until_idle(Worker(name))
