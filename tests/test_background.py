@@ -182,9 +182,14 @@ def test_the_expected_peak_counts_the_step_read_ahead(tmp_path):
 # ---------------------------------------------------------------- shards side by side
 
 @pytest.mark.parametrize("fmt, cls", [("safetensors", "SafetensorsSink"), ("torch", "TorchSink")])
-def test_shards_are_copied_on_two_lanes_each_shard_in_plan_order(tmp_path, monkeypatch, fmt, cls):
+@pytest.mark.parametrize("queued", [256, 1], ids=["queue", "one-queued"])
+def test_shards_are_copied_on_two_lanes_each_shard_in_plan_order(tmp_path, monkeypatch, fmt, cls, queued):
+    """Also with at most one copy queued (MAX_QUEUED, which bounds the memory queued copies take)."""
     import importlib
 
+    from mapspec.formats import sharded
+
+    monkeypatch.setattr(sharded, "MAX_QUEUED", queued)
     module = importlib.import_module(f"mapspec.formats.{fmt}")
     seen = []
     real = getattr(module, cls).write_region

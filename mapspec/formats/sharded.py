@@ -30,6 +30,7 @@ from .base import AtomicPath, Extent, SinkBase, SourceBase
 from .registry import Format
 
 MAX_INDEX = 100_000_000  # bytes; an index is names and file names only
+MAX_QUEUED = 256  # copies queued on the shard lanes at most; then the oldest is waited for
 
 
 def open_path(path: Path, fmt: str | None = None):
@@ -231,6 +232,7 @@ class ShardedSink(SinkBase):
         self.lanes = (Worker("mapspec-shards-0"), Worker("mapspec-shards-1"))
         self._lane: dict[int, Worker] = {}
         self.queued: dict[int, deque[Job]] = {}  # a shard's copies not known to be done
+        self.inflight: deque[Job] = deque()  # all of them, oldest first
         try:
             groups = assign_shards(outputs, max_bytes)
             names = shard_names(fmt.name, len(groups))
@@ -265,6 +267,9 @@ class ShardedSink(SinkBase):
         sink = self.route[name]
         job = self._lane[id(sink)].submit(Job(lambda job: _copied(sink, name, extent)))
         self.queued.setdefault(id(sink), deque()).append(job)
+        self.inflight.append(job)
+        while len(self.inflight) > MAX_QUEUED:  # a million tiny tensors must not all wait in memory
+            self.inflight.popleft().result()
         return True
 
     def _drain(self, sink) -> None:
@@ -273,7 +278,7 @@ class ShardedSink(SinkBase):
 
     def _raise_failed(self) -> None:
         """Raise a lane's error, forgetting the copies done so far (each lane runs in order)."""
-        for jobs in self.queued.values():
+        for jobs in (self.inflight, *self.queued.values()):
             while jobs and jobs[0].done():
                 jobs.popleft().result()
 
@@ -290,7 +295,7 @@ class ShardedSink(SinkBase):
     def abort(self) -> None:
         for lane in self.lanes:  # queued copies dropped, running ones done, before the files go
             lane.cancel([job for key, jobs in self.queued.items() if self._lane[key] is lane for job in jobs])
-        self.queued = {}
+        self.queued, self.inflight = {}, deque()
         for sink in self.sinks:
             try:
                 sink.abort()
