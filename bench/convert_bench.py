@@ -4,10 +4,13 @@ library's load + save), each in its own child process, in paired runs. Prints, p
 the median of the paired time ratios (run / cp) and every command's peak RSS.
 
     /work/main/.venv/bin/python bench/convert_bench.py [--dir DIR] [--gb 2] [--repeat 3] [--big]
-        [--mxnet-python /work/main/.venv-mxnet/bin/python]
+        [--cold] [--mxnet-python /work/main/.venv-mxnet/bin/python]
 
 --big adds the 13.5 GB fp16 sharded HF-style directory (Llama-7B shapes): -> sharded
 safetensors and -> sharded .bin. It needs about 3 x 13.5 GB free; the script checks first.
+--cold evicts the source from the page cache (posix_fadvise DONTNEED; dropping all caches
+needs root) before every run, cp's included, so every command reads it from disk, as the
+first conversion of a model larger than the free memory does.
 Not part of CI: the numbers depend on the machine. Outputs are synced to disk (untimed)
 between runs so every run starts with the same clean page cache state for writing.
 """
@@ -154,6 +157,20 @@ def clean(*paths: Path) -> None:
     os.sync()
 
 
+def evict(path: Path) -> None:
+    """Drop a file's (or a directory's files') clean pages from the page cache."""
+    for f in (sorted(path.rglob("*")) if path.is_dir() else [path]):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+COLD = False  # --cold: every run reads its source from disk
+
+
 def case(title: str, src: Path, commands: dict[str, tuple[list[str], Path]], repeat: int) -> None:
     """Paired runs: per repeat, cp then each command; ratios per pair, medians over repeats."""
     copy = src.parent / f"cp-{src.name}"
@@ -163,17 +180,22 @@ def case(title: str, src: Path, commands: dict[str, tuple[list[str], Path]], rep
     ratios: dict[str, list[float]] = {}
     for _ in range(repeat):
         clean(copy)
+        if COLD:
+            evict(src)
         t_cp, r = run(cp)
         times["cp"].append(t_cp)
         rss["cp"].append(r)
         clean(copy)
         for name, (argv, out) in commands.items():
             clean(out)
+            if COLD:
+                evict(src)
             t, r = run(argv)
             clean(out)
             times.setdefault(name, []).append(t)
             rss.setdefault(name, []).append(r)
             ratios.setdefault(name, []).append(t / t_cp)
+    title += ", cold page cache" if COLD else ""
     print(f"\n{title}  ({size(src)}; cp median {statistics.median(times['cp']):.2f} s)")
     print(f"  {'command':<34} {'time / cp':>10} {'median s':>9} {'peak RSS':>10}")
     print(f"  {'cp':<34} {'1.00x':>10} {statistics.median(times['cp']):>9.2f} {max(rss['cp']):>7.0f} MiB")
@@ -205,9 +227,12 @@ def main() -> None:
     ap.add_argument("--gb", type=float, default=2.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--big", action="store_true", help="also the 13.5 GB fp16 sharded directory")
+    ap.add_argument("--cold", action="store_true", help="evict the source from the page cache before every run")
     ap.add_argument("--mxnet-python", default="/work/main/.venv-mxnet/bin/python",
                     help="a Python with mxnet and torch, for the classic MXNet way (skipped if absent)")
     args = ap.parse_args()
+    global COLD
+    COLD = args.cold
     d = args.dir
     d.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(d).free

@@ -11,18 +11,21 @@ from typing import TYPE_CHECKING, Callable, Mapping
 from .lazy import numpy as np
 
 from . import actions as act
+from .background import Job, Worker
 from .errors import MapspecError, OutputError, UsageError
 from .formats import Selected, open_sink, open_source, sink_format
-from .formats.base import guarded_writes
+from .formats.base import Extent, guarded_writes
 from .params import Config
 from .parser import parse_spec
-from .plan import Plan, Step, compile_spec
+from .plan import READ_AHEAD_BYTES, Plan, Step, compile_spec
 from .provenance import Provenance
 from .tensorinfo import TensorInfo
 from .rules import Spec
 
 if TYPE_CHECKING:
     from .invert import Inversion
+
+read_worker = Worker("mapspec-read-ahead")
 
 
 @dataclass(frozen=True)
@@ -66,23 +69,60 @@ def run_step(step: Step, arrays: list[np.ndarray]) -> np.ndarray:
 
 def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = None) -> int:
     """Write every step of `plan` to `sink`; returns the tensor bytes written. `progress`
-    hears the running byte count after each tensor."""
+    hears the running byte count after each tensor.
+
+    A tensor passing through unchanged is copied file-to-file by the kernel; the others pass
+    through numpy. While step i runs, step i + 1's inputs are brought in: a range to be
+    copied is announced to the kernel (WILLNEED: its disk reads start now), arrays are read
+    by a worker thread (preadv: disk waits and page copies on the second core). So at most
+    one extra step's inputs are held (`Plan.peak_step` counts them). Every read of the
+    source happens on that one thread or, with none in flight, on this one: sources need
+    not be thread-safe."""
     total = 0
+    steps = plan.steps
     # Steps that split one input read it several times: release it after its last use.
-    last_use = {k: i for i, step in enumerate(plan.steps) for k in step.inputs}
-    for i, step in enumerate(plan.steps):
-        # A tensor passing through unchanged is copied file-to-file by the kernel.
-        extent = source.extent(step.inputs[0]) if not step.actions and len(step.inputs) == 1 else None
-        if extent is None or not sink.write_region(step.output, extent):
-            out = run_step(step, [source.read(k) for k in step.inputs])
-            sink.write(step.output, out)
-            del out
-            for k in step.inputs:
-                if last_use[k] == i:
-                    source.release(k)
-        total += step.info.nbytes
-        if progress:
-            progress(total)
+    last_use = {k: i for i, step in enumerate(steps) for k in step.inputs}
+    copies = True  # until the sink declines a copy, it takes every one offered
+
+    def copyable(step: Step) -> Extent | None:
+        return source.extent(step.inputs[0]) if copies and not step.actions and len(step.inputs) == 1 else None
+
+    def upcoming(j: int) -> tuple[Extent | None, Job | None]:
+        """Step j's extent if it is to be copied, or the job reading its arrays, if started."""
+        if j == len(steps):
+            return None, None
+        extent = copyable(steps[j])
+        if extent is not None:
+            extent.file.willneed(extent.offset, extent.nbytes)
+            return extent, None
+        if sum(i.nbytes for i in steps[j].input_infos) < READ_AHEAD_BYTES:
+            return None, None
+        keys = steps[j].inputs
+        return None, read_worker.submit(Job(lambda job: [source.read(k) for k in keys]))
+
+    extent, ahead = (copyable(steps[0]) if steps else None), None
+    try:
+        for i, step in enumerate(steps):
+            if extent is not None and sink.write_region(step.output, extent):
+                extent, ahead = upcoming(i + 1)
+            else:
+                if extent is not None:  # the sink declined the copy: it will decline every one
+                    copies = False
+                arrays = ahead.result() if ahead is not None else [source.read(k) for k in step.inputs]
+                extent, ahead = upcoming(i + 1)
+                out = run_step(step, arrays)
+                del arrays
+                sink.write(step.output, out)
+                del out
+                for k in step.inputs:
+                    if last_use[k] == i:
+                        source.release(k)
+            total += step.info.nbytes
+            if progress:
+                progress(total)
+    finally:
+        if ahead is not None:  # failed: the read in flight ends before the source is closed
+            read_worker.cancel([ahead])
     return total
 
 

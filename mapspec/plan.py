@@ -26,7 +26,9 @@ from .rules import (BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref
                     rule_text)
 from .tensorinfo import TensorInfo  # re-exported: the plan speaks in TensorInfo
 
-
+# A step whose inputs are this large has them read by a worker thread while the step before
+# runs (executor.execute); below it, handing the read over costs more than it saves.
+READ_AHEAD_BYTES = 1 << 20
 
 
 class UnusedRule(NamedTuple):
@@ -89,11 +91,15 @@ class Plan:
     def peak_step(self) -> tuple[int, Step | None]:
         """The most tensor memory one step holds, and that step: its inputs' pages while
         read (released after their last use), plus, when actions run, the result and one
-        intermediate. Steps without actions may be copied by the kernel and hold nothing,
-        so this is an upper bound; the process adds its interpreter (about 100 MiB)."""
+        intermediate, plus the next step's inputs when they are READ_AHEAD_BYTES or more
+        (the executor reads them meanwhile). Steps without actions may be copied by the
+        kernel and hold nothing, so this is an upper bound; the process adds its
+        interpreter (about 100 MiB)."""
         best, where = 0, None
-        for s in self.steps:
-            n = sum(i.nbytes for i in s.input_infos) + (2 * s.info.nbytes if s.actions else 0)
+        inputs = [sum(i.nbytes for i in s.input_infos) for s in self.steps] + [0]
+        for j, s in enumerate(self.steps):
+            ahead = inputs[j + 1] if inputs[j + 1] >= READ_AHEAD_BYTES else 0
+            n = inputs[j] + (2 * s.info.nbytes if s.actions else 0) + ahead
             if n > best:
                 best, where = n, s
         return best, where

@@ -2,7 +2,9 @@
 for every entry, zip64 when sizes or offsets need it, and kernel copies for tensors that
 pass through unchanged."""
 
+import errno
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -121,3 +123,127 @@ def test_a_whole_record_copied_from_a_pt_keeps_its_stated_crc_without_reading_ba
     with zipfile.ZipFile(tmp_path / "out.pt") as z:
         assert z.testzip() is None  # every CRC matches its bytes
     assert torch.load(tmp_path / "out.pt", weights_only=True)["b.w"].numpy().tobytes() == tensors["a.w"][0].tobytes()
+
+
+# ------------------------------------------------- CRCs taken by the worker thread
+
+SUFFIX = {"safetensors": ".safetensors", "torch": ".pt", "mxnet": ".params", "npz": ".npz", "oneflow": ".oneflow",
+          "wts": ".wts"}
+
+
+def assert_crcs_right(path) -> None:
+    """Every entry's CRC-32 matches its bytes, in the central directory (zipfile checks
+    that) and in the local header too (which zipfile does not read, but other tools do)."""
+    raw = path.read_bytes()
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None
+        for info in z.infolist():
+            assert raw[info.header_offset:info.header_offset + 4] == b"PK\x03\x04"
+            local = int.from_bytes(raw[info.header_offset + 14:info.header_offset + 18], "little")
+            assert local == info.CRC == zlib.crc32(z.read(info)), info.filename
+
+
+@pytest.mark.parametrize("fmt", list(SUFFIX))
+@pytest.mark.parametrize("spec", ["a.{p} -> b.{p}", "a.{p} -> b.{p} then cast(float64)"], ids=["copied", "cast"])
+def test_a_pt_written_from_every_source_format_has_right_crcs(tmp_path, torch, fmt, spec):
+    rng = np.random.default_rng(2)
+    # flat: .wts keeps no shapes
+    tensors = {f"a.t{i}": (rng.standard_normal(2000 + i).astype(np.float32), "float32") for i in range(5)}
+    src = tmp_path / f"in{SUFFIX[fmt]}"
+    write(src, tensors, fmt)
+    (tmp_path / "k.map").write_text(f"mapspec 1\n{spec}\n")
+    apply(tmp_path / "k.map", src, tmp_path / "out.pt")
+    assert_crcs_right(tmp_path / "out.pt")
+    state = torch.load(tmp_path / "out.pt", weights_only=True)
+    for k, (a, _d) in tensors.items():
+        np.testing.assert_array_equal(state[k.replace("a.", "b.")].numpy(), a.astype(state["b.t0"].numpy().dtype))
+
+
+def test_a_tensor_copied_and_checksummed_in_many_chunks(tmp_path, monkeypatch, torch):
+    """The kernel copy and the CRC read-back both walk a tensor in pieces (here 4 KiB and
+    1000 bytes: a tensor far larger than either, ending mid-chunk); the CRC is of them all."""
+    from mapspec.formats import base
+
+    monkeypatch.setattr(base, "COPY_CHUNK", 4096)
+    monkeypatch.setattr(torch_zip, "CHUNK", 1000)
+    a = np.random.default_rng(3).standard_normal(25_013).astype(np.float32)
+    write(tmp_path / "in.safetensors", {"a.w": (a, "float32")}, "safetensors")
+    (tmp_path / "k.map").write_text("mapspec 1\na.{p} -> b.{p}\n")
+    apply(tmp_path / "k.map", tmp_path / "in.safetensors", tmp_path / "out.pt")
+    assert_crcs_right(tmp_path / "out.pt")
+    np.testing.assert_array_equal(torch.load(tmp_path / "out.pt", weights_only=True)["b.w"].numpy(), a)
+
+
+def test_zip64_entries_get_their_worker_crcs_too(tmp_path, monkeypatch, torch):
+    """Sizes and offsets past the 32-bit limit (lowered here, as writing 4 GiB is not cheap)
+    move into zip64 extra fields; the CRC the worker takes still lands in both headers."""
+    monkeypatch.setattr(torch_zip, "ZIP64_LIMIT", 100)
+    tensors = {"a.x": (np.arange(64, dtype=np.float32), "float32"), "a.y": (np.ones(40, np.float64), "float64")}
+    write(tmp_path / "in.safetensors", tensors, "safetensors")
+    (tmp_path / "k.map").write_text("mapspec 1\na.{p} -> b.{p}\n")
+    apply(tmp_path / "k.map", tmp_path / "in.safetensors", tmp_path / "out.pt")
+    assert_crcs_right(tmp_path / "out.pt")
+    state = torch.load(tmp_path / "out.pt", weights_only=True)
+    np.testing.assert_array_equal(state["b.x"].numpy(), tensors["a.x"][0])
+    np.testing.assert_array_equal(state["b.y"].numpy(), tensors["a.y"][0])
+
+
+def test_a_crc_worker_failure_is_the_normal_output_error(tmp_path, monkeypatch):
+    """An error reading the output back (here EIO on the worker thread) ends the run as any
+    write error does: one `error:` line naming the output, exit 2, nothing left behind."""
+    from typer.testing import CliRunner
+
+    from mapspec.cli import app
+
+    def broken(fd, start, nbytes, crc=0, job=None):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(torch_zip, "crc_of_range", broken)
+    write(tmp_path / "in.safetensors", {"a.w": (np.ones((8, 8), np.float32), "float32")}, "safetensors")
+    (tmp_path / "k.map").write_text("mapspec 1\na.{p} -> b.{p}\n")
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["apply", "k.map", "in.safetensors", "-o", "out/o.pt"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == "error: out/o.pt: cannot write: Input/output error"
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_failure_while_crcs_are_pending_cancels_them_and_leaves_nothing(tmp_path, monkeypatch):
+    """The run fails after several records were copied, their CRCs queued behind one still
+    running: abort stops the running one, drops the queued ones (they never read the file),
+    and waits for the worker before the file is closed and removed; no thread lingers."""
+    import threading
+
+    from mapspec.formats import torch as torch_format
+
+    started, ran = threading.Event(), []
+    real = torch_zip.crc_of_range
+
+    def slow(fd, start, nbytes, crc=0, job=None):
+        if job is not None:
+            ran.append(start)
+            started.set()
+            while not job.cancelled:  # held here until abort cancels it
+                threading.Event().wait(0.005)
+        return real(fd, start, nbytes, crc, job)
+
+    def failing_write(self, name, array):
+        assert started.wait(10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch_zip, "crc_of_range", slow)
+    monkeypatch.setattr(torch_format.TorchSink, "write", failing_write)
+    tensors = {f"a.t{i}": (np.full((32, 32), i, np.float32), "float32") for i in range(4)}
+    write(tmp_path / "in.safetensors", tensors, "safetensors")
+    # Three records copied (their CRCs queued), then one cast, through write, which fails.
+    (tmp_path / "k.map").write_text("mapspec 1\na.t{i:0|1|2} -> b.t{i}\na.t3 -> c.t3 then cast(float16)\n")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OSError):
+        apply(tmp_path / "k.map", tmp_path / "in.safetensors", tmp_path / "out" / "o.pt")
+    assert len(ran) == 1  # the queued two were dropped
+    assert list((tmp_path / "out").iterdir()) == []
+    for t in threading.enumerate():
+        if t.name == "mapspec-crc32":
+            t.join(10)
+            assert not t.is_alive()

@@ -150,12 +150,14 @@ def test_a_sink_failing_while_it_is_built_leaves_no_temp_file(tmp_path, monkeypa
 
 # ---------------------------------------------------------------- signals
 
-def _interrupt_mid_run(tmp_path: Path, sig: int, action=None) -> tuple[int, str]:
+def _interrupt_mid_run(tmp_path: Path, sig: int, action=None, output: str = "out/o.wts",
+                       spec: str = "id.map", extra: tuple[str, ...] = ()) -> tuple[int, str]:
     """Start a conversion, freeze it once its temp output exists, deliver `sig` (after
     `action`), let it run on, and return its exit code and stderr."""
     for tensors in (64, 256):  # a bigger input if the first finished before it could be caught
         write_input(tmp_path, tensors=tensors, side=512)
-        proc = cli(tmp_path, "apply", "id.map", "in.safetensors", "-o", "out/o.wts")
+        (tmp_path / "cast.map").write_text("mapspec 1\n{k:**} -> {k} then cast(float64)\n")
+        proc = cli(tmp_path, "apply", spec, "in.safetensors", "-o", output, *extra)
         out = tmp_path / "out"
         while proc.poll() is None and not any(p.name.endswith(".part") for p in out.iterdir()):
             time.sleep(0.001)
@@ -176,6 +178,19 @@ def _interrupt_mid_run(tmp_path: Path, sig: int, action=None) -> tuple[int, str]
 def test_signal_mid_run_removes_the_temp_output(tmp_path, sig, code):
     rc, err = _interrupt_mid_run(tmp_path, sig)
     assert rc == code, err
+    assert_one_error_line(err, "interrupted")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("output, spec, extra", [
+    ("out/o.pt", "id.map", ()), ("out/o.safetensors", "cast.map", ()),
+    ("out/d", "id.map", ("--max-shard-size", "3MB", "--to", "torch"))], ids=["crc-worker", "read-ahead", "shard-lanes"])
+def test_signal_while_a_worker_thread_is_busy_removes_the_temp_output(tmp_path, output, spec, extra):
+    """Copied records' CRCs taken on a worker thread (.pt output), the next step's tensors
+    read on one (1 MiB tensors cast), shards copied on two lanes: the signal still ends the
+    run cleanly."""
+    rc, err = _interrupt_mid_run(tmp_path, signal.SIGTERM, output=output, spec=spec, extra=extra)
+    assert rc == 143, err
     assert_one_error_line(err, "interrupted")
     assert list((tmp_path / "out").iterdir()) == []
 

@@ -100,6 +100,9 @@ class SinkBase:
         return False
 
 
+COPY_CHUNK = 1 << 30  # bytes per copy_file_range call (a tensor may take several)
+
+
 def copy_extent(extent: Extent, fd_out: int, offset_out: int) -> None:
     """Copy `extent` to `fd_out` at `offset_out` inside the kernel (copy_file_range), so the
     bytes never pass through Python or page faults; falls back to pread/pwrite in chunks."""
@@ -110,11 +113,11 @@ def copy_extent(extent: Extent, fd_out: int, offset_out: int) -> None:
         n = 0
         if fast:
             try:
-                n = os.copy_file_range(fd_in, fd_out, min(left, 1 << 30), pos, out)
+                n = os.copy_file_range(fd_in, fd_out, min(left, COPY_CHUNK), pos, out)
             except OSError:  # EXDEV on old kernels, EINVAL on some file systems
                 fast = False
         if not fast:
-            chunk = os.pread(fd_in, min(left, 8 << 20), pos)
+            chunk = os.pread(fd_in, min(left, COPY_CHUNK, 8 << 20), pos)
             n = os.pwrite(fd_out, chunk, out) if chunk else 0
         if n <= 0:
             raise CheckpointError(f"{file.path}: ends before byte {pos + left} (truncated while reading?)")

@@ -147,6 +147,11 @@ class RegularFile:
         if hasattr(os, "posix_fadvise") and self.fd >= 0 and nbytes > 0:
             os.posix_fadvise(self.fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
 
+    def willneed(self, offset: int, nbytes: int) -> None:
+        """Tell the kernel a range is wanted soon: its disk reads start now, in the background."""
+        if hasattr(os, "posix_fadvise") and self.fd >= 0 and nbytes > 0:
+            os.posix_fadvise(self.fd, offset, nbytes, os.POSIX_FADV_WILLNEED)
+
     def file(self):
         """A buffered file object over the same descriptor (for zipfile), position 0."""
         return os.fdopen(os.dup(self.fd), "rb")

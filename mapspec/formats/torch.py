@@ -213,6 +213,7 @@ class TorchSink(SinkBase):
         self.atomic.commit()
 
     def abort(self) -> None:
+        self.zip.cancel()  # the CRC worker stops reading the file before it is closed
         self.atomic.abort()  # closes the file first, ignoring a failed flush
 
 

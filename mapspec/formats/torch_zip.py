@@ -10,9 +10,13 @@ OrderedDict())`, the storage's persistent id `('storage', torch.<T>Storage, key,
 
 CRC-32: every entry carries a valid CRC (torch itself writes them unless told not to, and
 other zip tools call files without them corrupt). It is computed while the bytes stream
-past (zlib.crc32, about 2 GB/s) or, for bytes copied file-to-file, read back from the page
-cache. Local headers hold the real sizes (the plan knows them) and the CRC is patched in
-after the data, so no data descriptors are needed."""
+past (zlib.crc32, about 2-3 GB/s) or, for a record copied file-to-file by the kernel, read
+back from the page cache by a worker thread (`crc_worker`) while the next tensor is copied:
+zlib and preadv release the GIL, so the read-back runs on the second core instead of
+between copies (safetensors -> .pt: see bench/convert_bench.py). Local headers hold the real
+sizes (the plan knows them); each CRC is patched into its local header after the data, or,
+for a record the worker checksums, in `finish`, once it is known, before the central
+directory is written. So no data descriptors are needed."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import zlib
 from collections import OrderedDict
 from typing import BinaryIO, Mapping
 
+from ..background import Job, Worker
 from ..tensorinfo import TensorInfo
 
 ALIGN = 64
@@ -114,15 +119,39 @@ class _StateDict(OrderedDict):
         return ORDERED_DICT, (), None, None, iter(self.items())
 
 
+def crc_of_range(fd: int, start: int, nbytes: int, crc: int = 0, job: Job | None = None) -> int:
+    """`crc` continued over bytes [start, start + nbytes) of a file, read into one reused
+    buffer (stopping early, with a meaningless result, once `job` is cancelled)."""
+    pos, end = start, start + nbytes
+    buf = bytearray(min(CHUNK, nbytes))
+    view = memoryview(buf)
+    while pos < end:
+        if job is not None and job.cancelled:
+            return 0
+        n = os.preadv(fd, [view[:min(CHUNK, end - pos)]], pos)
+        if not n:
+            raise OSError(f"short read at byte {pos} of the output")
+        crc = zlib.crc32(view[:n], crc)
+        pos += n
+    return crc
+
+
+# Takes the CRC-32s of copied records, for every zip being written (the shards of a sharded
+# output too, one after another), so it never takes more than the one spare core.
+crc_worker = Worker("mapspec-crc32")
+
+
 class ZipWriter:
     """A streaming writer of stored (uncompressed), 64-byte aligned zip entries."""
 
     def __init__(self, file: BinaryIO):
         self.file = file
-        self.entries: list[tuple[bytes, int, int, int]] = []  # name, header offset, size, crc
+        # name, header offset, size, crc (a Job until the worker has taken it)
+        self.entries: list[tuple[bytes, int, int, int | Job[int]]] = []
         self._open: tuple[bytes, int, int, int] | None = None  # name, header offset, size, data start
-        self._crc = 0
+        self._crc: int | Job[int] = 0
         self._written = 0
+        self._jobs: list[Job[int]] = []
 
     def begin(self, name: str, size: int) -> int:
         """Start entry `name` of `size` bytes; returns the file offset where its data goes."""
@@ -149,31 +178,28 @@ class ZipWriter:
     def copied(self, fd: int, start: int, nbytes: int, crc32: int | None = None) -> None:
         """`nbytes` landed at `start` without passing through `write` (copy_file_range).
         `crc32` is their CRC when the source states it (the entry must be exactly these
-        bytes); otherwise they are read back to take it."""
-        if crc32 is not None and self._written == 0 and nbytes == self._open[2]:
+        bytes); otherwise they are read back to take it: by the worker thread when they
+        are the whole entry, here when they are only part of it."""
+        whole = self._written == 0 and nbytes == self._open[2]
+        if whole and crc32 is not None:
             self._crc = crc32
-            self._written = nbytes
-            return
-        crc, pos, end = self._crc, start, start + nbytes
-        buf = bytearray(min(CHUNK, nbytes))
-        view = memoryview(buf)
-        while pos < end:
-            n = os.preadv(fd, [view[:min(CHUNK, end - pos)]], pos)
-            if not n:
-                raise OSError(f"short read at byte {pos} of the output")
-            crc = zlib.crc32(view[:n], crc)
-            pos += n
-        self._crc = crc
+        elif whole and nbytes:
+            job = crc_worker.submit(Job(lambda job: crc_of_range(fd, start, nbytes, job=job)))
+            self._jobs.append(job)
+            self._crc = job
+        else:
+            self._crc = crc_of_range(fd, start, nbytes, self._crc)
         self._written += nbytes
 
     def end(self) -> None:
         raw, at, size, start = self._open
         if self._written != size:
             raise RuntimeError(f"zip entry {raw.decode()}: {self._written} bytes written, {size} announced")
-        here = start + size
-        self.file.seek(at + 14)
-        self.file.write(struct.pack("<I", self._crc))
-        self.file.seek(here)
+        if not isinstance(self._crc, Job):  # a deferred CRC is patched in by finish()
+            here = start + size
+            self.file.seek(at + 14)
+            self.file.write(struct.pack("<I", self._crc))
+            self.file.seek(here)
         self.entries.append((raw, at, size, self._crc))
         self._open = None
 
@@ -183,7 +209,17 @@ class ZipWriter:
         self.end()
 
     def finish(self) -> None:
+        """Patch in the CRCs the worker took (raising its error, if it met one), then write
+        the central directory and the end records."""
         cd_start = self.file.tell()
+        for i, (raw, at, size, crc) in enumerate(self.entries):
+            if isinstance(crc, Job):
+                crc = crc.result()
+                self.file.seek(at + 14)
+                self.file.write(struct.pack("<I", crc))
+                self.entries[i] = (raw, at, size, crc)
+        self._jobs = []
+        self.file.seek(cd_start)
         out = io.BytesIO()
         for raw, at, size, crc in self.entries:
             z64 = b""
@@ -204,3 +240,9 @@ class ZipWriter:
         self.file.write(struct.pack("<IIQI", 0x07064B50, 0, eocd64_at, 1))
         self.file.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, min(n, 0xFFFF), min(n, 0xFFFF),
                                     min(len(cd), MARK), MARK if cd_start >= ZIP64_LIMIT else cd_start, 0))
+
+    def cancel(self) -> None:
+        """Stop the CRCs still being taken of this file (before it is closed and removed)."""
+        crc_worker.cancel(self._jobs)
+        self._jobs = []
+
