@@ -67,6 +67,18 @@ def run_step(step: Step, arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def copied_from(plan: Plan, source) -> dict[str, int]:
+    """output -> source byte offset, for the steps `execute` offers the sink as file-to-file
+    copies (the sink may place them where the kernel copies fastest)."""
+    found = {}
+    for step in plan.steps:
+        if not step.actions and len(step.inputs) == 1:
+            extent = source.extent(step.inputs[0])
+            if extent is not None:
+                found[step.output] = extent.offset
+    return found
+
+
 def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = None) -> int:
     """Write every step of `plan` to `sink`; returns the tensor bytes written. `progress`
     hears the running byte count after each tensor.
@@ -188,7 +200,8 @@ def apply(
         with guarded_writes(replace=force), _naming(output):
             sink = None
             try:
-                sink = open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size)
+                sink = open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
+                                 copied_from=copied_from(plan, source))
                 execute(plan, source, sink, (lambda done: progress(done, n)) if progress else None)
                 sink.commit()
             except BaseException:

@@ -29,6 +29,15 @@ class Format:
     # How transformers names it in a model directory: (single file, shard stem, index file),
     # e.g. ("model.safetensors", "model", "model.safetensors.index.json"); None: not sharded.
     hf_layout: Optional[tuple[str, str, str]] = None
+    # The sink can place a tensor copied file-to-file at its source offset modulo the page
+    # size; it then takes `copied_from={output: source byte offset}` (see `base.PAGE`).
+    places_copies: bool = False
+
+    def open_sink(self, path: Path, outputs, metadata=None, copied_from=None):
+        """`sink(path, outputs, metadata)`, told where copied tensors come from if it can use that."""
+        if self.places_copies and copied_from:
+            return self.sink(path, outputs, metadata, copied_from={k: v for k, v in copied_from.items() if k in outputs})
+        return self.sink(path, outputs, metadata)
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from ..lazy import numpy as np
 from .. import dtypes
 from ..errors import CheckpointError
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent
+from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent, copy_residue, padding
 from .registry import Format
 from .reading import RegularFile, clip, shown
 
@@ -174,7 +174,8 @@ class SafetensorsSource(SourceBase):
 
 
 class SafetensorsSink(SinkBase):
-    def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
+    def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None,
+                 copied_from: Mapping[str, int] | None = None):
         self.atomic = AtomicPath(path)
         self.provenance = metadata
         # Larger items first, then by name, as the library orders them: every tensor stays aligned.
@@ -190,8 +191,12 @@ class SafetensorsSink(SinkBase):
             self.offsets[name] = pos
             pos += info.nbytes
         self.header = header
-        blob = self._blob()
-        self.base = 8 + len(blob)
+        # The header is padded with spaces, as the library pads it to 8 bytes; here also so
+        # that the data starts where most copied bytes keep their offset modulo GRANULE.
+        end = 8 + len(json.dumps(header, separators=(",", ":")).encode())
+        start = copy_residue(copied_from or {}, self.offsets, {k: i.nbytes for k, i in outputs.items()}, 8)
+        self.base = end + padding(end, 8, start)
+        blob = self._blob(self.base - 8)
         self.file = self.atomic.open("r+b")  # not "wb": truncating makes close() flush everything
         self.file.write(struct.pack("<Q", len(blob)) + blob)
         self.file.truncate(self.base + pos)
@@ -203,9 +208,10 @@ class SafetensorsSink(SinkBase):
             meta.update(self.provenance.strings(final))
         return meta
 
-    def _blob(self) -> bytes:
+    def _blob(self, size: int) -> bytes:
+        """The header padded with spaces to `size` bytes."""
         blob = json.dumps(self.header, separators=(",", ":")).encode()
-        return blob + b" " * (-len(blob) % 8)
+        return blob + b" " * (size - len(blob))
 
     def write(self, name: str, array: np.ndarray) -> None:
         self.file.seek(self.base + self.offsets[name])
@@ -225,7 +231,7 @@ class SafetensorsSink(SinkBase):
         if self.provenance is not None:
             # The header went out first with the source's sha256 as a same-length placeholder.
             self.header["__metadata__"] = self._metadata(final=True)
-            blob = self._blob()
+            blob = self._blob(self.base - 8)
             if 8 + len(blob) != self.base:  # pragma: no cover - the placeholder has the same length
                 raise RuntimeError("safetensors metadata changed length")
             self.file.seek(8)
@@ -239,4 +245,4 @@ class SafetensorsSink(SinkBase):
 
 FORMAT = Format(
     "safetensors", "safetensors (Hugging Face)", (".safetensors",), SafetensorsSource, SafetensorsSink,
-    frozenset(NAMES.values()), sniff=lambda path, head: len(head) >= 9 and head[8:9] == b"{", hf_layout=("model.safetensors", "model", "model.safetensors.index.json"))
+    frozenset(NAMES.values()), sniff=lambda path, head: len(head) >= 9 and head[8:9] == b"{", hf_layout=("model.safetensors", "model", "model.safetensors.index.json"), places_copies=True)

@@ -215,7 +215,7 @@ class ShardedSink(SinkBase):
     its copies run in order on its lane, and a tensor written from memory waits for them."""
 
     def __init__(self, path: Path, fmt: Format, outputs: Mapping[str, TensorInfo], max_shard_size: int | str,
-                 metadata=None):
+                 metadata=None, copied_from: Mapping[str, int] | None = None):
         if fmt.hf_layout is None:
             from . import formats
 
@@ -238,7 +238,7 @@ class ShardedSink(SinkBase):
             names = shard_names(fmt.name, len(groups))
             weight_map = {}
             for name, group in zip(names, groups):
-                sink = fmt.sink(self.atomic.tmp / name, {k: outputs[k] for k in group}, metadata)
+                sink = fmt.open_sink(self.atomic.tmp / name, {k: outputs[k] for k in group}, metadata, copied_from)
                 self._lane[id(sink)] = self.lanes[len(self.sinks) % 2]
                 self.sinks.append(sink)
                 for k in group:

@@ -20,7 +20,7 @@ from .. import dtypes
 from ..errors import CheckpointError, UsageError
 from ..provenance import RECORD
 from ..tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent
+from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent, worth_placing
 from .reading import RegularFile, ZipMembers, brief
 from .registry import Format
 from .torch_pickle import StandIn, Tensor, load
@@ -167,9 +167,13 @@ class TorchSink(SinkBase):
     `data/<key>` record as they arrive. torch.load(weights_only=True) and transformers'
     from_pretrained read the result like any torch.save file (tests check both)."""
 
-    def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
+    def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None,
+                 copied_from: Mapping[str, int] | None = None):
         self.atomic = AtomicPath(path)
         self.provenance = metadata
+        # Records of large copied tensors start at their source offset modulo GRANULE (when
+        # that is 64-byte aligned, as torch's records are): see `base.GRANULE`.
+        self.near = {k: v for k, v in (copied_from or {}).items() if worth_placing(outputs[k].nbytes)}
         self.infos = dict(outputs)
         self.keys = {name: str(i) for i, name in enumerate(outputs)}
         self.pending = list(outputs)  # records follow the pickle's order
@@ -184,7 +188,7 @@ class TorchSink(SinkBase):
         if not self.pending or self.pending[0] != name:
             raise RuntimeError(f"torch sink: '{name}' written out of plan order")
         self.pending.pop(0)
-        return self.zip.begin(f"data/{self.keys[name]}", self.infos[name].nbytes)
+        return self.zip.begin(f"data/{self.keys[name]}", self.infos[name].nbytes, self.near.get(name))
 
     def write(self, name: str, array: np.ndarray) -> None:
         self._begin(name)
@@ -233,4 +237,4 @@ def _is_torch(path: Path, head: bytes) -> bool:
 
 FORMAT = Format("torch", "PyTorch torch.save", (".pt", ".pth", ".bin", ".ckpt"), TorchSource, TorchSink,
                 frozenset(STORAGE_TYPES), aliases=("pt", "pytorch"), sniff=_is_torch,
-                hf_layout=("pytorch_model.bin", "pytorch_model", "pytorch_model.bin.index.json"))
+                hf_layout=("pytorch_model.bin", "pytorch_model", "pytorch_model.bin.index.json"), places_copies=True)

@@ -30,6 +30,7 @@ from typing import BinaryIO, Mapping
 
 from ..background import Job, Worker
 from ..tensorinfo import TensorInfo
+from .base import padding
 
 ALIGN = 64
 FOLDER = "archive"
@@ -153,14 +154,17 @@ class ZipWriter:
         self._written = 0
         self._jobs: list[Job[int]] = []
 
-    def begin(self, name: str, size: int) -> int:
-        """Start entry `name` of `size` bytes; returns the file offset where its data goes."""
+    def begin(self, name: str, size: int, near: int | None = None) -> int:
+        """Start entry `name` of `size` bytes; returns the file offset where its data goes:
+        64-byte aligned, and equal to `near` modulo GRANULE when `near` (where the bytes will
+        be copied from) is itself 64-byte aligned (see `base.GRANULE`; the padding field
+        takes it)."""
         assert self._open is None
         raw = f"{FOLDER}/{name}".encode()
         at = self.file.tell()
         zip64 = size >= ZIP64_LIMIT
         z64 = struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b""
-        pad = -(at + 30 + len(raw) + 4 + len(z64)) % ALIGN
+        pad = padding(at + 30 + len(raw) + 4 + len(z64), ALIGN, near)
         extra = z64 + struct.pack("<HH", 0x4246, pad) + b"Z" * pad
         small = MARK if zip64 else size
         self.file.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, VERSION, 0x800, 0, 0, 0x21, 0, small, small,
