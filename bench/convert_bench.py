@@ -3,10 +3,10 @@ classic way (torch.load + rename + torch.save; mx.nd.load + torch.save; the safe
 library's load + save), each in its own child process, in paired runs. Prints, per case,
 the median of the paired time ratios (run / cp) and every command's peak RSS.
 
-    /work/main/.venv/bin/python bench/convert_bench.py [--dir DIR] [--gb 2] [--repeat 3] [--big]
+    /work/main/.venv/bin/python bench/convert_bench.py [--dir DIR] [--gb 2] [--repeat 3] [--big | --big-only]
         [--cold] [--mxnet-python /work/main/.venv-mxnet/bin/python]
 
---big adds the 13.5 GB fp16 sharded HF-style directory (Llama-7B shapes): -> sharded
+--big adds (--big-only runs only) the 13.5 GB fp16 sharded HF-style directory (Llama-7B shapes): -> sharded
 safetensors and -> sharded .bin. It needs about 3 x 13.5 GB free; the script checks first.
 --cold evicts the source from the page cache (posix_fadvise DONTNEED; dropping all caches
 needs root) before every run, cp's included, so every command reads it from disk, as the
@@ -227,6 +227,7 @@ def main() -> None:
     ap.add_argument("--gb", type=float, default=2.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--big", action="store_true", help="also the 13.5 GB fp16 sharded directory")
+    ap.add_argument("--big-only", action="store_true", help="only the 13.5 GB case")
     ap.add_argument("--cold", action="store_true", help="evict the source from the page cache before every run")
     ap.add_argument("--mxnet-python", default="/work/main/.venv-mxnet/bin/python",
                     help="a Python with mxnet and torch, for the classic MXNet way (skipped if absent)")
@@ -236,7 +237,7 @@ def main() -> None:
     d = args.dir
     d.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(d).free
-    need = 4 * 3 * args.gb * 1e9 + (3 * 13.5e9 if args.big else 0)
+    need = (0 if args.big_only else 4 * 3 * args.gb * 1e9) + (3 * 13.5e9 if args.big or args.big_only else 0)
     if free < need:
         raise SystemExit(f"{d}: {free / 1e9:.1f} GB free, the benchmark needs about {need / 1e9:.0f} GB")
     os.environ["PYTHONPATH"] = str(REPO)
@@ -245,6 +246,14 @@ def main() -> None:
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; medians of {args.repeat} paired runs")
     (d / "rename.map").write_text(RENAME)
     (d / "actions.map").write_text(ACTIONS)
+    if not args.big_only:
+        small_cases(d, args)
+    if args.big or args.big_only:
+        big_cases(d, args)
+
+
+def small_cases(d: Path, args) -> None:
+    """The 2 GB fp32 cases, rename only and with actions, in every source format."""
     infos = layers(args.gb)
     src = {"safetensors": d / "in.safetensors", "torch": d / "in.pt", "mxnet": d / "in.params"}
     for fmt, path in src.items():
@@ -288,18 +297,21 @@ def main() -> None:
     case("cast + transpose + split + concat: safetensors -> safetensors", src["safetensors"], {
         "mapspec": (mapspec(actions, src["safetensors"], d / "o.safetensors"), d / "o.safetensors"),
     }, args.repeat)
-    if args.big:
-        big = d / "llama7b"
-        if not big.exists():
-            print(f"building {big} (13.5 GB) ...", flush=True)
-            fill(big, "safetensors", llama7b(), max_shard_size="5GB")
-        (d / "keep.map").write_text("mapspec 1\n{rest:**} -> {rest}\n")
-        keep = d / "keep.map"
-        case("13.5 GB fp16 sharded directory, rename only", big, {
-            "mapspec -> sharded safetensors": (mapspec(keep, big, d / "o7b", "--max-shard-size", "5GB"), d / "o7b"),
-            "mapspec -> sharded .bin": (mapspec(keep, big, d / "o7b-bin", "--max-shard-size", "5GB", "--to", "torch"),
-                                        d / "o7b-bin"),
-        }, max(1, args.repeat - 1))
+
+
+def big_cases(d: Path, args) -> None:
+    """The 13.5 GB fp16 sharded directory (Llama-7B shapes) into shards, rename only."""
+    big = d / "llama7b"
+    if not big.exists():
+        print(f"building {big} (13.5 GB) ...", flush=True)
+        fill(big, "safetensors", llama7b(), max_shard_size="5GB")
+    (d / "keep.map").write_text("mapspec 1\n{rest:**} -> {rest}\n")
+    keep = d / "keep.map"
+    case("13.5 GB fp16 sharded directory, rename only", big, {
+        "mapspec -> sharded safetensors": (mapspec(keep, big, d / "o7b", "--max-shard-size", "5GB"), d / "o7b"),
+        "mapspec -> sharded .bin": (mapspec(keep, big, d / "o7b-bin", "--max-shard-size", "5GB", "--to", "torch"),
+                                    d / "o7b-bin"),
+    }, max(1, args.repeat - 1))
 
 
 if __name__ == "__main__":
