@@ -272,6 +272,20 @@ def test_npz_member_with_a_bad_crc_is_refused(tmp_path):
     assert not (tmp_path / "o.safetensors").exists()
 
 
+def test_npz_with_bytes_before_its_archive_is_refused_as_np_load_refuses_it(tmp_path):
+    """zipfile reads past data prepended to an archive; np.load decides by the first bytes
+    and refuses it (as a pickle). Found by fuzz seed 10 (mutation 401)."""
+    path = _npz(tmp_path / "p.npz", compressed=True)
+    path.write_bytes(b"junk before the archive" + path.read_bytes())
+    with pytest.raises(ValueError):
+        np.load(path)
+    assert "does not start with a zip header" in cli_error("apply", _keep(tmp_path), path, "-o", tmp_path / "o.safetensors")
+    assert not (tmp_path / "o.safetensors").exists()
+    np.savez(tmp_path / "empty.npz")  # an empty archive is only its end record: still an .npz
+    r = runner.invoke(app, ["inspect", str(tmp_path / "empty.npz")])
+    assert r.exit_code == 0, r.output
+
+
 def test_pt_data_pkl_with_a_bad_crc_is_refused(tmp_path, torch):
     torch.save({"a": torch.ones(2)}, tmp_path / "ok.pt")
     data = bytearray((tmp_path / "ok.pt").read_bytes())

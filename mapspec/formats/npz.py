@@ -20,6 +20,8 @@ from .base import AtomicPath, SinkBase, SourceBase
 from .registry import Format
 from .reading import RegularFile, ZipMembers, clip, shown
 
+ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")  # what np.load checks
+
 DTYPES_MEMBER = "__mapspec_dtypes__"
 
 
@@ -31,6 +33,12 @@ class NpzSource(SourceBase):
         self.path = Path(path)
         self._file = RegularFile(self.path)
         try:
+            # np.load takes a file for an archive only by its first bytes (a local header, or
+            # the end record of an empty one); anything else it refuses as a pickle. zipfile
+            # would read past data prepended to an archive: refuse what numpy refuses.
+            if self._file.size < 4 or self._file.read_bytes(0, 4, "zip signature") not in ZIP_STARTS:
+                raise CheckpointError(f"{self.path}: does not start with a zip header, so it is no .npz "
+                                      "(np.load refuses it too)")
             self._members_ = ZipMembers(self._file)
             self._open()
         except BaseException:
