@@ -67,16 +67,16 @@ def run_step(step: Step, arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def source_extent(step: Step, source) -> Extent | None:
+    """Where `step`'s one input lies in the source file, if the step passes it through
+    unchanged: such a step is offered to the sink as a file-to-file copy."""
+    return source.extent(step.inputs[0]) if not step.actions and len(step.inputs) == 1 else None
+
+
 def copied_from(plan: Plan, source) -> dict[str, int]:
     """output -> source byte offset, for the steps `execute` offers the sink as file-to-file
     copies (the sink may place them where the kernel copies fastest)."""
-    found = {}
-    for step in plan.steps:
-        if not step.actions and len(step.inputs) == 1:
-            extent = source.extent(step.inputs[0])
-            if extent is not None:
-                found[step.output] = extent.offset
-    return found
+    return {step.output: e.offset for step in plan.steps if (e := source_extent(step, source)) is not None}
 
 
 def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = None) -> int:
@@ -97,7 +97,7 @@ def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = N
     copies = True  # until the sink declines a copy, it takes every one offered
 
     def copyable(step: Step) -> Extent | None:
-        return source.extent(step.inputs[0]) if copies and not step.actions and len(step.inputs) == 1 else None
+        return source_extent(step, source) if copies else None
 
     def upcoming(j: int) -> tuple[Extent | None, Job | None]:
         """Step j's extent if it is to be copied, or the job reading its arrays, if started."""

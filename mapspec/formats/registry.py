@@ -29,8 +29,8 @@ class Format:
     # How transformers names it in a model directory: (single file, shard stem, index file),
     # e.g. ("model.safetensors", "model", "model.safetensors.index.json"); None: not sharded.
     hf_layout: Optional[tuple[str, str, str]] = None
-    # The sink can place a tensor copied file-to-file at its source offset modulo the page
-    # size; it then takes `copied_from={output: source byte offset}` (see `base.PAGE`).
+    # The sink can place a tensor copied file-to-file at its source offset modulo 64 KiB;
+    # it then takes `copied_from={output: source byte offset}` (see `base.GRANULE`).
     places_copies: bool = False
 
     def open_sink(self, path: Path, outputs, metadata=None, copied_from=None):
