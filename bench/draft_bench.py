@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from mapspec import parse_spec, plan_for  # noqa: E402
-from mapspec.draft import draft  # noqa: E402
-from mapspec.executor import open_for  # noqa: E402
-from mapspec.load import target_infos  # noqa: E402
+from mapspec.tools.draft import draft  # noqa: E402
+from mapspec.run.executor import open_for  # noqa: E402
+from mapspec.tools.load import target_infos  # noqa: E402
 
 from draft_pairs import CASES  # noqa: E402
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mapspec.formats import open_sink
-from mapspec.plan import TensorInfo
+from mapspec.compile.plan import TensorInfo
 
 SPEC = """mapspec 1
 from mxnet to pytorch

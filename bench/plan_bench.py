@@ -13,7 +13,7 @@ import re
 import time
 
 from mapspec import TensorInfo, compile_spec, parse_spec
-from mapspec.matcher import pattern_regex
+from mapspec.compile.matcher import pattern_regex
 
 KINDS = ["attn_q", "attn_k", "attn_v", "attn_o", "mlp_up", "mlp_down", "mlp_gate", "norm1", "norm2", "adapter"]
 

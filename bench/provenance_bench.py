@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mapspec.executor import execute, plan_for
-from mapspec.executor import apply
+from mapspec.run.executor import execute, plan_for
+from mapspec.run.executor import apply
 from mapspec.formats import open_sink, open_source
-from mapspec.plan import TensorInfo
-from mapspec.provenance import sha256_path
+from mapspec.compile.plan import TensorInfo
+from mapspec.formats.provenance import sha256_path
 
 
 def main(mib: int = 1024) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from mapspec.formats import open_sink
-from mapspec.plan import TensorInfo
+from mapspec.compile.plan import TensorInfo
 
 
 def tensors() -> dict[str, np.ndarray]:

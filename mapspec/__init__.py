@@ -2,7 +2,7 @@
 
 The public names below are imported on first use (PEP 562 `__getattr__`), not when the
 package is: `mapspec apply` imports the parser, planner, executor and one format, not
-`draft`, `inspect`, `invert`, `load` or `verify` (CLI start was 0.4 s before, most of it
+`tools.draft`, `tools.inspect`, `tools.invert`, `tools.load` or `tools.verify` (CLI start was 0.4 s before, most of it
 modules the command never ran)."""
 
 from __future__ import annotations
@@ -10,14 +10,13 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .remap import remap  # eager: the submodule `mapspec.remap` would otherwise shadow the function
 from .version import __version__
 
 # public name -> (module, attribute in it)
 _EXPORTS: dict[str, tuple[str, str]] = {
-    "check_spec": (".checks", "check_spec"),
-    "Draft": (".draft", "Draft"),
-    "draft_spec": (".draft", "draft"),
+    "check_spec": (".compile.checks", "check_spec"),
+    "Draft": (".tools.draft", "Draft"),
+    "draft_spec": (".tools.draft", "draft"),
     "CheckpointError": (".errors", "CheckpointError"),
     "ConversionError": (".errors", "ConversionError"),
     "MapspecError": (".errors", "MapspecError"),
@@ -26,29 +25,30 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "SpecError": (".errors", "SpecError"),
     "SpecSyntaxError": (".errors", "SpecSyntaxError"),
     "UsageError": (".errors", "UsageError"),
-    "Report": (".executor", "Report"),
-    "apply": (".executor", "apply"),
-    "plan_for": (".executor", "plan_for"),
+    "Report": (".api", "Report"),
+    "apply": (".api", "apply"),
+    "plan_for": (".api", "plan_for"),
     "open_source": (".formats", "open_source"),
     "read_infos": (".formats", "read_infos"),
-    "inspect_checkpoint": (".inspect", "inspect_checkpoint"),
-    "Inversion": (".invert", "Inversion"),
-    "NotInvertible": (".invert", "NotInvertible"),
-    "invert_spec": (".invert", "invert_spec"),
-    "LoadReport": (".load", "LoadReport"),
-    "load_into": (".load", "load_into"),
-    "parse_spec": (".parser", "parse_spec"),
-    "Plan": (".plan", "Plan"),
-    "Step": (".plan", "Step"),
-    "UnusedRule": (".plan", "UnusedRule"),
-    "compile_spec": (".plan", "compile_spec"),
-    "TensorInfo": (".tensorinfo", "TensorInfo"),
-    "Verification": (".verify", "Verification"),
-    "verify_against": (".verify", "verify_against"),
-    "verify_roundtrip": (".verify", "verify_roundtrip"),
+    "inspect_checkpoint": (".tools.inspect", "inspect_checkpoint"),
+    "Inversion": (".tools.invert", "Inversion"),
+    "NotInvertible": (".tools.invert", "NotInvertible"),
+    "invert_spec": (".tools.invert", "invert_spec"),
+    "LoadReport": (".tools.load", "LoadReport"),
+    "load_into": (".tools.load", "load_into"),
+    "parse_spec": (".lang.parser", "parse_spec"),
+    "Plan": (".compile.plan", "Plan"),
+    "Step": (".compile.plan", "Step"),
+    "UnusedRule": (".compile.plan", "UnusedRule"),
+    "compile_spec": (".compile.plan", "compile_spec"),
+    "TensorInfo": (".core.tensorinfo", "TensorInfo"),
+    "remap": (".api", "remap"),
+    "Verification": (".tools.verify", "Verification"),
+    "verify_against": (".tools.verify", "verify_against"),
+    "verify_roundtrip": (".tools.verify", "verify_roundtrip"),
 }
 
-__all__ = [*_EXPORTS, "remap", "__version__"]
+__all__ = [*_EXPORTS, "__version__"]
 
 
 def __getattr__(name: str) -> Any:

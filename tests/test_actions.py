@@ -4,7 +4,7 @@ returns the input bit for bit; lossy actions (a narrowing cast, one piece of a s
 import numpy as np
 import pytest
 
-from mapspec import actions as act
+from mapspec.ops import actions as act
 from mapspec import parse_spec
 
 
@@ -57,7 +57,7 @@ def test_action_then_its_inverse_gives_the_input_back_bit_for_bit(text, shapes):
 @pytest.mark.parametrize("src,dst", [("float16", "float32"), ("float32", "float64"), ("bfloat16", "float32"),
                                      ("int8", "int64"), ("uint8", "int16")])
 def test_lossless_casts_invert(src, dst):
-    from mapspec import dtypes
+    from mapspec.core import dtypes
 
     rng = np.random.default_rng(1)
     if src.startswith(("int", "uint")):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from mapspec import TensorInfo, apply, compile_spec, parse_spec
-from mapspec import executor
-from mapspec.background import Job, Worker
+from mapspec.run import executor
+from mapspec.core.background import Job, Worker
 from mapspec.errors import CheckpointError
 from mapspec.formats import open_sink, open_source
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from mapspec.cli import app
 from mapspec.formats import open_sink, open_source
-from mapspec.plan import TensorInfo
+from mapspec.compile.plan import TensorInfo
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()

@@ -12,7 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 import mapspec
-from mapspec import TensorInfo, compile_spec, parse_spec, render
+from mapspec import TensorInfo, compile_spec, parse_spec
+from mapspec.tools import present as render
 from mapspec.cli import app
 from mapspec.formats import formats, open_sink, open_source
 
@@ -66,7 +67,7 @@ def test_the_tree_shows_what_it_hides_and_cuts_no_line(tmp_path):
 
 
 def test_the_tree_of_flat_files_keeps_mxnet_prefixes_and_counts_hidden_groups(tmp_path):
-    from mapspec.inspect import inspect_checkpoint
+    from mapspec.tools.inspect import inspect_checkpoint
 
     keys = {f"arg:net_conv{i}_weight": np.zeros(1, np.float32) for i in range(3)}
     keys.update({f"aux:net_bn{i}_moving_mean": np.zeros(1, np.float32) for i in range(2)})
@@ -352,12 +353,12 @@ def test_missing_output_folders_are_created_and_removed_again_on_failure(tmp_pat
     spec.write_text("mapspec 1\nkeep **\n")
     out = tmp_path / "new" / "deeper" / "o.safetensors"
     assert run("apply", spec, many, "-o", out).exit_code == 0 and out.exists()
-    from mapspec import executor
+    from mapspec import api
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(executor, "execute", broken)
+    monkeypatch.setattr(api, "execute", broken)
     with pytest.raises(OSError):
         mapspec.apply(spec, many, tmp_path / "other" / "deep" / "o.safetensors")
     assert not (tmp_path / "other").exists()

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from mapspec import parse_spec, plan_for, read_infos
 from mapspec.cli import app
-from mapspec.draft import draft
-from mapspec.formatter import format_text
+from mapspec.tools.draft import draft
+from mapspec.lang.formatter import format_text
 
 from draft_pairs import CASES, Case
 
@@ -123,7 +123,7 @@ def test_same_shape_ambiguity_is_a_suggestion_not_a_guess(tmp_path):
     """Two (4, 4) weights on each side, in a sorted (safetensors) file and with unrelated names:
     nothing says which is which."""
     from mapspec.formats import open_sink
-    from mapspec.plan import TensorInfo
+    from mapspec.compile.plan import TensorInfo
 
     rng = np.random.default_rng(0)
     src = {"alpha.weight": rng.standard_normal((4, 4)).astype(np.float32),
@@ -193,7 +193,7 @@ def right_and_wrong(case: Case, d) -> tuple[int, int, int]:
 
 
 def draft_of(case: Case):
-    from mapspec.load import target_infos
+    from mapspec.tools.load import target_infos
 
     return draft(read_infos(case.source), target_infos(case.target))
 
@@ -309,8 +309,8 @@ def test_numbering_of_another_depth_is_read_from_the_target_keys(tmp_path):
 def test_a_safetensors_header_sorted_by_item_size_is_no_file_order():
     """safetensors lists int64 counters before float32 tensors, each run by name: sorted, so
     neighbours and rank must not count it as an order the writer chose."""
-    from mapspec.draft.keys import Side
-    from mapspec.plan import TensorInfo
+    from mapspec.tools.draft.keys import Side
+    from mapspec.compile.plan import TensorInfo
 
     f, i = TensorInfo((2,), "float32"), TensorInfo((), "int64")
     assert not Side({"b.n": i, "a.w": f, "b.w": f, "c.w": f}).ordered

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from mapspec.draft import draft
-from mapspec.plan import TensorInfo
+from mapspec.tools.draft import draft
+from mapspec.compile.plan import TensorInfo
 
 
 def infos(shapes: dict[str, tuple[int, ...]]) -> dict[str, TensorInfo]:

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 import mapspec.cli as cli
 from mapspec.cli import app
-from mapspec.checks import check_spec
+from mapspec.compile.checks import check_spec
 from mapspec.errors import MAX_LINE, SpecError, shorten
-from mapspec.matcher import LinearPattern, Matcher, pattern_regex
-from mapspec.parser import MAX_INCLUDE_DEPTH, parse_spec
+from mapspec.compile.matcher import LinearPattern, Matcher, pattern_regex
+from mapspec.lang.parser import MAX_INCLUDE_DEPTH, parse_spec
 
 from conftest import write_safetensors
 
@@ -211,7 +211,7 @@ def test_linear_matching_gives_the_regex_engines_captures(text):
 
 def test_matcher_routes_long_keys_to_the_linear_path_with_the_same_answer():
     spec = parse_spec(text="mapspec 1\n{a:**}.{b:**}.{c:**}.weight -> w.{a}.{b}.{c}\n{a:**}.bias -> b.{a}\n")
-    from mapspec.matcher import Entry
+    from mapspec.compile.matcher import Entry
 
     entries = [Entry(i, j, p) for i, r in enumerate(spec.rules) for j, p in enumerate(r.sources)]
     m = Matcher(entries, {})

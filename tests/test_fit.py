@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from mapspec import ConversionError, TensorInfo, load_into
 from mapspec.cli import app
-from mapspec.fit import Target, compare, fit, model_target, torch_fills
+from mapspec.compile.fit import Target, compare, fit, model_target, torch_fills
 
 from models import resnet, resnet50
 
@@ -102,7 +102,7 @@ def test_fit_target_object_keeps_explicit_filled_keys():
 
 def test_alike_missing_and_unexpected_keys_are_listed_as_one_glob_line_each():
     from mapspec.errors import Span
-    from mapspec.fit import explain
+    from mapspec.compile.fit import explain
 
     produced = {f"blocks.{i}.w": TensorInfo((2, i + 1), "float32") for i in range(5)}
     produced["solo.x"] = TensorInfo((3,), "float32")

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from mapspec.dtypes import cast
+from mapspec.core.dtypes import cast
 from mapspec.formats import open_sink, open_source
-from mapspec.plan import TensorInfo
+from mapspec.compile.plan import TensorInfo
 
 RNG = np.random.default_rng(0)
 

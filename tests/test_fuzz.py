@@ -69,7 +69,7 @@ def test_mxnet_names_holding_nul_are_refused(tmp_path):
 
     from mapspec.errors import CheckpointError
     from mapspec.formats import open_sink, open_source
-    from mapspec.plan import TensorInfo
+    from mapspec.compile.plan import TensorInfo
 
     path = tmp_path / "nul.params"
     sink = open_sink(path, "mxnet", {"a\0ids": TensorInfo((2,), "float32")})

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mapspec import MapspecError, compile_spec, parse_spec, render
-from mapspec.checks import check_spec
+from mapspec import MapspecError, compile_spec, parse_spec
+
+from mapspec.tools import present as render
+from mapspec.compile.checks import check_spec
 from mapspec.formats.base import select
 
 from conftest import DATA, golden, load_keys, without

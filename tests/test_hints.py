@@ -4,7 +4,7 @@ prefixes, target mismatches paired, and repeated findings folded into one line."
 import pytest
 
 from mapspec import ConversionError, TensorInfo, compile_spec, parse_spec
-from mapspec.hints import glob_of, name_similarity, replacements
+from mapspec.compile.hints import glob_of, name_similarity, replacements
 
 F = TensorInfo((4,), "float32")
 

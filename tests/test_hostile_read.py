@@ -567,7 +567,7 @@ def test_mxnet_too_many_dimensions_is_refused(tmp_path):
 
 def _oneflow(tmp_path: Path) -> Path:
     from mapspec.formats.oneflow import OneflowSink
-    from mapspec.plan import TensorInfo
+    from mapspec.compile.plan import TensorInfo
 
     sink = OneflowSink(tmp_path / "ck", {"w": TensorInfo((2,), "float32")})
     sink.write("w", np.array([1.0, 2.0], np.float32))
@@ -728,7 +728,7 @@ def test_extent_is_the_bytes_read_for_pass_through_copies(tmp_path, torch):
     torch.save({"w": t, "wt": t.t(), "row": t[1]}, tmp_path / "c.pt")
     save_file({"w": t.numpy()}, tmp_path / "c.safetensors")
     from mapspec.formats.mxnet import MXNetSink
-    from mapspec.plan import TensorInfo
+    from mapspec.compile.plan import TensorInfo
 
     sink = MXNetSink(tmp_path / "c.params", {"w": TensorInfo((3, 4), "float32")})
     sink.write("w", t.numpy())
@@ -792,7 +792,7 @@ def test_pickle_build_cannot_change_the_readers_functions(tmp_path, torch):
 
 
 def test_provenance_records_are_read_as_hostile_input_too(tmp_path, torch):
-    from mapspec.provenance import SIDECAR
+    from mapspec.formats.provenance import SIDECAR
 
     torch.save({"a": torch.ones(2)}, tmp_path / "ok.pt")
     with zipfile.ZipFile(tmp_path / "ok.pt") as zin, zipfile.ZipFile(tmp_path / "rec.pt", "w") as zout:

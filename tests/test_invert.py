@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from mapspec import MapspecError, invert_spec, parse_spec
 from mapspec.cli import app
 from mapspec.formats import open_sink, open_source
-from mapspec.formatter import format_text
-from mapspec.verify import verify_roundtrip
+from mapspec.lang.formatter import format_text
+from mapspec.tools.verify import verify_roundtrip
 
 from conftest import DATA, golden, load_keys, shipped_config
 
@@ -121,7 +121,7 @@ def test_a_plan_that_would_differ_is_caught_by_verify(tmp_path, monkeypatch):
 
 
 def load_keys_one(shape):
-    from mapspec.plan import TensorInfo
+    from mapspec.compile.plan import TensorInfo
 
     return TensorInfo(shape, "float32")
 
@@ -174,7 +174,7 @@ def test_apply_reverse_without_the_forward_checkpoint(tmp_path, monkeypatch):
     Path("s.map").write_text("mapspec 1\nfrom x to y\ntable bn {\n  gamma = weight\n}\n"
                              "arg:fc_weight -> fc.weight then view(+(1, 1))\n"
                              "arg:bn_{p in bn} -> bn.{bn[p]}\n")
-    from mapspec.plan import TensorInfo
+    from mapspec.compile.plan import TensorInfo
 
     random_checkpoint({"fc.weight": TensorInfo((3, 2, 1, 1), "float32"), "bn.weight": TensorInfo((3,), "float32")},
                       tmp_path / "y.safetensors")
@@ -183,7 +183,7 @@ def test_apply_reverse_without_the_forward_checkpoint(tmp_path, monkeypatch):
     src = open_source(tmp_path / "x.safetensors")
     assert {k: i.shape for k, i in src.infos().items()} == {"arg:fc_weight": (3, 2), "arg:bn_gamma": (3,)}
     src.close()
-    from mapspec.provenance import read
+    from mapspec.formats.provenance import read
 
     assert read(tmp_path / "x.safetensors")["direction"] == "reverse"
 
@@ -194,7 +194,7 @@ def test_an_error_in_the_inverse_plan_points_at_the_forward_rule(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     Path("s.map").write_text("mapspec 1\nold.{p:w|b} -> new.{p}\nnew.{p:w|b}.x -> new.{p}.x\n"
                              "legacy.{rest:**} -> {rest}\n")
-    from mapspec.plan import TensorInfo
+    from mapspec.compile.plan import TensorInfo
 
     random_checkpoint({"new.w": TensorInfo((2,), "float32")}, tmp_path / "n.safetensors")
     r = runner.invoke(app, ["apply", "--reverse", "s.map", "n.safetensors", "-o", "o.safetensors"])
@@ -226,7 +226,7 @@ CONFIGS = {"gqa": {"num_attention_heads": 4, "num_key_value_heads": 2, "hidden_s
 
 
 def llama_checkpoint(path: Path, cfg: dict, tied: bool, seed: int = 0) -> dict:
-    from mapspec.plan import TensorInfo
+    from mapspec.compile.plan import TensorInfo
 
     h, nh = cfg["hidden_size"], cfg["num_attention_heads"]
     kv = cfg.get("num_key_value_heads", nh) * (h // nh)
@@ -273,7 +273,7 @@ def test_reverse_without_the_forward_checkpoint_matches_the_meta_to_hf_permutati
                             str(tmp_path / "back.safetensors"), *args])
     assert r.exit_code == 0, r.output
     assert_same(tmp_path / "hf.safetensors", tmp_path / "back.safetensors")
-    from mapspec.provenance import read
+    from mapspec.formats.provenance import read
 
     values = {"n_heads": 4, "n_kv": 2, "hidden": 32, "head_dim": 8}
     assert read(tmp_path / "meta.safetensors")["params"] == values
@@ -305,7 +305,7 @@ def test_a_catch_all_whose_inverse_another_rule_would_claim_is_refused(tmp_path,
     write it back as `a.1`. Refused with the forward checkpoint; from the spec alone too."""
     monkeypatch.chdir(tmp_path)
     Path("s.map").write_text("mapspec 1\na.{x} -> b.{x}\notherwise {rest:**} -> {rest}\n")
-    from mapspec.plan import TensorInfo
+    from mapspec.compile.plan import TensorInfo
 
     random_checkpoint({"a.0": TensorInfo((2,), "float32"), "b.1": TensorInfo((2,), "float32")},
                       tmp_path / "in.safetensors")
@@ -325,7 +325,7 @@ FALLBACK = "mapspec 1\nfrom a to b\nold.{n:w|b} | new.{n:w|b} -> x.{n}\nlegacy.{
 
 
 def fallback_checkpoint(tmp_path, monkeypatch) -> None:
-    from mapspec.plan import TensorInfo
+    from mapspec.compile.plan import TensorInfo
 
     monkeypatch.chdir(tmp_path)
     Path("s.map").write_text(FALLBACK)
@@ -384,7 +384,7 @@ def test_a_wrong_prefer_alternative_is_one_clear_error(tmp_path, monkeypatch, va
 
 def meta_checkpoint(path: Path) -> None:
     """A Meta-layout Llama (4 heads, 2 key/value heads, hidden 32, 2 layers), random values."""
-    from mapspec.plan import TensorInfo
+    from mapspec.compile.plan import TensorInfo
 
     t = {"tok_embeddings.weight": (40, 32), "norm.weight": (32,), "output.weight": (40, 32)}
     for i in range(2):
@@ -438,7 +438,7 @@ DROPS = "mapspec 1\nw.{i:int} -> v.{i}\ndrop buf.*\n    reverse none\n"
 
 
 def test_a_drop_marked_reverse_none_is_left_out_of_the_inverse_and_said_so(tmp_path, monkeypatch):
-    from mapspec.plan import TensorInfo
+    from mapspec.compile.plan import TensorInfo
 
     monkeypatch.chdir(tmp_path)
     assert format_text(DROPS) == DROPS
@@ -460,7 +460,7 @@ def test_a_drop_marked_reverse_none_is_left_out_of_the_inverse_and_said_so(tmp_p
 
 
 def test_an_unmarked_drop_inverts_only_with_lossy_and_verify_then_fails(tmp_path, monkeypatch):
-    from mapspec.plan import TensorInfo
+    from mapspec.compile.plan import TensorInfo
 
     monkeypatch.chdir(tmp_path)
     Path("s.map").write_text(DROPS.replace("    reverse none\n", ""))
@@ -478,7 +478,7 @@ def test_an_unmarked_drop_inverts_only_with_lossy_and_verify_then_fails(tmp_path
 def test_an_inverse_rule_that_matches_nothing_is_warned_at_its_forward_rule(tmp_path, monkeypatch):
     """A tied checkpoint has no head: the inverse of `head -> out` writes nothing back, and
     apply --reverse and explain --reverse say so at the forward rule (--strict-rules: an error)."""
-    from mapspec.plan import TensorInfo
+    from mapspec.compile.plan import TensorInfo
 
     monkeypatch.chdir(tmp_path)
     Path("s.map").write_text("mapspec 1\nw.{i:int} -> v.{i}\nhead -> out\n")

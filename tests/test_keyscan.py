@@ -1,4 +1,4 @@
-"""The key scanner (`mapspec.keyscan`) builds exactly what the parser builds from lark's tree,
+"""The key scanner (`mapspec.lang.keyscan`) builds exactly what the parser builds from lark's tree,
 or leaves the key to the parser: a spec parses to the same `Spec` (every span included) and
 fails with the same error either way."""
 
@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mapspec import keyscan, parse_spec
+from mapspec import parse_spec
+
+from mapspec.lang import keyscan
 from mapspec.errors import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from mapspec import MapspecError, PlanError, SpecError, TensorInfo, apply, compile_spec, parse_spec
 from mapspec.cli import app
 from mapspec.errors import SpecErrors
-from mapspec.params import bind
+from mapspec.compile.params import bind
 
 from test_shipped import _meaning
 
@@ -277,7 +277,7 @@ def test_bad_input_is_never_a_traceback(tmp_path):
 
 
 def test_fmt_writes_every_new_construct_canonically():
-    from mapspec.formatter import format_text
+    from mapspec.lang.formatter import format_text
 
     messy = ('mapspec 1\nparam   n_heads   from "num_attention_heads"\nparam prefix : str = "model"\n'
              "let head_dim = hidden//n_heads  # derived\nassert hidden%n_heads==0 , \"must divide\"\n"
@@ -418,7 +418,7 @@ def test_an_optional_rule_may_match_nothing_without_a_warning_or_strict_rules_er
     spec.write_text(spec.read_text().replace("d.w -> y.w\n", ""))
     assert compile_spec(parse_spec(spec), keys, strict_rules=True).unused == ()
     # `optional` survives formatting, and a key named like the keyword is still a key
-    from mapspec.formatter import format_text
+    from mapspec.lang.formatter import format_text
 
     text = spec.read_text() + "optional.w -> z.w\n"
     assert format_text(text) == text

@@ -5,8 +5,8 @@ import re
 from hypothesis import given, settings, strategies as st
 
 from mapspec.errors import Span
-from mapspec.matcher import Ambiguous, Entry, Matcher
-from mapspec.rules import Capture, Lit, Pattern
+from mapspec.compile.matcher import Ambiguous, Entry, Matcher
+from mapspec.lang.rules import Capture, Lit, Pattern
 
 SPAN = Span("<t>", 1, 1, 1, 2)
 words = st.sampled_from(["a", "b", "ab", "conv", "bn", "0", "1", "12", "x-y", "aux:"])

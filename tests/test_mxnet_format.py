@@ -5,11 +5,11 @@ import struct
 import numpy as np
 import pytest
 
-from mapspec.dtypes import STORAGE
+from mapspec.core.dtypes import STORAGE
 from mapspec.errors import CheckpointError
 from mapspec.formats import open_sink, open_source
 from mapspec.formats.mxnet import FILE_MAGIC, V1
-from mapspec.plan import TensorInfo
+from mapspec.compile.plan import TensorInfo
 
 RNG = np.random.default_rng(1)
 

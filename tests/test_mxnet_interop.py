@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from mapspec.dtypes import STORAGE
+from mapspec.core.dtypes import STORAGE
 from mapspec.formats import open_sink, open_source
-from mapspec.plan import TensorInfo
+from mapspec.compile.plan import TensorInfo
 
 mx = pytest.importorskip("mxnet")
 pytestmark = pytest.mark.mxnet

@@ -11,7 +11,7 @@ import pytest
 from mapspec import apply
 from mapspec.errors import CheckpointError
 from mapspec.formats import open_sink, open_source
-from mapspec.plan import TensorInfo
+from mapspec.compile.plan import TensorInfo
 
 
 def write(path, tensors):

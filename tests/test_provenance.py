@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import mapspec
 from mapspec.cli import app
 from mapspec.formats import open_source
-from mapspec.provenance import sha256_path
+from mapspec.formats.provenance import sha256_path
 
 from conftest import write_safetensors
 

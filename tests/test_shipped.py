@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mapspec import apply, check_spec, open_source, parse_spec
-from mapspec.formatter import format_text
+from mapspec.lang.formatter import format_text
 
 from conftest import shipped_config, without
 

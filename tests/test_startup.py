@@ -14,7 +14,7 @@ import pytest
 from conftest import write_safetensors
 
 import mapspec
-from mapspec import grammar
+from mapspec.lang import grammar
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = "mapspec 1\nmodel.{rest:**} -> net.{rest}\n"
@@ -76,8 +76,8 @@ def test_a_rename_only_apply_builds_one_command_and_imports_no_numpy(tmp_path):
     seen = json.loads(at_exit)
     assert seen["built"] == ["apply"]
     loaded = set(seen["modules"])
-    assert not loaded & {"numpy", "torch", "rich", "mapspec.draft", "mapspec.inspect", "mapspec.invert",
-                         "mapspec.verify", "mapspec.load", "mapspec.formatter", "mapspec.diff"}
+    assert not loaded & {"numpy", "torch", "rich", "mapspec.tools.draft", "mapspec.tools.inspect", "mapspec.tools.invert",
+                         "mapspec.tools.verify", "mapspec.tools.load", "mapspec.lang.formatter", "mapspec.tools.diff"}
     out = mapspec.open_source(tmp_path / "out.safetensors")
     try:
         assert {k: out.read(k).tolist() for k in out.infos()} == \
@@ -152,8 +152,8 @@ def test_no_cache_when_asked(cache_home, monkeypatch):
 
 
 def test_a_file_changed_moments_ago_is_hashed_not_remembered(cache_home, tmp_path, monkeypatch):
-    from mapspec import provenance
-    from mapspec.provenance import cached_sha256
+    from mapspec.formats import provenance
+    from mapspec.formats.provenance import cached_sha256
     monkeypatch.setattr(provenance, "REMEMBER_FROM", 0)
     src = tmp_path / "w.bin"
     src.write_bytes(b"weights")
@@ -162,8 +162,8 @@ def test_a_file_changed_moments_ago_is_hashed_not_remembered(cache_home, tmp_pat
 
 
 def test_the_source_sha256_is_remembered_until_the_file_changes(cache_home, tmp_path, monkeypatch):
-    from mapspec import provenance
-    from mapspec.provenance import cached_sha256, sha256_path
+    from mapspec.formats import provenance
+    from mapspec.formats.provenance import cached_sha256, sha256_path
     import hashlib
     import time
     monkeypatch.setattr(provenance, "RACY_NS", 0)
@@ -191,7 +191,7 @@ def test_the_source_sha256_is_remembered_until_the_file_changes(cache_home, tmp_
 
 
 def test_a_small_source_is_hashed_not_remembered(cache_home, tmp_path, monkeypatch):
-    from mapspec import provenance
+    from mapspec.formats import provenance
     monkeypatch.setattr(provenance, "RACY_NS", 0)
     src = tmp_path / "small.bin"
     src.write_bytes(b"w" * 100)

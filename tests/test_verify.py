@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from mapspec import verify_against
 from mapspec.cli import app
 from mapspec.formats import open_sink
-from mapspec.plan import TensorInfo
+from mapspec.compile.plan import TensorInfo
 
 runner = CliRunner()
 SPEC = "mapspec 1\nw.{i:int} -> v.{i} then transpose()\nb.{i:int} -> c.{i}\n"

@@ -4,62 +4,13 @@ directory, a list or glob of shards) open as one source over the union of their 
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from ..errors import CheckpointError, UsageError
-from ..tensorinfo import TensorInfo
+from ..core.tensorinfo import TensorInfo
 from .base import AtomicPath, Extent, Selected, Sink, Source, SourceBase
-from .reading import RegularFile, reading
-from .registry import HEAD_BYTES, Format
-
-# One module per format, each ending with `FORMAT = Format(...)`; sniffing tries them in this
-# order. The modules import numpy only, so converting MXNet to safetensors never imports torch.
-MODULES = ("safetensors", "mxnet", "torch", "npz", "oneflow", "wts")
-
-
-def formats() -> tuple[Format, ...]:
-    return tuple(importlib.import_module(f".{m}", __name__).FORMAT for m in MODULES)
-
-
-def by_name(name: str) -> Format:
-    for f in formats():
-        if name.lower() in f.names:
-            return f
-    raise UsageError(f"unknown format '{name}' (known: {known_names()})")
-
-
-def known_names() -> str:
-    """Every format with its aliases, for help texts and errors: 'safetensors, torch (pt, pytorch), ...'."""
-    return ", ".join(f.name + (f" ({', '.join(f.aliases)})" if f.aliases else "") for f in formats())
-
-
-def by_suffix(path: Path) -> Format | None:
-    suffix = path.suffix.lower()
-    return next((f for f in formats() if suffix in f.suffixes), None)
-
-
-def sniff(path: Path) -> str:
-    """The format of a single checkpoint (file or format directory), by suffix, else by content."""
-    fmt = by_suffix(path)
-    if fmt:
-        return fmt.name
-    head = b""
-    if not path.is_dir():
-        with reading(path), RegularFile(path) as f:
-            head = f.read_bytes(0, min(HEAD_BYTES, f.size), "the file header")
-    with reading(path):
-        for f in formats():
-            if f.sniff is not None and f.directory == path.is_dir() and f.sniff(path, head):
-                return f.name
-    if path.is_dir():
-        raise CheckpointError(f"{path}: a directory, but no checkpoint in it (no *.index.json, no single "
-                              f"checkpoint file, not a OneFlow directory)")
-    suffixes = ", ".join(s for f in formats() for s in f.suffixes)
-    raise CheckpointError(f"{path}: unknown checkpoint format (expected one of {suffixes}, a shard index "
-                          f"*.index.json, or a model directory)")
-
+from .registry import Format, Guarded, by_name, by_suffix, formats, known_names, open_file, sniff
 
 def open_source(path: str | Path | Sequence[str | Path], fmt: str | None = None, select: str | None = None,
                 epoch: int | None = None) -> Source:
@@ -91,50 +42,6 @@ def open_source(path: str | Path | Sequence[str | Path], fmt: str | None = None,
     except BaseException:
         source.close()
         raise
-
-
-def open_file(path: Path, fmt: str | None = None) -> Source:
-    """One checkpoint file (or format directory) through its format's source."""
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    cls = (by_name(fmt) if fmt else by_name(sniff(path))).source
-    with reading(path):
-        return Guarded(cls(path))
-
-
-class Guarded(SourceBase):
-    """A source whose every failure while reading is one `CheckpointError` naming its file
-    (see `reading`): the one error discipline, for every format."""
-
-    def __init__(self, inner: Source):
-        self.inner = inner
-        self.path = inner.path
-        self.metadata = inner.metadata
-        self.object = inner.object
-
-    def infos(self) -> Mapping[str, TensorInfo]:
-        with reading(self.path):
-            return self.inner.infos()
-
-    def read(self, key: str):
-        with reading(self.path):
-            return self.inner.read(key)
-
-    def extent(self, key: str) -> Extent | None:
-        with reading(self.path):
-            return self.inner.extent(key)
-
-    def release(self, key: str) -> None:
-        with reading(self.path):
-            self.inner.release(key)
-
-    def auto_select(self) -> str | None:
-        with reading(self.path):
-            return self.inner.auto_select()
-
-    def close(self) -> None:
-        with reading(self.path):
-            self.inner.close()
 
 
 def _epoch_hint(path: Path) -> str:

@@ -13,10 +13,10 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Protocol
 
-from ..lazy import numpy as np
+from ..core.lazy import numpy as np
 
 from ..errors import CheckpointError, Interrupted, OutputError, UsageError
-from ..tensorinfo import TensorInfo
+from ..core.tensorinfo import TensorInfo
 
 if TYPE_CHECKING:
     from .reading import RegularFile

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ..lazy import numpy as np
+from ..core.lazy import numpy as np
 
-from .. import dtypes
+from ..core import dtypes
 from ..errors import CheckpointError, UsageError
-from ..tensorinfo import TensorInfo
+from ..core.tensorinfo import TensorInfo
 from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent
 from .registry import Format
 from .reading import MAX_EXPANDED_BYTES, RegularFile, shown

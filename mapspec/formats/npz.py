@@ -11,11 +11,11 @@ import zipfile
 from pathlib import Path
 from typing import Mapping
 
-from ..lazy import numpy as np
+from ..core.lazy import numpy as np
 
-from .. import dtypes
+from ..core import dtypes
 from ..errors import CheckpointError
-from ..tensorinfo import TensorInfo
+from ..core.tensorinfo import TensorInfo
 from .base import AtomicPath, SinkBase, SourceBase
 from .registry import Format
 from .reading import RegularFile, ZipMembers, clip, shown

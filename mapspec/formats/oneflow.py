@@ -20,12 +20,12 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..lazy import numpy as np
+from ..core.lazy import numpy as np
 
-from .. import dtypes
+from ..core import dtypes
 from ..errors import CheckpointError, UsageError
-from ..provenance import RECORD
-from ..tensorinfo import TensorInfo
+from .provenance import RECORD
+from ..core.tensorinfo import TensorInfo
 from .base import AtomicPath, SinkBase, SourceBase
 from .registry import Format
 from .reading import RegularFile, clip, read_small, shown

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..lazy import numpy as np
+from ..core.lazy import numpy as np
 
 from ..errors import CheckpointError, MapspecError
 

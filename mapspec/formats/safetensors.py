@@ -13,11 +13,11 @@ import struct
 from pathlib import Path
 from typing import Mapping
 
-from ..lazy import numpy as np
+from ..core.lazy import numpy as np
 
-from .. import dtypes
+from ..core import dtypes
 from ..errors import CheckpointError
-from ..tensorinfo import TensorInfo
+from ..core.tensorinfo import TensorInfo
 from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent, copy_residue, padding
 from .registry import Format
 from .reading import RegularFile, clip, shown

@@ -21,11 +21,11 @@ from collections import deque
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..lazy import numpy as np
+from ..core.lazy import numpy as np
 
-from ..background import Job, Worker
+from ..core.background import Job, Worker
 from ..errors import CheckpointError, UsageError
-from ..tensorinfo import TensorInfo
+from ..core.tensorinfo import TensorInfo
 from .base import AtomicPath, Extent, SinkBase, SourceBase
 from .registry import Format
 
@@ -36,7 +36,7 @@ MAX_QUEUED = 256  # copies queued on the shard lanes at most; then the oldest is
 def open_path(path: Path, fmt: str | None = None):
     """The source for one path argument: a file, a format directory, an index, a model
     directory, or a glob of shards."""
-    from . import by_name, formats, open_file, sniff
+    from .registry import by_name, formats, open_file, sniff
 
     if not path.exists() and any(c in str(path) for c in "*?["):
         files = sorted(Path(p) for p in glob.glob(str(path)))
@@ -57,7 +57,7 @@ def open_path(path: Path, fmt: str | None = None):
 def _open_model_dir(path: Path):
     """A model directory: its index (safetensors preferred, as transformers prefers it), else
     its single checkpoint file."""
-    from . import by_suffix, formats, open_file
+    from .registry import by_suffix, formats, open_file
 
     layouts = [f.hf_layout for f in formats() if f.hf_layout]  # registry order: safetensors first
     for _single, _stem, index in layouts:
@@ -78,7 +78,7 @@ class ShardedSource(SourceBase):
     """Several checkpoint files seen as one: keys are the union, each read from its shard."""
 
     def __init__(self, path: Path, shards: Sequence[Path], weight_map: Mapping[str, str] | None = None):
-        from . import open_file
+        from .registry import open_file
 
         self.path = path
         self.shards = tuple(shards)
@@ -196,7 +196,7 @@ def assign_shards(outputs: Mapping[str, TensorInfo], max_bytes: int) -> list[lis
 
 
 def shard_names(fmt: str, count: int) -> list[str]:
-    from . import by_name
+    from .registry import by_name
 
     single, stem, _index = by_name(fmt).hf_layout
     if count == 1:
@@ -217,7 +217,7 @@ class ShardedSink(SinkBase):
     def __init__(self, path: Path, fmt: Format, outputs: Mapping[str, TensorInfo], max_shard_size: int | str,
                  metadata=None, copied_from: Mapping[str, int] | None = None):
         if fmt.hf_layout is None:
-            from . import formats
+            from .registry import formats
 
             shardable = ", ".join(f.name for f in formats() if f.hf_layout)
             raise UsageError(f"--max-shard-size writes {shardable} shards, not {fmt.name}")

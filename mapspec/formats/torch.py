@@ -14,12 +14,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..lazy import numpy as np
+from ..core.lazy import numpy as np
 
-from .. import dtypes
+from ..core import dtypes
 from ..errors import CheckpointError, UsageError
-from ..provenance import RECORD
-from ..tensorinfo import TensorInfo
+from .provenance import RECORD
+from ..core.tensorinfo import TensorInfo
 from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent, worth_placing
 from .reading import RegularFile, ZipMembers, brief
 from .registry import Format

@@ -17,9 +17,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..lazy import numpy as np
+from ..core.lazy import numpy as np
 
-from .. import dtypes
+from ..core import dtypes
+from ..core.dtypes import TORCH_DTYPES
 from ..errors import CheckpointError
 from .reading import MAX_EXPANDED_BYTES, RegularFile, ZipMembers, reading, shown
 from .unpickle import MAX_DEPTH, MAX_PICKLE, Device, Inert, StandIn, PickleTruncated, check_pickle, unpickle
@@ -40,12 +41,6 @@ UNSUPPORTED_STORAGES = {
     "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128", "ComplexHalfStorage": "complex32",
     "QInt8Storage": "quantized qint8", "QUInt8Storage": "quantized quint8", "QInt32Storage": "quantized qint32",
     "QUInt4x2Storage": "quantized quint4x2", "QUInt2x4Storage": "quantized quint2x4",
-}
-TORCH_DTYPES = {
-    "float64": "float64", "double": "float64", "float32": "float32", "float": "float32",
-    "float16": "float16", "half": "float16", "bfloat16": "bfloat16", "int64": "int64", "long": "int64",
-    "int32": "int32", "int": "int32", "int16": "int16", "short": "int16", "int8": "int8",
-    "uint8": "uint8", "bool": "bool", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
 }
 UNSUPPORTED_DTYPES = {
     "complex32", "complex64", "complex128", "chalf", "cfloat", "cdouble", "float8_e4m3fn", "float8_e5m2",

@@ -28,8 +28,8 @@ import zlib
 from collections import OrderedDict
 from typing import BinaryIO, Mapping
 
-from ..background import Job, Worker
-from ..tensorinfo import TensorInfo
+from ..core.background import Job, Worker
+from ..core.tensorinfo import TensorInfo
 from .base import padding
 
 ALIGN = 64

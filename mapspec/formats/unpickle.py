@@ -30,7 +30,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
-from ..lazy import numpy as np
+from ..core.lazy import numpy as np
 
 from ..errors import CheckpointError
 from .reading import clip, shown

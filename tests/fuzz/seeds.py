@@ -70,7 +70,7 @@ def write_seeds(folder: Path) -> dict[str, Path]:
                                if v.ndim and v.dtype != np.bool_})
         out["mxnet"] = path
     from mapspec.formats import open_sink
-    from mapspec.plan import TensorInfo
+    from mapspec.compile.plan import TensorInfo
 
     for fmt, name, keep in (("oneflow", "oneflow.oneflow", lambda v: True),
                             ("wts", "wts.wts", lambda v: v.dtype.kind == "f")):

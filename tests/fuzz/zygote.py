@@ -104,10 +104,10 @@ def _warm_up() -> None:
     CLI and every format adapter, and building the spec grammar's parsers."""
     import importlib
 
-    for module in ("mapspec.cli", "mapspec.inspect"):
+    for module in ("mapspec.cli", "mapspec.tools.inspect"):
         importlib.import_module(module)
     from mapspec.formats import formats
-    from mapspec.parser import parse_spec
+    from mapspec.lang.parser import parse_spec
 
     formats()  # imports every format module
     parse_spec(text="mapspec 1\ntable t {\n  a = b\n}\n{x:**}.{n:int}.{p in t} -> {x}.{n + 1}.{t[p]} then view(+(1,))\n")

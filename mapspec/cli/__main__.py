@@ -1,0 +1,5 @@
+"""`python -m mapspec.cli`: the console command."""
+
+from . import main
+
+main()

@@ -1,0 +1,383 @@
+"""Binding a spec's parameters before anything else is compiled.
+
+Each `param` takes its value from `-p NAME=VALUE`, else from the `--config` JSON key the spec
+names, else from its default; `let`s are derived from them in source order and `assert`s are
+checked. The bound values are then substituted into patterns, templates and action
+arguments, so the checks and the planner only ever see plain numbers and text; what each
+value was and where it came from is kept (`Binding`) for the plan and `explain`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import SpecError, SpecErrors, UsageError
+from ..lang.rules import (
+    Action,
+    Assertion,
+    BinOp,
+    Calc,
+    Capture,
+    Fanout,
+    KeepRule,
+    Let,
+    Lit,
+    Lookup,
+    Neg,
+    Num,
+    Param,
+    Pattern,
+    Ref,
+    RenameRule,
+    Spec,
+    Subst,
+    Template,
+    Text,
+    Tuple,
+    Word,
+    expr_names,
+    expr_text,
+)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One parameter's (or let's) value and where it came from."""
+
+    name: str
+    value: int | str
+    origin: str  # "-p", "config KEY", "default", "let"
+
+    def to_json(self) -> dict:
+        return {"value": self.value, "from": self.origin}
+
+
+Config = str | Path | Mapping[str, Any] | None
+
+
+def bind(spec: Spec, params: Mapping[str, Any] | None = None, config: Config = None
+         ) -> tuple[Spec, tuple[Binding, ...]]:
+    """The spec with every parameter substituted, and the values used. Every problem found
+    (unset parameters, bad values, failed assertions) is reported at once."""
+    bound, bindings, errors, _ = bind_all(spec, params, config)
+    raise_all(errors)
+    return bound, bindings
+
+
+def bind_all(spec: Spec, params: Mapping[str, Any] | None = None, config: Config = None
+             ) -> tuple[Spec, tuple[Binding, ...], list[SpecError], set[int]]:
+    """As `bind`, but the problems are returned, with the indexes of the rules that use a
+    parameter without a value (their own checks would only repeat that problem)."""
+    params = dict(params or {})
+    if not spec.definitions:
+        if params:
+            raise UsageError(f"-p {next(iter(params))}: this spec declares no parameters")
+        sub = _Substitute({}, set())
+        return sub.spec(spec), (), sub.errors, sub.tainted
+    cfg, cfg_name = _load_config(config)
+    errors: list[SpecError] = []
+    declared = {d.name: d for d in spec.definitions}
+    for name in params:
+        if name not in declared:
+            close = difflib.get_close_matches(name, list(declared), n=1)
+            hint = f"; did you mean {close[0]}?" if close else f" (parameters: {', '.join(declared)})"
+            errors.append(SpecError(f"-p {name}: the spec has no parameter '{name}'{hint}"))
+        elif isinstance(declared[name], Let):
+            errors.append(SpecError(f"-p {name}: '{name}' is derived (let), it cannot be set",
+                                    declared[name].span))
+    env: dict[str, Binding] = {}
+    failed: set[str] = set()  # what depends on these is not evaluated: one error per fault
+    for d in spec.definitions:
+        if d.name in env or d.name in failed:
+            errors.append(SpecError(f"'{d.name}' is defined twice", d.span))
+            continue
+        try:
+            if expr_names(d.expr if isinstance(d, Let) else d.default) & failed:
+                failed.add(d.name)
+                continue
+            env[d.name] = (_let(d, env, declared) if isinstance(d, Let)
+                           else _param(d, params, cfg, cfg_name, env, declared))
+        except SpecError as exc:
+            errors.append(exc)
+            failed.add(d.name)
+    for a in spec.assertions:
+        try:
+            if not (expr_names(a.left) | expr_names(a.right)) & failed:
+                _check_assertion(a, env, declared)
+        except SpecError as exc:
+            errors.append(exc)
+    sub = _Substitute({n: b.value for n, b in env.items()}, failed)
+    bound = sub.spec(spec)
+    return bound, tuple(env.values()), errors + sub.errors, sub.tainted
+
+
+def raise_all(errors: list[SpecError]) -> None:
+    """Raise nothing, the one error, or all of them together (sorted by position)."""
+    if errors:
+        combined = SpecErrors(errors)
+        raise combined.errors[0] if len(combined.errors) == 1 else combined
+
+
+def _load_config(config: Config) -> tuple[Mapping[str, Any] | None, str]:
+    if config is None:
+        return None, ""
+    if isinstance(config, Mapping):
+        return config, "config"
+    path = Path(config)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read --config {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--config {path} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path} holds a JSON {type(data).__name__}, not an object")
+    return data, path.name
+
+
+_MISSING = object()
+
+
+def _config_value(cfg: Mapping[str, Any], key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _param(d: Param, params: dict, cfg, cfg_name: str, env: dict[str, Binding], declared) -> Binding:
+    if d.name in params:
+        return Binding(d.name, _typed(d, params[d.name], f"-p {d.name}={params[d.name]}"), "-p")
+    if cfg is not None and d.config_key is not None:
+        raw = _config_value(cfg, d.config_key)
+        if raw is not _MISSING and raw is not None:
+            return Binding(d.name, _typed(d, raw, f"{cfg_name} key '{d.config_key}' = {json.dumps(raw)}"),
+                           f"config {d.config_key}")
+    if d.default is not None:
+        if isinstance(d.default, str):
+            value = d.default
+        else:
+            value = evaluate(d.default, env, declared)
+        return Binding(d.name, _typed(d, value, "its default"), "default")
+    ways = [f"-p {d.name}=VALUE"]
+    if d.config_key is not None:
+        ways.append(f"--config with key '{d.config_key}'" if cfg is None
+                    else f"a '{d.config_key}' key in {cfg_name}")
+    raise SpecError(f"parameter '{d.name}' has no value: give {' or '.join(ways)}", d.span)
+
+
+def _typed(d: Param, value: Any, what: str) -> int | str:
+    if d.type == "str":
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+        raise SpecError(f"{what}: '{d.name}' is a text parameter", d.span)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise SpecError(f"{what}: '{d.name}' is an integer parameter", d.span)
+
+
+def _let(d: Let, env: dict[str, Binding], declared) -> Binding:
+    return Binding(d.name, evaluate(d.expr, env, declared), "let")
+
+
+_COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
+            "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
+
+
+def _check_assertion(a: Assertion, env: dict[str, Binding], declared) -> None:
+    left, right = evaluate(a.left, env, declared), evaluate(a.right, env, declared)
+    if not _COMPARE[a.op](left, right):
+        shown = f"{expr_text(a.left)} {a.op} {expr_text(a.right)} is {left} {a.op} {right}"
+        raise SpecError(f"{a.message}: {shown}" if a.message else f"assertion failed: {shown}", a.span)
+
+
+def evaluate(expr, env: Mapping[str, Binding], declared: Mapping = {}) -> int:
+    """An integer expression over bound names."""
+    if isinstance(expr, Num):
+        return expr.value
+    if isinstance(expr, Ref):
+        b = env.get(expr.name)
+        if b is None:
+            if expr.name in declared:
+                raise SpecError(f"'{expr.name}' is used before its definition (line {declared[expr.name].span.line})",
+                                expr.span)
+            known = f" (parameters: {', '.join(env)})" if env else ""
+            raise SpecError(f"unknown name '{expr.name}'{known}", expr.span)
+        if not isinstance(b.value, int):
+            raise SpecError(f"arithmetic needs an integer; '{expr.name}' is text", expr.span)
+        return b.value
+    if isinstance(expr, Neg):
+        return -evaluate(expr.operand, env, declared)
+    if isinstance(expr, Lookup):
+        raise SpecError("a table lookup needs a capture; parameters are known when compiling", expr.span)
+    left, right = evaluate(expr.left, env, declared), evaluate(expr.right, env, declared)
+    if expr.op in ("//", "%") and right == 0:
+        raise SpecError(f"division by zero in {expr_text(expr)}", _first_span(expr))
+    return {"+": left + right, "-": left - right, "*": left * right}.get(expr.op) if expr.op in "+-*" else (
+        left // right if expr.op == "//" else left % right)
+
+
+def _first_span(expr):
+    if isinstance(expr, (Ref, Lookup)):
+        return expr.span
+    if isinstance(expr, BinOp):
+        return _first_span(expr.left) or _first_span(expr.right)
+    if isinstance(expr, Neg):
+        return _first_span(expr.operand)
+    return None
+
+
+class _Substitute:
+    """Puts bound values where a spec names them: `{name}` in a pattern becomes its text, a
+    name in a template or an action argument its value."""
+
+    def __init__(self, values: Mapping[str, int | str], failed: set[str]):
+        self.values = values
+        self.failed = failed
+        self.names = set(values) | failed  # what substitution looks for
+        self.env = {n: Binding(n, v, "") for n, v in values.items()}
+        self.errors: list[SpecError] = []
+        self.tainted: set[int] = set()
+        self._taint = False
+
+    def spec(self, spec: Spec) -> Spec:
+        rules = []
+        changed = False
+        for i, r in enumerate(spec.rules):
+            if self._untouched(r):  # most rules of most specs: not copied (45 us a rule)
+                rules.append(r)
+                continue
+            self._taint = False
+            rules.append(self._rule(r))
+            changed = True
+            if self._taint:
+                self.tainted.add(i)
+        return spec.model_copy(update={"rules": tuple(rules)}) if changed else spec
+
+    def _untouched(self, rule) -> bool:
+        """Whether substituting would leave `rule` as it is: no actions (a `Calc` is evaluated
+        even without parameters), no parameter named in its patterns or template, and no
+        adjacent literals in its template to join."""
+        if getattr(rule, "actions", ()) or getattr(rule, "reverse", None) is not None:
+            return False
+        names = self.names
+        rename = type(rule) is RenameRule  # (`type() is`: a failing isinstance on a node costs 4x)
+        if names:
+            for pat in rule.sources if rename else rule.patterns:
+                for p in pat.parts:
+                    if type(p) is Capture and p.name in names:
+                        return False
+        if not rename:
+            return True
+        lit = False
+        for p in rule.target.parts:
+            kind = type(p)
+            if kind is Lit:
+                if lit:
+                    return False
+                lit = True
+                continue
+            lit = False
+            if not names:
+                continue
+            if kind is Subst:
+                if not expr_names(p.expr).isdisjoint(names):
+                    return False
+            elif p.capture.name in names:  # a fan-out named like a parameter: an error to report
+                return False
+        return True
+
+    def _eval(self, expr):
+        if expr_names(expr) & self.failed:
+            self._taint = True
+            return 0
+        try:
+            return evaluate(expr, self.env)
+        except SpecError as exc:
+            self.errors.append(exc)
+            return 0
+
+    def _rule(self, rule):
+        if isinstance(rule, RenameRule):
+            rev = rule.reverse
+            if rev is not None and rev.target is not None:  # `reverse ->` uses parameters too
+                rev = rev.model_copy(update={"target": self._template(rev.target),
+                                             "actions": None if rev.actions is None else self._actions(rev.actions)})
+            return rule.model_copy(update={"sources": tuple(self._pattern(p) for p in rule.sources),
+                                           "target": self._template(rule.target),
+                                           "actions": self._actions(rule.actions), "reverse": rev})
+        update = {"patterns": tuple(self._pattern(p) for p in rule.patterns)}
+        if isinstance(rule, KeepRule):
+            update["actions"] = self._actions(rule.actions)
+        return rule.model_copy(update=update)
+
+    def _pattern(self, pat: Pattern) -> Pattern:
+        if not any(isinstance(p, Capture) and p.name in self.values for p in pat.parts):
+            return pat
+        parts: list = []
+        self._taint |= any(isinstance(p, Capture) and p.name in self.failed for p in pat.parts)
+        for p in pat.parts:
+            if isinstance(p, Capture) and p.name in self.values:
+                if p.type != "segment":
+                    self.errors.append(SpecError(f"capture {{{p.name}}} has the name of a parameter", p.span))
+                p = Lit(text=str(self.values[p.name]))
+            if isinstance(p, Lit) and parts and isinstance(parts[-1], Lit):
+                parts[-1] = Lit(text=parts[-1].text + p.text)
+            else:
+                parts.append(p)
+        return pat.model_copy(update={"parts": tuple(parts)})
+
+    def _template(self, tpl: Template) -> Template:
+        parts: list = []
+        for p in tpl.parts:
+            if isinstance(p, Subst) and isinstance(p.expr, Ref) and p.expr.name in self.values:
+                p = Lit(text=str(self.values[p.expr.name]))
+            elif isinstance(p, Subst):
+                p = p.model_copy(update={"expr": self._expr(p.expr)})
+            elif isinstance(p, Fanout) and p.capture.name in self.values:
+                self.errors.append(SpecError(f"capture {{{p.capture.name}}} has the name of a parameter",
+                                             p.capture.span))
+            if isinstance(p, Lit) and parts and isinstance(parts[-1], Lit):
+                parts[-1] = Lit(text=parts[-1].text + p.text)
+            else:
+                parts.append(p)
+        return tpl.model_copy(update={"parts": tuple(parts)})
+
+    def _expr(self, expr):
+        if isinstance(expr, Ref) and (expr.name in self.values or expr.name in self.failed):
+            return Num(value=self._eval(expr))
+        if isinstance(expr, BinOp):
+            return expr.model_copy(update={"left": self._expr(expr.left), "right": self._expr(expr.right)})
+        if isinstance(expr, Neg):
+            return expr.model_copy(update={"operand": self._expr(expr.operand)})
+        if isinstance(expr, Lookup):
+            return expr.model_copy(update={"key": self._expr(expr.key)})
+        return expr
+
+    def _actions(self, actions: tuple[Action, ...]) -> tuple[Action, ...]:
+        return tuple(a.model_copy(update={"args": tuple(self._value(v) for v in a.args),
+                                          "kwargs": tuple((k, self._value(v)) for k, v in a.kwargs)})
+                     for a in actions)
+
+    def _value(self, v):
+        if isinstance(v, Word) and v.name in self.failed:
+            self._taint = True
+        if isinstance(v, Word) and v.name in self.values:
+            value = self.values[v.name]
+            return value if isinstance(value, int) else Text(value=value)
+        if isinstance(v, Calc):
+            return self._eval(v.expr)
+        if isinstance(v, Tuple):
+            return v.model_copy(update={"items": tuple(self._value(i) for i in v.items)})
+        return v

@@ -1,0 +1,666 @@
+"""Compile a spec against a checkpoint's key list into a frozen `Plan`.
+
+Only names, shapes and dtypes are used: every source key is matched by exactly one rule,
+every output is produced once, and every output's shape and dtype is known before a single
+tensor is read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+
+from ..ops import actions as act
+from . import fit as fitting
+from ..ops.actions import PlannedAction
+from .checks import axes_of, check_bound, patterns_of
+from ..errors import ConversionError, PlanError, Span, SpecError
+from .fit import TargetReport
+from .matcher import Ambiguous, Entry, Matcher
+from ..core.nogc import without_gc
+from .params import Binding, Config, bind_all, raise_all
+from ..lang.rules import (BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst, expr_names,
+                    rule_text)
+from ..core.tensorinfo import TensorInfo  # re-exported: the plan speaks in TensorInfo
+
+# A step whose inputs are this large has them read by a worker thread while the step before
+# runs (executor.execute); below it, handing the read over costs more than it saves.
+READ_AHEAD_BYTES = 1 << 20
+
+
+class UnusedRule(NamedTuple):
+    """A rule that matched no key: where it is and what it says."""
+
+    rule: Span
+    text: str
+
+    def to_json(self) -> dict:
+        return {"rule": _where(self.rule), "text": self.text}
+
+
+class Step(NamedTuple):
+    """One output tensor: where it comes from and what happens on the way. (A NamedTuple:
+    immutable like the rest of the plan, and cheap to build 100,000 times.)"""
+
+    output: str
+    inputs: tuple[str, ...]
+    input_infos: tuple[TensorInfo, ...]
+    actions: tuple[PlannedAction, ...]
+    info: TensorInfo
+    rule: Span
+
+    def to_json(self) -> dict:
+        return {
+            "output": self.output,
+            "inputs": list(self.inputs),
+            "input_shapes": [list(i.shape) for i in self.input_infos],
+            "input_dtypes": [i.dtype for i in self.input_infos],
+            "actions": [a.to_json() for a in self.actions],
+            "shape": list(self.info.shape),
+            "dtype": self.info.dtype,
+            "rule": _where(self.rule),
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec_file: str
+    source_framework: str | None
+    target_framework: str | None
+    select: str | None
+    steps: tuple[Step, ...]
+    dropped: tuple[tuple[str, Span], ...]
+    unmatched: tuple[str, ...]
+    source_count: int
+    target_report: "TargetReport | None" = None
+    unused: tuple[UnusedRule, ...] = ()  # rules that matched no key
+    params: tuple[Binding, ...] = ()
+    fallback: Span | None = None  # the `otherwise` rule, if the spec has one
+    copied: tuple[str, ...] = ()  # outputs written by `copy` rules (a source read twice)
+
+    def source_used(self) -> int:
+        """How many source tensors went into the outputs."""
+        return len({k for s in self.steps for k in s.inputs})
+
+    def outputs(self) -> dict[str, TensorInfo]:
+        return {s.output: s.info for s in self.steps}
+
+    def peak_step(self) -> tuple[int, Step | None]:
+        """The most tensor memory one step holds, and that step: its inputs' pages while
+        read (released after their last use), plus, when actions run, the result and one
+        intermediate, plus the next step's inputs when they are READ_AHEAD_BYTES or more
+        (the executor reads them meanwhile). Steps without actions may be copied by the
+        kernel and hold nothing, so this is an upper bound; the process adds its
+        interpreter (about 100 MiB)."""
+        best, where = 0, None
+        inputs = [sum(i.nbytes for i in s.input_infos) for s in self.steps] + [0]
+        for j, s in enumerate(self.steps):
+            ahead = inputs[j + 1] if inputs[j + 1] >= READ_AHEAD_BYTES else 0
+            n = inputs[j] + (2 * s.info.nbytes if s.actions else 0) + ahead
+            if n > best:
+                best, where = n, s
+        return best, where
+
+    def to_json(self) -> dict:
+        return {
+            "format": "mapspec-plan/1",
+            "spec": Path(self.spec_file).name,
+            "from": self.source_framework,
+            "to": self.target_framework,
+            "select": self.select,
+            **({"params": {b.name: b.to_json() for b in self.params}} if self.params else {}),
+            **({"otherwise": _where(self.fallback)} if self.fallback else {}),
+            **({"copied": list(self.copied)} if self.copied else {}),
+            **({"unused_rules": [u.to_json() for u in self.unused]} if self.unused else {}),
+            "steps": [s.to_json() for s in self.steps],
+            "dropped": [{"key": k, "rule": _where(s)} for k, s in self.dropped],
+            "unmatched": list(self.unmatched),
+            "summary": {
+                "source_tensors": self.source_count,
+                "outputs": len(self.steps),
+                "dropped": len(self.dropped),
+                "unmatched": len(self.unmatched),
+            },
+        }
+
+
+def _where(span: Span) -> str:
+    return f"{Path(span.file).name}:{span.line}:{span.column}"
+
+
+# ------------------------------------------------------------------ compiling
+
+@dataclass
+class _Group:
+    """The source keys of one multi-tensor rule that render the same target (up to the
+    target's fan-out captures): planned together once every key has been seen."""
+
+    renderer: "_Renderer"
+    members: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (key, captures)
+
+
+@without_gc
+def compile_spec(
+    spec: Spec,
+    keys: Mapping[str, TensorInfo],
+    *,
+    params: Mapping[str, Any] | None = None,
+    config: Config = None,
+    target: Mapping[str, TensorInfo] | None = None,
+    strict: bool = True,
+    fit: str = "strict",
+    drop: tuple[str, ...] = (),
+    strict_rules: bool = False,
+) -> Plan:
+    """Plan the conversion of a checkpoint whose tensors are `keys` (name -> shape, dtype).
+
+    `params` (name -> value, as `-p` gives them) and `config` (a model configuration: a JSON
+    file or a mapping) give the spec's parameters their values. With a `target`, `fit` says
+    how the outputs must meet it: "strict" (same keys and shapes), "shape" (keep only outputs
+    whose name and shape the target has), or "drop" (leave out outputs matching the `drop`
+    globs; the rest must fit, and what the target then misses must match the globs too). A rule
+    that matches no key is listed in `Plan.unused`, or is an error with `strict_rules`."""
+    written = spec  # as the author wrote it (parameters by name): how its rules are quoted back
+    spec, bindings, errors, tainted = bind_all(spec, params, config)
+    check_bound(spec, errors, tainted)
+    tables = {t.name: t.mapping() for t in spec.tables}
+    table_keys = {n: tuple(m) for n, m in tables.items()}
+    ordinary, copies, fallback = [], [], []
+    for ri, rule in enumerate(spec.rules):
+        entries = [Entry(ri, ai, p) for ai, p in enumerate(patterns_of(rule))]
+        if getattr(rule, "is_copy", False):
+            copies.append((ri, Matcher(entries, table_keys)))
+        elif rule.otherwise:
+            fallback.extend(entries)
+        else:
+            ordinary.extend(entries)
+    matcher = Matcher(ordinary, table_keys)
+    otherwise = Matcher(fallback, table_keys).match if fallback else None
+    renderers = _Renderers(spec.rules, tables)
+
+    dropped: list[tuple[str, Span]] = []
+    unmatched: list[str] = []
+    produced: dict[Any, Step | _Group] = {}  # output (or group) -> its step; insertion order is plan order
+    used: set[int] = {ri for ri, _ in copies}  # a copy that matches nothing is an error of its own
+    failed: dict[int, PlanError] = {}  # a rule's first shape error; its other keys are not planned again
+    match = matcher.match
+    for key in keys:
+        try:
+            hit = match(key)
+        except Ambiguous as amb:
+            a = spec.rules[amb.first.rule]
+            raise PlanError(f"key '{key}' is matched by this rule and by the rule at "
+                            f"{_where(a.span)} ({amb.first.pattern.text}); make the patterns disjoint",
+                            amb.second.pattern.span) from None
+        if hit is None and otherwise is not None:
+            hit = otherwise(key)
+        if hit is None:
+            unmatched.append(key)
+            continue
+        entry, caps = hit
+        used.add(entry.rule)
+        if entry.rule in failed:
+            continue
+        renderer = renderers[entry.rule]
+        if renderer is None:
+            rule = spec.rules[entry.rule]
+            if isinstance(rule, DropRule):
+                dropped.append((key, rule.span))
+                continue
+            if key in produced:  # keep
+                raise _duplicate(key, produced[key], key, rule)
+            try:
+                produced[key] = _unary_step(key, key, keys[key], rule)
+            except PlanError as exc:  # reported with every other rule's problems below
+                failed[entry.rule] = exc
+            continue
+        if renderer.simple_step:
+            out = renderer.render(key, caps)
+            prev = produced.get(out)
+            if prev is not None:
+                raise _duplicate(out, prev, key, renderer.rule)
+            try:
+                produced[out] = renderer.step(out, key, keys[key])
+            except PlanError as exc:  # reported with every other rule's problems below
+                failed[entry.rule] = exc
+            continue
+        gid = (entry.rule, renderer.group_key(caps))
+        group = produced.get(gid)
+        if group is None:
+            group = produced[gid] = _Group(renderer)
+        group.members.append((key, caps))
+
+    if unmatched and strict:
+        missing = {k: i for k, i in target.items() if k not in produced} if target is not None else {}
+        raise _coverage_error(unmatched, spec, matcher, table_keys, keys, missing)
+
+    problems: list[SpecError] = list(failed.values())  # every rule's, group's and copy's, reported together
+    steps: dict[str, Step] = {}
+    for item in produced.values():
+        try:
+            new = [item] if isinstance(item, Step) else item.renderer.plan_group(item.members, keys)
+            for step in new:
+                if step.output in steps:
+                    raise _duplicate(step.output, steps[step.output], step.inputs[0], item.renderer.rule
+                                     if isinstance(item, _Group) else _rule_at(spec, step.rule))
+                steps[step.output] = step
+        except PlanError as exc:
+            problems.append(exc)
+    copied: list[str] = []
+    for ri, copy_matcher in copies:
+        try:
+            copied += _plan_copies(renderers[ri], copy_matcher, keys, set(unmatched), steps)
+        except PlanError as exc:
+            problems.append(exc)
+    raise_all(problems)
+    # A rule whose target a `copy ... if absent` wrote instead (lm_head in a tied model) is
+    # not unused: the spec says what stands in for it.
+    stand_ins = copy_stand_ins(spec, steps.values())
+    unused = tuple(UnusedRule(r.span, rule_text(written.rules[i])) for i, r in enumerate(spec.rules)
+                   if i not in used and not r.optional and (not stand_ins or r.span not in stand_ins))
+    if unused and strict_rules:
+        raise PlanError(f"this rule matches no key of the checkpoint ({len(keys)} keys; "
+                        "`mapspec inspect --keys` lists them)", unused[0].rule)
+
+    report = None
+    out_steps = list(steps.values())
+    if target is not None:
+        by_name = {st.output: st for st in out_steps}
+        roles = {r.span: "copy" if getattr(r, "is_copy", False) else "otherwise" for r in spec.rules
+                 if getattr(r, "is_copy", False) or r.otherwise}
+        kept, report = fitting.fit({st.output: st.info for st in out_steps}, target, fit, drop,
+                                   {st.output: st.rule for st in out_steps}, roles=roles)
+        out_steps = [by_name[k] for k in kept]
+    return Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(out_steps),
+                tuple(dropped), tuple(unmatched), len(keys), report, unused, bindings,
+                next((r.span for r in spec.rules if r.otherwise), None), tuple(copied))
+
+
+def copy_stand_ins(spec: Spec, steps: Iterable[Step]) -> dict[Span, Span]:
+    """Rules that produced nothing because the target they name was written by a
+    `copy ... if absent` instead: rule span -> the copy's span."""
+    copies = {r.span for r in spec.rules if isinstance(r, RenameRule) and r.is_copy and r.if_absent}
+    if not copies:  # most specs: no pass over the steps (a million of them hash a Span each)
+        return {}
+    steps = list(steps)
+    producing = {s.rule for s in steps}
+    written = [(s.rule, s.output) for s in steps if s.rule in copies]
+    out = {}
+    for rule in spec.rules:
+        if isinstance(rule, RenameRule) and not rule.is_copy and rule.span not in producing and written:
+            names = re.compile("".join(re.escape(p.text) if isinstance(p, Lit) else ".+" for p in rule.target.parts))
+            by = next((span for span, name in written if names.fullmatch(name)), None)
+            if by is not None:
+                out[rule.span] = by
+    return out
+
+
+def _rule_at(spec: Spec, span: Span):
+    return next(r for r in spec.rules if r.span == span)
+
+
+def _unary_step(out: str, key: str, info: TensorInfo, rule) -> Step:
+    """The step of a one-input, one-output rule: its actions, if any, in a row."""
+    if not rule.actions:
+        return Step(out, (key,), (info,), (), info, rule.span)
+    shape, dtype, planned = tuple(info.shape), info.dtype, []
+    for action in rule.actions:
+        d, p = act.lookup(action), act.normalize(action)
+        shape, dtype, resolved = d.infer(p, [shape], dtype, action)
+        planned.append(PlannedAction(action.name, resolved, (tuple(shape),), dtype))
+    return Step(out, (key,), (info,), tuple(planned), TensorInfo(tuple(shape), dtype), rule.span)
+
+
+def _plan_copies(renderer: "_Renderer", matcher: Matcher, keys: Mapping[str, TensorInfo],
+                 unmatched: set[str], steps: dict[str, Step]) -> list[str]:
+    """Add the steps of one copy rule; returns their outputs."""
+    rule = renderer.rule
+    outputs = []
+    hits = [(k, h) for k in keys if (h := matcher.match(k)) is not None]
+    if not hits:
+        raise PlanError(f"copy: no key of the checkpoint matches {rule.sources[0].text}", rule.sources[0].span)
+    for key, (entry, caps) in hits:
+        if key in unmatched:
+            raise PlanError(f"copy: '{key}' is not matched by any other rule; a copy is an extra output, "
+                            "the key still needs its own rule", rule.span)
+        out = renderer.render(key, caps)
+        if out in steps:
+            if rule.if_absent:
+                continue
+            raise _duplicate(out, steps[out], key, rule)
+        steps[out] = renderer.step(out, key, keys[key])
+        outputs.append(out)
+    return outputs
+
+
+def _duplicate(out: str, prev, key: str, rule) -> PlanError:
+    first = prev.inputs[0] if isinstance(prev, Step) else prev.members[0][0]
+    line = prev.rule.line if isinstance(prev, Step) else prev.renderer.rule.span.line
+    return PlanError(f"target '{out}' is produced twice: from '{first}' (rule at line {line}) "
+                     f"and from '{key}'", rule.span)
+
+
+def _coverage_error(unmatched: list[str], spec: Spec, matcher: Matcher, tables: dict[str, tuple[str, ...]],
+                    keys: Mapping[str, TensorInfo], missing: Mapping[str, TensorInfo]) -> ConversionError:
+    from .coverage import unmatched_lines
+
+    n = len(unmatched)
+    return ConversionError(f"{n} source key{'s are' if n != 1 else ' is'} not matched by any rule "
+                           "(add rules, drop them, or use --non-strict)",
+                           unmatched_lines(unmatched, spec, matcher, tables, keys, missing))
+
+
+class _Negative(ArithmeticError):
+    pass
+
+
+def _nonneg(value: int) -> str:
+    if value < 0:
+        raise _Negative(value)
+    return str(value)
+
+
+class _Tensor(NamedTuple):
+    """One tensor of a rule's data while it is planned: where it sits on the merge axes
+    still open, its shape and dtype."""
+
+    coords: dict[str, Any]
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def _dtype_of(tensors) -> str:
+    """The dtype recorded after an action: the tensors', or theirs one by one if they differ
+    (inputs of different dtypes, before a cast brings them together)."""
+    kinds = [t.dtype for t in tensors]
+    return kinds[0] if len(set(kinds)) == 1 else "/".join(kinds)
+
+
+class _Renderers(dict):
+    """rule index -> its `_Renderer` (None for drop and keep rules), made when the rule first
+    matches a key: a rule that matches nothing never renders, so costs nothing here."""
+
+    def __init__(self, rules, tables: dict[str, dict[str, str]]):
+        super().__init__()
+        self.rules, self.tables = rules, tables
+        self.code: dict[str, Any] = {}  # template code -> its compiled maker, shared by rules of one shape
+
+    def __missing__(self, i: int) -> "_Renderer | None":
+        rule = self.rules[i]
+        made = self[i] = _Renderer(rule, self.tables, self.code) if isinstance(rule, RenameRule) else None
+        return made
+
+
+class _Renderer:
+    """Everything about one rename rule the planner needs: its target as a small compiled
+    function per source alternative (so rendering a key costs one call; errors such as a
+    missing table entry or a negative index are diagnosed off the fast path by `_diagnose`),
+    and the planning of its multi-tensor groups."""
+
+    def __init__(self, rule: RenameRule, tables: dict[str, dict[str, str]], code: dict[str, Any] | None = None):
+        self.rule = rule
+        self.tables = tables
+        self.actions = [(a, act.lookup(a), act.normalize(a)) for a in rule.actions]
+        kinds = {d.kind for _, d, _ in self.actions}
+        self.fanouts: dict[str, Capture] = {p.capture.name: p.capture for p in rule.target.parts
+                                            if isinstance(p, Fanout)}
+        self.simple_step = not kinds - {"unary"} and not self.fanouts
+        if not self.simple_step:  # what only rules planned in groups (merges, splits) need
+            used = set()
+            for part in rule.target.parts:
+                if isinstance(part, Subst):
+                    used |= expr_names(part.expr)
+            self.axes: list[Capture] = axes_of(rule)
+            self._key_names = sorted(used - set(self.fanouts))
+        self._fn = self._compile({} if code is None else code)
+
+    # -------------------------------------------------------------- rendering
+    def _compile(self, cache: dict[str, Any]) -> Any:
+        """The target as one function of the captures. Its literal text is an argument of the
+        generated code, so rules differing only in literals (most rules of a spec) share one
+        compiled maker in `cache`."""
+        pieces, texts = [], []
+        for part in self.rule.target.parts:
+            if isinstance(part, Lit):
+                pieces.append(f"L{len(texts)}")
+                texts.append(part.text)
+            elif isinstance(part, Fanout):
+                pieces.append(f"F[{part.capture.name!r}]")
+            elif isinstance(part.expr, (BinOp, Neg)):
+                pieces.append(f"_nonneg({self._code(part.expr, True)})")
+            else:
+                pieces.append(self._code(part.expr, False))
+        src = " + ".join(pieces) if pieces else "''"
+        maker = cache.get(src)
+        if maker is None:  # our own generated code: names, quoted names and integers only
+            args = "".join(f"L{n}, " for n in range(len(texts)))
+            maker = cache[src] = eval(f"lambda {args}T, _nonneg: lambda c, F=None: {src}", {})  # noqa: S307
+        return maker(*texts, self.tables, _nonneg)
+
+    def _code(self, expr, arith: bool) -> str:
+        if isinstance(expr, Ref):
+            ref = f"F[{expr.name!r}]" if expr.name in self.fanouts else f"c[{expr.name!r}]"
+            return f"int({ref})" if arith else ref
+        if isinstance(expr, Num):
+            return repr(expr.value) if arith else repr(str(expr.value))
+        if isinstance(expr, Neg):
+            return f"(-{self._code(expr.operand, True)})"
+        if isinstance(expr, Lookup):
+            key = self._code(expr.key, isinstance(expr.key, (BinOp, Neg)))
+            if isinstance(expr.key, (BinOp, Neg)):
+                key = f"str({key})"
+            return f"T[{expr.table!r}][{key}]"
+        return f"({self._code(expr.left, True)} {expr.op} {self._code(expr.right, True)})"
+
+    def render(self, key: str, caps: dict[str, str], fan: dict[str, str] | None = None) -> str:
+        try:
+            return self._fn(caps, fan)
+        except (KeyError, ArithmeticError):
+            self._diagnose(key, {**caps, **(fan or {})})
+            raise  # pragma: no cover - _diagnose always raises
+
+    def step(self, out: str, key: str, info: TensorInfo) -> Step:
+        """The step of a one-input, one-output rule."""
+        if not self.actions:  # the common case, 100,000 times: no call further down
+            return Step(out, (key,), (info,), (), info, self.rule.span)
+        return _unary_step(out, key, info, self.rule)
+
+    def _diagnose(self, key: str, caps: dict[str, str]) -> None:
+        values: dict[str, Any] = dict(caps)
+        for part in self.rule.target.parts:
+            if isinstance(part, Subst):
+                value = self._eval(part.expr, values, key, part.span)
+                if isinstance(value, int) and value < 0:
+                    raise PlanError(f"template arithmetic gives {value} for key '{key}'", part.span)
+        raise PlanError(f"cannot render the target for key '{key}'", self.rule.target.span)
+
+    def _eval(self, expr, values, key, span):
+        if isinstance(expr, Ref):
+            return values.get(expr.name, "0")
+        if isinstance(expr, Num):
+            return expr.value
+        if isinstance(expr, Neg):
+            return -int(self._eval(expr.operand, values, key, span))
+        if isinstance(expr, Lookup):
+            k = str(self._eval(expr.key, values, key, span))
+            table = self.tables[expr.table]
+            if k not in table:
+                raise PlanError(f"table '{expr.table}' has no entry '{k}' (for key '{key}')", expr.span)
+            return table[k]
+        left = int(self._eval(expr.left, values, key, span))
+        right = int(self._eval(expr.right, values, key, span))
+        if expr.op in ("//", "%") and right == 0:
+            raise PlanError(f"division by zero in the template for key '{key}'", span)
+        if expr.op == "+":
+            return left + right
+        if expr.op == "-":
+            return left - right
+        if expr.op == "*":
+            return left * right
+        return left // right if expr.op == "//" else left % right
+
+    # -------------------------------------------------------------- multi-tensor groups
+    def group_key(self, caps: dict[str, str]) -> tuple:
+        """Keys of one group render the same target: the same values of the captures it uses."""
+        return tuple(caps.get(n) for n in self._key_names)
+
+    def _value(self, cap: Capture, text: str):
+        return int(text) if cap.type == "int" else text
+
+    def _rank(self, cap: Capture, value) -> Any:
+        """Where a value of a merge axis goes: alternatives and table keys in the order
+        written, integers numerically, other text in sorted order."""
+        if cap.type == "alt":
+            return cap.alternatives.index(value)
+        if cap.type == "table":
+            return list(self.tables[cap.table]).index(value)
+        return value
+
+    def plan_group(self, members: list[tuple[str, dict[str, str]]], keys: Mapping[str, TensorInfo]) -> list[Step]:
+        """Plan every output of one group: walk the actions over the grid of its tensors."""
+        axes = self.axes
+        coords = [{a.name: self._value(a, caps[a.name]) for a in axes} for _, caps in members]
+        order = sorted(range(len(members)), key=lambda i: tuple(self._rank(a, coords[i][a.name]) for a in axes))
+        inputs = tuple(members[i][0] for i in order)
+        infos = tuple(keys[k] for k in inputs)
+        base = members[0][1]
+        tensors = [_Tensor(coords[i], tuple(info.shape), info.dtype) for i, info in zip(order, infos)]
+        walk = _Walk(self, base, inputs, infos)
+        return list(walk.run(0, tensors, (), {}, {}))
+
+    def _preview(self, caps: dict[str, str], fan: dict[str, str] | None = None) -> str:
+        """The target as far as it is known (fan-out captures not yet chosen stay {name})."""
+        fan = dict(fan or {})
+        for name in self.fanouts:
+            fan.setdefault(name, "{" + name + "}")
+        try:
+            return self._fn(caps, fan)
+        except (KeyError, ArithmeticError, ValueError):
+            return self.rule.target.text
+
+
+class _Walk:
+    """The actions of one group's rule applied in order. A merge consumes a merge axis (after
+    checking it is complete), a split fixes a fan-out capture: the walk branches there, once
+    per piece, and each branch that reaches the end is one output step."""
+
+    def __init__(self, r: _Renderer, base: dict[str, str], inputs: tuple[str, ...], infos: tuple[TensorInfo, ...]):
+        self.r, self.base, self.inputs, self.infos = r, base, inputs, infos
+
+    def run(self, i: int, tensors: list[_Tensor], planned: tuple, fan: dict, consumed: dict) -> Iterator[Step]:
+        r = self.r
+        if i == len(r.actions):
+            if len(tensors) != 1:
+                left = [a.name for a in r.axes if a.name in tensors[0].coords]
+                raise PlanError(f"'{r._preview(self.base, fan)}' has {len(tensors)} inputs left after the last "
+                                f"action; merge them with concat() or stack() over "
+                                f"{', '.join('{' + n + '}' for n in left)}", r.rule.span)
+            out = r.render(self.inputs[0], self.base, fan)
+            info = TensorInfo(tensors[0].shape, tensors[0].dtype)
+            yield Step(out, self.inputs, self.infos, planned, info, r.rule.span)
+            return
+        action, d, p = r.actions[i]
+        if d.kind == "unary":
+            results = [d.infer(p, [t.shape], t.dtype, action) for t in tensors]
+            new = [_Tensor(t.coords, shape, dtype) for t, (shape, dtype, _) in zip(tensors, results)]
+            pa = act.mapped(action.name, [res[2] for res in results], [t.shape for t in new], _dtype_of(new))
+            yield from self.run(i + 1, new, planned + (pa,), fan, consumed)
+        elif d.kind == "merge":
+            axis = self._axis(action, p, tensors)
+            groups = self._complete(axis, tensors, fan, consumed, action)
+            merged, resolved = [], None
+            for g in groups:
+                kinds = {tensors[j].dtype for j in g}
+                if len(kinds) > 1:
+                    raise PlanError(f"{action.name}() over {{{axis.name}}} gets tensors of different dtypes "
+                                    f"({', '.join(sorted(kinds))}); cast() them to one dtype first, in this rule",
+                                    action.span)
+                shape, dtype, res = d.infer(p, [tensors[j].shape for j in g], tensors[g[0]].dtype, action)
+                resolved = resolved or res
+                coords = {k: v for k, v in tensors[g[0]].coords.items() if k != axis.name}
+                merged.append(_Tensor(coords, shape, dtype))
+            values = consumed | {axis.name: self._required(axis, tensors)}
+            pa = PlannedAction(action.name, {**resolved, "over": axis.name}, tuple(t.shape for t in merged),
+                               _dtype_of(merged), groups=None if len(groups) == 1 else tuple(tuple(g) for g in groups))
+            yield from self.run(i + 1, merged, planned + (pa,), fan, values)
+        else:
+            name = p["into"] or next(n for n in r.fanouts if n not in fan)
+            cap = r.fanouts[name]
+            fans = [d.fan(p, t.shape, action)[1] for t in tensors]
+            n = len(fans[0])
+            if any(len(f) != n for f in fans):
+                raise PlanError(f"{action.name}() gives {', '.join(str(len(f)) for f in fans)} pieces for the "
+                                "tensors here; they must agree", action.span)
+            if cap.type == "alt" and n != len(cap.alternatives):
+                raise PlanError(f"{action.name}() makes {n} outputs here but {{{name}}} names "
+                                f"{len(cap.alternatives)} ({', '.join(cap.alternatives)})", action.span)
+            values = cap.alternatives if cap.type == "alt" else [str(k) for k in range(n)]
+            for k, value in enumerate(values):
+                pieces = [f[k] for f in fans]
+                new = [_Tensor(t.coords, pc[0], t.dtype) for t, pc in zip(tensors, pieces)]
+                pa = act.mapped(action.name, [pc[1] for pc in pieces], [t.shape for t in new], _dtype_of(new))
+                yield from self.run(i + 1, new, planned + (pa,), {**fan, name: value}, consumed)
+
+    def _axis(self, action, p, tensors: list[_Tensor]) -> Capture:
+        """The axis a merge consumes (the checks made sure it is open, and the only one
+        open when over= is not given)."""
+        name = p["over"] if p["over"] is not None else next(iter(tensors[0].coords))
+        return next(a for a in self.r.axes if a.name == name)
+
+    def _required(self, axis: Capture, tensors: list[_Tensor]) -> list:
+        if axis.type == "alt":
+            return list(axis.alternatives)
+        if axis.type == "table":
+            return list(self.r.tables[axis.table])
+        present = {t.coords[axis.name] for t in tensors}
+        if axis.type == "int":
+            return list(range(max(present) + 1))
+        return sorted(present)
+
+    def _complete(self, axis: Capture, tensors: list[_Tensor], fan: dict, consumed: dict, action) -> list[list[int]]:
+        """The tensors to merge, group by group in axis order. The whole grid of the axes
+        still open must be there: every value of each (every alternative, every table key,
+        every integer up to the largest seen) with every value of the others."""
+        r = self.r
+        open_ = [a for a in r.axes if a.name in tensors[0].coords]
+        others = [a for a in open_ if a.name != axis.name]
+        required = {a.name: self._required(a, tensors) for a in open_}
+        where = {tuple(t.coords[a.name] for a in open_): j for j, t in enumerate(tensors)}
+        groups, missing = [], []
+        for row in itertools.product(*(required[a.name] for a in others)):
+            cell = dict(zip((a.name for a in others), row))
+            group = []
+            for v in required[axis.name]:
+                cell[axis.name] = v
+                j = where.get(tuple(cell[a.name] for a in open_))
+                if j is None:
+                    rank = tuple(r._rank(a, cell[a.name]) for a in open_)
+                    missing.extend((rank, k) for k in self._keys(cell, consumed))
+                else:
+                    group.append(j)
+            groups.append(group)
+        if missing:
+            keys = [k for _, k in sorted(missing)]
+            values = required[axis.name]
+            desc = f"0..{len(values) - 1}" if axis.type == "int" else ", ".join(map(str, values))
+            shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+            verb = "is" if len(keys) == 1 else "are"
+            found = f" (found {', '.join(self.inputs)})" if len(self.inputs) <= 6 else ""
+            raise PlanError(f"'{r._preview(self.base, fan)}' merges {{{axis.name}}} = {desc} with "
+                            f"{action.name}(), but {shown} {verb} missing{found}", r.rule.span)
+        return groups
+
+    def _keys(self, coords: dict, consumed: dict) -> list[str]:
+        """The source keys a missing tensor would have come from."""
+        names = list(consumed)
+        pattern = self.r.rule.sources[0]
+        out = []
+        for combo in itertools.product(*(consumed[n] for n in names)):
+            values = {**self.base, **coords, **dict(zip(names, combo))}
+            out.append("".join(p.text if isinstance(p, Lit) else
+                               str(values.get(p.name, "{" + str(p.name) + "}")) if p.name else
+                               ("*" if p.type == "segment" else "**") for p in pattern.parts))
+        return out

@@ -1,0 +1,1 @@
+"""The spec language: grammar, key scanner, parser, rule objects and spec text."""

@@ -1,0 +1,343 @@
+"""The rule graph: pydantic models built from the parse tree.
+
+Every node keeps the span it was written at, so any later check (in `checks`, in the
+planner, at execution) can point at the exact `file:line:col`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import Span
+
+
+class Node(BaseModel):
+    # defer_build: a model's validator is built on its first instantiation, with the forward
+    # references ("Expr", "Value") resolved from this module then; building all of them at
+    # import (and nodes before the leaves they hold, so nothing was reused) cost 20-60 ms of
+    # every run. Leaves come first in a parse, so a container reuses their built schemas.
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, defer_build=True)
+
+
+# ------------------------------------------------------------------ key patterns
+
+class Lit(Node):
+    kind: Literal["lit"] = "lit"
+    text: str
+
+
+class Capture(Node):
+    """`{name}` one segment, `{name:int}`, `{name:a|b}`, `{name in table}`, `{name:*}`,
+    `{name:**}`; `*` and `**` are captures without a name."""
+
+    kind: Literal["capture"] = "capture"
+    name: str | None
+    type: Literal["segment", "int", "alt", "table", "multi"]
+    alternatives: tuple[str, ...] = ()
+    table: str | None = None
+    span: Span
+
+
+PatternPart = Annotated[Union[Lit, Capture], Field(discriminator="kind")]
+
+
+class Pattern(Node):
+    parts: tuple[PatternPart, ...]
+    text: str
+    span: Span
+
+    def captures(self) -> dict[str, Capture]:
+        return {p.name: p for p in self.parts if type(p) is Capture and p.name}  # (a failing isinstance costs 4x)
+
+
+# ------------------------------------------------------------------ templates
+
+class Ref(Node):
+    kind: Literal["ref"] = "ref"
+    name: str
+    span: Span
+
+
+class Num(Node):
+    kind: Literal["num"] = "num"
+    value: int
+
+
+class BinOp(Node):
+    kind: Literal["binop"] = "binop"
+    op: Literal["+", "-", "*", "//", "%"]
+    left: "Expr"
+    right: "Expr"
+
+
+class Lookup(Node):
+    kind: Literal["lookup"] = "lookup"
+    table: str
+    key: "Expr"
+    span: Span
+
+
+class Neg(Node):
+    kind: Literal["neg"] = "neg"
+    operand: "Expr"
+
+
+Expr = Annotated[Union[Ref, Num, BinOp, Lookup, Neg], Field(discriminator="kind")]
+
+
+def expr_names(expr) -> set[str]:
+    """The names (captures, parameters) an expression uses."""
+    if isinstance(expr, Ref):
+        return {expr.name}
+    if isinstance(expr, BinOp):
+        return expr_names(expr.left) | expr_names(expr.right)
+    if isinstance(expr, Neg):
+        return expr_names(expr.operand)
+    if isinstance(expr, Lookup):
+        return expr_names(expr.key)
+    return set()
+
+
+class Subst(Node):
+    kind: Literal["subst"] = "subst"
+    expr: Expr
+    span: Span
+
+
+class Fanout(Node):
+    """A capture declared in a template: one output per value (split/chunk targets)."""
+
+    kind: Literal["fanout"] = "fanout"
+    capture: Capture
+
+
+TemplatePart = Annotated[Union[Lit, Subst, Fanout], Field(discriminator="kind")]
+
+
+class Template(Node):
+    parts: tuple[TemplatePart, ...]
+    text: str
+    span: Span
+
+
+# ------------------------------------------------------------------ actions
+
+class Word(Node):
+    """A bare name argument: a parameter until parameters are bound, else a word such as a
+    dtype or a capture named by over=/into=."""
+
+    kind: Literal["word"] = "word"
+    name: str
+    span: Span | None = None
+
+
+class Calc(Node):
+    """An arithmetic argument such as `head_dim // 2`, evaluated when parameters are bound."""
+
+    kind: Literal["calc"] = "calc"
+    expr: Expr
+    span: Span
+
+
+class Text(Node):
+    kind: Literal["text"] = "text"
+    value: str
+
+
+class Tuple(Node):
+    kind: Literal["tuple"] = "tuple"
+    items: tuple["Value", ...]
+    append: bool = False
+
+
+Value = Annotated[Union[int, Word, Text, Tuple, Calc], Field(union_mode="left_to_right")]
+
+
+class Action(Node):
+    name: str
+    args: tuple[Value, ...] = ()
+    kwargs: tuple[tuple[str, Value], ...] = ()
+    span: Span
+
+
+# ------------------------------------------------------------------ statements
+
+class Reverse(Node):
+    """`reverse -> KEY [then ...]`: how a rule inverts, where the derived inverse is not wanted."""
+
+    target: Template | None  # None: `reverse none`, the rule has no part in the inverse
+    actions: tuple[Action, ...] | None = None  # None: the derived inverse actions
+    span: Span
+
+
+class RenameRule(Node):
+    """`SOURCE -> TARGET then ...`; also a `copy` (one more output of a key some other rule
+    matches, `if_absent`: only when no other rule produces that target) and the catch-all
+    `otherwise` (matches only keys no other rule matched)."""
+
+    kind: Literal["rename"] = "rename"
+    sources: tuple[Pattern, ...]
+    target: Template
+    actions: tuple[Action, ...] = ()
+    reverse: Reverse | None = None
+    span: Span
+    is_copy: bool = False
+    if_absent: bool = False
+    otherwise: bool = False
+    optional: bool = False  # may match nothing (a spec covering several layouts)
+
+
+class DropRule(Node):
+    kind: Literal["drop"] = "drop"
+    patterns: tuple[Pattern, ...]
+    span: Span
+    otherwise: bool = False
+    reverse_none: bool = False  # `reverse none`: the inverse may leave these keys out, reported
+    optional: bool = False
+
+
+class KeepRule(Node):
+    """Pass keys through under their own name, through unary actions if any."""
+
+    kind: Literal["keep"] = "keep"
+    patterns: tuple[Pattern, ...]
+    actions: tuple[Action, ...] = ()
+    span: Span
+    otherwise: bool = False
+    optional: bool = False
+
+
+Rule = Annotated[Union[RenameRule, DropRule, KeepRule], Field(discriminator="kind")]
+
+
+class TableEntry(Node):
+    key: str
+    value: str
+    span: Span
+
+
+class Table(Node):
+    name: str
+    entries: tuple[TableEntry, ...]
+    span: Span
+
+    def mapping(self) -> dict[str, str]:
+        return {e.key: e.value for e in self.entries}
+
+
+class Param(Node):
+    """`param NAME [: int|str] [from "CONFIG.KEY"] [= DEFAULT]`: a value given when compiling."""
+
+    kind: Literal["param"] = "param"
+    name: str
+    type: Literal["int", "str"] = "int"
+    config_key: str | None = None
+    default: Expr | str | None = None
+    span: Span
+
+
+class Let(Node):
+    """`let NAME = EXPR`: a value derived from parameters (never set from outside)."""
+
+    kind: Literal["let"] = "let"
+    name: str
+    expr: Expr
+    span: Span
+
+
+class Assertion(Node):
+    """`assert EXPR OP EXPR [, "message"]`, checked once parameters are bound."""
+
+    left: Expr
+    op: Literal["==", "!=", "<", "<=", ">", ">="]
+    right: Expr
+    message: str | None = None
+    span: Span
+
+
+Definition = Annotated[Union[Param, Let], Field(discriminator="kind")]
+
+
+class Header(Node):
+    version: int = 1
+    source: str | None = None
+    target: str | None = None
+    select: str | None = None
+    span: Span | None = None
+
+
+class Spec(Node):
+    """A parsed, include-resolved spec: tables and rules in source order."""
+
+    file: str
+    header: Header
+    tables: tuple[Table, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    includes: tuple[str, ...] = ()
+    definitions: tuple[Definition, ...] = ()  # params and lets, in source order
+    assertions: tuple[Assertion, ...] = ()
+
+    def table_map(self) -> dict[str, Table]:
+        return {t.name: t for t in self.tables}
+
+
+
+
+# ------------------------------------------------------------------ rules as spec text
+
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "//": 2, "%": 2}
+
+
+def expr_text(expr, parent: int = 0, right: bool = False, sep: str = " ") -> str:
+    """An expression as written (`n_heads * head_dim`, `head_dim // 2`), parenthesised only
+    where precedence needs it; `sep=""` gives the compact form templates use (`{n//2}`)."""
+    if isinstance(expr, Ref):
+        return expr.name
+    if isinstance(expr, Num):
+        return str(expr.value)
+    if isinstance(expr, Neg):
+        return "-" + expr_text(expr.operand, 3, sep=sep)
+    if isinstance(expr, Lookup):
+        return f"{expr.table}[{expr_text(expr.key, sep=sep)}]"
+    level = _PRECEDENCE[expr.op]
+    text = f"{expr_text(expr.left, level, sep=sep)}{sep}{expr.op}{sep}{expr_text(expr.right, level, True, sep)}"
+    return f"({text})" if level < parent or (right and level == parent) else text
+
+
+def value_text(v) -> str:
+    """An action argument as written."""
+    if isinstance(v, Word):
+        return v.name
+    if isinstance(v, Calc):
+        return expr_text(v.expr)
+    if isinstance(v, Text):
+        return json.dumps(v.value)
+    if isinstance(v, Tuple):
+        inner = ", ".join(value_text(x) for x in v.items)
+        return ("+" if v.append else "") + f"({inner}{',' if len(v.items) == 1 and not v.append else ''})"
+    return str(v)
+
+
+def action_text(a: Action) -> str:
+    args = [value_text(v) for v in a.args] + [f"{k}={value_text(v)}" for k, v in a.kwargs]
+    return f"{a.name}({', '.join(args)})"
+
+
+def rule_text(rule) -> str:
+    """A rule as one line of spec text (its `reverse` clause left out: it does not change
+    what the rule does forward)."""
+    lead = "optional " if getattr(rule, "optional", False) else ""
+    lead += "otherwise " if getattr(rule, "otherwise", False) else ""
+    actions = getattr(rule, "actions", ())
+    then = "".join(f" then {action_text(a)}" for a in actions) if actions else ""
+    if isinstance(rule, RenameRule):
+        lead += "copy " if rule.is_copy else ""
+        tail = " if absent" if rule.if_absent else ""
+        return lead + " | ".join(p.text for p in rule.sources) + " -> " + rule.target.text + tail + then
+    word = "drop" if isinstance(rule, DropRule) else "keep"
+    if getattr(rule, "otherwise", False):  # `otherwise keep` / `otherwise drop` take every key left
+        return f"{lead}{word}{then}"
+    return f"{word} " + " | ".join(p.text for p in rule.patterns) + then

@@ -1,0 +1,1 @@
+"""Actions: what each does to a tensor (normalisation, inference, execution, inverse)."""

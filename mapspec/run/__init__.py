@@ -1,0 +1,1 @@
+"""Running a plan: the streaming executor and the in-memory engine."""

@@ -1,0 +1,152 @@
+"""Run a plan: read one tensor at a time from a source, apply the step's actions, hand the
+result to a sink; on any failure the sink removes what it wrote. The facade that compiles a
+spec and opens the sink around this is `mapspec.api`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..core.lazy import numpy as np
+
+from ..ops import actions as act
+from ..core.background import Job, Worker
+from ..errors import MapspecError, OutputError
+from ..formats import open_source
+from ..formats.base import Extent
+from ..compile.plan import READ_AHEAD_BYTES, Plan, Step
+from ..lang.rules import Spec
+
+read_worker = Worker("mapspec-read-ahead")
+
+
+def disk_size(path: Path) -> int:
+    """Bytes a written output takes on disk (a directory output: all its files)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def run_step(step: Step, arrays: list[np.ndarray]) -> np.ndarray:
+    """One step's actions on its input arrays (bf16 as bits); the planned output array."""
+    (out,) = act.run_all(step.actions, arrays)
+    if tuple(out.shape) != step.info.shape:  # pragma: no cover - the planner guarantees this
+        raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
+    return out
+
+
+def source_extent(step: Step, source) -> Extent | None:
+    """Where `step`'s one input lies in the source file, if the step passes it through
+    unchanged: such a step is offered to the sink as a file-to-file copy."""
+    return source.extent(step.inputs[0]) if not step.actions and len(step.inputs) == 1 else None
+
+
+def copied_from(plan: Plan, source) -> dict[str, int]:
+    """output -> source byte offset, for the steps `execute` offers the sink as file-to-file
+    copies (the sink may place them where the kernel copies fastest)."""
+    return {step.output: e.offset for step in plan.steps if (e := source_extent(step, source)) is not None}
+
+
+def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = None) -> int:
+    """Write every step of `plan` to `sink`; returns the tensor bytes written. `progress`
+    hears the running byte count after each tensor.
+
+    A tensor passing through unchanged is copied file-to-file by the kernel; the others pass
+    through numpy. While step i runs, step i + 1's inputs are brought in: a range to be
+    copied is announced to the kernel (WILLNEED: its disk reads start now), arrays are read
+    by a worker thread (preadv: disk waits and page copies on the second core). So at most
+    one extra step's inputs are held (`Plan.peak_step` counts them). Every read of the
+    source happens on that one thread or, with none in flight, on this one: sources need
+    not be thread-safe."""
+    total = 0
+    steps = plan.steps
+    # Steps that split one input read it several times: release it after its last use.
+    last_use = {k: i for i, step in enumerate(steps) for k in step.inputs}
+    copies = True  # until the sink declines a copy, it takes every one offered
+
+    def copyable(step: Step) -> Extent | None:
+        return source_extent(step, source) if copies else None
+
+    def upcoming(j: int) -> tuple[Extent | None, Job | None]:
+        """Step j's extent if it is to be copied, or the job reading its arrays, if started."""
+        if j == len(steps):
+            return None, None
+        extent = copyable(steps[j])
+        if extent is not None:
+            extent.file.willneed(extent.offset, extent.nbytes)
+            return extent, None
+        if sum(i.nbytes for i in steps[j].input_infos) < READ_AHEAD_BYTES:
+            return None, None
+        keys = steps[j].inputs
+        return None, read_worker.submit(Job(lambda job: [source.read(k) for k in keys]))
+
+    extent, ahead = (copyable(steps[0]) if steps else None), None
+    try:
+        for i, step in enumerate(steps):
+            if extent is not None and sink.write_region(step.output, extent):
+                extent, ahead = upcoming(i + 1)
+            else:
+                if extent is not None:  # the sink declined the copy: it will decline every one
+                    copies = False
+                arrays = ahead.result() if ahead is not None else [source.read(k) for k in step.inputs]
+                extent, ahead = upcoming(i + 1)
+                out = run_step(step, arrays)
+                del arrays
+                sink.write(step.output, out)
+                del out
+                for k in step.inputs:
+                    if last_use[k] == i:
+                        source.release(k)
+            total += step.info.nbytes
+            if progress:
+                progress(total)
+    finally:
+        if ahead is not None:  # failed: the read in flight ends before the source is closed
+            read_worker.cancel([ahead])
+    return total
+
+
+def check_space(output: Path, needed: int) -> None:
+    """Refuse up front when the output's tensor bytes cannot fit: not on the file system
+    holding it, nor under the process's file size limit. Format-independent, so no writer
+    (torch's included) ever meets a full disk half-way through."""
+    import shutil
+
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:  # the sink creates missing folders
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # the sink reports the folder's problem itself
+    if needed > free:
+        raise OutputError(f"{output}: not enough free space: the output needs at least {needed:,} bytes, "
+                          f"{free:,} are free")
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and needed > soft:
+        raise OutputError(f"{output}: the output needs at least {needed:,} bytes, over this process's "
+                          f"file size limit of {soft:,} bytes")
+
+
+class named_output_errors:
+    """An OSError from writing says no file (`error: : No space left on device`): name the output."""
+
+    def __init__(self, output: Path):
+        self.output = output
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if isinstance(exc, OSError) and not isinstance(exc, MapspecError) and (
+                not exc.filename or Path(str(exc.filename)).name.endswith(".part")):
+            raise OutputError(f"{self.output}: cannot write: {exc.strerror or exc}") from None
+
+
+def open_for(spec: Spec | None, checkpoint: str | Path, select: str | None, epoch: int | None):
+    """The checkpoint's source, seen through --select or else the spec's own `select`."""
+    return open_source(checkpoint, select=select or (spec.header.select if spec else None), epoch=epoch)

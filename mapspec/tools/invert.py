@@ -1,0 +1,735 @@
+"""Derive the inverse of a spec: ordinary spec text with `from`/`to` swapped, proven rule by rule.
+
+Each rename rule `P -> T then A1 ... An` becomes `T' -> P' then An^-1 ... A1^-1`:
+
+- the target template becomes the inverse's pattern: `{c}` becomes a capture of the type `c`
+  had in the source, `{t[c]}` a capture over the inverted table `t_r` (only where `t` is
+  one-to-one over the values `c` takes), `{c+k}`/`{c-k}` an integer capture written back as
+  `{c-k}`/`{c+k}`; other arithmetic is refused;
+- the source pattern becomes the inverse's template; a capture that does not reach the target
+  is refused (the inverse could not tell its value) unless it is the axis of a merge, which
+  becomes the fan-out of the inverse split; fallback alternatives `P1 | P2` are refused unless
+  the forward checkpoint used only one of them;
+- every action is replaced by its inverse, in reverse order. Some inverses depend on what the
+  spec alone does not say (the shape a `view` started from, the dtype a `cast` came from, where
+  a `concat` joined): they are read from the plan against the forward checkpoint when one is
+  given, and must be the same for every tensor of the rule.
+
+A `drop`, a lossy cast, a non-injective table, an unnamed wildcard, and two rules whose
+inverses would read the same keys are compile errors at the forward rule, all reported at
+once. `reverse -> KEY [then ...]` under a rule states its inverse where the derivation is wrong
+or undecided: KEY is written back (its captures are the forward source's), and its actions, if
+given, replace the derived ones. The result is parsed like any spec, and its plan checks
+coverage and ambiguity like any plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from ..core.lazy import numpy as np
+
+from ..ops import actions as act
+from ..errors import SpecError, SpecErrors, Span, UsageError
+from ..lang.formatter import format_text
+from ..lang.parser import parse_spec
+from ..compile.plan import Plan, Step, TensorInfo, compile_spec
+from ..compile.params import Config, bind
+from ..lang.rules import (BinOp, Capture, DropRule, Fanout, KeepRule, Lit, Lookup, Num, Pattern, Ref, RenameRule, Spec,
+                    Subst, Template, action_text, expr_text)
+
+# Casts that lose nothing: every value of the first dtype is a value of the second.
+LOSSLESS = {
+    ("float16", "float32"), ("float16", "float64"), ("bfloat16", "float32"), ("bfloat16", "float64"),
+    ("float32", "float64"), ("int8", "int16"), ("int8", "int32"), ("int8", "int64"), ("int16", "int32"),
+    ("int16", "int64"), ("int32", "int64"), ("uint8", "int16"), ("uint8", "int32"), ("uint8", "int64"),
+    ("uint8", "uint16"), ("uint8", "uint32"), ("uint8", "uint64"), ("uint16", "uint32"),
+    ("uint16", "uint64"), ("uint32", "uint64"), ("uint16", "int32"), ("uint16", "int64"),
+    ("uint32", "int64"), ("bool", "uint8"), ("bool", "int8"), ("bool", "int16"), ("bool", "int32"),
+    ("bool", "int64"), ("int8", "float32"), ("uint8", "float32"), ("int16", "float32"), ("int8", "float16"),
+    ("uint8", "float16"), ("int32", "float64"),
+}
+
+
+class NotInvertible(SpecErrors):
+    """One or more rules have no inverse; each problem at its own rule, in file order."""
+
+
+@dataclass(frozen=True)
+class Inversion:
+    text: str  # the inverse spec, formatted
+    spec: Spec  # parsed from `text`
+    origins: Mapping[Span, Span]  # each inverse rule's span -> its forward rule's span
+    losses: tuple[str, ...] = ()  # what --lossy let through
+    params: Mapping[str, int | str] = field(default_factory=dict)  # the forward spec's bound values
+
+    def forward_rule(self, span: Span) -> Span:
+        """The forward rule an inverse rule (or any span inside it) was derived from."""
+        if span in self.origins:
+            return self.origins[span]
+        for inv, fwd in self.origins.items():
+            if inv.file == span.file and inv.line <= span.line <= inv.end_line:
+                return fwd
+        return span
+
+    def compile(self, keys: Mapping[str, TensorInfo], **options) -> Plan:
+        """The inverse's plan for the checkpoint being converted back; an error in it is
+        reported at the forward rule it came from."""
+        try:
+            return compile_spec(self.spec, keys, **options)
+        except SpecError as exc:
+            if exc.span is None or exc.span.file != self.spec.file:
+                raise
+            fwd = self.forward_rule(exc.span)
+            raise type(exc)(f"in the inverse ({exc.message}; inverse rule: "
+                            f"{_line(self.text, exc.span.line)})", fwd) from None
+
+
+@dataclass
+class _Shapes:
+    """What the forward plan says about one rule: per action, its inputs' shapes and dtype."""
+
+    inputs: list[set] = field(default_factory=list)  # per action: {(shapes tuple, dtype)}
+    planned: list[list] = field(default_factory=list)  # per action: [(PlannedAction, shapes, dtype)]
+    alternatives: set = field(default_factory=set)  # source pattern indexes the checkpoint used
+
+
+def invert_spec(spec: Spec | str | Path, forward: Mapping[str, TensorInfo] | Plan | None = None, *,
+                params: Mapping[str, object] | None = None, config: Config = None,
+                lossy: bool = False, prefer: Mapping[int | None, int] | None = None) -> Inversion:
+    """The inverse of `spec`. `forward` (the forward checkpoint's tensors, or its plan) supplies
+    what the spec alone does not say; without it, rules that need it are refused. Parameters
+    are bound first (`params`, `config`, as for apply): the inverse states their values.
+    `prefer` chooses which fallback alternative (`A | B -> T`) the inverse writes back, counted
+    from 1: {line: n} for the rule starting on that line of the spec, {None: n} for every other
+    such rule (see `parse_prefer`). It overrides what the forward checkpoint used; a rule's own
+    `reverse` clause overrides it."""
+    if not isinstance(spec, Spec):
+        spec = parse_spec(spec)
+    if forward is not None and not isinstance(forward, Plan):
+        forward = compile_spec(spec, forward, params=params, config=config)
+    bound, bindings = bind(spec, params, config) if forward is None else bind(
+        spec, {b.name: b.value for b in forward.params if b.origin != "let"})
+    return _Inverter(bound, forward, lossy, bindings, dict(prefer or {})).run()
+
+
+def parse_prefer(values: list[str]) -> dict[int | None, int]:
+    """`--prefer-alternative` values: `N` (every fallback rule) or `LINE:N` (the rule on LINE)."""
+    out: dict[int | None, int] = {}
+    for v in values:
+        line, _, n = v.rpartition(":")
+        if not n.isdigit() or int(n) < 1 or (line and not line.isdigit()):
+            raise UsageError(f"--prefer-alternative {v!r}: expected N or LINE:N (N counts the alternatives from 1)")
+        out[int(line) if line else None] = int(n)
+    return out
+
+
+class _Inverter:
+    def __init__(self, spec: Spec, plan: Plan | None, lossy: bool, bindings=(), prefer=None):
+        self.spec = spec
+        self.prefer = prefer or {}
+        self.bindings = bindings
+        self.plan = plan
+        self.lossy = lossy
+        self.tables = {t.name: t.mapping() for t in spec.tables}
+        self.used_tables: set[str] = set()
+        self.new_tables: dict[str, dict[str, str]] = {}
+        self.problems: list[SpecError] = []
+        self.losses: list[str] = []
+        self.shapes: dict[Span, _Shapes] = {}
+        self.dropped: dict[Span, list[str]] = {}
+        self.used_rules: set[Span] = set()
+        self._matchers: dict[int, object] = {}
+        if plan is not None:
+            rules = {r.span: r for r in spec.rules}
+            for step in plan.steps:
+                rule = rules.get(step.rule)
+                self.used_rules.add(step.rule)
+                if isinstance(rule, (RenameRule, KeepRule)):
+                    self._record(rule, step)
+            for key, span in plan.dropped:
+                self.dropped.setdefault(span, []).append(key)
+                self.used_rules.add(span)
+
+    # -------------------------------------------------------------- the plan's facts
+    def _record(self, rule, step: Step) -> None:
+        info = self.shapes.setdefault(rule.span, _Shapes([set() for _ in rule.actions],
+                                                         [[] for _ in rule.actions]))
+        if isinstance(rule, RenameRule) and len(rule.sources) > 1:
+            for i, pat in enumerate(rule.sources):
+                if self._matches(pat, step.inputs[0]):
+                    info.alternatives.add(i)
+        if len(step.actions) != len(rule.actions):  # pragma: no cover - one planned action per action
+            return
+        shapes = tuple(tuple(i.shape) for i in step.input_infos)
+        dtype = step.input_infos[0].dtype
+        for i, planned in enumerate(step.actions):
+            info.inputs[i].add((shapes, dtype))
+            info.planned[i].append((planned, shapes, dtype))
+            shapes, dtype = tuple(tuple(s) for s in planned.shapes), planned.dtype
+
+    def _matches(self, pattern: Pattern, key: str) -> bool:
+        from ..compile.matcher import Entry, Matcher
+
+        m = self._matchers.get(id(pattern))
+        if m is None:
+            tables = {n: tuple(t) for n, t in self.tables.items()}
+            m = self._matchers[id(pattern)] = Matcher([Entry(0, 0, pattern)], tables)
+        return m.match(key) is not None
+
+    def _input(self, rule: RenameRule, i: int, action, what: str, dtype_only: bool = False):
+        """The one (shapes, dtype) action i of `rule` met in the forward plan, or None (reported).
+        `dtype_only`: the shapes may differ (a cast's inverse needs only the dtype)."""
+        info = self.shapes.get(rule.span)
+        if self.plan is None:
+            self._fail(f"{action.name}() inverts only knowing {what}; give the forward checkpoint "
+                       f"(mapspec invert SPEC CHECKPOINT) or state the inverse with `reverse -> ...`", action.span)
+            return None
+        if info is None or not info.inputs[i]:
+            self._fail(f"{action.name}(): the forward checkpoint has no tensor for this rule, so {what} "
+                       "is unknown", action.span)
+            return None
+        if dtype_only and len({dt for _, dt in info.inputs[i]}) == 1:
+            return next(iter(info.inputs[i]))
+        if len(info.inputs[i]) > 1:
+            seen = sorted(info.inputs[i])
+            shown = ", ".join(f"{'/'.join(act.format_shape(s) for s in shapes)} {dt}" for shapes, dt in seen[:4])
+            self._fail(f"{action.name}() meets different inputs in this rule ({shown}); one inverse rule "
+                       "cannot undo them all: split the rule", action.span)
+            return None
+        return next(iter(info.inputs[i]))
+
+    def _fail(self, message: str, span: Span | None) -> None:
+        self.problems.append(SpecError(message, span))
+
+    # -------------------------------------------------------------- the whole spec
+    def run(self) -> Inversion:
+        blocks: list[tuple[Span, list[str]]] = []
+        seen_patterns: dict[str, Span] = {}
+        for rule in self.spec.rules:
+            if self.plan is not None and rule.span not in self.used_rules:
+                continue  # nothing of the forward checkpoint went through it: nothing to write back
+            if isinstance(rule, DropRule):
+                keys = self.dropped.get(rule.span, [])
+                listed = f": {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}" if keys else ""
+                if rule.reverse_none or self.lossy:
+                    why = "marked `reverse none`" if rule.reverse_none else "--lossy"
+                    self.losses.append(f"{Path(rule.span.file).name}:{rule.span.line}: the inverse does not "
+                                       f"recreate the keys this drop removes ({why}){listed or ': ' + _patterns(rule)}")
+                    continue
+                self._fail(f"a drop cannot be inverted: the dropped keys cannot be recreated{listed} (mark it "
+                           "`reverse none` if the inverse may leave them out)", rule.span)
+                continue
+            if isinstance(rule, RenameRule) and rule.reverse is not None and rule.reverse.target is None:
+                continue  # `reverse none`: another rule writes these keys back
+            head = ("optional " if rule.optional else "") + ("otherwise " if rule.otherwise else "")
+            if rule.otherwise and self.plan is None and getattr(rule, "reverse", None) is None:
+                self._fail("a catch-all cannot be inverted from the spec alone: a key it wrote could as well "
+                           "be one another rule wrote, and its inverse would claim it; invert against the "
+                           "forward checkpoint (which shows what it wrote)"
+                           + (", or state `reverse -> ...`" if isinstance(rule, RenameRule) else ""), rule.span)
+                continue
+            if isinstance(rule, KeepRule):
+                actions = self._actions(rule, [])
+                if actions is None:
+                    continue
+                pats = [] if rule.otherwise else [p.text for p in rule.patterns]
+                keys = "keep" if rule.otherwise else "keep " + " | ".join(p.text for p in rule.patterns)
+                lines = [head + keys + "".join(f" then {a}" for a in actions)]
+            elif rule.is_copy:
+                if rule.if_absent and self.plan is None:
+                    continue  # the ordinary rule for the same target inverts it
+                # The copy's target holds the same values as its source's own output: the
+                # inverse leaves it out (the round trip checks they are equal).
+                pattern, _ = self._pattern_from(rule.target, rule.sources[0].captures())
+                if pattern is None:
+                    continue
+                pats, lines = [pattern], [f"drop {pattern}"]
+            else:
+                inv = self._rename(rule)
+                if inv is None:
+                    continue
+                pats = [inv[0]]
+                lines = [head + inv[0] + " -> " + inv[1] + "".join(f" then {a}" for a in inv[2])]
+            for p in pats:
+                if p in seen_patterns:
+                    self._fail(f"the inverse of this rule reads the same keys ({p}) as the inverse of the rule "
+                               f"at line {seen_patterns[p].line}: which one should write them back? Mark the other "
+                               "`reverse none`", rule.span)
+                seen_patterns.setdefault(p, rule.span)
+            blocks.append((rule.span, lines))
+        fallbacks = {r.span.line for r in self.spec.rules if isinstance(r, RenameRule) and len(r.sources) > 1
+                     and r.span.file == self.spec.file}
+        for line in sorted(k for k in self.prefer if k is not None and k not in fallbacks):
+            raise UsageError(f"--prefer-alternative {line}:{self.prefer[line]}: no rule with alternatives "
+                             f"(A | B -> T) starts on line {line} of {Path(self.spec.file).name}")
+        if len(self.problems) == 1:
+            raise self.problems[0]
+        if self.problems:
+            raise NotInvertible(self.problems)
+        return self._emit(blocks)
+
+    def _emit(self, blocks: list[tuple[Span, list[str]]]) -> Inversion:
+        h = self.spec.header
+        name = Path(self.spec.file).name
+        out = [f"# The inverse of {name}, derived by `mapspec invert`."]
+        if self.bindings:
+            out.append("# with " + ", ".join(f"{b.name} = {b.value}" for b in self.bindings))
+        out += [f"# warning: {loss}" for loss in self.losses]  # what the inverse does not restore, in its text
+        out.append("mapspec 1")
+        if h.source or h.target:
+            out.append(f"from {h.target or 'unknown'} to {h.source or 'unknown'}")
+        for t in self.spec.tables:
+            if t.name in self.used_tables:
+                out += ["", f"table {t.name} {{"] + [f"  {e.key} = {e.value}" for e in t.entries] + ["}"]
+        for tname, mapping in self.new_tables.items():
+            out += ["", f"table {tname} {{"] + [f"  {k} = {v}" for k, v in mapping.items()] + ["}"]
+        out.append("")
+        for span, lines in blocks:
+            out.append(f"# {name}:{span.line}")
+            out.extend(lines)
+        text = format_text("\n".join(out) + "\n")
+        inverse_name = f"{self.spec.file} (inverted)"
+        inverse = parse_spec(text=text, name=inverse_name)
+        # The formatter keeps rule order, so the i-th inverse rule comes from the i-th block.
+        origins = {r.span: span for r, (span, _) in zip(inverse.rules, blocks)}
+        self._check_fallback(inverse)
+        if self.problems:
+            raise self.problems[0] if len(self.problems) == 1 else NotInvertible(self.problems)
+        return Inversion(text, inverse, origins, tuple(self.losses), {b.name: b.value for b in self.bindings})
+
+    def _check_fallback(self, inverse: Spec) -> None:
+        """What the forward catch-all wrote must reach the inverse's catch-all, not a rule
+        that would write it back under another name."""
+        fallback = next((r for r in self.spec.rules if r.otherwise), None)
+        if self.plan is None or fallback is None:
+            return
+        from ..compile.checks import patterns_of
+        from ..compile.matcher import Ambiguous, Entry, Matcher
+
+        entries = [Entry(i, j, p) for i, r in enumerate(inverse.rules) if not r.otherwise
+                   for j, p in enumerate(patterns_of(r))]
+        matcher = Matcher(entries, {t.name: tuple(t.mapping()) for t in inverse.tables})
+        claimed = []
+        for step in self.plan.steps:
+            if step.rule == fallback.span:
+                try:
+                    hit = matcher.match(step.output)
+                except Ambiguous:
+                    hit = True
+                if hit is not None:
+                    claimed.append(f"{step.inputs[0]} -> {step.output}")
+        if claimed:
+            self._fail("the inverse of this catch-all is ambiguous: other rules' inverses would claim what "
+                       f"it wrote ({', '.join(claimed[:4])}{' ...' if len(claimed) > 4 else ''}); give those "
+                       "keys rules of their own", fallback.span)
+
+    # -------------------------------------------------------------- one rename rule
+    def _rename(self, rule: RenameRule):
+        n_problems = len(self.problems)
+        source = self._choose_source(rule)
+        if source is None:
+            return None
+        caps = source.captures()
+        pattern, values = self._pattern_from(rule.target, caps)
+        merge_axes = self._merge_axes(rule, source)
+        reported = _refs_in(rule.target) - set(values)  # their arithmetic or table was refused above
+        template = self._template_from(rule.reverse.target if rule.reverse is not None else source,
+                                       values, merge_axes, reported)
+        if rule.reverse is not None and rule.reverse.actions is not None:
+            actions = [action_text(a) for a in rule.reverse.actions]
+        else:
+            actions = self._actions(rule, merge_axes)
+        if len(self.problems) > n_problems or pattern is None or template is None or actions is None:
+            return None
+        return pattern, template, actions
+
+    def _choose_source(self, rule: RenameRule) -> Pattern | None:
+        if len(rule.sources) == 1:
+            return rule.sources[0]
+        if rule.reverse is not None:
+            return rule.sources[0]  # the reverse clause names the key; captures as in the first
+        own = rule.span.file == self.spec.file  # LINE:N names a line of the spec itself, not of an include
+        n = self.prefer.get(rule.span.line if own else -1, self.prefer.get(None))
+        if n is not None:
+            if n > len(rule.sources):
+                self._fail(f"--prefer-alternative {n}: this rule has only {len(rule.sources)} alternatives",
+                           rule.span)
+                return None
+            return rule.sources[n - 1]
+        used = self.shapes.get(rule.span).alternatives if rule.span in self.shapes else set()
+        if len(used) == 1:
+            return rule.sources[next(iter(used))]
+        alts = " | ".join(p.text for p in rule.sources)
+        self._fail(f"fallback alternatives ({alts}): which name should the inverse write back? "
+                   "State it with `reverse -> NAME` or choose with --prefer-alternative N" + ("" if self.plan is None else
+                                                         " (the checkpoint used " + (
+                                                             "several" if used else "none") + " of them)"),
+                   rule.span)
+        return None
+
+    def _merge_axes(self, rule: RenameRule, source: Pattern) -> list[Capture]:
+        """The source captures a merge consumes (they do not reach the target)."""
+        if not any(act.lookup(a).kind == "merge" for a in rule.actions):
+            return []
+        used = _refs_in(rule.target)
+        return [c for c in source.parts if isinstance(c, Capture) and c.name and c.name not in used]
+
+    # -------------------------------------------------------------- target -> inverse pattern
+    def _pattern_from(self, target: Template, caps: dict[str, Capture]):
+        """The inverse's pattern, and for each forward capture the expression of its value."""
+        parts: list[str] = []
+        values: dict[str, str] = {}
+        ok = True
+        for part in target.parts:
+            if isinstance(part, Lit):
+                parts.append(_quote(part.text))
+            elif isinstance(part, Fanout):
+                parts.append("{" + part.capture.name + ":" + _ctype(part.capture) + "}")
+            else:
+                got = self._invert_expr(part, caps, values)
+                if got is None:
+                    ok = False
+                else:
+                    parts.append(got)
+        return ("".join(parts) if ok else None), values
+
+    def _invert_expr(self, part: Subst, caps: dict[str, Capture], values: dict[str, str]) -> str | None:
+        expr = part.expr
+        if isinstance(expr, Ref):
+            cap = caps[expr.name]
+            if not self._bind(expr.name, values, part.span):
+                return None
+            if cap.type == "table":
+                self.used_tables.add(cap.table)
+            values[expr.name] = expr.name
+            return "{" + expr.name + _capture_suffix(cap) + "}"
+        if isinstance(expr, Lookup) and isinstance(expr.key, Ref):
+            name = expr.key.name
+            cap = caps[name]
+            table = self.tables[expr.table]
+            domain = (list(cap.alternatives) if cap.type == "alt" else
+                      list(self.tables[cap.table]) if cap.type == "table" else list(table))
+            inverse: dict[str, str] = {}
+            for k in domain:
+                v = table[k]
+                if v in inverse:
+                    self._fail(f"table '{expr.table}' maps both '{inverse[v]}' and '{k}' to '{v}': it is not "
+                               "one-to-one, so the inverse cannot tell which to write back", expr.span)
+                    return None
+                inverse[v] = k
+            if not self._bind(name, values, part.span):
+                return None
+            tname = self._table(expr.table, inverse)
+            values[name] = f"{tname}[{name}]"
+            return "{" + name + " in " + tname + "}"
+        linear = _linear(expr)
+        if linear is not None:
+            name, offset = linear
+            if not self._bind(name, values, part.span):
+                return None
+            values[name] = name if offset == 0 else f"{name}{'-' if offset > 0 else '+'}{abs(offset)}"
+            return "{" + name + ":int}"
+        self._fail(f"template arithmetic {{{expr_text(expr, sep='')}}} cannot be inverted (only {{c + k}} and "
+                   "{c - k} can); state the inverse with `reverse -> ...`", part.span)
+        return None
+
+    def _bind(self, name: str, values: dict[str, str], span: Span) -> bool:
+        if name in values:
+            self._fail(f"{{{name}}} appears twice in the target; the inverse would bind it twice", span)
+            return False
+        return True
+
+    def _table(self, name: str, inverse: dict[str, str]) -> str:
+        for tname, mapping in self.new_tables.items():
+            if mapping == inverse and tname.startswith(name + "_r"):
+                return tname
+        tname = f"{name}_r"
+        n = 2
+        while tname in self.new_tables or tname in self.tables:
+            tname, n = f"{name}_r{n}", n + 1
+        self.new_tables[tname] = inverse
+        return tname
+
+    # -------------------------------------------------------------- source -> inverse template
+    def _template_from(self, node, values: dict[str, str], merge_axes: list[Capture],
+                       reported: set[str]) -> str | None:
+        axes = {c.name: c for c in merge_axes}
+        out: list[str] = []
+        ok = True
+        for part in node.parts:
+            if isinstance(part, Lit):
+                out.append(_quote(part.text))
+            elif isinstance(part, Capture):
+                if part.name is None:
+                    self._fail(f"the wildcard {'**' if part.type == 'multi' else '*'} in {node.text} does not "
+                               "reach the target, so the inverse cannot write it back; name it and use it in "
+                               "the target", part.span)
+                    ok = False
+                elif part.name in axes:
+                    out.append("{" + part.name + ":" + _ctype(part) + "}")
+                elif part.name in values:
+                    out.append("{" + values[part.name] + "}")
+                elif part.name in reported:
+                    ok = False
+                else:
+                    self._fail(f"capture {{{part.name}}} does not reach the target, so the inverse cannot tell "
+                               f"which {_ctype(part) if part.type == 'alt' else 'value'} to write back; state "
+                               "it with `reverse -> ...`", part.span)
+                    ok = False
+            elif isinstance(part, Fanout):
+                out.append("{" + part.capture.name + ":" + _ctype(part.capture) + "}")
+            else:  # a reverse clause's substitution: forward captures -> the inverse's values
+                text = self._substitute(part.expr, values)
+                if text is None:
+                    ok = False
+                else:
+                    out.append("{" + text + "}")
+        return "".join(out) if ok else None
+
+    def _substitute(self, expr, values: dict[str, str]) -> str | None:
+        if isinstance(expr, Ref):
+            if expr.name not in values:
+                self._fail(f"{{{expr.name}}} is not known to the inverse (it does not reach the target)", expr.span)
+                return None
+            v = values[expr.name]
+            return v if v == expr.name or "[" in v else f"({v})"
+        if isinstance(expr, Num):
+            return str(expr.value)
+        if isinstance(expr, Lookup):
+            self.used_tables.add(expr.table)
+            key = self._substitute(expr.key, values)
+            return None if key is None else f"{expr.table}[{key.strip('()')}]"
+        left = self._substitute(expr.left, values)
+        right = self._substitute(expr.right, values)
+        return None if left is None or right is None else f"({left} {expr.op} {right})"
+
+    # -------------------------------------------------------------- actions
+    def _actions(self, rule, merge_axes: list[Capture]) -> list[str] | None:
+        fanouts = [p.capture.name for p in getattr(rule, "target", None).parts
+                   if isinstance(p, Fanout)] if isinstance(rule, RenameRule) else []
+        inverse: list[list[str]] = []
+        known: tuple[int, ...] | None = None  # the shape before the action, when the spec fixes it
+        ok = True
+        for i, action in enumerate(rule.actions):
+            d = act.lookup(action)
+            p = act.normalize(action)
+            inv = self._shape_free(d, p, known, merge_axes, fanouts)
+            if inv is None:
+                inv = self._from_plan(rule, i, action, p, merge_axes)
+            if inv is None:
+                ok = False
+            else:
+                inverse.append(inv)
+            known = _next_known(d, p, known)
+        return [a for inv in reversed(inverse) for a in inv] if ok else None
+
+    def _shape_free(self, d, p, known, merge_axes, fanouts) -> list[str] | None:
+        """The inverse the spec alone gives, or None if it needs shapes or dtypes."""
+        name = d.name
+        if name in ("view", "reshape"):
+            if "append" in p and all(s == 1 for s in p["append"]):
+                return ["squeeze(-1)"] * len(p["append"])
+            return [f"{name}{_tuple(known)}"] if known is not None else None
+        if name == "transpose":
+            return [f"transpose({p['dims'][0]}, {p['dims'][1]})" if p else "transpose()"]
+        if name == "permute":
+            return [f"permute{_tuple(np.argsort([x % len(p['dims']) for x in p['dims']]))}"]
+        if name == "unsqueeze":
+            return [f"squeeze({p['dim']})"]
+        if name == "squeeze":
+            if "dim" in p:
+                return [f"unsqueeze({p['dim']})"]
+            return [f"view{_tuple(known)}"] if known is not None else None
+        if name == "expect":
+            return []  # an assertion: nothing to undo
+        if name in ("split", "chunk", "unstack"):
+            into = p.get("into") or (fanouts[0] if len(fanouts) == 1 else None)
+            merge = "stack" if name == "unstack" else "concat"
+            return [f"{merge}({p['dim']}{f', over={into}' if into else ''})"]
+        if name == "stack":
+            over = _axis_of(p, merge_axes)
+            return [f"unstack({p['dim']}{f', into={over}' if over else ''})"]
+        if name == "concat" and known is not None:
+            # Every piece has the shape the spec fixed before the join, and an alternation or a
+            # table says how many pieces there are: the join undoes as that many equal chunks.
+            over = _axis_of(p, merge_axes)
+            cap = next((c for c in merge_axes if c.name == over), None)
+            count = (len(cap.alternatives) if cap is not None and cap.type == "alt" else
+                     len(self.tables[cap.table]) if cap is not None and cap.type == "table" else None)
+            if count is not None:
+                return [f"chunk({count}, {p['dim']}, into={over})"]
+        return None  # cast, concat, views from an unknown shape: the plan says
+
+    def _from_plan(self, rule, i: int, action, p, merge_axes) -> list[str] | None:
+        """The inverse from the forward plan: the actions' own `inverse`, the same for every
+        tensor of the rule."""
+        what = {"cast": "the dtype it casts from", "concat": "where the pieces it joins begin and end"}.get(
+            action.name, "the shape it started from")
+        got = self._input(rule, i, action, what, dtype_only=action.name == "cast")
+        if got is None:
+            return None
+        axis = _axis_of(p, merge_axes)
+        texts = set()
+        for planned, shapes, dtype in self.shapes[rule.span].planned[i]:
+            inv = act.inverse(planned, list(shapes), dtype)
+            if inv is None and action.name == "cast":
+                message = (f"cast({planned.params['to']}) of {planned.params['from']} tensors loses precision; "
+                           "the inverse cannot restore them")
+                if not self.lossy:
+                    self._fail(message + " (--lossy inverts it anyway and reports the loss)", action.span)
+                    return None
+                loss = f"{Path(action.span.file).name}:{action.span.line}: {message}"
+                if loss not in self.losses:
+                    self.losses.append(loss)
+                inv = [act.PlannedAction("cast", {"from": planned.params["to"], "to": planned.params["from"]})]
+            rendered = None if inv is None else [_render(a, axis) for a in inv]
+            if rendered is None or None in rendered:
+                self._fail(f"{action.name}() has no inverse one rule can state for these tensors "
+                           "(their shapes differ in more than one dimension)", action.span)
+                return None
+            texts.add(tuple(rendered))
+        if len(texts) != 1:
+            self._fail(f"{action.name}() would be undone differently for different tensors of this rule "
+                       f"({' / '.join(' '.join(t) for t in sorted(texts)[:3])}); split the rule", action.span)
+            return None
+        return list(next(iter(texts)))
+
+
+# ------------------------------------------------------------------ helpers
+
+def _axis_of(p, merge_axes: list[Capture]) -> str | None:
+    """The capture a merge consumes: its over=, or the only one there is."""
+    if p.get("over"):
+        return p["over"]
+    return merge_axes[0].name if len(merge_axes) == 1 else None
+
+
+def _render(a, axis: str | None) -> str | None:
+    """A planned inverse action as spec text; None if it cannot be one action."""
+    p = a.params
+    if a.name in ("view", "reshape"):
+        if a.each is None:
+            return f"view{_tuple(p['shape'])}"
+        # Tensors viewed back to shapes of their own: one view if they differ in one
+        # dimension only, which -1 then recovers from each tensor's size.
+        shapes = [tuple(e["shape"]) for e in a.each]
+        ranks = {len(x) for x in shapes}
+        differ = {i for x in shapes for i, d in enumerate(x) if d != shapes[0][i]} if len(ranks) == 1 else None
+        if differ is None or len(differ) != 1:
+            return None
+        (i,) = differ
+        return "view(" + ", ".join("-1" if j == i else str(d) for j, d in enumerate(shapes[0])) + ")"
+    if a.name == "permute":
+        return f"permute{_tuple(p['dims'])}"
+    if a.name == "cast":
+        return f"cast({p['to']})"
+    into = f", into={axis}" if axis else ""
+    if a.name == "split":
+        return f"split({_tuple(p['sizes'])}, {p['dim']}{into})"
+    if a.name == "unstack":
+        return f"unstack({p['dim']}{into})"
+    over = f", over={axis}" if axis else ""
+    return f"{a.name}({p['dim']}{over})"
+
+
+def _patterns(rule) -> str:
+    return " | ".join(p.text for p in rule.patterns)
+
+
+def _line(text: str, line: int) -> str:
+    lines = text.splitlines()
+    return lines[line - 1].strip() if 0 < line <= len(lines) else ""
+
+
+def _next_known(d, p, known):
+    """The shape after an action, where the spec alone fixes it (a full view or an expect(),
+    then moves)."""
+    if d.name == "expect" and None not in p["shape"]:
+        return tuple(p["shape"])
+    if d.name in ("view", "reshape"):
+        if "shape" in p and -1 not in p["shape"]:
+            return tuple(p["shape"])
+        if known is not None:
+            dims = list(p["shape"]) if "shape" in p else list(known) + list(p["append"])
+            if -1 in dims:
+                rest = int(np.prod([x for x in dims if x != -1]))
+                dims[dims.index(-1)] = int(np.prod(known)) // rest if rest else 0
+            return tuple(dims)
+        return None
+    if known is None:
+        return None
+    if d.name == "transpose":
+        order = list(range(len(known)))
+        a, b = (p["dims"][0] % len(known), p["dims"][1] % len(known)) if p else (0, 1)
+        order[a], order[b] = order[b], order[a]
+        return tuple(known[j] for j in order)
+    if d.name == "permute":
+        return tuple(known[j % len(known)] for j in p["dims"])
+    if d.name == "unsqueeze":
+        k = p["dim"] % (len(known) + 1)
+        return known[:k] + (1,) + known[k:]
+    if d.name == "squeeze" and "dim" in p:
+        k = p["dim"] % len(known)
+        return known[:k] + known[k + 1:]
+    if d.name in ("cast",):
+        return known
+    return None
+
+
+def _linear(expr) -> tuple[str, int] | None:
+    """`c`, `c + k`, `k + c`, `c - k` (nested): (c, total k), else None."""
+    if isinstance(expr, Ref):
+        return expr.name, 0
+    if isinstance(expr, BinOp) and expr.op in ("+", "-"):
+        left = _linear(expr.left)
+        if left is not None and isinstance(expr.right, Num):
+            return left[0], left[1] + (expr.right.value if expr.op == "+" else -expr.right.value)
+        right = _linear(expr.right)
+        if expr.op == "+" and right is not None and isinstance(expr.left, Num):
+            return right[0], right[1] + expr.left.value
+    return None
+
+
+def _refs_in(template: Template) -> set[str]:
+    out: set[str] = set()
+
+    def walk(e):
+        if isinstance(e, Ref):
+            out.add(e.name)
+        elif isinstance(e, BinOp):
+            walk(e.left)
+            walk(e.right)
+        elif isinstance(e, Lookup):
+            walk(e.key)
+
+    for part in template.parts:
+        if isinstance(part, Subst):
+            walk(part.expr)
+    return out
+
+
+def _capture_suffix(cap: Capture) -> str:
+    if cap.type == "segment":
+        return ""
+    if cap.type == "table":
+        return f" in {cap.table}"
+    return ":" + _ctype(cap)
+
+
+def _ctype(cap: Capture) -> str:
+    return {"int": "int", "multi": "**", "segment": "*"}.get(cap.type) or "|".join(cap.alternatives)
+
+
+def _quote(text: str) -> str:
+    import re
+
+    return text if re.fullmatch(r"[A-Za-z0-9_.\/:()\-]*", text) and "->" not in text else '"' + text.replace(
+        "\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _tuple(values) -> str:
+    values = [int(v) for v in values]
+    return "(" + ", ".join(map(str, values)) + ("," if len(values) == 1 else "") + ")"
