@@ -25,6 +25,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "SpecError": (".errors", "SpecError"),
     "SpecSyntaxError": (".errors", "SpecSyntaxError"),
     "UsageError": (".errors", "UsageError"),
+    "Options": (".api", "Options"),
     "Report": (".api", "Report"),
     "apply": (".api", "apply"),
     "plan_for": (".api", "plan_for"),

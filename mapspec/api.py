@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .compile.params import Config
 from .compile.plan import Plan, compile_spec
 from .core.tensorinfo import TensorInfo
 from .errors import UsageError
@@ -20,6 +19,7 @@ from .lang.parser import as_spec
 from .lang.rules import Spec
 from .run.executor import named_output_errors, check_space, copied_from, disk_size, execute, open_for
 from .run.memory import remap_tensors
+from .run.options import Options
 
 if TYPE_CHECKING:
     from .tools.invert import Inversion
@@ -53,27 +53,21 @@ def apply(
     spec: Spec | str | Path,
     checkpoint: str | Path,
     output: str | Path,
+    options: Options | None = None,
     *,
-    target: str | Path | Mapping[str, TensorInfo] | None = None,
     to: str | None = None,
-    select: str | None = None,
-    epoch: int | None = None,
-    strict: bool = True,
-    fit: str = "strict",
-    drop: tuple[str, ...] = (),
     force: bool = False,
-    strict_rules: bool = False,
     max_shard_size: int | str | None = None,
     progress: Callable[[int, int], None] | None = None,
-    params: Mapping[str, object] | None = None,
-    config: Config = None,
     reverse: bool = False,
     lossy: bool = False,
     prefer: Mapping[int | None, int] | None = None,
+    **overrides: Any,
 ) -> Report:
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
-    `progress(done, total)` hears tensor bytes written so far and in all; `params` and `config`
-    give the spec's parameters their values (as -p and --config); `reverse` runs the spec's
+    `options` (`Options`: target, select, epoch, strict, fit, drop, strict_rules, params,
+    config), or the same names as keywords, say how the spec meets the checkpoint.
+    `progress(done, total)` hears tensor bytes written so far and in all; `reverse` runs the spec's
     derived inverse (see `invert`); `lossy` lets it undo lossy casts and drops; `prefer` chooses
     the fallback alternatives it writes back (see `invert_spec`).
 
@@ -81,25 +75,26 @@ def apply(
     shards). With `max_shard_size` ("5GB", bytes), `output` is a directory of HF-style shards
     plus an index, `to` safetensors (the default) or torch."""
     spec = as_spec(spec)
+    opts = Options.of(options, **overrides)
     inverse = None
     if reverse:
         from .tools.invert import invert_spec
 
-        inverse = invert_spec(spec, params=params, config=config, lossy=lossy, prefer=prefer)
+        inverse = invert_spec(spec, params=opts.params, config=opts.config, lossy=lossy, prefer=prefer)
     output = Path(output)
     fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None else None))
     if output.exists() and not force:
         raise UsageError(f"{output} exists; use --force to overwrite it")
     _refuse_overwrite(output, _paths(checkpoint), max_shard_size is not None)
-    source = open_for(inverse.spec if inverse else spec, checkpoint, select, epoch)
+    source = open_for(inverse.spec if inverse else spec, checkpoint, opts.select, opts.epoch)
     try:
         _refuse_overwrite(output, source.shards, max_shard_size is not None)
-        options = dict(target=_target(target), strict=strict, fit=fit, drop=tuple(drop), strict_rules=strict_rules)
-        if inverse:  # the inverse states the parameters' values already
-            plan = inverse.compile(source.infos(), **options)
+        target = _target(opts.target)
+        if inverse:
+            plan = inverse.compile(source.infos(), **opts.compiling(target, inverse=True))
             values = inverse.params
         else:
-            plan = compile_spec(spec, source.infos(), params=params, config=config, **options)
+            plan = compile_spec(spec, source.infos(), **opts.compiling(target))
             values = {b.name: b.value for b in plan.params}
         record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path, params=values,
                             direction="reverse" if reverse else "forward",
@@ -127,38 +122,35 @@ def apply(
 
 
 
-def plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, target=None, select: str | None = None,
-             epoch: int | None = None, strict: bool = True, fit: str = "strict", drop: tuple[str, ...] = (),
-             strict_rules: bool = False, params: Mapping[str, object] | None = None,
-             config: Config = None) -> Plan:
-    """Compile `spec` against a checkpoint's key list without converting anything."""
+def plan_for(spec: Spec | str | Path, checkpoint: str | Path, options: Options | None = None,
+             **overrides: Any) -> Plan:
+    """Compile `spec` against a checkpoint's key list without converting anything; `options`
+    (or the same names as keywords) as for `apply`."""
     spec = as_spec(spec)
-    source = open_for(spec, checkpoint, select, epoch)
-    try:
-        infos = dict(source.infos())
-    finally:
-        source.close()
-    return compile_spec(spec, infos, params=params, config=config, target=_target(target), strict=strict,
-                        fit=fit, drop=tuple(drop), strict_rules=strict_rules)
+    opts = Options.of(options, **overrides)
+    return compile_spec(spec, _infos(open_for(spec, checkpoint, opts.select, opts.epoch)),
+                        **opts.compiling(_target(opts.target)))
 
 
-def inverse_plan_for(spec: Spec | str | Path, checkpoint: str | Path, *, select: str | None = None,
-                     epoch: int | None = None, params: Mapping[str, object] | None = None, config: Config = None,
-                     lossy: bool = False, prefer=None, **options):
+def inverse_plan_for(spec: Spec | str | Path, checkpoint: str | Path, options: Options | None = None, *,
+                     lossy: bool = False, prefer: Mapping[int | None, int] | None = None,
+                     **overrides: Any) -> tuple[Inversion, Plan]:
     """The derived inverse of `spec` (from the spec alone, as apply --reverse runs it) and its
-    plan against a checkpoint of the spec's target layout: (Inversion, Plan). `options` go to
-    compile_spec (target=, strict=, fit=, ...)."""
+    plan against a checkpoint of the spec's target layout: (Inversion, Plan)."""
     from .tools.invert import invert_spec
 
-    inverse = invert_spec(as_spec(spec), params=params, config=config, lossy=lossy, prefer=prefer)
-    source = open_for(inverse.spec, checkpoint, select, epoch)
+    opts = Options.of(options, **overrides)
+    inverse = invert_spec(as_spec(spec), params=opts.params, config=opts.config, lossy=lossy, prefer=prefer)
+    infos = _infos(open_for(inverse.spec, checkpoint, opts.select, opts.epoch))
+    return inverse, inverse.compile(infos, **opts.compiling(_target(opts.target), inverse=True))
+
+
+def _infos(source) -> dict[str, TensorInfo]:
+    """A source's key list; the source is closed."""
     try:
-        infos = dict(source.infos())
+        return dict(source.infos())
     finally:
         source.close()
-    if "target" in options:
-        options["target"] = _target(options["target"])
-    return inverse, inverse.compile(infos, **options)
 
 
 def _refuse_overwrite(output: Path, inputs, directory: bool) -> None:
@@ -181,11 +173,16 @@ def _target(target):
     return target_infos(str(target) if isinstance(target, os.PathLike) else target)
 
 
-def remap(spec: Spec | str | Path, state_dict: Mapping[str, Any], **params: Any) -> dict[str, Any]:
+def remap(spec: Spec | str | Path, state_dict: Mapping[str, Any], options: Options | None = None,
+          **params: Any) -> dict[str, Any]:
     """Convert an in-memory state dict (torch tensors or numpy arrays) with `spec`.
 
     Returns a new dict in plan order; renamed tensors are the objects given, others keep the
     tensor type given. A spec header `select model` takes the keys under `model.`.
-    Every key must be matched by a rule, as `mapspec apply` requires."""
+    Every key must be matched by a rule, as `mapspec apply` requires. Keyword arguments are
+    the spec's parameters; `options` gives params, config and select as for `apply`."""
     spec = as_spec(spec)
-    return remap_tensors(spec, state_dict, spec.header.select, params or None)[1]
+    opts = options or Options()
+    values = {**(opts.params or {}), **params}
+    select = opts.select if opts.select is not None else spec.header.select
+    return remap_tensors(spec, state_dict, select, values or None, opts.config)[1]

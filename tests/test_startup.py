@@ -197,3 +197,21 @@ def test_a_small_source_is_hashed_not_remembered(cache_home, tmp_path, monkeypat
     src.write_bytes(b"w" * 100)
     provenance.cached_sha256(src)
     assert not list((cache_home.parent / "sha256").iterdir())
+
+
+def test_one_options_object_serves_the_cli_apply_plan_for_and_remap():
+    """The options of compiling a spec against a checkpoint are one object (`mapspec.Options`):
+    the keywords of apply/plan_for are its field names, an unknown one is refused."""
+    import dataclasses
+    import inspect
+
+    import mapspec
+
+    names = {f.name for f in dataclasses.fields(mapspec.Options)}
+    assert names == {"target", "select", "epoch", "strict", "fit", "drop", "strict_rules", "params", "config"}
+    for fn in (mapspec.apply, mapspec.plan_for, mapspec.remap):
+        assert "options" in inspect.signature(fn).parameters
+    with pytest.raises(TypeError, match="unexpected keyword argument 'selct'"):
+        mapspec.Options.of(None, selct="model")
+    assert mapspec.Options.of(mapspec.Options(select="model"), drop=["fc.*"]) == mapspec.Options(select="model",
+                                                                                             drop=("fc.*",))

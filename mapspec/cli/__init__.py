@@ -9,6 +9,7 @@ traceback is shown only for an internal error under `--debug` or MAPSPEC_DEBUG=1
 
 from __future__ import annotations
 
+import inspect as pyinspect
 import json
 import os
 import sys
@@ -31,7 +32,7 @@ from typer.models import CommandInfo
 
 from ..tools import present
 from ..errors import Interrupted, MapspecError, SpecError, UsageError
-from ..api import apply as apply_spec, inverse_plan_for, plan_for
+from ..api import Options, apply as apply_spec, inverse_plan_for, plan_for
 from ..formats import known_names
 from ..lang.parser import parse_spec, read_spec
 from ..compile.checks import check_spec
@@ -161,7 +162,7 @@ def _debug() -> bool:
 
 
 @app.callback()
-def _options(debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an internal error.")]
+def _global_options(debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an internal error.")]
              = False) -> None:
     global _DEBUG
     _DEBUG = debug
@@ -283,11 +284,42 @@ def _check_fit(target, fit: Fit, drop) -> None:
                          "give --target too")
 
 
-def _plan(spec, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules, param=None, config=None):
-    _check_fit(target, fit, drop)
-    return plan_for(spec, checkpoint, target=target, select=select, epoch=epoch, strict=not non_strict,
-                    fit=fit.value, drop=tuple(drop or ()), strict_rules=strict_rules,
-                    params=_params(param or []), config=config)
+# The options of the commands that compile a spec against a checkpoint, declared once:
+# `@takes(name, ...)` adds those options to a command's parameters and hands it one `Options`
+# (`opts`) built from them, the object `mapspec.apply` and `plan_for` take too.
+_SHARED: dict[str, tuple[object, object]] = {
+    "target": (TargetOpt, None), "select": (SelectOpt, None), "epoch": (EpochOpt, None),
+    "fit": (FitOpt, Fit.strict), "drop": (DropOpt, None), "non_strict": (NonStrictOpt, False),
+    "strict_rules": (StrictRulesOpt, False), "param": (ParamOpt, None), "config": (ConfigOpt, None),
+}
+COMPILING = tuple(_SHARED)  # all of them: check, explain and apply
+
+
+def takes(*names: str):
+    def decorate(fn):
+        sig = pyinspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != "opts"]
+        added = [pyinspect.Parameter(n, pyinspect.Parameter.KEYWORD_ONLY, annotation=_SHARED[n][0],
+                                     default=_SHARED[n][1]) for n in names]
+
+        @wraps(fn)
+        def run(*args, **kwargs):
+            return fn(*args, opts=_options({n: kwargs.pop(n) for n in names}), **kwargs)
+
+        run.__signature__ = sig.replace(parameters=own + added)
+        run.__annotations__ = {p.name: p.annotation for p in own + added}
+        return run
+    return decorate
+
+
+def _options(given: dict) -> Options:
+    """The shared options' values as one `Options`; --fit and --drop only with --target."""
+    fit, drop = given.get("fit", Fit.strict), tuple(given.get("drop") or ())
+    _check_fit(given.get("target"), fit, drop)
+    return Options(target=given.get("target"), select=given.get("select"), epoch=given.get("epoch"),
+                   strict=not given.get("non_strict", False), fit=fit.value, drop=drop,
+                   strict_rules=given.get("strict_rules", False), params=_params(given.get("param") or []),
+                   config=given.get("config"))
 
 
 def _warn_plan(plan, spec, inverse=None) -> None:
@@ -328,47 +360,36 @@ def _progress_bar():
 
 @app.command()
 @_guard
+@takes(*COMPILING)
 def apply(
     spec: SpecArg,
     checkpoint: ShardsArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write; the format follows the suffix "
                                          "(or --to). Missing folders are created.", show_default=False)],
-    target: TargetOpt = None,
     to: Annotated[Optional[str], typer.Option("--to", help="Output format: " + _formats_help() + ".")] = None,
     max_shard_size: Annotated[Optional[str], typer.Option(
         "--max-shard-size", help="Write OUTPUT as a directory of HF-style shards of at most this size (5GB, 500MB) "
         "plus an index; --to safetensors (default) or torch.", show_default=False)] = None,
-    select: SelectOpt = None,
-    epoch: EpochOpt = None,
-    fit: FitOpt = Fit.strict,
-    drop: DropOpt = None,
-    non_strict: NonStrictOpt = False,
-    strict_rules: StrictRulesOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
-    param: ParamOpt = None,
-    config: ConfigOpt = None,
     reverse: Annotated[bool, typer.Option("--reverse", help="Run SPEC's derived inverse (see `mapspec invert`).")] = False,
     lossy: Annotated[bool, typer.Option("--lossy", help="With --reverse: undo lossy casts and drops anyway, "
                                         "reporting the loss.")] = False,
     prefer: PreferOpt = None,
+    opts: Options = Options(),
 ) -> None:
     """Convert CHECKPOINT (or the shards given) with SPEC into OUTPUT."""
-    _check_fit(target, fit, drop)
-    checkpoint = _shards(checkpoint, epoch)
+    checkpoint = _shards(checkpoint, opts.epoch)
     if lossy and not reverse:
         raise UsageError("--lossy goes with --reverse (a forward conversion casts as the spec says)")
     parsed = parse_spec(spec)
     with _progress_bar() as progress:
-        report = apply_spec(parsed, checkpoint, output, target=target, to=to, select=select, epoch=epoch,
-                            strict=not non_strict, fit=fit.value, drop=tuple(drop or ()), force=force,
-                            strict_rules=strict_rules, progress=progress, params=_params(param or []),
-                            config=config, reverse=reverse, lossy=lossy, max_shard_size=max_shard_size,
-                            prefer=_prefer(prefer))
+        report = apply_spec(parsed, checkpoint, output, opts, to=to, force=force, progress=progress,
+                            reverse=reverse, lossy=lossy, max_shard_size=max_shard_size, prefer=_prefer(prefer))
     for loss in report.losses:
         warn(f"warning: {loss}")
     _warn_plan(report.plan, parsed, report.inverse)
     r = report.plan.target_report
-    if r is not None and fit is not Fit.strict:
+    if r is not None and opts.fit != Fit.strict.value:
         for line in r.lines():
             warn(f"note: {line}")
     say(report.summary())
@@ -376,43 +397,36 @@ def apply(
 
 @app.command()
 @_guard
+@takes(*COMPILING)
 def check(
     spec: SpecArg,
     checkpoint: Annotated[Optional[list[Path]], typer.Argument(
         help="Compile against this checkpoint's keys too. (Several .map files instead: check each spec on "
         "its own, as the pre-commit hook does.)", show_default=False, metavar="CHECKPOINT")] = None,
-    target: TargetOpt = None,
-    select: SelectOpt = None,
-    epoch: EpochOpt = None,
-    fit: FitOpt = Fit.strict,
-    drop: DropOpt = None,
-    non_strict: NonStrictOpt = False,
-    strict_rules: StrictRulesOpt = False,
-    param: ParamOpt = None,
-    config: ConfigOpt = None,
+    opts: Options = Options(),
 ) -> None:
     """Compile only; exit 0 when SPEC (and its plan for CHECKPOINT) is clean."""
     rest = checkpoint or []
     if all(p.suffix == ".map" for p in rest):  # specs only: each on its own
-        if target is not None:
+        if opts.target is not None:
             raise UsageError("--target needs a CHECKPOINT to compile against")
-        _check_fit(target, fit, drop)
         for path in [spec, *rest]:
             parsed = parse_spec(path)
-            check_spec(parsed, params=_params(param or []), config=config)
+            check_spec(parsed, params=opts.params, config=opts.config)
             say(f"{path}: ok ({len(parsed.rules)} rules, {len(parsed.tables)} tables)")
         return
     if len(rest) > 1:
         raise UsageError(f"check takes one SPEC and one CHECKPOINT, or only specs; got {len(rest) + 1} paths")
     parsed = parse_spec(spec)
-    plan = _plan(parsed, rest[0], target, select, epoch, fit, drop, non_strict, strict_rules, param, config)
+    plan = plan_for(parsed, rest[0], opts)
     _warn_plan(plan, parsed)
-    say(present.check_line(spec, plan, target is not None))
+    say(present.check_line(spec, plan, opts.target is not None))
     say(present.peak_line(plan))
 
 
 @app.command()
 @_guard
+@takes(*COMPILING)
 def explain(
     spec: SpecArg,
     checkpoint: ShardsArg,
@@ -420,32 +434,20 @@ def explain(
                                       "or json (the whole plan).")] = Look.table,
     per_tensor: Annotated[bool, typer.Option("--per-tensor", help="One row per output tensor instead of one "
                                              "per rule.")] = False,
-    target: TargetOpt = None,
-    select: SelectOpt = None,
-    epoch: EpochOpt = None,
-    fit: FitOpt = Fit.strict,
-    drop: DropOpt = None,
-    non_strict: NonStrictOpt = False,
-    strict_rules: StrictRulesOpt = False,
-    param: ParamOpt = None,
-    config: ConfigOpt = None,
     reverse: Annotated[bool, typer.Option("--reverse", help="Explain SPEC's derived inverse on CHECKPOINT (of "
                                           "SPEC's target layout); rows point at the forward rules.")] = False,
     prefer: PreferOpt = None,
+    opts: Options = Options(),
 ) -> None:
     """Show the plan for review: one row per rule (key count, an example, what changes)."""
-    checkpoint = _shards(checkpoint, epoch)
+    checkpoint = _shards(checkpoint, opts.epoch)
     parsed = parse_spec(spec)
     if not reverse:
-        plan = _plan(parsed, checkpoint, target, select, epoch, fit, drop, non_strict, strict_rules, param, config)
+        plan = plan_for(parsed, checkpoint, opts)
         _warn_plan(plan, parsed)
         text = present.explain(plan, parsed, fmt.value, per_tensor)
     else:
-        _check_fit(target, fit, drop)
-        inverse, plan = inverse_plan_for(parsed, checkpoint, select=select, epoch=epoch,
-                                         params=_params(param or []), config=config,
-                                         prefer=_prefer(prefer), target=target, strict=not non_strict,
-                                         fit=fit.value, drop=tuple(drop or ()), strict_rules=strict_rules)
+        inverse, plan = inverse_plan_for(parsed, checkpoint, opts, prefer=_prefer(prefer))
         for loss in inverse.losses:
             warn(f"warning: {loss}")
         _warn_plan(plan, parsed, inverse)
@@ -464,6 +466,7 @@ def explain(
 
 @app.command()
 @_guard
+@takes("select", "epoch", "non_strict", "config")
 def diff(
     old: Annotated[Path, typer.Argument(help="The spec as it was.", show_default=False, metavar="OLD")],
     new: Annotated[Path, typer.Argument(help="The spec as it is now.", show_default=False, metavar="NEW")],
@@ -471,12 +474,9 @@ def diff(
     fmt: Annotated[DiffFormat, typer.Option("--format", help="text or json.")] = DiffFormat.text,
     exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 1 when an output changes (rule and "
                                             "parameter changes no output shows do not count).")] = False,
-    select: SelectOpt = None,
-    epoch: EpochOpt = None,
-    non_strict: NonStrictOpt = False,
     param: Annotated[Optional[list[str]], typer.Option("-p", "--param", help=PARAM_HELP + " Each spec takes the "
                                                        "parameters it declares.")] = None,
-    config: ConfigOpt = None,
+    opts: Options = Options(),
 ) -> None:
     """Show which outputs change (names, shapes, actions, sources) between two versions of a spec,
     then the rule and parameter changes that change no output."""
@@ -488,8 +488,7 @@ def diff(
     # a parameter only one version declares goes to that one; a name neither declares, to NEW (its error)
     values = [{k: v for k, v in given.items() if k in declared[0]},
               {k: v for k, v in given.items() if k in declared[1] or k not in declared[0]}]
-    plans = [plan_for(s, checkpoint, select=select, epoch=epoch, strict=not non_strict, params=v, config=config)
-             for s, v in zip(specs, values)]
+    plans = [plan_for(s, checkpoint, opts, params=v) for s, v in zip(specs, values)]
     d = diff_plans(*plans, *specs)
     sys.stdout.write(present.diff_text(d, fmt.value))
     if exit_code and d.changes:
@@ -559,6 +558,7 @@ def fmt(
 
 @app.command()
 @_guard
+@takes("select", "epoch", "param", "config")
 def invert(
     spec: SpecArg,
     checkpoint: Annotated[Optional[Path], typer.Argument(
@@ -566,23 +566,18 @@ def invert(
         "inverse to the rules it uses.", show_default=False, metavar="CHECKPOINT")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the inverse spec here "
                                                    "(default: stdout).", show_default=False)] = None,
-    select: SelectOpt = None,
-    epoch: EpochOpt = None,
     lossy: Annotated[bool, typer.Option("--lossy", help="Invert lossy casts and drops anyway, reporting the "
                                         "loss.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing OUTPUT.")] = False,
-    param: ParamOpt = None,
-    config: ConfigOpt = None,
     prefer: PreferOpt = None,
+    opts: Options = Options(),
 ) -> None:
     """Print the inverse of SPEC as ordinary spec text, from/to swapped."""
     from ..tools.invert import invert_spec
 
     parsed = parse_spec(spec)
-    params = _params(param or [])
-    forward = (plan_for(parsed, checkpoint, select=select, epoch=epoch, params=params, config=config)
-               if checkpoint is not None else None)
-    inverse = invert_spec(parsed, forward, params=params, config=config, lossy=lossy,
+    forward = plan_for(parsed, checkpoint, opts) if checkpoint is not None else None
+    inverse = invert_spec(parsed, forward, params=opts.params, config=opts.config, lossy=lossy,
                           prefer=_prefer(prefer))
     for loss in inverse.losses:
         warn(f"warning: {loss}")
@@ -597,6 +592,7 @@ def invert(
 
 @app.command()
 @_guard
+@takes("select", "epoch", "param", "config")
 def verify(
     spec: SpecArg,
     checkpoint: CheckpointArg,
@@ -606,19 +602,16 @@ def verify(
     atol: Annotated[float, typer.Option("--atol", min=0.0, help="With --against: absolute tolerance.")] = 0.0,
     rtol: Annotated[float, typer.Option("--rtol", min=0.0, help="With --against: relative tolerance (of the "
                                         "reference).")] = 0.0,
-    select: SelectOpt = None,
-    epoch: EpochOpt = None,
     lossy: Annotated[bool, typer.Option("--lossy", help="Round trip: invert lossy casts and drops anyway "
                                         "(they will differ).")] = False,
     worst: Annotated[int, typer.Option("--worst", min=0, help="How many of the worst tensors to list.")] = 10,
-    param: ParamOpt = None,
-    config: ConfigOpt = None,
     prefer: PreferOpt = None,
+    opts: Options = Options(),
 ) -> None:
     """Check a conversion numerically: exit 0 only if every tensor matches."""
     from ..tools.verify import verify_against, verify_roundtrip
 
-    params = _params(param or [])
+    select, epoch, params, config = opts.select, opts.epoch, opts.params, opts.config
     if against is not None:
         result = verify_against(spec, checkpoint, against, atol=atol, rtol=rtol, select=select, epoch=epoch,
                                 params=params, config=config)
