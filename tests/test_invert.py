@@ -500,3 +500,39 @@ def test_an_optional_drop_can_be_marked_reverse_none(tmp_path, monkeypatch):
     assert format_text(text) == text
     rule = parse_spec(text=text, name="s.map").rules[1]
     assert rule.optional and rule.reverse_none
+
+
+@pytest.mark.parametrize("src,dst", [("int8", "float32"), ("uint8", "bfloat16"), ("int16", "float32"),
+                                     ("bool", "int8"), ("int32", "float64")])
+def test_an_exact_cast_of_integers_to_floats_inverts_and_round_trips(tmp_path, monkeypatch, src, dst):
+    """Regression (issue 16): `cast(float32)` of int8 keeps every value, so invert undoes it
+    (it used to refuse it as lossy: two tables of exact casts disagreed)."""
+    from mapspec.compile.plan import TensorInfo
+
+    monkeypatch.chdir(tmp_path)
+    Path("s.map").write_text(f"mapspec 1\nw.{{i:int}} -> v.{{i}} then cast({dst})\n")
+    rng = np.random.default_rng(3)
+    sink = open_sink(tmp_path / "in.safetensors", "safetensors", {"w.0": TensorInfo((5, 7), src)})
+    info = np.iinfo(src) if src != "bool" else None
+    values = (rng.integers(0, 2, (5, 7)).astype(bool) if info is None else
+              rng.integers(info.min, int(info.max) + 1, (5, 7)).astype(src))
+    sink.write("w.0", values)
+    sink.commit()
+    r = runner.invoke(app, ["invert", "s.map", "in.safetensors"])
+    assert r.exit_code == 0, r.output
+    assert f"v.{{i:int}} -> w.{{i}} then cast({src})" in r.output
+    result, _ = verify_roundtrip("s.map", tmp_path / "in.safetensors")
+    assert result.ok and [c.exact for c in result.checks] == [True]
+
+
+def test_a_narrowing_cast_between_floats_of_other_ranges_stays_refused(tmp_path, monkeypatch):
+    """float16 -> bfloat16 keeps the range but not the precision; int64 -> float64 neither."""
+    from mapspec.compile.plan import TensorInfo
+
+    monkeypatch.chdir(tmp_path)
+    Path("s.map").write_text("mapspec 1\nw -> v then cast(bfloat16)\nx -> y then cast(float64)\n")
+    keys = {"w": TensorInfo((2,), "float16"), "x": TensorInfo((2,), "int64")}
+    with pytest.raises(MapspecError) as err:
+        invert_spec("s.map", keys)
+    assert "cast(bfloat16) of float16 tensors loses precision" in err.value.render()
+    assert "cast(float64) of int64 tensors loses precision" in err.value.render()

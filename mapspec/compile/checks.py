@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..ops.actions import count as split_count, lookup as lookup_action, normalize
+from ..ops.actions import lookup as lookup_action, normalize
 from ..errors import SpecError
 from .params import Config, bind_all, raise_all
 from ..lang.rules import BinOp, Capture, Fanout, KeepRule, Lookup, Neg, Num, Pattern, Ref, RenameRule, Spec, Subst
@@ -146,7 +146,7 @@ def _check_chain(rule: RenameRule, fanouts: dict[str, Capture], used: set[str]) 
             _left_over(next(iter(fanouts.values())))
         return
     axes = [c.name for c in rule.sources[0].parts if isinstance(c, Capture) and c.name and c.name not in used]
-    if any(lookup_action(a).kind == "merge" for a in rule.actions):
+    if any(lookup_action(a).merges for a in rule.actions):
         for src in rule.sources[1:]:
             names = [c.name for c in src.parts if isinstance(c, Capture) and c.name and c.name not in used]
             if sorted(names) != sorted(axes):
@@ -157,7 +157,7 @@ def _check_chain(rule: RenameRule, fanouts: dict[str, Capture], used: set[str]) 
     merges = False
     for action in rule.actions:
         d, p = lookup_action(action), normalize(action)
-        if d.kind == "merge":
+        if d.merges:
             merges = True
             if p["over"] is not None:
                 if p["over"] not in open_:
@@ -175,8 +175,8 @@ def _check_chain(rule: RenameRule, fanouts: dict[str, Capture], used: set[str]) 
             else:
                 raise SpecError(f"{action.name}() must say which capture it merges: "
                                 f"{' or '.join('over=' + a for a in open_)}", action.span)
-        elif d.kind == "split":
-            if p["into"] is not None:
+        if d.splits:
+            if p.get("into") is not None:
                 if p["into"] not in todo:
                     what = "is already split" if p["into"] in fanouts else "is not declared in the target"
                     raise SpecError(f"{action.name}(into={p['into']}): {{{p['into']}}} {what}; declare the "
@@ -190,7 +190,7 @@ def _check_chain(rule: RenameRule, fanouts: dict[str, Capture], used: set[str]) 
             else:
                 raise SpecError(f"{action.name}() must say which target capture it makes: "
                                 f"{' or '.join('into=' + n for n in todo)}", action.span)
-            n = split_count(p)
+            n = d.count(p)
             if n is not None and cap.type == "alt" and n != len(cap.alternatives):
                 raise SpecError(f"{action.name}() makes {n} outputs but {{{cap.name}}} names "
                                 f"{len(cap.alternatives)}", cap.span)

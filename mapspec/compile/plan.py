@@ -306,12 +306,12 @@ def _unary_step(out: str, key: str, info: TensorInfo, rule) -> Step:
     """The step of a one-input, one-output rule: its actions, if any, in a row."""
     if not rule.actions:
         return Step(out, (key,), (info,), (), info, rule.span)
-    shape, dtype, planned = tuple(info.shape), info.dtype, []
+    tensor, planned = act.Typed(tuple(info.shape), info.dtype), []
     for action in rule.actions:
         d, p = act.lookup(action), act.normalize(action)
-        shape, dtype, resolved = d.infer(p, [shape], dtype, action)
-        planned.append(PlannedAction(action.name, resolved, (tuple(shape),), dtype))
-    return Step(out, (key,), (info,), tuple(planned), TensorInfo(tuple(shape), dtype), rule.span)
+        (tensor,), resolved = d.infer(p, [tensor], action)
+        planned.append(PlannedAction(action.name, resolved, (tuple(tensor.shape),), tensor.dtype))
+    return Step(out, (key,), (info,), tuple(planned), TensorInfo(tuple(tensor.shape), tensor.dtype), rule.span)
 
 
 def _plan_copies(renderer: "_Renderer", matcher: Matcher, keys: Mapping[str, TensorInfo],
@@ -372,11 +372,6 @@ class _Tensor(NamedTuple):
     dtype: str
 
 
-def _dtype_of(tensors) -> str:
-    """The dtype recorded after an action: the tensors', or theirs one by one if they differ
-    (inputs of different dtypes, before a cast brings them together)."""
-    kinds = [t.dtype for t in tensors]
-    return kinds[0] if len(set(kinds)) == 1 else "/".join(kinds)
 
 
 class _Renderers(dict):
@@ -542,6 +537,11 @@ class _Renderer:
             return self.rule.target.text
 
 
+def _outputs(results, k: int) -> list:
+    """Output k of every group's inferred outputs."""
+    return [outs[k] for outs, _ in results]
+
+
 class _Walk:
     """The actions of one group's rule applied in order. A merge consumes a merge axis (after
     checking it is complete), a split fixes a fan-out capture: the walk branches there, once
@@ -563,46 +563,39 @@ class _Walk:
             yield Step(out, self.inputs, self.infos, planned, info, r.rule.span)
             return
         action, d, p = r.actions[i]
-        if d.kind == "unary":
-            results = [d.infer(p, [t.shape], t.dtype, action) for t in tensors]
-            new = [_Tensor(t.coords, shape, dtype) for t, (shape, dtype, _) in zip(tensors, results)]
-            pa = act.mapped(action.name, [res[2] for res in results], [t.shape for t in new], _dtype_of(new))
-            yield from self.run(i + 1, new, planned + (pa,), fan, consumed)
-        elif d.kind == "merge":
+        values = consumed
+        if d.merges:  # the members of one merge axis in each group, in axis order
             axis = self._axis(action, p, tensors)
             groups = self._complete(axis, tensors, fan, consumed, action)
-            merged, resolved = [], None
-            for g in groups:
-                kinds = {tensors[j].dtype for j in g}
-                if len(kinds) > 1:
-                    raise PlanError(f"{action.name}() over {{{axis.name}}} gets tensors of different dtypes "
-                                    f"({', '.join(sorted(kinds))}); cast() them to one dtype first, in this rule",
-                                    action.span)
-                shape, dtype, res = d.infer(p, [tensors[j].shape for j in g], tensors[g[0]].dtype, action)
-                resolved = resolved or res
-                coords = {k: v for k, v in tensors[g[0]].coords.items() if k != axis.name}
-                merged.append(_Tensor(coords, shape, dtype))
             values = consumed | {axis.name: self._required(axis, tensors)}
-            pa = PlannedAction(action.name, {**resolved, "over": axis.name}, tuple(t.shape for t in merged),
-                               _dtype_of(merged), groups=None if len(groups) == 1 else tuple(tuple(g) for g in groups))
-            yield from self.run(i + 1, merged, planned + (pa,), fan, values)
+            p = {**p, "over": axis.name}
         else:
-            name = p["into"] or next(n for n in r.fanouts if n not in fan)
-            cap = r.fanouts[name]
-            fans = [d.fan(p, t.shape, action)[1] for t in tensors]
-            n = len(fans[0])
-            if any(len(f) != n for f in fans):
-                raise PlanError(f"{action.name}() gives {', '.join(str(len(f)) for f in fans)} pieces for the "
-                                "tensors here; they must agree", action.span)
-            if cap.type == "alt" and n != len(cap.alternatives):
-                raise PlanError(f"{action.name}() makes {n} outputs here but {{{name}}} names "
-                                f"{len(cap.alternatives)} ({', '.join(cap.alternatives)})", action.span)
-            values = cap.alternatives if cap.type == "alt" else [str(k) for k in range(n)]
-            for k, value in enumerate(values):
-                pieces = [f[k] for f in fans]
-                new = [_Tensor(t.coords, pc[0], t.dtype) for t, pc in zip(tensors, pieces)]
-                pa = act.mapped(action.name, [pc[1] for pc in pieces], [t.shape for t in new], _dtype_of(new))
-                yield from self.run(i + 1, new, planned + (pa,), {**fan, name: value}, consumed)
+            groups = [[j] for j in range(len(tensors))]
+        results = [d.infer(p, [act.Typed(tensors[j].shape, tensors[j].dtype) for j in g], action) for g in groups]
+        coords = [{k: v for k, v in tensors[g[0]].coords.items() if not d.merges or k != axis.name} for g in groups]
+        over = {"over": axis.name} if d.merges else {}
+        grouped = None if not d.merges or len(groups) == 1 else groups
+        if not d.splits:
+            new = [_Tensor(c, outs[0].shape, outs[0].dtype) for c, (outs, _) in zip(coords, results)]
+            params = [results[0][1] | over] if d.merges else [res for _, res in results]
+            pa = act.planned(action.name, params, _outputs(results, 0), grouped)
+            yield from self.run(i + 1, new, planned + (pa,), fan, values)
+            return
+        name = p.get("into") or next(n for n in r.fanouts if n not in fan)
+        cap = r.fanouts[name]
+        n = len(results[0][0])
+        if any(len(outs) != n for outs, _ in results):
+            raise PlanError(f"{action.name}() gives {', '.join(str(len(outs)) for outs, _ in results)} pieces for "
+                            "the tensors here; they must agree", action.span)
+        if cap.type == "alt" and n != len(cap.alternatives):
+            raise PlanError(f"{action.name}() makes {n} outputs here but {{{name}}} names "
+                            f"{len(cap.alternatives)} ({', '.join(cap.alternatives)})", action.span)
+        names = cap.alternatives if cap.type == "alt" else [str(k) for k in range(n)]
+        for k, value in enumerate(names):
+            new = [_Tensor(c, outs[k].shape, outs[k].dtype) for c, (outs, _) in zip(coords, results)]
+            pa = act.planned(action.name, [d.piece(res, k) | over for _, res in results], _outputs(results, k),
+                             grouped)
+            yield from self.run(i + 1, new, planned + (pa,), {**fan, name: value}, values)
 
     def _axis(self, action, p, tensors: list[_Tensor]) -> Capture:
         """The axis a merge consumes (the checks made sure it is open, and the only one

@@ -147,6 +147,32 @@ def cast(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
     return arr.astype(_storage()[dst])
 
 
+# Exact casts. Integers: how many value bits they hold and whether they are signed; floats:
+# significand bits (with the implicit one) and largest exponent. A cast is exact when every
+# value of the first dtype is a value of the second, so casting back gives the same bits.
+_INT_BITS = {"bool": (1, False), "uint8": (8, False), "uint16": (16, False), "uint32": (32, False),
+             "uint64": (64, False), "int8": (7, True), "int16": (15, True), "int32": (31, True), "int64": (63, True)}
+_FLOAT_BITS = {"float16": (11, 15), "bfloat16": (8, 127), "float32": (24, 127), "float64": (53, 1023)}
+
+
+def exact(src: str, dst: str) -> bool:
+    """Whether cast(dst) keeps every value of `src` (int8 -> float32 does, float32 -> float16
+    does not), so that casting back restores the bits."""
+    if src == dst:
+        return True
+    if dst == "bool":
+        return False
+    if src in _INT_BITS:
+        bits, signed = _INT_BITS[src]
+        if dst in _FLOAT_BITS:
+            return bits <= _FLOAT_BITS[dst][0]
+        dbits, dsigned = _INT_BITS[dst]
+        return dbits >= bits and (dsigned or not signed)
+    if src in _FLOAT_BITS and dst in _FLOAT_BITS:
+        return all(d >= s for s, d in zip(_FLOAT_BITS[src], _FLOAT_BITS[dst]))
+    return False
+
+
 # torch's dtype names (as `str(tensor.dtype)` without `torch.`, and the pickled aliases) -> mapspec's
 TORCH_DTYPES = {
     "float64": "float64", "double": "float64", "float32": "float32", "float": "float32",

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from ..core.lazy import numpy as np
 
 from ..ops import actions as act
 from ..errors import SpecError, SpecErrors, Span, UsageError
@@ -39,19 +38,6 @@ from ..compile.plan import Plan, Step, TensorInfo, compile_spec
 from ..compile.params import Config, bind
 from ..lang.rules import (BinOp, Capture, DropRule, Fanout, KeepRule, Lit, Lookup, Num, Pattern, Ref, RenameRule, Spec,
                     Subst, Template, action_text, expr_text)
-
-# Casts that lose nothing: every value of the first dtype is a value of the second.
-LOSSLESS = {
-    ("float16", "float32"), ("float16", "float64"), ("bfloat16", "float32"), ("bfloat16", "float64"),
-    ("float32", "float64"), ("int8", "int16"), ("int8", "int32"), ("int8", "int64"), ("int16", "int32"),
-    ("int16", "int64"), ("int32", "int64"), ("uint8", "int16"), ("uint8", "int32"), ("uint8", "int64"),
-    ("uint8", "uint16"), ("uint8", "uint32"), ("uint8", "uint64"), ("uint16", "uint32"),
-    ("uint16", "uint64"), ("uint32", "uint64"), ("uint16", "int32"), ("uint16", "int64"),
-    ("uint32", "int64"), ("bool", "uint8"), ("bool", "int8"), ("bool", "int16"), ("bool", "int32"),
-    ("bool", "int64"), ("int8", "float32"), ("uint8", "float32"), ("int16", "float32"), ("int8", "float16"),
-    ("uint8", "float16"), ("int32", "float64"),
-}
-
 
 class NotInvertible(SpecErrors):
     """One or more rules have no inverse; each problem at its own rule, in file order."""
@@ -91,8 +77,8 @@ class Inversion:
 class _Shapes:
     """What the forward plan says about one rule: per action, its inputs' shapes and dtype."""
 
-    inputs: list[set] = field(default_factory=list)  # per action: {(shapes tuple, dtype)}
-    planned: list[list] = field(default_factory=list)  # per action: [(PlannedAction, shapes, dtype)]
+    inputs: list[set] = field(default_factory=list)  # per action: {(shapes tuple, dtypes tuple)}
+    planned: list[list] = field(default_factory=list)  # per action: [(PlannedAction, shapes, dtypes)]
     alternatives: set = field(default_factory=set)  # source pattern indexes the checkpoint used
 
 
@@ -164,11 +150,11 @@ class _Inverter:
         if len(step.actions) != len(rule.actions):  # pragma: no cover - one planned action per action
             return
         shapes = tuple(tuple(i.shape) for i in step.input_infos)
-        dtype = step.input_infos[0].dtype
+        kinds = tuple(i.dtype for i in step.input_infos)
         for i, planned in enumerate(step.actions):
-            info.inputs[i].add((shapes, dtype))
-            info.planned[i].append((planned, shapes, dtype))
-            shapes, dtype = tuple(tuple(s) for s in planned.shapes), planned.dtype
+            info.inputs[i].add((shapes, kinds))
+            info.planned[i].append((planned, shapes, kinds))
+            shapes, kinds = tuple(t.shape for t in planned.outputs), tuple(t.dtype for t in planned.outputs)
 
     def _matches(self, pattern: Pattern, key: str) -> bool:
         from ..compile.matcher import Entry, Matcher
@@ -195,7 +181,8 @@ class _Inverter:
             return next(iter(info.inputs[i]))
         if len(info.inputs[i]) > 1:
             seen = sorted(info.inputs[i])
-            shown = ", ".join(f"{'/'.join(act.format_shape(s) for s in shapes)} {dt}" for shapes, dt in seen[:4])
+            shown = ", ".join(f"{'/'.join(act.format_shape(s) for s in shapes)} {'/'.join(sorted(set(dts)))}"
+                              for shapes, dts in seen[:4])
             self._fail(f"{action.name}() meets different inputs in this rule ({shown}); one inverse rule "
                        "cannot undo them all: split the rule", action.span)
             return None
@@ -372,7 +359,7 @@ class _Inverter:
 
     def _merge_axes(self, rule: RenameRule, source: Pattern) -> list[Capture]:
         """The source captures a merge consumes (they do not reach the target)."""
-        if not any(act.lookup(a).kind == "merge" for a in rule.actions):
+        if not any(act.lookup(a).merges for a in rule.actions):
             return []
         used = _refs_in(rule.target)
         return [c for c in source.parts if isinstance(c, Capture) and c.name and c.name not in used]
@@ -516,81 +503,44 @@ class _Inverter:
         for i, action in enumerate(rule.actions):
             d = act.lookup(action)
             p = act.normalize(action)
-            inv = self._shape_free(d, p, known, merge_axes, fanouts)
-            if inv is None:
-                inv = self._from_plan(rule, i, action, p, merge_axes)
+            axis = _axis_of(p, merge_axes)
+            cap = next((c for c in merge_axes if c.name == axis), None)
+            count = (len(cap.alternatives) if cap is not None and cap.type == "alt" else
+                     len(self.tables[cap.table]) if cap is not None and cap.type == "table" else None)
+            ctx = act.InverseContext(known, axis, fanouts[0] if len(fanouts) == 1 else None, count, action.span)
+            inv = d.spec_inverse(p, ctx)
+            inv = [action_text(a) for a in inv] if inv is not None else self._from_plan(rule, i, action, d, axis)
             if inv is None:
                 ok = False
             else:
                 inverse.append(inv)
-            known = _next_known(d, p, known)
+            known = d.shape_after(p, known)
         return [a for inv in reversed(inverse) for a in inv] if ok else None
 
-    def _shape_free(self, d, p, known, merge_axes, fanouts) -> list[str] | None:
-        """The inverse the spec alone gives, or None if it needs shapes or dtypes."""
-        name = d.name
-        if name in ("view", "reshape"):
-            if "append" in p and all(s == 1 for s in p["append"]):
-                return ["squeeze(-1)"] * len(p["append"])
-            return [f"{name}{_tuple(known)}"] if known is not None else None
-        if name == "transpose":
-            return [f"transpose({p['dims'][0]}, {p['dims'][1]})" if p else "transpose()"]
-        if name == "permute":
-            return [f"permute{_tuple(np.argsort([x % len(p['dims']) for x in p['dims']]))}"]
-        if name == "unsqueeze":
-            return [f"squeeze({p['dim']})"]
-        if name == "squeeze":
-            if "dim" in p:
-                return [f"unsqueeze({p['dim']})"]
-            return [f"view{_tuple(known)}"] if known is not None else None
-        if name == "expect":
-            return []  # an assertion: nothing to undo
-        if name in ("split", "chunk", "unstack"):
-            into = p.get("into") or (fanouts[0] if len(fanouts) == 1 else None)
-            merge = "stack" if name == "unstack" else "concat"
-            return [f"{merge}({p['dim']}{f', over={into}' if into else ''})"]
-        if name == "stack":
-            over = _axis_of(p, merge_axes)
-            return [f"unstack({p['dim']}{f', into={over}' if over else ''})"]
-        if name == "concat" and known is not None:
-            # Every piece has the shape the spec fixed before the join, and an alternation or a
-            # table says how many pieces there are: the join undoes as that many equal chunks.
-            over = _axis_of(p, merge_axes)
-            cap = next((c for c in merge_axes if c.name == over), None)
-            count = (len(cap.alternatives) if cap is not None and cap.type == "alt" else
-                     len(self.tables[cap.table]) if cap is not None and cap.type == "table" else None)
-            if count is not None:
-                return [f"chunk({count}, {p['dim']}, into={over})"]
-        return None  # cast, concat, views from an unknown shape: the plan says
-
-    def _from_plan(self, rule, i: int, action, p, merge_axes) -> list[str] | None:
+    def _from_plan(self, rule, i: int, action, d, axis: str | None) -> list[str] | None:
         """The inverse from the forward plan: the actions' own `inverse`, the same for every
         tensor of the rule."""
-        what = {"cast": "the dtype it casts from", "concat": "where the pieces it joins begin and end"}.get(
-            action.name, "the shape it started from")
-        got = self._input(rule, i, action, what, dtype_only=action.name == "cast")
+        got = self._input(rule, i, action, d.needs, dtype_only=d.dtype_only)
         if got is None:
             return None
-        axis = _axis_of(p, merge_axes)
         texts = set()
-        for planned, shapes, dtype in self.shapes[rule.span].planned[i]:
-            inv = act.inverse(planned, list(shapes), dtype)
-            if inv is None and action.name == "cast":
-                message = (f"cast({planned.params['to']}) of {planned.params['from']} tensors loses precision; "
-                           "the inverse cannot restore them")
+        for planned, shapes, kinds in self.shapes[rule.span].planned[i]:
+            inv = act.inverse(planned, list(shapes), kinds)
+            loss = d.loss(planned) if inv is None else None
+            if loss is not None:
+                message, inv = loss
                 if not self.lossy:
                     self._fail(message + " (--lossy inverts it anyway and reports the loss)", action.span)
                     return None
                 loss = f"{Path(action.span.file).name}:{action.span.line}: {message}"
                 if loss not in self.losses:
                     self.losses.append(loss)
-                inv = [act.PlannedAction("cast", {"from": planned.params["to"], "to": planned.params["from"]})]
-            rendered = None if inv is None else [_render(a, axis) for a in inv]
-            if rendered is None or None in rendered:
+            written = None if inv is None else [act.REGISTRY[a.name].written(a, axis, action.span) for a in inv]
+            if written is None or None in written:
                 self._fail(f"{action.name}() has no inverse one rule can state for these tensors "
                            "(their shapes differ in more than one dimension)", action.span)
                 return None
-            texts.add(tuple(rendered))
+            texts.add(tuple(action_text(a) for a in written))
         if len(texts) != 1:
             self._fail(f"{action.name}() would be undone differently for different tensors of this rule "
                        f"({' / '.join(' '.join(t) for t in sorted(texts)[:3])}); split the rule", action.span)
@@ -607,34 +557,6 @@ def _axis_of(p, merge_axes: list[Capture]) -> str | None:
     return merge_axes[0].name if len(merge_axes) == 1 else None
 
 
-def _render(a, axis: str | None) -> str | None:
-    """A planned inverse action as spec text; None if it cannot be one action."""
-    p = a.params
-    if a.name in ("view", "reshape"):
-        if a.each is None:
-            return f"view{_tuple(p['shape'])}"
-        # Tensors viewed back to shapes of their own: one view if they differ in one
-        # dimension only, which -1 then recovers from each tensor's size.
-        shapes = [tuple(e["shape"]) for e in a.each]
-        ranks = {len(x) for x in shapes}
-        differ = {i for x in shapes for i, d in enumerate(x) if d != shapes[0][i]} if len(ranks) == 1 else None
-        if differ is None or len(differ) != 1:
-            return None
-        (i,) = differ
-        return "view(" + ", ".join("-1" if j == i else str(d) for j, d in enumerate(shapes[0])) + ")"
-    if a.name == "permute":
-        return f"permute{_tuple(p['dims'])}"
-    if a.name == "cast":
-        return f"cast({p['to']})"
-    into = f", into={axis}" if axis else ""
-    if a.name == "split":
-        return f"split({_tuple(p['sizes'])}, {p['dim']}{into})"
-    if a.name == "unstack":
-        return f"unstack({p['dim']}{into})"
-    over = f", over={axis}" if axis else ""
-    return f"{a.name}({p['dim']}{over})"
-
-
 def _patterns(rule) -> str:
     return " | ".join(p.text for p in rule.patterns)
 
@@ -642,41 +564,6 @@ def _patterns(rule) -> str:
 def _line(text: str, line: int) -> str:
     lines = text.splitlines()
     return lines[line - 1].strip() if 0 < line <= len(lines) else ""
-
-
-def _next_known(d, p, known):
-    """The shape after an action, where the spec alone fixes it (a full view or an expect(),
-    then moves)."""
-    if d.name == "expect" and None not in p["shape"]:
-        return tuple(p["shape"])
-    if d.name in ("view", "reshape"):
-        if "shape" in p and -1 not in p["shape"]:
-            return tuple(p["shape"])
-        if known is not None:
-            dims = list(p["shape"]) if "shape" in p else list(known) + list(p["append"])
-            if -1 in dims:
-                rest = int(np.prod([x for x in dims if x != -1]))
-                dims[dims.index(-1)] = int(np.prod(known)) // rest if rest else 0
-            return tuple(dims)
-        return None
-    if known is None:
-        return None
-    if d.name == "transpose":
-        order = list(range(len(known)))
-        a, b = (p["dims"][0] % len(known), p["dims"][1] % len(known)) if p else (0, 1)
-        order[a], order[b] = order[b], order[a]
-        return tuple(known[j] for j in order)
-    if d.name == "permute":
-        return tuple(known[j % len(known)] for j in p["dims"])
-    if d.name == "unsqueeze":
-        k = p["dim"] % (len(known) + 1)
-        return known[:k] + (1,) + known[k:]
-    if d.name == "squeeze" and "dim" in p:
-        k = p["dim"] % len(known)
-        return known[:k] + known[k + 1:]
-    if d.name in ("cast",):
-        return known
-    return None
 
 
 def _linear(expr) -> tuple[str, int] | None:
@@ -728,8 +615,3 @@ def _quote(text: str) -> str:
 
     return text if re.fullmatch(r"[A-Za-z0-9_.\/:()\-]*", text) and "->" not in text else '"' + text.replace(
         "\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _tuple(values) -> str:
-    values = [int(v) for v in values]
-    return "(" + ", ".join(map(str, values)) + ("," if len(values) == 1 else "") + ")"

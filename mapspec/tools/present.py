@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
-from ..ops.actions import format_shape
+from ..ops.actions import REGISTRY, format_shape
 from ..errors import Span
 from ..compile.hints import fold, glob_of, plural, skeleton
 from ..compile.plan import PlannedAction, Plan, Step, TensorInfo, copy_stand_ins
@@ -60,27 +60,9 @@ def where(span: Span) -> str:
 # (rules as spec text: `rules.rule_text`, which the plan's JSON uses too)
 
 def planned_text(a: PlannedAction, index: bool = True) -> str:
-    p = a.params
-    if a.name in ("view", "reshape", "squeeze", "unsqueeze") and "shape" in p:
-        return f"{a.name}{format_shape(tuple(p['shape']))}"
-    if a.name == "cast":
-        return f"cast({p['to']})"
-    if a.name in ("split", "chunk", "unstack") and "index" in p:
-        if index:
-            return f"{a.name}[{p['index']}]"
-        return f"unstack({p['dim']})" if a.name == "unstack" else f"{a.name}(dim={p['dim']})"
-    if a.name in ("transpose", "permute") and "dims" in p:
-        moved = [i for i, d in enumerate(p["dims"]) if i != d]
-        dims = moved if a.name == "transpose" and len(moved) == 2 else p["dims"]
-        return f"{a.name}({', '.join(map(str, dims))})"
-    if a.name in ("concat", "stack") and "over" in p:
-        return f"{a.name}({p['dim']}, over={p['over']})"
-    if a.name == "expect" and "shape" in p:
-        return "expect(" + ", ".join("_" if d is None else str(d) for d in p["shape"]) + ")"
-    return f"{a.name}({', '.join(str(v) for k, v in p.items() if k not in ('each', 'groups'))})"
-
-
-REORDERING = frozenset({"transpose", "permute"})  # move values even where the shape comes out the same
+    """A planned action as explain shows it (`split[0]` names the piece a step takes;
+    `index=False`: the split itself)."""
+    return REGISTRY[a.name].display(a, index)
 
 
 def _shapes_text(shapes: Sequence[tuple[int, ...]]) -> str:
@@ -108,7 +90,7 @@ def change_text(steps: Sequence[Step]) -> str:
     dtypes_out = {s.info.dtype for s in steps}
     if dtypes_in != dtypes_out:
         parts.append("/".join(sorted(dtypes_in)) + " -> " + "/".join(sorted(dtypes_out)))
-    if first.actions and (parts or REORDERING & {a.name for a in first.actions}):
+    if first.actions and (parts or any(REGISTRY[a.name].reorders for a in first.actions)):
         parts.append(("by " if parts else "values reordered by ")
                      + " ".join(planned_text(a, index=False) for a in first.actions))
     return "; ".join(parts)
