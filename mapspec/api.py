@@ -13,7 +13,7 @@ from .compile.plan import Plan, compile_spec
 from .core.tensorinfo import TensorInfo
 from .errors import UsageError
 from .formats import Selected, open_sink, sink_format
-from .formats.base import guarded_writes
+from .formats.atomic import guarded_writes
 from .formats.provenance import Provenance
 from .lang.parser import as_spec
 from .lang.rules import Spec

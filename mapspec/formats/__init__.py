@@ -9,7 +9,9 @@ from typing import Iterable, Mapping, Sequence
 
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, Selected, Sink, Source, SourceBase
+from .atomic import AtomicPath
+from .protocol import Extent, Sink, Source, SourceBase
+from .selection import Selected
 from .registry import Format, Guarded, by_name, by_suffix, formats, known_names, open_file, sniff
 
 def open_source(path: str | Path | Sequence[str | Path], fmt: str | None = None, select: str | None = None,

@@ -27,7 +27,9 @@ from ..core.lazy import numpy as np
 from ..core import dtypes
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent
+from .atomic import AtomicPath
+from .placement import copy_extent
+from .protocol import Extent, SinkBase, SourceBase
 from .registry import Format
 from .reading import MAX_EXPANDED_BYTES, RegularFile, shown
 

@@ -16,7 +16,8 @@ from ..core.lazy import numpy as np
 from ..core import dtypes
 from ..errors import CheckpointError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, SinkBase, SourceBase
+from .atomic import AtomicPath
+from .protocol import SinkBase, SourceBase
 from .registry import Format
 from .reading import RegularFile, ZipMembers, clip, shown
 

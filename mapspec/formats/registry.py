@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Optional
 
 from ..core.tensorinfo import TensorInfo
 from ..errors import CheckpointError, UsageError
-from .base import Extent, Source, SourceBase
+from .protocol import Extent, Source, SourceBase
 from .reading import RegularFile, reading
 
 HEAD_BYTES = 16  # how much of a file sniffers see
@@ -36,7 +36,7 @@ class Format:
     # e.g. ("model.safetensors", "model", "model.safetensors.index.json"); None: not sharded.
     hf_layout: Optional[tuple[str, str, str]] = None
     # The sink can place a tensor copied file-to-file at its source offset modulo 64 KiB;
-    # it then takes `copied_from={output: source byte offset}` (see `base.GRANULE`).
+    # it then takes `copied_from={output: source byte offset}` (see `placement.GRANULE`).
     places_copies: bool = False
 
     def open_sink(self, path: Path, outputs, metadata=None, copied_from=None):

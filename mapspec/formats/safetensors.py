@@ -18,7 +18,9 @@ from ..core.lazy import numpy as np
 from ..core import dtypes
 from ..errors import CheckpointError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent, copy_residue, padding
+from .atomic import AtomicPath
+from .placement import copy_extent, copy_residue, padding
+from .protocol import Extent, SinkBase, SourceBase
 from .registry import Format
 from .reading import RegularFile, clip, shown
 

@@ -26,7 +26,8 @@ from ..core.lazy import numpy as np
 from ..core.background import Job, Worker
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase
+from .atomic import AtomicPath
+from .protocol import Extent, SinkBase, SourceBase
 from .registry import Format
 
 MAX_INDEX = 100_000_000  # bytes; an index is names and file names only

@@ -20,7 +20,9 @@ from ..core import dtypes
 from ..errors import CheckpointError, UsageError
 from .provenance import RECORD
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent, worth_placing
+from .atomic import AtomicPath
+from .placement import copy_extent, worth_placing
+from .protocol import Extent, SinkBase, SourceBase
 from .reading import RegularFile, ZipMembers, brief
 from .registry import Format
 from .torch_pickle import StandIn, Tensor, load
@@ -172,7 +174,7 @@ class TorchSink(SinkBase):
         self.atomic = AtomicPath(path)
         self.provenance = metadata
         # Records of large copied tensors start at their source offset modulo GRANULE (when
-        # that is 64-byte aligned, as torch's records are): see `base.GRANULE`.
+        # that is 64-byte aligned, as torch's records are): see `placement.GRANULE`.
         self.near = {k: v for k, v in (copied_from or {}).items() if worth_placing(outputs[k].nbytes)}
         self.infos = dict(outputs)
         self.keys = {name: str(i) for i, name in enumerate(outputs)}

@@ -13,7 +13,7 @@ from ..ops import actions as act
 from ..core.background import Job, Worker
 from ..errors import MapspecError, OutputError
 from ..formats import open_source
-from ..formats.base import Extent
+from ..formats.protocol import Extent
 from ..compile.plan import READ_AHEAD_BYTES, Plan, Step
 from ..lang.rules import Spec
 
