@@ -12,6 +12,7 @@ from ..core.tensorinfo import TensorInfo
 from .atomic import AtomicPath
 from .protocol import Extent, Sink, Source, SourceBase
 from .selection import Selected
+from .reading import location
 from .registry import Format, Guarded, by_name, by_suffix, formats, known_names, open_file, sniff
 
 def open_source(path: str | Path | Sequence[str | Path], fmt: str | None = None, select: str | None = None,
@@ -24,9 +25,9 @@ def open_source(path: str | Path | Sequence[str | Path], fmt: str | None = None,
     from .mxnet import resolve_prefix
 
     if isinstance(path, (list, tuple)):
-        source: Source = sharded.ShardedSource.from_files([Path(p) for p in path])
+        source: Source = sharded.ShardedSource.from_files([location(p) for p in path])
     else:
-        path = resolve_prefix(Path(path), epoch)
+        path = resolve_prefix(location(path), epoch)
         if not path.exists() and not any(c in str(path) for c in "*?["):
             raise CheckpointError(f"{path}: no such file{_epoch_hint(path) if epoch is None else ''}")
         source = sharded.open_path(path, fmt)
@@ -71,9 +72,9 @@ def read_infos(path: str | Path, select: str | None = None) -> dict[str, TensorI
 def sink_format(path: str | Path, to: str | None) -> str:
     if to:
         return by_name(to).name
-    fmt = by_suffix(Path(path))
+    fmt = by_suffix(location(path))
     if fmt is None:
-        raise UsageError(f"cannot tell the output format from '{Path(path).name}'; use --to "
+        raise UsageError(f"cannot tell the output format from '{location(path).name}'; use --to "
                          f"({known_names()})")
     return fmt.name
 

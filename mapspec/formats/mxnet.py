@@ -31,7 +31,7 @@ from .atomic import AtomicPath
 from .placement import copy_extent
 from .protocol import Extent, SinkBase, SourceBase
 from .registry import Format
-from .reading import MAX_EXPANDED_BYTES, RegularFile, shown
+from .reading import MAX_EXPANDED_BYTES, location, open_bytes, RegularFile, shown
 
 FILE_MAGIC = 0x112
 V1, V2, V3 = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
@@ -169,8 +169,8 @@ def _check_sparse(path: Path, what: str, stype: int, shape: tuple, storage: tupl
 
 class MXNetSource(SourceBase):
     def __init__(self, path: Path):
-        self.path = Path(path)
-        self._file = RegularFile(self.path)
+        self.path = location(path)
+        self._file = open_bytes(self.path)
         try:
             self._open()
         except BaseException:

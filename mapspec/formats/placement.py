@@ -54,6 +54,9 @@ def copy_extent(extent: Extent, fd_out: int, offset_out: int) -> None:
     """Copy `extent` to `fd_out` at `offset_out` inside the kernel (copy_file_range), so the
     bytes never pass through Python or page faults; falls back to pread/pwrite in chunks."""
     file, pos, left = extent.file, extent.offset, extent.nbytes
+    if file.fd < 0:  # not a local file (an object on a store): its own ranged copy
+        file.copy_to(fd_out, offset_out, pos, left)
+        return
     fd_in, out = file.fd, offset_out
     fast = hasattr(os, "copy_file_range")
     # The first call stops at the source's next GRANULE boundary, so the others start on

@@ -4,21 +4,18 @@ atomically. Arrays travel as numpy arrays with a dtype name beside them (bf16 as
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Protocol
+from typing import Any, Mapping, NamedTuple, Protocol
 
 from ..core.lazy import numpy as np
 
 from ..core.tensorinfo import TensorInfo
-
-if TYPE_CHECKING:
-    from .reading import RegularFile
 
 
 class Extent(NamedTuple):
     """A tensor's bytes exactly as a sink would store them (C order, little-endian), lying in
     one range of a file: sinks copy them file-to-file (`copy_extent`), never through Python."""
 
-    file: "RegularFile"
+    file: Any  # a byte-range reader: reading.RegularFile, or remote.RemoteFile for an object on a store
     offset: int
     nbytes: int
     # The CRC-32 of these bytes when the source states it (a whole torch zip record): a zip

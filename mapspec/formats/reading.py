@@ -94,9 +94,29 @@ def open_regular(path: Path) -> int:
     return fd
 
 
+def location(path):
+    """`path` as readers keep it: a `remote.URLPath` for a URL (s3://, hf://...), else a Path."""
+    from .remote import URLPath, is_url
+
+    if isinstance(path, URLPath):
+        return path
+    return URLPath(path) if is_url(path) else Path(path)
+
+
+def open_bytes(path):
+    """The byte-range reader for `path`: a `RegularFile`, or a `remote.RemoteFile` for a URL;
+    both have size, read_into/read_range/read_bytes, copy_to, file() and close()."""
+    path = location(path)
+    if isinstance(path, Path):
+        return RegularFile(path)
+    from .remote import RemoteFile
+
+    return RemoteFile(path)
+
+
 def read_small(path: Path, limit: int, what: str = "file") -> bytes:
     """The whole of a small regular file (a pickle, a meta record), refusing one over `limit`."""
-    with RegularFile(path) as f:
+    with open_bytes(path) as f:
         if f.size > limit:
             raise CheckpointError(f"{path}: {f.size} bytes, more than a {what} can be ({limit})")
         return f.read_bytes(0, f.size, what)
@@ -141,6 +161,13 @@ class RegularFile:
         buf = bytearray(nbytes)
         self.read_into(memoryview(buf), offset, what)
         return bytes(buf)
+
+    def copy_to(self, fd_out: int, offset_out: int, offset: int, nbytes: int) -> None:
+        """Bytes [offset, offset + nbytes) copied to `fd_out` at `offset_out` (see `copy_extent`)."""
+        from .placement import copy_extent
+        from .protocol import Extent
+
+        copy_extent(Extent(self, offset, nbytes), fd_out, offset_out)
 
     def release(self, offset: int, nbytes: int) -> None:
         """Tell the kernel a range is consumed, so a long conversion does not crowd the page cache."""

@@ -23,7 +23,7 @@ from ..core.tensorinfo import TensorInfo
 from .atomic import AtomicPath
 from .placement import copy_extent, worth_placing
 from .protocol import Extent, SinkBase, SourceBase
-from .reading import RegularFile, ZipMembers, brief
+from .reading import ZipMembers, brief, location, open_bytes
 from .registry import Format
 from .torch_pickle import StandIn, Tensor, load
 from .torch_zip import STORAGE_TYPES, ZipWriter, state_pickle
@@ -118,7 +118,7 @@ def _holds_tensors(obj: Any) -> bool:
 
 class TorchSource(SourceBase):
     def __init__(self, path: Path):
-        self.path = Path(path)
+        self.path = location(path)
         self._checkpoint = load(self.path)
         self.object = self._checkpoint.object
         self._tensors: dict[str, Tensor] = {}
@@ -225,7 +225,7 @@ class TorchSink(SinkBase):
 
 def is_torch_zip(path: Path) -> bool:
     """A zip holding `<dir>/data.pkl`: torch.save's format (an .npz is a zip without it)."""
-    with RegularFile(path) as f:
+    with open_bytes(path) as f:
         members = ZipMembers(f)
         try:
             return any(i.filename.endswith("data.pkl") for i in members.infos)

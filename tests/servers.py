@@ -1,0 +1,116 @@
+"""Real services the remote tests start on this machine: moto's standalone S3 server and a
+local Ray cluster. Each runs as child processes of the test session, reached on 127.0.0.1,
+and is stopped by killing exactly the processes started here (never `ray stop`, which
+stops every Ray of the user)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "mapspec-test", "AWS_SECRET_ACCESS_KEY": "mapspec-test",
+          "AWS_DEFAULT_REGION": "us-east-1", "AWS_SESSION_TOKEN": "mapspec-test"}
+
+
+@contextmanager
+def moto_server():
+    """moto's S3 server on a free port; yields the environment that points s3fs, aiobotocore
+    and boto3 at it (AWS_ENDPOINT_URL and keys), already set in os.environ."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        wait_port(port, proc)
+        os.environ.update(env)
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        proc.kill()
+        proc.wait()
+
+
+def _ray(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "ray"), "start", "--block", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+@contextmanager
+def ray_cluster(workers: int = 2, tmp: Path | None = None):
+    """A head (no CPUs of its own for tasks: `--num-cpus 0` keeps tasks on the workers) and
+    `workers` worker nodes of one CPU each, all with `--block` so each node is one process
+    group this fixture can kill. Yields (address, [worker Popen...])."""
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"}
+    common = ["--include-dashboard=false", "--disable-usage-stats"]
+    temp = ["--temp-dir", str(tmp)] if tmp is not None else []
+    head = _ray(["--head", "--port", str(port), "--num-cpus", "0", "--node-ip-address", "127.0.0.1",
+                 *temp, *common], env)
+    procs = [head]
+    try:
+        wait_port(port, head, 60)
+        address = f"127.0.0.1:{port}"
+        nodes = [_ray(["--address", address, "--num-cpus", "1", "--node-ip-address", "127.0.0.1", *common], env)
+                 for _ in range(workers)]
+        procs += nodes
+        _wait_nodes(address, workers + 1)
+        yield address, nodes
+    finally:
+        for p in reversed(procs):
+            kill_group(p)
+
+
+def _wait_nodes(address: str, count: int, timeout: float = 90.0) -> None:
+    """Until the cluster has `count` live nodes (asked from a throwaway process, so the test
+    process itself never joins the cluster)."""
+    code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
+            "print(sum(n['Alive'] for n in ray.nodes()))")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        out = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, timeout=60)
+        if out.returncode == 0 and out.stdout.strip().isdigit() and int(out.stdout.strip()) >= count:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the Ray cluster at {address} did not reach {count} nodes")
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """Kill a node started with `ray start --block` and everything it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
