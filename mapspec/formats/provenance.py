@@ -238,7 +238,7 @@ def _rel(path: str, root: Path) -> str:
 
 
 def sidecar(output: Path) -> Path:
-    output = Path(output)
+    output = output if hasattr(output, "url") else Path(output)
     return output.with_name(output.name + SIDECAR)
 
 
@@ -265,9 +265,9 @@ def read(path: str | Path) -> dict[str, Any] | None:
     """The provenance stored in or beside a checkpoint, or None. Reads only the few bytes
     that hold it (a header, a zip directory, a small file), through the hostile-input
     readers: regular files only, sizes bounded, any failure one CheckpointError."""
-    from .reading import RegularFile, ZipMembers, read_small, reading
+    from .reading import ZipMembers, location, open_bytes, read_small, reading
 
-    path = Path(path)
+    path = location(path)
     with reading(path):
         side = sidecar(path)
         if side.is_file():
@@ -283,7 +283,7 @@ def read(path: str | Path) -> dict[str, Any] | None:
             source = SafetensorsSource(path)
             source.close()
             return from_strings(source.metadata)
-        with RegularFile(path) as file:
+        with open_bytes(path) as file:
             if file.read_bytes(0, min(2, file.size), "the file header") != b"PK":
                 return None
             members = ZipMembers(file)
