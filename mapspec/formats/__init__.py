@@ -29,7 +29,8 @@ def open_source(path: str | Path | Sequence[str | Path], fmt: str | None = None,
     else:
         path = resolve_prefix(location(path), epoch)
         if not path.exists() and not any(c in str(path) for c in "*?["):
-            raise CheckpointError(f"{path}: no such file{_epoch_hint(path) if epoch is None else ''}")
+            raise CheckpointError(f"{path}: no such {'object' if hasattr(path, 'url') else 'file'}"
+                              f"{_epoch_hint(path) if epoch is None and isinstance(path, Path) else ''}")
         source = sharded.open_path(path, fmt)
     try:
         auto = False

@@ -312,7 +312,7 @@ class RemoteFile:
             pass
 
     def read_range(self, offset: int, nbytes: int, what: str = "data"):
-        from ..lazy import numpy as np
+        from ..core.lazy import numpy as np
 
         self._check_range(offset, nbytes, what)
         buf = np.empty(nbytes, np.uint8)
