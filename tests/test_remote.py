@@ -32,8 +32,6 @@ from mapspec.core.tensorinfo import TensorInfo  # noqa: E402
 from mapspec.formats import open_sink  # noqa: E402
 from mapspec.formats.remote import URLPath  # noqa: E402
 
-from servers import moto_server  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
@@ -63,22 +61,6 @@ def write_local(path: Path, tensors: dict, max_shard_size=None) -> None:
     for k, a in tensors.items():
         sink.write(k, a)
     sink.commit()
-
-
-@pytest.fixture(scope="session")
-def s3():
-    """One moto server for the session; the s3fs file system talking to it."""
-    with moto_server():
-        import fsspec
-
-        yield fsspec.filesystem("s3", skip_instance_cache=True)
-
-
-@pytest.fixture
-def bucket(s3):
-    name = f"mapspec-{uuid.uuid4().hex[:12]}"
-    s3.mkdir(name)
-    return name
 
 
 @pytest.fixture(scope="session")
