@@ -179,9 +179,15 @@ class ObjectOutput:
                               "overwrite it)")
         old = self._existing() if self.replace and self.directory else []
         fs = self.url.fs
-        for pending in sorted(self.pending, key=lambda p: p.url):
+
+        def finish(pending: Pending) -> None:
             complete(pending)
-            self.completed.append(pending.url)
+            self.completed.append(pending.url)  # at once: a failed commit removes what completed
+
+        # Completions in parallel: one is a round trip of up to seconds for a large object,
+        # a few hundred shards must not pay them one after another.
+        for _ in _in_order(_pool(), finish, sorted(self.pending, key=lambda p: p.url)):
+            pass
         for name, data in [*(extra or {}).items(), *([index] if index else [])]:
             target = self.target(name)
             retrying(lambda: fs.pipe_file(target.path, data), target, "")
