@@ -18,7 +18,7 @@ from .formats.provenance import Provenance
 from .formats.reading import location
 from .lang.parser import as_spec
 from .lang.rules import Spec
-from .run.executor import named_output_errors, check_space, copied_from, disk_size, execute, open_for
+from .run.executor import named_output_errors, check_space, convert_into, copied_from, disk_size, open_for
 from .run.memory import remap_tensors
 from .run.options import Options
 
@@ -130,29 +130,21 @@ def apply(
         # Everything that creates, fills or renames the output runs inside the guard: a failure
         # anywhere (even while the sink is being built) or SIGTERM/SIGINT removes its temp files.
         with guarded_writes(replace=force), named_output_errors(output):
-            sink = None
-            try:
-                if ray is not None:
-                    from .formats.remote import concurrency as width
-                    from .run.cluster import apply_on_ray
+            if ray is not None:
+                from .formats.remote import concurrency as width
+                from .run.cluster import apply_on_ray
 
-                    prefix = source.prefix if isinstance(source, Selected) else ""
-                    apply_on_ray(plan, _for_workers(checkpoint), prefix, opts.epoch, output, fmt, record.resolved(),
-                                 max_shard_size, ray, tick, shards_progress, width())
-                    return Report(plan, output, fmt, _size(output), selected, inverse)
-                if remote_out:
-                    from .run.shards import apply_remote
+                prefix = source.prefix if isinstance(source, Selected) else ""
+                apply_on_ray(plan, _for_workers(checkpoint), prefix, opts.epoch, output, fmt, record.resolved(),
+                             max_shard_size, ray, tick, shards_progress, width())
+                return Report(plan, output, fmt, _size(output), selected, inverse)
+            if remote_out:
+                from .run.shards import apply_remote
 
-                    sent = apply_remote(plan, source, output, fmt, record, max_shard_size, tick)
-                    return Report(plan, output, fmt, sent, selected, inverse)
-                sink = open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
-                                 copied_from=copied_from(plan, source))
-                execute(plan, source, sink, tick)
-                sink.commit()
-            except BaseException:
-                if sink is not None:
-                    sink.abort()
-                raise
+                sent = apply_remote(plan, source, output, fmt, record, max_shard_size, tick)
+                return Report(plan, output, fmt, sent, selected, inverse)
+            convert_into(lambda: open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
+                                           copied_from=copied_from(plan, source)), plan, source, tick)
     finally:
         source.close()
     return Report(plan, output, fmt, disk_size(output), selected, inverse)

@@ -20,9 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..core.lazy import numpy as np
-
 from ..errors import CheckpointError, MapspecError
+from .byterange import ByteRange
 
 MAX_MESSAGE = 400  # characters of an error message; longer ones are clipped
 MAX_NAME = 80  # characters of a name (a key, a member) quoted in a message
@@ -122,7 +121,7 @@ def read_small(path: Path, limit: int, what: str = "file") -> bytes:
         return f.read_bytes(0, f.size, what)
 
 
-class RegularFile:
+class RegularFile(ByteRange):
     """A regular file read by position. Every read is a fresh buffer of exactly the bytes
     asked for; a range past the end, or a file that shrinks while it is read, is a
     `CheckpointError` naming the byte offset."""
@@ -131,11 +130,6 @@ class RegularFile:
         self.path = Path(path)
         self.fd = open_regular(self.path)
         self.size = os.fstat(self.fd).st_size
-
-    def _check_range(self, offset: int, nbytes: int, what: str) -> None:
-        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:  # before allocating anything
-            raise CheckpointError(f"{self.path}: {what} at byte {offset} needs {nbytes} bytes, "
-                                  f"the {self.size}-byte file ends first (truncated?)")
 
     def read_into(self, buffer: memoryview, offset: int, what: str = "data") -> None:
         nbytes = len(buffer)
@@ -147,20 +141,6 @@ class RegularFile:
                 raise CheckpointError(f"{self.path}: the file ended at byte {offset + got} while reading "
                                       f"{what} (it was truncated while being read)")
             got += n
-
-    def read_range(self, offset: int, nbytes: int, what: str = "data") -> np.ndarray:
-        """Bytes [offset, offset + nbytes) as a fresh, writable uint8 array."""
-        self._check_range(offset, nbytes, what)
-        buf = np.empty(nbytes, np.uint8)
-        self.read_into(memoryview(buf), offset, what)
-        return buf
-
-    def read_bytes(self, offset: int, nbytes: int, what: str = "data") -> bytes:
-        """The same bytes as `bytes` (headers, metadata: no numpy needed)."""
-        self._check_range(offset, nbytes, what)
-        buf = bytearray(nbytes)
-        self.read_into(memoryview(buf), offset, what)
-        return bytes(buf)
 
     def copy_to(self, fd_out: int, offset_out: int, offset: int, nbytes: int) -> None:
         """Bytes [offset, offset + nbytes) copied to `fd_out` at `offset_out` (see `copy_extent`)."""
@@ -187,12 +167,6 @@ class RegularFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-    def __enter__(self) -> "RegularFile":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 @contextmanager

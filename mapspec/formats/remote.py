@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from typing import Iterator
 
 from ..errors import CheckpointError, UsageError
+from .byterange import ByteRange
 
 CHUNK = 8 << 20  # bytes per range request of a large read
 # The first request for a small range at the start of an object fetches this much and keeps
@@ -257,12 +258,13 @@ def retrying(call, where, what: str):
             time.sleep(BACKOFF * 2 ** attempt)
 
 
-class RemoteFile:
+class RemoteFile(ByteRange):
     """An object read by byte range: the `RegularFile` methods over fsspec. Every read is a
     fresh buffer of exactly the bytes asked for; an object shorter than it was when opened
     is a CheckpointError naming the byte offset, never short data."""
 
     fd = -1  # no descriptor: sinks copy through `copy_to`
+    kind = "object"
 
     def __init__(self, path: URLPath | str):
         self.path = path if isinstance(path, URLPath) else URLPath(path)
@@ -272,11 +274,6 @@ class RemoteFile:
         self.size = int(info.get("size") or 0)
         self.info = info
         self._head: bytes | None = None
-
-    def _check_range(self, offset: int, nbytes: int, what: str) -> None:
-        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
-            raise CheckpointError(f"{self.path}: {what} at byte {offset} needs {nbytes} bytes, "
-                                  f"the {self.size}-byte object ends first (truncated?)")
 
     def _fetch(self, offset: int, nbytes: int, what: str) -> bytes:
         fs, path = self.path.fs, self.path.path
@@ -311,22 +308,6 @@ class RemoteFile:
         for _ in _in_order(_pool(), part, range(0, nbytes, CHUNK)):
             pass
 
-    def read_range(self, offset: int, nbytes: int, what: str = "data"):
-        from ..core.lazy import numpy as np
-
-        self._check_range(offset, nbytes, what)
-        buf = np.empty(nbytes, np.uint8)
-        self.read_into(memoryview(buf), offset, what)
-        return buf
-
-    def read_bytes(self, offset: int, nbytes: int, what: str = "data") -> bytes:
-        self._check_range(offset, nbytes, what)
-        if nbytes == 0:
-            return b""
-        buf = bytearray(nbytes)
-        self.read_into(memoryview(buf), offset, what)
-        return bytes(buf)
-
     def copy_to(self, fd_out: int, offset_out: int, offset: int, nbytes: int) -> None:
         """Bytes [offset, offset + nbytes) written to `fd_out` at `offset_out`: CHUNK-sized
         range requests, `concurrency()` in flight, written in order as they arrive; memory
@@ -357,14 +338,6 @@ class RemoteFile:
         return retrying(lambda: self.path.fs.open(self.path.path, "rb", block_size=1 << 16, cache_type="bytes"),
                         self.path, "the object")
 
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "RemoteFile":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _in_order(pool: ThreadPoolExecutor, fn, items):

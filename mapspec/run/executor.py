@@ -106,6 +106,21 @@ def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = N
     return total
 
 
+def convert_into(make_sink: Callable[[], object], plan: Plan, source,
+                 progress: Callable[[int], None] | None = None) -> None:
+    """Open a sink, `execute` the plan into it and commit it; on any failure (the sink's own
+    construction included) the sink removes what it wrote."""
+    sink = None
+    try:
+        sink = make_sink()
+        execute(plan, source, sink, progress)
+        sink.commit()
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+
+
 def check_space(output: Path, needed: int) -> None:
     """Refuse up front when the output's tensor bytes cannot fit: not on the file system
     holding it, nor under the process's file size limit. Format-independent, so no writer

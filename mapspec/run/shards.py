@@ -61,21 +61,13 @@ def sub_plan(plan: Plan, task: ShardTask) -> Plan:
 def write_shard(plan: Plan, task: ShardTask, source, fmt: str, record, folder: Path,
                 progress: Callable[[int], None] | None = None) -> Path:
     """Convert one task into `folder / task.name`, atomically; returns that path."""
-    from .executor import copied_from, execute
+    from .executor import convert_into, copied_from
 
     part = sub_plan(plan, task)
-    outputs = part.outputs()
     path = Path(folder) / task.name
     with guarded_writes(replace=True):  # a retried task replaces what an earlier attempt left
-        sink = None
-        try:
-            sink = by_name(fmt).open_sink(path, outputs, record, copied_from(part, source))
-            execute(part, source, sink, progress)
-            sink.commit()
-        except BaseException:
-            if sink is not None:
-                sink.abort()
-            raise
+        convert_into(lambda: by_name(fmt).open_sink(path, part.outputs(), record, copied_from(part, source)),
+                     part, source, progress)
     return path
 
 
