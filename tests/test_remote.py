@@ -338,3 +338,33 @@ def test_url_location_behaves_like_a_path(s3, bucket):
     assert [p.name for p in d.iterdir()] == ["a.safetensors"]
     assert (d / "a.safetensors").suffix == ".safetensors" and (d / "a.safetensors").parent == d
     assert [p.url for p in URLPath(f"s3://{bucket}/d/*.safetensors").glob()] == [f"s3://{bucket}/d/a.safetensors"]
+
+
+def test_plain_https_style_urls_read_by_range(s3, bucket, model, tmp_path):
+    """http(s):// through fsspec's HTTP file system: moto serves the objects anonymously, with
+    Range support, as any static web server or presigned URL would."""
+    pytest.importorskip("aiohttp")
+    root, tensors = model
+    single = tmp_path / "m.safetensors"
+    write_local(single, tensors)
+    s3.call_s3("put_object", Bucket=bucket, Key="m.safetensors", Body=single.read_bytes(), ACL="public-read")
+    url = f"{os.environ['AWS_ENDPOINT_URL']}/{bucket}/m.safetensors"
+    got = tensors_at(url)
+    assert all(np.array_equal(got[k], v) for k, v in tensors.items())
+    apply(root / "fuse.map", url, tmp_path / "out.safetensors")
+    apply(root / "fuse.map", single, tmp_path / "ref.safetensors")
+    assert tensors_at(tmp_path / "out.safetensors").keys() == tensors_at(tmp_path / "ref.safetensors").keys()
+
+
+def test_a_presigned_url_reads_and_its_signature_is_not_recorded(s3, bucket, model, tmp_path):
+    pytest.importorskip("aiohttp")
+    root, tensors = model
+    single = tmp_path / "m.safetensors"
+    write_local(single, tensors)
+    upload(s3, single, f"{bucket}/private.safetensors")
+    url = s3.url(f"{bucket}/private.safetensors", expires=600)
+    assert "Signature" in url
+    apply(root / "fuse.map", url, tmp_path / "out.safetensors")
+    meta = open_source(tmp_path / "out.safetensors").metadata
+    assert meta["mapspec.source"] == "private.safetensors"
+    assert not any("Signature" in v or "Credential" in v for v in meta.values())

@@ -122,7 +122,8 @@ class URLPath:
 
     @property
     def name(self) -> str:
-        return posixpath.basename(self.url.split("://", 1)[1])
+        """The last path segment, without a query (a presigned URL's signature is no name)."""
+        return posixpath.basename(self.url.split("://", 1)[1].split("?", 1)[0])
 
     @property
     def suffix(self) -> str:
