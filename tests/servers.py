@@ -85,6 +85,26 @@ def ray_cluster(cpus: int = 2):
         yield address
     finally:
         kill_group(head)
+        _kill_stragglers("--gcs-address=", f":{port}")
+
+
+def _kill_stragglers(*needles: str) -> None:
+    """Ray worker processes of this cluster that left the head's process group (a worker
+    starting while the group was killed): found by their command line naming this cluster's
+    GCS port, and killed by pid."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if all(n in cmd for n in needles) and any(
+                arg.startswith(needles[0]) and arg.endswith(needles[1]) for arg in cmd.split()):
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _wait_nodes(address: str, count: int, timeout: float = 90.0) -> None:
