@@ -368,3 +368,32 @@ def test_a_presigned_url_reads_and_its_signature_is_not_recorded(s3, bucket, mod
     meta = open_source(tmp_path / "out.safetensors").metadata
     assert meta["mapspec.source"] == "private.safetensors"
     assert not any("Signature" in v or "Credential" in v for v in meta.values())
+
+
+def test_a_server_gone_mid_run_ends_the_read_with_one_line_naming_the_object(tmp_path, monkeypatch):
+    """Its own S3 server, stopped after the plan is compiled: the reads are retried (with
+    backoff) and then end the run with one line naming the object; nothing is written."""
+    import fsspec
+    from mapspec.formats import remote
+    from servers import moto_server
+
+    monkeypatch.setattr(remote, "RETRIES", 1)
+    monkeypatch.setattr(remote, "BACKOFF", 0.01)
+    monkeypatch.setattr(__import__("s3fs").S3FileSystem, "retries", 1)  # s3fs's and botocore's own
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # retries: one attempt each, so the test is quick
+    write_local(tmp_path / "m.safetensors", {"w": np.arange(1 << 16, dtype=np.float32)})
+    (tmp_path / "id.map").write_text("mapspec 1\nw -> weight then cast(float16)\n")
+    s3fs = __import__("s3fs").S3FileSystem
+    s3fs.clear_instance_cache()  # file systems are cached per options, not per endpoint
+    with moto_server():
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir("gone")
+        fs.put(str(tmp_path / "m.safetensors"), "gone/m.safetensors")
+        source = open_source("s3://gone/m.safetensors")
+    try:  # the server is stopped now; the header was read while it ran
+        with pytest.raises(CheckpointError) as err:
+            source.read("w")
+    finally:
+        source.close()
+        s3fs.clear_instance_cache()
+    assert str(err.value).startswith("s3://gone/m.safetensors: request failed") and "\n" not in str(err.value)
