@@ -13,11 +13,12 @@ from .compile.plan import Plan, compile_spec
 from .core.tensorinfo import TensorInfo
 from .errors import UsageError
 from .formats import Selected, open_sink, sink_format
-from .formats.base import guarded_writes
+from .formats.atomic import guarded_writes
 from .formats.provenance import Provenance
+from .formats.reading import location
 from .lang.parser import as_spec
 from .lang.rules import Spec
-from .run.executor import named_output_errors, check_space, copied_from, disk_size, execute, open_for
+from .run.executor import named_output_errors, check_space, convert_into, copied_from, disk_size, open_for
 from .run.memory import remap_tensors
 from .run.options import Options
 
@@ -62,6 +63,9 @@ def apply(
     reverse: bool = False,
     lossy: bool = False,
     prefer: Mapping[int | None, int] | None = None,
+    concurrency: int | None = None,
+    ray: str | None = None,
+    shards_progress: Callable[[int, int], None] | None = None,
     **overrides: Any,
 ) -> Report:
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
@@ -73,7 +77,13 @@ def apply(
 
     `checkpoint` may be a sharded checkpoint (an index, a model directory, a glob or a list of
     shards). With `max_shard_size` ("5GB", bytes), `output` is a directory of HF-style shards
-    plus an index, `to` safetensors (the default) or torch."""
+    plus an index, `to` safetensors (the default) or torch.
+
+    `checkpoint` and `output` may be URLs (s3://, gs://, hf://, https://, memory://...: see
+    `formats.remote`); `concurrency` bounds the range requests in flight per transfer. With
+    `ray` (a cluster address, or "auto": join the local one or start one) the plan runs as
+    one Ray task per output shard (`run.cluster`); `shards_progress(done, total)` hears
+    finished shards there."""
     spec = as_spec(spec)
     opts = Options.of(options, **overrides)
     inverse = None
@@ -81,10 +91,23 @@ def apply(
         from .tools.invert import invert_spec
 
         inverse = invert_spec(spec, params=opts.params, config=opts.config, lossy=lossy, prefer=prefer)
-    output = Path(output)
+    output = location(output)
+    remote_out = not isinstance(output, Path)
+    if concurrency is not None or remote_out or _any_url(checkpoint):
+        from .formats import remote
+
+        remote.configure(concurrency)
     fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None else None))
-    if output.exists() and not force:
+    if remote_out:
+        from .formats.objects import check_writable
+
+        if fmt == "oneflow":
+            raise UsageError(f"{output}: OneFlow output (a directory format) cannot be written to object storage")
+        check_writable(output, force)
+    elif output.exists() and not force:
         raise UsageError(f"{output} exists; use --force to overwrite it")
+    if ray is not None and not remote_out:
+        output = output.absolute()  # the workers' working directory is not ours
     _refuse_overwrite(output, _paths(checkpoint), max_shard_size is not None)
     source = open_for(inverse.spec if inverse else spec, checkpoint, opts.select, opts.epoch)
     try:
@@ -100,24 +123,57 @@ def apply(
                             direction="reverse" if reverse else "forward",
                             select=source.prefix if isinstance(source, Selected) else None)
         n = sum(s.info.nbytes for s in plan.steps)
-        check_space(output, n)
+        if not remote_out:
+            check_space(output, n)
+        tick = (lambda done: progress(done, n)) if progress else None
+        selected = source.prefix if source.auto else None
         # Everything that creates, fills or renames the output runs inside the guard: a failure
         # anywhere (even while the sink is being built) or SIGTERM/SIGINT removes its temp files.
         with guarded_writes(replace=force), named_output_errors(output):
-            sink = None
-            try:
-                sink = open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
-                                 copied_from=copied_from(plan, source))
-                execute(plan, source, sink, (lambda done: progress(done, n)) if progress else None)
-                sink.commit()
-            except BaseException:
-                if sink is not None:
-                    sink.abort()
-                raise
+            if ray is not None:
+                from .formats.remote import concurrency as width
+                from .run.cluster import apply_on_ray
+
+                prefix = source.prefix if isinstance(source, Selected) else ""
+                apply_on_ray(plan, _for_workers(checkpoint), prefix, opts.epoch, output, fmt, record.resolved(),
+                             max_shard_size, ray, tick, shards_progress, width())
+                return Report(plan, output, fmt, _size(output), selected, inverse)
+            if remote_out:
+                from .run.shards import apply_remote
+
+                sent = apply_remote(plan, source, output, fmt, record, max_shard_size, tick)
+                return Report(plan, output, fmt, sent, selected, inverse)
+            convert_into(lambda: open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
+                                           copied_from=copied_from(plan, source)), plan, source, tick)
     finally:
         source.close()
-    return Report(plan, output, fmt, disk_size(output),
-                  source.prefix if source.auto else None, inverse)
+    return Report(plan, output, fmt, disk_size(output), selected, inverse)
+
+
+def _any_url(checkpoint) -> bool:
+    from .formats.remote import is_url
+
+    return any(is_url(str(p)) for p in (checkpoint if isinstance(checkpoint, (list, tuple)) else [checkpoint]))
+
+
+def _for_workers(checkpoint):
+    """The checkpoint argument as Ray workers must see it: URLs as they are, local paths absolute."""
+    def one(p):
+        return str(p) if _any_url(p) else str(Path(p).absolute())
+
+    return [one(p) for p in checkpoint] if isinstance(checkpoint, (list, tuple)) else one(checkpoint)
+
+
+def _size(output) -> int:
+    """Bytes of a finished output, local or on a store (for the report)."""
+    if isinstance(output, Path):
+        return disk_size(output)
+    try:
+        if output.is_dir():
+            return sum(int(i.get("size") or 0) for i in output.fs.find(output.path, detail=True).values())
+        return int(output.stat().st_size)
+    except Exception:  # noqa: BLE001 - a size for the report only
+        return 0
 
 
 
@@ -154,15 +210,17 @@ def _infos(source) -> dict[str, TensorInfo]:
 
 
 def _refuse_overwrite(output: Path, inputs, directory: bool) -> None:
-    out = output.resolve()
+    out = location(output).resolve()
     for p in inputs:
-        p = Path(p).resolve()
+        p = location(p).resolve()
+        if isinstance(p, Path) != isinstance(out, Path):
+            continue
         if out == p or (directory and out in p.parents):
             raise UsageError("the output would overwrite the input checkpoint")
 
 
 def _paths(checkpoint) -> list[Path]:
-    return [Path(p) for p in checkpoint] if isinstance(checkpoint, (list, tuple)) else [Path(checkpoint)]
+    return [location(p) for p in checkpoint] if isinstance(checkpoint, (list, tuple)) else [location(checkpoint)]
 
 
 def _target(target):

@@ -11,12 +11,12 @@ setup() {  # setup VENV CONSTRAINTS EXTRA...
     shift 2
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-    "$venv/bin/python" -m pip install -q -c "$constraints" -e '.[test,torch]' "$@" 2>&1 \
+    "$venv/bin/python" -m pip install -q -c "$constraints" -e ".[test,torch${EXTRAS:+,$EXTRAS}]" "$@" 2>&1 \
         | grep -v '^WARNING: Location' || true
     "$venv/bin/python" -c "import mapspec, torch" # fail here, loudly, if the install did not take
 }
 
-setup .venv constraints.txt transformers
+EXTRAS=remote,ray setup .venv constraints.txt transformers  # S3 and Ray tests: numpy 2.x venv only
 setup .venv-mxnet constraints-mxnet.txt mxnet numpy
 .venv-mxnet/bin/python -c "import mxnet"
 

@@ -110,3 +110,27 @@ def torch_zip(path: Path, pkl: bytes, entries: dict | None = None) -> Path:
 @pytest.fixture
 def torch():
     return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """One moto S3 server for the whole session (tests/servers.py), its endpoint and keys in
+    os.environ; yields an s3fs file system talking to it. Skips without moto or s3fs."""
+    pytest.importorskip("moto")
+    pytest.importorskip("s3fs")
+    from servers import moto_server
+
+    with moto_server():
+        import fsspec
+
+        yield fsspec.filesystem("s3", skip_instance_cache=True)
+
+
+@pytest.fixture
+def bucket(s3):
+    """A new, empty bucket on the session's S3 server."""
+    import uuid
+
+    name = f"mapspec-{uuid.uuid4().hex[:12]}"
+    s3.mkdir(name)
+    return name

@@ -12,7 +12,7 @@ from mapspec import MapspecError, compile_spec, parse_spec
 
 from mapspec.tools import present as render
 from mapspec.compile.checks import check_spec
-from mapspec.formats.base import select
+from mapspec.formats.selection import select
 
 from conftest import DATA, golden, load_keys, without
 

@@ -105,7 +105,7 @@ def test_forward_then_inverse_is_bit_exact(spec, tmp_path, monkeypatch):
 
 
 def parse_keys_selected(spec: Path, keys):
-    from mapspec.formats.base import select
+    from mapspec.formats.selection import select
 
     return select(keys, parse_spec(spec.name).header.select, spec)
 

@@ -12,8 +12,8 @@ import pytest
 
 from mapspec import TensorInfo, apply
 from mapspec.formats import open_sink, open_source
-from mapspec.formats import base
-from mapspec.formats.base import GRANULE, PLACE_FROM, copy_residue
+from mapspec.formats import placement
+from mapspec.formats.placement import GRANULE, PLACE_FROM, copy_residue
 
 
 def write(path, fmt, tensors, **kw):
@@ -51,7 +51,7 @@ def zip_data_offsets(path):
 
 
 def test_the_residue_most_copied_bytes_agree_on_wins(monkeypatch):
-    monkeypatch.setattr(base, "PLACE_FROM", 0)
+    monkeypatch.setattr(placement, "PLACE_FROM", 0)
     offsets = {"a": 0, "b": 100, "c": 200}
     sizes = {"a": 10, "b": 1000, "c": 10}
     # a and c vote for 4000; b, larger, for 4012 - 100 = 3912
@@ -59,7 +59,7 @@ def test_the_residue_most_copied_bytes_agree_on_wins(monkeypatch):
     assert copy_residue({"a": 4000, "c": 4200}, offsets, sizes, 8) == 4000
     assert copy_residue({"b": 4001}, offsets, sizes, 8) is None  # not 8-aligned: no vote
     assert copy_residue({}, offsets, sizes, 8) is None
-    monkeypatch.setattr(base, "PLACE_FROM", 1000)
+    monkeypatch.setattr(placement, "PLACE_FROM", 1000)
     assert copy_residue({"a": 4000, "c": 4200}, offsets, sizes, 8) is None  # 20 bytes: not worth padding
 
 
@@ -135,7 +135,7 @@ def test_torch_records_of_copied_tensors_keep_their_offset_and_load(tmp_path, to
 
 @pytest.mark.parametrize("to", ["safetensors", "torch"])
 def test_every_shard_places_its_copies(tmp_path, to, monkeypatch):
-    monkeypatch.setattr(base, "PLACE_FROM", 0)  # small shards, placed as large ones are
+    monkeypatch.setattr(placement, "PLACE_FROM", 0)  # small shards, placed as large ones are
     src = tmp_path / "in.safetensors"
     data = tensors(n=8, size=30_000, step=2)  # 8-byte multiples: a shard may start anywhere 8-aligned
     write(src, "safetensors", data)

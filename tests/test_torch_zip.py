@@ -82,17 +82,17 @@ def test_zip64_records_when_offsets_pass_the_32_bit_limit(tmp_path, torch, monke
 @pytest.mark.parametrize("src, dst", [("pt", "pt"), ("safetensors", "pt"), ("pt", "safetensors"),
                                       ("params", "safetensors"), ("safetensors", "params")])
 def test_unchanged_tensors_are_copied_by_the_kernel_and_bit_identical(tmp_path, monkeypatch, src, dst):
-    from mapspec.formats import base
+    from mapspec.formats import placement
 
     tensors = {"a.w": (np.random.default_rng(0).standard_normal((8, 5)).astype(np.float32), "float32"),
                "a.b": (np.arange(3, dtype=np.int64), "int64")}
     fmt = {"pt": "torch", "params": "mxnet", "safetensors": "safetensors"}
     write(tmp_path / f"in.{src}", tensors, fmt[src])
     copies = []
-    real = base.copy_extent
-    monkeypatch.setattr(base, "copy_extent", lambda r, fd, at: (copies.append(r), real(r, fd, at)))
+    real = placement.copy_extent
+    monkeypatch.setattr(placement, "copy_extent", lambda r, fd, at: (copies.append(r), real(r, fd, at)))
     for m in ("torch", "safetensors", "mxnet"):
-        monkeypatch.setattr(f"mapspec.formats.{m}.copy_extent", base.copy_extent)
+        monkeypatch.setattr(f"mapspec.formats.{m}.copy_extent", placement.copy_extent)
     (tmp_path / "k.map").write_text("mapspec 1\na.{p} -> b.{p}\n")
     apply(tmp_path / "k.map", tmp_path / f"in.{src}", tmp_path / f"out.{dst}")
     assert len(copies) == 2
@@ -162,9 +162,9 @@ def test_a_pt_written_from_every_source_format_has_right_crcs(tmp_path, torch, f
 def test_a_tensor_copied_and_checksummed_in_many_chunks(tmp_path, monkeypatch, torch):
     """The kernel copy and the CRC read-back both walk a tensor in pieces (here 4 KiB and
     1000 bytes: a tensor far larger than either, ending mid-chunk); the CRC is of them all."""
-    from mapspec.formats import base
+    from mapspec.formats import placement
 
-    monkeypatch.setattr(base, "COPY_CHUNK", 4096)
+    monkeypatch.setattr(placement, "COPY_CHUNK", 4096)
     monkeypatch.setattr(torch_zip, "CHUNK", 1000)
     a = np.random.default_rng(3).standard_normal(25_013).astype(np.float32)
     write(tmp_path / "in.safetensors", {"a.w": (a, "float32")}, "safetensors")

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from mapspec.cli import app
 from mapspec.errors import OutputError
-from mapspec.formats.base import AtomicPath, guarded_writes
+from mapspec.formats.atomic import AtomicPath, guarded_writes
 
 from conftest import write_safetensors
 

@@ -108,6 +108,7 @@ class _Group(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
+            args = _ray_flag(list(sys.argv[1:] if args is None else args))
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except cx.NoArgsIsHelpError as exc:
             sys.stdout.write(exc.ctx.get_help() + "\n")
@@ -123,6 +124,24 @@ class _Group(TyperGroup):
             warn("error: interrupted")
             sys.exit(130)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _ray_flag(args: list[str]) -> list[str]:
+    """`--ray` takes an optional ADDRESS: a plain `--ray` (last, or before another option or
+    an argument that is no address) becomes `--ray=auto`; `--ray HOST:PORT`, `--ray
+    ray://HOST:PORT`, `--ray auto` keep theirs."""
+    out = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        if arg == "--ray":
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if nxt is None or not (nxt in ("auto", "local") or nxt.startswith("ray://")
+                                   or (":" in nxt and "://" not in nxt)):
+                out.append("--ray=auto")
+                continue
+        out.append(arg)
+    return out
 
 
 app = _App(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -229,22 +248,33 @@ class DiffFormat(str, Enum):
 
 
 SpecArg = Annotated[Path, typer.Argument(help="The .map spec.", show_default=False, metavar="SPEC")]
-CheckpointArg = Annotated[Path, typer.Argument(help="The checkpoint (an MXNet prefix with --epoch).",
-                                               show_default=False, metavar="CHECKPOINT")]
+# Checkpoints and outputs are text, not Path (which would make `s3://b/k` `s3:/b/k`): `_at`
+# turns each into a local Path or, for a URL, a location on object storage.
+CheckpointArg = Annotated[str, typer.Argument(help="The checkpoint (an MXNet prefix with --epoch; or a URL: "
+                                              "s3://, gs://, hf://, https://...).",
+                                              show_default=False, metavar="CHECKPOINT")]
 # apply, explain and inspect also take several shard files: what the shell makes of an unquoted
 # `model-*.safetensors` (a quoted glob, a directory or an index stay one CHECKPOINT).
-ShardsArg = Annotated[list[Path], typer.Argument(
+ShardsArg = Annotated[list[str], typer.Argument(
     help="The checkpoint: a file, a model directory, a shard index or glob, or several shard files "
-    "(an MXNet prefix with --epoch).", show_default=False, metavar="CHECKPOINT")]
+    "(an MXNet prefix with --epoch); any of them may be a URL (s3://, gs://, hf://, https://...).",
+    show_default=False, metavar="CHECKPOINT")]
 
 
-def _shards(paths: list[Path], epoch: int | None) -> Path | list[Path]:
+def _at(value: str | None):
+    """A CHECKPOINT or OUTPUT argument: a local Path, or a URL's location (formats.remote)."""
+    from ..formats.reading import location
+
+    return None if value is None else location(value)
+
+
+def _shards(paths: list[str], epoch: int | None):
     """One CHECKPOINT as given; several as the shards of one checkpoint."""
     if len(paths) == 1:
-        return paths[0]
+        return _at(paths[0])
     if epoch is not None:
         raise UsageError("--epoch reads one MXNet prefix, not several checkpoints")
-    return list(paths)
+    return [_at(p) for p in paths]
 TargetOpt = Annotated[Optional[str], typer.Option(
     "--target", help="What the output must fit: a checkpoint with the target keys and shapes, or a model "
     "factory module:callable(args).")]
@@ -364,8 +394,10 @@ def _progress_bar():
 def apply(
     spec: SpecArg,
     checkpoint: ShardsArg,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write; the format follows the suffix "
-                                         "(or --to). Missing folders are created.", show_default=False)],
+    output: Annotated[str, typer.Option("-o", "--output", help="Where to write; the format follows the suffix "
+                                        "(or --to). Missing folders are created. A URL (s3://...) writes to "
+                                        "object storage: nothing appears there until all of it is complete.",
+                                        show_default=False)],
     to: Annotated[Optional[str], typer.Option("--to", help="Output format: " + _formats_help() + ".")] = None,
     max_shard_size: Annotated[Optional[str], typer.Option(
         "--max-shard-size", help="Write OUTPUT as a directory of HF-style shards of at most this size (5GB, 500MB) "
@@ -375,6 +407,13 @@ def apply(
     lossy: Annotated[bool, typer.Option("--lossy", help="With --reverse: undo lossy casts and drops anyway, "
                                         "reporting the loss.")] = False,
     prefer: PreferOpt = None,
+    concurrency: Annotated[Optional[int], typer.Option(
+        "--concurrency", min=1, help="Range requests in flight per transfer for URLs (default 8).",
+        show_default=False)] = None,
+    ray: Annotated[Optional[str], typer.Option(
+        "--ray", help="Convert on a Ray cluster, one task per output shard: --ray joins the local cluster (or "
+        "starts one), --ray HOST:PORT that one. Needs mapspec[ray].", show_default=False,
+        metavar="[ADDRESS]")] = None,
     opts: Options = Options(),
 ) -> None:
     """Convert CHECKPOINT (or the shards given) with SPEC into OUTPUT."""
@@ -383,8 +422,9 @@ def apply(
         raise UsageError("--lossy goes with --reverse (a forward conversion casts as the spec says)")
     parsed = parse_spec(spec)
     with _progress_bar() as progress:
-        report = apply_spec(parsed, checkpoint, output, opts, to=to, force=force, progress=progress,
-                            reverse=reverse, lossy=lossy, max_shard_size=max_shard_size, prefer=_prefer(prefer))
+        report = apply_spec(parsed, checkpoint, _at(output), opts, to=to, force=force, progress=progress,
+                            reverse=reverse, lossy=lossy, max_shard_size=max_shard_size, prefer=_prefer(prefer),
+                            concurrency=concurrency, ray=ray)
     for loss in report.losses:
         warn(f"warning: {loss}")
     _warn_plan(report.plan, parsed, report.inverse)
@@ -400,13 +440,13 @@ def apply(
 @takes(*COMPILING)
 def check(
     spec: SpecArg,
-    checkpoint: Annotated[Optional[list[Path]], typer.Argument(
+    checkpoint: Annotated[Optional[list[str]], typer.Argument(
         help="Compile against this checkpoint's keys too. (Several .map files instead: check each spec on "
         "its own, as the pre-commit hook does.)", show_default=False, metavar="CHECKPOINT")] = None,
     opts: Options = Options(),
 ) -> None:
     """Compile only; exit 0 when SPEC (and its plan for CHECKPOINT) is clean."""
-    rest = checkpoint or []
+    rest = [_at(p) for p in checkpoint or []]
     if all(p.suffix == ".map" for p in rest):  # specs only: each on its own
         if opts.target is not None:
             raise UsageError("--target needs a CHECKPOINT to compile against")
@@ -498,8 +538,8 @@ def diff(
 @app.command()
 @_guard
 def inspect(
-    checkpoint: Annotated[Path, typer.Argument(help="Any supported checkpoint.", show_default=False,
-                                               metavar="CHECKPOINT")],
+    checkpoint: Annotated[str, typer.Argument(help="Any supported checkpoint (or its URL).", show_default=False,
+                                              metavar="CHECKPOINT")],
     keys: Annotated[bool, typer.Option("--keys", help="List every tensor, one per line: name, shape, dtype "
                                        "(tab-separated; --format json for a JSON list).")] = False,
     fmt: Annotated[TreeFormat, typer.Option("--format", help="tree or json.")] = TreeFormat.tree,
@@ -510,6 +550,7 @@ def inspect(
     """Show what a checkpoint holds, without running any code from it."""
     import json
 
+    checkpoint = _at(checkpoint)
     if keys:
         from ..formats import open_source
 
@@ -561,7 +602,7 @@ def fmt(
 @takes("select", "epoch", "param", "config")
 def invert(
     spec: SpecArg,
-    checkpoint: Annotated[Optional[Path], typer.Argument(
+    checkpoint: Annotated[Optional[str], typer.Argument(
         help="A checkpoint SPEC converts: supplies the shapes and dtypes some inverses need, and limits the "
         "inverse to the rules it uses.", show_default=False, metavar="CHECKPOINT")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the inverse spec here "
@@ -576,7 +617,7 @@ def invert(
     from ..tools.invert import invert_spec
 
     parsed = parse_spec(spec)
-    forward = plan_for(parsed, checkpoint, opts) if checkpoint is not None else None
+    forward = plan_for(parsed, _at(checkpoint), opts) if checkpoint is not None else None
     inverse = invert_spec(parsed, forward, params=opts.params, config=opts.config, lossy=lossy,
                           prefer=_prefer(prefer))
     for loss in inverse.losses:
@@ -596,8 +637,8 @@ def invert(
 def verify(
     spec: SpecArg,
     checkpoint: CheckpointArg,
-    against: Annotated[Optional[Path], typer.Option(
-        "--against", help="Compare with this checkpoint, converted another way. Without it: convert forward, "
+    against: Annotated[Optional[str], typer.Option(
+        "--against", help="Compare with this checkpoint (or URL), converted another way. Without it: convert forward, "
         "then back, and compare with CHECKPOINT.", show_default=False)] = None,
     atol: Annotated[float, typer.Option("--atol", min=0.0, help="With --against: absolute tolerance.")] = 0.0,
     rtol: Annotated[float, typer.Option("--rtol", min=0.0, help="With --against: relative tolerance (of the "
@@ -612,6 +653,7 @@ def verify(
     from ..tools.verify import verify_against, verify_roundtrip
 
     select, epoch, params, config = opts.select, opts.epoch, opts.params, opts.config
+    checkpoint, against = _at(checkpoint), _at(against)
     if against is not None:
         result = verify_against(spec, checkpoint, against, atol=atol, rtol=rtol, select=select, epoch=epoch,
                                 params=params, config=config)
@@ -634,8 +676,8 @@ def verify(
 @app.command()
 @_guard
 def draft(
-    source: Annotated[Path, typer.Argument(help="The checkpoint to convert from.", show_default=False,
-                                           metavar="SOURCE")],
+    source: Annotated[str, typer.Argument(help="The checkpoint to convert from (or its URL).",
+                                          show_default=False, metavar="SOURCE")],
     target: Annotated[str, typer.Argument(help="A checkpoint with the target keys and shapes, "
                                           "or a model factory module:callable(args).", show_default=False,
                                           metavar="TARGET")],
@@ -653,6 +695,7 @@ def draft(
 
     if output is not None and output.exists() and not force:
         raise UsageError(f"{output} exists; use --force to overwrite it")
+    source = _at(source)
     src = open_for(None, source, select, epoch)
     try:
         infos = dict(src.infos())

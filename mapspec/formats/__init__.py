@@ -9,7 +9,10 @@ from typing import Iterable, Mapping, Sequence
 
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, Selected, Sink, Source, SourceBase
+from .atomic import AtomicPath
+from .protocol import Extent, Sink, Source, SourceBase
+from .selection import Selected
+from .reading import location
 from .registry import Format, Guarded, by_name, by_suffix, formats, known_names, open_file, sniff
 
 def open_source(path: str | Path | Sequence[str | Path], fmt: str | None = None, select: str | None = None,
@@ -22,11 +25,12 @@ def open_source(path: str | Path | Sequence[str | Path], fmt: str | None = None,
     from .mxnet import resolve_prefix
 
     if isinstance(path, (list, tuple)):
-        source: Source = sharded.ShardedSource.from_files([Path(p) for p in path])
+        source: Source = sharded.ShardedSource.from_files([location(p) for p in path])
     else:
-        path = resolve_prefix(Path(path), epoch)
+        path = resolve_prefix(location(path), epoch)
         if not path.exists() and not any(c in str(path) for c in "*?["):
-            raise CheckpointError(f"{path}: no such file{_epoch_hint(path) if epoch is None else ''}")
+            raise CheckpointError(f"{path}: no such {'object' if hasattr(path, 'url') else 'file'}"
+                              f"{_epoch_hint(path) if epoch is None and isinstance(path, Path) else ''}")
         source = sharded.open_path(path, fmt)
     try:
         auto = False
@@ -69,9 +73,9 @@ def read_infos(path: str | Path, select: str | None = None) -> dict[str, TensorI
 def sink_format(path: str | Path, to: str | None) -> str:
     if to:
         return by_name(to).name
-    fmt = by_suffix(Path(path))
+    fmt = by_suffix(location(path))
     if fmt is None:
-        raise UsageError(f"cannot tell the output format from '{Path(path).name}'; use --to "
+        raise UsageError(f"cannot tell the output format from '{location(path).name}'; use --to "
                          f"({known_names()})")
     return fmt.name
 

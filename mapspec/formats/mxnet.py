@@ -27,9 +27,11 @@ from ..core.lazy import numpy as np
 from ..core import dtypes
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent
+from .atomic import AtomicPath
+from .placement import copy_extent
+from .protocol import Extent, SinkBase, SourceBase
 from .registry import Format
-from .reading import MAX_EXPANDED_BYTES, RegularFile, shown
+from .reading import MAX_EXPANDED_BYTES, location, open_bytes, RegularFile, shown
 
 FILE_MAGIC = 0x112
 V1, V2, V3 = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
@@ -167,8 +169,8 @@ def _check_sparse(path: Path, what: str, stype: int, shape: tuple, storage: tupl
 
 class MXNetSource(SourceBase):
     def __init__(self, path: Path):
-        self.path = Path(path)
-        self._file = RegularFile(self.path)
+        self.path = location(path)
+        self._file = open_bytes(self.path)
         try:
             self._open()
         except BaseException:

@@ -16,9 +16,10 @@ from ..core.lazy import numpy as np
 from ..core import dtypes
 from ..errors import CheckpointError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, SinkBase, SourceBase
+from .atomic import AtomicPath
+from .protocol import SinkBase, SourceBase
 from .registry import Format
-from .reading import RegularFile, ZipMembers, clip, shown
+from .reading import location, open_bytes, ZipMembers, clip, shown
 
 ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")  # what np.load checks
 
@@ -30,8 +31,8 @@ MAX_TAGS = 1 << 24  # bytes of the dtype-tag member
 
 class NpzSource(SourceBase):
     def __init__(self, path: Path):
-        self.path = Path(path)
-        self._file = RegularFile(self.path)
+        self.path = location(path)
+        self._file = open_bytes(self.path)
         try:
             # np.load takes a file for an archive only by its first bytes (a local header, or
             # the end record of an empty one); anything else it refuses as a pickle. zipfile

@@ -26,7 +26,8 @@ from ..core import dtypes
 from ..errors import CheckpointError, UsageError
 from .provenance import RECORD
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, SinkBase, SourceBase
+from .atomic import AtomicPath
+from .protocol import SinkBase, SourceBase
 from .registry import Format
 from .reading import RegularFile, clip, read_small, shown
 from .unpickle import MAX_DEPTH, MAX_NODES, MAX_PICKLE, Budget, StandIn, unpickle

@@ -130,6 +130,19 @@ def _stamp(path: Path) -> str | None:
     return hashlib.sha256("\n".join(marks).encode()).hexdigest()
 
 
+def remote_sha256(url) -> str:
+    """sha256 of an object on a store, read once in parallel ranged requests (used only when
+    the store keeps no content hash of its own: see `remote.content_hash`)."""
+    from .remote import CHUNK, RemoteFile, _in_order, _pool
+
+    h = hashlib.sha256()
+    with RemoteFile(url) as f:
+        parts = range(0, f.size, CHUNK)
+        for data in _in_order(_pool(), lambda at: f.read_bytes(at, min(CHUNK, f.size - at), "the object"), parts):
+            h.update(data)
+    return h.hexdigest()
+
+
 class _Digest(threading.Thread):
     """The source's sha256, computed beside the conversion."""
 
@@ -142,7 +155,7 @@ class _Digest(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.value = cached_sha256(self.path)
+            self.value = remote_sha256(self.path) if hasattr(self.path, "url") else cached_sha256(self.path)
         except BaseException as exc:  # reported by result(), in the caller's thread
             self.error = exc
 
@@ -170,12 +183,28 @@ class Provenance:
         self.fields["direction"] = direction
         if select:
             self.fields["select"] = select
-        self.fields["source"] = Path(source).name
-        self._digest = _Digest(Path(source))
+        self.fields["source"] = source.name if hasattr(source, "url") else Path(source).name
+        self._known: tuple[str, str] | None = None
+        if hasattr(source, "url"):  # on a store: its own checksum if it keeps one, no second read
+            from .remote import content_hash
+
+            self._known = content_hash(source)
+        self._digest = None if self._known else _Digest(source if hasattr(source, "url") else Path(source))
 
     def record(self, final: bool = True) -> dict[str, Any]:
+        if self._known is not None:  # the store's checksum, known before anything is written
+            algo, value = self._known
+            return {**self.fields, f"source_{algo}": value}
         sha = self._digest.result() if final else _PLACEHOLDER
         return {**self.fields, "source_sha256": sha}
+
+    def resolved(self) -> "Provenance":
+        """This record with the source's checksum waited for: picklable, to hand to workers
+        (Ray), which then write exactly what one process would."""
+        if self._known is None:
+            self._known = ("sha256", self._digest.result())
+            self._digest = None
+        return self
 
     def strings(self, final: bool = True) -> dict[str, str]:
         """The record as flat string values (safetensors metadata)."""
@@ -209,7 +238,7 @@ def _rel(path: str, root: Path) -> str:
 
 
 def sidecar(output: Path) -> Path:
-    output = Path(output)
+    output = output if hasattr(output, "url") else Path(output)
     return output.with_name(output.name + SIDECAR)
 
 
@@ -236,9 +265,9 @@ def read(path: str | Path) -> dict[str, Any] | None:
     """The provenance stored in or beside a checkpoint, or None. Reads only the few bytes
     that hold it (a header, a zip directory, a small file), through the hostile-input
     readers: regular files only, sizes bounded, any failure one CheckpointError."""
-    from .reading import RegularFile, ZipMembers, read_small, reading
+    from .reading import ZipMembers, location, open_bytes, read_small, reading
 
-    path = Path(path)
+    path = location(path)
     with reading(path):
         side = sidecar(path)
         if side.is_file():
@@ -254,7 +283,7 @@ def read(path: str | Path) -> dict[str, Any] | None:
             source = SafetensorsSource(path)
             source.close()
             return from_strings(source.metadata)
-        with RegularFile(path) as file:
+        with open_bytes(path) as file:
             if file.read_bytes(0, min(2, file.size), "the file header") != b"PK":
                 return None
             members = ZipMembers(file)

@@ -20,9 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..core.lazy import numpy as np
-
 from ..errors import CheckpointError, MapspecError
+from .byterange import ByteRange
 
 MAX_MESSAGE = 400  # characters of an error message; longer ones are clipped
 MAX_NAME = 80  # characters of a name (a key, a member) quoted in a message
@@ -94,15 +93,35 @@ def open_regular(path: Path) -> int:
     return fd
 
 
+def location(path):
+    """`path` as readers keep it: a `remote.URLPath` for a URL (s3://, hf://...), else a Path."""
+    from .remote import URLPath, is_url
+
+    if isinstance(path, URLPath):
+        return path
+    return URLPath(path) if is_url(path) else Path(path)
+
+
+def open_bytes(path):
+    """The byte-range reader for `path`: a `RegularFile`, or a `remote.RemoteFile` for a URL;
+    both have size, read_into/read_range/read_bytes, copy_to, file() and close()."""
+    path = location(path)
+    if isinstance(path, Path):
+        return RegularFile(path)
+    from .remote import RemoteFile
+
+    return RemoteFile(path)
+
+
 def read_small(path: Path, limit: int, what: str = "file") -> bytes:
     """The whole of a small regular file (a pickle, a meta record), refusing one over `limit`."""
-    with RegularFile(path) as f:
+    with open_bytes(path) as f:
         if f.size > limit:
             raise CheckpointError(f"{path}: {f.size} bytes, more than a {what} can be ({limit})")
         return f.read_bytes(0, f.size, what)
 
 
-class RegularFile:
+class RegularFile(ByteRange):
     """A regular file read by position. Every read is a fresh buffer of exactly the bytes
     asked for; a range past the end, or a file that shrinks while it is read, is a
     `CheckpointError` naming the byte offset."""
@@ -111,11 +130,6 @@ class RegularFile:
         self.path = Path(path)
         self.fd = open_regular(self.path)
         self.size = os.fstat(self.fd).st_size
-
-    def _check_range(self, offset: int, nbytes: int, what: str) -> None:
-        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:  # before allocating anything
-            raise CheckpointError(f"{self.path}: {what} at byte {offset} needs {nbytes} bytes, "
-                                  f"the {self.size}-byte file ends first (truncated?)")
 
     def read_into(self, buffer: memoryview, offset: int, what: str = "data") -> None:
         nbytes = len(buffer)
@@ -128,19 +142,12 @@ class RegularFile:
                                       f"{what} (it was truncated while being read)")
             got += n
 
-    def read_range(self, offset: int, nbytes: int, what: str = "data") -> np.ndarray:
-        """Bytes [offset, offset + nbytes) as a fresh, writable uint8 array."""
-        self._check_range(offset, nbytes, what)
-        buf = np.empty(nbytes, np.uint8)
-        self.read_into(memoryview(buf), offset, what)
-        return buf
+    def copy_to(self, fd_out: int, offset_out: int, offset: int, nbytes: int) -> None:
+        """Bytes [offset, offset + nbytes) copied to `fd_out` at `offset_out` (see `copy_extent`)."""
+        from .placement import copy_extent
+        from .protocol import Extent
 
-    def read_bytes(self, offset: int, nbytes: int, what: str = "data") -> bytes:
-        """The same bytes as `bytes` (headers, metadata: no numpy needed)."""
-        self._check_range(offset, nbytes, what)
-        buf = bytearray(nbytes)
-        self.read_into(memoryview(buf), offset, what)
-        return bytes(buf)
+        copy_extent(Extent(self, offset, nbytes), fd_out, offset_out)
 
     def release(self, offset: int, nbytes: int) -> None:
         """Tell the kernel a range is consumed, so a long conversion does not crowd the page cache."""
@@ -160,12 +167,6 @@ class RegularFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-    def __enter__(self) -> "RegularFile":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 @contextmanager

@@ -13,8 +13,8 @@ from typing import Callable, Mapping, Optional
 
 from ..core.tensorinfo import TensorInfo
 from ..errors import CheckpointError, UsageError
-from .base import Extent, Source, SourceBase
-from .reading import RegularFile, reading
+from .protocol import Extent, Source, SourceBase
+from .reading import location, open_bytes, reading
 
 HEAD_BYTES = 16  # how much of a file sniffers see
 
@@ -36,7 +36,7 @@ class Format:
     # e.g. ("model.safetensors", "model", "model.safetensors.index.json"); None: not sharded.
     hf_layout: Optional[tuple[str, str, str]] = None
     # The sink can place a tensor copied file-to-file at its source offset modulo 64 KiB;
-    # it then takes `copied_from={output: source byte offset}` (see `base.GRANULE`).
+    # it then takes `copied_from={output: source byte offset}` (see `placement.GRANULE`).
     places_copies: bool = False
 
     def open_sink(self, path: Path, outputs, metadata=None, copied_from=None):
@@ -83,7 +83,7 @@ def sniff(path: Path) -> str:
         return fmt.name
     head = b""
     if not path.is_dir():
-        with reading(path), RegularFile(path) as f:
+        with reading(path), open_bytes(path) as f:
             head = f.read_bytes(0, min(HEAD_BYTES, f.size), "the file header")
     with reading(path):
         for f in formats():
@@ -99,6 +99,7 @@ def sniff(path: Path) -> str:
 
 def open_file(path: Path, fmt: str | None = None) -> Source:
     """One checkpoint file (or format directory) through its format's source."""
+    path = location(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     cls = (by_name(fmt) if fmt else by_name(sniff(path))).source

@@ -18,9 +18,11 @@ from ..core.lazy import numpy as np
 from ..core import dtypes
 from ..errors import CheckpointError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent, copy_residue, padding
+from .atomic import AtomicPath
+from .placement import copy_extent, copy_residue, padding
+from .protocol import Extent, SinkBase, SourceBase
 from .registry import Format
-from .reading import RegularFile, clip, shown
+from .reading import location, open_bytes, clip, shown
 
 NAMES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -107,8 +109,8 @@ def parse_header(blob: bytes, path: Path) -> tuple[dict, dict]:
 
 class SafetensorsSource(SourceBase):
     def __init__(self, path: Path):
-        self.path = Path(path)
-        self._file = RegularFile(self.path)
+        self.path = location(path)
+        self._file = open_bytes(self.path)
         try:
             self._open()
         except BaseException:

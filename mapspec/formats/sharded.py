@@ -26,7 +26,9 @@ from ..core.lazy import numpy as np
 from ..core.background import Job, Worker
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase
+from .atomic import AtomicPath
+from .protocol import Extent, SinkBase, SourceBase
+from .reading import read_small
 from .registry import Format
 
 MAX_INDEX = 100_000_000  # bytes; an index is names and file names only
@@ -39,7 +41,7 @@ def open_path(path: Path, fmt: str | None = None):
     from .registry import by_name, formats, open_file, sniff
 
     if not path.exists() and any(c in str(path) for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(str(path)))
+        files = path.glob() if hasattr(path, "url") else sorted(Path(p) for p in glob.glob(str(path)))
         if not files:
             raise CheckpointError(f"{path}: no files match")
         return ShardedSource.from_files(files) if len(files) > 1 else open_file(files[0], fmt)
@@ -82,7 +84,7 @@ class ShardedSource(SourceBase):
 
         self.path = path
         self.shards = tuple(shards)
-        missing = [p for p in self.shards if not p.is_file()]
+        missing = _missing(self.shards)
         if missing:
             raise CheckpointError(f"{path}: shard {missing[0].name} is missing"
                                   + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -90,9 +92,8 @@ class ShardedSource(SourceBase):
         self._owner: dict[str, SourceBase] = {}
         self._infos: dict[str, TensorInfo] = {}
         try:
-            for shard in self.shards:
-                source = open_file(shard)
-                self._sources.append(source)
+            for source in _opened(self.shards, open_file, self._sources):
+                shard = source.path
                 for key, info in source.infos().items():
                     if key in self._owner:
                         raise CheckpointError(f"{path}: tensor '{key}' is in both {_where(self._owner[key])} "
@@ -117,9 +118,7 @@ class ShardedSource(SourceBase):
     @classmethod
     def from_index(cls, index: Path) -> "ShardedSource":
         try:
-            if index.stat().st_size > MAX_INDEX:
-                raise CheckpointError(f"{index}: {index.stat().st_size} bytes, too large for a shard index")
-            data = json.loads(index.read_text("utf-8"))
+            data = json.loads(read_small(index, MAX_INDEX, "shard index").decode("utf-8"))
         except OSError as exc:
             raise CheckpointError(f"{index}: {exc.strerror}") from None
         except (ValueError, UnicodeDecodeError) as exc:
@@ -153,6 +152,44 @@ class ShardedSource(SourceBase):
         for s in self._sources:
             s.close()
         self._sources = []
+
+
+def _missing(shards: Sequence[Path]) -> list[Path]:
+    """The shards that are not there: one listing per folder for objects on a store (not a
+    request per shard), a stat each for local files."""
+    remote = [p for p in shards if hasattr(p, "url")]
+    if not remote:
+        return [p for p in shards if not p.is_file()]
+    present = {q.url for folder in {p.parent for p in remote} for q in folder.iterdir()}
+    return [p for p in shards if (p.url not in present if hasattr(p, "url") else not p.is_file())]
+
+
+OPEN_REMOTE = 16  # shards on a store whose headers are fetched at once
+
+
+def _opened(shards: Sequence[Path], open_file, into: list):
+    """Each shard's source, in order, appended to `into` as it opens (so a failure closes
+    those opened). Shards on a store open OPEN_REMOTE at a time: each costs a few small
+    requests, a round trip apiece, which 163 shards must not pay one after another."""
+    if not any(hasattr(p, "url") for p in shards) or len(shards) == 1:
+        for shard in shards:
+            into.append(open_file(shard))
+            yield into[-1]
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(OPEN_REMOTE, thread_name_prefix="mapspec-open") as pool:
+        futures = [pool.submit(open_file, shard) for shard in shards]
+        try:
+            for future in futures:
+                into.append(future.result())
+                yield into[-1]
+        finally:
+            for future in futures:  # a failure: the others are closed as they finish
+                if future.cancel() or future.exception() is not None:
+                    continue
+                if future.result() not in into:
+                    future.result().close()
 
 
 def _where(source) -> str:
@@ -247,9 +284,7 @@ class ShardedSink(SinkBase):
             self.files = names
             self.index = None
             if len(names) > 1:
-                total = sum(i.nbytes for i in outputs.values())
-                self.index = (fmt.hf_layout[2],
-                              {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+                self.index = (fmt.hf_layout[2], index_blob(weight_map, sum(i.nbytes for i in outputs.values())))
         except BaseException:
             self.abort()
             raise
@@ -289,7 +324,7 @@ class ShardedSink(SinkBase):
             sink.commit()
         if self.index is not None:
             name, data = self.index
-            (self.atomic.tmp / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")
+            (self.atomic.tmp / name).write_bytes(data)
         self.atomic.commit()  # replacing an earlier output only with --force
 
     def abort(self) -> None:
@@ -302,6 +337,12 @@ class ShardedSink(SinkBase):
             except Exception:
                 pass
         self.atomic.abort()
+
+
+def index_blob(weight_map: Mapping[str, str], total: int) -> bytes:
+    """The shard index file's bytes, as transformers writes it (`total_size`: tensor bytes)."""
+    data = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 def _copied(sink, name: str, extent: Extent) -> None:

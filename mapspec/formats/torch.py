@@ -20,8 +20,10 @@ from ..core import dtypes
 from ..errors import CheckpointError, UsageError
 from .provenance import RECORD
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent, worth_placing
-from .reading import RegularFile, ZipMembers, brief
+from .atomic import AtomicPath
+from .placement import copy_extent, worth_placing
+from .protocol import Extent, SinkBase, SourceBase
+from .reading import ZipMembers, brief, location, open_bytes
 from .registry import Format
 from .torch_pickle import StandIn, Tensor, load
 from .torch_zip import STORAGE_TYPES, ZipWriter, state_pickle
@@ -116,7 +118,7 @@ def _holds_tensors(obj: Any) -> bool:
 
 class TorchSource(SourceBase):
     def __init__(self, path: Path):
-        self.path = Path(path)
+        self.path = location(path)
         self._checkpoint = load(self.path)
         self.object = self._checkpoint.object
         self._tensors: dict[str, Tensor] = {}
@@ -172,7 +174,7 @@ class TorchSink(SinkBase):
         self.atomic = AtomicPath(path)
         self.provenance = metadata
         # Records of large copied tensors start at their source offset modulo GRANULE (when
-        # that is 64-byte aligned, as torch's records are): see `base.GRANULE`.
+        # that is 64-byte aligned, as torch's records are): see `placement.GRANULE`.
         self.near = {k: v for k, v in (copied_from or {}).items() if worth_placing(outputs[k].nbytes)}
         self.infos = dict(outputs)
         self.keys = {name: str(i) for i, name in enumerate(outputs)}
@@ -223,7 +225,7 @@ class TorchSink(SinkBase):
 
 def is_torch_zip(path: Path) -> bool:
     """A zip holding `<dir>/data.pkl`: torch.save's format (an .npz is a zip without it)."""
-    with RegularFile(path) as f:
+    with open_bytes(path) as f:
         members = ZipMembers(f)
         try:
             return any(i.filename.endswith("data.pkl") for i in members.infos)

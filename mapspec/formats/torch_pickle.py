@@ -22,7 +22,7 @@ from ..core.lazy import numpy as np
 from ..core import dtypes
 from ..core.dtypes import TORCH_DTYPES
 from ..errors import CheckpointError
-from .reading import MAX_EXPANDED_BYTES, RegularFile, ZipMembers, reading, shown
+from .reading import MAX_EXPANDED_BYTES, RegularFile, ZipMembers, location, open_bytes, reading, shown
 from .unpickle import MAX_DEPTH, MAX_PICKLE, Device, Inert, StandIn, PickleTruncated, check_pickle, unpickle
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -311,8 +311,8 @@ class Checkpoint:
 
 def load(path: Path) -> Checkpoint:
     """Open a torch.save file: its object, with tensors as `Tensor`s not yet read."""
-    path = Path(path)
-    file = RegularFile(path)
+    path = location(path)
+    file = open_bytes(path)
     try:
         with reading(path):
             head = file.read_bytes(0, min(4, file.size), "the file header")

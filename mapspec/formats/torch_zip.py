@@ -30,7 +30,7 @@ from typing import BinaryIO, Mapping
 
 from ..core.background import Job, Worker
 from ..core.tensorinfo import TensorInfo
-from .base import padding
+from .placement import padding
 
 ALIGN = 64
 FOLDER = "archive"
@@ -157,7 +157,7 @@ class ZipWriter:
     def begin(self, name: str, size: int, near: int | None = None) -> int:
         """Start entry `name` of `size` bytes; returns the file offset where its data goes:
         64-byte aligned, and equal to `near` modulo GRANULE when `near` (where the bytes will
-        be copied from) is itself 64-byte aligned (see `base.GRANULE`; the padding field
+        be copied from) is itself 64-byte aligned (see `placement.GRANULE`; the padding field
         takes it)."""
         assert self._open is None
         raw = f"{FOLDER}/{name}".encode()

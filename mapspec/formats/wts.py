@@ -17,15 +17,16 @@ from ..core.lazy import numpy as np
 from ..core import dtypes
 from ..errors import CheckpointError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, SinkBase, SourceBase
+from .atomic import AtomicPath
+from .protocol import SinkBase, SourceBase
 from .registry import Format
-from .reading import RegularFile, clip, shown
+from .reading import location, open_bytes, clip, shown
 
 
 class WtsSource(SourceBase):
     def __init__(self, path: Path):
-        self.path = Path(path)
-        self._file = RegularFile(self.path)
+        self.path = location(path)
+        self._file = open_bytes(self.path)
         try:
             self._lines = self._index()
         except BaseException:

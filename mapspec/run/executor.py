@@ -13,7 +13,7 @@ from ..ops import actions as act
 from ..core.background import Job, Worker
 from ..errors import MapspecError, OutputError
 from ..formats import open_source
-from ..formats.base import Extent
+from ..formats.protocol import Extent
 from ..compile.plan import READ_AHEAD_BYTES, Plan, Step
 from ..lang.rules import Spec
 
@@ -104,6 +104,21 @@ def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = N
         if ahead is not None:  # failed: the read in flight ends before the source is closed
             read_worker.cancel([ahead])
     return total
+
+
+def convert_into(make_sink: Callable[[], object], plan: Plan, source,
+                 progress: Callable[[int], None] | None = None) -> None:
+    """Open a sink, `execute` the plan into it and commit it; on any failure (the sink's own
+    construction included) the sink removes what it wrote."""
+    sink = None
+    try:
+        sink = make_sink()
+        execute(plan, source, sink, progress)
+        sink.commit()
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
 
 
 def check_space(output: Path, needed: int) -> None:

@@ -16,7 +16,7 @@ from ..core import dtypes
 from ..errors import UsageError
 from .executor import run_step
 from ..compile.params import Config
-from ..formats.base import select as select_names
+from ..formats.selection import select as select_names
 from ..compile.plan import Plan, TensorInfo, compile_spec
 from ..lang.rules import Spec
 

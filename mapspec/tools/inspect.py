@@ -17,7 +17,7 @@ from ..core.lazy import numpy as np
 
 from ..formats import provenance
 from ..formats import open_source, sniff
-from ..formats.reading import clip, reading
+from ..formats.reading import clip, location, reading
 from ..formats.torch import auto_select
 from ..formats.torch_pickle import StandIn, Tensor
 from ..formats.unpickle import MAX_NODES, Budget
@@ -144,7 +144,7 @@ def _plain(v: Any, depth: int = 0) -> Any:
 def inspect_checkpoint(path: str | Path, epoch: int | None = None) -> dict:
     from ..formats.mxnet import resolve_prefix
 
-    path = resolve_prefix(Path(path), epoch)
+    path = resolve_prefix(location(path), epoch)
     source = open_source(path, select="")  # "" asks for the whole file, no automatic choice
     try:
         infos = dict(source.infos())

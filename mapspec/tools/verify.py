@@ -18,7 +18,7 @@ from ..core.lazy import numpy as np
 
 from ..core import dtypes
 from ..errors import Span
-from ..formats.base import SinkBase
+from ..formats.protocol import SinkBase
 from ..compile.plan import Plan, TensorInfo
 
 CHUNK = 1 << 20  # elements compared at once in float64
