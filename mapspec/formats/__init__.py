@@ -77,9 +77,13 @@ def sink_format(path: str | Path, to: str | None) -> str:
 
 
 def check_dtypes(fmt: Format, dtypes: Iterable[str]) -> None:
+    from ..core.dtypes import BYTES_ONLY
+
     unsupported = sorted(set(dtypes) - fmt.dtypes)
     if unsupported:
-        raise UsageError(f"{fmt.name} files cannot hold {', '.join(unsupported)} tensors; cast them in the spec")
+        fix = ("convert to a format that holds them (safetensors)" if set(unsupported) & BYTES_ONLY
+               else "cast them in the spec")
+        raise UsageError(f"{fmt.name} files cannot hold {', '.join(unsupported)} tensors; {fix}")
 
 
 def open_sink(path: str | Path, fmt: str, outputs: Mapping[str, TensorInfo], metadata=None,

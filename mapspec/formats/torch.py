@@ -24,7 +24,7 @@ from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent, worth_p
 from .reading import RegularFile, ZipMembers, brief
 from .registry import Format
 from .torch_pickle import StandIn, Tensor, load
-from .torch_zip import STORAGE_TYPES, ZipWriter, state_pickle
+from .torch_zip import TORCH_WRITES, ZipWriter, state_pickle, torch_refuses
 from .unpickle import MAX_DEPTH, MAX_NODES, Budget
 
 
@@ -121,7 +121,7 @@ class TorchSource(SourceBase):
         self.object = self._checkpoint.object
         self._tensors: dict[str, Tensor] = {}
         flatten(self.object, "", self._tensors)
-        self._infos = {k: TensorInfo(t.shape, t.dtype) for k, t in self._tensors.items()}
+        self._infos = {k: t.info for k, t in self._tensors.items()}
 
     def infos(self) -> Mapping[str, TensorInfo]:
         return self._infos
@@ -169,6 +169,10 @@ class TorchSink(SinkBase):
 
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None,
                  copied_from: Mapping[str, int] | None = None):
+        for name, info in outputs.items():
+            why = torch_refuses(info)
+            if why:
+                raise UsageError(f"{brief(name)}: {why}")
         self.atomic = AtomicPath(path)
         self.provenance = metadata
         # Records of large copied tensors start at their source offset modulo GRANULE (when
@@ -236,5 +240,5 @@ def _is_torch(path: Path, head: bytes) -> bool:
 
 
 FORMAT = Format("torch", "PyTorch torch.save", (".pt", ".pth", ".bin", ".ckpt"), TorchSource, TorchSink,
-                frozenset(STORAGE_TYPES), aliases=("pt", "pytorch"), sniff=_is_torch,
+                TORCH_WRITES, aliases=("pt", "pytorch"), sniff=_is_torch,
                 hf_layout=("pytorch_model.bin", "pytorch_model", "pytorch_model.bin.index.json"), places_copies=True)
