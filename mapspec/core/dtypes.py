@@ -305,3 +305,13 @@ TORCH_DTYPES = {
 # torch's packed dtype: one element of it is two float4 values in a byte; its shape's last
 # dimension counts bytes, mapspec's (as safetensors') counts values.
 TORCH_PACKED = {"float4_e2m1fn_x2": "float4_e2m1fn"}
+
+
+def of_torch(name: str, shape: tuple[int, ...]) -> tuple[tuple[int, ...], str] | None:
+    """mapspec's (shape, dtype) of a torch tensor of dtype `name` (`str(t.dtype)` without
+    `torch.`), or None if mapspec cannot hold it; a packed one counts values."""
+    if name in TORCH_PACKED:
+        return ((*shape[:-1], shape[-1] * 2), TORCH_PACKED[name]) if shape else None
+    if name in TORCH_DTYPES:
+        return tuple(shape), TORCH_DTYPES[name]
+    return None

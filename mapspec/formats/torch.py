@@ -24,7 +24,7 @@ from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent, worth_p
 from .reading import RegularFile, ZipMembers, brief
 from .registry import Format
 from .torch_pickle import StandIn, Tensor, load
-from .torch_zip import TORCH_WRITES, ZipWriter, state_pickle, torch_refuses
+from .torch_zip import TORCH_WRITES, V3_TYPES, ZipWriter, state_pickle, torch_refuses, torch_shape
 from .unpickle import MAX_DEPTH, MAX_NODES, Budget
 
 
@@ -155,6 +155,10 @@ def to_torch(array: np.ndarray, dtype: str):
         warnings.simplefilter("ignore", UserWarning)
         if dtype == "bfloat16":
             return torch.from_numpy(np.asarray(array, order="C").view(np.int16)).view(torch.bfloat16)
+        if dtype in dtypes.LOW_PRECISION:  # the bytes as stored, viewed as torch's dtype
+            info = TensorInfo(tuple(np.shape(array)), dtype)
+            stored = np.frombuffer(dtypes.raw(array, dtype), np.uint8).copy()
+            return torch.from_numpy(stored).view(getattr(torch, V3_TYPES[dtype])).reshape(torch_shape(info))
         return torch.from_numpy(np.asarray(array, order="C"))
 
 
