@@ -14,6 +14,7 @@ from .core.tensorinfo import TensorInfo
 from .errors import UsageError
 from .formats import Selected, open_sink, sink_format
 from .formats.base import guarded_writes
+from .formats.model_dir import carried_files, model_dir_of
 from .formats.provenance import Provenance
 from .lang.parser import as_spec
 from .lang.rules import Spec
@@ -101,13 +102,16 @@ def apply(
                             select=source.prefix if isinstance(source, Selected) else None)
         n = sum(s.info.nbytes for s in plan.steps)
         check_space(output, n)
+        # A model directory in, a directory out: its other files go along, config.json as the plan says.
+        model_dir = model_dir_of(checkpoint) if max_shard_size is not None else None
+        files = carried_files(model_dir, plan.config_patch()) if model_dir else None
         # Everything that creates, fills or renames the output runs inside the guard: a failure
         # anywhere (even while the sink is being built) or SIGTERM/SIGINT removes its temp files.
         with guarded_writes(replace=force), named_output_errors(output):
             sink = None
             try:
                 sink = open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
-                                 copied_from=copied_from(plan, source))
+                                 copied_from=copied_from(plan, source), files=files)
                 execute(plan, source, sink, (lambda done: progress(done, n)) if progress else None)
                 sink.commit()
             except BaseException:

@@ -87,8 +87,10 @@ def check_dtypes(fmt: Format, dtypes: Iterable[str]) -> None:
 
 
 def open_sink(path: str | Path, fmt: str, outputs: Mapping[str, TensorInfo], metadata=None,
-              max_shard_size: int | str | None = None, copied_from: Mapping[str, int] | None = None) -> Sink:
-    """A sink for `outputs`; with `max_shard_size`, `path` is a directory of HF-style shards.
+              max_shard_size: int | str | None = None, copied_from: Mapping[str, int] | None = None,
+              files: Mapping[str, bytes | Path] | None = None) -> Sink:
+    """A sink for `outputs`; with `max_shard_size`, `path` is a directory of HF-style shards,
+    with `files` (name -> bytes or a path to copy: a model directory's other files) beside them.
     `copied_from` (output -> source byte offset) names the outputs that will be copied
     file-to-file, for sinks that can place them where the kernel copies fastest."""
     f = by_name(fmt)
@@ -96,7 +98,7 @@ def open_sink(path: str | Path, fmt: str, outputs: Mapping[str, TensorInfo], met
     if max_shard_size is not None:
         from .sharded import ShardedSink
 
-        return ShardedSink(Path(path), f, outputs, max_shard_size, metadata, copied_from)
+        return ShardedSink(Path(path), f, outputs, max_shard_size, metadata, copied_from, files)
     return f.open_sink(Path(path), outputs, metadata, copied_from)
 
 

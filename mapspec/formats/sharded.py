@@ -27,6 +27,7 @@ from ..core.background import Job, Worker
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
 from .base import AtomicPath, Extent, SinkBase, SourceBase
+from .model_dir import write_files
 from .registry import Format
 
 MAX_INDEX = 100_000_000  # bytes; an index is names and file names only
@@ -215,7 +216,10 @@ class ShardedSink(SinkBase):
     its copies run in order on its lane, and a tensor written from memory waits for them."""
 
     def __init__(self, path: Path, fmt: Format, outputs: Mapping[str, TensorInfo], max_shard_size: int | str,
-                 metadata=None, copied_from: Mapping[str, int] | None = None):
+                 metadata=None, copied_from: Mapping[str, int] | None = None,
+                 files: Mapping[str, bytes | Path] | None = None):
+        """`files`: other files of the model directory (name -> bytes, or a path to copy),
+        written beside the shards (see `model_dir`)."""
         if fmt.hf_layout is None:
             from .registry import formats
 
@@ -250,6 +254,10 @@ class ShardedSink(SinkBase):
                 total = sum(i.nbytes for i in outputs.values())
                 self.index = (fmt.hf_layout[2],
                               {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+            self.extra = dict(files or {})
+            clash = set(self.extra) & {*names, fmt.hf_layout[2]}
+            if clash:
+                raise UsageError(f"the model directory's {sorted(clash)[0]} would overwrite an output shard")
         except BaseException:
             self.abort()
             raise
@@ -290,6 +298,7 @@ class ShardedSink(SinkBase):
         if self.index is not None:
             name, data = self.index
             (self.atomic.tmp / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")
+        write_files(self.atomic.tmp, self.extra)
         self.atomic.commit()  # replacing an earlier output only with --force
 
     def abort(self) -> None:

@@ -172,6 +172,12 @@ class ActionDef:
         `axis`: the capture its merge consumes or its split makes."""
         return None
 
+    # ---------------------------------------------------------------- the model's config
+    def config(self, p: Params) -> tuple[dict, frozenset] | None:
+        """What the action means for the model's config.json: (keys set, keys removed), e.g.
+        a dequantize removes `quantization_config` (see `core.modelconfig`); None: nothing."""
+        return None
+
     # ---------------------------------------------------------------- presentation
     def display(self, pa: PlannedAction, index: bool = True) -> str:
         """The planned action as `explain` shows it."""

@@ -72,6 +72,11 @@ def run(pa: PlannedAction, arrays: list) -> list:
     return out
 
 
+def config_effect(pa: PlannedAction) -> tuple[dict, frozenset] | None:
+    """(config keys set, keys removed) by one planned action, or None."""
+    return REGISTRY[pa.name].config(dict(pa.params))
+
+
 def run_all(actions: Iterable[PlannedAction], arrays: list) -> list:
     for pa in actions:
         arrays = run(pa, arrays)
