@@ -26,10 +26,12 @@ first use (a rename-only run never gets here).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 FP8_MAX = 448.0  # the largest finite float8_e4m3fn
-CHUNK_ELEMENTS = 1 << 21  # float32 elements worked on at once (8 MiB)
+CHUNK_ELEMENTS = 1 << 21  # float32 elements worked on at once (8 MiB) by each thread
+THREADS = min(2, os.cpu_count() or 1)
 SCALE_FORMATS = ("float32", "e8m0")
 
 
@@ -53,6 +55,22 @@ def _slices(shape: tuple[int, ...], bm: int):
             yield e, r0, min(rows, r0 + step)
 
 
+def in_parallel(jobs, work) -> None:
+    """`work(job)` for every job, on up to THREADS threads (numpy and ml_dtypes release the
+    GIL in their loops, so two slices compute at once on two cores); the first error raised."""
+    jobs = list(jobs)
+    threads = min(THREADS, len(jobs))
+    if threads <= 1:
+        for job in jobs:
+            work(job)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="mapspec-kernel") as pool:
+        for future in [pool.submit(work, job) for job in jobs]:
+            future.result()
+
+
 def _scale_in_place(work, scales, bm: int, bn: int) -> None:
     """`work` (rows x C, float32, a slice starting at a block row) times the scale of each
     element's block; `scales` holds the slice's block rows (ceil(rows/bm) x ceil(C/bn)).
@@ -71,6 +89,34 @@ def _scale_in_place(work, scales, bm: int, bn: int) -> None:
         work[:, full * bn:] *= per_row[:, full:full + 1]
 
 
+def _byte_values(dtype):
+    """float32 value of each of the 256 bit patterns of a one-byte float dtype (exact: every
+    float8 value is a float32 value), or None for other dtypes."""
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    if dtype.itemsize != 1 or dtype.kind not in "Vf":
+        return None
+    return np.arange(256, dtype=np.uint8).view(dtype).astype(np.float32)
+
+
+def _to_float32(src, out, index) -> None:
+    """`out[...] = float32(src)`, the fast ways: a table lookup for one-byte floats (`index`:
+    an intp buffer of src's size), bits shifted for bfloat16; numpy's cast otherwise."""
+    import numpy as np
+
+    table = _byte_values(src.dtype)
+    if table is not None:
+        np.copyto(index, src.view(np.uint8), casting="unsafe")
+        np.take(table, index, out=out)
+    elif src.dtype.name == "bfloat16":
+        wide = out.view(np.uint32)
+        np.copyto(wide, src.view(np.uint16), casting="unsafe")
+        wide <<= 16
+    else:
+        np.copyto(out, src, casting="unsafe")
+
+
 def dequantize(weight, scale_inv, block: tuple[int, int], out_dtype: Any):
     """`weight` (float8_e4m3fn, or any dtype float32 holds exactly) times its block scales
     (float32 or float8_e8m0fnu), rounded once to `out_dtype` (a numpy or ml_dtypes dtype)."""
@@ -86,10 +132,15 @@ def dequantize(weight, scale_inv, block: tuple[int, int], out_dtype: Any):
     w = weight.reshape(-1, rows, cols)
     s = scale_inv.reshape(-1, *expected[-2:]).astype(np.float32)
     o = out.reshape(-1, rows, cols)
-    for e, r0, r1 in _slices(weight.shape, bm):
-        work = w[e, r0:r1].astype(np.float32)
+
+    def one(job) -> None:
+        e, r0, r1 = job
+        work = np.empty((r1 - r0, cols), np.float32)
+        _to_float32(w[e, r0:r1], work, np.empty(work.shape, np.intp))
         _scale_in_place(work, s[e, r0 // bm: -(-r1 // bm)], bm, bn)
         o[e, r0:r1] = work  # the one rounding to the output dtype
+
+    in_parallel(_slices(weight.shape, bm), one)
     return out
 
 
@@ -98,8 +149,17 @@ def _block_absmax(a, bm: int, bn: int):
     import numpy as np
 
     rows, cols = a.shape
-    per_rows = np.maximum.reduceat(a, np.arange(0, rows, bm), axis=0) if rows else a
-    return np.maximum.reduceat(per_rows, np.arange(0, cols, bn), axis=1) if cols else per_rows
+    if rows % bm == 0:
+        per_rows = a.reshape(rows // bm, bm, cols).max(axis=1)
+    else:
+        per_rows = np.maximum.reduceat(a, np.arange(0, rows, bm), axis=0)
+    full, rest = divmod(cols, bn)
+    out = np.empty((per_rows.shape[0], full + (1 if rest else 0)), np.float32)
+    if full:
+        out[:, :full] = per_rows[:, :full * bn].reshape(-1, full, bn).max(axis=2)
+    if rest:
+        out[:, full] = per_rows[:, full * bn:].max(axis=1)
+    return out
 
 
 def _power_of_two_up(inv):
@@ -129,8 +189,11 @@ def quantize(x, block: tuple[int, int] = (128, 128), scale_fmt: str = "float32")
     qs = q.reshape(-1, rows, cols)
     invs = inv_all.reshape(-1, *g[-2:])
     one, fp8_max = np.float32(1.0), np.float32(FP8_MAX)
-    for e, r0, r1 in _slices(x.shape, bm):
-        work = xs[e, r0:r1].astype(np.float32)
+
+    def one_slice(job) -> None:
+        e, r0, r1 = job
+        work = np.empty((r1 - r0, cols), np.float32)
+        _to_float32(xs[e, r0:r1], work, np.empty(work.shape, np.intp))
         amax = _block_absmax(np.abs(work), bm, bn)
         nonzero = amax > 0  # False for NaN too, as torch's `max_abs > 0`
         # torch evaluates `448 / amax` (a number over a tensor) as `reciprocal(amax) * 448`:
@@ -143,7 +206,9 @@ def quantize(x, block: tuple[int, int] = (128, 128), scale_fmt: str = "float32")
         invs[e, r0 // bm: -(-r1 // bm)] = inv
         _scale_in_place(work, scale, bm, bn)
         np.clip(work, -fp8_max, fp8_max, out=work)
-        qs[e, r0:r1] = work
+        qs[e, r0:r1] = work  # rounded to nearest even by ml_dtypes, as torch rounds
+
+    in_parallel(_slices(x.shape, bm), one_slice)
     if scale_fmt == "e8m0":
         return q, inv_all.astype(ml_dtypes.float8_e8m0fnu)
     return q, inv_all
