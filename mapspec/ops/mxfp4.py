@@ -8,7 +8,8 @@ bias 127. The model's layout (`GptOssExperts`) is the transpose: `(E, K, N)` wit
   from the E2M1 table times `2 ** (scale - 127)` as `ldexp` does it (exactly, in float32:
   a zero stays zero at scale byte 255, 0.5 becomes 2**127, larger values infinity), rounded
   once to the output dtype, then the last two dimensions swapped: `(E, N, G, 16)` ->
-  `(E, 32 G, N)`.
+  `(E, 32 G, N)`. Since a block byte and its scale byte fix both values, a table of all
+  65,536 pairs, computed that way once, gives them by one lookup per byte.
 - `quantize` is its inverse layout with the arithmetic of the MXFP4 reference quantizer
   (`downcast_to_mxfp_torch` in triton_kernels, which transformers' `Mxfp4Quantize` calls):
   per block of 32 along K, `amax / 6` in float32 rounded up to a power of two (its exponent
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .fp8 import CHUNK_ELEMENTS
+from .fp8 import CHUNK_ELEMENTS, in_parallel
 
 BLOCK = 32  # values per scale
 BYTES = BLOCK // 2  # bytes per block
@@ -49,6 +50,21 @@ def _pairs():
     return np.stack([values[byte & 0xF], values[byte >> 4]], axis=-1)
 
 
+def _table(out_dtype):
+    """(scale byte * 256 + block byte) -> the byte's two output values, as one unsigned
+    integer of twice the output's width. Each is `ldexp(value, scale - 127)` in float32
+    rounded to the output dtype, exactly what the element-wise computation gives, since a
+    value depends on those two bytes alone."""
+    import numpy as np
+
+    out_dtype = np.dtype(out_dtype)
+    exponents = (np.arange(256, dtype=np.int32) - 127)[:, None, None]
+    with np.errstate(over="ignore"):  # past the largest float: infinity, as ldexp gives
+        values = np.ldexp(_pairs()[None], exponents)  # (256 scales, 256 bytes, 2), float32
+        pairs = np.ascontiguousarray(values.astype(out_dtype))
+    return pairs.view(np.dtype(f"<u{2 * out_dtype.itemsize}")).reshape(256 * 256)
+
+
 def _rows(n: int, per_row: int) -> int:
     return max(1, min(n, CHUNK_ELEMENTS // max(1, per_row)))
 
@@ -60,19 +76,22 @@ def dequantize(blocks, scales, out_dtype: Any):
     if blocks.ndim != 4 or blocks.shape[-1] != BYTES or tuple(scales.shape) != tuple(blocks.shape[:-1]):
         raise ValueError(f"MXFP4 blocks {tuple(blocks.shape)} and scales {tuple(scales.shape)} do not fit "
                          f"(expected (E, N, G, {BYTES}) and (E, N, G))")
-    pairs = _pairs()
+    table = _table(out_dtype)
     e_count, n, g, _ = blocks.shape
     k = g * BLOCK
     out = np.empty((e_count, k, n), out_dtype)
     step = _rows(n, k)
-    for e in range(e_count):
-        for n0 in range(0, n, step):
-            n1 = min(n, n0 + step)
-            values = pairs[blocks[e, n0:n1]]  # (rows, G, 16, 2)
-            exponents = scales[e, n0:n1].astype(np.int32) - 127
-            with np.errstate(over="ignore"):  # torch.ldexp: x * 2**e exactly, infinity past float32
-                np.ldexp(values, exponents[:, :, None, None], out=values)
-                out[e, :, n0:n1] = values.reshape(n1 - n0, k).T  # one rounding, into the swapped layout
+
+    def one(job) -> None:
+        e, n0, n1 = job
+        index = np.empty((n1 - n0, g, BYTES), np.intp)
+        np.copyto(index, scales[e, n0:n1, :, None], casting="unsafe")
+        index <<= 8
+        index |= blocks[e, n0:n1]
+        pairs = np.take(table, index)  # (rows, G, 16) pairs of output values
+        out[e, :, n0:n1] = pairs.view(out_dtype).reshape(n1 - n0, k).T  # into the swapped layout
+
+    in_parallel(((e, n0, min(n, n0 + step)) for e in range(e_count) for n0 in range(0, n, step)), one)
     return out
 
 
