@@ -608,7 +608,13 @@ class _Walk:
             p = {**p, "over": axis.name}
         else:
             groups = [[j] for j in range(len(tensors))]
-        results = [d.infer(p, [act.Typed(tensors[j].shape, tensors[j].dtype) for j in g], action) for g in groups]
+        try:
+            results = [d.infer(p, [act.Typed(tensors[j].shape, tensors[j].dtype) for j in g], action) for g in groups]
+        except PlanError as exc:
+            if not d.names_inputs or exc.span != action.span:
+                raise
+            # which tensors did not fit each other: their keys, as a missing member is told
+            raise PlanError(f"{exc.message}: {', '.join(self.inputs)}", exc.span) from None
         coords = [{k: v for k, v in tensors[g[0]].coords.items() if not d.merges or k != axis.name} for g in groups]
         over = {"over": axis.name} if d.merges else {}
         grouped = None if not d.merges or len(groups) == 1 else groups

@@ -111,6 +111,7 @@ class ActionDef:
     reorders = False  # moves values even where the shape comes out the same (shown by explain)
     needs = "the shape it started from"  # what its inverse reads from the forward plan
     dtype_only = False  # ... of which only the dtype (the shapes may differ)
+    names_inputs = False  # its errors at compile time name the step's input keys (tensors that must fit)
 
     def __init__(self, name: str | None = None):
         if name is not None:
