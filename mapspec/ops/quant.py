@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from ..core import dtypes
 from ..errors import PlanError, SpecError
-from ..lang.rules import Action, Word
+from ..lang.rules import Action, Text, Word
 from .args import bind, capture_name, format_shape, integers, show
 from .base import ActionDef, Params, PlannedAction, Typed, make, planned
 
@@ -38,7 +38,8 @@ def _word(action: Action, bound: dict, key: str, allowed, default=None) -> str:
             raise SpecError(f"{action.name}() needs {key}= (one of {', '.join(allowed)})", action.span)
         return default
     value = bound[key]
-    name = value.name if isinstance(value, Word) else None
+    # a word as written, or the text of a str parameter (`param scale: str = "e8m0"`)
+    name = value.name if isinstance(value, Word) else value.value if isinstance(value, Text) else None
     if key == "dtype" and name is not None:
         name = dtypes.canonical(name)
     if name not in allowed:
@@ -132,7 +133,8 @@ class Dequantize(ActionDef):
 
     def loss(self, pa: PlannedAction) -> tuple[str, list[PlannedAction]] | None:
         p = pa.params
-        back = {"scheme": p["scheme"], **({"block": p["block"], "scale": "float32"} if p["scheme"] == "fp8" else {})}
+        scale = "e8m0" if p.get("scale") == "float8_e8m0fnu" else "float32"
+        back = {"scheme": p["scheme"], **({"block": p["block"], "scale": scale} if p["scheme"] == "fp8" else {})}
         return _loss(pa, "is undone by quantizing again, which may choose other scales: the values come back "
                          "within the quantization's rounding, not bit for bit",
                      [planned("quantize", [back], [Typed(t.shape, t.dtype) for t in pa.outputs])])
