@@ -74,7 +74,8 @@ class Dequantize(ActionDef):
     name = "dequantize"
     kind = "merge"
     names_inputs = True  # "the scale grid does not fit": of which weight
-    needs = "the quantized tensors' shapes and dtypes"
+    needs = "the quantized tensors' dtypes"
+    dtype_only = True  # its inverse (quantize with the same block) is the same for every shape
 
     def normalize(self, action: Action) -> Params:
         scheme = _scheme(action)
@@ -158,6 +159,7 @@ class Quantize(ActionDef):
     name = "quantize"
     kind = "split"
     needs = "the full-precision tensor's dtype"
+    dtype_only = True
 
     def normalize(self, action: Action) -> Params:
         scheme = _scheme(action)
