@@ -177,7 +177,10 @@ def test_verify_says_where_fp8_is_lossy_and_by_how_much(tmp_path):
     r = _cli("verify", SPECS / "fp8_block_quantize.map", src / "model.safetensors", "--lossy", cwd=tmp_path)
     assert r.returncode == 1
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.startswith("fp8_block_quantize.map:")}
-    quantized, kept = rows["fp8_block_quantize.map:21"], rows["fp8_block_quantize.map:34"]
+    lines = (SPECS / "fp8_block_quantize.map").read_text().splitlines()
+    line = {text.split()[0]: n for n, text in enumerate(lines, 1) if text.startswith(("model.layers", "otherwise"))}
+    quantized = rows[f"fp8_block_quantize.map:{line['model.layers.{i:int}.{m:**}_proj.weight']}"]
+    kept = rows[f"fp8_block_quantize.map:{line['otherwise']}"]
     assert quantized[3] == "0/14" and 0 < float(quantized[4]) < 0.1  # every weight moved, by fp8 rounding
     assert kept[3] == "7/7" and kept[4] == "0"
     assert "quantize(fp8) rounds bfloat16 values to float8" in r.stderr
