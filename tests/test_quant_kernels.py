@@ -17,7 +17,7 @@ finegrained_fp8 = pytest.importorskip("transformers.integrations.finegrained_fp8
 from transformers import FineGrainedFP8Config  # noqa: E402
 from transformers.integrations.mxfp4 import convert_moe_packed_tensors  # noqa: E402
 
-from mapspec.ops import fp8, mxfp4  # noqa: E402
+from mapspec.ops import floatbits, fp8, mxfp4  # noqa: E402
 
 BF16 = ml_dtypes.bfloat16
 E4M3 = ml_dtypes.float8_e4m3fn
@@ -75,7 +75,7 @@ def test_fp8_dequantize_is_transformers_float32_product_rounded_once(shape, bloc
 def test_fp8_dequantize_multiplies_in_float32_not_in_bf16():
     w = np.array([[1.125]], np.float32).astype(E4M3)
     s = np.array([[1.0 + 2 ** -8]], np.float32)  # not a bf16 number: a bf16 product rounds it first
-    got = fp8.dequantize(w, s, (128, 128), BF16)
+    got = fp8.dequantize(w, s, (128, 128), "bfloat16").view(BF16)  # bf16 comes back as its bits
     assert got.astype(np.float32)[0, 0] == np.float32(1.125 * (1 + 2 ** -8)).astype(BF16).astype(np.float32)
     assert got.astype(np.float32)[0, 0] != np.float32(1.125) * np.float32(np.float32(s[0, 0]).astype(BF16))
 
@@ -104,7 +104,7 @@ def test_fp8_quantize_is_transformers_fp8quantize(lead, tiles, block, seed, ue8m
     q, s = fp8.quantize(_np(xt), block, "e8m0" if ue8m0 else "float32")
     assert _same_bits(q, _np(want["m.weight"]))
     assert _same_bits(s, _np(want["m.weight_scale_inv"]))
-    assert s.dtype == (ml_dtypes.float8_e8m0fnu if ue8m0 else np.float32)
+    assert s.dtype == (np.uint8 if ue8m0 else np.float32)  # E8M0 as its codes
 
 
 def test_fp8_quantize_scale_is_torch_reciprocal_times_448_not_one_division():
@@ -137,7 +137,8 @@ def test_fp8_quantize_ragged_edge_blocks_use_their_own_absmax(shape, block, seed
                 assert _same_bits(q1[0], q[e, i * bm:(i + 1) * bm, j * bn:(j + 1) * bn])
                 if amax > 0:
                     # the largest element lands on +-448 (every value is in range)
-                    assert np.abs(q[e, i * bm:(i + 1) * bm, j * bn:(j + 1) * bn].astype(np.float32)).max() == 448
+                    codes = q[e, i * bm:(i + 1) * bm, j * bn:(j + 1) * bn]
+                    assert np.abs(codes.view(E4M3).astype(np.float32)).max() == 448
 
 
 def test_fp8_kernels_work_in_bounded_slices(monkeypatch):
@@ -146,11 +147,11 @@ def test_fp8_kernels_work_in_bounded_slices(monkeypatch):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((3, 300, 200)).astype(np.float32).astype(BF16)
     whole_q, whole_s = fp8.quantize(x, (128, 128))
-    whole_d = fp8.dequantize(whole_q, whole_s, (128, 128), BF16)
+    whole_d = fp8.dequantize(whole_q, whole_s, (128, 128), BF16, "float8_e4m3fn")  # codes, named
     monkeypatch.setattr(fp8, "CHUNK_ELEMENTS", 1)
     q, s = fp8.quantize(x, (128, 128))
     assert _same_bits(q, whole_q) and _same_bits(s, whole_s)
-    assert _same_bits(fp8.dequantize(q, s, (128, 128), BF16), whole_d)
+    assert _same_bits(fp8.dequantize(q, s, (128, 128), BF16, "float8_e4m3fn"), whole_d)
 
 
 def test_mxfp4_dequantize_every_byte_and_every_scale_as_transformers():
@@ -179,11 +180,12 @@ def test_mxfp4_quantize_inverts_dequantize_on_its_values(monkeypatch):
     blocks = rng.integers(0, 256, (2, 24, 3, 16), dtype=np.uint8)
     scales = rng.integers(110, 140, (2, 24, 3), dtype=np.uint8)
     x = mxfp4.dequantize(blocks, scales, BF16)
-    b, s = mxfp4.quantize(x)
+    b, s = mxfp4.quantize(x, "bfloat16")  # bf16 bits, named
     assert b.shape == blocks.shape and s.shape == scales.shape
     assert _same_bits(mxfp4.dequantize(b, s, BF16), x)
+    assert _same_bits(mxfp4.quantize(x.view(BF16))[0], b)  # or an ml_dtypes array
     monkeypatch.setattr(mxfp4, "CHUNK_ELEMENTS", 1)  # one row at a time: the same bytes
-    b1, s1 = mxfp4.quantize(x)
+    b1, s1 = mxfp4.quantize(x, "bfloat16")
     assert _same_bits(b1, b) and _same_bits(s1, s)
 
 
@@ -205,3 +207,39 @@ def test_mxfp4_refuses_shapes_it_cannot_hold():
         mxfp4.dequantize(np.zeros((2, 3, 4, 16), np.uint8), np.zeros((2, 3, 5), np.uint8), BF16)
     with pytest.raises(ValueError, match="multiple of 32"):
         mxfp4.quantize(np.zeros((1, 33, 4), np.float32))
+
+
+@pytest.mark.parametrize("name", ["float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu"])
+def test_floatbits_byte_tables_are_ml_dtypes_values(name):
+    want = np.arange(256, dtype=np.uint8).view(getattr(ml_dtypes, name)).astype(np.float32)
+    got = floatbits.byte_values(name)
+    assert _same_bits(got[~np.isnan(want)], want[~np.isnan(want)]) and np.isnan(got[np.isnan(want)]).all()
+
+
+def _float32_samples(n=4_000_000, limit=None):
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 2 ** 32, n, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    if limit is not None:
+        x = x[np.isnan(x) | (np.abs(x) <= limit)]
+    return x
+
+
+def _grid_midpoints(dtype, limit):
+    """Every finite value of a small float dtype, the midpoints between neighbours (the
+    ties) and the float32 numbers either side of them."""
+    v = np.arange(256, dtype=np.uint8).view(dtype).astype(np.float32)
+    v = np.unique(v[np.isfinite(v) & (np.abs(v) <= limit)])
+    mids = ((v[1:].astype(np.float64) + v[:-1]) / 2).astype(np.float32)
+    return np.concatenate([v, mids, np.nextafter(mids, np.float32(np.inf)), np.nextafter(mids, np.float32(-np.inf))])
+
+
+def test_floatbits_rounding_is_ml_dtypes_rounding():
+    x = np.concatenate([_float32_samples(limit=448), _grid_midpoints(E4M3, 448)])
+    assert _same_bits(floatbits.to_e4m3(x), x.astype(E4M3))
+    y = np.concatenate([_float32_samples(), np.array([np.inf, -np.inf, 3.0e38, 1e-45], np.float32)])
+    out = np.empty(y.shape, np.uint16)
+    floatbits.to_bfloat16(y, out)
+    with np.errstate(invalid="ignore"):
+        want = y.astype(BF16).view(np.uint16)
+    finite = ~np.isnan(y)
+    assert _same_bits(out[finite], want[finite]) and np.isnan(out[~finite].view(BF16).astype(np.float32)).all()

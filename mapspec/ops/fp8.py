@@ -19,15 +19,16 @@ their own. The value of an element is `float32(w) * scale_inv` of its block.
   `scale_fmt="ue8m0"`.
 
 Both walk the tensor in slices of whole block rows, so the float32 work arrays stay near
-`CHUNK_ELEMENTS` elements whatever the tensor's size; numpy and ml_dtypes are imported on
-first use (a rename-only run never gets here).
+`CHUNK_ELEMENTS` elements whatever the tensor's size, two slices at once; numpy is imported
+on first use (a rename-only run never gets here), ml_dtypes not at all (see `floatbits`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Any
+
+from .floatbits import bits_of, dtype_name, from_float32, name_of, power_of_two_codes, to_e4m3, to_float32
 
 FP8_MAX = 448.0  # the largest finite float8_e4m3fn
 CHUNK_ELEMENTS = 1 << 21  # float32 elements worked on at once (8 MiB) by each thread
@@ -56,7 +57,7 @@ def _slices(shape: tuple[int, ...], bm: int):
 
 
 def in_parallel(jobs, work) -> None:
-    """`work(job)` for every job, on up to THREADS threads (numpy and ml_dtypes release the
+    """`work(job)` for every job, on up to THREADS threads (numpy releases the
     GIL in their loops, so two slices compute at once on two cores); the first error raised."""
     jobs = list(jobs)
     threads = min(THREADS, len(jobs))
@@ -89,56 +90,37 @@ def _scale_in_place(work, scales, bm: int, bn: int) -> None:
         work[:, full * bn:] *= per_row[:, full:full + 1]
 
 
-def _byte_values(dtype):
-    """float32 value of each of the 256 bit patterns of a one-byte float dtype (exact: every
-    float8 value is a float32 value), or None for other dtypes."""
+def dequantize(weight, scale_inv, block: tuple[int, int], out_dtype, weight_dtype: str | None = None,
+               scale_dtype: str | None = None):
+    """`weight` (float8) times its block scales (float32, bf16 or E8M0), rounded once to
+    `out_dtype` (bfloat16, float16, float32: a name or dtype); the result as mapspec holds
+    it (bf16 as uint16 bits). Arrays of bits need their dtype's name (`weight_dtype`,
+    `scale_dtype`); ml_dtypes and numpy arrays say it themselves."""
     import numpy as np
 
-    dtype = np.dtype(dtype)
-    if dtype.itemsize != 1 or dtype.kind not in "Vf":
-        return None
-    return np.arange(256, dtype=np.uint8).view(dtype).astype(np.float32)
+    from ..core.dtypes import STORAGE
 
-
-def _to_float32(src, out, index) -> None:
-    """`out[...] = float32(src)`, the fast ways: a table lookup for one-byte floats (`index`:
-    an intp buffer of src's size), bits shifted for bfloat16; numpy's cast otherwise."""
-    import numpy as np
-
-    table = _byte_values(src.dtype)
-    if table is not None:
-        np.copyto(index, src.view(np.uint8), casting="unsafe")
-        np.take(table, index, out=out)
-    elif src.dtype.name == "bfloat16":
-        wide = out.view(np.uint32)
-        np.copyto(wide, src.view(np.uint16), casting="unsafe")
-        wide <<= 16
-    else:
-        np.copyto(out, src, casting="unsafe")
-
-
-def dequantize(weight, scale_inv, block: tuple[int, int], out_dtype: Any):
-    """`weight` (float8_e4m3fn, or any dtype float32 holds exactly) times its block scales
-    (float32 or float8_e8m0fnu), rounded once to `out_dtype` (a numpy or ml_dtypes dtype)."""
-    import numpy as np
-
+    weight_dtype, scale_dtype = name_of(weight, weight_dtype), name_of(scale_inv, scale_dtype)
+    out_name = dtype_name(out_dtype)
     bm, bn = block
     expected = grid(weight.shape, block)
     if tuple(scale_inv.shape) != expected:
         raise ValueError(f"scale grid {tuple(scale_inv.shape)} does not fit a weight of shape "
                          f"{tuple(weight.shape)} in {bm}x{bn} blocks (expected {expected})")
     *lead, rows, cols = weight.shape
-    out = np.empty(weight.shape, out_dtype)
-    w = weight.reshape(-1, rows, cols)
-    s = scale_inv.reshape(-1, *expected[-2:]).astype(np.float32)
+    out = np.empty(weight.shape, STORAGE[out_name])
+    w = bits_of(weight, weight_dtype).reshape(-1, rows, cols)
+    s = np.empty(expected, np.float32)
+    to_float32(bits_of(scale_inv, scale_dtype), scale_dtype, s)
+    s = s.reshape(-1, *expected[-2:])
     o = out.reshape(-1, rows, cols)
 
     def one(job) -> None:
         e, r0, r1 = job
         work = np.empty((r1 - r0, cols), np.float32)
-        _to_float32(w[e, r0:r1], work, np.empty(work.shape, np.intp))
+        to_float32(w[e, r0:r1], weight_dtype, work, np.empty(work.shape, np.intp))
         _scale_in_place(work, s[e, r0 // bm: -(-r1 // bm)], bm, bn)
-        o[e, r0:r1] = work  # the one rounding to the output dtype
+        from_float32(work, out_name, o[e, r0:r1])  # the one rounding to the output dtype
 
     in_parallel(_slices(weight.shape, bm), one)
     return out
@@ -172,18 +154,20 @@ def _power_of_two_up(inv):
     return np.ldexp(np.float32(1.0), exponent.astype(np.int32)).astype(np.float32)
 
 
-def quantize(x, block: tuple[int, int] = (128, 128), scale_fmt: str = "float32"):
-    """(`float8_e4m3fn` weight, `weight_scale_inv`) of `x` (bf16, fp16 or fp32), the scale
-    inverse in float32, or float8_e8m0fnu with `scale_fmt="e8m0"`."""
-    import ml_dtypes
+def quantize(x, block: tuple[int, int] = (128, 128), scale_fmt: str = "float32", dtype: str | None = None):
+    """(`float8_e4m3fn` weight, `weight_scale_inv`) of `x` (bf16, fp16 or fp32; bits need
+    `dtype`), as mapspec holds them: the weight's codes (uint8), the scale inverse in float32,
+    or E8M0 codes (uint8) with `scale_fmt="e8m0"`."""
     import numpy as np
 
+    dtype = name_of(x, dtype)
+    x = bits_of(x, dtype)
     if scale_fmt not in SCALE_FORMATS:
         raise ValueError(f"scale_fmt must be one of {', '.join(SCALE_FORMATS)}, not {scale_fmt!r}")
     bm, bn = block
     *lead, rows, cols = x.shape
     g = grid(x.shape, block)
-    q = np.empty(x.shape, ml_dtypes.float8_e4m3fn)
+    q = np.empty(x.shape, np.uint8)
     inv_all = np.empty(g, np.float32)
     xs = x.reshape(-1, rows, cols)
     qs = q.reshape(-1, rows, cols)
@@ -193,7 +177,7 @@ def quantize(x, block: tuple[int, int] = (128, 128), scale_fmt: str = "float32")
     def one_slice(job) -> None:
         e, r0, r1 = job
         work = np.empty((r1 - r0, cols), np.float32)
-        _to_float32(xs[e, r0:r1], work, np.empty(work.shape, np.intp))
+        to_float32(xs[e, r0:r1], dtype, work)
         amax = _block_absmax(np.abs(work), bm, bn)
         nonzero = amax > 0  # False for NaN too, as torch's `max_abs > 0`
         # torch evaluates `448 / amax` (a number over a tensor) as `reciprocal(amax) * 448`:
@@ -206,9 +190,9 @@ def quantize(x, block: tuple[int, int] = (128, 128), scale_fmt: str = "float32")
         invs[e, r0 // bm: -(-r1 // bm)] = inv
         _scale_in_place(work, scale, bm, bn)
         np.clip(work, -fp8_max, fp8_max, out=work)
-        qs[e, r0:r1] = work  # rounded to nearest even by ml_dtypes, as torch rounds
+        qs[e, r0:r1] = to_e4m3(work)  # rounded to nearest even, as torch rounds
 
     in_parallel(_slices(x.shape, bm), one_slice)
     if scale_fmt == "e8m0":
-        return q, inv_all.astype(ml_dtypes.float8_e8m0fnu)
+        return q, power_of_two_codes(inv_all)
     return q, inv_all

@@ -20,8 +20,9 @@ bias 127. The model's layout (`GptOssExperts`) is the transpose: `(E, K, N)` wit
 
 from __future__ import annotations
 
-from typing import Any
+from functools import lru_cache
 
+from .floatbits import bits_of, dtype_name, from_float32, name_of, to_float32
 from .fp8 import CHUNK_ELEMENTS, in_parallel
 
 BLOCK = 32  # values per scale
@@ -50,36 +51,43 @@ def _pairs():
     return np.stack([values[byte & 0xF], values[byte >> 4]], axis=-1)
 
 
-def _table(out_dtype):
+@lru_cache(maxsize=None)
+def _table(out_name: str):
     """(scale byte * 256 + block byte) -> the byte's two output values, as one unsigned
     integer of twice the output's width. Each is `ldexp(value, scale - 127)` in float32
     rounded to the output dtype, exactly what the element-wise computation gives, since a
     value depends on those two bytes alone."""
     import numpy as np
 
-    out_dtype = np.dtype(out_dtype)
+    from ..core.dtypes import STORAGE
+
     exponents = (np.arange(256, dtype=np.int32) - 127)[:, None, None]
     with np.errstate(over="ignore"):  # past the largest float: infinity, as ldexp gives
         values = np.ldexp(_pairs()[None], exponents)  # (256 scales, 256 bytes, 2), float32
-        pairs = np.ascontiguousarray(values.astype(out_dtype))
-    return pairs.view(np.dtype(f"<u{2 * out_dtype.itemsize}")).reshape(256 * 256)
+        pairs = np.empty(values.shape, STORAGE[out_name])
+        from_float32(values, out_name, pairs)
+    return pairs.view(np.dtype(f"<u{2 * pairs.itemsize}")).reshape(256 * 256)
 
 
 def _rows(n: int, per_row: int) -> int:
     return max(1, min(n, CHUNK_ELEMENTS // max(1, per_row)))
 
 
-def dequantize(blocks, scales, out_dtype: Any):
-    """`blocks` (E, N, G, 16) and `scales` (E, N, G), both uint8 -> (E, 32 G, N) in `out_dtype`."""
+def dequantize(blocks, scales, out_dtype):
+    """`blocks` (E, N, G, 16) and `scales` (E, N, G), both uint8 -> (E, 32 G, N) in `out_dtype`
+    (bfloat16, float16, float32: a name or dtype), as mapspec holds it (bf16 as uint16 bits)."""
     import numpy as np
 
+    from ..core.dtypes import STORAGE
+
+    out_name = dtype_name(out_dtype)
     if blocks.ndim != 4 or blocks.shape[-1] != BYTES or tuple(scales.shape) != tuple(blocks.shape[:-1]):
         raise ValueError(f"MXFP4 blocks {tuple(blocks.shape)} and scales {tuple(scales.shape)} do not fit "
                          f"(expected (E, N, G, {BYTES}) and (E, N, G))")
-    table = _table(out_dtype)
+    table = _table(out_name)
     e_count, n, g, _ = blocks.shape
     k = g * BLOCK
-    out = np.empty((e_count, k, n), out_dtype)
+    out = np.empty((e_count, k, n), STORAGE[out_name])
     step = _rows(n, k)
 
     def one(job) -> None:
@@ -89,7 +97,7 @@ def dequantize(blocks, scales, out_dtype: Any):
         index <<= 8
         index |= blocks[e, n0:n1]
         pairs = np.take(table, index)  # (rows, G, 16) pairs of output values
-        out[e, :, n0:n1] = pairs.view(out_dtype).reshape(n1 - n0, k).T  # into the swapped layout
+        out[e, :, n0:n1] = pairs.view(out.dtype).reshape(n1 - n0, k).T  # into the swapped layout
 
     in_parallel(((e, n0, min(n, n0 + step)) for e in range(e_count) for n0 in range(0, n, step)), one)
     return out
@@ -112,11 +120,13 @@ def _e2m1_codes(q):
     return (signs | codes).astype(np.uint8)
 
 
-def quantize(x):
-    """`x` (E, K, N), bf16/fp16/fp32 with K a multiple of 32 -> (blocks (E, N, K/32, 16),
-    scales (E, N, K/32)), both uint8."""
+def quantize(x, dtype: str | None = None):
+    """`x` (E, K, N), bf16/fp16/fp32 (bits need `dtype`) with K a multiple of 32 ->
+    (blocks (E, N, K/32, 16), scales (E, N, K/32)), both uint8."""
     import numpy as np
 
+    dtype = name_of(x, dtype)
+    x = bits_of(x, dtype)
     if x.ndim != 3 or x.shape[1] % BLOCK:
         raise ValueError(f"MXFP4 quantizes (E, K, N) tensors with K a multiple of {BLOCK}, not {tuple(x.shape)}")
     e_count, k, n = x.shape
@@ -128,7 +138,9 @@ def quantize(x):
     for e in range(e_count):
         for n0 in range(0, n, step):
             n1 = min(n, n0 + step)
-            work = np.ascontiguousarray(x[e, :, n0:n1].T, dtype=np.float32).reshape(n1 - n0, g, BLOCK)
+            work = np.empty((n1 - n0, k), np.float32)
+            to_float32(x[e, :, n0:n1].T, dtype, work)
+            work = work.reshape(n1 - n0, g, BLOCK)
             amax = np.abs(work).max(axis=-1)
             rounded = ((amax / np.float32(6.0)).view(np.uint32) + 0x7FFFFF) & 0x7F800000
             power = rounded.view(np.float32)

@@ -124,13 +124,9 @@ class Dequantize(ActionDef):
         from . import fp8, mxfp4
 
         first, second = arrays
-        out = dtypes.ml_dtype(p["dtype"]) if p["dtype"] == "bfloat16" else dtypes.STORAGE[p["dtype"]]
         if p["scheme"] == "fp8":
-            weight, scale = dtypes.values(first, p["weight"]), dtypes.values(second, p["scale"])
-            result = fp8.dequantize(weight, scale, tuple(p["block"]), out)
-        else:
-            result = mxfp4.dequantize(first, second, out)
-        return [dtypes.stored(result, p["dtype"])]
+            return [fp8.dequantize(first, second, tuple(p["block"]), p["dtype"], p["weight"], p["scale"])]
+        return [mxfp4.dequantize(first, second, p["dtype"])]
 
     def loss(self, pa: PlannedAction) -> tuple[str, list[PlannedAction]] | None:
         p = pa.params
@@ -199,11 +195,9 @@ class Quantize(ActionDef):
         from . import fp8, mxfp4
 
         (x,) = arrays
-        values = dtypes.values(x, p["from"])
         if p["scheme"] == "fp8":
-            q, s = fp8.quantize(values, tuple(p["block"]), p["scale"])
-            return [dtypes.stored(q, "float8_e4m3fn"), dtypes.stored(s, s.dtype.name)]
-        return list(mxfp4.quantize(values))
+            return list(fp8.quantize(x, tuple(p["block"]), p["scale"], dtype=p["from"]))
+        return list(mxfp4.quantize(x, p["from"]))
 
     def loss(self, pa: PlannedAction) -> tuple[str, list[PlannedAction]] | None:
         p = pa.params
