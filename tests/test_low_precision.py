@@ -162,6 +162,7 @@ def test_formats_without_the_dtype_refuse_in_one_line(tmp_path):
 
 
 def test_cast_gives_torchs_values_and_float8_to_bf16_inverts(tmp_path):
+    pytest.importorskip("ml_dtypes")
     w = (torch.randn(8, 8) * 30).to(torch.float8_e4m3fn)
     st.save_file({"w": w, "s": torch.rand(3).to(torch.float8_e8m0fnu)}, tmp_path / "a.safetensors")
     (tmp_path / "c.map").write_text("mapspec 1\nw -> w then cast(bfloat16)\ns -> s then cast(float32)\n")
@@ -181,7 +182,7 @@ def test_cast_gives_torchs_values_and_float8_to_bf16_inverts(tmp_path):
     assert _bytes(st.load_file(tmp_path / "n.safetensors")["x"]) == _bytes(x.to(torch.float8_e5m2))
 
 
-def test_actions_move_float4_values_not_bytes(tmp_path):
+def test_actions_move_float4_values_not_bytes(tmp_path):  # (codes moved as they are: no ml_dtypes)
     pairs = torch.randint(0, 256, (6, 4), dtype=torch.uint8).view(torch.float4_e2m1fn_x2)
     st.save_file({"w": pairs}, tmp_path / "a.safetensors")
     (tmp_path / "t.map").write_text("mapspec 1\nw -> w then transpose()\n")

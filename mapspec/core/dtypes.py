@@ -206,13 +206,15 @@ def from_raw(buf: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
 
 def ml_dtype(name: str):
     """The ml_dtypes numpy dtype of a bfloat16/float8/float4/float6 name."""
+    from ..errors import UsageError
+
     try:
         import ml_dtypes
     except ImportError:
-        raise ValueError(f"{name} values need ml_dtypes: pip install ml_dtypes") from None
+        raise UsageError(f"{name} values need ml_dtypes: pip install 'mapspec[lowp]'") from None
     dt = getattr(ml_dtypes, name, None)
     if dt is None:
-        raise ValueError(f"{name} values need a newer ml_dtypes (0.5 or later)")
+        raise UsageError(f"{name} values need ml_dtypes 0.5 or later: pip install -U ml_dtypes")
     return np.dtype(dt)
 
 
