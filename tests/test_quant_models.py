@@ -93,6 +93,8 @@ def test_fp8_quantize_then_dequantize_a_llama_gives_the_reference_ops_logits(tmp
         else:  # embeddings, norms, lm_head: byte for byte
             assert torch.equal(q[key].view(torch.uint8), value.view(torch.uint8)), key
 
+    r = _cli("explain", SPECS / "fp8_block_dequant.map", q_dir, "--config", q_dir / "config.json", cwd=tmp_path)
+    assert "config.json (model directory in and out): quantization_config removed; dtype bfloat16" in r.stdout
     r = _cli("apply", SPECS / "fp8_block_dequant.map", q_dir, "-o", "dq", "--config", q_dir / "config.json",
              "--max-shard-size", "5GB", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
