@@ -31,7 +31,7 @@ import os
 from .floatbits import bits_of, dtype_name, from_float32, name_of, power_of_two_codes, to_e4m3, to_float32
 
 FP8_MAX = 448.0  # the largest finite float8_e4m3fn
-CHUNK_ELEMENTS = 1 << 21  # float32 elements worked on at once (8 MiB) by each thread
+CHUNK_ELEMENTS = 1 << 20  # float32 elements worked on at once (4 MiB) by each thread
 THREADS = min(2, os.cpu_count() or 1)
 SCALE_FORMATS = ("float32", "e8m0")
 
