@@ -116,6 +116,9 @@ def test_fp8_dequantized_model_is_what_transformers_dequantize_true_loads(tmp_pa
     assert r.returncode == 0, r.stderr
     theirs = _loaded(tmp_path / "q", quantization_config=transformers.FineGrainedFP8Config(dequantize=True))
     assert torch.equal(_logits(_loaded(tmp_path / "dq")), _logits(theirs))
+    # what Fp8Quantize made, dequantized and quantized again, comes back bit for bit
+    r = _cli("verify", SPECS / "fp8_block_dequant.map", "q", "--config", "q/config.json", "--lossy", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok: 35 tensors, 35 bit-exact"), r.stdout + r.stderr
 
 
 def test_fp8_e8m0_scales_round_trip(tmp_path):
