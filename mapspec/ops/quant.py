@@ -209,7 +209,7 @@ class Quantize(ActionDef):
 
     def config(self, p: Params) -> tuple[dict, frozenset] | None:
         if p["scheme"] != "fp8":
-            return None  # an MXFP4 checkpoint's config is transformers' to write
+            return {QUANTIZATION_CONFIG: {"quant_method": "mxfp4"}}, frozenset()
         config = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
                   "weight_block_size": list(p["block"])}
         if p["scale"] == "e8m0":
