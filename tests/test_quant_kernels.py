@@ -104,6 +104,7 @@ def test_fp8_quantize_is_transformers_fp8quantize(lead, tiles, block, seed, ue8m
     q, s = fp8.quantize(_np(xt), block, "e8m0" if ue8m0 else "float32")
     assert _same_bits(q, _np(want["m.weight"]))
     assert _same_bits(s, _np(want["m.weight_scale_inv"]))
+    assert _same_bits(fp8.quantize(_np(xt), block, "e8m0" if ue8m0 else "float32", scales_only=True)[1], s)
     assert s.dtype == (np.uint8 if ue8m0 else np.float32)  # E8M0 as its codes
 
 
@@ -184,6 +185,7 @@ def test_mxfp4_quantize_inverts_dequantize_on_its_values(monkeypatch):
     assert b.shape == blocks.shape and s.shape == scales.shape
     assert _same_bits(mxfp4.dequantize(b, s, BF16), x)
     assert _same_bits(mxfp4.quantize(x.view(BF16))[0], b)  # or an ml_dtypes array
+    assert _same_bits(mxfp4.quantize(x, "bfloat16", scales_only=True)[1], s)
     monkeypatch.setattr(mxfp4, "CHUNK_ELEMENTS", 1)  # one row at a time: the same bytes
     b1, s1 = mxfp4.quantize(x, "bfloat16")
     assert _same_bits(b1, b) and _same_bits(s1, s)

@@ -154,10 +154,12 @@ def _power_of_two_up(inv):
     return np.ldexp(np.float32(1.0), exponent.astype(np.int32)).astype(np.float32)
 
 
-def quantize(x, block: tuple[int, int] = (128, 128), scale_fmt: str = "float32", dtype: str | None = None):
+def quantize(x, block: tuple[int, int] = (128, 128), scale_fmt: str = "float32", dtype: str | None = None,
+             scales_only: bool = False):
     """(`float8_e4m3fn` weight, `weight_scale_inv`) of `x` (bf16, fp16 or fp32; bits need
     `dtype`), as mapspec holds them: the weight's codes (uint8), the scale inverse in float32,
-    or E8M0 codes (uint8) with `scale_fmt="e8m0"`."""
+    or E8M0 codes (uint8) with `scale_fmt="e8m0"`. `scales_only`: (None, the scales), for
+    the plan step that writes the scales (the block maxima alone)."""
     import numpy as np
 
     dtype = name_of(x, dtype)
@@ -167,10 +169,10 @@ def quantize(x, block: tuple[int, int] = (128, 128), scale_fmt: str = "float32",
     bm, bn = block
     *lead, rows, cols = x.shape
     g = grid(x.shape, block)
-    q = np.empty(x.shape, np.uint8)
+    q = np.empty(x.shape if not scales_only else (0,) * x.ndim, np.uint8)
     inv_all = np.empty(g, np.float32)
     xs = x.reshape(-1, rows, cols)
-    qs = q.reshape(-1, rows, cols)
+    qs = q.reshape(-1, rows, cols) if not scales_only else None
     invs = inv_all.reshape(-1, *g[-2:])
     one, fp8_max = np.float32(1.0), np.float32(FP8_MAX)
 
@@ -188,11 +190,14 @@ def quantize(x, block: tuple[int, int] = (128, 128), scale_fmt: str = "float32",
             inv = _power_of_two_up(inv)
             scale = one / inv
         invs[e, r0 // bm: -(-r1 // bm)] = inv
+        if scales_only:
+            return
         _scale_in_place(work, scale, bm, bn)
         np.clip(work, -fp8_max, fp8_max, out=work)
         qs[e, r0:r1] = to_e4m3(work)  # rounded to nearest even, as torch rounds
 
     in_parallel(_slices(x.shape, bm), one_slice)
+    q = None if scales_only else q
     if scale_fmt == "e8m0":
         return q, power_of_two_codes(inv_all)
     return q, inv_all

@@ -120,9 +120,9 @@ def _e2m1_codes(q):
     return (signs | codes).astype(np.uint8)
 
 
-def quantize(x, dtype: str | None = None):
+def quantize(x, dtype: str | None = None, scales_only: bool = False):
     """`x` (E, K, N), bf16/fp16/fp32 (bits need `dtype`) with K a multiple of 32 ->
-    (blocks (E, N, K/32, 16), scales (E, N, K/32)), both uint8."""
+    (blocks (E, N, K/32, 16), scales (E, N, K/32)), both uint8; `scales_only`: (None, scales)."""
     import numpy as np
 
     dtype = name_of(x, dtype)
@@ -132,7 +132,7 @@ def quantize(x, dtype: str | None = None):
     e_count, k, n = x.shape
     g = k // BLOCK
     blocks_shape, scales_shape = quantized_shapes(x.shape)
-    blocks = np.empty(blocks_shape, np.uint8)
+    blocks = np.empty(blocks_shape if not scales_only else (0,) * 4, np.uint8)
     scales = np.empty(scales_shape, np.uint8)
     step = _rows(n, k)
     for e in range(e_count):
@@ -143,11 +143,13 @@ def quantize(x, dtype: str | None = None):
             work = work.reshape(n1 - n0, g, BLOCK)
             amax = np.abs(work).max(axis=-1)
             rounded = ((amax / np.float32(6.0)).view(np.uint32) + 0x7FFFFF) & 0x7F800000
+            scales[e, n0:n1] = (rounded >> 23).astype(np.uint8)
+            if scales_only:
+                continue
             power = rounded.view(np.float32)
             with np.errstate(divide="ignore"):
                 factor = np.where(power == 0, np.float32(0.0), np.float32(1.0) / power)
             work *= factor[..., None]
             codes = _e2m1_codes(work).reshape(n1 - n0, g, BYTES, 2)
             blocks[e, n0:n1] = codes[..., 0] | (codes[..., 1] << 4)
-            scales[e, n0:n1] = (rounded >> 23).astype(np.uint8)
-    return blocks, scales
+    return (None if scales_only else blocks), scales

@@ -195,9 +195,13 @@ class Quantize(ActionDef):
         from . import fp8, mxfp4
 
         (x,) = arrays
+        # A plan step writes one piece (`index`): the scales' step computes the scales alone.
+        piece = p.get("index")
         if p["scheme"] == "fp8":
-            return list(fp8.quantize(x, tuple(p["block"]), p["scale"], dtype=p["from"]))
-        return list(mxfp4.quantize(x, p["from"]))
+            q, s = fp8.quantize(x, tuple(p["block"]), p["scale"], dtype=p["from"], scales_only=piece == 1)
+        else:
+            q, s = mxfp4.quantize(x, p["from"], scales_only=piece == 1)
+        return [q, s] if piece is None else [(q, s)[piece]]
 
     def loss(self, pa: PlannedAction) -> tuple[str, list[PlannedAction]] | None:
         p = pa.params
