@@ -253,3 +253,44 @@ def test_gpt_oss_mxfp4_dequant_loads_as_transformers_computes_it(tmp_path):
     assert json.loads((tmp_path / "back" / "config.json").read_text())["quantization_config"] == {"quant_method": "mxfp4"}
     again = _loaded(tmp_path / "back", quantization_config=transformers.Mxfp4Config(dequantize=True), dtype=torch.bfloat16)
     assert torch.equal(_logits(again), _logits(ours))
+
+
+def test_the_dequant_spec_covers_deepseek_and_qwen3_moe_layouts():
+    """Compiled against the key lists of DeepSeek-V3 (MLA, dense and MoE layers, shared experts,
+    the router's bias, MTP) and Qwen3-MoE-FP8 shapes: every quantized weight meets its scale,
+    everything else passes as it is."""
+    from mapspec import compile_spec, parse_spec
+    from mapspec.compile.plan import TensorInfo
+
+    def fp8(name, shape):
+        rows, cols = shape
+        return {f"{name}.weight": TensorInfo(shape, "float8_e4m3fn"),
+                f"{name}.weight_scale_inv": TensorInfo((-(-rows // 128), -(-cols // 128)), "float32")}
+
+    keys = {"model.embed_tokens.weight": TensorInfo((1000, 7168), "bfloat16"),
+            "lm_head.weight": TensorInfo((1000, 7168), "bfloat16")}
+    a = "model.layers.3.self_attn"
+    keys.update(fp8(f"{a}.q_a_proj", (1536, 7168)) | fp8(f"{a}.q_b_proj", (24576, 1536))
+                | fp8(f"{a}.kv_a_proj_with_mqa", (576, 7168)) | fp8(f"{a}.kv_b_proj", (32768, 512))
+                | fp8(f"{a}.o_proj", (7168, 16384)))
+    keys[f"{a}.q_a_layernorm.weight"] = TensorInfo((1536,), "bfloat16")
+    keys[f"{a}.kv_a_layernorm.weight"] = TensorInfo((512,), "bfloat16")
+    keys.update(fp8("model.layers.0.mlp.gate_proj", (18432, 7168)))
+    for e in range(2):
+        keys.update(fp8(f"model.layers.3.mlp.experts.{e}.up_proj", (2048, 7168)))
+        keys.update(fp8(f"model.layers.3.mlp.experts.{e}.down_proj", (7168, 2048)))
+    keys.update(fp8("model.layers.3.mlp.shared_experts.gate_proj", (2048, 7168)))
+    keys["model.layers.3.mlp.gate.weight"] = TensorInfo((256, 7168), "bfloat16")
+    keys["model.layers.3.mlp.gate.e_score_correction_bias"] = TensorInfo((256,), "float32")
+    keys.update(fp8("model.layers.61.eh_proj", (7168, 14336)))
+    keys.update(fp8("model.layers.4.mlp.experts.0.gate_proj", (768, 2048)))  # Qwen3-30B-A3B expert shapes
+    plan = compile_spec(parse_spec(SPECS / "fp8_block_dequant.map"), keys,
+                        config={"quantization_config": {"weight_block_size": [128, 128]}})
+    outputs = plan.outputs()
+    assert not plan.unmatched and not any(k.endswith("_scale_inv") for k in outputs)
+    for key, info in keys.items():
+        if key.endswith("_scale_inv"):
+            continue
+        want = "bfloat16" if info.dtype == "float8_e4m3fn" else info.dtype
+        assert (outputs[key].shape, outputs[key].dtype) == (info.shape, want), key
+    assert plan.config_patch().remove == frozenset({"quantization_config"})
