@@ -14,6 +14,7 @@ from .core.tensorinfo import TensorInfo
 from .errors import UsageError
 from .formats import Selected, open_sink, sink_format
 from .formats.atomic import guarded_writes
+from .formats.model_dir import carried_files, model_dir_of
 from .formats.provenance import Provenance
 from .formats.reading import location
 from .lang.parser import as_spec
@@ -127,6 +128,9 @@ def apply(
             check_space(output, n)
         tick = (lambda done: progress(done, n)) if progress else None
         selected = source.prefix if source.auto else None
+        # A model directory in, a directory out: its other files go along, config.json as the plan says.
+        model_dir = model_dir_of(checkpoint) if max_shard_size is not None and not remote_out else None
+        files = carried_files(model_dir, plan.config_patch()) if model_dir else None
         # Everything that creates, fills or renames the output runs inside the guard: a failure
         # anywhere (even while the sink is being built) or SIGTERM/SIGINT removes its temp files.
         with guarded_writes(replace=force), named_output_errors(output):
@@ -144,7 +148,7 @@ def apply(
                 sent = apply_remote(plan, source, output, fmt, record, max_shard_size, tick)
                 return Report(plan, output, fmt, sent, selected, inverse)
             convert_into(lambda: open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
-                                           copied_from=copied_from(plan, source)), plan, source, tick)
+                                           copied_from=copied_from(plan, source), files=files), plan, source, tick)
     finally:
         source.close()
     return Report(plan, output, fmt, disk_size(output), selected, inverse)

@@ -19,10 +19,10 @@ from mapspec.ops.args import bind, capture_name, format_shape
 
 
 class Dequantize(act.ActionDef):
-    """`dequantize(over=PART, into=OUT)`: (weight int8 (r, c), scales float16 (r,)) ->
+    """`dequantize_rows(over=PART, into=OUT)`: (weight int8 (r, c), scales float16 (r,)) ->
     (weight float32 (r, c), scales float32 (r,)); weight * scales row by row."""
 
-    name = "dequantize"
+    name = "dequantize_rows"
     kind = "merge-split"
 
     def normalize(self, action):
@@ -34,13 +34,13 @@ class Dequantize(act.ActionDef):
 
     def infer(self, p, inputs, action):
         if len(inputs) != 2:
-            raise PlanError(f"dequantize() takes a weight and its scales, got {len(inputs)} tensors", action.span)
+            raise PlanError(f"dequantize_rows() takes a weight and its scales, got {len(inputs)} tensors", action.span)
         weight, scales = inputs
         if weight.dtype != "int8" or scales.dtype not in ("float16", "float32"):
-            raise PlanError(f"dequantize() takes an int8 weight and float scales, got {weight.dtype} and "
+            raise PlanError(f"dequantize_rows() takes an int8 weight and float scales, got {weight.dtype} and "
                             f"{scales.dtype}", action.span)
         if len(weight.shape) != 2 or tuple(scales.shape) != weight.shape[:1]:
-            raise PlanError(f"dequantize(): scales of shape {format_shape(scales.shape)} do not fit a weight of "
+            raise PlanError(f"dequantize_rows(): scales of shape {format_shape(scales.shape)} do not fit a weight of "
                             f"shape {format_shape(weight.shape)}", action.span)
         return [act.Typed(weight.shape, "float32"), act.Typed(scales.shape, "float32")], {}
 
@@ -51,7 +51,7 @@ class Dequantize(act.ActionDef):
 
 
 SPEC = """mapspec 1
-layer.{n:int}.{part:weight|scales} -> layer.{n}.{out:w|s} then dequantize(over=part, into=out)
+layer.{n:int}.{part:weight|scales} -> layer.{n}.{out:w|s} then dequantize_rows(over=part, into=out)
 """
 
 
@@ -105,17 +105,17 @@ def test_the_example_actions_own_checks_reach_the_user_at_the_action(dequantize,
     (tmp_path / "s.map").write_text(swapped)
     with pytest.raises(PlanError) as err:
         plan_for(tmp_path / "s.map", tmp_path / "in.safetensors")
-    assert "dequantize() takes an int8 weight and float scales, got float16 and int8" in str(err.value)
+    assert "dequantize_rows() takes an int8 weight and float scales, got float16 and int8" in str(err.value)
     assert err.value.span.line == 2
 
 
 def test_the_example_action_is_known_only_while_registered(tmp_path):
-    with pytest.raises(SpecError, match="unknown action 'dequantize'"):
+    with pytest.raises(SpecError, match="unknown action 'dequantize_rows'"):
         compile_spec(parse_spec(text=SPEC), {"layer.0.weight": TensorInfo((3, 4), "int8")})
     with act.registered(Dequantize()):
         with pytest.raises(ValueError, match="already defined"):
             act.register(Dequantize())
-    assert "dequantize" not in act.REGISTRY
+    assert "dequantize_rows" not in act.REGISTRY
 
 
 def test_a_plan_with_mixed_input_dtypes_records_each_tensors_dtype(tmp_path):

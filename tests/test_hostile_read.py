@@ -113,15 +113,15 @@ def test_uint_tensors_rebuilt_by_v3_are_read(tmp_path, torch):
         np.testing.assert_array_equal(src.read(k), v.numpy())
 
 
-@pytest.mark.parametrize("kind", ["sparse", "csr", "complex", "float8", "quantized"])
+@pytest.mark.parametrize("kind", ["sparse", "csr", "complex128", "complex32", "quantized"])
 def test_valid_but_unsupported_torch_content_says_so(tmp_path, torch, kind):
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         value = {"sparse": lambda: torch.eye(3).to_sparse(), "csr": lambda: torch.eye(3).to_sparse_csr(),
-                 "complex": lambda: torch.zeros(2, dtype=torch.complex64),
-                 "float8": lambda: torch.zeros(2, dtype=torch.float8_e4m3fn),
+                 "complex128": lambda: torch.zeros(2, dtype=torch.complex128),
+                 "complex32": lambda: torch.zeros(2, dtype=torch.complex32),
                  "quantized": lambda: torch.quantize_per_tensor(torch.zeros(3), 0.1, 0, torch.qint8)}[kind]()
     torch.save({"t": value}, tmp_path / f"{kind}.pt")
     line = inspect_error(tmp_path / f"{kind}.pt")

@@ -495,12 +495,17 @@ def explain(
         notes = [f"derived inverse of {spec.name}" + (f" with {values}" if values else "")
                  + "; line: the forward rule each inverse rule undoes (`mapspec invert` prints the inverse)"]
         text = present.explain(plan, inverse.spec, fmt.value, per_tensor, origin=inverse.forward_rule, notes=notes)
+    patch = plan.config_patch()
     if fmt is Look.json:  # the expected peak, beside the plan's own summary
         data = json.loads(text)
         data["summary"]["expected_peak_bytes"] = plan.peak_step()[0]
+        if patch:
+            data["config_json"] = {"set": dict(patch.set), "remove": sorted(patch.remove), "dtype": patch.dtype}
         text = json.dumps(data, indent=2) + "\n"
     else:
         text += present.peak_line(plan) + "\n"
+        line = present.config_line(plan)
+        text += line + "\n" if line else ""
     sys.stdout.write(text)
 
 

@@ -70,11 +70,17 @@ def model_target(model: Any) -> Target:
     """A live torch module as a target; its norm layers say exactly which counters torch fills."""
     from torch.nn.modules.batchnorm import _NormBase
 
-    from ..core.dtypes import TORCH_DTYPES
+    from ..core.dtypes import of_torch
     from ..core.tensorinfo import TensorInfo
 
-    infos = {k: TensorInfo(tuple(v.shape), TORCH_DTYPES[str(v.dtype).removeprefix("torch.")])
-             for k, v in model.state_dict().items()}
+    infos = {}
+    for k, v in model.state_dict().items():
+        found = of_torch(str(v.dtype).removeprefix("torch."), tuple(v.shape))
+        if found is None:
+            from ..errors import UsageError
+
+            raise UsageError(f"the model's {k} is a {v.dtype} tensor, which mapspec does not hold")
+        infos[k] = TensorInfo(*found)
     filled = {f"{name}.{COUNTER}" if name else COUNTER for name, m in model.named_modules()
               if isinstance(m, _NormBase) and m.track_running_stats and m.num_batches_tracked is not None}
     return Target(infos, frozenset(filled & set(infos)))

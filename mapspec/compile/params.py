@@ -145,6 +145,9 @@ _MISSING = object()
 def _config_value(cfg: Mapping[str, Any], key: str) -> Any:
     node: Any = cfg
     for part in key.split("."):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]  # "quantization_config.weight_block_size.0"
+            continue
         if not isinstance(node, Mapping) or part not in node:
             return _MISSING
         node = node[part]

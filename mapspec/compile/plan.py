@@ -20,11 +20,15 @@ from .checks import axes_of, check_bound, patterns_of
 from ..errors import ConversionError, PlanError, Span, SpecError
 from .fit import TargetReport
 from .matcher import Ambiguous, Entry, Matcher
+from ..core.modelconfig import ConfigPatch
 from ..core.nogc import without_gc
 from .params import Binding, Config, bind_all, raise_all
 from ..lang.rules import (BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst, expr_names,
                     rule_text)
 from ..core.tensorinfo import TensorInfo  # re-exported: the plan speaks in TensorInfo
+
+# The dtypes a model's config can name as its dtype.
+MODEL_DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 # A step whose inputs are this large has them read by a worker thread while the step before
 # runs (executor.execute); below it, handing the read over costs more than it saves.
@@ -103,6 +107,39 @@ class Plan:
             if n > best:
                 best, where = n, s
         return best, where
+
+    def config_patch(self) -> ConfigPatch:
+        """What the output's `config.json` says differently from the source's: what the
+        plan's actions declare (a dequantize removes `quantization_config`, a quantize
+        writes it), and, when a step changes a dtype, the model's dtype: the floating dtype
+        most of the output's unquantized bytes are in."""
+        sets: dict[str, Any] = {}
+        removes: set[str] = set()
+        changed = False
+        for step in self.steps:
+            changed = changed or any(i.dtype != step.info.dtype for i in step.input_infos)
+            for pa in step.actions:
+                effect = act.config_effect(pa)
+                if effect is None:
+                    continue
+                new_sets, new_removes = effect
+                for key, value in new_sets.items():
+                    if sets.get(key, value) != value or key in removes:
+                        raise PlanError(f"the rules give config.json two values of {key} "
+                                        f"({sets.get(key, 'removed')} and {value})", step.rule)
+                    sets[key] = value
+                if set(new_removes) & set(sets):
+                    raise PlanError(f"one rule removes {sorted(set(new_removes) & set(sets))[0]} from config.json "
+                                    "and another writes it", step.rule)
+                removes |= set(new_removes)
+        dtype = None
+        if changed:
+            weight: dict[str, int] = {}
+            for step in self.steps:
+                if step.info.dtype in MODEL_DTYPES:
+                    weight[step.info.dtype] = weight.get(step.info.dtype, 0) + step.info.nbytes
+            dtype = max(weight, key=lambda d: (weight[d], d)) if weight else None
+        return ConfigPatch(sets, frozenset(removes), dtype)
 
     def to_json(self) -> dict:
         return {
@@ -571,7 +608,13 @@ class _Walk:
             p = {**p, "over": axis.name}
         else:
             groups = [[j] for j in range(len(tensors))]
-        results = [d.infer(p, [act.Typed(tensors[j].shape, tensors[j].dtype) for j in g], action) for g in groups]
+        try:
+            results = [d.infer(p, [act.Typed(tensors[j].shape, tensors[j].dtype) for j in g], action) for g in groups]
+        except PlanError as exc:
+            if not d.names_inputs or exc.span != action.span:
+                raise
+            # which tensors did not fit each other: their keys, as a missing member is told
+            raise PlanError(f"{exc.message}: {', '.join(self.inputs)}", exc.span) from None
         coords = [{k: v for k, v in tensors[g[0]].coords.items() if not d.merges or k != axis.name} for g in groups]
         over = {"over": axis.name} if d.merges else {}
         grouped = None if not d.merges or len(groups) == 1 else groups

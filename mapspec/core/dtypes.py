@@ -1,5 +1,15 @@
-"""Tensor dtypes by name. numpy has no bfloat16, so bf16 travels as its raw uint16 bits and
-its name says what the bits mean."""
+"""Tensor dtypes by name, with the facts mapspec needs about each: how many bits an element
+takes on disk and which numpy dtype holds its elements in memory.
+
+numpy itself has no bfloat16, float8 or float4, so those travel as their raw bits (bf16 as
+uint16, float8 as uint8, float4 as one uint8 code per element, the high nibble zero) and their
+name says what the bits mean; `ml_dtypes` gives them values where values are needed (casts,
+dequantizing), imported on first use like numpy (see `lazy`).
+
+Packed dtypes take fewer bits than a byte per element: float4 (two per byte, the first in the
+low nibble, as torch's float4_e2m1fn_x2 and safetensors' F4 store them) and float6 (four in
+three bytes). A tensor of them must fill whole bytes; `nbytes` counts the bytes it fills. A
+float6 tensor is copied byte for byte only: mapspec does not read its elements."""
 
 from __future__ import annotations
 
@@ -8,25 +18,41 @@ from functools import lru_cache
 
 from .lazy import numpy as np
 
-# name -> (numpy dtype code that stores it, bytes per element); little-endian everywhere on
-# disk. The numpy dtypes themselves (`STORAGE`) are made on first use: a rename-only
-# conversion needs only names and sizes, and then never imports numpy (see `lazy`).
+# name -> (numpy dtype code that holds an element in memory, bits per element on disk);
+# little-endian everywhere on disk. The numpy dtypes themselves (`STORAGE`) are made on first
+# use: a rename-only conversion needs only names and sizes, and then never imports numpy.
 _CODES: dict[str, tuple[str, int]] = {
-    "float64": ("<f8", 8),
-    "float32": ("<f4", 4),
-    "float16": ("<f2", 2),
-    "bfloat16": ("<u2", 2),
-    "int64": ("<i8", 8),
-    "int32": ("<i4", 4),
-    "int16": ("<i2", 2),
-    "int8": ("i1", 1),
-    "uint64": ("<u8", 8),
-    "uint32": ("<u4", 4),
-    "uint16": ("<u2", 2),
-    "uint8": ("u1", 1),
-    "bool": ("?", 1),
+    "float64": ("<f8", 64),
+    "float32": ("<f4", 32),
+    "float16": ("<f2", 16),
+    "bfloat16": ("<u2", 16),
+    "int64": ("<i8", 64),
+    "int32": ("<i4", 32),
+    "int16": ("<i2", 16),
+    "int8": ("i1", 8),
+    "uint64": ("<u8", 64),
+    "uint32": ("<u4", 32),
+    "uint16": ("<u2", 16),
+    "uint8": ("u1", 8),
+    "bool": ("?", 8),
+    "complex64": ("<c8", 64),
+    "float8_e4m3fn": ("u1", 8),
+    "float8_e5m2": ("u1", 8),
+    "float8_e8m0fnu": ("u1", 8),
+    "float8_e4m3fnuz": ("u1", 8),
+    "float8_e5m2fnuz": ("u1", 8),
+    "float4_e2m1fn": ("u1", 4),
+    "float6_e2m3fn": ("u1", 6),
+    "float6_e3m2fn": ("u1", 6),
 }
 NAMES = tuple(_CODES)
+# The dtypes numpy arrays hold as themselves (bf16 as its bits, which formats tag): what
+# .npz and .wts files can hold.
+NUMPY_NAMES = NAMES[:13]
+# Held as raw bits, given values by ml_dtypes (the same names there).
+LOW_PRECISION = frozenset(n for n in NAMES if n.startswith(("float8_", "float4_", "float6_")))
+# Elements mapspec does not read (copied byte for byte only).
+BYTES_ONLY = frozenset({"float6_e2m3fn", "float6_e3m2fn"})
 
 
 @lru_cache(maxsize=None)
@@ -47,6 +73,8 @@ ALIASES = {
     "bf16": "bfloat16",
     "long": "int64", "int": "int32", "short": "int16",
     "byte": "uint8", "char": "int8",
+    "fp8": "float8_e4m3fn", "e4m3": "float8_e4m3fn", "float8_e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2",
+    "e8m0": "float8_e8m0fnu", "float8_e8m0": "float8_e8m0fnu", "fp4": "float4_e2m1fn", "complex": "complex64",
 }
 
 
@@ -88,35 +116,118 @@ def canonical(name: str) -> str | None:
 
 
 def of_array(arr: np.ndarray) -> str:
-    """The dtype name of a plain numpy array (never bfloat16: that needs a tag)."""
+    """The dtype name of a numpy array (never bfloat16 as bits: that needs a tag; an
+    ml_dtypes array by its dtype's name)."""
     for name, dt in _storage().items():
-        if name != "bfloat16" and arr.dtype == dt:
+        if name != "bfloat16" and name not in LOW_PRECISION and arr.dtype == dt:
             return name
-    if arr.dtype.kind in "fiub" and arr.dtype.byteorder == ">":
+    if arr.dtype.kind == "V" and arr.dtype.name in _CODES:  # ml_dtypes: bfloat16, float8_e4m3fn...
+        return arr.dtype.name
+    if arr.dtype.kind in "fiubc" and arr.dtype.byteorder == ">":
         return of_array(arr.astype(arr.dtype.newbyteorder("<")))
     raise TypeError(f"unsupported array dtype {arr.dtype}")
 
 
-def itemsize(name: str) -> int:
+def bits(name: str) -> int:
+    """Bits an element takes on disk."""
     return _CODES[name][1]
 
 
+def itemsize(name: str) -> int:
+    """Bytes an element takes on disk; a packed dtype has none of its own (see `bits`)."""
+    b = _CODES[name][1]
+    if b % 8:
+        raise ValueError(f"{name} packs several elements into a byte")
+    return b // 8
+
+
+def packed(name: str) -> bool:
+    return _CODES[name][1] < 8
+
+
 def nbytes(shape: tuple[int, ...], name: str) -> int:
-    """Bytes a tensor of this shape and dtype takes when stored."""
-    n = itemsize(name)
+    """Bytes a tensor of this shape and dtype takes when stored (a packed tensor's last
+    partial byte counted whole; `fills_bytes` says whether it has one)."""
+    n = _CODES[name][1]
     for s in shape:
         n *= s
-    return n
+    return -(-n // 8)
+
+
+def fills_bytes(shape: tuple[int, ...], name: str) -> bool:
+    """Whether the elements of a packed tensor end on a byte boundary (always true for the
+    others), as safetensors requires."""
+    n = _CODES[name][1]
+    for s in shape:
+        n *= s
+    return n % 8 == 0
+
+
+def check_elements(name: str) -> None:
+    """Refuses (UsageError) to hold the elements of a dtype mapspec only copies."""
+    if name in BYTES_ONLY:
+        from ..errors import UsageError
+
+        raise UsageError(f"{name} tensors are copied byte for byte only; mapspec does not read their elements "
+                         "(no action can apply to them, and the output format must take byte copies)")
 
 
 def stored(array: np.ndarray, name: str) -> np.ndarray:
-    """The array as it is stored: the dtype's storage type, C order (0-d stays 0-d)."""
+    """The array as it is held in memory: the dtype's storage type, C order (0-d stays 0-d);
+    an ml_dtypes array of the dtype becomes its bits."""
+    check_elements(name)
+    array = np.asarray(array)
+    if array.dtype.kind == "V" and array.dtype.name == name:
+        array = array.view(_storage()[name] if not packed(name) else np.uint8)
     return np.asarray(array, dtype=_storage()[name], order="C")
 
 
 def raw(array: np.ndarray, name: str) -> memoryview:
-    """The stored bytes of an array, without a copy when it is already stored that way."""
-    return memoryview(stored(array, name).reshape(-1)).cast("B")
+    """The bytes of an array as they are stored on disk, without a copy when it is held
+    that way already (packed dtypes: two float4 codes per byte, the first in the low nibble)."""
+    held = stored(array, name).reshape(-1)
+    if name == "float4_e2m1fn":
+        if held.size % 2:
+            raise ValueError(f"a float4 tensor of {held.size} elements does not fill whole bytes")
+        held = (held[0::2] & 0x0F) | (held[1::2] << 4)
+    return memoryview(held).cast("B")
+
+
+def from_raw(buf: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """The array held in memory for bytes `buf` (uint8) as stored on disk."""
+    check_elements(name)
+    if name == "float4_e2m1fn":
+        codes = np.empty(buf.size * 2, np.uint8)
+        codes[0::2] = buf & 0x0F
+        codes[1::2] = buf >> 4
+        return codes.reshape(shape)
+    return buf.view(_storage()[name]).reshape(shape)
+
+
+def ml_dtype(name: str):
+    """The ml_dtypes numpy dtype of a bfloat16/float8/float4/float6 name."""
+    from ..errors import UsageError
+
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise UsageError(f"{name} values need ml_dtypes: pip install 'mapspec[lowp]'") from None
+    dt = getattr(ml_dtypes, name, None)
+    if dt is None:
+        raise UsageError(f"{name} values need ml_dtypes 0.5 or later: pip install -U ml_dtypes")
+    return np.dtype(dt)
+
+
+def values(array: np.ndarray, name: str) -> np.ndarray:
+    """An array held as bits (bfloat16, float8, float4) viewed as ml_dtypes values; other
+    arrays as they are."""
+    if name == "bfloat16" or name in LOW_PRECISION:
+        check_elements(name)
+        array = np.asarray(array)
+        if array.dtype.kind == "V":
+            return array
+        return array.view(ml_dtype(name))
+    return array
 
 
 def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -134,9 +245,16 @@ def _f32_to_bf16(values: np.ndarray) -> np.ndarray:
 
 
 def cast(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
-    """Convert values (not bits) from dtype `src` to `dst`; bf16 on either side as bits."""
+    """Convert values (not bits) from dtype `src` to `dst`; bf16, float8 and float4 on
+    either side as their bits (those through ml_dtypes, rounding to nearest even)."""
     if src == dst:
         return arr
+    if src in LOW_PRECISION or dst in LOW_PRECISION:
+        wide = values(arr, src).astype(np.float32) if src != "bfloat16" else _bf16_to_f32(arr)
+        if dst in LOW_PRECISION:
+            check_elements(dst)
+            return wide.astype(ml_dtype(dst)).view(np.uint8)
+        return cast(wide, "float32", dst)
     if src == "bfloat16":
         arr = _bf16_to_f32(arr)
         src = "float32"
@@ -152,7 +270,10 @@ def cast(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
 # value of the first dtype is a value of the second, so casting back gives the same bits.
 _INT_BITS = {"bool": (1, False), "uint8": (8, False), "uint16": (16, False), "uint32": (32, False),
              "uint64": (64, False), "int8": (7, True), "int16": (15, True), "int32": (31, True), "int64": (63, True)}
-_FLOAT_BITS = {"float16": (11, 15), "bfloat16": (8, 127), "float32": (24, 127), "float64": (53, 1023)}
+_FLOAT_BITS = {"float16": (11, 15), "bfloat16": (8, 127), "float32": (24, 127), "float64": (53, 1023),
+               # (their smallest values are values of every wider float here too)
+               "float8_e4m3fn": (4, 8), "float8_e4m3fnuz": (4, 7), "float8_e5m2": (3, 15),
+               "float8_e5m2fnuz": (3, 15), "float8_e8m0fnu": (1, 127), "float4_e2m1fn": (2, 2)}
 
 
 def exact(src: str, dst: str) -> bool:
@@ -179,4 +300,20 @@ TORCH_DTYPES = {
     "float16": "float16", "half": "float16", "bfloat16": "bfloat16", "int64": "int64", "long": "int64",
     "int32": "int32", "int": "int32", "int16": "int16", "short": "int16", "int8": "int8",
     "uint8": "uint8", "bool": "bool", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
+    "complex64": "complex64", "cfloat": "complex64",
+    "float8_e4m3fn": "float8_e4m3fn", "float8_e5m2": "float8_e5m2", "float8_e8m0fnu": "float8_e8m0fnu",
+    "float8_e4m3fnuz": "float8_e4m3fnuz", "float8_e5m2fnuz": "float8_e5m2fnuz",
 }
+# torch's packed dtype: one element of it is two float4 values in a byte; its shape's last
+# dimension counts bytes, mapspec's (as safetensors') counts values.
+TORCH_PACKED = {"float4_e2m1fn_x2": "float4_e2m1fn"}
+
+
+def of_torch(name: str, shape: tuple[int, ...]) -> tuple[tuple[int, ...], str] | None:
+    """mapspec's (shape, dtype) of a torch tensor of dtype `name` (`str(t.dtype)` without
+    `torch.`), or None if mapspec cannot hold it; a packed one counts values."""
+    if name in TORCH_PACKED:
+        return ((*shape[:-1], shape[-1] * 2), TORCH_PACKED[name]) if shape else None
+    if name in TORCH_DTYPES:
+        return tuple(shape), TORCH_DTYPES[name]
+    return None

@@ -81,14 +81,20 @@ def sink_format(path: str | Path, to: str | None) -> str:
 
 
 def check_dtypes(fmt: Format, dtypes: Iterable[str]) -> None:
+    from ..core.dtypes import BYTES_ONLY
+
     unsupported = sorted(set(dtypes) - fmt.dtypes)
     if unsupported:
-        raise UsageError(f"{fmt.name} files cannot hold {', '.join(unsupported)} tensors; cast them in the spec")
+        fix = ("convert to a format that holds them (safetensors)" if set(unsupported) & BYTES_ONLY
+               else "cast them in the spec")
+        raise UsageError(f"{fmt.name} files cannot hold {', '.join(unsupported)} tensors; {fix}")
 
 
 def open_sink(path: str | Path, fmt: str, outputs: Mapping[str, TensorInfo], metadata=None,
-              max_shard_size: int | str | None = None, copied_from: Mapping[str, int] | None = None) -> Sink:
-    """A sink for `outputs`; with `max_shard_size`, `path` is a directory of HF-style shards.
+              max_shard_size: int | str | None = None, copied_from: Mapping[str, int] | None = None,
+              files: Mapping[str, bytes | Path] | None = None) -> Sink:
+    """A sink for `outputs`; with `max_shard_size`, `path` is a directory of HF-style shards,
+    with `files` (name -> bytes or a path to copy: a model directory's other files) beside them.
     `copied_from` (output -> source byte offset) names the outputs that will be copied
     file-to-file, for sinks that can place them where the kernel copies fastest."""
     f = by_name(fmt)
@@ -96,7 +102,7 @@ def open_sink(path: str | Path, fmt: str, outputs: Mapping[str, TensorInfo], met
     if max_shard_size is not None:
         from .sharded import ShardedSink
 
-        return ShardedSink(Path(path), f, outputs, max_shard_size, metadata, copied_from)
+        return ShardedSink(Path(path), f, outputs, max_shard_size, metadata, copied_from, files)
     return f.open_sink(Path(path), outputs, metadata, copied_from)
 
 

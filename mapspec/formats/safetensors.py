@@ -16,7 +16,7 @@ from typing import Mapping
 from ..core.lazy import numpy as np
 
 from ..core import dtypes
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
 from .atomic import AtomicPath
 from .placement import copy_extent, copy_residue, padding
@@ -24,14 +24,17 @@ from .protocol import Extent, SinkBase, SourceBase
 from .registry import Format
 from .reading import location, open_bytes, clip, shown
 
+# Every dtype the format defines (safetensors 0.8's list). F4 and F6 are packed: the header's
+# shape counts elements, the data holds 4 or 6 bits of each, and must end on a byte.
 NAMES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
     "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
-    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
+    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool", "C64": "complex64",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0fnu",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F4": "float4_e2m1fn", "F6_E2M3": "float6_e2m3fn", "F6_E3M2": "float6_e3m2fn",
 }
 CODES = {v: k for k, v in NAMES.items()}
-# dtypes the safetensors format defines that mapspec cannot represent
-UNSUPPORTED = {"F4", "F6_E2M3", "F6_E3M2", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64"}
 MAX_HEADER = 100_000_000
 _U64 = 2 ** 64
 
@@ -96,8 +99,6 @@ def parse_header(blob: bytes, path: Path) -> tuple[dict, dict]:
         if not isinstance(meta, dict) or not {"dtype", "shape", "data_offsets"} <= set(meta):
             raise CheckpointError(f"{where}: header entry needs dtype, shape and data_offsets")
         dtype, shape, offsets = meta["dtype"], meta["shape"], meta["data_offsets"]
-        if dtype in UNSUPPORTED:
-            raise CheckpointError(f"{where}: dtype {dtype} is not supported by mapspec (valid safetensors)")
         if dtype not in NAMES:
             raise CheckpointError(f"{where}: unknown dtype {shown(dtype)}")
         if not isinstance(shape, list) or not all(_usize(d) for d in shape):
@@ -137,6 +138,9 @@ class SafetensorsSource(SourceBase):
                                       f"the previous tensor, which ends at {end} (gap or overlap)")
             shape = dtypes.check_shape(tuple(meta["shape"]), f"{self.path}: tensor {shown(name)}")
             info = TensorInfo(shape, NAMES[meta["dtype"]])
+            if not dtypes.fills_bytes(shape, info.dtype):
+                raise CheckpointError(f"{self.path}: tensor {shown(name)} of shape {shape} in {meta['dtype']} "
+                                      "does not end on a byte boundary")
             if stop - begin != info.nbytes:
                 raise CheckpointError(f"{self.path}: tensor {shown(name)} data [{begin}, {stop}) does not fit "
                                       f"its shape {shape} ({info.nbytes} bytes)")
@@ -164,8 +168,9 @@ class SafetensorsSource(SourceBase):
     def read(self, key: str) -> np.ndarray:
         info = self._infos[key]
         e = self.extent(key)
+        dtypes.check_elements(info.dtype)
         raw = e.file.read_range(e.offset, e.nbytes, f"tensor {shown(key)}")
-        return raw.view(dtypes.STORAGE[info.dtype]).reshape(info.shape)
+        return dtypes.from_raw(raw, info.shape, info.dtype)
 
     def release(self, key: str) -> None:
         e = self.extent(key)
@@ -181,7 +186,12 @@ class SafetensorsSink(SinkBase):
         self.atomic = AtomicPath(path)
         self.provenance = metadata
         # Larger items first, then by name, as the library orders them: every tensor stays aligned.
-        order = sorted(outputs, key=lambda k: (-dtypes.itemsize(outputs[k].dtype), k))
+        unfilled = next((k for k, i in outputs.items() if not dtypes.fills_bytes(i.shape, i.dtype)), None)
+        if unfilled is not None:
+            i = outputs[unfilled]
+            raise UsageError(f"safetensors cannot hold {shown(unfilled)}: {i.dtype} of shape {i.shape} "
+                             "does not end on a byte boundary")
+        order = sorted(outputs, key=lambda k: (-dtypes.bits(outputs[k].dtype), k))
         header: dict = {"__metadata__": self._metadata(final=False)}
         self.offsets: dict[str, int] = {}
         self.infos = dict(outputs)

@@ -27,6 +27,7 @@ from ..core.background import Job, Worker
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
 from .atomic import AtomicPath
+from .model_dir import write_files
 from .protocol import Extent, SinkBase, SourceBase
 from .reading import read_small
 from .registry import Format
@@ -252,7 +253,10 @@ class ShardedSink(SinkBase):
     its copies run in order on its lane, and a tensor written from memory waits for them."""
 
     def __init__(self, path: Path, fmt: Format, outputs: Mapping[str, TensorInfo], max_shard_size: int | str,
-                 metadata=None, copied_from: Mapping[str, int] | None = None):
+                 metadata=None, copied_from: Mapping[str, int] | None = None,
+                 files: Mapping[str, bytes | Path] | None = None):
+        """`files`: other files of the model directory (name -> bytes, or a path to copy),
+        written beside the shards (see `model_dir`)."""
         if fmt.hf_layout is None:
             from .registry import formats
 
@@ -285,6 +289,10 @@ class ShardedSink(SinkBase):
             self.index = None
             if len(names) > 1:
                 self.index = (fmt.hf_layout[2], index_blob(weight_map, sum(i.nbytes for i in outputs.values())))
+            self.extra = dict(files or {})
+            clash = set(self.extra) & {*names, fmt.hf_layout[2]}
+            if clash:
+                raise UsageError(f"the model directory's {sorted(clash)[0]} would overwrite an output shard")
         except BaseException:
             self.abort()
             raise
@@ -325,6 +333,7 @@ class ShardedSink(SinkBase):
         if self.index is not None:
             name, data = self.index
             (self.atomic.tmp / name).write_bytes(data)
+        write_files(self.atomic.tmp, self.extra)
         self.atomic.commit()  # replacing an earlier output only with --force
 
     def abort(self) -> None:

@@ -26,7 +26,7 @@ from .protocol import Extent, SinkBase, SourceBase
 from .reading import ZipMembers, brief, location, open_bytes
 from .registry import Format
 from .torch_pickle import StandIn, Tensor, load
-from .torch_zip import STORAGE_TYPES, ZipWriter, state_pickle
+from .torch_zip import TORCH_WRITES, V3_TYPES, ZipWriter, state_pickle, torch_refuses, torch_shape
 from .unpickle import MAX_DEPTH, MAX_NODES, Budget
 
 
@@ -123,7 +123,7 @@ class TorchSource(SourceBase):
         self.object = self._checkpoint.object
         self._tensors: dict[str, Tensor] = {}
         flatten(self.object, "", self._tensors)
-        self._infos = {k: TensorInfo(t.shape, t.dtype) for k, t in self._tensors.items()}
+        self._infos = {k: t.info for k, t in self._tensors.items()}
 
     def infos(self) -> Mapping[str, TensorInfo]:
         return self._infos
@@ -157,6 +157,10 @@ def to_torch(array: np.ndarray, dtype: str):
         warnings.simplefilter("ignore", UserWarning)
         if dtype == "bfloat16":
             return torch.from_numpy(np.asarray(array, order="C").view(np.int16)).view(torch.bfloat16)
+        if dtype in dtypes.LOW_PRECISION:  # the bytes as stored, viewed as torch's dtype
+            info = TensorInfo(tuple(np.shape(array)), dtype)
+            stored = np.frombuffer(dtypes.raw(array, dtype), np.uint8).copy()
+            return torch.from_numpy(stored).view(getattr(torch, V3_TYPES[dtype])).reshape(torch_shape(info))
         return torch.from_numpy(np.asarray(array, order="C"))
 
 
@@ -171,6 +175,10 @@ class TorchSink(SinkBase):
 
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None,
                  copied_from: Mapping[str, int] | None = None):
+        for name, info in outputs.items():
+            why = torch_refuses(info)
+            if why:
+                raise UsageError(f"{brief(name)}: {why}")
         self.atomic = AtomicPath(path)
         self.provenance = metadata
         # Records of large copied tensors start at their source offset modulo GRANULE (when
@@ -238,5 +246,5 @@ def _is_torch(path: Path, head: bytes) -> bool:
 
 
 FORMAT = Format("torch", "PyTorch torch.save", (".pt", ".pth", ".bin", ".ckpt"), TorchSource, TorchSink,
-                frozenset(STORAGE_TYPES), aliases=("pt", "pytorch"), sniff=_is_torch,
+                TORCH_WRITES, aliases=("pt", "pytorch"), sniff=_is_torch,
                 hf_layout=("pytorch_model.bin", "pytorch_model", "pytorch_model.bin.index.json"), places_copies=True)

@@ -20,7 +20,8 @@ from typing import Any
 from ..core.lazy import numpy as np
 
 from ..core import dtypes
-from ..core.dtypes import TORCH_DTYPES
+from ..core.dtypes import TORCH_DTYPES, TORCH_PACKED
+from ..core.tensorinfo import TensorInfo
 from ..errors import CheckpointError
 from .reading import MAX_EXPANDED_BYTES, RegularFile, ZipMembers, location, open_bytes, reading, shown
 from .unpickle import MAX_DEPTH, MAX_PICKLE, Device, Inert, StandIn, PickleTruncated, check_pickle, unpickle
@@ -34,17 +35,16 @@ STORAGE_DTYPES = {
     "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
     "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
     "UInt16Storage": "uint16", "UInt32Storage": "uint32", "UInt64Storage": "uint64",
-    "UntypedStorage": "uint8",
+    "UntypedStorage": "uint8", "ComplexFloatStorage": "complex64",
 }
 # Valid torch storages that mapspec cannot represent, and what they hold.
 UNSUPPORTED_STORAGES = {
-    "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128", "ComplexHalfStorage": "complex32",
+    "ComplexDoubleStorage": "complex128", "ComplexHalfStorage": "complex32",
     "QInt8Storage": "quantized qint8", "QUInt8Storage": "quantized quint8", "QInt32Storage": "quantized qint32",
     "QUInt4x2Storage": "quantized quint4x2", "QUInt2x4Storage": "quantized quint2x4",
 }
 UNSUPPORTED_DTYPES = {
-    "complex32", "complex64", "complex128", "chalf", "cfloat", "cdouble", "float8_e4m3fn", "float8_e5m2",
-    "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2", "qint8", "quint8", "qint32",
+    "complex32", "complex128", "chalf", "cdouble", "qint8", "quint8", "qint32",
     "quint4x2", "quint2x4", "bits1x8", "bits2x4", "bits4x2", "bits8", "bits16", "uint1", "uint2", "uint3",
     "uint4", "uint5", "uint6", "uint7", "int1", "int2", "int3", "int4", "int5", "int6", "int7",
 }
@@ -108,13 +108,24 @@ class Storage(Inert):
 
 
 class Tensor(Inert):
-    """A tensor read from a pickle: where its elements are, not yet the elements."""
+    """A tensor read from a pickle: where its elements are, not yet the elements. A packed
+    one (torch's float4_e2m1fn_x2) is a uint8 tensor of its bytes here, `packed` naming
+    the dtype of the values they hold, two per byte."""
 
-    __slots__ = ("storage", "offset", "shape", "stride", "dtype", "requires_grad")
+    __slots__ = ("storage", "offset", "shape", "stride", "dtype", "requires_grad", "packed")
 
     def __init__(self, storage: Storage, offset: int, shape: tuple[int, ...], stride: tuple[int, ...], dtype: str):
         self.storage, self.offset, self.shape, self.stride, self.dtype = storage, offset, shape, stride, dtype
         self.requires_grad = False
+        self.packed: str | None = None
+
+    @property
+    def info(self) -> TensorInfo:
+        """Its shape and dtype as mapspec (and safetensors) count them: a packed tensor's
+        last dimension counts values."""
+        if self.packed:
+            return TensorInfo((*self.shape[:-1], self.shape[-1] * 2), self.packed)
+        return TensorInfo(self.shape, self.dtype)
 
     @property
     def span(self) -> int:
@@ -125,6 +136,12 @@ class Tensor(Inert):
 
     def read(self) -> np.ndarray:
         """The tensor's values (bf16 as uint16 bits), read now into a fresh buffer."""
+        if self.packed:
+            packed = np.ascontiguousarray(self._read()).reshape(-1)
+            return dtypes.from_raw(packed, self.info.shape, self.packed)
+        return self._read()
+
+    def _read(self) -> np.ndarray:
         dt = dtypes.STORAGE[self.dtype]
         if 0 in self.shape:
             return np.zeros(self.shape, dt)
@@ -191,6 +208,8 @@ class _TorchGlobals:
                 return _StorageType(name, None)
             if name in TORCH_DTYPES:
                 return _TorchDtype(name, TORCH_DTYPES[name])
+            if name in TORCH_PACKED:  # its bytes, two values in each
+                return _TorchDtype(name, "uint8")
             if name in UNSUPPORTED_DTYPES:
                 return _TorchDtype(name, None)
             if name == "Size":
@@ -253,7 +272,12 @@ class _TorchGlobals:
             raise self.unsupported(f"{dtype.name} tensors", f"torch.{dtype.name}")
         if not isinstance(storage, Storage):
             raise CheckpointError(f"{self.path}: a tensor without a storage")
-        return self._rebuild(storage, offset, size, stride, dtype.dtype)
+        tensor = self._rebuild(storage, offset, size, stride, dtype.dtype)
+        if dtype.name in TORCH_PACKED:
+            if not tensor.shape:
+                raise self.unsupported(f"0-d {dtype.name} tensors", f"torch.{dtype.name}")
+            tensor.packed = TORCH_PACKED[dtype.name]
+        return tensor
 
     def _rebuild(self, storage: Storage, offset, size, stride, dtype: str, limit: int | None = None) -> Tensor:
         if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)):

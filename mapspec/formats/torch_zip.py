@@ -46,7 +46,16 @@ STORAGE_TYPES = {
     "float64": "DoubleStorage", "float32": "FloatStorage", "float16": "HalfStorage",
     "bfloat16": "BFloat16Storage", "int64": "LongStorage", "int32": "IntStorage",
     "int16": "ShortStorage", "int8": "CharStorage", "uint8": "ByteStorage", "bool": "BoolStorage",
+    "complex64": "ComplexFloatStorage",
 }
+# dtypes torch has no typed storage for: pickled as torch does, `_rebuild_tensor_v3` over an
+# UntypedStorage (its size in bytes) with the torch dtype; float4 as torch's packed pairs.
+V3_TYPES = {
+    "float8_e4m3fn": "float8_e4m3fn", "float8_e5m2": "float8_e5m2", "float8_e8m0fnu": "float8_e8m0fnu",
+    "float8_e4m3fnuz": "float8_e4m3fnuz", "float8_e5m2fnuz": "float8_e5m2fnuz",
+    "float4_e2m1fn": "float4_e2m1fn_x2",
+}
+TORCH_WRITES = frozenset(STORAGE_TYPES) | frozenset(V3_TYPES)
 
 
 class Global:
@@ -61,6 +70,8 @@ class Global:
 
 
 REBUILD = Global("torch._utils", "_rebuild_tensor_v2")
+REBUILD_V3 = Global("torch._utils", "_rebuild_tensor_v3")
+UNTYPED = Global("torch.storage", "UntypedStorage")
 ORDERED_DICT = Global("collections", "OrderedDict")
 
 
@@ -69,17 +80,35 @@ class _Storage:
         self.key, self.dtype, self.numel = key, dtype, numel
 
 
+def torch_shape(info: TensorInfo) -> tuple[int, ...]:
+    """The shape torch gives a tensor: float4's last dimension counts pairs."""
+    if info.dtype == "float4_e2m1fn":
+        return (*info.shape[:-1], info.shape[-1] // 2)
+    return tuple(info.shape)
+
+
+def torch_refuses(info: TensorInfo) -> str | None:
+    """Why torch cannot hold a tensor mapspec can, or None."""
+    if info.dtype == "float4_e2m1fn" and (not info.shape or info.shape[-1] % 2):
+        return (f"torch holds float4 as pairs (float4_e2m1fn_x2): the last dimension must be even, "
+                f"not shape {tuple(info.shape)}")
+    return None
+
+
 class _Tensor:
     """Pickles as torch.save pickles a contiguous tensor over a whole storage."""
 
-    def __init__(self, storage: _Storage, shape: tuple[int, ...]):
-        self.storage, self.shape = storage, shape
+    def __init__(self, storage: _Storage, info: TensorInfo):
+        self.storage, self.shape, self.dtype = storage, torch_shape(info), info.dtype
 
     def __reduce_ex__(self, protocol):
         stride, n = [], 1
         for size in reversed(self.shape):
             stride.insert(0, n)
             n *= size
+        if self.dtype in V3_TYPES:
+            return REBUILD_V3, (self.storage, 0, tuple(self.shape), tuple(stride), False, _EmptyOrderedDict(),
+                                Global("torch", V3_TYPES[self.dtype]))
         return REBUILD, (self.storage, 0, tuple(self.shape), tuple(stride), False, _EmptyOrderedDict())
 
 
@@ -97,6 +126,8 @@ class _Pickler(pickle._Pickler):
 
     def persistent_id(self, obj):
         if isinstance(obj, _Storage):
+            if obj.dtype in V3_TYPES:  # untyped: its size in bytes
+                return ("storage", UNTYPED, obj.key, "cpu", obj.numel)
             return ("storage", Global("torch", STORAGE_TYPES[obj.dtype]), obj.key, "cpu", obj.numel)
         return None
 
@@ -108,7 +139,10 @@ def state_pickle(outputs: Mapping[str, TensorInfo], keys: Mapping[str, str]) -> 
     """data.pkl for an OrderedDict of `outputs`, tensor `name` stored as `data/<keys[name]>`."""
     import math
 
-    state = _StateDict((name, _Tensor(_Storage(keys[name], info.dtype, math.prod(info.shape)), info.shape))
+    def numel(info: TensorInfo) -> int:
+        return info.nbytes if info.dtype in V3_TYPES else math.prod(info.shape)
+
+    state = _StateDict((name, _Tensor(_Storage(keys[name], info.dtype, numel(info)), info))
                        for name, info in outputs.items())
     buf = io.BytesIO()
     _Pickler(buf, protocol=2).dump(state)

@@ -111,6 +111,7 @@ class ActionDef:
     reorders = False  # moves values even where the shape comes out the same (shown by explain)
     needs = "the shape it started from"  # what its inverse reads from the forward plan
     dtype_only = False  # ... of which only the dtype (the shapes may differ)
+    names_inputs = False  # its errors at compile time name the step's input keys (tensors that must fit)
 
     def __init__(self, name: str | None = None):
         if name is not None:
@@ -170,6 +171,12 @@ class ActionDef:
     def written(self, pa: PlannedAction, axis: str | None, span=None) -> Action | None:
         """A planned action (an inverse) as one spec action, or None if it cannot be one;
         `axis`: the capture its merge consumes or its split makes."""
+        return None
+
+    # ---------------------------------------------------------------- the model's config
+    def config(self, p: Params) -> tuple[dict, frozenset] | None:
+        """What the action means for the model's config.json: (keys set, keys removed), e.g.
+        a dequantize removes `quantization_config` (see `core.modelconfig`); None: nothing."""
         return None
 
     # ---------------------------------------------------------------- presentation

@@ -11,6 +11,7 @@ from ..lang.rules import Action
 from .base import ActionDef, Params, PlannedAction, Shape, Typed, planned, unknown
 from .cast import Cast
 from .merge import Chunk, Concat, Split, Stack, Unstack
+from .quant import Dequantize, Quantize
 from .shape import Expect, Permute, Squeeze, Transpose, Unsqueeze, View
 
 REGISTRY: dict[str, ActionDef] = {}
@@ -35,7 +36,8 @@ def registered(definition: ActionDef) -> Iterator[ActionDef]:
 
 
 for _d in (View("view"), View("reshape"), Transpose(), Permute("permute"), Squeeze("squeeze"),
-           Unsqueeze("unsqueeze"), Cast(), Expect("expect"), Concat(), Stack(), Split("split"), Chunk(), Unstack()):
+           Unsqueeze("unsqueeze"), Cast(), Expect("expect"), Concat(), Stack(), Split("split"), Chunk(), Unstack(),
+           Dequantize(), Quantize()):
     register(_d)
 
 
@@ -70,6 +72,11 @@ def run(pa: PlannedAction, arrays: list) -> list:
         got = d.run(p, [arrays[i] for i in g])
         out.extend([got[p["index"]]] if "index" in p and len(got) > 1 else got)
     return out
+
+
+def config_effect(pa: PlannedAction) -> tuple[dict, frozenset] | None:
+    """(config keys set, keys removed) by one planned action, or None."""
+    return REGISTRY[pa.name].config(dict(pa.params))
 
 
 def run_all(actions: Iterable[PlannedAction], arrays: list) -> list:

@@ -28,15 +28,13 @@ def _is_torch(value: Any) -> bool:
 def tensor_info(value: Any) -> TensorInfo:
     """Name, shape and dtype of a torch tensor or a numpy array (ml_dtypes bfloat16 too)."""
     if _is_torch(value):
-        from ..core.dtypes import TORCH_DTYPES
-
-        name = str(value.dtype).removeprefix("torch.")
-        if name not in TORCH_DTYPES:
+        found = dtypes.of_torch(str(value.dtype).removeprefix("torch."), tuple(value.shape))
+        if found is None:
             raise UsageError(f"unsupported tensor dtype {value.dtype}")
-        return TensorInfo(tuple(value.shape), TORCH_DTYPES[name])
+        return TensorInfo(*found)
     if isinstance(value, np.ndarray):
-        if value.dtype.name == "bfloat16":
-            return TensorInfo(value.shape, "bfloat16")
+        if value.dtype.name == "bfloat16" or value.dtype.name in dtypes.LOW_PRECISION:
+            return TensorInfo(value.shape, value.dtype.name)
         try:
             return TensorInfo(value.shape, dtypes.of_array(value))
         except TypeError as exc:
@@ -52,7 +50,12 @@ def _bits(value: Any, info: TensorInfo) -> np.ndarray:
         t = value.detach().cpu()
         if t.dtype == torch.bfloat16:
             return t.view(torch.int16).numpy().view(np.uint16)
+        if info.dtype in dtypes.LOW_PRECISION:  # their bits; float4 as one code per value
+            stored = t.contiguous().view(torch.uint8).numpy()
+            return dtypes.from_raw(stored.reshape(-1), info.shape, info.dtype)
         return t.numpy()
+    if info.dtype in dtypes.LOW_PRECISION:
+        return dtypes.stored(value, info.dtype)
     return value.view(np.uint16) if info.dtype == "bfloat16" else value
 
 
@@ -65,8 +68,8 @@ def _back(array: np.ndarray, dtype: str, like: Any) -> Any:
         if not array.flags.writeable:
             array = array.copy()
         return to_torch(array, dtype).to(like.device)
-    if dtype == "bfloat16" and like.dtype.name == "bfloat16":
-        return np.ascontiguousarray(array).view(like.dtype)
+    if (dtype == "bfloat16" or dtype in dtypes.LOW_PRECISION) and like.dtype.kind == "V":
+        return dtypes.values(np.ascontiguousarray(array), dtype)  # ml_dtypes in, ml_dtypes out
     return array
 
 

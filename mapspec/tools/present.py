@@ -293,6 +293,14 @@ def peak_line(plan: Plan) -> str:
     return f"expected peak memory: {size(n)} of tensors{where} + the interpreter"
 
 
+def config_line(plan: Plan) -> str | None:
+    """What a model directory's config.json becomes in an output directory, if it changes."""
+    patch = plan.config_patch()
+    if not patch:
+        return None
+    return "config.json (model directory in and out): " + "; ".join(patch.describe())
+
+
 def check_line(spec_path: Path | str, plan: Plan, with_target: bool) -> str:
     line = (f"{spec_path}: ok: {len(plan.steps)} outputs from {plan.source_count} tensors, "
             f"{len(plan.dropped)} dropped")

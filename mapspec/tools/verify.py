@@ -62,8 +62,8 @@ class Verification:
 
 def _floats(array: np.ndarray, dtype: str) -> np.ndarray:
     flat = np.asarray(array).reshape(-1)
-    if dtype == "bfloat16":
-        flat = dtypes.cast(flat, "bfloat16", "float32")
+    if dtype == "bfloat16" or dtype in dtypes.LOW_PRECISION:  # values, not the codes they are held as
+        flat = dtypes.cast(flat, dtype, "float32")
     return flat.astype(np.float64)
 
 

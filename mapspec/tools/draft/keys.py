@@ -114,7 +114,7 @@ def _sorted(keys: list[str], infos: Mapping[str, TensorInfo]) -> bool:
     if keys == sorted(keys):
         return True
     try:
-        by_size = sorted(keys, key=lambda k: (-dtypes.itemsize(infos[k].dtype), k))
+        by_size = sorted(keys, key=lambda k: (-dtypes.bits(infos[k].dtype), k))
     except KeyError:  # a dtype the table does not know: no safetensors file
         return False
     return keys == by_size
