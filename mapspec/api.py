@@ -62,6 +62,7 @@ def apply(
     reverse: bool = False,
     lossy: bool = False,
     prefer: Mapping[int | None, int] | None = None,
+    kv: Mapping[str, object] | None = None,
     **overrides: Any,
 ) -> Report:
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
@@ -69,11 +70,14 @@ def apply(
     config), or the same names as keywords, say how the spec meets the checkpoint.
     `progress(done, total)` hears tensor bytes written so far and in all; `reverse` runs the spec's
     derived inverse (see `invert`); `lossy` lets it undo lossy casts and drops; `prefer` chooses
-    the fallback alternatives it writes back (see `invert_spec`).
+    the fallback alternatives it writes back (see `invert_spec`). `kv` is typed file metadata
+    for formats that hold it (GGUF: {key: gguf.Value or plain value}); it is written over the
+    metadata a GGUF source carries into a GGUF output.
 
     `checkpoint` may be a sharded checkpoint (an index, a model directory, a glob or a list of
     shards). With `max_shard_size` ("5GB", bytes), `output` is a directory of HF-style shards
-    plus an index, `to` safetensors (the default) or torch."""
+    plus an index, `to` safetensors (the default) or torch, or of GGUF split parts when it is
+    named *.gguf (or `to` is gguf)."""
     spec = as_spec(spec)
     opts = Options.of(options, **overrides)
     inverse = None
@@ -82,7 +86,9 @@ def apply(
 
         inverse = invert_spec(spec, params=opts.params, config=opts.config, lossy=lossy, prefer=prefer)
     output = Path(output)
-    fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None else None))
+    # --max-shard-size writes a directory: safetensors shards, or GGUF split parts when it is named *.gguf
+    split_gguf = max_shard_size is not None and output.suffix.lower() == ".gguf"
+    fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None and not split_gguf else None))
     if output.exists() and not force:
         raise UsageError(f"{output} exists; use --force to overwrite it")
     _refuse_overwrite(output, _paths(checkpoint), max_shard_size is not None)
@@ -107,7 +113,7 @@ def apply(
             sink = None
             try:
                 sink = open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
-                                 copied_from=copied_from(plan, source))
+                                 copied_from=copied_from(plan, source), kv={**(source.kv or {}), **(kv or {})})
                 execute(plan, source, sink, (lambda done: progress(done, n)) if progress else None)
                 sink.commit()
             except BaseException:

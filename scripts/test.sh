@@ -16,7 +16,7 @@ setup() {  # setup VENV CONSTRAINTS EXTRA...
     "$venv/bin/python" -c "import mapspec, torch" # fail here, loudly, if the install did not take
 }
 
-setup .venv constraints.txt transformers
+setup .venv constraints.txt transformers accelerate
 setup .venv-mxnet constraints-mxnet.txt mxnet numpy
 .venv-mxnet/bin/python -c "import mxnet"
 

@@ -70,6 +70,7 @@ class SourceBase:
     object: Any = None
     shards: tuple[Path, ...] = ()
     auto = False
+    kv: Mapping[str, Any] | None = None  # typed file metadata ({key: gguf.Value}) of a GGUF source
 
     def extent(self, key: str) -> Extent | None:
         return None
@@ -378,6 +379,7 @@ class Selected(SourceBase):
         self.metadata = inner.metadata
         self.object = inner.object
         self.shards = inner.shards
+        self.kv = getattr(inner, "kv", None)
         all_infos = inner.infos()
         self._names = select(all_infos, prefix, inner.path)
         self._infos = {k: all_infos[v] for k, v in self._names.items()}
