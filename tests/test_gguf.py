@@ -50,11 +50,16 @@ def gguf_py_file(path: Path, tensors: dict, *, extra=None, alignment: int | None
             w.add_tensor(name, t[0], raw_dtype=t[1])
         else:
             w.add_tensor(name, t)
+    return finish(w, path)
+
+
+def finish(w, result: Path) -> Path:
+    """Write out what a gguf-py GGUFWriter was given."""
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path
+    return result
 
 
 def sample_tensors(seed: int = 0) -> dict:
@@ -259,11 +264,7 @@ def gguf_py_split(folder: Path, tensors: dict, max_tensors: int) -> Path:
     w.add_uint32("llama.block_count", 2)
     for name, a in tensors.items():
         w.add_tensor(name, a)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return folder
+    return finish(w, folder)
 
 
 def test_split_files_from_gguf_py_read_as_one_checkpoint_from_any_part(tmp_path):

@@ -58,7 +58,7 @@ from ..core.lazy import numpy as np
 from ..core import dtypes
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent, copy_residue, padding
+from .base import AtomicPath, Extent, OffsetSink, SinkBase, SourceBase, copy_residue, padding
 from .reading import RegularFile, shown
 from .registry import Format
 
@@ -512,7 +512,7 @@ def plan_layout(outputs: Mapping[str, TensorInfo], alignment: int) -> tuple[dict
     return offsets, pos
 
 
-class GGUFSink(SinkBase):
+class GGUFSink(OffsetSink):
     """One GGUF file: the header first, then each tensor written at its planned offset."""
 
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None,
@@ -567,17 +567,6 @@ class GGUFSink(SinkBase):
         for name, info in self.infos.items():
             parts.append(_tensor_info(name, info, self.offsets[name]))
         return b"".join(parts)
-
-    def write(self, name: str, array: np.ndarray) -> None:
-        self.file.seek(self.base + self.offsets[name])
-        self.file.write(dtypes.raw(array, self.infos[name].dtype))
-        self.written.add(name)
-
-    def write_region(self, name: str, extent: Extent) -> bool:
-        self.file.flush()
-        copy_extent(extent, self.file.fileno(), self.base + self.offsets[name])
-        self.written.add(name)
-        return True
 
     def commit(self) -> None:
         missing = set(self.infos) - self.written
