@@ -430,3 +430,24 @@ def test_copied_tensors_keep_their_source_offset_modulo_64_kib(tmp_path):
     assert tensors_of(tmp_path / "b.gguf")["layers.1.w"][2] == big["blk.1.w"].tobytes()  # gguf-py agrees
     a.close()
     b.close()
+
+
+def test_a_carried_file_type_is_dropped_when_tensor_types_change(tmp_path):
+    x = np.random.default_rng(7).standard_normal((2, 32)).astype(np.float32)
+    src = gguf_py_file(tmp_path / "a.gguf", {"w": x}, extra={"general.file_type": 0})
+    (tmp_path / "id.map").write_text(IDENTITY)
+    apply(tmp_path / "id.map", src, tmp_path / "same.gguf")
+    assert fields(tmp_path / "same.gguf")["general.file_type"][1] == 0
+    (tmp_path / "q.map").write_text(IDENTITY + "    then cast(q8_0)\n")
+    apply(tmp_path / "q.map", src, tmp_path / "q.gguf")
+    assert "general.file_type" not in fields(tmp_path / "q.gguf")
+    apply(tmp_path / "q.map", src, tmp_path / "q7.gguf", kv={"general.file_type": 7})
+    assert fields(tmp_path / "q7.gguf")["general.file_type"] == ([VT.UINT32], 7)
+
+
+def test_a_model_directory_of_split_parts_opens_as_one_checkpoint(tmp_path):
+    tensors = {f"t{i}": np.full((2, 2), i, np.float32) for i in range(3)}
+    gguf_py_split(tmp_path, tensors, 1)
+    src = open_source(tmp_path)
+    assert list(src.infos()) == list(tensors)
+    src.close()

@@ -25,7 +25,7 @@ The API beyond the Source/Sink protocol (`formats.base`):
   the caller states (`formats.open_sink(..., kv=...)`). `metadata` is mapspec's provenance
   record, written as JSON text under the one key `general.mapspec`: every other key is
   exactly what the caller gave.
-- `GGUFSplitSink(path, outputs, max_shard_size, ...)`: `--max-shard-size` output, a directory
+- `GGUFSplitSink(path, outputs, max_bytes, ...)`: `--max-shard-size` output, a directory
   `path` holding `<stem>-00001-of-0000N.gguf`... as llama.cpp's gguf-split writes them (the
   stem is the directory's name without `.gguf`): the metadata in the first part, `split.no`
   (u16, from 0), `split.count` (u16) and `split.tensors.count` (i32, all parts) in every part,
@@ -605,11 +605,8 @@ def assign_parts(outputs: Mapping[str, TensorInfo], max_bytes: int) -> list[list
 class GGUFSplitSink(SinkBase):
     """Split GGUF parts in a new directory, which appears whole or not at all."""
 
-    def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], max_shard_size: int | str, metadata=None,
+    def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], max_bytes: int, metadata=None,
                  copied_from: Mapping[str, int] | None = None, kv: Mapping[str, Value] | None = None):
-        from .sharded import parse_size
-
-        max_bytes = parse_size(max_shard_size)
         self.final = Path(path)
         if self.final.exists() and not self.final.is_dir():
             raise UsageError(f"{self.final} is a file; split GGUF output goes to a directory")
@@ -620,7 +617,7 @@ class GGUFSplitSink(SinkBase):
         try:
             groups = assign_parts(outputs, max_bytes)
             if len(groups) > 99999:
-                raise UsageError(f"--max-shard-size {max_shard_size} makes {len(groups)} GGUF parts, more than "
+                raise UsageError(f"--max-shard-size {max_bytes} bytes makes {len(groups)} GGUF parts, more than "
                                  "the 99999 split names allow")
             kv = {k: typed(v) for k, v in (kv or {}).items() if k not in SPLIT_KEYS}
             for i, group in enumerate(groups):
