@@ -67,6 +67,7 @@ def apply(
     concurrency: int | None = None,
     ray: str | None = None,
     shards_progress: Callable[[int, int], None] | None = None,
+    kv: Mapping[str, object] | None = None,
     **overrides: Any,
 ) -> Report:
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
@@ -74,17 +75,20 @@ def apply(
     config), or the same names as keywords, say how the spec meets the checkpoint.
     `progress(done, total)` hears tensor bytes written so far and in all; `reverse` runs the spec's
     derived inverse (see `invert`); `lossy` lets it undo lossy casts and drops; `prefer` chooses
-    the fallback alternatives it writes back (see `invert_spec`).
+    the fallback alternatives it writes back (see `invert_spec`). `kv` is typed file metadata
+    for formats that hold it (GGUF: {key: gguf.Value or plain value}); it is written over the
+    metadata a GGUF source carries into a GGUF output.
 
     `checkpoint` may be a sharded checkpoint (an index, a model directory, a glob or a list of
     shards). With `max_shard_size` ("5GB", bytes), `output` is a directory of HF-style shards
-    plus an index, `to` safetensors (the default) or torch.
+    plus an index, `to` safetensors (the default) or torch, or of GGUF split parts when it is
+    named *.gguf (or `to` is gguf).
 
     `checkpoint` and `output` may be URLs (s3://, gs://, hf://, https://, memory://...: see
     `formats.remote`); `concurrency` bounds the range requests in flight per transfer. With
     `ray` (a cluster address, or "auto": join the local one or start one) the plan runs as
     one Ray task per output shard (`run.cluster`); `shards_progress(done, total)` hears
-    finished shards there."""
+    finished shards there. `kv` adds or overrides file-level metadata (GGUF)."""
     spec = as_spec(spec)
     opts = Options.of(options, **overrides)
     inverse = None
@@ -98,7 +102,9 @@ def apply(
         from .formats import remote
 
         remote.configure(concurrency)
-    fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None else None))
+    # --max-shard-size writes a directory: safetensors shards, or GGUF split parts when it is named *.gguf
+    split_gguf = max_shard_size is not None and output.suffix.lower() == ".gguf"
+    fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None and not split_gguf else None))
     if remote_out:
         from .formats.objects import check_writable
 
@@ -147,8 +153,10 @@ def apply(
 
                 sent = apply_remote(plan, source, output, fmt, record, max_shard_size, tick)
                 return Report(plan, output, fmt, sent, selected, inverse)
+            metadata = {**carried_kv(source, plan), **(kv or {})}
             convert_into(lambda: open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
-                                           copied_from=copied_from(plan, source), files=files), plan, source, tick)
+                                           copied_from=copied_from(plan, source), files=files, kv=metadata),
+                         plan, source, tick)
     finally:
         source.close()
     return Report(plan, output, fmt, disk_size(output), selected, inverse)
@@ -180,6 +188,15 @@ def _size(output) -> int:
         return 0
 
 
+
+
+def carried_kv(source, plan: Plan) -> dict:
+    """A GGUF source's metadata, to be carried into a GGUF output; without its
+    `general.file_type` when the plan changes tensor types (the type it names would be stale)."""
+    kv = dict(source.kv or {})
+    if any(s.info.dtype != i.dtype for s in plan.steps for i in s.input_infos):
+        kv.pop("general.file_type", None)
+    return kv
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, options: Options | None = None,

@@ -16,7 +16,7 @@ setup() {  # setup VENV CONSTRAINTS EXTRA...
     "$venv/bin/python" -c "import mapspec, torch" # fail here, loudly, if the install did not take
 }
 
-EXTRAS=remote,ray setup .venv constraints.txt transformers  # S3 and Ray tests: numpy 2.x venv only
+EXTRAS=remote,ray setup .venv constraints.txt transformers accelerate  # S3 and Ray tests: numpy 2.x venv only
 setup .venv-mxnet constraints-mxnet.txt mxnet numpy
 .venv-mxnet/bin/python -c "import mxnet"
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_every_format_is_registered_once_with_names_suffixes_and_dtypes():
     names = [f.name for f in formats()]
-    assert names == ["safetensors", "mxnet", "torch", "npz", "oneflow", "wts"]
+    assert names == ["safetensors", "mxnet", "torch", "npz", "oneflow", "wts", "gguf"]
     every = [n for f in formats() for n in f.names]
     assert len(every) == len(set(every))
     suffixes = [s for f in formats() for s in f.suffixes]

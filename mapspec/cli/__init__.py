@@ -401,7 +401,8 @@ def apply(
     to: Annotated[Optional[str], typer.Option("--to", help="Output format: " + _formats_help() + ".")] = None,
     max_shard_size: Annotated[Optional[str], typer.Option(
         "--max-shard-size", help="Write OUTPUT as a directory of HF-style shards of at most this size (5GB, 500MB) "
-        "plus an index; --to safetensors (default) or torch.", show_default=False)] = None,
+        "plus an index; --to safetensors (default) or torch; an OUTPUT named *.gguf gets GGUF split parts as "
+        "gguf-split writes them.", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
     reverse: Annotated[bool, typer.Option("--reverse", help="Run SPEC's derived inverse (see `mapspec invert`).")] = False,
     lossy: Annotated[bool, typer.Option("--lossy", help="With --reverse: undo lossy casts and drops anyway, "

@@ -57,7 +57,8 @@ BYTES_ONLY = frozenset({"float6_e2m3fn", "float6_e3m2fn"})
 
 @lru_cache(maxsize=None)
 def _storage() -> dict[str, "np.dtype"]:
-    return {k: np.dtype(code) for k, (code, _) in _CODES.items()}
+    plain = {k: np.dtype(code) for k, (code, _) in _CODES.items()}
+    return {**plain, **{k: np.dtype("u1") for k in BLOCKS}}  # block dtypes travel as their bytes
 
 
 def __getattr__(name: str):
@@ -147,7 +148,14 @@ def packed(name: str) -> bool:
 
 def nbytes(shape: tuple[int, ...], name: str) -> int:
     """Bytes a tensor of this shape and dtype takes when stored (a packed tensor's last
-    partial byte counted whole; `fills_bytes` says whether it has one)."""
+    partial byte counted whole; `fills_bytes` says whether it has one; a ggml block dtype
+    counts whole blocks along the last dimension)."""
+    facts = BLOCKS.get(name)
+    if facts is not None:
+        n = facts[1]
+        for s in stored_shape(shape, name)[:-1]:
+            n *= s
+        return n * (shape[-1] // facts[0]) if shape else 0
     n = _CODES[name][1]
     for s in shape:
         n *= s
@@ -317,3 +325,47 @@ def of_torch(name: str, shape: tuple[int, ...]) -> tuple[tuple[int, ...], str] |
     if name in TORCH_DTYPES:
         return tuple(shape), TORCH_DTYPES[name]
     return None
+
+
+# ------------------------------------------------------------------ ggml block types
+# GGUF (llama.cpp) stores most weights in blocks: a fixed number of elements packed into a
+# fixed number of bytes (a scale, maybe a minimum, the quantized values). A tensor of such a
+# dtype keeps its element shape everywhere mapspec speaks of shapes; its last dimension (a
+# ggml row) holds whole blocks, and its array travels as uint8 of shape
+# (..., last // elements * bytes): `stored_shape`. Facts from ggml's type traits (gguf-py
+# GGML_QUANT_SIZES); name -> (elements per block, bytes per block).
+BLOCKS: dict[str, tuple[int, int]] = {
+    "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24),
+    "q8_0": (32, 34), "q8_1": (32, 40),
+    "q2_k": (256, 84), "q3_k": (256, 110), "q4_k": (256, 144), "q5_k": (256, 176),
+    "q6_k": (256, 210), "q8_k": (256, 292),
+    "iq2_xxs": (256, 66), "iq2_xs": (256, 74), "iq3_xxs": (256, 98), "iq1_s": (256, 50),
+    "iq4_nl": (32, 18), "iq3_s": (256, 110), "iq2_s": (256, 82), "iq4_xs": (256, 136),
+    "iq1_m": (256, 56), "tq1_0": (256, 54), "tq2_0": (256, 66),
+    "mxfp4": (32, 17), "nvfp4": (64, 36), "q1_0": (128, 18),
+}
+
+
+def block(name: str) -> tuple[int, int] | None:
+    """(elements per block, bytes per block) of a ggml block dtype; None for element dtypes."""
+    return BLOCKS.get(name)
+
+
+def stored_shape(shape: tuple[int, ...], name: str) -> tuple[int, ...]:
+    """The shape of the array that carries a tensor: its own shape, except for a block dtype,
+    whose last dimension counts bytes (whole blocks of it)."""
+    facts = BLOCKS.get(name)
+    if facts is None:
+        return tuple(shape)
+    per, size = facts
+    return (*shape[:-1], shape[-1] // per * size)
+
+
+def check_blocks(shape: tuple[int, ...], name: str, what: str) -> None:
+    """A block dtype needs a last dimension of whole blocks; raises CheckpointError naming `what`."""
+    facts = BLOCKS.get(name)
+    if facts is not None and (not shape or shape[-1] % facts[0]):
+        from ..errors import CheckpointError
+
+        raise CheckpointError(f"{what}: a {name} tensor's rows hold whole blocks of {facts[0]} elements; "
+                              f"shape {tuple(shape)} does not")

@@ -92,18 +92,23 @@ def check_dtypes(fmt: Format, dtypes: Iterable[str]) -> None:
 
 def open_sink(path: str | Path, fmt: str, outputs: Mapping[str, TensorInfo], metadata=None,
               max_shard_size: int | str | None = None, copied_from: Mapping[str, int] | None = None,
-              files: Mapping[str, bytes | Path] | None = None) -> Sink:
-    """A sink for `outputs`; with `max_shard_size`, `path` is a directory of HF-style shards,
-    with `files` (name -> bytes or a path to copy: a model directory's other files) beside them.
-    `copied_from` (output -> source byte offset) names the outputs that will be copied
-    file-to-file, for sinks that can place them where the kernel copies fastest."""
+              files: Mapping[str, bytes | Path] | None = None, kv=None) -> Sink:
+    """A sink for `outputs`; with `max_shard_size`, `path` is a directory of HF-style shards
+    (GGUF: split parts), with `files` (name -> bytes or a path to copy: a model directory's
+    other files) beside them. `copied_from` (output -> source byte offset) names the outputs
+    that will be copied file-to-file, for sinks that can place them where the kernel copies
+    fastest. `kv` is typed file metadata ({key: gguf.Value}) for formats that take it."""
     f = by_name(fmt)
     check_dtypes(f, (i.dtype for i in outputs.values()))
+    if max_shard_size is not None and f.split_sink is not None:
+        from .sharded import parse_size
+
+        return f.split_sink(Path(path), outputs, parse_size(max_shard_size), metadata, copied_from, kv=kv)
     if max_shard_size is not None:
         from .sharded import ShardedSink
 
         return ShardedSink(Path(path), f, outputs, max_shard_size, metadata, copied_from, files)
-    return f.open_sink(Path(path), outputs, metadata, copied_from)
+    return f.open_sink(Path(path), outputs, metadata, copied_from, kv)
 
 
 __all__ = ["AtomicPath", "Extent", "Format", "Guarded", "Selected", "Sink", "Source", "SourceBase", "by_name", "formats", "known_names",

@@ -5,10 +5,11 @@ copies them fastest."""
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
+from ..core.lazy import numpy as np
 from ..errors import CheckpointError
-from .protocol import Extent
+from .protocol import Extent, SinkBase
 
 COPY_CHUNK = 1 << 30  # bytes per copy_file_range call (a tensor may take several)
 # The kernel copies a range file-to-file fastest when source and destination offsets agree
@@ -77,3 +78,28 @@ def copy_extent(extent: Extent, fd_out: int, offset_out: int) -> None:
         if n <= 0:
             raise CheckpointError(f"{file.path}: ends before byte {pos + left} (truncated while reading?)")
         pos, out, left = pos + n, out + n, left - n
+
+
+class OffsetSink(SinkBase):
+    """A single-file sink whose header fixed every tensor's place first: `file` (open), the
+    data start `base`, `offsets` and `infos` by name. Each tensor goes straight to its place,
+    from memory or copied file to file; `written` records which are done."""
+
+    file: Any
+    base: int
+    offsets: dict
+    infos: dict
+    written: set
+
+    def write(self, name: str, array: "np.ndarray") -> None:
+        from ..core import dtypes
+
+        self.file.seek(self.base + self.offsets[name])
+        self.file.write(dtypes.raw(array, self.infos[name].dtype))
+        self.written.add(name)
+
+    def write_region(self, name: str, extent: Extent) -> bool:
+        self.file.flush()
+        copy_extent(extent, self.file.fileno(), self.base + self.offsets[name])
+        self.written.add(name)
+        return True

@@ -59,6 +59,7 @@ class SourceBase:
     object: Any = None
     shards: tuple[Path, ...] = ()
     auto = False
+    kv: Mapping[str, Any] | None = None  # typed file metadata ({key: gguf.Value}) of a GGUF source
 
     def extent(self, key: str) -> Extent | None:
         return None

@@ -12,6 +12,8 @@ source checkpoint's name and sha256. Where it is kept depends on what the format
     OneFlow      `mapspec.json` inside the checkpoint directory (flow.load follows the pickle)
     .params      a sidecar `OUTPUT.mapspec.json`: the NDArray container has no free field
     .wts         a sidecar too: the tensorrtx loader reads every line as a weight
+    GGUF         one metadata key `general.mapspec`, the record as JSON text (every other key is
+                 the caller's; general.* is where llama.cpp keeps naming and provenance)
 
 The source's sha256 is computed in a background thread that reads the file once while the
 conversion runs, so it costs no wall time on a machine with a spare core; its reads come from
@@ -283,6 +285,11 @@ def read(path: str | Path) -> dict[str, Any] | None:
             source = SafetensorsSource(path)
             source.close()
             return from_strings(source.metadata)
+        if str(path).lower().endswith(".gguf"):
+            from .gguf import RECORD_KEY, read_kv
+
+            value = read_kv(path).get(RECORD_KEY)
+            return _json(value.value.encode("utf-8", "surrogateescape")) if value is not None and value.type == "string" else None
         with open_bytes(path) as file:
             if file.read_bytes(0, min(2, file.size), "the file header") != b"PK":
                 return None

@@ -39,11 +39,19 @@ class Format:
     # it then takes `copied_from={output: source byte offset}` (see `placement.GRANULE`).
     places_copies: bool = False
 
-    def open_sink(self, path: Path, outputs, metadata=None, copied_from=None):
-        """`sink(path, outputs, metadata)`, told where copied tensors come from if it can use that."""
+    # The sink takes typed file-level metadata, `kv={key: gguf.Value}` (GGUF's key/values).
+    takes_kv: bool = False
+    # Writes `--max-shard-size` output its own way (GGUF's split parts, not HF shards):
+    # class(path, outputs, max_bytes, metadata, copied_from, kv) -> Sink.
+    split_sink: Optional[type] = None
+
+    def open_sink(self, path: Path, outputs, metadata=None, copied_from=None, kv=None):
+        """`sink(path, outputs, metadata)`, told where copied tensors come from if it can use
+        that, and given `kv` if it takes typed metadata."""
+        extra = {"kv": kv} if self.takes_kv and kv else {}
         if self.places_copies and copied_from:
-            return self.sink(path, outputs, metadata, copied_from={k: v for k, v in copied_from.items() if k in outputs})
-        return self.sink(path, outputs, metadata)
+            extra["copied_from"] = {k: v for k, v in copied_from.items() if k in outputs}
+        return self.sink(path, outputs, metadata, **extra)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -52,7 +60,7 @@ class Format:
 
 # One module per format, each ending with `FORMAT = Format(...)`; sniffing tries them in this
 # order. The modules import numpy only, so converting MXNet to safetensors never imports torch.
-MODULES = ("safetensors", "mxnet", "torch", "npz", "oneflow", "wts")
+MODULES = ("safetensors", "mxnet", "torch", "npz", "oneflow", "wts", "gguf")
 
 
 def formats() -> tuple[Format, ...]:
@@ -116,6 +124,8 @@ class Guarded(SourceBase):
         self.path = inner.path
         self.metadata = inner.metadata
         self.object = inner.object
+        self.shards = getattr(inner, "shards", ())
+        self.kv = getattr(inner, "kv", None)
 
     def infos(self) -> Mapping[str, TensorInfo]:
         with reading(self.path):
@@ -136,6 +146,9 @@ class Guarded(SourceBase):
     def auto_select(self) -> str | None:
         with reading(self.path):
             return self.inner.auto_select()
+
+    def shard_of(self, key: str) -> Path:
+        return self.inner.shard_of(key)  # sources with `shards` (a split GGUF) say where each tensor is
 
     def close(self) -> None:
         with reading(self.path):

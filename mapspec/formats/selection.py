@@ -35,6 +35,7 @@ class Selected(SourceBase):
         self.metadata = inner.metadata
         self.object = inner.object
         self.shards = inner.shards
+        self.kv = getattr(inner, "kv", None)
         all_infos = inner.infos()
         self._names = select(all_infos, prefix, inner.path)
         self._infos = {k: all_infos[v] for k, v in self._names.items()}

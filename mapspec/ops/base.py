@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 from ..errors import SpecError
 from ..lang.rules import Action, Tuple, Word
 from .args import Shape, format_shape
+from .blocks import keep_rows
 
 Params = dict[str, Any]
 
@@ -204,7 +205,8 @@ class Reshaping(Unary):
     def infer(self, p: Params, inputs: list[Typed], action: Action) -> tuple[list[Typed], Params]:
         (t,) = inputs
         shape, resolved = self.shape(p, tuple(t.shape), action)
-        return [Typed(tuple(shape), t.dtype)], resolved
+        outputs = [Typed(tuple(shape), t.dtype)]
+        return outputs, keep_rows(self.name, inputs, outputs, resolved, action)
 
     def shape(self, p: Params, shape: Shape, action: Action) -> tuple[Shape, Params]:
         raise NotImplementedError

@@ -1,12 +1,17 @@
 """cast(): values to another dtype. Its inverse casts back, where the cast is exact
-(`dtypes.exact`: every value of the first dtype is one of the second)."""
+(`dtypes.exact`: every value of the first dtype is one of the second).
+
+A cast to a ggml block type (q8_0, q4_0, q4_1, q5_0, q5_1) quantizes, one from a block type
+(GGUF's Q8_0, Q4_K, IQ2_XS ...) to a float dtype dequantizes (every type gguf-py dequantizes);
+kernels in `ggml.py`. Both lose precision: their inverse is a cast back, under --lossy."""
 
 from __future__ import annotations
 
 from ..core import dtypes
-from ..errors import SpecError
+from ..errors import PlanError as ShapeError, SpecError, UsageError
 from ..lang.rules import Action, Word
-from .args import bind, show
+from .args import bind, format_shape, show
+from .ggml import FLOATS, QUANTIZERS  # the block types mapspec writes; what dequantizing gives
 from .base import InverseContext, Params, PlannedAction, Shape, Typed, Unary, make, planned
 
 
@@ -18,16 +23,31 @@ class Cast(Unary):
     def normalize(self, action: Action) -> Params:
         value = bind(action, ["dtype"], 1)["dtype"]
         name = dtypes.canonical(value.name) if isinstance(value, Word) else None
+        if name is None and isinstance(value, Word) and value.name.lower() in dtypes.BLOCKS:
+            name = value.name.lower()
         if name is None:
-            raise SpecError(f"cast(): unknown dtype {show(value)} (known: {', '.join(dtypes.NAMES)})", action.span)
+            raise SpecError(f"{action.name}(): unknown dtype {show(value)} (known: {', '.join(dtypes.NAMES)}, and "
+                            f"ggml's {', '.join(QUANTIZERS)} ...)", action.span)
         return {"dtype": name}
 
     def infer(self, p: Params, inputs: list[Typed], action: Action) -> tuple[list[Typed], Params]:
         (t,) = inputs
+        if t.dtype != p["dtype"] and (dtypes.block(t.dtype) or dtypes.block(p["dtype"])):
+            _check_blocks(t.dtype, p["dtype"], tuple(t.shape), action)
         return [Typed(tuple(t.shape), p["dtype"])], {"from": t.dtype, "to": p["dtype"]}
 
     def apply(self, p: Params, array):
-        return dtypes.cast(array, p["from"], p["to"])
+        src, dst = p["from"], p["to"]
+        if src == dst or not (dtypes.block(src) or dtypes.block(dst)):
+            return dtypes.cast(array, src, dst)
+        from . import ggml
+
+        if not dtypes.block(src):
+            return ggml.quantize(array, src, dst)
+        per, size = dtypes.block(src)
+        shape = (*array.shape[:-1], array.shape[-1] // size * per)
+        values = ggml.dequantize(array, src, shape, "float32" if dtypes.block(dst) else dst)
+        return ggml.quantize(values, "float32", dst) if dtypes.block(dst) else values
 
     def inverse(self, p: Params, inputs: list[Typed]) -> list[PlannedAction] | None:
         if not dtypes.exact(p["from"], p["to"]):
@@ -53,3 +73,27 @@ class Cast(Unary):
 
     def display(self, pa: PlannedAction, index: bool = True) -> str:
         return f"cast({pa.params['to']})"
+
+
+def _check_blocks(src: str, dst: str, shape: Shape, action: Action) -> None:
+    """A cast between a block type and another dtype: quantize floats to the types mapspec
+    writes, in rows of whole blocks; dequantize to floats, where a dequantizer exists."""
+    if dtypes.block(dst):
+        if dst not in QUANTIZERS:
+            raise ShapeError(f"{action.name}(): mapspec quantizes to {', '.join(QUANTIZERS)}, not {dst}", action.span)
+        if src not in FLOATS and not dtypes.block(src):
+            raise ShapeError(f"{action.name}({dst}) quantizes float tensors, not {src}", action.span)
+        per = dtypes.block(dst)[0]
+        if not shape or shape[-1] % per:
+            raise ShapeError(f"{action.name}({dst}): rows of {per}-element blocks need a last dimension that is a "
+                             f"multiple of {per}; shape {format_shape(shape)} has not (llama.cpp keeps such tensors "
+                             "F16)", action.span)
+    elif dst not in FLOATS:
+        raise ShapeError(f"{action.name}(): {src} tensors dequantize to {', '.join(FLOATS)}, not {dst}", action.span)
+    if dtypes.block(src):
+        from .ggml import require
+
+        try:
+            require(src)
+        except UsageError as exc:
+            raise ShapeError(str(exc), action.span) from None

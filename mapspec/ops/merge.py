@@ -8,6 +8,7 @@ from ..errors import PlanError as ShapeError, SpecError
 from ..lang.rules import Action, Tuple
 from .args import axis, bind, capture_name, format_shape, integer, integers, optional_int, show
 from .base import ActionDef, InverseContext, Params, PlannedAction, Shape, Typed, make, planned
+from .blocks import keep_rows
 
 MAX_PIECES = 65_536  # outputs of one split or chunk; each becomes a named tensor in the plan
 
@@ -28,7 +29,8 @@ class Merge(ActionDef):
             raise ShapeError(f"{self.name}(){over} gets tensors of different dtypes ({', '.join(sorted(kinds))}); "
                              "cast() them to one dtype first, in this rule", action.span)
         shape, resolved = self.shape([tuple(t.shape) for t in inputs], p, action)
-        return [Typed(shape, inputs[0].dtype)], resolved
+        outputs = [Typed(shape, inputs[0].dtype)]
+        return outputs, keep_rows(self.name, inputs, outputs, resolved, action)
 
     def shape(self, shapes: list[Shape], p: Params, action: Action) -> tuple[Shape, Params]:
         raise NotImplementedError
@@ -122,7 +124,8 @@ class Split(ActionDef):
         shape = tuple(t.shape)
         d = axis(p["dim"], len(shape), action.name, action.span)
         sizes = self.sizes(p, shape, d, action)
-        return [Typed(shape[:d] + (s,) + shape[d + 1:], t.dtype) for s in sizes], {"dim": d, "sizes": list(sizes)}
+        outputs = [Typed(shape[:d] + (s,) + shape[d + 1:], t.dtype) for s in sizes]
+        return outputs, keep_rows(self.name, inputs, outputs, {"dim": d, "sizes": list(sizes)}, action)
 
     def piece(self, resolved: Params, index: int) -> Params:
         start = sum(resolved["sizes"][:index])
@@ -205,7 +208,9 @@ class Unstack(Split):
         (t,) = inputs
         shape = tuple(t.shape)
         d = axis(p["dim"], len(shape), "unstack", action.span)
-        return [Typed(shape[:d] + shape[d + 1:], t.dtype)] * shape[d], {"dim": d}
+        outputs = [Typed(shape[:d] + shape[d + 1:], t.dtype)] * shape[d]
+        return outputs, keep_rows("unstack", inputs, outputs or [Typed(shape[:d] + shape[d + 1:], t.dtype)],
+                                  {"dim": d}, action)
 
     def piece(self, resolved: Params, index: int) -> Params:
         return {"dim": resolved["dim"], "index": index}

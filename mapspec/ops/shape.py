@@ -9,6 +9,7 @@ from ..errors import PlanError as ShapeError, SpecError
 from ..lang.rules import Action, Tuple, Word
 from .args import axis, bind, format_shape, integer, integers, show, varargs_as_tuple
 from .base import InverseContext, Params, PlannedAction, Reshaping, Shape, Typed, make, planned
+from .blocks import in_bytes
 
 
 class View(Reshaping):
@@ -49,7 +50,7 @@ class View(Reshaping):
         return new, {"shape": list(new)}
 
     def apply(self, p: Params, array):
-        return array.reshape(p["shape"])
+        return array.reshape(in_bytes(p)["shape"])
 
     def inverse(self, p: Params, inputs: list[Typed]) -> list[PlannedAction]:
         return [planned("view", [{"shape": list(t.shape)} for t in inputs], inputs)]

@@ -177,8 +177,72 @@ def mutate_safetensors(data: bytes, rng: random.Random) -> bytes:
     return struct.pack("<Q", len(blob)) + blob + rest
 
 
+def gguf_fields(data: bytes) -> list[tuple[int, int]]:
+    """(offset, size) of every count, length, type, dimension and offset field of a GGUF
+    header, found by walking it (stops quietly where the file is already broken)."""
+    out: list[tuple[int, int]] = []
+    pos = 8
+
+    def u(n: int) -> int:
+        nonlocal pos
+        out.append((pos, n))
+        value = int.from_bytes(data[pos:pos + n], "little")
+        pos += n
+        return value
+
+    def string() -> None:
+        nonlocal pos
+        n = u(8)
+        pos += n
+
+    def value(kind: int, depth: int = 0) -> None:
+        nonlocal pos
+        if kind == 8:
+            string()
+        elif kind == 9 and depth < 4:
+            item, count = u(4), u(8)
+            for _ in range(min(count, 64)):
+                value(item, depth + 1)
+            if count > 64:
+                raise ValueError("long array: stop here")
+        else:
+            pos += {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}[kind]
+
+    try:
+        n_tensors, n_kv = u(8), u(8)
+        for _ in range(n_kv):
+            string()
+            value(u(4))
+        for _ in range(n_tensors):
+            string()
+            for _ in range(u(4)):
+                u(8)
+            u(4)
+            u(8)
+    except (KeyError, ValueError, IndexError):
+        pass
+    return [(at, n) for at, n in out if at + n <= len(data)]
+
+
+def mutate_gguf(data: bytes, rng: random.Random) -> bytes:
+    """One header field (a count, a string length, a value or ggml type, a dimension, an
+    offset) set to an interesting value, so the corruption passes the magic and reaches the
+    checks behind it."""
+    found = gguf_fields(data)
+    if not found:
+        return mutate_bytes(data, rng)
+    b = bytearray(data)
+    at, n = rng.choice(found)
+    v = rng.choice(INTERESTING_INTS + [len(data), 9, 13, 31, 32, 48, 64]) & ((1 << (8 * n)) - 1)
+    b[at:at + n] = v.to_bytes(n, "little")
+    return bytes(b)
+
+
 def mutate_file(path: Path, kind: str, rng: random.Random) -> None:
     data = path.read_bytes()
+    if kind.startswith("gguf") and rng.random() < 0.7:
+        path.write_bytes(mutate_gguf(data, rng))
+        return
     if kind in ("torch_zip", "torch_nested", "npz", "npz_compressed") and rng.random() < 0.6:
         new = mutate_zip(data, rng)
     elif kind == "safetensors" and rng.random() < 0.6:

@@ -7,7 +7,7 @@ import numpy as np
 
 
 def preload() -> None:
-    for name in ("torch", "safetensors.numpy", "mxnet"):
+    for name in ("torch", "safetensors.numpy", "mxnet", "gguf"):
         try:
             __import__(name)
         except ImportError:
@@ -59,6 +59,12 @@ def _read(fmt: str, path: str) -> dict[str, np.ndarray]:
         return {str(k): v.asnumpy() for k, v in items}
     if fmt == "wts":
         return read_wts(path)
+    if fmt == "gguf":
+        from gguf import GGUFReader
+
+        # gguf-py gives element tensors in numpy's shape order; mapspec's safetensors output
+        # holds the same arrays (a block tensor cannot reach it without a dequantize)
+        return {t.name: np.array(t.data) for t in GGUFReader(path).tensors}
     raise LookupError(fmt)
 
 

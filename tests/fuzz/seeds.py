@@ -69,6 +69,32 @@ def write_seeds(folder: Path) -> dict[str, Path]:
         mx.nd.save(str(path), {f"arg:{k}": mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items()
                                if v.ndim and v.dtype != np.bool_})
         out["mxnet"] = path
+    try:
+        import gguf
+    except ImportError:
+        gguf = None
+    if gguf is not None:  # llama.cpp's own writer: typed metadata, element and block tensors
+        for name, quantized in (("gguf.gguf", False), ("gguf_quant.gguf", True)):
+            w = gguf.GGUFWriter(folder / name, "llama")
+            w.add_uint32("llama.block_count", 2)
+            w.add_float32("llama.rope.freq_base", 10000.0)
+            w.add_array("tokenizer.ggml.tokens", ["<s>", "</s>", "a"])
+            w.add_array("tokenizer.ggml.scores", [0.0, -1.0, 2.5])
+            w.add_array("t.nested", [[1, 2], ["x"]])
+            for k, v in arrays.items():
+                if v.dtype in (np.float32, np.float16, np.float64, np.int32, np.int64):
+                    w.add_tensor(k, v)
+            if quantized:
+                x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
+                w.add_tensor("q8", gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0),
+                             raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                w.add_tensor("q4k", np.random.default_rng(2).integers(0, 256, (1, 144), dtype=np.uint8),
+                             raw_dtype=gguf.GGMLQuantizationType.Q4_K)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+            w.close()
+            out[name.split(".")[0]] = folder / name
     from mapspec.formats import open_sink
     from mapspec.compile.plan import TensorInfo
 
@@ -85,4 +111,4 @@ def write_seeds(folder: Path) -> dict[str, Path]:
 
 def oracle_format(seed_name: str) -> str:
     return {"torch": "torch", "safetensors": "safetensors", "npz": "npz", "mxnet": "mxnet",
-            "wts": "wts"}.get(seed_name.split("_")[0], "")
+            "wts": "wts", "gguf": "gguf"}.get(seed_name.split("_")[0], "")
