@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .compile.plan import Plan, compile_spec
 from .core.tensorinfo import TensorInfo
-from .errors import UsageError
-from .formats import Selected, open_sink, sink_format
+from .core import paths
+from .core.quoting import shown_path
+from .errors import CheckpointError, UsageError
+from .formats import Selected, by_name, open_sink, sink_format
 from .formats.base import guarded_writes
 from .formats.provenance import Provenance
 from .lang.parser import as_spec
@@ -81,10 +83,11 @@ def apply(
         from .tools.invert import invert_spec
 
         inverse = invert_spec(spec, params=opts.params, config=opts.config, lossy=lossy, prefer=prefer)
-    output = Path(output)
+    output = paths.writable(output, "output", directory=None)  # a loop, a NUL byte...: before its suffix is read
     fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None else None))
-    if output.exists() and not force:
-        raise UsageError(f"{output} exists; use --force to overwrite it")
+    paths.writable(output, "output", directory=max_shard_size is not None or by_name(fmt).directory)
+    if os.path.lexists(output) and not force:
+        raise UsageError(f"{shown_path(output)} exists; use --force to overwrite it")
     _refuse_overwrite(output, _paths(checkpoint), max_shard_size is not None)
     source = open_for(inverse.spec if inverse else spec, checkpoint, opts.select, opts.epoch)
     try:
@@ -154,9 +157,9 @@ def _infos(source) -> dict[str, TensorInfo]:
 
 
 def _refuse_overwrite(output: Path, inputs, directory: bool) -> None:
-    out = output.resolve()
+    out = paths.resolve(output, "output")
     for p in inputs:
-        p = Path(p).resolve()
+        p = paths.resolve(p, "checkpoint", CheckpointError)
         if out == p or (directory and out in p.parents):
             raise UsageError("the output would overwrite the input checkpoint")
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
+from ..core.quoting import shown
 from ..ops import actions as act
 from . import fit as fitting
 from ..ops.actions import PlannedAction
@@ -192,7 +193,7 @@ def compile_spec(
             hit = match(key)
         except Ambiguous as amb:
             a = spec.rules[amb.first.rule]
-            raise PlanError(f"key '{key}' is matched by this rule and by the rule at "
+            raise PlanError(f"key {shown(key)} is matched by this rule and by the rule at "
                             f"{_where(a.span)} ({amb.first.pattern.text}); make the patterns disjoint",
                             amb.second.pattern.span) from None
         if hit is None and otherwise is not None:
@@ -324,7 +325,7 @@ def _plan_copies(renderer: "_Renderer", matcher: Matcher, keys: Mapping[str, Ten
         raise PlanError(f"copy: no key of the checkpoint matches {rule.sources[0].text}", rule.sources[0].span)
     for key, (entry, caps) in hits:
         if key in unmatched:
-            raise PlanError(f"copy: '{key}' is not matched by any other rule; a copy is an extra output, "
+            raise PlanError(f"copy: {shown(key)} is not matched by any other rule; a copy is an extra output, "
                             "the key still needs its own rule", rule.span)
         out = renderer.render(key, caps)
         if out in steps:
@@ -340,7 +341,7 @@ def _duplicate(out: str, prev, key: str, rule) -> PlanError:
     first = prev.inputs[0] if isinstance(prev, Step) else prev.members[0][0]
     line = prev.rule.line if isinstance(prev, Step) else prev.renderer.rule.span.line
     return PlanError(f"target '{out}' is produced twice: from '{first}' (rule at line {line}) "
-                     f"and from '{key}'", rule.span)
+                     f"and from {shown(key)}", rule.span)
 
 
 def _coverage_error(unmatched: list[str], spec: Spec, matcher: Matcher, tables: dict[str, tuple[str, ...]],
@@ -469,8 +470,8 @@ class _Renderer:
             if isinstance(part, Subst):
                 value = self._eval(part.expr, values, key, part.span)
                 if isinstance(value, int) and value < 0:
-                    raise PlanError(f"template arithmetic gives {value} for key '{key}'", part.span)
-        raise PlanError(f"cannot render the target for key '{key}'", self.rule.target.span)
+                    raise PlanError(f"template arithmetic gives {value} for key {shown(key)}", part.span)
+        raise PlanError(f"cannot render the target for key {shown(key)}", self.rule.target.span)
 
     def _eval(self, expr, values, key, span):
         if isinstance(expr, Ref):
@@ -483,12 +484,12 @@ class _Renderer:
             k = str(self._eval(expr.key, values, key, span))
             table = self.tables[expr.table]
             if k not in table:
-                raise PlanError(f"table '{expr.table}' has no entry '{k}' (for key '{key}')", expr.span)
+                raise PlanError(f"table '{expr.table}' has no entry {shown(k)} (for key {shown(key)})", expr.span)
             return table[k]
         left = int(self._eval(expr.left, values, key, span))
         right = int(self._eval(expr.right, values, key, span))
         if expr.op in ("//", "%") and right == 0:
-            raise PlanError(f"division by zero in the template for key '{key}'", span)
+            raise PlanError(f"division by zero in the template for key {shown(key)}", span)
         if expr.op == "+":
             return left + right
         if expr.op == "-":

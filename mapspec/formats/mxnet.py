@@ -29,7 +29,7 @@ from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
 from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent
 from .registry import Format
-from .reading import MAX_EXPANDED_BYTES, RegularFile, shown
+from .reading import MAX_EXPANDED_BYTES, RegularFile, brief, shown
 
 FILE_MAGIC = 0x112
 V1, V2, V3 = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
@@ -312,10 +312,15 @@ class MXNetSink(SinkBase):
         self.atomic.abort()
 
 
+MAX_EPOCH = 10**9 - 1
+
+
 def resolve_prefix(path: Path, epoch: int | None) -> Path:
     """`dpn68` with epoch 0 -> `dpn68-0000.params`, as save_checkpoint names it."""
     if epoch is None:
         return path
+    if not 0 <= epoch <= MAX_EPOCH:
+        raise UsageError(f"--epoch {brief(epoch)}: an epoch is a number from 0 to {MAX_EPOCH:,}")
     if path.suffix == ".params" and path.exists():
         raise UsageError(f"--epoch goes with a checkpoint prefix, not a file ({path})")
     return path.with_name(f"{path.name}-{epoch:04d}.params")

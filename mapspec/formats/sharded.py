@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 from collections import deque
 from pathlib import Path
@@ -23,7 +24,9 @@ from typing import Mapping, Sequence
 
 from ..core.lazy import numpy as np
 
+from ..core import paths
 from ..core.background import Job, Worker
+from ..core.quoting import MAX_QUOTE, clip, shown, shown_path
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
 from .base import AtomicPath, Extent, SinkBase, SourceBase
@@ -82,10 +85,12 @@ class ShardedSource(SourceBase):
 
         self.path = path
         self.shards = tuple(shards)
-        missing = [p for p in self.shards if not p.is_file()]
+        missing = [p for p in self.shards if "\0" not in str(p) and not os.path.lexists(p)]
         if missing:
-            raise CheckpointError(f"{path}: shard {missing[0].name} is missing"
+            raise CheckpointError(f"{shown_path(path)}: shard {shown_path(missing[0].name)} is missing"
                                   + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        for shard in self.shards:  # a loop, a folder, no permission: said before any is opened
+            paths.existing(shard, f"{shown_path(path)}: shard", kind="file", error=CheckpointError)
         self._sources = []
         self._owner: dict[str, SourceBase] = {}
         self._infos: dict[str, TensorInfo] = {}
@@ -95,7 +100,7 @@ class ShardedSource(SourceBase):
                 self._sources.append(source)
                 for key, info in source.infos().items():
                     if key in self._owner:
-                        raise CheckpointError(f"{path}: tensor '{key}' is in both {_where(self._owner[key])} "
+                        raise CheckpointError(f"{path}: tensor {shown(key)} is in both {_where(self._owner[key])} "
                                               f"and {shard.name}")
                     self._owner[key] = source
                     self._infos[key] = info
@@ -103,7 +108,7 @@ class ShardedSource(SourceBase):
                 owner = self._owner.get(key)
                 if owner is None or owner.path.name != name:
                     held = f"it is in {owner.path.name}" if owner is not None else "no shard holds it"
-                    raise CheckpointError(f"{path}: the index puts tensor '{key}' in {name}, but {held}")
+                    raise CheckpointError(f"{path}: the index puts tensor {shown(key)} in {name}, but {held}")
         except BaseException:
             self.close()
             raise
@@ -123,15 +128,16 @@ class ShardedSource(SourceBase):
         except OSError as exc:
             raise CheckpointError(f"{index}: {exc.strerror}") from None
         except (ValueError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{index}: not a valid JSON shard index ({exc})") from None
+            raise CheckpointError(f"{shown_path(index)}: not a valid JSON shard index ({clip(exc, MAX_QUOTE)})") from None
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                        for k, v in weight_map.items()):
             raise CheckpointError(f"{index}: a shard index needs a 'weight_map' object of tensor -> file name")
         names = list(dict.fromkeys(weight_map.values()))
         for name in names:  # shards are file names beside the index, never paths elsewhere
-            if name in ("", ".", "..") or "/" in name or "\\" in name:
-                raise CheckpointError(f"{index}: shard name {name!r} is not a file name beside the index")
+            if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+                raise CheckpointError(f"{shown_path(index)}: shard name {shown(name)} is not a file name beside "
+                                      "the index")
         return cls(index, [index.parent / n for n in sorted(names)], weight_map)
 
     def infos(self) -> Mapping[str, TensorInfo]:

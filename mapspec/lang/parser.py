@@ -8,6 +8,8 @@ from pathlib import Path
 from lark import Token, Tree
 
 from . import grammar, keyscan
+from ..core import paths
+from ..core.quoting import shown_path
 from ..errors import Span, SpecError
 from ..core.nogc import without_gc
 from .rules import (
@@ -47,13 +49,20 @@ MAX_SPEC_BYTES = 16 << 20
 
 
 def read_spec(path: str | Path) -> str:
-    """A spec's text. Only regular files: a FIFO or /dev/zero would hang or never end."""
+    """A spec's text. Only regular files: a FIFO or /dev/zero would hang or never end. A path
+    that cannot be opened is an OSError (a NUL byte in it too: EINVAL), whose reason
+    `paths.reason` words."""
+    import errno
     import os
     import stat
 
+    if "\0" in os.fspath(path):
+        raise OSError(errno.EINVAL, "the path holds a NUL byte, which no file name can")
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens without a writer
     try:
         st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.EISDIR, "a folder, not a spec file")
         if not stat.S_ISREG(st.st_mode):
             raise OSError("not a regular file")
         if st.st_size > MAX_SPEC_BYTES:
@@ -63,6 +72,8 @@ def read_spec(path: str | Path) -> str:
     finally:
         os.close(fd)
     return data.decode("utf-8")
+
+
 MAX_DEPTH = 100  # operators in one expression, nested: far beyond any real spec
 
 
@@ -76,23 +87,36 @@ def parse_spec(path: str | Path | None = None, *, text: str | None = None, name:
         try:
             text = read_spec(path)
         except (OSError, UnicodeDecodeError) as exc:
-            raise SpecError(f"cannot read spec {file}: {_reason(exc)}") from None
+            raise SpecError(f"cannot read spec {shown_path(file)}: {unreadable(exc)}") from None
     else:
         file = name or (str(path) if path else "<spec>")
     return _Builder(file, text, stack=()).build(root=True)
 
 
-def _reason(exc: Exception) -> str:
+def unreadable(exc: Exception) -> str:
+    """Why a spec file could not be read, in words."""
     if isinstance(exc, UnicodeDecodeError):
         return f"not UTF-8 text (byte {exc.start})"
-    return getattr(exc, "strerror", None) or str(exc)
+    return paths.reason(exc) if isinstance(exc, OSError) else str(exc)
+
+
+def _identity(file: str) -> str:
+    """What tells two spec files apart for include cycles: the resolved path, or the name of
+    a spec given as text (`<spec>`, or a file name that need not exist: `draft -o` names
+    its text after the output; a name that cannot be resolved stays as it is)."""
+    if file.startswith("<"):
+        return file
+    try:
+        return str(Path(file).resolve())
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return file
 
 
 class _Builder:
     def __init__(self, file: str, text: str, stack: tuple[str, ...]):
         self.file = file
         self.text = text
-        self.stack = stack + (str(Path(file).resolve()) if not file.startswith("<") else file,)
+        self.stack = stack + (_identity(file),)
 
     # -------------------------------------------------------------- helpers
     def span_tok(self, tok: Token, length: int | None = None) -> Span:
@@ -204,7 +228,8 @@ class _Builder:
         rel = ast.literal_eval(str(tok))
         base = Path(self.file).parent if not self.file.startswith("<") else Path.cwd()
         path = (base / rel)
-        resolved = str(path.resolve())
+        span = self.span_tok(tok)
+        resolved = str(paths.resolve(path, "include", lambda m: self.error(m, span)))
         if resolved in self.stack:
             raise self.error(f"include cycle: {rel} includes itself", self.span_tok(tok))
         if len(self.stack) >= MAX_INCLUDE_DEPTH:
@@ -212,7 +237,7 @@ class _Builder:
         try:
             text = read_spec(path)
         except (OSError, UnicodeDecodeError) as exc:
-            raise self.error(f"cannot include {rel}: {_reason(exc)}", self.span_tok(tok)) from None
+            raise self.error(f"cannot include {shown_path(rel)}: {unreadable(exc)}", span) from None
         return _Builder(str(path), text, self.stack).build(root=False)
 
     def _table(self, st: Tree) -> Table:

@@ -147,6 +147,7 @@ class named_output_errors:
             raise OutputError(f"{self.output}: cannot write: {exc.strerror or exc}") from None
 
 
-def open_for(spec: Spec | None, checkpoint: str | Path, select: str | None, epoch: int | None):
+def open_for(spec: Spec | None, checkpoint: str | Path, select: str | None, epoch: int | None,
+             role: str = "checkpoint"):
     """The checkpoint's source, seen through --select or else the spec's own `select`."""
-    return open_source(checkpoint, select=select or (spec.header.select if spec else None), epoch=epoch)
+    return open_source(checkpoint, select=select or (spec.header.select if spec else None), epoch=epoch, role=role)
