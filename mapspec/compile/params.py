@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..core import paths
-from ..core.quoting import shown_path
+from ..core.quoting import clip, shown_path
 from ..errors import SpecError, SpecErrors, UsageError
 from ..lang.rules import (
     Action,
@@ -173,7 +173,7 @@ def _config_value(cfg: Mapping[str, Any], key: str) -> Any:
 
 def _param(d: Param, params: dict, cfg, cfg_name: str, env: dict[str, Binding], declared) -> Binding:
     if d.name in params:
-        return Binding(d.name, _typed(d, params[d.name], f"-p {d.name}={params[d.name]}"), "-p")
+        return Binding(d.name, _typed(d, params[d.name], f"-p {d.name}={clip(params[d.name], 40)}"), "-p")
     if cfg is not None and d.config_key is not None:
         raw = _config_value(cfg, d.config_key)
         if raw is not _MISSING and raw is not None:

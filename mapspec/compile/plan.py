@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import itertools
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
-from ..core.quoting import shown
+from ..core.quoting import clip, shown
 from ..ops import actions as act
 from . import fit as fitting
 from ..ops.actions import PlannedAction
@@ -454,7 +455,7 @@ class _Renderer:
     def render(self, key: str, caps: dict[str, str], fan: dict[str, str] | None = None) -> str:
         try:
             return self._fn(caps, fan)
-        except (KeyError, ArithmeticError):
+        except (KeyError, ArithmeticError, ValueError):  # ValueError: a number past int()'s 4300 digits
             self._diagnose(key, {**caps, **(fan or {})})
             raise  # pragma: no cover - _diagnose always raises
 
@@ -468,9 +469,13 @@ class _Renderer:
         values: dict[str, Any] = dict(caps)
         for part in self.rule.target.parts:
             if isinstance(part, Subst):
-                value = self._eval(part.expr, values, key, part.span)
+                try:
+                    value = self._eval(part.expr, values, key, part.span)
+                    text = str(value)
+                except ValueError:  # int() and str() refuse numbers of more than 4300 digits
+                    raise PlanError(f"key {shown(key)}: {_too_long(caps)}", part.span) from None
                 if isinstance(value, int) and value < 0:
-                    raise PlanError(f"template arithmetic gives {value} for key {shown(key)}", part.span)
+                    raise PlanError(f"template arithmetic gives {clip(text, 40)} for key {shown(key)}", part.span)
         raise PlanError(f"cannot render the target for key {shown(key)}", self.rule.target.span)
 
     def _eval(self, expr, values, key, span):
@@ -503,8 +508,13 @@ class _Renderer:
         """Keys of one group render the same target: the same values of the captures it uses."""
         return tuple(caps.get(n) for n in self._key_names)
 
-    def _value(self, cap: Capture, text: str):
-        return int(text) if cap.type == "int" else text
+    def _value(self, cap: Capture, text: str, key: str):
+        if cap.type != "int":
+            return text
+        try:
+            return int(text)
+        except ValueError:  # more than 4300 digits
+            raise PlanError(f"key {shown(key)}: {_too_long({cap.name: text})}", self.rule.span) from None
 
     def _rank(self, cap: Capture, value) -> Any:
         """Where a value of a merge axis goes: alternatives and table keys in the order
@@ -518,7 +528,7 @@ class _Renderer:
     def plan_group(self, members: list[tuple[str, dict[str, str]]], keys: Mapping[str, TensorInfo]) -> list[Step]:
         """Plan every output of one group: walk the actions over the grid of its tensors."""
         axes = self.axes
-        coords = [{a.name: self._value(a, caps[a.name]) for a in axes} for _, caps in members]
+        coords = [{a.name: self._value(a, caps[a.name], key) for a in axes} for key, caps in members]
         order = sorted(range(len(members)), key=lambda i: tuple(self._rank(a, coords[i][a.name]) for a in axes))
         inputs = tuple(members[i][0] for i in order)
         infos = tuple(keys[k] for k in inputs)
@@ -658,3 +668,12 @@ class _Walk:
                                str(values.get(p.name, "{" + str(p.name) + "}")) if p.name else
                                ("*" if p.type == "segment" else "**") for p in pattern.parts))
         return out
+
+
+def _too_long(caps: Mapping[str, str]) -> str:
+    """Why a key's number cannot be computed with: which capture holds how many digits."""
+    long = [(n, t) for n, t in caps.items() if isinstance(t, str) and len(t) > 100 and t.lstrip("-").isdigit()]
+    held = (f"{{{long[0][0]}}} captures a number of {len(long[0][1]):,} digits" if long
+            else "the template's arithmetic gives a number")
+    return (f"{held}, more than Python computes with ({sys.get_int_max_str_digits():,} digits); "
+            "numbers in keys and templates are bounded by it")

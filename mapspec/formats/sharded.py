@@ -176,13 +176,14 @@ def parse_size(size: int | str) -> int:
     if isinstance(size, int):
         n = size
     else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", size)
+        m = re.fullmatch(r"\s*(\d{1,20}(?:\.\d{1,20})?)\s*([A-Za-z]*)\s*", size)
         unit = m and m[2].upper()
         if not m or unit not in UNITS:
-            raise UsageError(f"--max-shard-size {size!r}: expected a size such as 5GB, 500MB, 2GiB or bytes")
+            raise UsageError(f"--max-shard-size {shown(size)}: expected a size such as 5GB, 500MB, 2GiB or bytes "
+                             "(at most 20 digits)")
         n = int(float(m[1]) * UNITS[unit])
     if n <= 0:
-        raise UsageError(f"--max-shard-size must be positive (got {size!r})")
+        raise UsageError(f"--max-shard-size must be positive (got {shown(str(size))})")
     return n
 
 
