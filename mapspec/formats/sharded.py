@@ -129,6 +129,8 @@ class ShardedSource(SourceBase):
             raise CheckpointError(f"{index}: {exc.strerror}") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{shown_path(index)}: not a valid JSON shard index ({clip(exc, MAX_QUOTE)})") from None
+        except RecursionError:
+            raise CheckpointError(f"{shown_path(index)}: a shard index nested too deeply to read") from None
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                        for k, v in weight_map.items()):

@@ -142,59 +142,62 @@ class _Builder:
         assertions: list[Assertion] = []
         body_started = False
         for st in tree.children:
-            kind = st.data
-            span = self.span_tree(st)
-            if kind in ("version", "frameworks", "select"):
-                if kind in seen:
-                    raise self.error(f"'{_HEADER_WORD[kind]}' is given twice (first at line {seen[kind].line})", span)
-                if body_started:
-                    raise self.error(f"'{_HEADER_WORD[kind]}' belongs in the header, before tables and rules", span)
-                if not root and kind != "version":
-                    raise self.error(f"an included file cannot set '{_HEADER_WORD[kind]}'; set it in the including spec", span)
-                seen[kind] = span
-                header = self._header(st, header, span)
-                continue
-            body_started = True
-            if kind == "include":
-                sub = self._include(st)
-                includes.append(sub.file)
-                includes.extend(sub.includes)
-                tables.extend(sub.tables)
-                rules.extend(sub.rules)
-                definitions.extend(sub.definitions)
-                assertions.extend(sub.assertions)
-            elif kind == "table":
-                tables.append(self._table(st))
-            elif kind == "rename":
-                rules.append(self._rename(st))
-            elif kind == "copy":
-                rules.append(self._copy(st))
-            elif kind == "drop":
-                rules.append(self._drop(st.children, span))
-            elif kind == "keep":
-                rules.append(self._keep(st.children, span))
-            elif kind == "optional":
-                inner = st.children[0]
-                rule = (self._rename(inner) if inner.data == "rename" else self._keep(inner.children, span)
-                        if inner.data == "keep" else
-                        self._drop(inner.children, span))
-                rules.append(rule.model_copy(update={"optional": True, "span": span}))
-            elif kind == "otherwise":
-                rules.append(self._rename(st.children[0]).model_copy(update={"otherwise": True, "span": span}))
-            elif kind == "otherwise_keep":
-                rules.append(self._keep([self._everything(st)] + st.children, span).model_copy(
-                    update={"otherwise": True}))
-            elif kind == "otherwise_drop":
-                rules.append(DropRule(patterns=(self._everything(st),), span=span, otherwise=True))
-            elif kind == "param":
-                definitions.append(self._param(st, span))
-            elif kind == "let":
-                name_tok, line = st.children
-                definitions.append(Let(name=str(name_tok), expr=self._line(line), span=self.span_tok(name_tok)))
-            elif kind == "assertion":
-                assertions.append(self._assertion(st.children[0], span))
-            else:  # pragma: no cover - the grammar has no other statements
-                raise self.error(f"unknown statement {kind}", span)
+            try:
+                kind = st.data
+                span = self.span_tree(st)
+                if kind in ("version", "frameworks", "select"):
+                    if kind in seen:
+                        raise self.error(f"'{_HEADER_WORD[kind]}' is given twice (first at line {seen[kind].line})", span)
+                    if body_started:
+                        raise self.error(f"'{_HEADER_WORD[kind]}' belongs in the header, before tables and rules", span)
+                    if not root and kind != "version":
+                        raise self.error(f"an included file cannot set '{_HEADER_WORD[kind]}'; set it in the including spec", span)
+                    seen[kind] = span
+                    header = self._header(st, header, span)
+                    continue
+                body_started = True
+                if kind == "include":
+                    sub = self._include(st)
+                    includes.append(sub.file)
+                    includes.extend(sub.includes)
+                    tables.extend(sub.tables)
+                    rules.extend(sub.rules)
+                    definitions.extend(sub.definitions)
+                    assertions.extend(sub.assertions)
+                elif kind == "table":
+                    tables.append(self._table(st))
+                elif kind == "rename":
+                    rules.append(self._rename(st))
+                elif kind == "copy":
+                    rules.append(self._copy(st))
+                elif kind == "drop":
+                    rules.append(self._drop(st.children, span))
+                elif kind == "keep":
+                    rules.append(self._keep(st.children, span))
+                elif kind == "optional":
+                    inner = st.children[0]
+                    rule = (self._rename(inner) if inner.data == "rename" else self._keep(inner.children, span)
+                            if inner.data == "keep" else
+                            self._drop(inner.children, span))
+                    rules.append(rule.model_copy(update={"optional": True, "span": span}))
+                elif kind == "otherwise":
+                    rules.append(self._rename(st.children[0]).model_copy(update={"otherwise": True, "span": span}))
+                elif kind == "otherwise_keep":
+                    rules.append(self._keep([self._everything(st)] + st.children, span).model_copy(
+                        update={"otherwise": True}))
+                elif kind == "otherwise_drop":
+                    rules.append(DropRule(patterns=(self._everything(st),), span=span, otherwise=True))
+                elif kind == "param":
+                    definitions.append(self._param(st, span))
+                elif kind == "let":
+                    name_tok, line = st.children
+                    definitions.append(Let(name=str(name_tok), expr=self._line(line), span=self.span_tok(name_tok)))
+                elif kind == "assertion":
+                    assertions.append(self._assertion(st.children[0], span))
+                else:  # pragma: no cover - the grammar has no other statements
+                    raise self.error(f"unknown statement {kind}", span)
+            except RecursionError:  # whatever nests past Python's stack: an error at its statement
+                raise self.error("this statement nests too deeply to read", self.span_tree(st)) from None
         if seen:
             first = min(seen.values(), key=lambda s: (s.line, s.column))
             header = header.model_copy(update={"span": first})
@@ -456,8 +459,10 @@ class _Builder:
                 pos.append(self._value(a))
         return Action(name=str(name_tok), args=tuple(pos), kwargs=tuple(kw), span=self.span_tree(t))
 
-    def _value(self, v):
+    def _value(self, v, depth: int = 0):
         kind = v.data
+        if depth > MAX_DEPTH:  # tuples in tuples: every later pass recurses over them too
+            raise self.error(f"an argument nested more than {MAX_DEPTH} levels deep", self.span_tree(v))
         if kind in ("ref", "number", "neg", "add", "sub", "mul", "floordiv", "mod", "lookup"):
             expr = self._expr(v, None)
             if isinstance(expr, Num):
@@ -470,12 +475,12 @@ class _Builder:
         if kind == "string":
             return Text(value=ast.literal_eval(str(v.children[0])))
         if kind == "tuple":
-            return Tuple(items=tuple(self._value(c) for c in v.children))
+            return Tuple(items=tuple(self._value(c, depth + 1) for c in v.children))
         if kind == "append":
-            inner = self._value(v.children[0])
+            inner = self._value(v.children[0], depth + 1)
             return Tuple(items=inner.items, append=True)
         if kind == "append_one":
-            return Tuple(items=(self._value(v.children[0]),), append=True)
+            return Tuple(items=(self._value(v.children[0], depth + 1),), append=True)
         raise TypeError(kind)  # pragma: no cover
 
 
