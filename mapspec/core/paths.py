@@ -102,10 +102,10 @@ def name_max(folder: str) -> int:
         return 255
 
 
-def writable(path: object, role: str, *, directory: bool = False, make_folders: bool = True,
+def writable(path: object, role: str, *, directory: bool | None = False, make_folders: bool = True,
              error: Callable[[str], Exception] = UsageError) -> Path:
     """`path`, to be written (replaced if it exists): it is not a folder (a file, with
-    `directory`); its nearest existing folder is a folder this process may write in; its
+    `directory`; either, with None); its nearest existing folder is a folder this process may write in; its
     missing folders may be made (`make_folders`, else their absence is the error); and every
     name along it, the temporary one included, fits the file system. Nothing is created."""
     text = plain(path, role, error)
@@ -115,7 +115,7 @@ def writable(path: object, role: str, *, directory: bool = False, make_folders: 
         st = None
     except OSError as exc:
         raise error(_problem(role, text, reason(exc))) from None
-    if st is not None:
+    if st is not None and directory is not None:
         if stat.S_ISDIR(st.st_mode) and not directory:
             raise error(_problem(role, text, "a folder, not a file"))
         if directory and not stat.S_ISDIR(st.st_mode):

@@ -85,7 +85,7 @@ class ShardedSource(SourceBase):
 
         self.path = path
         self.shards = tuple(shards)
-        missing = [p for p in self.shards if "\0" not in str(p) and not os.path.lexists(p)]
+        missing = [p for p in self.shards if _absent(p)]
         if missing:
             raise CheckpointError(f"{shown_path(path)}: shard {shown_path(missing[0].name)} is missing"
                                   + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -161,6 +161,17 @@ class ShardedSource(SourceBase):
         for s in self._sources:
             s.close()
         self._sources = []
+
+
+def _absent(path: Path) -> bool:
+    """No file by that name (a name that cannot be looked up at all is another error)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def _where(source) -> str:

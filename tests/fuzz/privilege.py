@@ -1,7 +1,8 @@
 """Running as an ordinary user would, even as root: permission checks do not apply to root
 (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so a test of "no permission" run as root proves
 nothing. `drop_file_override()` removes those two capabilities from this process
-(Linux `capset`, no new executable needed: a forked child keeps its imports); uid stays 0,
+(Linux `capset` for this process, which a forked child keeps with its imports, and the
+bounding set, so a program it runs (`preexec_fn`) starts without them too); uid stays 0,
 so files root owns stay readable as their owner's. Elsewhere, or not root, it does
 nothing: the permission bits already apply."""
 
@@ -13,6 +14,7 @@ import sys
 
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
 _VERSION_3 = 0x20080522
+_PR_CAPBSET_DROP = 24
 
 
 class _Header(ctypes.Structure):
@@ -28,6 +30,8 @@ def drop_file_override() -> bool:
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
         return True
     libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):  # out of the bounding set: gone after exec too
+        libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)
     header, data = _Header(_VERSION_3, 0), (_Data * 2)()
     if libc.capget(ctypes.byref(header), data) != 0:
         return False
