@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core.quoting import printable
 
 
 @dataclass(frozen=True)
@@ -30,6 +29,14 @@ class Span:
 
 
 MAX_LINE = 400  # characters of one rendered error line; longer ones are cut in the middle
+
+
+def printable(text: str) -> str:
+    """`text` with every non-printable character escaped as Python escapes it (\\n, \\x00,
+    \\u2028), printable ones (any script) kept: what an error quotes stays one readable line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def shorten(text: str, limit: int = MAX_LINE) -> str:

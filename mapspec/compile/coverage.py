@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from typing import TYPE_CHECKING, Mapping
 
-from .core.quoting import shown
+from ..core.quoting import shown
 from .hints import PatternIndex, fold, glob_of, pair_by_name, plural
 from .matcher import Ambiguous, Entry, Matcher
 from ..lang.rules import RenameRule, Spec

@@ -5,18 +5,14 @@ newline in it)."""
 
 from __future__ import annotations
 
+from ..errors import printable  # the one escaping, used by the error classes themselves too
+
 MAX_MESSAGE = 400  # characters of an error message; longer ones are clipped
 MAX_NAME = 80  # characters of a name (a key, a member) quoted in a message
 MAX_PATH = 160  # characters of a path quoted in a message (its head and its tail are kept)
 MAX_QUOTE = 120  # characters of another library's message, which may quote a file's raw bytes
 
-
-def printable(text: str) -> str:
-    """`text` with every non-printable character escaped as Python escapes it (\\n, \\x00,
-    \\u2028), printable ones (any script) kept."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+__all__ = ["printable", "clip", "brief", "shown", "shown_path", "MAX_MESSAGE", "MAX_NAME", "MAX_PATH", "MAX_QUOTE"]
 
 
 def clip(text: object, limit: int = MAX_MESSAGE) -> str:

@@ -13,7 +13,7 @@ import bisect
 from lark import Token, Tree
 
 from . import grammar
-from .errors import Span, SpecError
+from ..errors import Span, SpecError
 
 WIDTH = 100
 _PREC = {"add": 1, "sub": 1, "mul": 2, "floordiv": 2, "mod": 2}

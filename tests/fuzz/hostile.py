@@ -22,7 +22,7 @@ def _checkpoint(path: Path, keys: dict[str, tuple[int, ...]] | None = None) -> P
     import numpy as np
 
     from mapspec.formats import open_sink
-    from mapspec.tensorinfo import TensorInfo
+    from mapspec.core.tensorinfo import TensorInfo
 
     keys = keys or {"layers.0.w": (2, 2), "layers.1.w": (2, 2)}
     sink = open_sink(path, "safetensors", {k: TensorInfo(s, "float32") for k, s in keys.items()})
