@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from .compile.plan import Plan, compile_spec
 from .core.tensorinfo import TensorInfo
 from .core import paths
+from .core.progress import Progress
 from .core.quoting import shown_path
 from .errors import CheckpointError, UsageError
 from .formats import Selected, by_name, open_sink, sink_format
@@ -69,7 +70,8 @@ def apply(
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
     `options` (`Options`: target, select, epoch, strict, fit, drop, strict_rules, params,
     config), or the same names as keywords, say how the spec meets the checkpoint.
-    `progress(done, total)` hears tensor bytes written so far and in all; `reverse` runs the spec's
+    `progress(done, total)` hears tensor bytes written so far (as the sinks write them: the
+    shard lanes' copies when done, not when queued) and in all, from any thread; `reverse` runs the spec's
     derived inverse (see `invert`); `lossy` lets it undo lossy casts and drops; `prefer` chooses
     the fallback alternatives it writes back (see `invert_spec`).
 
@@ -111,7 +113,7 @@ def apply(
             try:
                 sink = open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
                                  copied_from=copied_from(plan, source))
-                execute(plan, source, sink, (lambda done: progress(done, n)) if progress else None)
+                execute(plan, source, sink, Progress(n, progress) if progress else None)
                 sink.commit()
             except BaseException:
                 if sink is not None:

@@ -59,20 +59,6 @@ class Progress:
         rate = self.rate()
         return max(0, self.total - self.done) / rate if rate > 0 else None
 
-    def line(self) -> str:
-        """`done / total bytes (percent), rate, time left`, for a log."""
-        from .units import size
-
-        rate, eta = self.rate(), self.eta()
-        pct = 100 * self.done / self.total if self.total else 100.0
-        left = f", {_duration(eta)} left" if eta is not None and self.done < self.total else ""
-        return f"{size(self.done)} / {size(self.total)} ({pct:.0f}%), {size(rate)}/s{left}"
-
-
-def _duration(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
 
 class Metered:
     """`sink` seen through `progress`: writes that return written are counted here; a sink

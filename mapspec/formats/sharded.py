@@ -232,7 +232,14 @@ class ShardedSink(SinkBase):
     worker thread each), so while one lane finishes a shard the next shard's copies start
     on the other, and two copies' reads are in flight at once (2 GB into 500 MB shards:
     0.57x the time of one after another, paired runs). A shard's records keep plan order:
-    its copies run in order on its lane, and a tensor written from memory waits for them."""
+    its copies run in order on its lane, and a tensor written from memory waits for them.
+
+    Progress is reported when a copy is done on its lane, not when it is queued (up to
+    MAX_QUEUED ahead): `progress` (set by whoever runs the sink, see core/progress.py)
+    hears the bytes of each finished write, from the lane that wrote them."""
+
+    reports_progress = True
+    progress = None  # Callable[[int], None]: bytes written, called as each write finishes
 
     def __init__(self, path: Path, fmt: Format, outputs: Mapping[str, TensorInfo], max_shard_size: int | str,
                  metadata=None, copied_from: Mapping[str, int] | None = None):
@@ -278,6 +285,7 @@ class ShardedSink(SinkBase):
         sink = self.route[name]
         self._drain(sink)  # the shard's queued copies first: its records stay in plan order
         sink.write(name, array)
+        self._written(array.nbytes)
 
     def write_region(self, name: str, extent: Extent) -> bool:
         """Queued on the shard's lane (see the class doc); True at once, as every shard
@@ -285,12 +293,22 @@ class ShardedSink(SinkBase):
         commit."""
         self._raise_failed()
         sink = self.route[name]
-        job = self._lane[id(sink)].submit(Job(lambda job: _copied(sink, name, extent)))
+        job = self._lane[id(sink)].submit(Job(lambda job: self._copy(sink, name, extent)))
         self.queued.setdefault(id(sink), deque()).append(job)
         self.inflight.append(job)
         while len(self.inflight) > MAX_QUEUED:  # a million tiny tensors must not all wait in memory
             self.inflight.popleft().result()
         return True
+
+    def _copy(self, sink, name: str, extent: Extent) -> None:
+        """On a lane: the copy, then its bytes reported as written."""
+        if not sink.write_region(name, extent):  # pragma: no cover - every shard format copies regions
+            raise RuntimeError(f"{type(sink).__name__} declined to copy '{name}'")
+        self._written(extent.nbytes)
+
+    def _written(self, nbytes: int) -> None:
+        if self.progress is not None:
+            self.progress(nbytes)
 
     def _drain(self, sink) -> None:
         for job in self.queued.pop(id(sink), ()):
@@ -323,7 +341,3 @@ class ShardedSink(SinkBase):
                 pass
         self.atomic.abort()
 
-
-def _copied(sink, name: str, extent: Extent) -> None:
-    if not sink.write_region(name, extent):  # pragma: no cover - every shard format copies regions
-        raise RuntimeError(f"{type(sink).__name__} declined to copy '{name}'")

@@ -5,12 +5,12 @@ spec and opens the sink around this is `mapspec.api`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 from ..core.lazy import numpy as np
 
 from ..ops import actions as act
 from ..core.background import Job, Worker
+from ..core.progress import Progress, metered
 from ..errors import MapspecError, OutputError
 from ..formats import open_source
 from ..formats.base import Extent
@@ -47,9 +47,10 @@ def copied_from(plan: Plan, source) -> dict[str, int]:
     return {step.output: e.offset for step in plan.steps if (e := source_extent(step, source)) is not None}
 
 
-def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = None) -> int:
+def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
     """Write every step of `plan` to `sink`; returns the tensor bytes written. `progress`
-    hears the running byte count after each tensor.
+    hears the bytes as the sink writes them (core/progress.py: a sink that writes later,
+    on worker threads, reports them itself when they are written, not when queued).
 
     A tensor passing through unchanged is copied file-to-file by the kernel; the others pass
     through numpy. While step i runs, step i + 1's inputs are brought in: a range to be
@@ -59,6 +60,7 @@ def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = N
     source happens on that one thread or, with none in flight, on this one: sources need
     not be thread-safe."""
     total = 0
+    sink = metered(sink, progress)
     steps = plan.steps
     # Steps that split one input read it several times: release it after its last use.
     last_use = {k: i for i, step in enumerate(steps) for k in step.inputs}
@@ -98,8 +100,6 @@ def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = N
                     if last_use[k] == i:
                         source.release(k)
             total += step.info.nbytes
-            if progress:
-                progress(total)
     finally:
         if ahead is not None:  # failed: the read in flight ends before the source is closed
             read_worker.cancel([ahead])
