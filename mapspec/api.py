@@ -65,9 +65,11 @@ def apply(
     reverse: bool = False,
     lossy: bool = False,
     prefer: Mapping[int | None, int] | None = None,
+    hash: bool = True,
     **overrides: Any,
 ) -> Report:
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
+    `hash=False` records the source by sizes and modification times, not sha256.
     `options` (`Options`: target, select, epoch, strict, fit, drop, strict_rules, params,
     config), or the same names as keywords, say how the spec meets the checkpoint.
     `progress(done, total)` hears tensor bytes written so far (as the sinks write them: the
@@ -103,7 +105,8 @@ def apply(
             values = {b.name: b.value for b in plan.params}
         record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path, params=values,
                             direction="reverse" if reverse else "forward",
-                            select=source.prefix if isinstance(source, Selected) else None)
+                            select=source.prefix if isinstance(source, Selected) else None,
+                            shards=source.shards, hash=hash)
         n = sum(s.info.nbytes for s in plan.steps)
         check_space(output, n)
         # Everything that creates, fills or renames the output runs inside the guard: a failure

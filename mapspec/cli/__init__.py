@@ -384,6 +384,8 @@ def apply(
     lossy: Annotated[bool, typer.Option("--lossy", help="With --reverse: undo lossy casts and drops anyway, "
                                         "reporting the loss.")] = False,
     prefer: PreferOpt = None,
+    no_hash: Annotated[bool, typer.Option("--no-hash", help="Record the source by file sizes and modification "
+                                          "times only, not by sha256 (the record says so).")] = False,
     opts: Options = Options(),
 ) -> None:
     """Convert CHECKPOINT (or the shards given) with SPEC into OUTPUT."""
@@ -393,7 +395,8 @@ def apply(
     parsed = parse_spec(spec)
     with _progress_bar() as progress:
         report = apply_spec(parsed, checkpoint, output, opts, to=to, force=force, progress=progress,
-                            reverse=reverse, lossy=lossy, max_shard_size=max_shard_size, prefer=_prefer(prefer))
+                            reverse=reverse, lossy=lossy, max_shard_size=max_shard_size, prefer=_prefer(prefer),
+                            hash=not no_hash)
     for loss in report.losses:
         warn(f"warning: {loss}")
     _warn_plan(report.plan, parsed, report.inverse)
