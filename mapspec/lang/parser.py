@@ -100,6 +100,12 @@ def unreadable(exc: Exception) -> str:
     return paths.reason(exc) if isinstance(exc, OSError) else str(exc)
 
 
+def _string(token: object) -> str:
+    """The value of a quoted string the grammar accepted. Python's parser refuses a raw NUL
+    in source text, so one inside the quotes is read as the escape `\\x00` would be."""
+    return ast.literal_eval(str(token).replace("\0", "\\x00"))
+
+
 def _identity(file: str) -> str:
     """What tells two spec files apart for include cycles: the resolved path, or the name of
     a spec given as text (`<spec>`, or a file name that need not exist: `draft -o` names
@@ -228,7 +234,7 @@ class _Builder:
 
     def _include(self, st: Tree) -> Spec:
         tok = st.children[0]
-        rel = ast.literal_eval(str(tok))
+        rel = _string(str(tok))
         base = Path(self.file).parent if not self.file.startswith("<") else Path.cwd()
         path = (base / rel)
         span = self.span_tok(tok)
@@ -301,7 +307,7 @@ class _Builder:
                     raise self.error(f"a parameter is int or str, not '{tok}'", self.span_tok(tok))
                 fields["type"] = str(tok)
             elif tok.type == "STRING":
-                fields["config_key"] = ast.literal_eval(str(tok))
+                fields["config_key"] = _string(str(tok))
             else:
                 fields["default"] = self._line(tok)
         return Param(**fields)
@@ -310,7 +316,7 @@ class _Builder:
         """The expression (or quoted string) of a LINE token."""
         tree = grammar.parse_fragment(tok, "expr_line", self.file, self.text).children[0]
         if isinstance(tree, Token):
-            return ast.literal_eval(str(tree))
+            return _string(str(tree))
         return self._expr(tree, tok)
 
     def _assertion(self, tok: Token, span: Span) -> Assertion:
@@ -318,7 +324,7 @@ class _Builder:
         left, op, right, *message = tree.children
         start = self._frag_span(tree, tok)
         return Assertion(left=self._expr(left, tok), op=str(op), right=self._expr(right, tok),
-                         message=ast.literal_eval(str(message[0])) if message else None,
+                         message=_string(str(message[0])) if message else None,
                          span=Span(self.file, span.line, span.column, start.end_line, start.end_column))
 
     # -------------------------------------------------------------- patterns
@@ -352,7 +358,7 @@ class _Builder:
         if kind == "lit":
             return Lit(text=str(part.children[0]))
         if kind == "quoted":
-            return Lit(text=ast.literal_eval(str(part.children[0])))
+            return Lit(text=_string(str(part.children[0])))
         span = self._frag_span(part, base)
         if kind == "single":
             return Capture(name=None, type="segment", span=span)
@@ -401,7 +407,7 @@ class _Builder:
             if kind == "lit":
                 item = Lit(text=str(part.children[0]))
             elif kind == "quoted":
-                item = Lit(text=ast.literal_eval(str(part.children[0])))
+                item = Lit(text=_string(str(part.children[0])))
             elif kind in ("single", "multi"):
                 raise self.error(
                     "a target cannot hold a wildcard; name it in the source ({name:*} or {name:**}) "
@@ -473,7 +479,7 @@ class _Builder:
                 raise self.error("a table lookup is not an action argument", expr.span)
             return Calc(expr=expr, span=self.span_tree(v))
         if kind == "string":
-            return Text(value=ast.literal_eval(str(v.children[0])))
+            return Text(value=_string(str(v.children[0])))
         if kind == "tuple":
             return Tuple(items=tuple(self._value(c, depth + 1) for c in v.children))
         if kind == "append":
