@@ -259,6 +259,27 @@ def test_deep_nesting_is_an_error_at_its_line_and_column(folder, target, says):
     assert result.exit_code == 2 and one_clean_error(result.stderr).startswith("s.map:2:")
 
 
+def test_an_action_making_more_dimensions_than_a_tensor_has_is_an_error_at_it(folder):
+    """Found by the long fuzz campaign (seed 21): the plan said yes, numpy refused a
+    1001-dimensional view while converting (an internal error)."""
+    (folder / "s.map").write_text(f"mapspec 1\nlayers.{{i:int}}.w -> x.{{i}}.w then view({'1, ' * 1000}4)\n")
+    result = runner.invoke(app, ["apply", "s.map", "m.safetensors", "-o", "out/o.safetensors"])
+    assert result.exit_code == 1
+    assert one_clean_error(result.stderr).startswith("s.map:2:29: error: view() makes a tensor of 1001 dimensions")
+    assert not list((folder / "out").iterdir())
+
+
+def test_a_nul_inside_a_quoted_string_is_read_as_its_escape(folder):
+    """Found by the long fuzz campaign (seed 21): Python's parser refuses source text with a
+    raw NUL; the spec's string holds it as \\x00 would."""
+    (folder / "s.map").write_text('mapspec 1\nassert 1 == 1, "a\0b"\n{k:**} -> {k}\n')
+    result = runner.invoke(app, ["check", "s.map"])
+    assert result.exit_code == 0, result.output
+    (folder / "i.map").write_text('mapspec 1\ninclude "x\0.map"\n')
+    result = runner.invoke(app, ["check", "i.map"])
+    assert "i.map:2:9: error: include x\\x00.map: the path holds a NUL byte" in one_clean_error(result.stderr)
+
+
 def test_deep_parentheses_and_thousands_of_parts_work(folder):
     parts = 3000
     (folder / "s.map").write_text(

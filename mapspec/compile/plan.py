@@ -311,7 +311,7 @@ def _unary_step(out: str, key: str, info: TensorInfo, rule) -> Step:
     tensor, planned = act.Typed(tuple(info.shape), info.dtype), []
     for action in rule.actions:
         d, p = act.lookup(action), act.normalize(action)
-        (tensor,), resolved = d.infer(p, [tensor], action)
+        (tensor,), resolved = d.outputs(p, [tensor], action)
         planned.append(PlannedAction(action.name, resolved, (tuple(tensor.shape),), tensor.dtype))
     return Step(out, (key,), (info,), tuple(planned), TensorInfo(tuple(tensor.shape), tensor.dtype), rule.span)
 
@@ -582,7 +582,7 @@ class _Walk:
             p = {**p, "over": axis.name}
         else:
             groups = [[j] for j in range(len(tensors))]
-        results = [d.infer(p, [act.Typed(tensors[j].shape, tensors[j].dtype) for j in g], action) for g in groups]
+        results = [d.outputs(p, [act.Typed(tensors[j].shape, tensors[j].dtype) for j in g], action) for g in groups]
         coords = [{k: v for k, v in tensors[g[0]].coords.items() if not d.merges or k != axis.name} for g in groups]
         over = {"over": axis.name} if d.merges else {}
         grouped = None if not d.merges or len(groups) == 1 else groups
