@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .compile.plan import Plan, compile_spec
 from .core.tensorinfo import TensorInfo
-from .errors import UsageError
-from .formats import Selected, open_sink, sink_format
+from .core import paths
+from .core.progress import Progress
+from .core.quoting import shown_path
+from .errors import CheckpointError, UsageError
+from .formats import Selected, by_name, open_sink, sink_format
 from .formats.atomic import guarded_writes
 from .formats.model_dir import carried_files, model_dir_of
 from .formats.provenance import Provenance
@@ -68,12 +71,15 @@ def apply(
     ray: str | None = None,
     shards_progress: Callable[[int, int], None] | None = None,
     kv: Mapping[str, object] | None = None,
+    hash: bool = True,
     **overrides: Any,
 ) -> Report:
     """Convert `checkpoint` with `spec` into `output`; atomic, never touching the input.
+    `hash=False` records the source by sizes and modification times, not sha256.
     `options` (`Options`: target, select, epoch, strict, fit, drop, strict_rules, params,
     config), or the same names as keywords, say how the spec meets the checkpoint.
-    `progress(done, total)` hears tensor bytes written so far and in all; `reverse` runs the spec's
+    `progress(done, total)` hears tensor bytes written so far (as the sinks write them: the
+    shard lanes' copies when done, not when queued) and in all, from any thread; `reverse` runs the spec's
     derived inverse (see `invert`); `lossy` lets it undo lossy casts and drops; `prefer` chooses
     the fallback alternatives it writes back (see `invert_spec`). `kv` is typed file metadata
     for formats that hold it (GGUF: {key: gguf.Value or plain value}); it is written over the
@@ -102,6 +108,8 @@ def apply(
         from .formats import remote
 
         remote.configure(concurrency)
+    if not remote_out:
+        output = paths.writable(output, "output", directory=None)  # a loop, a NUL byte...: before its suffix is read
     # --max-shard-size writes a directory: safetensors shards, or GGUF split parts when it is named *.gguf
     split_gguf = max_shard_size is not None and output.suffix.lower() == ".gguf"
     fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None and not split_gguf else None))
@@ -111,8 +119,10 @@ def apply(
         if fmt == "oneflow":
             raise UsageError(f"{output}: OneFlow output (a directory format) cannot be written to object storage")
         check_writable(output, force)
-    elif output.exists() and not force:
-        raise UsageError(f"{output} exists; use --force to overwrite it")
+    else:
+        paths.writable(output, "output", directory=max_shard_size is not None or by_name(fmt).directory)
+        if os.path.lexists(output) and not force:
+            raise UsageError(f"{shown_path(output)} exists; use --force to overwrite it")
     if ray is not None and not remote_out:
         output = output.absolute()  # the workers' working directory is not ours
     _refuse_overwrite(output, _paths(checkpoint), max_shard_size is not None)
@@ -128,7 +138,8 @@ def apply(
             values = {b.name: b.value for b in plan.params}
         record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path, params=values,
                             direction="reverse" if reverse else "forward",
-                            select=source.prefix if isinstance(source, Selected) else None)
+                            select=source.prefix if isinstance(source, Selected) else None,
+                            shards=source.shards, hash=hash)
         n = sum(s.info.nbytes for s in plan.steps)
         if not remote_out:
             check_space(output, n)
@@ -156,7 +167,7 @@ def apply(
             metadata = {**carried_kv(source, plan), **(kv or {})}
             convert_into(lambda: open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
                                            copied_from=copied_from(plan, source), files=files, kv=metadata),
-                         plan, source, tick)
+                         plan, source, Progress(n, progress) if progress else None)
     finally:
         source.close()
     return Report(plan, output, fmt, disk_size(output), selected, inverse)
@@ -231,9 +242,11 @@ def _infos(source) -> dict[str, TensorInfo]:
 
 
 def _refuse_overwrite(output: Path, inputs, directory: bool) -> None:
-    out = location(output).resolve()
+    out = location(output)
+    out = paths.resolve(out, "output") if isinstance(out, Path) else out.resolve()
     for p in inputs:
-        p = location(p).resolve()
+        p = location(p)
+        p = paths.resolve(p, "checkpoint", CheckpointError) if isinstance(p, Path) else p.resolve()
         if isinstance(p, Path) != isinstance(out, Path):
             continue
         if out == p or (directory and out in p.parents):

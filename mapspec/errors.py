@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+
 @dataclass(frozen=True)
 class Span:
     """Where a node came from: 1-based line and column, end exclusive."""
@@ -30,12 +31,22 @@ class Span:
 MAX_LINE = 400  # characters of one rendered error line; longer ones are cut in the middle
 
 
+def printable(text: str) -> str:
+    """`text` with every non-printable character escaped as Python escapes it (\\n, \\x00,
+    \\u2028), printable ones (any script) kept: what an error quotes stays one readable line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def shorten(text: str, limit: int = MAX_LINE) -> str:
-    """`text` with every line cut to `limit` characters, so an error never echoes a 1 MB key."""
+    """`text` with every line cut to `limit` characters, so an error never echoes a 1 MB key,
+    and every unprintable character in it escaped (a tab, which aligns a caret, stays)."""
     head, tail = limit * 2 // 3, limit // 3 - 30
+    lines = ["\t".join(printable(part) for part in line.split("\t")) for line in text.split("\n")]
     return "\n".join(line if len(line) <= limit else
                      f"{line[:head]} ...[{len(line) - head - tail:,} characters]... {line[-tail:]}"
-                     for line in text.split("\n"))
+                     for line in lines)
 
 
 class MapspecError(Exception):
@@ -44,7 +55,7 @@ class MapspecError(Exception):
     exit_code = 2
 
     def render(self) -> str:
-        return shorten(f"error: {self}")
+        return shorten(f"error: {printable(str(self))}")  # one line, whatever the message quotes
 
 
 class SpecError(MapspecError):
@@ -74,8 +85,8 @@ class SpecError(MapspecError):
 
     def render(self) -> str:
         if self.span is None:
-            return shorten(f"error: {self.message}")
-        head = shorten(f"{self.span}: error: {self.message}")
+            return shorten(f"error: {printable(self.message)}")
+        head = shorten(f"{printable(str(self.span))}: error: {printable(self.message)}")
         line = self.source_line()
         if line is None:
             return head
@@ -89,9 +100,12 @@ class SpecError(MapspecError):
                 "..." if start + MAX_LINE < len(line) else "")
             column = column - start + (3 if start else 0)
             width = max(1, min(width, len(line) - column + 1, 80))
-        # Tabs keep their width so the caret lines up under the offending text.
-        pad = "".join("\t" if c == "\t" else " " for c in line[: column - 1])
-        return f"{head}\n    {line}\n    {pad}{'^' * width}"
+        # Tabs keep their width so the caret lines up under the offending text; an
+        # unprintable character is shown escaped, and the caret moves by its escape's width.
+        shown = ["\t" if c == "\t" else printable(c) for c in line]
+        pad = "".join("\t" if c == "\t" else " " * len(c) for c in shown[: column - 1])
+        width = sum(len(c) for c in shown[column - 1:column - 1 + width]) or 1
+        return f"{head}\n    {''.join(shown)}\n    {pad}{'^' * width}"
 
     def __str__(self) -> str:
         return f"{self.span}: {self.message}" if self.span else self.message
@@ -142,9 +156,9 @@ class ConversionError(MapspecError):
 
     def render(self) -> str:
         where = f"{self.span}: " if self.span else ""
-        out = f"{where}error: {self.message}"
-        if self.details:
-            out += "\n" + "\n".join(f"  {d}" for d in self.details)
+        out = printable(f"{where}error: {self.message}")
+        if self.details:  # one line each
+            out += "\n" + "\n".join(f"  {printable(str(d))}" for d in self.details)
         return shorten(out)
 
     def __str__(self) -> str:

@@ -273,7 +273,7 @@ def test_a_checkpoint_prefix_without_epoch_suggests_it(tmp_path, many):
     spec.write_text("mapspec 1\nkeep **\n")
     r = run("check", spec, tmp_path / "r50")
     assert r.exit_code == 2
-    assert r.output.strip() == (f"error: {tmp_path / 'r50'}: no such file; r50-0000.params exists: "
+    assert r.output.strip() == (f"error: checkpoint {tmp_path / 'r50'}: no such file or folder; r50-0000.params exists: "
                                 "it is an MXNet checkpoint prefix, add --epoch 0")
 
 

@@ -142,7 +142,8 @@ def test_specs_must_be_regular_files(tmp_path, what):
         spec = "spec.map"
     done = run(tmp_path, "check", spec, timeout=60)
     assert done.returncode == 2
-    assert done.stderr.strip() == f"error: cannot read spec {spec}: not a regular file"
+    why = "a folder, not a spec file" if what == "folder" else "not a regular file"
+    assert done.stderr.strip() == f"error: cannot read spec {spec}: {why}"
 
 
 @pytest.mark.parametrize("what", ["fifo", "dev_zero"])

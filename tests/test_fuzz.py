@@ -1,5 +1,6 @@
 """The quick fuzz subset CI runs: every hostile pickle technique once, fixed-seed mutations of
-valid files of every format and of specs. Each case runs in its own resource-limited child
+valid files of every format and of specs, and the generated hostile classes (unresolvable
+paths, numbers past the int-string limit, huge and deep specs). Each case runs in its own resource-limited child
 process (tests/fuzz/harness.py says what clean means); any unclean case fails with its
 verdict. The long campaign is `python -m tests.fuzz.run --cases 5000 --seed N`."""
 
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.fuzz.campaign import mutation_cases, pickle_cases, spec_cases
+from tests.fuzz.campaign import huge_spec_cases, mutation_cases, number_cases, path_cases, pickle_cases, spec_cases
 from tests.fuzz.harness import ROOT, Runner
 from tests.fuzz.pickles import TECHNIQUES
 
@@ -58,6 +59,22 @@ def test_mutated_checkpoints_of_every_format(tmp_path, runner):
 
 def test_mutated_specs(tmp_path, runner):
     assert assert_clean(spec_cases(tmp_path, SEED, SPEC_CASES), runner) == SPEC_CASES
+
+
+def test_unresolvable_paths_in_every_role(tmp_path, runner):
+    """Every role x every kind of bad path once (tests/fuzz/hostile.py)."""
+    from tests.fuzz.hostile import BADNESS, ROLES
+
+    n = len(ROLES) * len(BADNESS)
+    assert assert_clean(path_cases(tmp_path, SEED, n), runner) == n
+
+
+def test_numbers_past_the_int_string_limit(tmp_path, runner):
+    assert assert_clean(number_cases(tmp_path, SEED, 56), runner) == 56
+
+
+def test_huge_and_deep_specs(tmp_path, runner):
+    assert assert_clean(huge_spec_cases(tmp_path, SEED, 12), runner) == 12
 
 
 # ---------------------------------------------------------------- what the long campaign found

@@ -127,7 +127,7 @@ def test_cli_takes_p_and_config_on_apply_check_and_explain(tmp_path):
     assert load_file(tmp_path / "o.safetensors")["blocks.1.model.k.weight"].shape == (2, 8, 64)
     for bad, message in [(["-p", "n_heads"], "error: -p n_heads: expected NAME=VALUE, e.g. -p n_heads=32"),
                          (["-p", "n_heads=eight"], "error: -p n_heads=eight: 'n_heads' is an integer parameter"),
-                         (["--config", str(tmp_path / "none.json")], "error: cannot read --config"),
+                         (["--config", str(tmp_path / "none.json")], "none.json: no such file or folder"),
                          ([], "error: parameter 'n_heads' has no value")]:
         res = r.invoke(app, ["check", s, ck] + bad)
         assert res.exit_code == 2 and message in res.stderr, (bad, res.stderr)

@@ -150,3 +150,69 @@ def test_inspect_shows_provenance_in_tree_and_json(setup):
 def test_a_file_mapspec_did_not_write_has_none(setup):
     tmp_path, src = setup
     assert "provenance" not in mapspec.inspect_checkpoint(src)
+
+
+# ------------------------------------------------------------------ the source hash, off the critical path
+
+def _sharded_source(folder: Path) -> Path:
+    """Three shards and their index, written by mapspec's sharded sink."""
+    from mapspec import TensorInfo
+    from mapspec.formats import open_sink
+
+    rng = np.random.default_rng(0)
+    arrays = {f"m.{i}.w": rng.standard_normal((64, 64)).astype(np.float32) for i in range(6)}
+    sink = open_sink(folder / "src", "safetensors", {k: TensorInfo(v.shape, "float32") for k, v in arrays.items()},
+                     max_shard_size=40_000)
+    for k, v in arrays.items():
+        sink.write(k, v)
+    sink.commit()
+    return folder / "src"
+
+
+@pytest.mark.parametrize("out", ["o.safetensors", "o.npz", "sharded"])
+def test_a_sharded_source_records_every_shards_sha256_the_hubs_lfs_ids(tmp_path, out):
+    """Each shard's sha256 is what the hub lists as its LFS object id; the one source_sha256
+    is over `name NUL size NUL sha256 LF` of the shards in name order."""
+    from mapspec.formats.provenance import read
+
+    src = _sharded_source(tmp_path)
+    shards = sorted(p for p in src.iterdir() if p.suffix == ".safetensors")
+    assert len(shards) == 3
+    (tmp_path / "keep.map").write_text("mapspec 1\n{k:**} -> {k}\n")
+    mapspec.apply(tmp_path / "keep.map", src, tmp_path / out, **({"max_shard_size": 40_000} if out == "sharded" else {}))
+    where = tmp_path / out
+    record = read(sorted(where.glob("*.safetensors"))[0] if where.is_dir() else where)
+    files = {p.name: {"size": p.stat().st_size, "sha256": sha(p)} for p in shards}
+    assert record["source_files"] == files
+    lines = "".join(f"{n}\0{f['size']}\0{f['sha256']}\n" for n, f in sorted(files.items()))
+    assert record["source_sha256"] == hashlib.sha256(lines.encode()).hexdigest()
+    assert record["source"] == "model.safetensors.index.json"
+
+
+def test_shards_are_hashed_on_several_threads_in_the_order_they_are_read(tmp_path):
+    from mapspec.formats import provenance
+
+    src = _sharded_source(tmp_path)
+    shards = sorted(p for p in src.iterdir() if p.suffix == ".safetensors")
+    digests = provenance._Digests(shards)
+    assert len(digests.threads) == min(3, provenance.HASH_THREADS)
+    assert digests.result() == {p: sha(p) for p in shards}
+
+
+def test_no_hash_records_sizes_and_times_and_says_so(setup):
+    tmp_path, src = setup
+    result = CliRunner().invoke(app, ["apply", str(tmp_path / "spec.map"), str(src), "-o",
+                                      str(tmp_path / "o.safetensors"), "--no-hash"])
+    assert result.exit_code == 0, result.output
+    from mapspec.formats.provenance import read
+
+    record = read(tmp_path / "o.safetensors")
+    import time
+
+    assert record["source_sha256"] is None
+    assert "--no-hash" in record["source_hash"] and "sizes and modification times only" in record["source_hash"]
+    assert record["source_files"] == {"in.safetensors": {
+        "size": src.stat().st_size,
+        "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(src.stat().st_mtime))}}
+    inspected = CliRunner().invoke(app, ["inspect", str(tmp_path / "o.safetensors")])
+    assert "--no-hash" in inspected.output

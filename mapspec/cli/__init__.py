@@ -34,7 +34,9 @@ from ..tools import present
 from ..errors import Interrupted, MapspecError, SpecError, UsageError
 from ..api import Options, apply as apply_spec, inverse_plan_for, plan_for
 from ..formats import known_names
-from ..lang.parser import parse_spec, read_spec
+from ..core import paths
+from ..core.quoting import shown_path
+from ..lang.parser import parse_spec, read_spec, unreadable
 from ..compile.checks import check_spec
 
 PROGRESS_AFTER = 64 << 20  # bytes: smaller conversions finish before a bar is worth drawing
@@ -307,6 +309,13 @@ def _prefer(values: list[str] | None) -> dict[int | None, int]:
     return parse_prefer(values)
 
 
+def _check_output(output: Path, force: bool) -> None:
+    """-o of a spec-writing command (invert, draft): writable, and new unless --force."""
+    paths.writable(output, "-o", make_folders=False)
+    if os.path.lexists(output) and not force:
+        raise UsageError(f"{shown_path(output)} exists; use --force to overwrite it")
+
+
 def _check_fit(target, fit: Fit, drop) -> None:
     """--fit and --drop only mean something with --target: never ignore them silently."""
     if target is None and (fit is not Fit.strict or drop):
@@ -415,6 +424,8 @@ def apply(
         "--ray", help="Convert on a Ray cluster, one task per output shard: --ray joins the local cluster (or "
         "starts one), --ray HOST:PORT that one. Needs mapspec[ray].", show_default=False,
         metavar="[ADDRESS]")] = None,
+    no_hash: Annotated[bool, typer.Option("--no-hash", help="Record the source by file sizes and modification "
+                                          "times only, not by sha256 (the record says so).")] = False,
     opts: Options = Options(),
 ) -> None:
     """Convert CHECKPOINT (or the shards given) with SPEC into OUTPUT."""
@@ -425,7 +436,7 @@ def apply(
     with _progress_bar() as progress:
         report = apply_spec(parsed, checkpoint, _at(output), opts, to=to, force=force, progress=progress,
                             reverse=reverse, lossy=lossy, max_shard_size=max_shard_size, prefer=_prefer(prefer),
-                            concurrency=concurrency, ray=ray)
+                            concurrency=concurrency, ray=ray, hash=not no_hash)
     for loss in report.losses:
         warn(f"warning: {loss}")
     _warn_plan(report.plan, parsed, report.inverse)
@@ -591,12 +602,13 @@ def fmt(
         try:
             text = read_spec(path)
         except (OSError, UnicodeDecodeError) as exc:
-            raise SpecError(f"cannot read spec {path}: {getattr(exc, 'strerror', None) or exc}") from None
+            raise SpecError(f"cannot read spec {shown_path(path)}: {unreadable(exc)}") from None
         new = format_text(text, str(path))
         if new != text:
             changed.append(path)
             if not check:
-                path.write_text(new, encoding="utf-8")
+                paths.writable(path, "spec")
+                paths.replace_text(path, new, "spec")
     for path in changed:
         say(f"{'would reformat' if check else 'reformatted'} {path}")
     if check and changed:
@@ -622,6 +634,8 @@ def invert(
     """Print the inverse of SPEC as ordinary spec text, from/to swapped."""
     from ..tools.invert import invert_spec
 
+    if output is not None:
+        _check_output(output, force)
     parsed = parse_spec(spec)
     forward = plan_for(parsed, _at(checkpoint), opts) if checkpoint is not None else None
     inverse = invert_spec(parsed, forward, params=opts.params, config=opts.config, lossy=lossy,
@@ -631,9 +645,7 @@ def invert(
     if output is None:
         sys.stdout.write(inverse.text)
         return
-    if output.exists() and not force:
-        raise UsageError(f"{output} exists; use --force to overwrite it")
-    output.write_text(inverse.text, encoding="utf-8")
+    paths.replace_text(output, inverse.text)
     say(f"wrote {output} ({len(inverse.spec.rules)} rules)")
 
 
@@ -699,10 +711,10 @@ def draft(
     from ..run.executor import open_for
     from ..tools.load import target_infos
 
-    if output is not None and output.exists() and not force:
-        raise UsageError(f"{output} exists; use --force to overwrite it")
+    if output is not None:
+        _check_output(output, force)
     source = _at(source)
-    src = open_for(None, source, select, epoch)
+    src = open_for(None, source, select, epoch, role="source")
     try:
         infos = dict(src.infos())
     finally:
@@ -715,9 +727,7 @@ def draft(
     if output is None:
         sys.stdout.write(result.text)
     else:
-        tmp = output.with_name(output.name + ".tmp")
-        tmp.write_text(result.text, encoding="utf-8")
-        tmp.replace(output)
+        paths.replace_text(output, result.text)
     p = result.pairing
     summary = (f"draft: {len(result.rules)} rules, {sum(len(x.targets) for x in p.pairs)}/{len(p.target.keys)} "
                f"target tensors, {len(p.dropped)} source tensors dropped, {len(p.suggestions)} suggestions")

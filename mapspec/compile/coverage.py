@@ -11,6 +11,7 @@ import re
 from collections import Counter
 from typing import TYPE_CHECKING, Mapping
 
+from ..core.quoting import shown
 from .hints import PatternIndex, fold, glob_of, pair_by_name, plural
 from .matcher import Ambiguous, Entry, Matcher
 from ..lang.rules import RenameRule, Spec
@@ -91,7 +92,7 @@ def _closest(key: str, spec: Spec, matcher: Matcher, index: PatternIndex):
         if len(diffs) == 1 and diffs[0][0] == last:
             return ("last", last), f"{_widen(where, diffs[0][1], last)}, or add 'drop @DROP@'"
         if diffs:
-            edits = ", ".join(f"'{t}' in place of '{k}'" for k, t in diffs)
+            edits = ", ".join(f"{shown(t)} in place of {shown(k)}" for k, t in diffs)
             return ("close", rule.span, pattern.text, tuple(t for _, t in diffs)), f"closest rule: {where} has {edits}"
         return ("near", rule.span, pattern.text), f"closest rule: {where}"
     return None

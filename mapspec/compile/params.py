@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..core import paths
+from ..core.quoting import clip, shown_path
 from ..errors import SpecError, SpecErrors, UsageError
 from ..lang.rules import (
     Action,
@@ -74,6 +76,7 @@ def bind_all(spec: Spec, params: Mapping[str, Any] | None = None, config: Config
     parameter without a value (their own checks would only repeat that problem)."""
     params = dict(params or {})
     if not spec.definitions:
+        _load_config(config)  # unused, but a --config that cannot be read is still an error
         if params:
             raise UsageError(f"-p {next(iter(params))}: this spec declares no parameters")
         sub = _Substitute({}, set())
@@ -122,18 +125,35 @@ def raise_all(errors: list[SpecError]) -> None:
         raise combined.errors[0] if len(combined.errors) == 1 else combined
 
 
+MAX_DIGITS = 100  # digits of an integer in a --config: far past any model's numbers
+
+
+def _config_int(path: Path):
+    """json's parse_int for a --config: a number of more than MAX_DIGITS digits is an error
+    naming it (Python refuses to read one of 4300, with a ValueError)."""
+    def parse(text: str) -> int:
+        if len(text.lstrip("-")) > MAX_DIGITS:
+            raise UsageError(f"--config {shown_path(path)}: the number {text[:12]}... has {len(text.lstrip('-')):,} "
+                             f"digits; a configuration's numbers have at most {MAX_DIGITS}")
+        return int(text)
+    return parse
+
+
 def _load_config(config: Config) -> tuple[Mapping[str, Any] | None, str]:
     if config is None:
         return None, ""
     if isinstance(config, Mapping):
         return config, "config"
-    path = Path(config)
+    path = paths.existing(config, "--config", kind="file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), parse_int=_config_int(path))
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read --config {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise UsageError(f"cannot read --config {shown_path(path)}: {paths.reason(exc) if isinstance(exc, OSError) else exc}"
+                         ) from None
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--config {path} is not JSON: {exc}") from None
+        raise UsageError(f"--config {shown_path(path)} is not JSON: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"--config {shown_path(path)}: JSON nested too deeply to read") from None
     if not isinstance(data, dict):
         raise UsageError(f"--config {path} holds a JSON {type(data).__name__}, not an object")
     return data, path.name
@@ -156,7 +176,7 @@ def _config_value(cfg: Mapping[str, Any], key: str) -> Any:
 
 def _param(d: Param, params: dict, cfg, cfg_name: str, env: dict[str, Binding], declared) -> Binding:
     if d.name in params:
-        return Binding(d.name, _typed(d, params[d.name], f"-p {d.name}={params[d.name]}"), "-p")
+        return Binding(d.name, _typed(d, params[d.name], f"-p {d.name}={clip(params[d.name], 40)}"), "-p")
     if cfg is not None and d.config_key is not None:
         raw = _config_value(cfg, d.config_key)
         if raw is not _MISSING and raw is not None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import itertools
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
+from ..core.quoting import clip, shown
 from ..ops import actions as act
 from . import fit as fitting
 from ..ops.actions import PlannedAction
@@ -229,7 +231,7 @@ def compile_spec(
             hit = match(key)
         except Ambiguous as amb:
             a = spec.rules[amb.first.rule]
-            raise PlanError(f"key '{key}' is matched by this rule and by the rule at "
+            raise PlanError(f"key {shown(key)} is matched by this rule and by the rule at "
                             f"{_where(a.span)} ({amb.first.pattern.text}); make the patterns disjoint",
                             amb.second.pattern.span) from None
         if hit is None and otherwise is not None:
@@ -346,7 +348,7 @@ def _unary_step(out: str, key: str, info: TensorInfo, rule) -> Step:
     tensor, planned = act.Typed(tuple(info.shape), info.dtype), []
     for action in rule.actions:
         d, p = act.lookup(action), act.normalize(action)
-        (tensor,), resolved = d.infer(p, [tensor], action)
+        (tensor,), resolved = d.outputs(p, [tensor], action)
         planned.append(PlannedAction(action.name, resolved, (tuple(tensor.shape),), tensor.dtype))
     return Step(out, (key,), (info,), tuple(planned), TensorInfo(tuple(tensor.shape), tensor.dtype), rule.span)
 
@@ -361,7 +363,7 @@ def _plan_copies(renderer: "_Renderer", matcher: Matcher, keys: Mapping[str, Ten
         raise PlanError(f"copy: no key of the checkpoint matches {rule.sources[0].text}", rule.sources[0].span)
     for key, (entry, caps) in hits:
         if key in unmatched:
-            raise PlanError(f"copy: '{key}' is not matched by any other rule; a copy is an extra output, "
+            raise PlanError(f"copy: {shown(key)} is not matched by any other rule; a copy is an extra output, "
                             "the key still needs its own rule", rule.span)
         out = renderer.render(key, caps)
         if out in steps:
@@ -377,7 +379,7 @@ def _duplicate(out: str, prev, key: str, rule) -> PlanError:
     first = prev.inputs[0] if isinstance(prev, Step) else prev.members[0][0]
     line = prev.rule.line if isinstance(prev, Step) else prev.renderer.rule.span.line
     return PlanError(f"target '{out}' is produced twice: from '{first}' (rule at line {line}) "
-                     f"and from '{key}'", rule.span)
+                     f"and from {shown(key)}", rule.span)
 
 
 def _coverage_error(unmatched: list[str], spec: Spec, matcher: Matcher, tables: dict[str, tuple[str, ...]],
@@ -490,7 +492,7 @@ class _Renderer:
     def render(self, key: str, caps: dict[str, str], fan: dict[str, str] | None = None) -> str:
         try:
             return self._fn(caps, fan)
-        except (KeyError, ArithmeticError):
+        except (KeyError, ArithmeticError, ValueError):  # ValueError: a number past int()'s 4300 digits
             self._diagnose(key, {**caps, **(fan or {})})
             raise  # pragma: no cover - _diagnose always raises
 
@@ -504,10 +506,14 @@ class _Renderer:
         values: dict[str, Any] = dict(caps)
         for part in self.rule.target.parts:
             if isinstance(part, Subst):
-                value = self._eval(part.expr, values, key, part.span)
+                try:
+                    value = self._eval(part.expr, values, key, part.span)
+                    text = str(value)
+                except ValueError:  # int() and str() refuse numbers of more than 4300 digits
+                    raise PlanError(f"key {shown(key)}: {_too_long(caps)}", part.span) from None
                 if isinstance(value, int) and value < 0:
-                    raise PlanError(f"template arithmetic gives {value} for key '{key}'", part.span)
-        raise PlanError(f"cannot render the target for key '{key}'", self.rule.target.span)
+                    raise PlanError(f"template arithmetic gives {clip(text, 40)} for key {shown(key)}", part.span)
+        raise PlanError(f"cannot render the target for key {shown(key)}", self.rule.target.span)
 
     def _eval(self, expr, values, key, span):
         if isinstance(expr, Ref):
@@ -520,12 +526,12 @@ class _Renderer:
             k = str(self._eval(expr.key, values, key, span))
             table = self.tables[expr.table]
             if k not in table:
-                raise PlanError(f"table '{expr.table}' has no entry '{k}' (for key '{key}')", expr.span)
+                raise PlanError(f"table '{expr.table}' has no entry {shown(k)} (for key {shown(key)})", expr.span)
             return table[k]
         left = int(self._eval(expr.left, values, key, span))
         right = int(self._eval(expr.right, values, key, span))
         if expr.op in ("//", "%") and right == 0:
-            raise PlanError(f"division by zero in the template for key '{key}'", span)
+            raise PlanError(f"division by zero in the template for key {shown(key)}", span)
         if expr.op == "+":
             return left + right
         if expr.op == "-":
@@ -539,8 +545,13 @@ class _Renderer:
         """Keys of one group render the same target: the same values of the captures it uses."""
         return tuple(caps.get(n) for n in self._key_names)
 
-    def _value(self, cap: Capture, text: str):
-        return int(text) if cap.type == "int" else text
+    def _value(self, cap: Capture, text: str, key: str):
+        if cap.type != "int":
+            return text
+        try:
+            return int(text)
+        except ValueError:  # more than 4300 digits
+            raise PlanError(f"key {shown(key)}: {_too_long({cap.name: text})}", self.rule.span) from None
 
     def _rank(self, cap: Capture, value) -> Any:
         """Where a value of a merge axis goes: alternatives and table keys in the order
@@ -554,7 +565,7 @@ class _Renderer:
     def plan_group(self, members: list[tuple[str, dict[str, str]]], keys: Mapping[str, TensorInfo]) -> list[Step]:
         """Plan every output of one group: walk the actions over the grid of its tensors."""
         axes = self.axes
-        coords = [{a.name: self._value(a, caps[a.name]) for a in axes} for _, caps in members]
+        coords = [{a.name: self._value(a, caps[a.name], key) for a in axes} for key, caps in members]
         order = sorted(range(len(members)), key=lambda i: tuple(self._rank(a, coords[i][a.name]) for a in axes))
         inputs = tuple(members[i][0] for i in order)
         infos = tuple(keys[k] for k in inputs)
@@ -609,7 +620,7 @@ class _Walk:
         else:
             groups = [[j] for j in range(len(tensors))]
         try:
-            results = [d.infer(p, [act.Typed(tensors[j].shape, tensors[j].dtype) for j in g], action) for g in groups]
+            results = [d.outputs(p, [act.Typed(tensors[j].shape, tensors[j].dtype) for j in g], action) for g in groups]
         except PlanError as exc:
             if not d.names_inputs or exc.span != action.span:
                 raise
@@ -700,3 +711,12 @@ class _Walk:
                                str(values.get(p.name, "{" + str(p.name) + "}")) if p.name else
                                ("*" if p.type == "segment" else "**") for p in pattern.parts))
         return out
+
+
+def _too_long(caps: Mapping[str, str]) -> str:
+    """Why a key's number cannot be computed with: which capture holds how many digits."""
+    long = [(n, t) for n, t in caps.items() if isinstance(t, str) and len(t) > 100 and t.lstrip("-").isdigit()]
+    held = (f"{{{long[0][0]}}} captures a number of {len(long[0][1]):,} digits" if long
+            else "the template's arithmetic gives a number")
+    return (f"{held}, more than Python computes with ({sys.get_int_max_str_digits():,} digits); "
+            "numbers in keys and templates are bounded by it")

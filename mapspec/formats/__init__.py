@@ -4,33 +4,46 @@ directory, a list or glob of shards) open as one source over the union of their 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from ..core import paths
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
 from .atomic import AtomicPath
 from .protocol import Extent, Sink, Source, SourceBase
 from .selection import Selected
 from .reading import location
+from .remote import is_url
 from .registry import Format, Guarded, by_name, by_suffix, formats, known_names, open_file, sniff
 
 def open_source(path: str | Path | Sequence[str | Path], fmt: str | None = None, select: str | None = None,
-                epoch: int | None = None) -> Source:
+                epoch: int | None = None, role: str = "checkpoint") -> Source:
     """A lazy source. `path` is a checkpoint file, a format directory (OneFlow), a shard index
     (`*.index.json`), a model directory holding one or a single checkpoint file, a glob of
     shards, or a list of shard files. `select` picks a sub-tree; None lets a training
-    checkpoint pick its model part automatically; "" keeps the whole file."""
+    checkpoint pick its model part automatically; "" keeps the whole file. A path that
+    cannot be used is a CheckpointError naming it as `role` (checkpoint, --target, ...)."""
     from . import sharded
     from .mxnet import resolve_prefix
 
     if isinstance(path, (list, tuple)):
-        source: Source = sharded.ShardedSource.from_files([location(p) for p in path])
-    else:
-        path = resolve_prefix(location(path), epoch)
+        files = [location(p) if is_url(p) else paths.existing(p, f"{role} shard", kind="file", error=CheckpointError)
+                 for p in path]
+        source: Source = sharded.ShardedSource.from_files(files)
+    elif is_url(path):
+        path = location(path)
         if not path.exists() and not any(c in str(path) for c in "*?["):
-            raise CheckpointError(f"{path}: no such {'object' if hasattr(path, 'url') else 'file'}"
-                              f"{_epoch_hint(path) if epoch is None and isinstance(path, Path) else ''}")
+            raise CheckpointError(f"{path}: no such object")
+    else:
+        path = resolve_prefix(Path(paths.plain(path, role, CheckpointError)), epoch)
+        if os.path.lexists(path) or not any(c in str(path) for c in "*?["):  # not a glob of shards
+            try:
+                paths.existing(path, role, error=CheckpointError)
+            except CheckpointError as exc:
+                hint = _epoch_hint(path) if epoch is None and not os.path.lexists(path) else ""
+                raise CheckpointError(f"{exc}{hint}") from None
         source = sharded.open_path(path, fmt)
     try:
         auto = False
@@ -54,7 +67,7 @@ def _epoch_hint(path: Path) -> str:
     import re
 
     found = sorted(p.name for p in path.parent.glob(f"{glob.escape(path.name)}-*.params")
-                   if re.fullmatch(r"-[0-9]+\.params", p.name[len(path.name):]))
+                   if re.fullmatch(r"-[0-9]{1,9}\.params", p.name[len(path.name):]))
     if not found:
         return ""
     epoch = int(found[-1][len(path.name) + 1:-len(".params")])
@@ -62,8 +75,8 @@ def _epoch_hint(path: Path) -> str:
             f"it is an MXNet checkpoint prefix, add --epoch {epoch}")
 
 
-def read_infos(path: str | Path, select: str | None = None) -> dict[str, TensorInfo]:
-    source = open_source(path, select=select)
+def read_infos(path: str | Path, select: str | None = None, role: str = "checkpoint") -> dict[str, TensorInfo]:
+    source = open_source(path, select=select, role=role)
     try:
         return dict(source.infos())
     finally:

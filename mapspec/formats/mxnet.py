@@ -31,7 +31,7 @@ from .atomic import AtomicPath
 from .placement import copy_extent
 from .protocol import Extent, SinkBase, SourceBase
 from .registry import Format
-from .reading import MAX_EXPANDED_BYTES, location, open_bytes, RegularFile, shown
+from .reading import MAX_EXPANDED_BYTES, RegularFile, brief, location, open_bytes, shown
 
 FILE_MAGIC = 0x112
 V1, V2, V3 = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
@@ -314,10 +314,15 @@ class MXNetSink(SinkBase):
         self.atomic.abort()
 
 
+MAX_EPOCH = 10**9 - 1
+
+
 def resolve_prefix(path: Path, epoch: int | None) -> Path:
     """`dpn68` with epoch 0 -> `dpn68-0000.params`, as save_checkpoint names it."""
     if epoch is None:
         return path
+    if not 0 <= epoch <= MAX_EPOCH:
+        raise UsageError(f"--epoch {brief(epoch)}: an epoch is a number from 0 to {MAX_EPOCH:,}")
     if path.suffix == ".params" and path.exists():
         raise UsageError(f"--epoch goes with a checkpoint prefix, not a file ({path})")
     return path.with_name(f"{path.name}-{epoch:04d}.params")

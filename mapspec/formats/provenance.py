@@ -15,17 +15,20 @@ source checkpoint's name and sha256. Where it is kept depends on what the format
     GGUF         one metadata key `general.mapspec`, the record as JSON text (every other key is
                  the caller's; general.* is where llama.cpp keeps naming and provenance)
 
-The source's sha256 is computed in a background thread that reads the file once while the
-conversion runs, so it costs no wall time on a machine with a spare core; its reads come from
-the page cache the conversion fills anyway (bench/provenance_bench.py: hashing 1 GiB alone
-0.8 s, beside a 4 s conversion no measurable difference). On a loaded machine there is no
-spare core (sha256 runs at 0.75-1.5 GB/s here, slower than the copy), so the digest is also
-remembered per user under the file's change stamps (`cached_sha256`): converting the same
-source again, as one does while writing a spec, does not hash it again. A source
-directory (OneFlow) is hashed as its files in sorted order, each as `relative path NUL size
-NUL bytes`. The sha256 is the only value not known before the first tensor is written, so a
-format that writes its metadata first (safetensors) reserves its 64 characters and fills them
-in on commit.
+The source's sha256 (a single file's is the Hugging Face hub's LFS object id, so a source
+can be checked against the hub) is computed off the critical path: on worker threads (other
+cores: hashlib releases the GIL) while the conversion runs, in the order the conversion reads
+the files, so its reads come from the page cache the copy fills anyway. A sharded source's
+shards are hashed in parallel, each recorded under `source_files` (name: size and sha256,
+each an LFS id) and `source_sha256` is the sha256 of the lines `name NUL size NUL sha256 LF`
+of the shards in name order. Digests are remembered per user under each file's change stamps
+(`cached_sha256`): converting the same source again, as one does while writing a spec, does
+not hash it again. A source directory (OneFlow) is hashed as its files in sorted order, each
+as `relative path NUL size NUL bytes`. `apply --no-hash` hashes nothing: the record holds
+`source_files` with each file's size and modification time, `source_sha256` null and
+`source_hash` saying so. The sha256s are the only values not known before the first tensor
+is written, so a format that writes its metadata first (safetensors) reserves their 64
+characters each and fills them in on commit.
 """
 
 from __future__ import annotations
@@ -108,7 +111,16 @@ REMEMBER_FROM = 64 << 20  # bytes: smaller sources hash in milliseconds; no cach
 
 
 def _size(path: Path) -> int:
+    if hasattr(path, "url"):
+        return int(path.fs.size(path.path))
     return sum(f.stat().st_size for f in _files(path))
+
+
+def _unhashed(path: Path) -> dict[str, Any]:
+    """What --no-hash records of a file: its size, and its modification time where local."""
+    if hasattr(path, "url"):
+        return {"size": _size(path)}
+    return {"size": _size(path), "modified": _mtime(path)}
 
 
 def _last_change(path: Path) -> int:
@@ -145,27 +157,66 @@ def remote_sha256(url) -> str:
     return h.hexdigest()
 
 
-class _Digest(threading.Thread):
-    """The source's sha256, computed beside the conversion."""
+def _object_sha256(url) -> str:
+    """A shard on a store: its own sha256 if the store keeps one, else its bytes hashed."""
+    from .remote import content_hash
 
-    def __init__(self, path: Path):
-        super().__init__(name="mapspec-sha256", daemon=True)
-        self.path = path
-        self.value: str | None = None
+    known = content_hash(url)
+    return known[1] if known and known[0] == "sha256" else remote_sha256(url)
+
+
+HASH_THREADS = max(1, os.cpu_count() or 1)  # files hashed at once, at most
+
+
+class _Digests:
+    """The sha256 of each of `files`, computed beside the conversion: up to HASH_THREADS
+    daemon threads take the files in the given order (the order the conversion reads them)."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+        self.values: dict[Path, str] = {}
         self.error: BaseException | None = None
-        self.start()
+        self._next = iter(files)
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, name=f"mapspec-sha256-{i}", daemon=True)
+                        for i in range(min(len(files), HASH_THREADS))]
+        for t in self.threads:
+            t.start()
 
-    def run(self) -> None:
-        try:
-            self.value = remote_sha256(self.path) if hasattr(self.path, "url") else cached_sha256(self.path)
-        except BaseException as exc:  # reported by result(), in the caller's thread
-            self.error = exc
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                path = next(self._next, None)
+                if path is None or self.error is not None:
+                    return
+            try:
+                value = _object_sha256(path) if hasattr(path, "url") else cached_sha256(path)
+            except BaseException as exc:  # reported by result(), in the caller's thread
+                with self._lock:
+                    self.error = exc
+                return
+            with self._lock:
+                self.values[path] = value
 
-    def result(self) -> str:
-        self.join()
+    def result(self) -> dict[Path, str]:
+        for t in self.threads:
+            t.join()
         if self.error is not None:
             raise self.error
-        return self.value
+        return self.values
+
+
+def _mtime(path: Path) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(path.stat().st_mtime))
+
+
+def combined_sha256(files: Mapping[str, Mapping[str, Any]]) -> str:
+    """A sharded source's one digest: sha256 of `name NUL size NUL sha256 LF` per shard, in
+    name order (each shard's own sha256 is in `source_files`)."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}\0{files[name]['size']}\0{files[name]['sha256']}\n".encode())
+    return h.hexdigest()
 
 
 class Provenance:
@@ -173,7 +224,9 @@ class Provenance:
 
     def __init__(self, *, spec_file: str | None, includes: tuple[str, ...] = (), source: Path,
                  params: Mapping[str, Any] | None = None, direction: str = "forward",
-                 select: str | None = None):
+                 select: str | None = None, shards: tuple[Path, ...] = (), hash: bool = True):
+        """`shards`: the files of a sharded source (each hashed and recorded); `hash=False`
+        (--no-hash): sizes and modification times only."""
         self.fields: dict[str, Any] = {"version": __version__}
         if spec_file is not None:
             self.fields["spec"] = Path(spec_file).name
@@ -185,27 +238,48 @@ class Provenance:
         self.fields["direction"] = direction
         if select:
             self.fields["select"] = select
-        self.fields["source"] = source.name if hasattr(source, "url") else Path(source).name
-        self._known: tuple[str, str] | None = None
-        if hasattr(source, "url"):  # on a store: its own checksum if it keeps one, no second read
+        remote = hasattr(source, "url")
+        self.fields["source"] = source.name if remote else Path(source).name
+        self._shards = [p if hasattr(p, "url") else Path(p) for p in shards]
+        files = self._shards or [source if remote else Path(source)]
+        self._final: dict[str, Any] | None = None  # the whole record, once known (see resolved)
+        self._digests: _Digests | None = None
+        if not hash:
+            self.fields["source_files"] = {_name(f, source): _unhashed(f) for f in files}
+            self.fields["source_sha256"] = None
+            self.fields["source_hash"] = "none (--no-hash): the source is recorded by sizes and modification times only"
+            return
+        if remote and not self._shards:  # one object on a store: its own checksum if it keeps one
             from .remote import content_hash
 
-            self._known = content_hash(source)
-        self._digest = None if self._known else _Digest(source if hasattr(source, "url") else Path(source))
+            known = content_hash(source)
+            if known is not None:
+                algo, value = known
+                self._final = {**self.fields, f"source_{algo}": value}
+                return
+        self._digests = _Digests(files)
+        if self._shards:
+            self.fields["source_files"] = {f.name: {"size": _size(f), "sha256": _PLACEHOLDER} for f in self._shards}
 
     def record(self, final: bool = True) -> dict[str, Any]:
-        if self._known is not None:  # the store's checksum, known before anything is written
-            algo, value = self._known
-            return {**self.fields, f"source_{algo}": value}
-        sha = self._digest.result() if final else _PLACEHOLDER
-        return {**self.fields, "source_sha256": sha}
+        if self._final is not None:
+            return dict(self._final)
+        if self._digests is None:
+            return dict(self.fields)
+        if not final:
+            return {**self.fields, "source_sha256": _PLACEHOLDER}
+        values = self._digests.result()
+        if not self._shards:
+            return {**self.fields, "source_sha256": values[self._digests.files[0]]}
+        files = {f.name: {"size": _size(f), "sha256": values[f]} for f in self._shards}
+        return {**self.fields, "source_files": files, "source_sha256": combined_sha256(files)}
 
     def resolved(self) -> "Provenance":
         """This record with the source's checksum waited for: picklable, to hand to workers
         (Ray), which then write exactly what one process would."""
-        if self._known is None:
-            self._known = ("sha256", self._digest.result())
-            self._digest = None
+        if self._final is None:
+            self._final = self.record(final=True)
+            self._digests = None
         return self
 
     def strings(self, final: bool = True) -> dict[str, str]:
@@ -222,6 +296,10 @@ class Provenance:
         tmp = final.with_name(f".{final.name}.part")
         tmp.write_text(self.json(), encoding="utf-8")
         os.replace(tmp, final)
+
+
+def _name(path: Path, source: Path) -> str:
+    return path.name if path != Path(source) else Path(source).name
 
 
 def _file_sha(path: str) -> str | None:
@@ -251,7 +329,7 @@ def from_strings(meta: Mapping[str, str]) -> dict[str, Any] | None:
         if not k.startswith(PREFIX):
             continue
         name = k[len(PREFIX):]
-        if name in ("params", "includes"):
+        if name in ("params", "includes", "source_files") or (name == "source_sha256" and v == "null"):
             try:
                 v = json.loads(v)
             except ValueError:

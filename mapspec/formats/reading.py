@@ -20,52 +20,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ..core.paths import reason
+from ..core.quoting import MAX_MESSAGE, MAX_NAME, MAX_QUOTE, brief, clip, shown, shown_path
 from ..errors import CheckpointError, MapspecError
 from .byterange import ByteRange
 
-MAX_MESSAGE = 400  # characters of an error message; longer ones are clipped
-MAX_NAME = 80  # characters of a name (a key, a member) quoted in a message
+# The quoting helpers are core.quoting's, named here too for the readers that use them.
+__all__ = ["MAX_MESSAGE", "MAX_NAME", "MAX_QUOTE", "MAX_EXPANDED_BYTES", "MAX_DEFLATE_RATIO", "brief", "clip",
+           "shown", "shown_path", "open_regular", "read_small", "RegularFile", "reading", "ZipMembers"]
+
 # Values a file holds without storing them (torch views with stride 0, MXNet sparse arrays
 # read as dense) may expand, all together, to at most this many bytes per file.
 MAX_EXPANDED_BYTES = 256 << 20
 # Deflate cannot expand data more than 1032:1; a member claiming more is lying.
 MAX_DEFLATE_RATIO = 1032
-
-
-def clip(text: str, limit: int = MAX_MESSAGE) -> str:
-    """`text`, cut to `limit` characters with a note of how much was left out."""
-    text = str(text)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text) - limit} more characters)"
-
-
-def brief(value: object, depth: int = 0) -> str:
-    """A short rendering of a value from a file, made here, never through its own repr():
-    a pickle can build values whose repr() is astronomically long."""
-    if isinstance(value, str):
-        return repr(value[:MAX_NAME] + ("..." if len(value) > MAX_NAME else ""))
-    if isinstance(value, (bytes, bytearray)):
-        return f"<{len(value)} bytes>"
-    if value is None or isinstance(value, (bool, float)):
-        return repr(value)
-    if isinstance(value, int):
-        return repr(value) if value.bit_length() <= 256 else f"<integer of {value.bit_length()} bits>"
-    if isinstance(value, (tuple, list)):
-        open_, close = ("(", ")") if isinstance(value, tuple) else ("[", "]")
-        if depth >= 2:
-            return f"{open_}...{close}"
-        items = [brief(v, depth + 1) for v in value[:8]] + (["..."] if len(value) > 8 else [])
-        return open_ + ", ".join(items) + ("," if len(value) == 1 and open_ == "(" else "") + close
-    return f"<{type(value).__name__}>"
-
-
-def shown(name: object) -> str:
-    """A name from a file, quoted for a message: printable and at most MAX_NAME characters."""
-    text = name if isinstance(name, str) else brief(name)
-    if len(text) > MAX_NAME:
-        text = f"{text[:MAX_NAME]}...({len(text)} characters)"
-    return repr(text) if not text.isprintable() else f"'{text}'"
 
 
 def _kind(mode: int) -> str:
@@ -179,7 +147,7 @@ def reading(path: Path | str) -> Iterator[None]:
     try:
         yield
     except CheckpointError as exc:
-        if len(str(exc)) > MAX_MESSAGE:
+        if clip(str(exc)) != str(exc):  # too long, or quoting unprintable bytes
             raise CheckpointError(clip(str(exc))) from None
         raise
     except MapspecError:
@@ -190,11 +158,11 @@ def reading(path: Path | str) -> Iterator[None]:
     except RecursionError:
         raise CheckpointError(f"{path}: nested too deeply to read") from None
     except OSError as exc:
-        raise CheckpointError(clip(f"{path}: {exc.strerror or exc}")) from None
-    except zipfile.BadZipFile as exc:
-        raise CheckpointError(clip(f"{path}: corrupt zip archive ({exc})")) from None
+        raise CheckpointError(f"{shown_path(path)}: {reason(exc)}") from None
+    except zipfile.BadZipFile as exc:  # its message may quote the archive's raw bytes: a short excerpt
+        raise CheckpointError(f"{shown_path(path)}: corrupt zip archive ({clip(exc, MAX_QUOTE)})") from None
     except Exception as exc:  # noqa: BLE001 - any parse failure is bad input, not a crash
-        raise CheckpointError(clip(f"{path}: unreadable ({type(exc).__name__}: {exc})")) from None
+        raise CheckpointError(f"{shown_path(path)}: unreadable ({type(exc).__name__}: {clip(exc, MAX_QUOTE)})") from None
 
 
 class ZipMembers:
@@ -254,7 +222,7 @@ class ZipMembers:
             try:
                 data = inflate.decompress(raw, info.file_size + 1)
             except zlib.error as exc:
-                raise CheckpointError(f"{self.path}: member {name} does not inflate ({exc})") from None
+                raise CheckpointError(f"{self.path}: member {name} does not inflate ({clip(exc, MAX_QUOTE)})") from None
         if len(data) != info.file_size:
             raise CheckpointError(f"{self.path}: member {name} holds {len(data)} bytes, "
                                   f"its directory entry says {info.file_size}")

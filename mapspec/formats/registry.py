@@ -7,10 +7,13 @@ from here, so adding a format is one module plus one name in that list."""
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
+from ..core import paths
+from ..core.quoting import shown_path
 from ..core.tensorinfo import TensorInfo
 from ..errors import CheckpointError, UsageError
 from .protocol import Extent, Source, SourceBase
@@ -108,8 +111,12 @@ def sniff(path: Path) -> str:
 def open_file(path: Path, fmt: str | None = None) -> Source:
     """One checkpoint file (or format directory) through its format's source."""
     path = location(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
+    if isinstance(path, Path):
+        if not os.path.lexists(path):
+            raise CheckpointError(f"{shown_path(path)}: no such file")
+        paths.existing(path, "checkpoint", error=CheckpointError)
+    elif not path.exists():
+        raise CheckpointError(f"{path}: no such object")
     cls = (by_name(fmt) if fmt else by_name(sniff(path))).source
     with reading(path):
         return Guarded(cls(path))

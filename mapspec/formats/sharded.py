@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 from collections import deque
 from pathlib import Path
@@ -23,7 +24,9 @@ from typing import Mapping, Sequence
 
 from ..core.lazy import numpy as np
 
+from ..core import paths
 from ..core.background import Job, Worker
+from ..core.quoting import MAX_QUOTE, clip, shown, shown_path
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
 from .atomic import AtomicPath
@@ -101,8 +104,10 @@ class ShardedSource(SourceBase):
         self.shards = tuple(shards)
         missing = _missing(self.shards)
         if missing:
-            raise CheckpointError(f"{path}: shard {missing[0].name} is missing"
+            raise CheckpointError(f"{shown_path(path)}: shard {shown_path(missing[0].name)} is missing"
                                   + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        for shard in self.shards:  # a loop, a folder, no permission: said before any is opened
+            paths.existing(shard, f"{shown_path(path)}: shard", kind="file", error=CheckpointError)
         self._sources = []
         self._owner: dict[str, SourceBase] = {}
         self._infos: dict[str, TensorInfo] = {}
@@ -111,7 +116,7 @@ class ShardedSource(SourceBase):
                 shard = source.path
                 for key, info in source.infos().items():
                     if key in self._owner:
-                        raise CheckpointError(f"{path}: tensor '{key}' is in both {_where(self._owner[key])} "
+                        raise CheckpointError(f"{path}: tensor {shown(key)} is in both {_where(self._owner[key])} "
                                               f"and {shard.name}")
                     self._owner[key] = source
                     self._infos[key] = info
@@ -119,7 +124,7 @@ class ShardedSource(SourceBase):
                 owner = self._owner.get(key)
                 if owner is None or owner.path.name != name:
                     held = f"it is in {owner.path.name}" if owner is not None else "no shard holds it"
-                    raise CheckpointError(f"{path}: the index puts tensor '{key}' in {name}, but {held}")
+                    raise CheckpointError(f"{path}: the index puts tensor {shown(key)} in {name}, but {held}")
         except BaseException:
             self.close()
             raise
@@ -137,15 +142,18 @@ class ShardedSource(SourceBase):
         except OSError as exc:
             raise CheckpointError(f"{index}: {exc.strerror}") from None
         except (ValueError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{index}: not a valid JSON shard index ({exc})") from None
+            raise CheckpointError(f"{shown_path(index)}: not a valid JSON shard index ({clip(exc, MAX_QUOTE)})") from None
+        except RecursionError:
+            raise CheckpointError(f"{shown_path(index)}: a shard index nested too deeply to read") from None
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                        for k, v in weight_map.items()):
             raise CheckpointError(f"{index}: a shard index needs a 'weight_map' object of tensor -> file name")
         names = list(dict.fromkeys(weight_map.values()))
         for name in names:  # shards are file names beside the index, never paths elsewhere
-            if name in ("", ".", "..") or "/" in name or "\\" in name:
-                raise CheckpointError(f"{index}: shard name {name!r} is not a file name beside the index")
+            if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+                raise CheckpointError(f"{shown_path(index)}: shard name {shown(name)} is not a file name beside "
+                                      "the index")
         return cls(index, [index.parent / n for n in sorted(names)], weight_map)
 
     def infos(self) -> Mapping[str, TensorInfo]:
@@ -169,14 +177,25 @@ class ShardedSource(SourceBase):
         self._sources = []
 
 
+def _absent(path: Path) -> bool:
+    """No file by that name (a name that cannot be looked up at all is another error)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
 def _missing(shards: Sequence[Path]) -> list[Path]:
     """The shards that are not there: one listing per folder for objects on a store (not a
-    request per shard), a stat each for local files."""
+    request per shard), an lstat each for local files."""
     remote = [p for p in shards if hasattr(p, "url")]
     if not remote:
-        return [p for p in shards if not p.is_file()]
+        return [p for p in shards if _absent(p)]
     present = {q.url for folder in {p.parent for p in remote} for q in folder.iterdir()}
-    return [p for p in shards if (p.url not in present if hasattr(p, "url") else not p.is_file())]
+    return [p for p in shards if (p.url not in present if hasattr(p, "url") else _absent(p))]
 
 
 OPEN_REMOTE = 16  # shards on a store whose headers are fetched at once
@@ -222,13 +241,14 @@ def parse_size(size: int | str) -> int:
     if isinstance(size, int):
         n = size
     else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", size)
+        m = re.fullmatch(r"\s*(\d{1,20}(?:\.\d{1,20})?)\s*([A-Za-z]*)\s*", size)
         unit = m and m[2].upper()
         if not m or unit not in UNITS:
-            raise UsageError(f"--max-shard-size {size!r}: expected a size such as 5GB, 500MB, 2GiB or bytes")
+            raise UsageError(f"--max-shard-size {shown(size)}: expected a size such as 5GB, 500MB, 2GiB or bytes "
+                             "(at most 20 digits)")
         n = int(float(m[1]) * UNITS[unit])
     if n <= 0:
-        raise UsageError(f"--max-shard-size must be positive (got {size!r})")
+        raise UsageError(f"--max-shard-size must be positive (got {shown(str(size))})")
     return n
 
 
@@ -264,7 +284,14 @@ class ShardedSink(SinkBase):
     worker thread each), so while one lane finishes a shard the next shard's copies start
     on the other, and two copies' reads are in flight at once (2 GB into 500 MB shards:
     0.57x the time of one after another, paired runs). A shard's records keep plan order:
-    its copies run in order on its lane, and a tensor written from memory waits for them."""
+    its copies run in order on its lane, and a tensor written from memory waits for them.
+
+    Progress is reported when a copy is done on its lane, not when it is queued (up to
+    MAX_QUEUED ahead): `progress` (set by whoever runs the sink, see core/progress.py)
+    hears the bytes of each finished write, from the lane that wrote them."""
+
+    reports_progress = True
+    progress = None  # Callable[[int], None]: bytes written, called as each write finishes
 
     def __init__(self, path: Path, fmt: Format, outputs: Mapping[str, TensorInfo], max_shard_size: int | str,
                  metadata=None, copied_from: Mapping[str, int] | None = None,
@@ -315,6 +342,7 @@ class ShardedSink(SinkBase):
         sink = self.route[name]
         self._drain(sink)  # the shard's queued copies first: its records stay in plan order
         sink.write(name, array)
+        self._written(array.nbytes)
 
     def write_region(self, name: str, extent: Extent) -> bool:
         """Queued on the shard's lane (see the class doc); True at once, as every shard
@@ -322,12 +350,22 @@ class ShardedSink(SinkBase):
         commit."""
         self._raise_failed()
         sink = self.route[name]
-        job = self._lane[id(sink)].submit(Job(lambda job: _copied(sink, name, extent)))
+        job = self._lane[id(sink)].submit(Job(lambda job: self._copy(sink, name, extent)))
         self.queued.setdefault(id(sink), deque()).append(job)
         self.inflight.append(job)
         while len(self.inflight) > MAX_QUEUED:  # a million tiny tensors must not all wait in memory
             self.inflight.popleft().result()
         return True
+
+    def _copy(self, sink, name: str, extent: Extent) -> None:
+        """On a lane: the copy, then its bytes reported as written."""
+        if not sink.write_region(name, extent):  # pragma: no cover - every shard format copies regions
+            raise RuntimeError(f"{type(sink).__name__} declined to copy '{name}'")
+        self._written(extent.nbytes)
+
+    def _written(self, nbytes: int) -> None:
+        if self.progress is not None:
+            self.progress(nbytes)
 
     def _drain(self, sink) -> None:
         for job in self.queued.pop(id(sink), ()):
@@ -366,8 +404,3 @@ def index_blob(weight_map: Mapping[str, str], total: int) -> bytes:
     """The shard index file's bytes, as transformers writes it (`total_size`: tensor bytes)."""
     data = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
-def _copied(sink, name: str, extent: Extent) -> None:
-    if not sink.write_region(name, extent):  # pragma: no cover - every shard format copies regions
-        raise RuntimeError(f"{type(sink).__name__} declined to copy '{name}'")

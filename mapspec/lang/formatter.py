@@ -8,9 +8,12 @@ it. Runs of blank lines become one. Formatting formatted text changes nothing.
 
 from __future__ import annotations
 
+import bisect
+
 from lark import Token, Tree
 
 from . import grammar
+from ..errors import Span, SpecError
 
 WIDTH = 100
 _PREC = {"add": 1, "sub": 1, "mul": 2, "floordiv": 2, "mod": 2}
@@ -21,14 +24,24 @@ def format_text(text: str, file: str = "<spec>") -> str:
     tree, comments = grammar.parse_statements(text, file)
     statements = tree.children
     by_line: dict[int, Token] = {c.line: c for c in comments}
+    order = sorted(by_line)  # comment lines; those before `cursor` are all emitted
+    cursor = 0
     used: set[int] = set()
     out: list[str] = []
     prev_end = 0
+    blank = [not line.strip() for line in text.splitlines()]
+
+    def blank_between(after: int, before: int) -> bool:
+        return any(blank[after:max(after, before - 1)])
 
     def emit_comments_before(line: int) -> None:
-        nonlocal prev_end
-        for cl in sorted(l for l in by_line if l < line and l not in used):
-            if out and cl > prev_end + 1 and _blank_between(text, prev_end, cl):
+        nonlocal prev_end, cursor
+        while cursor < len(order) and order[cursor] < line:
+            cl = order[cursor]
+            cursor += 1
+            if cl in used:
+                continue
+            if out and cl > prev_end + 1 and blank_between(prev_end, cl):
                 out.append("")
             out.append(str(by_line[cl]))
             used.add(cl)
@@ -37,14 +50,18 @@ def format_text(text: str, file: str = "<spec>") -> str:
     for st in statements:
         start, end = st.meta.line, st.meta.end_line
         emit_comments_before(start)
-        inner = [l for l in by_line if start <= l < end and l not in used]
-        if out and start > prev_end + 1 and _blank_between(text, prev_end, start):
+        inner = [l for l in order[cursor:bisect.bisect_left(order, end)] if l not in used]
+        if out and start > prev_end + 1 and blank_between(prev_end, start):
             out.append("")
         if st.data != "table":
             for l in sorted(inner):  # comments inside a multi-line statement move above it
                 out.append(str(by_line[l]))
                 used.add(l)
-        lines = _statement(st, text, file, by_line, used)
+        try:
+            lines = _statement(st, text, file, by_line, used)
+        except RecursionError:  # the same bound as parsing: an error at the statement, not a crash
+            raise SpecError("this statement nests too deeply to read",
+                            Span(file, start, st.meta.column, st.meta.end_line, st.meta.end_column), text) from None
         trailing = by_line.get(end)
         if trailing is not None and end not in used and trailing.column > st.meta.end_column - 1:
             lines[-1] += "  " + str(trailing)
@@ -53,11 +70,6 @@ def format_text(text: str, file: str = "<spec>") -> str:
         prev_end = end
     emit_comments_before(10**9)
     return "\n".join(out).rstrip("\n") + "\n" if out else ""
-
-
-def _blank_between(text: str, after: int, before: int) -> bool:
-    lines = text.splitlines()
-    return any(not lines[i - 1].strip() for i in range(after + 1, before) if 0 < i <= len(lines))
 
 
 def _statement(st: Tree, text: str, file: str, comments: dict[int, Token], used: set[int]) -> list[str]:

@@ -8,6 +8,8 @@ from pathlib import Path
 from lark import Token, Tree
 
 from . import grammar, keyscan
+from ..core import paths
+from ..core.quoting import shown_path
 from ..errors import Span, SpecError
 from ..core.nogc import without_gc
 from .rules import (
@@ -47,13 +49,20 @@ MAX_SPEC_BYTES = 16 << 20
 
 
 def read_spec(path: str | Path) -> str:
-    """A spec's text. Only regular files: a FIFO or /dev/zero would hang or never end."""
+    """A spec's text. Only regular files: a FIFO or /dev/zero would hang or never end. A path
+    that cannot be opened is an OSError (a NUL byte in it too: EINVAL), whose reason
+    `paths.reason` words."""
+    import errno
     import os
     import stat
 
+    if "\0" in os.fspath(path):
+        raise OSError(errno.EINVAL, "the path holds a NUL byte, which no file name can")
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens without a writer
     try:
         st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.EISDIR, "a folder, not a spec file")
         if not stat.S_ISREG(st.st_mode):
             raise OSError("not a regular file")
         if st.st_size > MAX_SPEC_BYTES:
@@ -63,6 +72,8 @@ def read_spec(path: str | Path) -> str:
     finally:
         os.close(fd)
     return data.decode("utf-8")
+
+
 MAX_DEPTH = 100  # operators in one expression, nested: far beyond any real spec
 
 
@@ -76,23 +87,42 @@ def parse_spec(path: str | Path | None = None, *, text: str | None = None, name:
         try:
             text = read_spec(path)
         except (OSError, UnicodeDecodeError) as exc:
-            raise SpecError(f"cannot read spec {file}: {_reason(exc)}") from None
+            raise SpecError(f"cannot read spec {shown_path(file)}: {unreadable(exc)}") from None
     else:
         file = name or (str(path) if path else "<spec>")
     return _Builder(file, text, stack=()).build(root=True)
 
 
-def _reason(exc: Exception) -> str:
+def unreadable(exc: Exception) -> str:
+    """Why a spec file could not be read, in words."""
     if isinstance(exc, UnicodeDecodeError):
         return f"not UTF-8 text (byte {exc.start})"
-    return getattr(exc, "strerror", None) or str(exc)
+    return paths.reason(exc) if isinstance(exc, OSError) else str(exc)
+
+
+def _string(token: object) -> str:
+    """The value of a quoted string the grammar accepted. Python's parser refuses a raw NUL
+    in source text, so one inside the quotes is read as the escape `\\x00` would be."""
+    return ast.literal_eval(str(token).replace("\0", "\\x00"))
+
+
+def _identity(file: str) -> str:
+    """What tells two spec files apart for include cycles: the resolved path, or the name of
+    a spec given as text (`<spec>`, or a file name that need not exist: `draft -o` names
+    its text after the output; a name that cannot be resolved stays as it is)."""
+    if file.startswith("<"):
+        return file
+    try:
+        return str(Path(file).resolve())
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return file
 
 
 class _Builder:
     def __init__(self, file: str, text: str, stack: tuple[str, ...]):
         self.file = file
         self.text = text
-        self.stack = stack + (str(Path(file).resolve()) if not file.startswith("<") else file,)
+        self.stack = stack + (_identity(file),)
 
     # -------------------------------------------------------------- helpers
     def span_tok(self, tok: Token, length: int | None = None) -> Span:
@@ -118,59 +148,62 @@ class _Builder:
         assertions: list[Assertion] = []
         body_started = False
         for st in tree.children:
-            kind = st.data
-            span = self.span_tree(st)
-            if kind in ("version", "frameworks", "select"):
-                if kind in seen:
-                    raise self.error(f"'{_HEADER_WORD[kind]}' is given twice (first at line {seen[kind].line})", span)
-                if body_started:
-                    raise self.error(f"'{_HEADER_WORD[kind]}' belongs in the header, before tables and rules", span)
-                if not root and kind != "version":
-                    raise self.error(f"an included file cannot set '{_HEADER_WORD[kind]}'; set it in the including spec", span)
-                seen[kind] = span
-                header = self._header(st, header, span)
-                continue
-            body_started = True
-            if kind == "include":
-                sub = self._include(st)
-                includes.append(sub.file)
-                includes.extend(sub.includes)
-                tables.extend(sub.tables)
-                rules.extend(sub.rules)
-                definitions.extend(sub.definitions)
-                assertions.extend(sub.assertions)
-            elif kind == "table":
-                tables.append(self._table(st))
-            elif kind == "rename":
-                rules.append(self._rename(st))
-            elif kind == "copy":
-                rules.append(self._copy(st))
-            elif kind == "drop":
-                rules.append(self._drop(st.children, span))
-            elif kind == "keep":
-                rules.append(self._keep(st.children, span))
-            elif kind == "optional":
-                inner = st.children[0]
-                rule = (self._rename(inner) if inner.data == "rename" else self._keep(inner.children, span)
-                        if inner.data == "keep" else
-                        self._drop(inner.children, span))
-                rules.append(rule.model_copy(update={"optional": True, "span": span}))
-            elif kind == "otherwise":
-                rules.append(self._rename(st.children[0]).model_copy(update={"otherwise": True, "span": span}))
-            elif kind == "otherwise_keep":
-                rules.append(self._keep([self._everything(st)] + st.children, span).model_copy(
-                    update={"otherwise": True}))
-            elif kind == "otherwise_drop":
-                rules.append(DropRule(patterns=(self._everything(st),), span=span, otherwise=True))
-            elif kind == "param":
-                definitions.append(self._param(st, span))
-            elif kind == "let":
-                name_tok, line = st.children
-                definitions.append(Let(name=str(name_tok), expr=self._line(line), span=self.span_tok(name_tok)))
-            elif kind == "assertion":
-                assertions.append(self._assertion(st.children[0], span))
-            else:  # pragma: no cover - the grammar has no other statements
-                raise self.error(f"unknown statement {kind}", span)
+            try:
+                kind = st.data
+                span = self.span_tree(st)
+                if kind in ("version", "frameworks", "select"):
+                    if kind in seen:
+                        raise self.error(f"'{_HEADER_WORD[kind]}' is given twice (first at line {seen[kind].line})", span)
+                    if body_started:
+                        raise self.error(f"'{_HEADER_WORD[kind]}' belongs in the header, before tables and rules", span)
+                    if not root and kind != "version":
+                        raise self.error(f"an included file cannot set '{_HEADER_WORD[kind]}'; set it in the including spec", span)
+                    seen[kind] = span
+                    header = self._header(st, header, span)
+                    continue
+                body_started = True
+                if kind == "include":
+                    sub = self._include(st)
+                    includes.append(sub.file)
+                    includes.extend(sub.includes)
+                    tables.extend(sub.tables)
+                    rules.extend(sub.rules)
+                    definitions.extend(sub.definitions)
+                    assertions.extend(sub.assertions)
+                elif kind == "table":
+                    tables.append(self._table(st))
+                elif kind == "rename":
+                    rules.append(self._rename(st))
+                elif kind == "copy":
+                    rules.append(self._copy(st))
+                elif kind == "drop":
+                    rules.append(self._drop(st.children, span))
+                elif kind == "keep":
+                    rules.append(self._keep(st.children, span))
+                elif kind == "optional":
+                    inner = st.children[0]
+                    rule = (self._rename(inner) if inner.data == "rename" else self._keep(inner.children, span)
+                            if inner.data == "keep" else
+                            self._drop(inner.children, span))
+                    rules.append(rule.model_copy(update={"optional": True, "span": span}))
+                elif kind == "otherwise":
+                    rules.append(self._rename(st.children[0]).model_copy(update={"otherwise": True, "span": span}))
+                elif kind == "otherwise_keep":
+                    rules.append(self._keep([self._everything(st)] + st.children, span).model_copy(
+                        update={"otherwise": True}))
+                elif kind == "otherwise_drop":
+                    rules.append(DropRule(patterns=(self._everything(st),), span=span, otherwise=True))
+                elif kind == "param":
+                    definitions.append(self._param(st, span))
+                elif kind == "let":
+                    name_tok, line = st.children
+                    definitions.append(Let(name=str(name_tok), expr=self._line(line), span=self.span_tok(name_tok)))
+                elif kind == "assertion":
+                    assertions.append(self._assertion(st.children[0], span))
+                else:  # pragma: no cover - the grammar has no other statements
+                    raise self.error(f"unknown statement {kind}", span)
+            except RecursionError:  # whatever nests past Python's stack: an error at its statement
+                raise self.error("this statement nests too deeply to read", self.span_tree(st)) from None
         if seen:
             first = min(seen.values(), key=lambda s: (s.line, s.column))
             header = header.model_copy(update={"span": first})
@@ -201,10 +234,11 @@ class _Builder:
 
     def _include(self, st: Tree) -> Spec:
         tok = st.children[0]
-        rel = ast.literal_eval(str(tok))
+        rel = _string(str(tok))
         base = Path(self.file).parent if not self.file.startswith("<") else Path.cwd()
         path = (base / rel)
-        resolved = str(path.resolve())
+        span = self.span_tok(tok)
+        resolved = str(paths.resolve(path, "include", lambda m: self.error(m, span)))
         if resolved in self.stack:
             raise self.error(f"include cycle: {rel} includes itself", self.span_tok(tok))
         if len(self.stack) >= MAX_INCLUDE_DEPTH:
@@ -212,7 +246,7 @@ class _Builder:
         try:
             text = read_spec(path)
         except (OSError, UnicodeDecodeError) as exc:
-            raise self.error(f"cannot include {rel}: {_reason(exc)}", self.span_tok(tok)) from None
+            raise self.error(f"cannot include {shown_path(rel)}: {unreadable(exc)}", span) from None
         return _Builder(str(path), text, self.stack).build(root=False)
 
     def _table(self, st: Tree) -> Table:
@@ -273,7 +307,7 @@ class _Builder:
                     raise self.error(f"a parameter is int or str, not '{tok}'", self.span_tok(tok))
                 fields["type"] = str(tok)
             elif tok.type == "STRING":
-                fields["config_key"] = ast.literal_eval(str(tok))
+                fields["config_key"] = _string(str(tok))
             else:
                 fields["default"] = self._line(tok)
         return Param(**fields)
@@ -282,7 +316,7 @@ class _Builder:
         """The expression (or quoted string) of a LINE token."""
         tree = grammar.parse_fragment(tok, "expr_line", self.file, self.text).children[0]
         if isinstance(tree, Token):
-            return ast.literal_eval(str(tree))
+            return _string(str(tree))
         return self._expr(tree, tok)
 
     def _assertion(self, tok: Token, span: Span) -> Assertion:
@@ -290,7 +324,7 @@ class _Builder:
         left, op, right, *message = tree.children
         start = self._frag_span(tree, tok)
         return Assertion(left=self._expr(left, tok), op=str(op), right=self._expr(right, tok),
-                         message=ast.literal_eval(str(message[0])) if message else None,
+                         message=_string(str(message[0])) if message else None,
                          span=Span(self.file, span.line, span.column, start.end_line, start.end_column))
 
     # -------------------------------------------------------------- patterns
@@ -324,7 +358,7 @@ class _Builder:
         if kind == "lit":
             return Lit(text=str(part.children[0]))
         if kind == "quoted":
-            return Lit(text=ast.literal_eval(str(part.children[0])))
+            return Lit(text=_string(str(part.children[0])))
         span = self._frag_span(part, base)
         if kind == "single":
             return Capture(name=None, type="segment", span=span)
@@ -373,7 +407,7 @@ class _Builder:
             if kind == "lit":
                 item = Lit(text=str(part.children[0]))
             elif kind == "quoted":
-                item = Lit(text=ast.literal_eval(str(part.children[0])))
+                item = Lit(text=_string(str(part.children[0])))
             elif kind in ("single", "multi"):
                 raise self.error(
                     "a target cannot hold a wildcard; name it in the source ({name:*} or {name:**}) "
@@ -431,8 +465,10 @@ class _Builder:
                 pos.append(self._value(a))
         return Action(name=str(name_tok), args=tuple(pos), kwargs=tuple(kw), span=self.span_tree(t))
 
-    def _value(self, v):
+    def _value(self, v, depth: int = 0):
         kind = v.data
+        if depth > MAX_DEPTH:  # tuples in tuples: every later pass recurses over them too
+            raise self.error(f"an argument nested more than {MAX_DEPTH} levels deep", self.span_tree(v))
         if kind in ("ref", "number", "neg", "add", "sub", "mul", "floordiv", "mod", "lookup"):
             expr = self._expr(v, None)
             if isinstance(expr, Num):
@@ -443,14 +479,14 @@ class _Builder:
                 raise self.error("a table lookup is not an action argument", expr.span)
             return Calc(expr=expr, span=self.span_tree(v))
         if kind == "string":
-            return Text(value=ast.literal_eval(str(v.children[0])))
+            return Text(value=_string(str(v.children[0])))
         if kind == "tuple":
-            return Tuple(items=tuple(self._value(c) for c in v.children))
+            return Tuple(items=tuple(self._value(c, depth + 1) for c in v.children))
         if kind == "append":
-            inner = self._value(v.children[0])
+            inner = self._value(v.children[0], depth + 1)
             return Tuple(items=inner.items, append=True)
         if kind == "append_one":
-            return Tuple(items=(self._value(v.children[0]),), append=True)
+            return Tuple(items=(self._value(v.children[0], depth + 1),), append=True)
         raise TypeError(kind)  # pragma: no cover
 
 

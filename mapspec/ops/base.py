@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
-from ..errors import SpecError
+from ..core import dtypes
+from ..errors import PlanError, SpecError
 from ..lang.rules import Action, Tuple, Word
 from .args import Shape, format_shape
 from .blocks import keep_rows
@@ -135,6 +136,16 @@ class ActionDef:
         """One group's outputs (one, or every piece for a splitting action) and the resolved
         parameters that execute it. Errors are PlanErrors at `action`."""
         raise NotImplementedError
+
+    def outputs(self, p: Params, inputs: list[Typed], action: Action) -> tuple[list[Typed], Params]:
+        """`infer`, with every output's dimensions bounded (MAX_NDIM): what numpy would
+        refuse while converting is a PlanError at `action` while planning."""
+        outs, resolved = self.infer(p, inputs, action)
+        for t in outs:
+            if len(t.shape) > dtypes.MAX_NDIM:
+                raise PlanError(f"{action.name}() makes a tensor of {len(t.shape)} dimensions; tensors have at "
+                                f"most {dtypes.MAX_NDIM}", action.span)
+        return outs, resolved
 
     def piece(self, resolved: Params, index: int) -> Params:
         """The resolved parameters of a splitting action that compute output `index` only."""

@@ -107,7 +107,7 @@ def resolve(action: Action, in_shapes: Sequence[Shape], in_dtypes: str | Sequenc
     p = normalize(action)
     inputs = typed(in_shapes, in_dtypes)
     groups = [inputs] if d.merges else [[t] for t in inputs]
-    results = [d.infer(p, g, action) for g in groups]
+    results = [d.outputs(p, g, action) for g in groups]
     if d.splits:
         return planned(action.name, [results[0][1]], [o for outs, _ in results for o in outs])
     return planned(action.name, [res for _, res in results], [outs[0] for outs, _ in results])

@@ -12,6 +12,7 @@ from ..core.lazy import numpy as np
 from ..ops import actions as act
 from ..core import dtypes
 from ..core.background import Job, Worker
+from ..core.progress import Progress, metered
 from ..errors import MapspecError, OutputError
 from ..formats import open_source
 from ..formats.protocol import Extent
@@ -48,9 +49,10 @@ def copied_from(plan: Plan, source) -> dict[str, int]:
     return {step.output: e.offset for step in plan.steps if (e := source_extent(step, source)) is not None}
 
 
-def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = None) -> int:
+def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
     """Write every step of `plan` to `sink`; returns the tensor bytes written. `progress`
-    hears the running byte count after each tensor.
+    hears the bytes as the sink writes them (core/progress.py: a sink that writes later,
+    on worker threads, reports them itself when they are written, not when queued).
 
     A tensor passing through unchanged is copied file-to-file by the kernel; the others pass
     through numpy. While step i runs, step i + 1's inputs are brought in: a range to be
@@ -60,6 +62,7 @@ def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = N
     source happens on that one thread or, with none in flight, on this one: sources need
     not be thread-safe."""
     total = 0
+    sink = metered(sink, progress)
     steps = plan.steps
     # Steps that split one input read it several times: release it after its last use.
     last_use = {k: i for i, step in enumerate(steps) for k in step.inputs}
@@ -99,8 +102,6 @@ def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = N
                     if last_use[k] == i:
                         source.release(k)
             total += step.info.nbytes
-            if progress:
-                progress(total)
     finally:
         if ahead is not None:  # failed: the read in flight ends before the source is closed
             read_worker.cancel([ahead])
@@ -108,7 +109,7 @@ def execute(plan: Plan, source, sink, progress: Callable[[int], None] | None = N
 
 
 def convert_into(make_sink: Callable[[], object], plan: Plan, source,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Progress | None = None) -> None:
     """Open a sink, `execute` the plan into it and commit it; on any failure (the sink's own
     construction included) the sink removes what it wrote."""
     sink = None
@@ -163,6 +164,7 @@ class named_output_errors:
             raise OutputError(f"{self.output}: cannot write: {exc.strerror or exc}") from None
 
 
-def open_for(spec: Spec | None, checkpoint: str | Path, select: str | None, epoch: int | None):
+def open_for(spec: Spec | None, checkpoint: str | Path, select: str | None, epoch: int | None,
+             role: str = "checkpoint"):
     """The checkpoint's source, seen through --select or else the spec's own `select`."""
-    return open_source(checkpoint, select=select or (spec.header.select if spec else None), epoch=epoch)
+    return open_source(checkpoint, select=select or (spec.header.select if spec else None), epoch=epoch, role=role)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from ..core.quoting import shown
 
 from ..ops import actions as act
 from ..errors import SpecError, SpecErrors, Span, UsageError
@@ -403,7 +404,7 @@ class _Inverter:
             for k in domain:
                 v = table[k]
                 if v in inverse:
-                    self._fail(f"table '{expr.table}' maps both '{inverse[v]}' and '{k}' to '{v}': it is not "
+                    self._fail(f"table '{expr.table}' maps both {shown(inverse[v])} and {shown(k)} to {shown(v)}: it is not "
                                "one-to-one, so the inverse cannot tell which to write back", expr.span)
                     return None
                 inverse[v] = k

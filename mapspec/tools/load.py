@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,7 @@ _FACTORY = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<func>[A-Za-z_][\w.]*)(?
 
 
 def is_factory(text: str) -> bool:
-    return bool(_FACTORY.match(text)) and not Path(text).exists()
+    return bool(_FACTORY.match(text)) and not os.path.lexists(text)
 
 
 def from_factory(text: str) -> Any:
@@ -122,4 +123,4 @@ def target_infos(target: Any) -> Target | Mapping[str, TensorInfo] | None:
         return target
     if isinstance(target, str) and is_factory(target):
         return model_target(from_factory(target))
-    return read_infos(target)
+    return read_infos(target, role="--target")

@@ -231,16 +231,17 @@ def explain(plan: Plan, spec: Spec, fmt: str = "table", per_tensor: bool = False
 
 def error_text(exc: BaseException) -> str:
     """An error as shown to a person: one `error:` line (spec errors with the line and a
-    caret, conversion errors with their details below)."""
+    caret, conversion errors with their details below), printable whatever it quotes."""
+    from ..core.paths import reason
+    from ..core.quoting import printable, shown_path
     from ..errors import MapspecError, shorten
 
     if isinstance(exc, MapspecError):
         return exc.render()
     if isinstance(exc, OSError):  # no empty `error: : ...` when the error names no file
-        return shorten(f"error: {exc.filename}: {exc.strerror or exc}" if exc.filename else
-                       f"error: {exc.strerror or exc}")
-    return shorten(f"error: {exc}")
-
+        return shorten(f"error: {shown_path(exc.filename)}: {reason(exc)}" if exc.filename else
+                       f"error: {printable(reason(exc) if exc.errno else str(exc))}")
+    return shorten(f"error: {printable(str(exc))}")
 
 
 def report_summary(report) -> str:

@@ -147,7 +147,7 @@ def verify_against(spec, checkpoint: str | Path, reference: str | Path, *, atol:
     source = open_for(spec, checkpoint, select, epoch)
     try:
         plan = compile_spec(spec, source.infos(), **compile_options)
-        ref = open_source(reference)
+        ref = open_source(reference, role="--against")
         try:
             sink = CompareSink(plan, ref, atol, rtol)
             execute(plan, source, sink)

@@ -1,5 +1,7 @@
 """The cases: every hostile pickle in every container, seeded mutations of every seed file,
-and mutated specs. Each generator yields `Case`s ready for `harness.Runner.run`."""
+mutated specs, and the hostile-input classes of hostile.py (paths that cannot be resolved,
+numbers past the int-string limit, huge and deeply nested specs). Each generator yields
+`Case`s ready for `harness.Runner.run`."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ from pathlib import Path
 from typing import Iterator
 
 from .harness import IDENTITY, Case
+from .hostile import huge_spec_cases, number_cases, path_cases
 from .mutate import mutate_file, mutate_folder, mutate_text
 from .pickles import CONTAINERS, TECHNIQUES, write_case
 from .seeds import oracle_format, write_seeds
+
+__all__ = ["pickle_cases", "mutation_cases", "spec_cases", "path_cases", "number_cases", "huge_spec_cases"]
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = b"SECRET-OUTSIDE-THE-CHECKPOINT-" * 4  # bytes of a file no checkpoint may reach

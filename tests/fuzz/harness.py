@@ -1,7 +1,8 @@
 """Run fuzz cases in resource-limited child processes and judge each by one rule.
 
-A case is clean when: the child exited 0 with the right data, or exited 2 with one short
-`error:` line (a spec error: its `file:line:col: error:` line, the spec line and a caret); no
+A case is clean when: the child exited 0 with the right data, or exited 2 with one short,
+printable `error:` line (a spec error: its `file:line:col: error:` line, the spec line and a
+caret; a tab may align the caret, no other control character appears); no
 traceback; it finished within the wall-time, CPU and memory limits; the output folder holds
 nothing but a finished output (and nothing at all after a failure); the input is unchanged;
 and no payload's marker file exists. Anything else is a finding."""
@@ -236,6 +237,9 @@ def _error_shape(err: str) -> list[str]:
             problems.append("not one `error:` line")
     if any(len(x) > MAX_ERROR for x in lines):
         problems.append(f"error line of {max(len(x) for x in lines):,} characters")
+    bad = sorted({c for x in lines for c in x if not c.isprintable() and c != "\t"})
+    if bad:  # a tab may align a spec line's caret; nothing else unprintable is ever shown
+        problems.append(f"unprintable characters in the error: {''.join(bad)!r}")
     return problems
 
 

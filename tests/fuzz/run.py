@@ -1,7 +1,8 @@
 """The long fuzz campaign: `python -m tests.fuzz.run --cases 5000 --seed 1`.
 
 Runs every hostile pickle in every container, then `--cases` seeded mutations of valid files
-of every format and `--cases // 5` mutated specs, and prints each finding and a summary; exit 1
+of every format, `--cases // 5` mutated specs, `--cases // 10` unresolvable paths and as many
+huge numbers, and `--cases // 50` huge or deeply nested specs, and prints each finding and a summary; exit 1
 if any case was not clean. `--keep DIR` keeps the cases' folders for reproduction. Run it
 with the interpreter of the environment to fuzz (the MXNet one adds mx.nd.save seeds)."""
 
@@ -15,7 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .campaign import mutation_cases, pickle_cases, spec_cases
+from .campaign import huge_spec_cases, mutation_cases, number_cases, path_cases, pickle_cases, spec_cases
 from .harness import Runner
 
 
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             groups.append(("hostile pickles", pickle_cases(base / "pickles")))
         groups.append(("file mutations", mutation_cases(base / "files", args.seed, args.cases)))
         groups.append(("spec mutations", spec_cases(base / "specs", args.seed, max(1, args.cases // 5))))
+        groups.append(("unresolvable paths", path_cases(base / "paths", args.seed, max(1, args.cases // 10))))
+        groups.append(("huge numbers", number_cases(base / "numbers", args.seed, max(1, args.cases // 10))))
+        groups.append(("huge specs", huge_spec_cases(base / "huge", args.seed, max(1, args.cases // 50))))
         summary = []
         all_findings = []
         notes: Counter = Counter()

@@ -8,7 +8,8 @@ Protocol: one JSON job per stdin line, one JSON result per stdout line.
       reads the checkpoint with its own library (torch, safetensors, numpy, mxnet) and saves the
       tensors it finds to `save` (.npz, raw bits); exit 0 read, 1 refused.
 Result: {"rc": exit code or null, "signal": number or null, "timeout": bool, "seconds": float}.
-Limits: address space (bytes), CPU seconds and wall seconds; a case past its wall time is killed."""
+Limits: address space (bytes), CPU seconds and wall seconds; a case past its wall time is killed.
+Every child meets file permissions like an ordinary user, even under root (privilege.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import resource
 import signal
 import sys
 import time
+
+from tests.fuzz.privilege import drop_file_override
 
 
 def _limit(limits: dict) -> None:
@@ -42,6 +45,8 @@ def _child(job: dict) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
     _limit(job.get("limits", {}))
+    if job.get("unprivileged", True):  # as root too, file permissions apply, as for any user
+        drop_file_override()
     if job["kind"] == "cli":
         from mapspec.cli import app  # not main(): it would end this process itself
 

@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .keys import Side, is_boundary, shared_ends, tokens
+from .keys import Side, is_boundary, is_number, shared_ends, tokens
 from .pairing import Pair
 
 PLAIN = re.compile(r"^[A-Za-z0-9_./:()\-]+$")
@@ -105,7 +105,7 @@ def _fan_parts(keys: tuple[str, ...], side: Side | None, kind: str) -> tuple:
 
 
 def _tok(t: str) -> tuple:
-    return ("int", t) if t.isdigit() else ("lit", t)
+    return ("int", t) if is_number(t) else ("lit", t)
 
 
 def _skeleton(parts: tuple) -> tuple:

@@ -19,6 +19,14 @@ WORD_SPLIT = re.compile(r"[._:/]+")
 INT_DTYPES = {"int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64", "bool"}
 
 
+MAX_DIGITS = 18  # a longer run of digits in a key is a name, not a number to count with
+
+
+def is_number(token: str) -> bool:
+    """A token the draft counts with (a layer index): digits, at most MAX_DIGITS of them."""
+    return token.isdigit() and len(token) <= MAX_DIGITS
+
+
 def tokens(key: str) -> list[str]:
     """`conv2_x__1_c1x1-a` -> conv 2 _x__ ... : letters, digits and separator runs."""
     return TOKEN.findall(key)

@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from .keys import shared_ends, tokens
+from .keys import is_number, shared_ends, tokens
 
 SEPARATORS = re.compile(r"[^A-Za-z0-9#]+")
 
@@ -30,7 +30,7 @@ SEPARATORS = re.compile(r"[^A-Za-z0-9#]+")
 def skeleton(name: str) -> tuple[str, tuple[int, ...]]:
     """`layer2.1.conv1.` -> (`layer#.#.conv#.`, (2, 1, 1))."""
     toks = tokens(name)
-    return "".join("#" if t.isdigit() else t for t in toks), tuple(int(t) for t in toks if t.isdigit())
+    return "".join("#" if is_number(t) else t for t in toks), tuple(int(t) for t in toks if is_number(t))
 
 
 @dataclass
