@@ -353,12 +353,12 @@ def test_missing_output_folders_are_created_and_removed_again_on_failure(tmp_pat
     spec.write_text("mapspec 1\nkeep **\n")
     out = tmp_path / "new" / "deeper" / "o.safetensors"
     assert run("apply", spec, many, "-o", out).exit_code == 0 and out.exists()
-    from mapspec import api
+    from mapspec.run import executor
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(api, "execute", broken)
+    monkeypatch.setattr(executor, "execute", broken)
     with pytest.raises(OSError):
         mapspec.apply(spec, many, tmp_path / "other" / "deep" / "o.safetensors")
     assert not (tmp_path / "other").exists()

@@ -8,7 +8,7 @@ import pytest
 from mapspec.core.dtypes import STORAGE
 from mapspec.errors import CheckpointError
 from mapspec.formats import open_sink, open_source
-from mapspec.formats.mxnet import FILE_MAGIC, V1
+from mapspec.formats.mxnet import FILE_MAGIC, FORMAT, V1
 from mapspec.compile.plan import TensorInfo
 
 RNG = np.random.default_rng(1)
@@ -17,6 +17,8 @@ RNG = np.random.default_rng(1)
 def every_dtype() -> dict[str, tuple[np.ndarray, str]]:
     out = {}
     for name, dt in STORAGE.items():
+        if name not in FORMAT.dtypes:  # the low-precision and ggml types MXNet cannot hold
+            continue
         if name == "bool":
             a = RNG.random((2, 3)) > 0.5
         elif dt.kind == "f":

@@ -139,11 +139,15 @@ def test_sharded_directory_on_s3_converts_to_s3_as_it_converts_to_local(s3, buck
         assert np.array_equal(got[f"layers.{i}.mlp.weight"], tensors[f"model.layers.{i}.mlp.weight"].astype(np.float16))
     assert np.array_equal(got["embed.weight"], tensors["model.embed.weight"])
 
-    # Provenance: the index object's own MD5 (its single-part ETag), not a second read; no credentials.
-    index = s3.cat_file(f"{bucket}/src/model.safetensors.index.json")
+    # Provenance: each shard's own MD5 (its single-part ETag), not a second read; no credentials.
     record = open_source(tmp_path / "local" / local[0], select="").metadata
-    assert record["mapspec.source_md5"] == hashlib.md5(index).hexdigest()
-    assert "mapspec.source_sha256" not in record
+    files = json.loads(record["mapspec.source_files"])
+    shards = [o.rsplit("/", 1)[1] for o in objects(s3, f"{bucket}/src") if o.endswith(".safetensors")]
+    assert sorted(files) == sorted(shards) and len(shards) > 1
+    for name in shards:
+        assert files[name]["md5"] == hashlib.md5(s3.cat_file(f"{bucket}/src/{name}")).hexdigest()
+        assert "sha256" not in files[name]
+    assert len(record["mapspec.source_sha256"]) == 64  # the combined digest over the shards' records
     for name in local:
         assert os.environ["AWS_SECRET_ACCESS_KEY"].encode() not in (tmp_path / "local" / name).read_bytes()
 

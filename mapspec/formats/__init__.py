@@ -33,9 +33,10 @@ def open_source(path: str | Path | Sequence[str | Path], fmt: str | None = None,
                  for p in path]
         source: Source = sharded.ShardedSource.from_files(files)
     elif is_url(path):
-        path = location(path)
+        path = resolve_prefix(location(path), epoch)
         if not path.exists() and not any(c in str(path) for c in "*?["):
             raise CheckpointError(f"{path}: no such object")
+        source = sharded.open_path(path, fmt)
     else:
         path = resolve_prefix(Path(paths.plain(path, role, CheckpointError)), epoch)
         if os.path.lexists(path) or not any(c in str(path) for c in "*?["):  # not a glob of shards

@@ -157,12 +157,12 @@ def remote_sha256(url) -> str:
     return h.hexdigest()
 
 
-def _object_sha256(url) -> str:
-    """A shard on a store: its own sha256 if the store keeps one, else its bytes hashed."""
+def _object_digest(url) -> tuple[str, str]:
+    """A shard on a store: (algorithm, hex) of the checksum the store keeps of its bytes
+    (sha256, or md5 for an S3 single-part ETag), read only when the store keeps none."""
     from .remote import content_hash
 
-    known = content_hash(url)
-    return known[1] if known and known[0] == "sha256" else remote_sha256(url)
+    return content_hash(url) or ("sha256", remote_sha256(url))
 
 
 HASH_THREADS = max(1, os.cpu_count() or 1)  # files hashed at once, at most
@@ -190,7 +190,7 @@ class _Digests:
                 if path is None or self.error is not None:
                     return
             try:
-                value = _object_sha256(path) if hasattr(path, "url") else cached_sha256(path)
+                value = _object_digest(path) if hasattr(path, "url") else ("sha256", cached_sha256(path))
             except BaseException as exc:  # reported by result(), in the caller's thread
                 with self._lock:
                     self.error = exc
@@ -198,7 +198,7 @@ class _Digests:
             with self._lock:
                 self.values[path] = value
 
-    def result(self) -> dict[Path, str]:
+    def result(self) -> dict[Path, tuple[str, str]]:
         for t in self.threads:
             t.join()
         if self.error is not None:
@@ -212,10 +212,13 @@ def _mtime(path: Path) -> str:
 
 def combined_sha256(files: Mapping[str, Mapping[str, Any]]) -> str:
     """A sharded source's one digest: sha256 of `name NUL size NUL sha256 LF` per shard, in
-    name order (each shard's own sha256 is in `source_files`)."""
+    name order (each shard's own sha256 is in `source_files`). A shard on a store that keeps
+    only an md5 of it (an S3 single-part ETag) enters as `md5:HEX` instead of being read again."""
     h = hashlib.sha256()
     for name in sorted(files):
-        h.update(f"{name}\0{files[name]['size']}\0{files[name]['sha256']}\n".encode())
+        entry = files[name]
+        digest = entry["sha256"] if "sha256" in entry else f"md5:{entry['md5']}"
+        h.update(f"{name}\0{entry['size']}\0{digest}\n".encode())
     return h.hexdigest()
 
 
@@ -270,8 +273,8 @@ class Provenance:
             return {**self.fields, "source_sha256": _PLACEHOLDER}
         values = self._digests.result()
         if not self._shards:
-            return {**self.fields, "source_sha256": values[self._digests.files[0]]}
-        files = {f.name: {"size": _size(f), "sha256": values[f]} for f in self._shards}
+            return {**self.fields, "source_sha256": values[self._digests.files[0]][1]}
+        files = {f.name: {"size": _size(f), values[f][0]: values[f][1]} for f in self._shards}
         return {**self.fields, "source_files": files, "source_sha256": combined_sha256(files)}
 
     def resolved(self) -> "Provenance":

@@ -107,7 +107,8 @@ class ShardedSource(SourceBase):
             raise CheckpointError(f"{shown_path(path)}: shard {shown_path(missing[0].name)} is missing"
                                   + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
         for shard in self.shards:  # a loop, a folder, no permission: said before any is opened
-            paths.existing(shard, f"{shown_path(path)}: shard", kind="file", error=CheckpointError)
+            if not hasattr(shard, "url"):
+                paths.existing(shard, f"{shown_path(path)}: shard", kind="file", error=CheckpointError)
         self._sources = []
         self._owner: dict[str, SourceBase] = {}
         self._infos: dict[str, TensorInfo] = {}

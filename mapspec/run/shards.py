@@ -61,13 +61,16 @@ def sub_plan(plan: Plan, task: ShardTask) -> Plan:
 def write_shard(plan: Plan, task: ShardTask, source, fmt: str, record, folder: Path,
                 progress: Callable[[int], None] | None = None) -> Path:
     """Convert one task into `folder / task.name`, atomically; returns that path."""
+    from ..core.progress import Progress
     from .executor import convert_into, copied_from
 
     part = sub_plan(plan, task)
+    # Tasks report the bytes of their own shard so far; a Progress counts them as sinks write.
+    meter = Progress(task.nbytes, lambda done, total: progress(done)) if progress else None
     path = Path(folder) / task.name
     with guarded_writes(replace=True):  # a retried task replaces what an earlier attempt left
         convert_into(lambda: by_name(fmt).open_sink(path, part.outputs(), record, copied_from(part, source)),
-                     part, source, progress)
+                     part, source, meter)
     return path
 
 
