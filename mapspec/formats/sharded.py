@@ -282,6 +282,10 @@ class ShardedSink(SinkBase):
             while jobs and jobs[0].done():
                 jobs.popleft().result()
 
+    def add_file(self, name: str, text: str) -> None:
+        """One more file in the directory (a model directory's config.json), appearing with it."""
+        (self.atomic.tmp / name).write_text(text, "utf-8")
+
     def commit(self) -> None:
         for sink in self.sinks:
             self._drain(sink)
