@@ -203,6 +203,7 @@ def case(title: str, src: Path, commands: dict[str, tuple[list[str], Path]], rep
         print(f"  {name:<34} {statistics.median(ratios[name]):>9.2f}x {statistics.median(times[name]):>9.2f} "
               f"{max(rss[name]):>7.0f} MiB")
     sys.stdout.flush()
+    return times
 
 
 def size(path: Path) -> str:
