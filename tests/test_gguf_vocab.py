@@ -56,12 +56,17 @@ def test_sentencepiece_path_matches_llama_cpp(tmp_path, arch, style):
     same_entries(gguf_vocab.tokenizer_entries(d, style, n + 3), reference_vocab(tmp_path, d))
 
 
-def test_bpe_path_matches_llama_cpp(tmp_path):
+def qwen2_tokenizer_dir(tmp_path):
+    """A directory holding Qwen2's real tokenizer.json (from llama.cpp's vocab file); its size."""
     pytest.importorskip("tokenizers")
     root = llamacpp_ref.require()
     d = tmp_path / "model"
     d.mkdir()
-    n = write_qwen2_tokenizer(d, root / "models" / "ggml-vocab-qwen2.gguf")
+    return d, write_qwen2_tokenizer(d, root / "models" / "ggml-vocab-qwen2.gguf")
+
+
+def test_bpe_path_matches_llama_cpp(tmp_path):
+    d, n = qwen2_tokenizer_dir(tmp_path)
     (d / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"], "vocab_size": n,
                                                "eos_token_id": 151645, **CONFIG}))
     mine = gguf_vocab.tokenizer_entries(d, "qwen2", n)
@@ -70,11 +75,7 @@ def test_bpe_path_matches_llama_cpp(tmp_path):
 
 
 def test_unknown_bpe_pre_tokenizer_is_refused(tmp_path):
-    pytest.importorskip("tokenizers")
-    root = llamacpp_ref.require()
-    d = tmp_path / "model"
-    d.mkdir()
-    n = write_qwen2_tokenizer(d, root / "models" / "ggml-vocab-qwen2.gguf")
+    d, n = qwen2_tokenizer_dir(tmp_path)
     tj = json.loads((d / "tokenizer.json").read_text())
     tj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\s+|\S+"  # not a split llama.cpp implements
     (d / "tokenizer.json").write_text(json.dumps(tj))
