@@ -127,7 +127,7 @@ def apply(
             sink = None
             try:
                 sink = open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
-                                 copied_from=copied_from(plan, source), kv={**(source.kv or {}), **(kv or {})})
+                                 copied_from=copied_from(plan, source), kv={**carried_kv(source, plan), **(kv or {})})
                 execute(plan, source, sink, (lambda done: progress(done, n)) if progress else None)
                 if model_config is not None:
                     sink.add_file("config.json", json.dumps(model_config, indent=2, sort_keys=True) + "\n")
@@ -142,6 +142,15 @@ def apply(
                   source.prefix if source.auto else None, inverse)
 
 
+
+
+def carried_kv(source, plan: Plan) -> dict:
+    """A GGUF source's metadata, to be carried into a GGUF output; without its
+    `general.file_type` when the plan changes tensor types (the type it names would be stale)."""
+    kv = dict(source.kv or {})
+    if any(s.info.dtype != i.dtype for s in plan.steps for i in s.input_infos):
+        kv.pop("general.file_type", None)
+    return kv
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, options: Options | None = None,

@@ -50,11 +50,16 @@ def gguf_py_file(path: Path, tensors: dict, *, extra=None, alignment: int | None
             w.add_tensor(name, t[0], raw_dtype=t[1])
         else:
             w.add_tensor(name, t)
+    return finish(w, path)
+
+
+def finish(w, result: Path) -> Path:
+    """Write out what a gguf-py GGUFWriter was given."""
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path
+    return result
 
 
 def sample_tensors(seed: int = 0) -> dict:
@@ -259,11 +264,7 @@ def gguf_py_split(folder: Path, tensors: dict, max_tensors: int) -> Path:
     w.add_uint32("llama.block_count", 2)
     for name, a in tensors.items():
         w.add_tensor(name, a)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return folder
+    return finish(w, folder)
 
 
 def test_split_files_from_gguf_py_read_as_one_checkpoint_from_any_part(tmp_path):
@@ -429,3 +430,24 @@ def test_copied_tensors_keep_their_source_offset_modulo_64_kib(tmp_path):
     assert tensors_of(tmp_path / "b.gguf")["layers.1.w"][2] == big["blk.1.w"].tobytes()  # gguf-py agrees
     a.close()
     b.close()
+
+
+def test_a_carried_file_type_is_dropped_when_tensor_types_change(tmp_path):
+    x = np.random.default_rng(7).standard_normal((2, 32)).astype(np.float32)
+    src = gguf_py_file(tmp_path / "a.gguf", {"w": x}, extra={"general.file_type": 0})
+    (tmp_path / "id.map").write_text(IDENTITY)
+    apply(tmp_path / "id.map", src, tmp_path / "same.gguf")
+    assert fields(tmp_path / "same.gguf")["general.file_type"][1] == 0
+    (tmp_path / "q.map").write_text(IDENTITY + "    then cast(q8_0)\n")
+    apply(tmp_path / "q.map", src, tmp_path / "q.gguf")
+    assert "general.file_type" not in fields(tmp_path / "q.gguf")
+    apply(tmp_path / "q.map", src, tmp_path / "q7.gguf", kv={"general.file_type": 7})
+    assert fields(tmp_path / "q7.gguf")["general.file_type"] == ([VT.UINT32], 7)
+
+
+def test_a_model_directory_of_split_parts_opens_as_one_checkpoint(tmp_path):
+    tensors = {f"t{i}": np.full((2, 2), i, np.float32) for i in range(3)}
+    gguf_py_split(tmp_path, tensors, 1)
+    src = open_source(tmp_path)
+    assert list(src.infos()) == list(tensors)
+    src.close()

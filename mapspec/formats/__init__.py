@@ -92,7 +92,9 @@ def open_sink(path: str | Path, fmt: str, outputs: Mapping[str, TensorInfo], met
     f = by_name(fmt)
     check_dtypes(f, (i.dtype for i in outputs.values()))
     if max_shard_size is not None and f.split_sink is not None:
-        return f.split_sink(Path(path), outputs, max_shard_size, metadata, copied_from, kv=kv)
+        from .sharded import parse_size
+
+        return f.split_sink(Path(path), outputs, parse_size(max_shard_size), metadata, copied_from, kv=kv)
     if max_shard_size is not None:
         from .sharded import ShardedSink
 

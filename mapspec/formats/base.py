@@ -101,6 +101,31 @@ class SinkBase:
         return False
 
 
+class OffsetSink(SinkBase):
+    """A single-file sink whose header fixed every tensor's place first: `file` (open), the
+    data start `base`, `offsets` and `infos` by name. Each tensor goes straight to its place,
+    from memory or copied file to file; `written` records which are done."""
+
+    file: Any
+    base: int
+    offsets: dict
+    infos: dict
+    written: set
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        from ..core import dtypes
+
+        self.file.seek(self.base + self.offsets[name])
+        self.file.write(dtypes.raw(array, self.infos[name].dtype))
+        self.written.add(name)
+
+    def write_region(self, name: str, extent: Extent) -> bool:
+        self.file.flush()
+        copy_extent(extent, self.file.fileno(), self.base + self.offsets[name])
+        self.written.add(name)
+        return True
+
+
 COPY_CHUNK = 1 << 30  # bytes per copy_file_range call (a tensor may take several)
 # The kernel copies a range file-to-file fastest when source and destination offsets agree
 # modulo the page cache's large folios: whole folios then move as they are, instead of each

@@ -25,7 +25,7 @@ The API beyond the Source/Sink protocol (`formats.base`):
   the caller states (`formats.open_sink(..., kv=...)`). `metadata` is mapspec's provenance
   record, written as JSON text under the one key `general.mapspec`: every other key is
   exactly what the caller gave.
-- `GGUFSplitSink(path, outputs, max_shard_size, ...)`: `--max-shard-size` output, a directory
+- `GGUFSplitSink(path, outputs, max_bytes, ...)`: `--max-shard-size` output, a directory
   `path` holding `<stem>-00001-of-0000N.gguf`... as llama.cpp's gguf-split writes them (the
   stem is the directory's name without `.gguf`): the metadata in the first part, `split.no`
   (u16, from 0), `split.count` (u16) and `split.tensors.count` (i32, all parts) in every part,
@@ -58,7 +58,7 @@ from ..core.lazy import numpy as np
 from ..core import dtypes
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent, copy_residue, padding
+from .base import AtomicPath, Extent, OffsetSink, SinkBase, SourceBase, copy_residue, padding
 from .reading import RegularFile, shown
 from .registry import Format
 
@@ -512,7 +512,7 @@ def plan_layout(outputs: Mapping[str, TensorInfo], alignment: int) -> tuple[dict
     return offsets, pos
 
 
-class GGUFSink(SinkBase):
+class GGUFSink(OffsetSink):
     """One GGUF file: the header first, then each tensor written at its planned offset."""
 
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None,
@@ -568,17 +568,6 @@ class GGUFSink(SinkBase):
             parts.append(_tensor_info(name, info, self.offsets[name]))
         return b"".join(parts)
 
-    def write(self, name: str, array: np.ndarray) -> None:
-        self.file.seek(self.base + self.offsets[name])
-        self.file.write(dtypes.raw(array, self.infos[name].dtype))
-        self.written.add(name)
-
-    def write_region(self, name: str, extent: Extent) -> bool:
-        self.file.flush()
-        copy_extent(extent, self.file.fileno(), self.base + self.offsets[name])
-        self.written.add(name)
-        return True
-
     def commit(self) -> None:
         missing = set(self.infos) - self.written
         if missing:
@@ -616,11 +605,8 @@ def assign_parts(outputs: Mapping[str, TensorInfo], max_bytes: int) -> list[list
 class GGUFSplitSink(SinkBase):
     """Split GGUF parts in a new directory, which appears whole or not at all."""
 
-    def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], max_shard_size: int | str, metadata=None,
+    def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], max_bytes: int, metadata=None,
                  copied_from: Mapping[str, int] | None = None, kv: Mapping[str, Value] | None = None):
-        from .sharded import parse_size
-
-        max_bytes = parse_size(max_shard_size)
         self.final = Path(path)
         if self.final.exists() and not self.final.is_dir():
             raise UsageError(f"{self.final} is a file; split GGUF output goes to a directory")
@@ -631,7 +617,7 @@ class GGUFSplitSink(SinkBase):
         try:
             groups = assign_parts(outputs, max_bytes)
             if len(groups) > 99999:
-                raise UsageError(f"--max-shard-size {max_shard_size} makes {len(groups)} GGUF parts, more than "
+                raise UsageError(f"--max-shard-size {max_bytes} bytes makes {len(groups)} GGUF parts, more than "
                                  "the 99999 split names allow")
             kv = {k: typed(v) for k, v in (kv or {}).items() if k not in SPLIT_KEYS}
             for i, group in enumerate(groups):

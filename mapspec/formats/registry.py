@@ -42,7 +42,7 @@ class Format:
     # The sink takes typed file-level metadata, `kv={key: gguf.Value}` (GGUF's key/values).
     takes_kv: bool = False
     # Writes `--max-shard-size` output its own way (GGUF's split parts, not HF shards):
-    # class(path, outputs, max_shard_size, metadata, copied_from, kv) -> Sink.
+    # class(path, outputs, max_bytes, metadata, copied_from, kv) -> Sink.
     split_sink: Optional[type] = None
 
     def open_sink(self, path: Path, outputs, metadata=None, copied_from=None, kv=None):

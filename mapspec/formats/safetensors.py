@@ -18,7 +18,7 @@ from ..core.lazy import numpy as np
 from ..core import dtypes
 from ..errors import CheckpointError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase, copy_extent, copy_residue, padding
+from .base import AtomicPath, Extent, OffsetSink, SourceBase, copy_residue, padding
 from .registry import Format
 from .reading import RegularFile, clip, shown
 
@@ -173,7 +173,7 @@ class SafetensorsSource(SourceBase):
         self._file.close()
 
 
-class SafetensorsSink(SinkBase):
+class SafetensorsSink(OffsetSink):
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None,
                  copied_from: Mapping[str, int] | None = None):
         self.atomic = AtomicPath(path)
@@ -212,17 +212,6 @@ class SafetensorsSink(SinkBase):
         """The header padded with spaces to `size` bytes."""
         blob = json.dumps(self.header, separators=(",", ":")).encode()
         return blob + b" " * (size - len(blob))
-
-    def write(self, name: str, array: np.ndarray) -> None:
-        self.file.seek(self.base + self.offsets[name])
-        self.file.write(dtypes.raw(array, self.infos[name].dtype))
-        self.written.add(name)
-
-    def write_region(self, name: str, extent: Extent) -> bool:
-        self.file.flush()
-        copy_extent(extent, self.file.fileno(), self.base + self.offsets[name])
-        self.written.add(name)
-        return True
 
     def commit(self) -> None:
         missing = set(self.offsets) - self.written

@@ -69,9 +69,23 @@ def _open_model_dir(path: Path):
     files = [p for p in sorted(path.iterdir()) if p.is_file() and by_suffix(p) is not None]
     if len(files) == 1:
         return open_file(files[0])
+    if files and _one_gguf_split(files):  # any part opens the set
+        return open_file(files[0])
     found = ", ".join(p.name for p in files[:8]) or "no checkpoint files"
     raise CheckpointError(f"{path}: a directory without a shard index (*.index.json) or a single checkpoint "
                           f"file ({found}); name the files to read, e.g. '{path}/*.safetensors'")
+
+
+def _one_gguf_split(files: list[Path]) -> bool:
+    """Whether `files` are exactly the parts of one split GGUF (`NAME-0000K-of-0000N.gguf`)."""
+    from .gguf import SPLIT_NAME, split_path
+
+    m = SPLIT_NAME.fullmatch(files[0].name)
+    if m is None:
+        return False
+    count = int(m["count"])
+    stem = files[0].with_name(m["stem"])
+    return [f.name for f in files] == [split_path(stem, i, count).name for i in range(count)]
 
 
 class ShardedSource(SourceBase):
