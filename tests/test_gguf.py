@@ -451,3 +451,15 @@ def test_a_model_directory_of_split_parts_opens_as_one_checkpoint(tmp_path):
     src = open_source(tmp_path)
     assert list(src.infos()) == list(tensors)
     src.close()
+
+
+def test_inspect_lists_the_parts_of_a_split_set(tmp_path):
+    from typer.testing import CliRunner
+
+    from mapspec.cli import app
+
+    gguf_py_split(tmp_path, {f"t{i}": np.full((2, 2), i, np.float32) for i in range(3)}, 2)
+    r = CliRunner().invoke(app, ["inspect", str(tmp_path / "m-00002-of-00002.gguf")])
+    assert r.exit_code == 0, r.output
+    assert "2 shards" in r.output and "m-00001-of-00002.gguf: 2 tensors" in r.output
+    assert "m-00002-of-00002.gguf: 1 tensors" in r.output

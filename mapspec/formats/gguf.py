@@ -451,6 +451,10 @@ class GGUFSource(SourceBase):
         e = self.extent(key)
         e.file.release(e.offset, e.nbytes)
 
+    def shard_of(self, key: str) -> Path:
+        """The split part holding `key` (inspect lists each part's tensors)."""
+        return self._where[key][0].path
+
     def close(self) -> None:
         for f in self._files:
             f.close()

@@ -146,6 +146,9 @@ class Guarded(SourceBase):
         with reading(self.path):
             return self.inner.auto_select()
 
+    def shard_of(self, key: str) -> Path:
+        return self.inner.shard_of(key)  # sources with `shards` (a split GGUF) say where each tensor is
+
     def close(self) -> None:
         with reading(self.path):
             self.inner.close()
