@@ -10,8 +10,16 @@ metadata) of about --gb GB:
   f16 GGUF -> safetensors, HF names       likewise, into safetensors (goal: within 1.5x cp)
   q8_0 GGUF -> f16 GGUF, renamed           quantized blocks copied untouched
   q8_0 GGUF -> safetensors f16            every block dequantized by mapspec (numpy), for scale
-Not part of CI: the numbers depend on the machine. The HF -> GGUF comparison with llama.cpp's
-converter lives beside these cases (see docs/gguf.md).
+With --hf, Hugging Face -> GGUF against llama.cpp's own converter (convert_hf_to_gguf.py from
+the llama-cpp-python source archive, fetched into ~/.cache/mapspec-tests as the tests do), on a
+bf16 Llama-shaped model directory of about --gb GB (safetensors, config.json, a sentencepiece
+tokenizer trained on the spot):
+  HF bf16 -> GGUF f16 / q8_0            mapspec (specs/hf_to_gguf/llama.map) vs the reference vs cp
+  HF bf16 -> GGUF bf16                  the type does not change (goal: within 1.5x cp)
+  GGUF f16 -> HF (apply --reverse)      a model directory back (goal: within 1.5x cp)
+Each row gives time / cp and peak RSS; the mapspec / reference time ratio is printed under
+the case (goal: at most 0.3).
+Not part of CI: the numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -98,11 +106,90 @@ def fill(path: Path, infos: dict[str, TensorInfo], file_type: int) -> None:
         raise
 
 
+def hf_model(d: Path, gb: float) -> Path:
+    """A bf16 Llama-shaped HF model directory of about `gb` GB (HF names, config.json, tokenizer)."""
+    import json
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from gguf_models import write_spm_tokenizer
+
+    d.mkdir(parents=True, exist_ok=True)
+    vocab = write_spm_tokenizer(d)
+    head = HIDDEN // HEADS
+    infos = {"model.embed_tokens.weight": TensorInfo((vocab, HIDDEN), "bfloat16"),
+             "model.norm.weight": TensorInfo((HIDDEN,), "bfloat16"),
+             "lm_head.weight": TensorInfo((vocab, HIDDEN), "bfloat16")}
+    n = 0
+    while sum(x.nbytes for x in infos.values()) < gb * 1e9:
+        pre = f"model.layers.{n}."
+        infos.update({
+            pre + "input_layernorm.weight": TensorInfo((HIDDEN,), "bfloat16"),
+            pre + "post_attention_layernorm.weight": TensorInfo((HIDDEN,), "bfloat16"),
+            pre + "self_attn.q_proj.weight": TensorInfo((HIDDEN, HIDDEN), "bfloat16"),
+            pre + "self_attn.k_proj.weight": TensorInfo((KV * head, HIDDEN), "bfloat16"),
+            pre + "self_attn.v_proj.weight": TensorInfo((KV * head, HIDDEN), "bfloat16"),
+            pre + "self_attn.o_proj.weight": TensorInfo((HIDDEN, HIDDEN), "bfloat16"),
+            pre + "mlp.gate_proj.weight": TensorInfo((FF, HIDDEN), "bfloat16"),
+            pre + "mlp.up_proj.weight": TensorInfo((FF, HIDDEN), "bfloat16"),
+            pre + "mlp.down_proj.weight": TensorInfo((HIDDEN, FF), "bfloat16"),
+        })
+        n += 1
+    from mapspec.core import dtypes
+
+    block = np.random.default_rng(0).standard_normal(1 << 22).astype(np.float32) * 0.02
+    sink = open_sink(d / "model.safetensors", "safetensors", infos)
+    for k, info in infos.items():
+        values = np.resize(block, int(np.prod(info.shape))).reshape(info.shape)
+        sink.write(k, dtypes.cast(values, "float32", "bfloat16"))
+    sink.commit()
+    (d / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": "bfloat16",
+        "hidden_size": HIDDEN, "intermediate_size": FF, "num_hidden_layers": n, "num_attention_heads": HEADS,
+        "num_key_value_heads": KV, "head_dim": head, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, "vocab_size": vocab,
+        "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False}))
+    return d
+
+
+def hf_cases(d: Path, gb: float, repeat: int) -> None:
+    import statistics
+
+    sys.path.insert(0, str(REPO / "tests"))
+    import llamacpp_ref
+
+    root = llamacpp_ref.llama_cpp_dir()
+    if root is None:
+        raise SystemExit("llama.cpp's converter is not available (pip download llama-cpp-python failed)")
+    model = d / f"hf-llama-{gb:g}gb"
+    if not (model / "config.json").exists():
+        hf_model(model, gb)
+    spec = REPO / "specs" / "hf_to_gguf" / "llama.map"
+    for outtype in ("f16", "q8_0", "bf16"):
+        out, ref = d / "out.gguf", d / "ref.gguf"
+        commands = {"mapspec": (mapspec(spec, model, out, "-p", f"outtype={outtype}"), out)}
+        if outtype != "bf16":
+            commands["convert_hf_to_gguf.py"] = ([sys.executable, str(root / "convert_hf_to_gguf.py"), str(model),
+                                                  "--outtype", outtype, "--outfile", str(ref)], ref)
+        times = case(f"HF bf16 -> GGUF {outtype}", model, commands, repeat)
+        if times and "convert_hf_to_gguf.py" in times:
+            ratio = statistics.median(a / b for a, b in zip(times["mapspec"], times["convert_hf_to_gguf.py"]))
+            print(f"  mapspec / convert_hf_to_gguf.py time: {ratio:.2f}x (goal <= 0.30)")
+    gguf = d / "hf-f16.gguf"
+    if not gguf.exists():
+        import subprocess
+
+        subprocess.run(mapspec(spec, model, gguf, "-p", "outtype=f16"), check=True)
+    back = d / "back"
+    case("GGUF f16 -> HF model directory (apply --reverse, f16 kept)", gguf,
+         {"mapspec": ([*mapspec(spec, gguf, back, "-p", "hf_dtype=float16"), "--reverse"], back)}, repeat)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", type=Path, default=Path("/tmp/mapspec-gguf-bench"))
     ap.add_argument("--gb", type=float, default=2.0)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--hf", action="store_true", help="Hugging Face -> GGUF against llama.cpp's converter")
     args = ap.parse_args()
     d = args.dir
     d.mkdir(parents=True, exist_ok=True)
@@ -112,6 +199,9 @@ def main() -> None:
     os.environ["PYTHONPATH"] = str(REPO)
     print(f"mapspec gguf_bench, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}; medians of {args.repeat} paired runs")
+    if args.hf:
+        hf_cases(d, args.gb, args.repeat)
+        return
     for name, text in (("rename.map", RENAME), ("to_hf.map", TO_HF), ("dequantize.map", DEQUANTIZE)):
         (d / name).write_text(text)
     f16, q8 = d / f"llama-{args.gb:g}gb-f16.gguf", d / f"llama-{args.gb:g}gb-q8_0.gguf"

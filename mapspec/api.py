@@ -4,8 +4,9 @@ memory (`remap`). It joins the layers below (lang, compile, formats, run, tools)
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -25,6 +26,7 @@ from .lang.rules import Spec
 from .run.executor import named_output_errors, check_space, convert_into, copied_from, disk_size, open_for
 from .run.memory import remap_tensors
 from .run.options import Options
+from .tools.hf_gguf import default_config
 
 if TYPE_CHECKING:
     from .tools.invert import Inversion
@@ -98,9 +100,14 @@ def apply(
     spec = as_spec(spec)
     opts = Options.of(options, **overrides)
     inverse = None
+    model_config = None  # with reverse of a spec stating file metadata: the config.json rebuilt
+    if not reverse:
+        opts = replace(opts, config=default_config(spec, checkpoint, opts.config))
     if reverse:
         from .tools.invert import invert_spec
 
+        if spec.meta:  # parameters the forward metadata recorded (GGUF -> HF: config.json comes back)
+            opts = replace(opts, params={**_params_from_file(spec, checkpoint), **(opts.params or {})})
         inverse = invert_spec(spec, params=opts.params, config=opts.config, lossy=lossy, prefer=prefer)
     output = location(output)
     remote_out = not isinstance(output, Path)
@@ -110,6 +117,11 @@ def apply(
         remote.configure(concurrency)
     if not remote_out:
         output = paths.writable(output, "output", directory=None)  # a loop, a NUL byte...: before its suffix is read
+    if inverse is not None and spec.meta and not output.suffix and to is None and max_shard_size is None:
+        from .tools.hf_gguf import config_from_params
+
+        model_config = config_from_params(spec, inverse.params)
+        max_shard_size = 1 << 62  # a model directory: one model.safetensors beside config.json
     # --max-shard-size writes a directory: safetensors shards, or GGUF split parts when it is named *.gguf
     split_gguf = max_shard_size is not None and output.suffix.lower() == ".gguf"
     fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None and not split_gguf else None))
@@ -136,6 +148,8 @@ def apply(
         else:
             plan = compile_spec(spec, source.infos(), **opts.compiling(target))
             values = {b.name: b.value for b in plan.params}
+        if plan.meta:
+            kv = {**_file_metadata(plan, fmt, checkpoint, opts.config), **(kv or {})}
         record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path, params=values,
                             direction="reverse" if reverse else "forward",
                             select=source.prefix if isinstance(source, Selected) else None,
@@ -164,6 +178,9 @@ def apply(
 
                 sent = apply_remote(plan, source, output, fmt, record, max_shard_size, tick)
                 return Report(plan, output, fmt, sent, selected, inverse)
+            if model_config is not None:  # the reverse of a GGUF: a model directory with its config.json
+                text = json.dumps(model_config, indent=2, sort_keys=True) + "\n"
+                files = {**(files or {}), "config.json": text.encode("utf-8")}
             metadata = {**carried_kv(source, plan), **(kv or {})}
             convert_into(lambda: open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
                                            copied_from=copied_from(plan, source), files=files, kv=metadata),
@@ -216,6 +233,7 @@ def plan_for(spec: Spec | str | Path, checkpoint: str | Path, options: Options |
     (or the same names as keywords) as for `apply`."""
     spec = as_spec(spec)
     opts = Options.of(options, **overrides)
+    opts = replace(opts, config=default_config(spec, checkpoint, opts.config))
     return compile_spec(spec, _infos(open_for(spec, checkpoint, opts.select, opts.epoch)),
                         **opts.compiling(_target(opts.target)))
 
@@ -251,6 +269,32 @@ def _refuse_overwrite(output: Path, inputs, directory: bool) -> None:
             continue
         if out == p or (directory and out in p.parents):
             raise UsageError("the output would overwrite the input checkpoint")
+
+
+def _file_metadata(plan, fmt: str, checkpoint, config) -> dict:
+    """The file metadata a plan states, for an output format that holds it."""
+    from .formats import by_name
+    from .tools.hf_gguf import file_metadata, model_dir_of
+
+    if not by_name(fmt).takes_kv:
+        raise UsageError(f"the spec states file metadata (meta ...), which a {fmt} file cannot hold; write gguf")
+    return file_metadata(plan, model_dir_of(checkpoint, config))
+
+
+def _params_from_file(spec: Spec, checkpoint) -> dict:
+    """With reverse: parameter values a GGUF checkpoint's metadata holds (see hf_gguf)."""
+    from .tools.hf_gguf import params_from_metadata
+
+    path = Path(checkpoint[0] if isinstance(checkpoint, (list, tuple)) else checkpoint)
+    if path.suffix.lower() != ".gguf" or not path.is_file():
+        return {}
+    from .formats import open_source
+
+    source = open_source(path)
+    try:
+        return params_from_metadata(spec, source.kv or {}, tuple(source.infos()))
+    finally:
+        source.close()
 
 
 def _paths(checkpoint) -> list[Path]:

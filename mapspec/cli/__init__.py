@@ -277,6 +277,8 @@ def _shards(paths: list[str], epoch: int | None):
     if epoch is not None:
         raise UsageError("--epoch reads one MXNet prefix, not several checkpoints")
     return [_at(p) for p in paths]
+
+
 TargetOpt = Annotated[Optional[str], typer.Option(
     "--target", help="What the output must fit: a checkpoint with the target keys and shapes, or a model "
     "factory module:callable(args).")]
@@ -401,12 +403,18 @@ def _progress_bar():
 @_guard
 @takes(*COMPILING)
 def apply(
-    spec: SpecArg,
-    checkpoint: ShardsArg,
     output: Annotated[str, typer.Option("-o", "--output", help="Where to write; the format follows the suffix "
                                         "(or --to). Missing folders are created. A URL (s3://...) writes to "
                                         "object storage: nothing appears there until all of it is complete.",
                                         show_default=False)],
+    spec: Annotated[Path, typer.Argument(
+        help="The .map spec; or, with no CHECKPOINT, a Hugging Face model directory whose config.json names an "
+        "architecture a shipped specs/hf_to_gguf spec converts (that spec is used).", show_default=False,
+        metavar="SPEC")],
+    checkpoint: Annotated[Optional[list[str]], typer.Argument(
+        help="The checkpoint: a file, a model directory, a shard index or glob, or several shard files "
+        "(an MXNet prefix with --epoch); any of them may be a URL (s3://, gs://, hf://, https://...).",
+        show_default=False, metavar="CHECKPOINT")] = None,
     to: Annotated[Optional[str], typer.Option("--to", help="Output format: " + _formats_help() + ".")] = None,
     max_shard_size: Annotated[Optional[str], typer.Option(
         "--max-shard-size", help="Write OUTPUT as a directory of HF-style shards of at most this size (5GB, 500MB) "
@@ -428,7 +436,14 @@ def apply(
                                           "times only, not by sha256 (the record says so).")] = False,
     opts: Options = Options(),
 ) -> None:
-    """Convert CHECKPOINT (or the shards given) with SPEC into OUTPUT."""
+    """Convert CHECKPOINT (or the shards given) with SPEC into OUTPUT; `apply MODEL_DIR -o out.gguf`
+    picks the spec from the directory's config.json."""
+    if not checkpoint:
+        if not spec.is_dir():
+            raise UsageError("apply needs SPEC and CHECKPOINT (or a model directory alone, converted to GGUF)")
+        from ..tools.hf_gguf import spec_for
+
+        checkpoint, spec = [spec], spec_for(spec)
     checkpoint = _shards(checkpoint, opts.epoch)
     if lossy and not reverse:
         raise UsageError("--lossy goes with --reverse (a forward conversion casts as the spec says)")

@@ -23,12 +23,15 @@ from ..lang.rules import (
     Assertion,
     BinOp,
     Calc,
+    Call,
+    Dec,
     Capture,
     Fanout,
     KeepRule,
     Let,
     Lit,
     Lookup,
+    MetaEntry,
     Neg,
     Num,
     Param,
@@ -51,8 +54,8 @@ class Binding:
     """One parameter's (or let's) value and where it came from."""
 
     name: str
-    value: int | str
-    origin: str  # "-p", "config KEY", "default", "let"
+    value: int | str | float | bool | None  # None: an optional parameter nothing gave
+    origin: str  # "-p", "config KEY", "default", "let", "absent"
 
     def to_json(self) -> dict:
         return {"value": self.value, "from": self.origin}
@@ -94,6 +97,7 @@ def bind_all(spec: Spec, params: Mapping[str, Any] | None = None, config: Config
                                     declared[name].span))
     env: dict[str, Binding] = {}
     failed: set[str] = set()  # what depends on these is not evaluated: one error per fault
+    tables = {t.name: t.mapping() for t in spec.tables}
     for d in spec.definitions:
         if d.name in env or d.name in failed:
             errors.append(SpecError(f"'{d.name}' is defined twice", d.span))
@@ -102,8 +106,8 @@ def bind_all(spec: Spec, params: Mapping[str, Any] | None = None, config: Config
             if expr_names(d.expr if isinstance(d, Let) else d.default) & failed:
                 failed.add(d.name)
                 continue
-            env[d.name] = (_let(d, env, declared) if isinstance(d, Let)
-                           else _param(d, params, cfg, cfg_name, env, declared))
+            env[d.name] = (_let(d, env, declared, tables) if isinstance(d, Let)
+                           else _param(d, params, cfg, cfg_name, env, declared, tables))
         except SpecError as exc:
             errors.append(exc)
             failed.add(d.name)
@@ -113,7 +117,8 @@ def bind_all(spec: Spec, params: Mapping[str, Any] | None = None, config: Config
                 _check_assertion(a, env, declared)
         except SpecError as exc:
             errors.append(exc)
-    sub = _Substitute({n: b.value for n, b in env.items()}, failed)
+    sub = _Substitute({n: b.value for n, b in env.items() if b.value is not None},
+                      failed | {n for n, b in env.items() if b.value is None})
     bound = sub.spec(spec)
     return bound, tuple(env.values()), errors + sub.errors, sub.tainted
 
@@ -163,30 +168,37 @@ _MISSING = object()
 
 
 def _config_value(cfg: Mapping[str, Any], key: str) -> Any:
+    """The value at a dotted key; a numeric part indexes a list (`architectures.0`)."""
     node: Any = cfg
     for part in key.split("."):
         if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]  # "quantization_config.weight_block_size.0"
-            continue
-        if not isinstance(node, Mapping) or part not in node:
+            node = node[int(part)]
+        elif isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
             return _MISSING
-        node = node[part]
     return node
 
 
-def _param(d: Param, params: dict, cfg, cfg_name: str, env: dict[str, Binding], declared) -> Binding:
+def _param(d: Param, params: dict, cfg, cfg_name: str, env: dict[str, Binding], declared,
+           tables: Mapping[str, Mapping[str, str]] = {}) -> Binding:
     if d.name in params:
+        if params[d.name] is None:  # an optional parameter passed on as absent (an inverse's bindings)
+            return Binding(d.name, None, "absent")
         return Binding(d.name, _typed(d, params[d.name], f"-p {d.name}={clip(params[d.name], 40)}"), "-p")
-    if cfg is not None and d.config_key is not None:
-        raw = _config_value(cfg, d.config_key)
-        if raw is not _MISSING and raw is not None:
-            return Binding(d.name, _typed(d, raw, f"{cfg_name} key '{d.config_key}' = {json.dumps(raw)}"),
-                           f"config {d.config_key}")
+    if cfg is not None:
+        for key in d.config_keys:
+            raw = _config_value(cfg, key)
+            if raw is not _MISSING and raw is not None:
+                return Binding(d.name, _typed(d, raw, f"{cfg_name} key '{key}' = {json.dumps(raw)}"),
+                               f"config {key}")
     if d.default is not None:
         if isinstance(d.default, str):
             value = d.default
         else:
-            value = evaluate(d.default, env, declared)
+            value = evaluate_value(d.default, env, declared, tables)
+        if value is None:
+            return Binding(d.name, None, "absent")
         return Binding(d.name, _typed(d, value, "its default"), "default")
     ways = [f"-p {d.name}=VALUE"]
     if d.config_key is not None:
@@ -195,7 +207,22 @@ def _param(d: Param, params: dict, cfg, cfg_name: str, env: dict[str, Binding], 
     raise SpecError(f"parameter '{d.name}' has no value: give {' or '.join(ways)}", d.span)
 
 
-def _typed(d: Param, value: Any, what: str) -> int | str:
+def _typed(d: Param, value: Any, what: str) -> int | str | float | bool:
+    if d.type == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise SpecError(f"{what}: '{d.name}' is a number parameter", d.span)
+    if d.type == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise SpecError(f"{what}: '{d.name}' is a true/false parameter", d.span)
     if d.type == "str":
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             return str(value)
@@ -210,8 +237,135 @@ def _typed(d: Param, value: Any, what: str) -> int | str:
     raise SpecError(f"{what}: '{d.name}' is an integer parameter", d.span)
 
 
-def _let(d: Let, env: dict[str, Binding], declared) -> Binding:
-    return Binding(d.name, evaluate(d.expr, env, declared), "let")
+def _let(d: Let, env: dict[str, Binding], declared, tables: Mapping[str, Mapping[str, str]] = {}) -> Binding:
+    return Binding(d.name, evaluate_value(d.expr, env, declared, tables), "let")
+
+
+# ------------------------------------------------------------------ values beyond integers
+# Parameter defaults, lets and metadata entries may be numbers with a fraction (`10000.0`),
+# text, true/false, or none (an optional parameter nothing gave: what uses it is absent too),
+# and may look a table up by a parameter's value (`ftype[outtype]`). Action arguments and
+# templates stay integer arithmetic (`evaluate`).
+
+CONSTANTS = {"none": None, "true": True, "false": False}
+
+# metadata value types (GGUF's names): what `uint32(x)`, `float32(x)`... give a value
+META_TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
+              "float32", "float64", "bool", "string")
+
+
+def evaluate_value(expr, env: Mapping[str, Binding], declared: Mapping = {},
+                   tables: Mapping[str, Mapping[str, str]] = {}):
+    """A value (int, float, str, bool or None) of an expression over bound names."""
+    if isinstance(expr, str):
+        return expr
+    if isinstance(expr, Num):
+        return expr.value
+    if isinstance(expr, Dec):
+        return expr.value
+    if isinstance(expr, Ref):
+        if expr.name in CONSTANTS and expr.name not in env:
+            return CONSTANTS[expr.name]
+        b = env.get(expr.name)
+        if b is None:
+            return evaluate(expr, env, declared)  # raises, naming what is wrong
+        return b.value
+    if isinstance(expr, Call):
+        value = evaluate_value(expr.arg, env, declared, tables)
+        return None if value is None else meta_value(expr.func, value, expr.span)[1]
+    if isinstance(expr, Lookup):
+        table = tables.get(expr.table)
+        if table is None:
+            raise SpecError(f"no table '{expr.table}'" + (f" (tables: {', '.join(tables)})" if tables else ""),
+                            expr.span)
+        key = evaluate_value(expr.key, env, declared, tables)
+        if key is None:
+            return None
+        if str(key) not in table:
+            raise SpecError(f"table '{expr.table}' has no entry '{key}' (entries: {', '.join(table)})", expr.span)
+        return _number_or_text(table[str(key)])
+    if isinstance(expr, Neg):
+        value = evaluate_value(expr.operand, env, declared, tables)
+        return None if value is None else -_arith(value, expr.operand)
+    left = evaluate_value(expr.left, env, declared, tables)
+    right = evaluate_value(expr.right, env, declared, tables)
+    if left is None or right is None:
+        return None
+    left, right = _arith(left, expr.left), _arith(right, expr.right)
+    if expr.op in ("//", "%") and right == 0:
+        raise SpecError(f"division by zero in {expr_text(expr)}", _first_span(expr))
+    return {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
+            "//": lambda: left // right, "%": lambda: left % right}[expr.op]()
+
+
+def _arith(value, expr):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        name = expr.name if isinstance(expr, Ref) else expr_text(expr)
+        raise SpecError(f"arithmetic needs a number; '{name}' is {json.dumps(value)}", _first_span(expr))
+    return value
+
+
+def _number_or_text(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def meta_value(kind: str, value, span=None) -> tuple[str, Any]:
+    """(type, value) of `kind(value)`: an integer type takes a whole number (10.0 is 10), a
+    float type any number, bool true/false, string any value as text; out of range or of the
+    wrong kind is a SpecError at `span`."""
+    if kind not in META_TYPES:
+        raise SpecError(f"unknown metadata type '{kind}' (types: {', '.join(META_TYPES)})", span)
+    if kind == "string":
+        return kind, value if isinstance(value, str) else json.dumps(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise SpecError(f"bool() needs true or false, not {json.dumps(value)}", span)
+        return kind, value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{kind}() needs a number, not {json.dumps(value)}", span)
+    if kind.startswith("float"):
+        return kind, float(value)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise SpecError(f"{kind}() needs a whole number, not {value}", span)
+        value = int(value)
+    bits = int(kind.lstrip("uint"))
+    lo, hi = (0, 1 << bits) if kind.startswith("u") else (-(1 << (bits - 1)), 1 << (bits - 1))
+    if not lo <= value < hi:
+        raise SpecError(f"{value} does not fit {kind}", span)
+    return kind, value
+
+
+def bind_meta(spec: Spec, bindings: tuple[Binding, ...]) -> tuple[list, list[SpecError]]:
+    """The spec's `meta KEY = VALUE` entries evaluated: [(key, type or None, value)] in source
+    order (an untyped value's type is left to the format), entries whose value is none left
+    out; `meta from` providers as (provider, args) in their place. Errors are returned."""
+    env = {b.name: b for b in bindings}
+    declared = {d.name: d for d in spec.definitions}
+    tables = {t.name: t.mapping() for t in spec.tables}
+    out, errors = [], []
+    for m in spec.meta:
+        if not isinstance(m, MetaEntry):
+            out.append((m.provider, m.args))
+            continue
+        try:
+            expr = m.value
+            if isinstance(expr, Call):
+                value = evaluate_value(expr.arg, env, declared, tables)
+                if value is not None:
+                    out.append((m.key, *meta_value(expr.func, value, expr.span)))
+                continue
+            value = evaluate_value(expr, env, declared, tables)
+            if value is not None:
+                out.append((m.key, None, value))
+        except SpecError as exc:
+            errors.append(exc)
+    return out, errors
 
 
 _COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,

@@ -24,7 +24,7 @@ from .fit import TargetReport
 from .matcher import Ambiguous, Entry, Matcher
 from ..core.modelconfig import ConfigPatch
 from ..core.nogc import without_gc
-from .params import Binding, Config, bind_all, raise_all
+from .params import Binding, Config, bind_all, bind_meta, raise_all
 from ..lang.rules import (BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst, expr_names,
                     rule_text)
 from ..core.tensorinfo import TensorInfo  # re-exported: the plan speaks in TensorInfo
@@ -86,6 +86,9 @@ class Plan:
     params: tuple[Binding, ...] = ()
     fallback: Span | None = None  # the `otherwise` rule, if the spec has one
     copied: tuple[str, ...] = ()  # outputs written by `copy` rules (a source read twice)
+    # file-level metadata the spec states (`meta`): (key, type or None, value), and
+    # (provider, args) for `meta from` entries, in source order (params.bind_meta)
+    meta: tuple = ()
 
     def source_used(self) -> int:
         """How many source tensors went into the outputs."""
@@ -204,7 +207,8 @@ def compile_spec(
     that matches no key is listed in `Plan.unused`, or is an error with `strict_rules`."""
     written = spec  # as the author wrote it (parameters by name): how its rules are quoted back
     spec, bindings, errors, tainted = bind_all(spec, params, config)
-    check_bound(spec, errors, tainted)
+    meta, meta_errors = bind_meta(spec, bindings) if spec.meta else ((), [])
+    check_bound(spec, errors + meta_errors, tainted)
     tables = {t.name: t.mapping() for t in spec.tables}
     table_keys = {n: tuple(m) for n, m in tables.items()}
     ordinary, copies, fallback = [], [], []
@@ -315,7 +319,7 @@ def compile_spec(
         out_steps = [by_name[k] for k in kept]
     return Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(out_steps),
                 tuple(dropped), tuple(unmatched), len(keys), report, unused, bindings,
-                next((r.span for r in spec.rules if r.otherwise), None), tuple(copied))
+                next((r.span for r in spec.rules if r.otherwise), None), tuple(copied), tuple(meta))
 
 
 def copy_stand_ins(spec: Spec, steps: Iterable[Step]) -> dict[Span, Span]:

@@ -115,13 +115,21 @@ def _statement(st: Tree, text: str, file: str, comments: dict[int, Token], used:
         return ["otherwise drop"]
     if kind == "param":
         out = f"param {c[0]}"
+        keys = 0
         for tok in c[1:]:
-            out += {"NAME": f": {tok}", "STRING": f" from {tok}"}.get(tok.type, "")
+            if tok.type == "STRING":
+                out += f" {'from' if not keys else '|'} {tok}"
+                keys += 1
+            out += {"NAME": f": {tok}"}.get(tok.type, "")
             if tok.type == "LINE":
                 out += " = " + _line(tok, "expr_line", text, file)
         return [out]
     if kind == "let":
         return [f"let {c[0]} = {_line(c[1], 'expr_line', text, file)}"]
+    if kind == "meta":
+        return [f"meta {_pattern(c[0], text, file)} = {_line(c[1], 'expr_line', text, file)}"]
+    if kind == "meta_from":
+        return [f"meta from {c[0]}(" + ", ".join(str(a) for a in c[1:]) + ")"]
     if kind == "assertion":
         return [f"assert {_line(c[0], 'assert_line', text, file)}"]
     if kind == "table":
@@ -213,6 +221,10 @@ def _expr(t: Tree, parent: int = 0, right: bool = False, sep: str = "") -> str:
         return str(t.children[0])
     if kind == "lookup":
         return f"{t.children[0]}[{_expr(t.children[1], sep=sep)}]"
+    if kind == "decimal":
+        return str(t.children[0])
+    if kind == "call":
+        return f"{t.children[0]}({_expr(t.children[1], sep=sep)})"
     if kind == "neg":
         return "-" + _expr(t.children[0], 3, sep=sep)
     prec = _PREC[kind]
@@ -234,7 +246,7 @@ def _arg(v) -> str:
         return f"{v.children[0]}={_arg(v.children[1])}"
     if kind == "string":
         return str(v.children[0])
-    if kind in _PREC or kind in ("ref", "number", "neg", "lookup"):
+    if kind in _PREC or kind in ("ref", "number", "neg", "lookup", "decimal", "call"):
         return _expr(v, sep=" ")
     if kind == "tuple":
         items = [_arg(x) for x in v.children]

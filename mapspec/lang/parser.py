@@ -16,6 +16,8 @@ from .rules import (
     Action,
     Assertion,
     BinOp,
+    Call,
+    Dec,
     Calc,
     Capture,
     DropRule,
@@ -25,6 +27,8 @@ from .rules import (
     Let,
     Lit,
     Lookup,
+    MetaEntry,
+    MetaFrom,
     Neg,
     Num,
     Param,
@@ -146,6 +150,7 @@ class _Builder:
         includes: list[str] = []
         definitions: list = []
         assertions: list[Assertion] = []
+        meta: list = []
         body_started = False
         for st in tree.children:
             try:
@@ -170,6 +175,7 @@ class _Builder:
                     rules.extend(sub.rules)
                     definitions.extend(sub.definitions)
                     assertions.extend(sub.assertions)
+                    meta.extend(sub.meta)
                 elif kind == "table":
                     tables.append(self._table(st))
                 elif kind == "rename":
@@ -200,6 +206,13 @@ class _Builder:
                     definitions.append(Let(name=str(name_tok), expr=self._line(line), span=self.span_tok(name_tok)))
                 elif kind == "assertion":
                     assertions.append(self._assertion(st.children[0], span))
+                elif kind == "meta":
+                    key_tok, line = st.children
+                    meta.append(MetaEntry(key=self._plain(key_tok), value=self._line(line), span=self.span_tok(key_tok)))
+                elif kind == "meta_from":
+                    name_tok, *args = st.children
+                    meta.append(MetaFrom(provider=str(name_tok), args=tuple(ast.literal_eval(str(a)) for a in args),
+                                         span=span))
                 else:  # pragma: no cover - the grammar has no other statements
                     raise self.error(f"unknown statement {kind}", span)
             except RecursionError:  # whatever nests past Python's stack: an error at its statement
@@ -208,7 +221,8 @@ class _Builder:
             first = min(seen.values(), key=lambda s: (s.line, s.column))
             header = header.model_copy(update={"span": first})
         return Spec(file=self.file, header=header, tables=tuple(tables), rules=tuple(rules),
-                    includes=tuple(includes), definitions=tuple(definitions), assertions=tuple(assertions))
+                    includes=tuple(includes), definitions=tuple(definitions), assertions=tuple(assertions),
+                    meta=tuple(meta))
 
     def _drop(self, children: list, span: Span) -> DropRule:
         """`drop P | Q`, with `reverse none` under it (the inverse may leave the keys out)."""
@@ -301,13 +315,15 @@ class _Builder:
     def _param(self, st: Tree, span: Span) -> Param:
         name_tok, *rest = st.children
         fields: dict = {"name": str(name_tok), "span": self.span_tok(name_tok)}
+        keys = []
         for tok in rest:
             if tok.type == "NAME":
-                if str(tok) not in ("int", "str"):
-                    raise self.error(f"a parameter is int or str, not '{tok}'", self.span_tok(tok))
+                if str(tok) not in ("int", "str", "float", "bool"):
+                    raise self.error(f"a parameter is int, str, float or bool, not '{tok}'", self.span_tok(tok))
                 fields["type"] = str(tok)
             elif tok.type == "STRING":
-                fields["config_key"] = _string(str(tok))
+                keys.append(_string(str(tok)))
+                fields["config_key"], fields["more_keys"] = keys[0], tuple(keys[1:])
             else:
                 fields["default"] = self._line(tok)
         return Param(**fields)
@@ -447,6 +463,11 @@ class _Builder:
             return Num(value=-inner.value) if isinstance(inner, Num) else Neg(operand=inner)
         if kind == "lookup":
             return Lookup(table=str(t.children[0]), key=self._expr(t.children[1], base, depth + 1), span=where(t))
+        if kind == "decimal":
+            text = str(t.children[0])
+            return Dec(value=float(text), text=text)
+        if kind == "call":
+            return Call(func=str(t.children[0]), arg=self._expr(t.children[1], base, depth + 1), span=where(t))
         op = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "mod": "%"}[kind]
         return BinOp(op=op, left=self._expr(t.children[0], base, depth + 1),
                      right=self._expr(t.children[1], base, depth + 1))

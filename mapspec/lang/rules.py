@@ -85,7 +85,24 @@ class Neg(Node):
     operand: "Expr"
 
 
-Expr = Annotated[Union[Ref, Num, BinOp, Lookup, Neg], Field(discriminator="kind")]
+class Dec(Node):
+    """A decimal number (`10000.0`, `1e-6`): metadata values and float parameters."""
+
+    kind: Literal["dec"] = "dec"
+    value: float
+    text: str
+
+
+class Call(Node):
+    """`uint32(n_layers)`, `float32(rope_theta)`: a value given a metadata type."""
+
+    kind: Literal["call"] = "call"
+    func: str
+    arg: "Expr"
+    span: Span
+
+
+Expr = Annotated[Union[Ref, Num, BinOp, Lookup, Neg, Dec, Call], Field(discriminator="kind")]
 
 
 def expr_names(expr) -> set[str]:
@@ -98,6 +115,8 @@ def expr_names(expr) -> set[str]:
         return expr_names(expr.operand)
     if isinstance(expr, Lookup):
         return expr_names(expr.key)
+    if isinstance(expr, Call):
+        return expr_names(expr.arg)
     return set()
 
 
@@ -229,14 +248,20 @@ class Table(Node):
 
 
 class Param(Node):
-    """`param NAME [: int|str] [from "CONFIG.KEY"] [= DEFAULT]`: a value given when compiling."""
+    """`param NAME [: int|str|float|bool] [from "CONFIG.KEY" | "OTHER.KEY"...] [= DEFAULT]`: a
+    value given when compiling. `= none` makes it optional: absent when nothing gives it."""
 
     kind: Literal["param"] = "param"
     name: str
-    type: Literal["int", "str"] = "int"
+    type: Literal["int", "str", "float", "bool"] = "int"
     config_key: str | None = None
+    more_keys: tuple[str, ...] = ()  # further config keys, tried in order after config_key
     default: Expr | str | None = None
     span: Span
+
+    @property
+    def config_keys(self) -> tuple[str, ...]:
+        return ((self.config_key,) if self.config_key is not None else ()) + self.more_keys
 
 
 class Let(Node):
@@ -261,6 +286,28 @@ class Assertion(Node):
 Definition = Annotated[Union[Param, Let], Field(discriminator="kind")]
 
 
+class MetaEntry(Node):
+    """`meta KEY = VALUE`: one file-level metadata entry (see `params.bind_meta`)."""
+
+    kind: Literal["entry"] = "entry"
+    key: str
+    value: Expr | str
+    span: Span
+
+
+class MetaFrom(Node):
+    """`meta from PROVIDER("arg", ...)`: the entries a provider computes from the model
+    directory (`tokenizer`: llama.cpp's tokenizer.ggml.* keys)."""
+
+    kind: Literal["from"] = "from"
+    provider: str
+    args: tuple[str, ...] = ()
+    span: Span
+
+
+Meta = Annotated[Union[MetaEntry, MetaFrom], Field(discriminator="kind")]
+
+
 class Header(Node):
     version: int = 1
     source: str | None = None
@@ -279,6 +326,7 @@ class Spec(Node):
     includes: tuple[str, ...] = ()
     definitions: tuple[Definition, ...] = ()  # params and lets, in source order
     assertions: tuple[Assertion, ...] = ()
+    meta: tuple[Meta, ...] = ()  # file-level metadata, in source order
 
     def table_map(self) -> dict[str, Table]:
         return {t.name: t for t in self.tables}
@@ -298,6 +346,10 @@ def expr_text(expr, parent: int = 0, right: bool = False, sep: str = " ") -> str
         return expr.name
     if isinstance(expr, Num):
         return str(expr.value)
+    if isinstance(expr, Dec):
+        return expr.text
+    if isinstance(expr, Call):
+        return f"{expr.func}({expr_text(expr.arg, sep=sep)})"
     if isinstance(expr, Neg):
         return "-" + expr_text(expr.operand, 3, sep=sep)
     if isinstance(expr, Lookup):

@@ -92,6 +92,7 @@ class InverseContext:
     into: str | None  # the target capture a split makes (into=, or the only one)
     count: int | None  # how many values `axis` takes, where the spec says (an alternation, a table)
     span: Any  # where the inverse actions are reported (the forward action)
+    dtype: str | None = None  # the dtype before the action, where an expect(dtype=) or a cast fixes it
 
 
 def make(name: str, *args, span=None, **kwargs) -> Action:
@@ -179,6 +180,10 @@ class ActionDef:
     def shape_after(self, p: Params, known: Shape | None) -> Shape | None:
         """The shape after the action, where the spec alone fixes it."""
         return None
+
+    def dtype_after(self, p: Params, known: str | None) -> str | None:
+        """The dtype after the action, where the spec alone fixes it (most keep it)."""
+        return known
 
     def written(self, pa: PlannedAction, axis: str | None, span=None) -> Action | None:
         """A planned action (an inverse) as one spec action, or None if it cannot be one;

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..core import dtypes
 from ..errors import PlanError as ShapeError, SpecError, UsageError
-from ..lang.rules import Action, Word
+from ..lang.rules import Action, Text, Word
 from .args import bind, format_shape, show
 from .ggml import FLOATS, QUANTIZERS  # the block types mapspec writes; what dequantizing gives
 from .base import InverseContext, Params, PlannedAction, Shape, Typed, Unary, make, planned
@@ -21,17 +21,20 @@ class Cast(Unary):
     dtype_only = True
 
     def normalize(self, action: Action) -> Params:
-        value = bind(action, ["dtype"], 1)["dtype"]
-        name = dtypes.canonical(value.name) if isinstance(value, Word) else None
-        if name is None and isinstance(value, Word) and value.name.lower() in dtypes.BLOCKS:
-            name = value.name.lower()
-        if name is None:
-            raise SpecError(f"{action.name}(): unknown dtype {show(value)} (known: {', '.join(dtypes.NAMES)}, and "
-                            f"ggml's {', '.join(QUANTIZERS)} ...)", action.span)
-        return {"dtype": name}
+        # `unfit=DTYPE`: where a block type's blocks do not divide a tensor's rows (its last
+        # dimension), cast to DTYPE instead: llama.cpp's --outtype q8_0 keeps such tensors F16.
+        # Decided per tensor at plan time, from its shape.
+        bound = bind(action, ["dtype", "unfit"], 1)
+        p = {"dtype": dtype_word(action, bound["dtype"])}
+        if "unfit" in bound:
+            p["unfit"] = dtype_word(action, bound["unfit"])
+        return p
 
     def infer(self, p: Params, inputs: list[Typed], action: Action) -> tuple[list[Typed], Params]:
         (t,) = inputs
+        block = dtypes.block(p["dtype"])
+        if "unfit" in p and block and (not t.shape or t.shape[-1] % block[0]):
+            p = {"dtype": p["unfit"]}
         if t.dtype != p["dtype"] and (dtypes.block(t.dtype) or dtypes.block(p["dtype"])):
             _check_blocks(t.dtype, p["dtype"], tuple(t.shape), action)
         return [Typed(tuple(t.shape), p["dtype"])], {"from": t.dtype, "to": p["dtype"]}
@@ -62,8 +65,21 @@ class Cast(Unary):
         return (f"cast({p['to']}) of {p['from']} tensors loses precision; the inverse cannot restore them",
                 self._back(p, pa.outputs))
 
-    def spec_inverse(self, p: Params, ctx: InverseContext) -> None:
-        return None  # the dtype it came from: the plan says
+    def spec_inverse(self, p: Params, ctx: InverseContext) -> list[Action] | None:
+        """Back to the dtype an expect(dtype=) stated, where every dtype this cast may give
+        holds it exactly; else the plan says (or, lossy, invert reports it)."""
+        if ctx.dtype is None or any(not dtypes.exact(ctx.dtype, t) for t in self.targets(p)):
+            return None
+        return [] if self.targets(p) == {ctx.dtype} else [make("cast", ctx.dtype, span=ctx.span)]
+
+    @staticmethod
+    def targets(p: Params) -> set[str]:
+        """The dtypes this cast may give (with unfit=, either)."""
+        return {p["dtype"], p["unfit"]} if "unfit" in p and dtypes.block(p["dtype"]) else {p["dtype"]}
+
+    def dtype_after(self, p: Params, known: str | None) -> str | None:
+        targets = self.targets(p)
+        return next(iter(targets)) if len(targets) == 1 else None
 
     def shape_after(self, p: Params, known: Shape | None) -> Shape | None:
         return known
@@ -73,6 +89,20 @@ class Cast(Unary):
 
     def display(self, pa: PlannedAction, index: bool = True) -> str:
         return f"cast({pa.params['to']})"
+
+
+def dtype_word(action: Action, value) -> str:
+    """A dtype argument: a dtype name, a ggml block type, or a text parameter's value
+    (`cast(wtype)` with `let wtype = weight_types[outtype]`)."""
+    if isinstance(value, Text):
+        value = Word(name=value.value, span=action.span)
+    name = dtypes.canonical(value.name) if isinstance(value, Word) else None
+    if name is None and isinstance(value, Word) and value.name.lower() in dtypes.BLOCKS:
+        name = value.name.lower()
+    if name is None:
+        raise SpecError(f"{action.name}(): unknown dtype {show(value)} (known: {', '.join(dtypes.NAMES)}, and "
+                        f"ggml's {', '.join(QUANTIZERS)} ...)", action.span)
+    return name
 
 
 def _check_blocks(src: str, dst: str, shape: Shape, action: Action) -> None:

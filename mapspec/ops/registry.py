@@ -9,6 +9,7 @@ from typing import Iterable, Iterator, Sequence
 
 from ..lang.rules import Action
 from .base import ActionDef, Params, PlannedAction, Shape, Typed, planned, unknown
+from .arith import Add
 from .cast import Cast
 from .merge import Chunk, Concat, Split, Stack, Unstack
 from .quant import Dequantize, Quantize
@@ -36,7 +37,7 @@ def registered(definition: ActionDef) -> Iterator[ActionDef]:
 
 
 for _d in (View("view"), View("reshape"), Transpose(), Permute("permute"), Squeeze("squeeze"),
-           Unsqueeze("unsqueeze"), Cast(), Expect("expect"), Concat(), Stack(), Split("split"), Chunk(), Unstack(),
+           Unsqueeze("unsqueeze"), Cast(), Add(), Expect("expect"), Concat(), Stack(), Split("split"), Chunk(), Unstack(),
            Dequantize(), Quantize()):
     register(_d)
 

@@ -236,11 +236,29 @@ class Expect(Reshaping):
         dims = []
         for v in action.args:
             dims.append(None if isinstance(v, Word) and v.name == "_" else integer(action, v, "each size (or _)"))
-        if action.kwargs:
-            raise SpecError("expect() takes sizes only, e.g. expect(n_heads * head_dim, _)", action.span)
-        return {"shape": dims}
+        # `dtype=`: the dtype the tensor has here (a model's config.json `dtype`), checked at
+        # plan time; a later cast then inverts from the spec alone (back to that dtype).
+        kinds = [k for k, _ in action.kwargs]
+        if kinds not in ([], ["dtype"]):
+            raise SpecError("expect() takes sizes and dtype= only, e.g. expect(n_heads * head_dim, _)", action.span)
+        if not dims and not kinds:
+            raise SpecError("expect() needs sizes or dtype=", action.span)
+        p: Params = {"shape": dims} if dims else {}
+        if kinds:
+            from .cast import dtype_word
+
+            p["dtype"] = dtype_word(action, action.kwargs[0][1])
+        return p
+
+    def infer(self, p: Params, inputs: list[Typed], action: Action) -> tuple[list[Typed], Params]:
+        if "dtype" in p and inputs[0].dtype != p["dtype"]:
+            raise ShapeError(f"expect(dtype={p['dtype']}): the tensor here is {inputs[0].dtype} (say its dtype with -p)",
+                             action.span)
+        return super().infer(p, inputs, action)
 
     def shape(self, p: Params, shape: Shape, action: Action) -> tuple[Shape, Params]:
+        if "shape" not in p:
+            return shape, dict(p)
         want = p["shape"]
         if len(want) != len(shape) or any(w is not None and w != s for w, s in zip(want, shape)):
             raise ShapeError(f"expect{_pattern(want)}: the tensor here has shape {format_shape(shape)}", action.span)
@@ -256,12 +274,18 @@ class Expect(Reshaping):
         return []  # an assertion: nothing to undo
 
     def shape_after(self, p: Params, known: Shape | None) -> Shape | None:
+        if "shape" not in p:
+            return known
         return tuple(p["shape"]) if None not in p["shape"] else None
+
+    def dtype_after(self, p: Params, known: str | None) -> str | None:
+        return p.get("dtype", known)
 
     def display(self, pa: PlannedAction, index: bool = True) -> str:
         if "shape" not in pa.params:
-            return super().display(pa, index)
-        return "expect(" + ", ".join("_" if d is None else str(d) for d in pa.params["shape"]) + ")"
+            return f"expect(dtype={pa.params['dtype']})" if "dtype" in pa.params else super().display(pa, index)
+        dims = ["_" if d is None else str(d) for d in pa.params["shape"]]
+        return "expect(" + ", ".join(dims + ([f"dtype={pa.params['dtype']}"] if "dtype" in pa.params else [])) + ")"
 
 
 def _pattern(want: list[int | None]) -> str:

@@ -32,6 +32,7 @@ from typing import Mapping
 from ..core.quoting import shown
 
 from ..ops import actions as act
+from ..ops.base import make
 from ..errors import SpecError, SpecErrors, Span, UsageError
 from ..lang.formatter import format_text
 from ..lang.parser import parse_spec
@@ -500,6 +501,7 @@ class _Inverter:
                    if isinstance(p, Fanout)] if isinstance(rule, RenameRule) else []
         inverse: list[list[str]] = []
         known: tuple[int, ...] | None = None  # the shape before the action, when the spec fixes it
+        known_dtype: str | None = None  # the dtype before it, when an expect(dtype=) or a cast fixes it
         ok = True
         for i, action in enumerate(rule.actions):
             d = act.lookup(action)
@@ -508,15 +510,32 @@ class _Inverter:
             cap = next((c for c in merge_axes if c.name == axis), None)
             count = (len(cap.alternatives) if cap is not None and cap.type == "alt" else
                      len(self.tables[cap.table]) if cap is not None and cap.type == "table" else None)
-            ctx = act.InverseContext(known, axis, fanouts[0] if len(fanouts) == 1 else None, count, action.span)
+            ctx = act.InverseContext(known, axis, fanouts[0] if len(fanouts) == 1 else None, count, action.span,
+                                     known_dtype)
             inv = d.spec_inverse(p, ctx)
+            if inv is None and known_dtype is not None and d.dtype_only and self.plan is None:
+                inv = self._lossy_back(d, p, known_dtype, action)  # from the spec's stated dtype
             inv = [action_text(a) for a in inv] if inv is not None else self._from_plan(rule, i, action, d, axis)
             if inv is None:
                 ok = False
             else:
                 inverse.append(inv)
             known = d.shape_after(p, known)
+            known_dtype = d.dtype_after(p, known_dtype)
         return [a for inv in reversed(inverse) for a in inv] if ok else None
+
+    def _lossy_back(self, d, p, before: str, action) -> list | None:
+        """A cast from a dtype the spec states (expect(dtype=)) that loses precision (to
+        float16, to Q8_0): refused, or under --lossy cast back and the loss reported."""
+        targets = sorted(d.targets(p)) if hasattr(d, "targets") else [p.get("dtype", "?")]
+        message = f"cast({'/'.join(targets)}) of {before} tensors loses precision; the inverse cannot restore them"
+        if not self.lossy:
+            self._fail(message + " (--lossy inverts it anyway and reports the loss)", action.span)
+            return []
+        text = f"{Path(action.span.file).name}:{action.span.line}: {message}"
+        if text not in self.losses:
+            self.losses.append(text)
+        return [make(d.name, before, span=action.span)]
 
     def _from_plan(self, rule, i: int, action, d, axis: str | None) -> list[str] | None:
         """The inverse from the forward plan: the actions' own `inverse`, the same for every

@@ -172,7 +172,10 @@ def verify_roundtrip(spec, checkpoint: str | Path, *, select: str | None = None,
     from .invert import invert_spec
     from ..compile.plan import compile_spec
 
+    from .hf_gguf import default_config
+
     spec = as_spec(spec)
+    config = default_config(spec, checkpoint, config)
     source = open_for(spec, checkpoint, select, epoch)
     try:
         plan = compile_spec(spec, source.infos(), params=params, config=config)

@@ -1,0 +1,160 @@
+"""llama.cpp's own Hugging Face -> GGUF converter, as the reference mapspec's GGUF specs are proven
+against.
+
+Nothing of llama.cpp is kept in this repository: the converter (`convert_hf_to_gguf.py` and its
+`conversion/` package) and its `gguf-py` come from the llama-cpp-python source archive, fetched
+once with pip into a cache outside the checkout (`$MAPSPEC_TEST_CACHE`, default
+`~/.cache/mapspec-tests`) and extracted there. Tests that need it skip when it cannot be had
+(offline, no pip index).
+
+The C++ library (for loading a GGUF and computing logits) is the same package built as a wheel,
+also cached there (`wheels/`); `llama_cpp()` imports it from there or returns None.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+VERSION = "0.3.36"
+CACHE = Path(os.environ.get("MAPSPEC_TEST_CACHE", Path.home() / ".cache" / "mapspec-tests"))
+ARCHIVE = f"llama_cpp_python-{VERSION}.tar.gz"
+VENDOR = f"llama_cpp_python-{VERSION}/vendor/llama.cpp"
+WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "models/ggml-vocab-")
+
+
+def _archive() -> Path | None:
+    src = CACHE / "src"
+    path = src / ARCHIVE
+    if path.is_file():
+        return path
+    src.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={VERSION}", "--no-deps",
+         "--no-binary", ":all:", "-d", str(src)],
+        capture_output=True, text=True, timeout=900)
+    return path if done.returncode == 0 and path.is_file() else None
+
+
+def llama_cpp_dir() -> Path | None:
+    """The extracted `vendor/llama.cpp` (converter, conversion/, gguf-py, vocab files), or None."""
+    root = CACHE / "src" / VENDOR
+    if (root / "convert_hf_to_gguf.py").is_file() and (root / "conversion" / "base.py").is_file():
+        return root
+    try:
+        archive = _archive()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if archive is None:
+        return None
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers()
+                   if m.name.startswith(VENDOR + "/")
+                   and m.name[len(VENDOR) + 1:].startswith(WANTED)
+                   and (m.isfile() or m.isdir())]
+        tar.extractall(CACHE / "src", members=members, filter="data")
+    return root if (root / "convert_hf_to_gguf.py").is_file() else None
+
+
+def require():
+    """The llama.cpp directory, or skip the calling test."""
+    import pytest
+
+    root = llama_cpp_dir()
+    if root is None:
+        pytest.skip(f"llama.cpp's converter is not available (pip download llama-cpp-python=={VERSION} failed)")
+    return root
+
+
+def gguf_py(root: Path):
+    """llama.cpp's own gguf-py (the one its converter uses), imported from the extracted tree,
+    not the `gguf` package installed in the environment."""
+    import importlib
+
+    path = str(root / "gguf-py")
+    saved = {k: v for k, v in sys.modules.items() if k == "gguf" or k.startswith("gguf.")}
+    for k in saved:
+        del sys.modules[k]
+    sys.path.insert(0, path)
+    try:
+        return importlib.import_module("gguf")
+    finally:
+        sys.path.remove(path)
+        for k in [k for k in sys.modules if k == "gguf" or k.startswith("gguf.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def convert(model_dir: Path, out: Path, outtype: str, *extra: str, root: Path | None = None) -> Path:
+    """Run `convert_hf_to_gguf.py MODEL_DIR --outtype OUTTYPE --outfile OUT` in a subprocess;
+    raise with its output on failure."""
+    root = root or require()
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("NO_LOCAL_GGUF", None)  # the converter must use its own gguf-py, next to it
+    done = subprocess.run(
+        [sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outtype", outtype,
+         "--outfile", str(out), *extra],
+        capture_output=True, text=True, env=env, cwd=str(root), timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return out
+
+
+# Several conversions in one interpreter: the converter's imports (torch, transformers) take
+# most of a tiny model's conversion time.
+_MANY = """
+import sys, json
+sys.path.insert(0, sys.argv[1])
+import convert_hf_to_gguf as c
+for model, out, outtype in json.loads(sys.argv[2]):
+    sys.argv = ["convert_hf_to_gguf.py", model, "--outtype", outtype, "--outfile", out]
+    c.main()
+"""
+
+
+def convert_many(jobs, root: Path | None = None) -> None:
+    """convert() for each (model_dir, out, outtype), in one subprocess."""
+    import json
+
+    root = root or require()
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("NO_LOCAL_GGUF", None)
+    done = subprocess.run([sys.executable, "-c", _MANY, str(root), json.dumps([[str(m), str(o), t] for m, o, t in jobs])],
+                          capture_output=True, text=True, env=env, cwd=str(root), timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed ({done.returncode}):\n{done.stderr[-4000:]}")
+
+
+WHEELS = CACHE / "wheels"
+
+
+def llama_cpp():
+    """The llama_cpp module from the wheel built into the cache (see bench/README or the test
+    docs for the build command), or None when no wheel is there."""
+    wheels = sorted(glob.glob(str(WHEELS / f"llama_cpp_python-{VERSION}-*.whl")))
+    if not wheels:
+        return None
+    target = CACHE / "site" / Path(wheels[-1]).stem
+    if not (target / "llama_cpp").is_dir():
+        import zipfile
+
+        target.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheels[-1]) as z:
+            z.extractall(target)
+    if str(target) not in sys.path:
+        sys.path.insert(0, str(target))
+    import importlib
+
+    try:
+        return importlib.import_module("llama_cpp")
+    except Exception:  # a wheel that does not load here (missing libs) counts as absent
+        return None
+
+
+BUILD_COMMAND = (
+    'CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF '
+    '-DLLAMA_BUILD_SERVER=OFF" nice -n 15 python -m pip wheel --no-deps '
+    f'{CACHE}/src/{ARCHIVE} -w {WHEELS}')
