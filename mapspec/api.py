@@ -17,7 +17,8 @@ from .formats.base import guarded_writes
 from .formats.provenance import Provenance
 from .lang.parser import as_spec
 from .lang.rules import Spec
-from .run.executor import named_output_errors, check_space, copied_from, disk_size, execute, open_for
+from .run.executor import (named_output_errors, check_space, copied_from, disk_size, execute, open_for, rank_values,
+                           written_files)
 from .run.memory import remap_tensors
 from .run.options import Options
 
@@ -82,11 +83,14 @@ def apply(
 
         inverse = invert_spec(spec, params=opts.params, config=opts.config, lossy=lossy, prefer=prefer)
     output = Path(output)
-    fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None else None))
+    runs = inverse.spec if inverse else spec
+    ranked_out = runs.header.ranks_side == "target"
+    fmt = "ranks" if ranked_out else sink_format(output, to or ("safetensors" if max_shard_size is not None else None))
     if output.exists() and not force:
         raise UsageError(f"{output} exists; use --force to overwrite it")
-    _refuse_overwrite(output, _paths(checkpoint), max_shard_size is not None)
-    source = open_for(inverse.spec if inverse else spec, checkpoint, opts.select, opts.epoch)
+    values = dict(inverse.params) if inverse else rank_values(spec, opts.params, opts.config)
+    _refuse_overwrite(output, _paths(checkpoint), max_shard_size is not None or ranked_out)
+    source = open_for(runs, checkpoint, opts.select, opts.epoch, values)
     try:
         _refuse_overwrite(output, source.shards, max_shard_size is not None)
         target = _target(opts.target)
@@ -106,8 +110,14 @@ def apply(
         with guarded_writes(replace=force), named_output_errors(output):
             sink = None
             try:
-                sink = open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
-                                 copied_from=copied_from(plan, source))
+                if ranked_out:  # `ranks target`: one file per rank, and the spec's `write` files
+                    from .formats.ranked import RankedSink, layout
+
+                    sink = RankedSink(output, layout(runs.header.ranks, values), plan.outputs(), record,
+                                      files=written_files(spec, values) if not inverse else {})
+                else:
+                    sink = open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
+                                     copied_from=copied_from(plan, source))
                 execute(plan, source, sink, (lambda done: progress(done, n)) if progress else None)
                 sink.commit()
             except BaseException:
@@ -128,7 +138,8 @@ def plan_for(spec: Spec | str | Path, checkpoint: str | Path, options: Options |
     (or the same names as keywords) as for `apply`."""
     spec = as_spec(spec)
     opts = Options.of(options, **overrides)
-    return compile_spec(spec, _infos(open_for(spec, checkpoint, opts.select, opts.epoch)),
+    return compile_spec(spec, _infos(open_for(spec, checkpoint, opts.select, opts.epoch,
+                                              rank_values(spec, opts.params, opts.config))),
                         **opts.compiling(_target(opts.target)))
 
 
@@ -141,7 +152,7 @@ def inverse_plan_for(spec: Spec | str | Path, checkpoint: str | Path, options: O
 
     opts = Options.of(options, **overrides)
     inverse = invert_spec(as_spec(spec), params=opts.params, config=opts.config, lossy=lossy, prefer=prefer)
-    infos = _infos(open_for(inverse.spec, checkpoint, opts.select, opts.epoch))
+    infos = _infos(open_for(inverse.spec, checkpoint, opts.select, opts.epoch, dict(inverse.params)))
     return inverse, inverse.compile(infos, **opts.compiling(_target(opts.target), inverse=True))
 
 

@@ -326,13 +326,15 @@ def _plan_copies(renderer: "_Renderer", matcher: Matcher, keys: Mapping[str, Ten
         if key in unmatched:
             raise PlanError(f"copy: '{key}' is not matched by any other rule; a copy is an extra output, "
                             "the key still needs its own rule", rule.span)
-        out = renderer.render(key, caps)
-        if out in steps:
-            if rule.if_absent:
-                continue
-            raise _duplicate(out, steps[out], key, rule)
-        steps[out] = renderer.step(out, key, keys[key])
-        outputs.append(out)
+        made = ([renderer.step(renderer.render(key, caps), key, keys[key])] if renderer.simple_step
+                else renderer.plan_group([(key, caps)], keys))  # a copy fanned out (to every rank, say)
+        if rule.if_absent and any(s.output in steps for s in made):
+            continue
+        for step in made:
+            if step.output in steps:
+                raise _duplicate(step.output, steps[step.output], key, rule)
+            steps[step.output] = step
+            outputs.append(step.output)
     return outputs
 
 

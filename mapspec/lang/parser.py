@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from lark import Token, Tree
@@ -38,6 +39,7 @@ from .rules import (
     Text,
     Tuple,
     Word,
+    WriteFile,
 )
 
 LANGUAGE_VERSION = 1
@@ -116,11 +118,12 @@ class _Builder:
         includes: list[str] = []
         definitions: list = []
         assertions: list[Assertion] = []
+        writes: list[WriteFile] = []
         body_started = False
         for st in tree.children:
             kind = st.data
             span = self.span_tree(st)
-            if kind in ("version", "frameworks", "select"):
+            if kind in ("version", "frameworks", "select", "ranks"):
                 if kind in seen:
                     raise self.error(f"'{_HEADER_WORD[kind]}' is given twice (first at line {seen[kind].line})", span)
                 if body_started:
@@ -139,6 +142,9 @@ class _Builder:
                 rules.extend(sub.rules)
                 definitions.extend(sub.definitions)
                 assertions.extend(sub.assertions)
+                writes.extend(sub.writes)
+            elif kind in ("write", "write_text"):
+                writes.append(self._write(st, span))
             elif kind == "table":
                 tables.append(self._table(st))
             elif kind == "rename":
@@ -175,7 +181,8 @@ class _Builder:
             first = min(seen.values(), key=lambda s: (s.line, s.column))
             header = header.model_copy(update={"span": first})
         return Spec(file=self.file, header=header, tables=tuple(tables), rules=tuple(rules),
-                    includes=tuple(includes), definitions=tuple(definitions), assertions=tuple(assertions))
+                    includes=tuple(includes), definitions=tuple(definitions), assertions=tuple(assertions),
+                    writes=tuple(writes))
 
     def _drop(self, children: list, span: Span) -> DropRule:
         """`drop P | Q`, with `reverse none` under it (the inverse may leave the keys out)."""
@@ -193,11 +200,36 @@ class _Builder:
             return header.model_copy(update={"version": version})
         if st.data == "frameworks":
             return header.model_copy(update={"source": str(st.children[0]), "target": str(st.children[1])})
+        if st.data == "ranks":
+            side, *names = st.children
+            if str(side) not in ("source", "target"):
+                raise self.error(f"'ranks' is followed by source or target (the side that is rank files), not '{side}'",
+                                 self.span_tok(side))
+            templates = []
+            for tok in names:
+                text = ast.literal_eval(str(tok))
+                bad = re.sub(r"\{[A-Za-z_][A-Za-z0-9_]*(?::[0-9]{1,2})?\}", "", text)
+                if "{" in bad or "}" in bad or not text or text.startswith("/") or ".." in text.split("/"):
+                    raise self.error("a rank file name is a relative path whose fields are {name} or {name:WIDTH} "
+                                     "(e.g. \"consolidated.{rank:02}.pth\")", self.span_tok(tok))
+                templates.append(text)
+            return header.model_copy(update={"ranks_side": str(side), "ranks": tuple(templates)})
         tok = st.children[0]
         pat = self._pattern(tok)
         if any(isinstance(p, Capture) for p in pat.parts):
             raise self.error("'select' takes a plain path such as model or state_dict", pat.span)
         return header.model_copy(update={"select": "".join(p.text for p in pat.parts)})
+
+    def _write(self, st: Tree, span: Span) -> WriteFile:
+        path_tok, *rest = st.children
+        path = ast.literal_eval(str(path_tok))
+        if not path or path.startswith("/") or ".." in path.split("/"):
+            raise self.error("write names a relative file inside the output", self.span_tok(path_tok))
+        if st.data == "write_text":
+            return WriteFile(path=path, text=ast.literal_eval(str(rest[0])), span=span)
+        entries = tuple(TableEntry(key=self._plain(e.children[0]), value=str(e.children[1]), span=self.span_tree(e))
+                        for e in rest)
+        return WriteFile(path=path, entries=entries, span=span)
 
     def _include(self, st: Tree) -> Spec:
         tok = st.children[0]
@@ -454,7 +486,7 @@ class _Builder:
         raise TypeError(kind)  # pragma: no cover
 
 
-_HEADER_WORD = {"version": "mapspec", "frameworks": "from ... to", "select": "select"}
+_HEADER_WORD = {"version": "mapspec", "frameworks": "from ... to", "select": "select", "ranks": "ranks"}
 
 
 def as_spec(spec: Spec | str | Path) -> Spec:

@@ -266,7 +266,19 @@ class Header(Node):
     source: str | None = None
     target: str | None = None
     select: str | None = None
+    ranks_side: Literal["source", "target"] | None = None  # which side is rank files
+    ranks: tuple[str, ...] = ()  # their file name templates (`ranks` statement)
     span: Span | None = None
+
+
+class WriteFile(Node):
+    """`write "params.json" { dim = {hidden} ... }`: a small file beside the output, its
+    entries rendered with the parameters' values (a JSON object), or one rendered text."""
+
+    path: str
+    entries: tuple[TableEntry, ...] | None = None
+    text: str | None = None
+    span: Span
 
 
 class Spec(Node):
@@ -279,6 +291,7 @@ class Spec(Node):
     includes: tuple[str, ...] = ()
     definitions: tuple[Definition, ...] = ()  # params and lets, in source order
     assertions: tuple[Assertion, ...] = ()
+    writes: tuple[WriteFile, ...] = ()
 
     def table_map(self) -> dict[str, Table]:
         return {t.name: t for t in self.tables}

@@ -11,6 +11,7 @@ from ..lang.rules import Action
 from .base import ActionDef, Params, PlannedAction, Shape, Typed, planned, unknown
 from .cast import Cast
 from .merge import Chunk, Concat, Split, Stack, Unstack
+from .ranks import Replicate, Replicated
 from .shape import Expect, Permute, Squeeze, Transpose, Unsqueeze, View
 
 REGISTRY: dict[str, ActionDef] = {}
@@ -35,7 +36,8 @@ def registered(definition: ActionDef) -> Iterator[ActionDef]:
 
 
 for _d in (View("view"), View("reshape"), Transpose(), Permute("permute"), Squeeze("squeeze"),
-           Unsqueeze("unsqueeze"), Cast(), Expect("expect"), Concat(), Stack(), Split("split"), Chunk(), Unstack()):
+           Unsqueeze("unsqueeze"), Cast(), Expect("expect"), Concat(), Stack(), Split("split"), Chunk(), Unstack(),
+           Replicated(), Replicate()):
     register(_d)
 
 

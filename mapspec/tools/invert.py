@@ -25,6 +25,8 @@ coverage and ambiguity like any plan.
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -268,6 +270,9 @@ class _Inverter:
         out.append("mapspec 1")
         if h.source or h.target:
             out.append(f"from {h.target or 'unknown'} to {h.source or 'unknown'}")
+        if h.ranks_side:  # the rank files are on the other side of the inverse
+            other = "target" if h.ranks_side == "source" else "source"
+            out.append(f"ranks {other} " + " | ".join(json.dumps(t) for t in h.ranks))
         for t in self.spec.tables:
             if t.name in self.used_tables:
                 out += ["", f"table {t.name} {{"] + [f"  {e.key} = {e.value}" for e in t.entries] + ["}"]
