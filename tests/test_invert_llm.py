@@ -35,6 +35,8 @@ def run(*args) -> str:
 def reverse(spec: str, ckpt: Path, config: Path, out: Path) -> dict:
     """`mapspec apply --reverse SPEC CKPT --config CONFIG -o OUT`: the derived inverse, run."""
     run("apply", "--reverse", SPECS / spec, ckpt, "--config", config, "-o", out)
+    if out.is_dir():  # Meta's rank files: one rank here
+        return torch.load(out / "consolidated.00.pth", weights_only=True)
     return torch.load(out, weights_only=True) if out.suffix == ".pth" else load_file(out)
 
 
@@ -69,17 +71,20 @@ def test_inverted_hf_to_meta_is_the_meta_to_hf_spec_and_the_conversion_script(si
     loaded = load_hf(transformers.LlamaForCausalLM, tmp_path / "hf", tmp_path / "inverted.safetensors")
     assert loaded.config.tie_word_embeddings == cfg.tie_word_embeddings
 
-    # The other way: Meta's params.json feeds the inverse of the Meta -> HF spec.
-    to_meta = reverse("llama_meta_to_hf.map", tmp_path / "hf" / "model.safetensors", tmp_path / "params.json",
-                      tmp_path / "inverted.pth") if not cfg.tie_word_embeddings else None
-    if to_meta is not None:  # a tied HF checkpoint has no head: only llama_hf_to_meta's copy makes output.weight
-        assert_same_tensors(to_meta, convert("llama_hf_to_meta.map", tmp_path / "hf" / "model.safetensors",
-                                             hf_config, tmp_path / "hand.pth"))
+    # The other way: the inverse of the Meta -> HF spec needs the rank count, which only the
+    # forward checkpoint tells (its merges over {rank}); from the spec alone it is refused
+    # with that advice, and llama_hf_to_meta.map takes it as -p shards=N.
+    r = runner.invoke(app, [str(a) for a in ("apply", "--reverse", SPECS / "llama_meta_to_hf.map",
+                                              tmp_path / "hf" / "model.safetensors", "--config",
+                                              tmp_path / "params.json", "-o", tmp_path / "inverted")])
+    assert r.exit_code == 2 and "concat() inverts only knowing" in r.output and "forward checkpoint" in r.output
+    assert not (tmp_path / "inverted").exists()
 
-    # Forward and back on the files transformers and torch wrote, bit for bit. A tied model's
-    # head is the copied embedding, checked equal to it.
+    # Forward and back on the files transformers and torch wrote, bit for bit. (A tied model's
+    # head is the embedding copied to every rank, cut by rows where the embedding is cut by
+    # columns: not a twin of a restored output, so not counted.)
     n = len(model.state_dict()) - cfg.tie_word_embeddings
-    verified("llama_hf_to_meta.map", tmp_path / "hf" / "model.safetensors", hf_config, n + cfg.tie_word_embeddings)
+    verified("llama_hf_to_meta.map", tmp_path / "hf" / "model.safetensors", hf_config, n)
     verified("llama_meta_to_hf.map", tmp_path / "consolidated.00.pth", tmp_path / "params.json", len(meta))
 
 
@@ -94,11 +99,11 @@ def test_verify_reports_meta_rope_freqs_as_not_restored_not_missing(tmp_path):
     r = runner.invoke(app, ["verify", str(SPECS / "llama_meta_to_hf.map"), str(tmp_path / "consolidated.00.pth"),
                             "--config", str(tmp_path / "params.json")])
     assert r.exit_code == 0, r.output
-    assert "not restored: rope.freqs (dropped by llama_meta_to_hf.map:30, marked `reverse none`)" in r.output
+    assert "not restored: 0/rope.freqs (dropped by llama_meta_to_hf.map:43, marked `reverse none`)" in r.output
     n = len(meta) - 1
     assert f"ok: {n} tensors, {n} bit-exact, 1 not restored by design" in r.output
-    assert "warning: llama_meta_to_hf.map:30: the inverse does not recreate the keys this drop removes " \
-           "(marked `reverse none`): rope.freqs" in r.output
+    assert "warning: llama_meta_to_hf.map:43: the inverse does not recreate the keys this drop removes " \
+           "(marked `reverse none`): 0/rope.freqs" in r.output
 
 
 # ---------------------------------------------------------------- Mixtral per-expert <-> stacked

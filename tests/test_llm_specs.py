@@ -56,6 +56,8 @@ def convert(spec: str, ckpt: Path, config: Path, out: Path, *params: str) -> dic
     """`mapspec apply` as a user runs it; returns the written tensors (.safetensors or .pth)."""
     r = apply_cli(spec, ckpt, config, out, params)
     assert r.exit_code == 0, r.output
+    if out.is_dir():  # Meta's rank files: one rank here
+        return torch.load(out / "consolidated.00.pth", weights_only=True)
     return torch.load(out, weights_only=True) if out.suffix == ".pth" else load_file(out)
 
 
@@ -267,7 +269,7 @@ def llama(request, tmp_path_factory):
 def test_llama_hf_to_meta_inverts_the_conversion_script_and_keeps_logits(llama, tmp_path):
     model, src = llama
     cfg = model.config
-    meta = convert("llama_hf_to_meta.map", src / "model.safetensors", src / "config.json", tmp_path / "meta.safetensors")
+    meta = convert("llama_hf_to_meta.map", src / "model.safetensors", src / "config.json", tmp_path / "meta")
 
     hf = load_file(src / "model.safetensors")
     assert ("lm_head.weight" in hf) == (not cfg.tie_word_embeddings)  # tied: the copy made the head
@@ -300,9 +302,8 @@ def test_llama_hf_to_meta_to_hf_is_exact(llama, tmp_path):
     as head), and the same logits."""
     model, src = llama
     cfg = model.config
-    convert("llama_hf_to_meta.map", src / "model.safetensors", src / "config.json", tmp_path / "consolidated.00.pth")
-    (tmp_path / "params.json").write_text(json.dumps(meta_params(cfg)))
-    hf = convert("llama_meta_to_hf.map", tmp_path / "consolidated.00.pth", tmp_path / "params.json",
+    convert("llama_hf_to_meta.map", src / "model.safetensors", src / "config.json", tmp_path / "meta")
+    hf = convert("llama_meta_to_hf.map", tmp_path / "meta", tmp_path / "meta" / "params.json",
                  tmp_path / "model.safetensors")
     assert_same_tensors(hf, dict(model.state_dict()))
     back = load_hf(transformers.LlamaForCausalLM, src, tmp_path / "model.safetensors")
@@ -649,8 +650,8 @@ def plan(spec: str, keys: dict, config: Path, target: dict | None = None):
 def test_llama_specs_compile_at_llama3_8b_sizes():
     hf = shapes(transformers.LlamaForCausalLM, published("llama3-8b.json"))
     meta = plan("llama_hf_to_meta.map", hf, PUBLISHED / "llama3-8b.json")
-    assert meta["layers.31.attention.wq.weight"].shape == (4096, 4096)
-    assert meta["layers.31.attention.wk.weight"].shape == (1024, 4096)
+    assert meta["0/layers.31.attention.wq.weight"].shape == (4096, 4096)  # rank 0 of 1
+    assert meta["0/layers.31.attention.wk.weight"].shape == (1024, 4096)
     assert len(meta) == len(hf) == 291
     # Back with Meta's params.json, checked against the real model's names and shapes.
     plan("llama_meta_to_hf.map", meta, PUBLISHED / "llama3-8b-params.json", target=hf)
