@@ -353,4 +353,4 @@ def rule_text(rule) -> str:
     word = "drop" if isinstance(rule, DropRule) else "keep"
     if getattr(rule, "otherwise", False):  # `otherwise keep` / `otherwise drop` take every key left
         return f"{lead}{word}{then}"
-    return f"{word} " + " | ".join(p.text for p in rule.patterns) + then
+    return f"{lead}{word} " + " | ".join(p.text for p in rule.patterns) + then
