@@ -268,8 +268,8 @@ def test_reverse_without_the_forward_checkpoint_matches_the_meta_to_hf_permutati
     llama_checkpoint(tmp_path / "hf.safetensors", cfg, tied=False)
     args = ["--config", str(tmp_path / "config.json")]
     assert runner.invoke(app, ["apply", str(LLAMA), str(tmp_path / "hf.safetensors"), "-o",
-                               str(tmp_path / "meta"), *args]).exit_code == 0
-    r = runner.invoke(app, ["apply", "--reverse", str(LLAMA), str(tmp_path / "meta"), "-o",
+                               str(tmp_path / "meta.safetensors"), *args]).exit_code == 0
+    r = runner.invoke(app, ["apply", "--reverse", str(LLAMA), str(tmp_path / "meta.safetensors"), "-o",
                             str(tmp_path / "back.safetensors"), *args])
     assert r.exit_code == 0, r.output
     assert_same(tmp_path / "hf.safetensors", tmp_path / "back.safetensors")

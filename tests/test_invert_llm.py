@@ -245,7 +245,6 @@ ROUND_TRIPPED = {
     # spec: where its inverse is proven bit-exact on real files
     "dpn.map": "test_dpn_interop.py::test_dpn_reverse_gives_mxnet_params_mxnet_loads (mxnet venv)",
     "llama_hf_to_meta.map": "test_inverted_hf_to_meta_is_the_meta_to_hf_spec_and_the_conversion_script",
-    "llama_meta_to_hf.map": "test_inverted_hf_to_meta_is_the_meta_to_hf_spec_and_the_conversion_script",
     "mixtral_fused_experts.map": "test_mixtral_inverse_both_directions_match_transformers_own_conversion",
     "gpt2_to_qkv.map": "test_gpt2_inverse_gives_back_the_transformers_checkpoint",
     "phi3_fused.map": "test_phi3_inverse_with_its_stated_reverses_matches_the_forward_spec",
