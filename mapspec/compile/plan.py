@@ -255,7 +255,7 @@ def compile_spec(
             copied += _plan_copies(renderers[ri], copy_matcher, keys, set(unmatched), steps)
         except PlanError as exc:
             problems.append(exc)
-    raise_all(problems)
+    raise_all([_naming_params(exc, written, bindings) for exc in problems])
     # A rule whose target a `copy ... if absent` wrote instead (lm_head in a tied model) is
     # not unused: the spec says what stands in for it.
     stand_ins = copy_stand_ins(spec, steps.values())
@@ -277,6 +277,32 @@ def compile_spec(
     return Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(out_steps),
                 tuple(dropped), tuple(unmatched), len(keys), report, unused, bindings,
                 next((r.span for r in spec.rules if r.otherwise), None), tuple(copied))
+
+
+def _naming_params(exc: SpecError, written: Spec, bindings: tuple[Binding, ...]) -> SpecError:
+    """A shape that contradicts an `expect()` written with parameters: the error names them,
+    with their values and where those came from (a default where the config lacks a key is
+    the usual cause, e.g. head_dim not stated in params.json)."""
+    if not isinstance(exc, PlanError) or exc.span is None or not bindings:
+        return exc
+    action = next((a for r in written.rules for a in getattr(r, "actions", ()) if a.span == exc.span), None)
+    if action is None or action.name != "expect":
+        return exc
+    names: list[str] = []
+    for v in action.args:
+        expr = getattr(v, "expr", None) or (Ref(name=v.name, span=v.span) if hasattr(v, "name") else None)
+        if expr is not None:
+            names += [n for n in sorted(expr_names(expr)) if n not in names]
+    by_name = {b.name: b for b in bindings}
+    shown = [f"{n} = {by_name[n].value} ({_origin(by_name[n].origin)})" for n in names if n in by_name]
+    if not shown:
+        return exc
+    return PlanError(f"{exc.message}; the parameters here: {', '.join(shown)}", exc.span, exc._source)
+
+
+def _origin(origin: str) -> str:
+    return {"-p": "from -p", "default": "its default: not in the config", "let": "derived"}.get(
+        origin, origin.replace("config ", "config key "))
 
 
 def copy_stand_ins(spec: Spec, steps: Iterable[Step]) -> dict[Span, Span]:
