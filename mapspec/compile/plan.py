@@ -179,7 +179,7 @@ def compile_spec(
             ordinary.extend(entries)
     matcher = Matcher(ordinary, table_keys)
     otherwise = Matcher(fallback, table_keys).match if fallback else None
-    renderers = _Renderers(spec.rules, tables)
+    renderers = _Renderers(spec.rules, tables, _rank_universe(spec, keys, bindings))
 
     dropped: list[tuple[str, Span]] = []
     unmatched: list[str] = []
@@ -280,19 +280,36 @@ def compile_spec(
 
 
 def _naming_params(exc: SpecError, written: Spec, bindings: tuple[Binding, ...]) -> SpecError:
-    """A shape that contradicts an `expect()` written with parameters: the error names them,
-    with their values and where those came from (a default where the config lacks a key is
-    the usual cause, e.g. head_dim not stated in params.json)."""
+    """A shape that contradicts an `expect()` written with parameters: the error names the
+    parameters of that rule's actions up to it (and what derived ones are derived from), with
+    their values and where those came from: a default where the config lacks a key is the
+    usual cause (head_dim not stated in params.json, llama_version not given)."""
     if not isinstance(exc, PlanError) or exc.span is None or not bindings:
         return exc
-    action = next((a for r in written.rules for a in getattr(r, "actions", ()) if a.span == exc.span), None)
-    if action is None or action.name != "expect":
+    for rule in written.rules:
+        actions = list(getattr(rule, "actions", ()))
+        at = next((i for i, a in enumerate(actions) if a.span == exc.span and a.name == "expect"), None)
+        if at is not None:
+            break
+    else:
         return exc
+    lets = {d.name: d for d in written.definitions if d.kind == "let"}
     names: list[str] = []
-    for v in action.args:
-        expr = getattr(v, "expr", None) or (Ref(name=v.name, span=v.span) if hasattr(v, "name") else None)
-        if expr is not None:
-            names += [n for n in sorted(expr_names(expr)) if n not in names]
+
+    def add(expr) -> None:
+        for n in sorted(expr_names(expr)):
+            if n not in names:
+                names.append(n)
+                if n in lets:
+                    add(lets[n].expr)
+
+    for action in [actions[at]] + actions[:at]:
+        for v in (*action.args, *(v for _, v in action.kwargs)):
+            expr = getattr(v, "expr", None)
+            if expr is None and isinstance(getattr(v, "name", None), str):
+                expr = Ref(name=v.name, span=v.span)
+            if expr is not None:
+                add(expr)
     by_name = {b.name: b for b in bindings}
     shown = [f"{n} = {by_name[n].value} ({_origin(by_name[n].origin)})" for n in names if n in by_name]
     if not shown:
@@ -406,15 +423,60 @@ class _Renderers(dict):
     """rule index -> its `_Renderer` (None for drop and keep rules), made when the rule first
     matches a key: a rule that matches nothing never renders, so costs nothing here."""
 
-    def __init__(self, rules, tables: dict[str, dict[str, str]]):
+    def __init__(self, rules, tables: dict[str, dict[str, str]], ranks: list[list[int]] | None = None):
         super().__init__()
-        self.rules, self.tables = rules, tables
+        self.rules, self.tables, self.ranks = rules, tables, ranks
         self.code: dict[str, Any] = {}  # template code -> its compiled maker, shared by rules of one shape
 
     def __missing__(self, i: int) -> "_Renderer | None":
         rule = self.rules[i]
         made = self[i] = _Renderer(rule, self.tables, self.code) if isinstance(rule, RenameRule) else None
+        if made is not None and self.ranks:
+            made.rank_axes = _rank_axes(rule, self.ranks)
         return made
+
+
+def _rank_universe(spec: Spec, keys: Mapping[str, TensorInfo], bindings) -> list[list[int]] | None:
+    """With `ranks source`, the keys start with the rank coordinates (`C1/.../KEY`): the values
+    each coordinate takes in the whole checkpoint. A merge over a rank then needs every rank
+    the checkpoint has, not only up to the largest its own keys show (a key missing from the
+    last rank is missing, not a smaller model)."""
+    if spec.header.ranks_side != "source":
+        return None
+    bound = {b.name for b in bindings}
+    names: list[str] = []
+    for t in spec.header.ranks:
+        for m in re.finditer(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[0-9]{1,2})?\}", t):
+            if m[1] not in bound and m[1] not in names:
+                names.append(m[1])
+    seen: list[set[int]] = [set() for _ in names]
+    for key in keys:
+        parts = key.split("/", len(names))
+        for c, text in enumerate(parts[:len(names)] if len(parts) > len(names) else ()):
+            if text.isdigit() and len(text) <= 9:
+                seen[c].add(int(text))
+    return [sorted(v) for v in seen]
+
+
+def _rank_axes(rule: RenameRule, ranks: list[list[int]]) -> dict[str, list[int]]:
+    """The captures of `rule`'s source that stand for a rank coordinate (a whole leading
+    `/`-segment), each with the values the checkpoint has for it."""
+    out: dict[str, list[int]] = {}
+    segment, start = 0, True
+    parts = rule.sources[0].parts
+    for j, part in enumerate(parts):
+        if segment >= len(ranks):
+            break
+        if isinstance(part, Lit):
+            segment += part.text.count("/")
+            start = part.text.endswith("/")
+            continue
+        after = parts[j + 1] if j + 1 < len(parts) else None
+        if (start and isinstance(part, Capture) and part.name and part.type == "int"
+                and isinstance(after, Lit) and after.text.startswith("/")):
+            out[part.name] = ranks[segment]
+        start = False
+    return out
 
 
 class _Renderer:
@@ -426,6 +488,7 @@ class _Renderer:
     def __init__(self, rule: RenameRule, tables: dict[str, dict[str, str]], code: dict[str, Any] | None = None):
         self.rule = rule
         self.tables = tables
+        self.rank_axes: dict[str, list[int]] = {}  # captures standing for a rank (see _rank_axes)
         self.actions = [(a, act.lookup(a), act.normalize(a)) for a in rule.actions]
         kinds = {d.kind for _, d, _ in self.actions}
         self.fanouts: dict[str, Capture] = {p.capture.name: p.capture for p in rule.target.parts
@@ -632,6 +695,8 @@ class _Walk:
         return next(a for a in self.r.axes if a.name == name)
 
     def _required(self, axis: Capture, tensors: list[_Tensor]) -> list:
+        if axis.name in self.r.rank_axes:  # every rank of the checkpoint
+            return list(self.r.rank_axes[axis.name])
         if axis.type == "alt":
             return list(axis.alternatives)
         if axis.type == "table":

@@ -118,7 +118,7 @@ def find_ranks(root: Path, lay: Layout) -> list[tuple[dict[str, int], Path]]:
             at = tuple(coords[n] for n in lay.names)
             if at in found:
                 raise CheckpointError(f"{root}: {found[at].relative_to(root)} and {path.relative_to(root)} "
-                                      f"are both rank {_describe(lay, coords)}")
+                                      f"both hold {_describe(lay, coords)}")
             if len(found) >= MAX_RANKS:
                 raise CheckpointError(f"{root}: more than {MAX_RANKS:,} rank files")
             found[at] = path
