@@ -52,7 +52,7 @@ class Format:
 
 # One module per format, each ending with `FORMAT = Format(...)`; sniffing tries them in this
 # order. The modules import numpy only, so converting MXNet to safetensors never imports torch.
-MODULES = ("safetensors", "mxnet", "torch", "npz", "oneflow", "wts")
+MODULES = ("safetensors", "mxnet", "torch", "npz", "oneflow", "wts", "distcp")
 
 
 def formats() -> tuple[Format, ...]:
