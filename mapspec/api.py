@@ -18,7 +18,7 @@ from .formats.provenance import Provenance
 from .lang.parser import as_spec
 from .lang.rules import Spec
 from .run.executor import (named_output_errors, check_space, copied_from, disk_size, execute, open_for, rank_values,
-                           written_files)
+                           rendered_entries, written_files)
 from .run.memory import remap_tensors
 from .run.options import Options
 
@@ -114,7 +114,9 @@ def apply(
                     from .formats.ranked import RankedSink, layout
 
                     sink = RankedSink(output, layout(runs.header.ranks, values), plan.outputs(), record,
-                                      files=written_files(spec, values) if not inverse else {})
+                                      files=written_files(spec, values) if not inverse else {},
+                                      under=runs.header.ranks_under,
+                                      extras=rendered_entries(runs, runs.header.ranks_entries, values))
                 else:
                     sink = open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
                                      copied_from=copied_from(plan, source))

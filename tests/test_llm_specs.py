@@ -56,6 +56,8 @@ def convert(spec: str, ckpt: Path, config: Path, out: Path, *params: str) -> dic
     """`mapspec apply` as a user runs it; returns the written tensors (.safetensors or .pth)."""
     r = apply_cli(spec, ckpt, config, out, params)
     assert r.exit_code == 0, r.output
+    if (out / "latest_checkpointed_iteration.txt").exists():  # Megatron's rank files: one rank here
+        return torch.load(out / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt", weights_only=True)["model"]
     if out.is_dir():  # Meta's rank files: one rank here
         return torch.load(out / "consolidated.00.pth", weights_only=True)
     return torch.load(out, weights_only=True) if out.suffix == ".pth" else load_file(out)
@@ -569,7 +571,7 @@ def megatron_qkv(q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor", n_head
 def test_llama_to_megatron_groups_qkv_per_kv_head(llama, tmp_path):
     model, src = llama
     cfg = model.config
-    out = convert("llama_to_megatron.map", src / "model.safetensors", src / "config.json", tmp_path / "mcore.safetensors")
+    out = convert("llama_to_megatron.map", src / "model.safetensors", src / "config.json", tmp_path / "mcore")
     hf = load_file(src / "model.safetensors")
     expected = {"embedding.word_embeddings.weight": hf["model.embed_tokens.weight"],
                 "decoder.final_layernorm.weight": hf["model.norm.weight"]}
@@ -656,8 +658,8 @@ def test_llama_specs_compile_at_llama3_8b_sizes():
     # Back with Meta's params.json, checked against the real model's names and shapes.
     plan("llama_meta_to_hf.map", meta, PUBLISHED / "llama3-8b-params.json", target=hf)
     mcore = plan("llama_to_megatron.map", hf, PUBLISHED / "llama3-8b.json")
-    assert mcore["decoder.layers.0.self_attention.linear_qkv.weight"].shape == ((32 + 2 * 8) * 128, 4096)
-    assert mcore["decoder.layers.0.mlp.linear_fc1.weight"].shape == (2 * 14336, 4096)
+    assert mcore["0/0/decoder.layers.0.self_attention.linear_qkv.weight"].shape == ((32 + 2 * 8) * 128, 4096)
+    assert mcore["0/0/decoder.layers.0.mlp.linear_fc1.weight"].shape == (2 * 14336, 4096)
     assert len(mcore) == 2 + 32 * 6 + 1
 
 

@@ -446,7 +446,7 @@ def _rank_universe(spec: Spec, keys: Mapping[str, TensorInfo], bindings) -> list
     bound = {b.name for b in bindings}
     names: list[str] = []
     for t in spec.header.ranks:
-        for m in re.finditer(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[0-9]{1,2})?\}", t):
+        for m in re.finditer(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[0-9]{1,2})?(?:[ \t]+of[ \t]+\w+)?\}", t):
             if m[1] not in bound and m[1] not in names:
                 names.append(m[1])
     seen: list[set[int]] = [set() for _ in names]

@@ -30,7 +30,9 @@ from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
 from .base import AtomicPath, Extent, SinkBase, SourceBase
 
-_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([0-9]{1,2}))?\}")
+# {name}, {name:WIDTH} (zero-padded when written), {name:WIDTH of COUNT} (COUNT ranks exactly:
+# a parameter or a number)
+_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([0-9]{1,2}))?(?:[ \t]+of[ \t]+([A-Za-z_][A-Za-z0-9_]*|[0-9]+))?\}")
 MAX_RANKS = 65_536  # files of one rank set
 
 
@@ -40,6 +42,7 @@ class Layout(NamedTuple):
 
     templates: tuple[str, ...]
     names: tuple[str, ...]
+    counts: Mapping[str, int] = {}  # coordinates whose number of ranks the spec states
 
     def fields(self, template: str) -> list[tuple[str, int]]:
         return [(m[1], int(m[2] or 0)) for m in _FIELD.finditer(template)]
@@ -78,10 +81,16 @@ class Layout(NamedTuple):
 def layout(templates: Sequence[str], values: Mapping[str, Any]) -> Layout:
     """The layout of `ranks` templates with the spec's parameter values put in."""
     subst = []
+    counts: dict[str, int] = {}
     for t in templates:
         def put(m: re.Match) -> str:
+            if m[3] is not None:
+                n = int(m[3]) if m[3].isdigit() else values.get(m[3])
+                if not isinstance(n, int) or n < 1:
+                    raise UsageError(f"rank file name {t}: '{m[3]}' is not a parameter giving a rank count")
+                counts[m[1]] = n
             if m[1] not in values:
-                return m[0]
+                return "{" + m[1] + (f":{m[2]}" if m[2] else "") + "}"
             v = values[m[1]]
             return f"{v:0{int(m[2] or 0)}d}" if isinstance(v, int) and m[2] else str(v)
         subst.append(_FIELD.sub(put, t))
@@ -90,7 +99,7 @@ def layout(templates: Sequence[str], values: Mapping[str, Any]) -> Layout:
         for m in _FIELD.finditer(t):
             if m[1] not in names:
                 names.append(m[1])
-    return Layout(tuple(subst), tuple(names))
+    return Layout(tuple(subst), tuple(names), counts)
 
 
 def _describe(lay: Layout, coords: Mapping[str, int]) -> str:
@@ -130,7 +139,12 @@ def find_ranks(root: Path, lay: Layout) -> list[tuple[dict[str, int], Path]]:
         raise CheckpointError(f"{root}: rank files named both as {a} and as {b}; one checkpoint uses one naming")
     template = used.pop()
     for i, n in enumerate(lay.names):
-        top = max(at[i] for at in found)
+        want = lay.counts.get(n)
+        extra = next((p for at, p in sorted(found.items()) if want is not None and at[i] >= want), None)
+        if extra is not None:
+            raise CheckpointError(f"{root}: rank file {extra.relative_to(root)} is one too many: the spec gives "
+                                  f"{want} value{'s' if want != 1 else ''} of {n}")
+        top = max(at[i] for at in found) if want is None else want - 1
         have = {at[i] for at in found}
         for v in range(top + 1):
             if v not in have:
@@ -140,7 +154,7 @@ def find_ranks(root: Path, lay: Layout) -> list[tuple[dict[str, int], Path]]:
     # every combination of the coordinates (tensor rank x pipeline stage) must be there
     import itertools
 
-    tops = [max(at[i] for at in found) for i in range(len(lay.names))]
+    tops = [lay.counts[n] - 1 if n in lay.counts else max(at[i] for at in found) for i, n in enumerate(lay.names)]
     for at in itertools.product(*(range(t + 1) for t in tops)):
         if at not in found:
             coords = dict(zip(lay.names, at))
@@ -212,7 +226,8 @@ class RankedSink(SinkBase):
     `files` are small text files written beside the ranks (params.json, a tracker)."""
 
     def __init__(self, path: Path, lay: Layout, outputs: Mapping[str, TensorInfo], metadata=None,
-                 files: Mapping[str, str] | None = None, counts: Mapping[str, int] | None = None):
+                 files: Mapping[str, str] | None = None, counts: Mapping[str, int] | None = None,
+                 under: str | None = None, extras: Mapping[str, Any] | None = None):
         from . import by_suffix
 
         self.final = Path(path)
@@ -231,7 +246,7 @@ class RankedSink(SinkBase):
             names[key] = inner
         tops = [max((at[i] for at in groups), default=0) for i in range(len(lay.names))]
         for i, n in enumerate(lay.names):
-            want = (counts or {}).get(n)
+            want = {**lay.counts, **(counts or {})}.get(n)
             if want is not None and tops[i] + 1 != want:
                 raise UsageError(f"the outputs name {n} 0..{tops[i]}, but the spec gives {want} ranks")
         import itertools
@@ -255,7 +270,12 @@ class RankedSink(SinkBase):
                     raise UsageError(f"cannot tell the format of rank file {rel} from its name")
                 target = self.atomic.tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
-                sink = fmt.open_sink(target, group, metadata)
+                if under is None:
+                    sink = fmt.open_sink(target, group, metadata)
+                elif fmt.name == "torch":
+                    sink = fmt.sink(target, group, metadata, wrap=(under, dict(extras or {})))
+                else:
+                    raise UsageError(f"rank file {rel}: only torch files nest their tensors under '{under}'")
                 self.sinks.append(sink)
                 prefix = lay.prefix(dict(zip(lay.names, at)))
                 for inner in group:

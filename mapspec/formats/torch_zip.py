@@ -104,12 +104,16 @@ class _Pickler(pickle._Pickler):
     dispatch[Global] = save_named
 
 
-def state_pickle(outputs: Mapping[str, TensorInfo], keys: Mapping[str, str]) -> bytes:
-    """data.pkl for an OrderedDict of `outputs`, tensor `name` stored as `data/<keys[name]>`."""
+def state_pickle(outputs: Mapping[str, TensorInfo], keys: Mapping[str, str], wrap=None) -> bytes:
+    """data.pkl for an OrderedDict of `outputs`, tensor `name` stored as `data/<keys[name]>`;
+    with `wrap = (key, extras)`, the dict {key: that OrderedDict, **extras} (plain values)."""
     import math
 
     state = _StateDict((name, _Tensor(_Storage(keys[name], info.dtype, math.prod(info.shape)), info.shape))
                        for name, info in outputs.items())
+    if wrap is not None:
+        key, extras = wrap
+        state = {key: state, **extras}
     buf = io.BytesIO()
     _Pickler(buf, protocol=2).dump(state)
     return buf.getvalue()

@@ -202,18 +202,27 @@ class _Builder:
             return header.model_copy(update={"source": str(st.children[0]), "target": str(st.children[1])})
         if st.data == "ranks":
             side, *names = st.children
+            under = names.pop() if names and isinstance(names[-1], Tree) else None
             if str(side) not in ("source", "target"):
                 raise self.error(f"'ranks' is followed by source or target (the side that is rank files), not '{side}'",
                                  self.span_tok(side))
             templates = []
             for tok in names:
                 text = ast.literal_eval(str(tok))
-                bad = re.sub(r"\{[A-Za-z_][A-Za-z0-9_]*(?::[0-9]{1,2})?\}", "", text)
+                bad = re.sub(r"\{[A-Za-z_][A-Za-z0-9_]*(?::[0-9]{1,2})?(?:[ \t]+of[ \t]+(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))?\}",
+                             "", text)
                 if "{" in bad or "}" in bad or not text or text.startswith("/") or ".." in text.split("/"):
-                    raise self.error("a rank file name is a relative path whose fields are {name} or {name:WIDTH} "
+                    raise self.error("a rank file name is a relative path whose fields are {name}, {name:WIDTH} or {name:WIDTH of COUNT} "
                                      "(e.g. \"consolidated.{rank:02}.pth\")", self.span_tok(tok))
                 templates.append(text)
-            return header.model_copy(update={"ranks_side": str(side), "ranks": tuple(templates)})
+            update = {"ranks_side": str(side), "ranks": tuple(templates)}
+            if under is not None:
+                name, *entries = under.children
+                update["ranks_under"] = str(name)
+                update["ranks_entries"] = tuple(
+                    TableEntry(key=self._plain(e.children[0]), value=str(e.children[1]), span=self.span_tree(e))
+                    for e in entries)
+            return header.model_copy(update=update)
         tok = st.children[0]
         pat = self._pattern(tok)
         if any(isinstance(p, Capture) for p in pat.parts):

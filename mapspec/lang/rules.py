@@ -268,6 +268,8 @@ class Header(Node):
     select: str | None = None
     ranks_side: Literal["source", "target"] | None = None  # which side is rank files
     ranks: tuple[str, ...] = ()  # their file name templates (`ranks` statement)
+    ranks_under: str | None = None  # each rank file holds its tensors under this key
+    ranks_entries: tuple["TableEntry", ...] = ()  # ... beside these entries (rendered with the parameters)
     span: Span | None = None
 
 

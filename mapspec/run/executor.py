@@ -161,31 +161,42 @@ def rank_values(spec: Spec, params=None, config: Config = None) -> dict:
     return {b.name: b.value for b in bind(spec, params, config)[1]}
 
 
+def _render(spec: Spec, text: str, where, values) -> str:
+    """`{name}` in a `write` or `ranks ... under` entry: the parameter's value."""
+    import re
+
+    def put(m):
+        if m[1] not in values:
+            raise UsageError(f"{Path(spec.file).name}:{where.line}: '{m[1]}' is not a parameter")
+        return str(values[m[1]])
+    return re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", put, text)
+
+
+def rendered_entries(spec: Spec, entries, values) -> dict:
+    """Entries `key = text` as a JSON object: each text rendered, then read as JSON (a number)
+    where it is JSON, else kept as text."""
+    import json
+
+    obj = {}
+    for e in entries:
+        text = _render(spec, e.value, e.span, values)
+        try:
+            obj[e.key] = json.loads(text)
+        except ValueError:
+            obj[e.key] = text
+    return obj
+
+
 def written_files(spec: Spec, values) -> dict[str, str]:
     """The files of the spec's `write` statements, rendered with the parameters' values."""
     import json
-    import re
-
-    def render(text: str, where) -> str:
-        def put(m):
-            if m[1] not in values:
-                raise UsageError(f"{Path(spec.file).name}:{where.line}: write: '{m[1]}' is not a parameter")
-            return str(values[m[1]])
-        return re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", put, text)
 
     out = {}
     for w in spec.writes:
         if w.text is not None:
-            out[w.path] = render(w.text, w.span)
-            continue
-        obj = {}
-        for e in w.entries:
-            text = render(e.value, e.span)
-            try:
-                obj[e.key] = json.loads(text)
-            except ValueError:
-                obj[e.key] = text
-        out[w.path] = json.dumps(obj, indent=2) + "\n"
+            out[w.path] = _render(spec, w.text, w.span, values)
+        else:
+            out[w.path] = json.dumps(rendered_entries(spec, w.entries, values), indent=2) + "\n"
     return out
 
 
@@ -239,5 +250,6 @@ def open_for(spec: Spec | None, checkpoint: str | Path, select: str | None, epoc
 
         if isinstance(checkpoint, (list, tuple)):
             raise UsageError("a spec that reads rank files takes the directory holding them")
-        return RankedSource(Path(checkpoint), layout(spec.header.ranks, values or {}), chosen)
+        return RankedSource(Path(checkpoint), layout(spec.header.ranks, values or {}),
+                            spec.header.ranks_under or chosen)
     return open_source(checkpoint, select=chosen, epoch=epoch)
