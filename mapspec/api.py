@@ -85,6 +85,8 @@ def apply(
     output = Path(output)
     runs = inverse.spec if inverse else spec
     ranked_out = runs.header.ranks_side == "target"
+    if not ranked_out and max_shard_size is None and to is None and not output.suffix and not output.is_file():
+        max_shard_size = DEFAULT_SHARD_SIZE  # `-o OUT_DIR`: a model directory, as save_pretrained writes one
     fmt = "ranks" if ranked_out else sink_format(output, to or ("safetensors" if max_shard_size is not None else None))
     if output.exists() and not force:
         raise UsageError(f"{output} exists; use --force to overwrite it")
@@ -132,6 +134,9 @@ def apply(
                   source.prefix if source.auto else None, inverse)
 
 
+
+
+DEFAULT_SHARD_SIZE = "5GB"  # an `-o` without a suffix: safetensors shards of at most this, + index
 
 
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, options: Options | None = None,

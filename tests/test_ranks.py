@@ -111,10 +111,13 @@ def test_merging_rank_files_gives_the_original_model_bit_for_bit(llama, tmp_path
     full = hf_to_meta_reference(original, cfg)
     meta = meta_dir(tmp_path / "meta", full, cfg, ranks, version)
 
-    args = ["apply", SPECS / "llama_meta_to_hf.map", meta, "-o", tmp_path / "model.safetensors",
+    # the command: a model directory out (safetensors shards + index when large)
+    args = ["apply", SPECS / "llama_meta_to_hf.map", meta, "-o", tmp_path / "out",
             "--config", meta / "params.json"] + (["-p", "llama_version=3"] if version == 3 else [])
     r = cli(*args)
     assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.safetensors"]
+    (tmp_path / "out" / "model.safetensors").rename(tmp_path / "model.safetensors")
     merged = load_file(tmp_path / "model.safetensors")
     # the original tensors, bit for bit, and what the conversion script makes of the same ranks
     assert_same_tensors(merged, original)
