@@ -10,7 +10,9 @@ it exactly once, every chunk has its storage entry, every entry names a `.distcp
 `.metadata` and a byte range inside it.
 
 Each chunk is stored as `torch.save` would store it (a small zip of its own, at an offset in
-its `.distcp` file) or, with `SerializationFormat.SAFETENSORS`, as its raw bytes. A tensor is
+its `.distcp` file) or, with `SerializationFormat.SAFETENSORS`, as the tensor of its key in a
+safetensors block that follows the rank's byte entries (every chunk's entry points at the
+block's start). A tensor is
 assembled as it is read: one buffer of its full shape, each chunk read into its slice and
 released, so memory holds one tensor (plus one chunk) at a time, never the whole model.
 Non-tensor entries (`BytesStorageMetadata`: step counters, RNG states) are skipped, as in
@@ -272,6 +274,7 @@ class DcpSource(SourceBase):
         self.path = Path(path)
         self._infos, self._chunks = read_metadata(self.path)
         self._files: dict[str, RegularFile] = {}
+        self._st: dict[tuple[str, int], dict] = {}  # (file, offset) -> the header of a safetensors block
         self.chunk_layout = {k: describe(self._infos[k], cs) for k, cs in self._chunks.items()}
 
     def infos(self) -> Mapping[str, TensorInfo]:
@@ -298,27 +301,71 @@ class DcpSource(SourceBase):
 
     def _read_chunk(self, key: str, info: TensorInfo, c: Chunk) -> np.ndarray:
         file = self._file(c.file)
-        window = _Window(file, c.start, c.length)
-        head = window.read_bytes(0, min(4, c.length), "a chunk header") if c.length else b""
-        nbytes = math.prod(c.sizes) * dtypes.itemsize(info.dtype)
-        if head == b"PK\x03\x04":  # torch.save of the chunk
+        window = _Window(file, c.start, file.size - c.start)
+        head = window.read_bytes(0, min(9, window.size), "a chunk header")
+        if head[:4] == b"PK\x03\x04":  # torch.save of the chunk
             from .torch_pickle import Tensor, _load_zip
 
-            obj = _load_zip(Path(f"{self.path / c.file} (chunk of {key})"), window)
-            if not isinstance(obj, Tensor) or tuple(obj.shape) != tuple(c.sizes) or obj.dtype != info.dtype:
-                got = (f"{obj.dtype} {list(obj.shape)}" if isinstance(obj, Tensor) else type(obj).__name__)
-                raise CheckpointError(f"{self.path / c.file}: the chunk of {shown(key)} at {list(c.offsets)} holds "
-                                      f"{got}, the metadata says {info.dtype} {list(c.sizes)}")
+            obj = _load_zip(Path(f"{self.path / c.file} (chunk of {key})"), _Window(file, c.start, c.length))
+            self._check(key, info, c, obj.dtype if isinstance(obj, Tensor) else None,
+                        tuple(obj.shape) if isinstance(obj, Tensor) else type(obj).__name__)
             return obj.read()
-        if c.length != nbytes:  # raw bytes (SerializationFormat.SAFETENSORS)
-            raise CheckpointError(f"{self.path / c.file}: the chunk of {shown(key)} at {list(c.offsets)} is "
-                                  f"{c.length} bytes, neither a torch.save record nor its {nbytes} raw bytes")
-        return window.read_range(0, nbytes, f"a chunk of {key}").view(dtypes.STORAGE[info.dtype]).reshape(c.sizes)
+        if len(head) == 9 and head[8:9] == b"{":  # SerializationFormat.SAFETENSORS
+            return self._safetensors_chunk(key, info, c, window)
+        raise CheckpointError(f"{self.path / c.file}: the chunk of {shown(key)} at {list(c.offsets)} (byte {c.start}) "
+                              "is neither a torch.save record nor a safetensors block")
+
+    def _check(self, key: str, info: TensorInfo, c: Chunk, dtype, shape) -> None:
+        if dtype != info.dtype or shape != tuple(c.sizes):
+            raise CheckpointError(f"{self.path / c.file}: the chunk of {shown(key)} at {list(c.offsets)} holds "
+                                  f"{dtype} {shape}, the metadata says {info.dtype} {tuple(c.sizes)}")
+
+    def _safetensors_chunk(self, key: str, info: TensorInfo, c: Chunk, window: "_Window") -> np.ndarray:
+        """With SerializationFormat.SAFETENSORS each rank's tensors follow its byte entries as one
+        safetensors block, every chunk's storage entry pointing at that block's start; the
+        block holds the rank's chunk of each tensor under the tensor's key."""
+        import json
+        import struct
+
+        from .safetensors import MAX_HEADER, NAMES
+
+        header = self._st.get((c.file, c.start))
+        if header is None:
+            (n,) = struct.unpack("<Q", window.read_bytes(0, 8, "a safetensors header length"))
+            if n > min(MAX_HEADER, window.size - 8):
+                raise CheckpointError(f"{self.path / c.file}: a safetensors block at byte {c.start} declares a "
+                                      f"{n}-byte header, more than the file holds")
+            try:
+                header = json.loads(window.read_bytes(8, n, "a safetensors header"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise CheckpointError(f"{self.path / c.file}: the safetensors block at byte {c.start} has an "
+                                      f"unreadable header ({exc})") from None
+            if not isinstance(header, dict):
+                raise CheckpointError(f"{self.path / c.file}: the safetensors block at byte {c.start} has no header")
+            header["__base__"] = 8 + n
+            self._st[(c.file, c.start)] = header
+        entry = header.get(key)
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{self.path / c.file}: the safetensors block at byte {c.start} has no tensor "
+                                  f"{shown(key)}, where the metadata puts a chunk")
+        span = entry.get("data_offsets")
+        shape = entry.get("shape")
+        if (not isinstance(span, list) or len(span) != 2 or not all(isinstance(v, int) for v in span)
+                or not isinstance(shape, list)):
+            raise CheckpointError(f"{self.path / c.file}: corrupt safetensors entry for {shown(key)}")
+        self._check(key, info, c, NAMES.get(entry.get("dtype")), tuple(shape))
+        begin, stop = span
+        nbytes = math.prod(c.sizes) * dtypes.itemsize(info.dtype)
+        if stop - begin != nbytes or begin < 0:
+            raise CheckpointError(f"{self.path / c.file}: the safetensors entry for {shown(key)} holds "
+                                  f"{stop - begin} bytes, its shape needs {nbytes}")
+        raw = window.read_range(header["__base__"] + begin, nbytes, f"a chunk of {key}")
+        return raw.view(dtypes.STORAGE[info.dtype]).reshape(c.sizes)
 
     def close(self) -> None:
         for f in self._files.values():
             f.close()
-        self._files = {}
+        self._files, self._st = {}, {}
 
 
 def describe(info: TensorInfo, chunks: list[Chunk]) -> str:
