@@ -396,3 +396,14 @@ class Selected(SourceBase):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def abort_parts(sinks, atomic: "AtomicPath") -> None:
+    """Abort the sinks of a directory output (their errors ignored: cleanup never raises),
+    then the directory."""
+    for sink in sinks:
+        try:
+            sink.abort()
+        except Exception:
+            pass
+    atomic.abort()

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from ..core.lazy import numpy as np
 
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase
+from .base import AtomicPath, Extent, SinkBase, SourceBase, abort_parts
 
 # {name}, {name:WIDTH} (zero-padded when written), {name:WIDTH of COUNT} (COUNT ranks exactly:
 # a parameter or a number)
@@ -226,8 +226,7 @@ class RankedSink(SinkBase):
     `files` are small text files written beside the ranks (params.json, a tracker)."""
 
     def __init__(self, path: Path, lay: Layout, outputs: Mapping[str, TensorInfo], metadata=None,
-                 files: Mapping[str, str] | None = None, counts: Mapping[str, int] | None = None,
-                 under: str | None = None, extras: Mapping[str, Any] | None = None):
+                 files: Mapping[str, str] | None = None, under: str | None = None, extras: Mapping[str, Any] | None = None):
         from . import by_suffix
 
         self.final = Path(path)
@@ -246,7 +245,7 @@ class RankedSink(SinkBase):
             names[key] = inner
         tops = [max((at[i] for at in groups), default=0) for i in range(len(lay.names))]
         for i, n in enumerate(lay.names):
-            want = {**lay.counts, **(counts or {})}.get(n)
+            want = lay.counts.get(n)
             if want is not None and tops[i] + 1 != want:
                 raise UsageError(f"the outputs name {n} 0..{tops[i]}, but the spec gives {want} ranks")
         import itertools
@@ -303,25 +302,9 @@ class RankedSink(SinkBase):
         self.atomic.commit()
 
     def abort(self) -> None:
-        for sink in self.sinks:
-            try:
-                sink.abort()
-            except Exception:
-                pass
-        self.atomic.abort()
+        abort_parts(self.sinks, self.atomic)
 
 
 def _names(lay: Layout, template: str, coords: Mapping[str, int]) -> bool:
     used = {n for n, _ in lay.fields(template)}
     return all(coords.get(n, 0) == 0 for n in lay.names if n not in used)
-
-
-def rank_counts(outputs: Iterable[str], lay: Layout) -> dict[str, int]:
-    """How many values each coordinate takes among `outputs`."""
-    tops: dict[str, int] = {}
-    for key in outputs:
-        split = lay.split_key(key)
-        if split:
-            for n, v in split[0].items():
-                tops[n] = max(tops.get(n, 0), v + 1)
-    return tops

@@ -26,7 +26,7 @@ from ..core.lazy import numpy as np
 from ..core.background import Job, Worker
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
-from .base import AtomicPath, Extent, SinkBase, SourceBase
+from .base import AtomicPath, Extent, SinkBase, SourceBase, abort_parts
 from .registry import Format
 
 MAX_INDEX = 100_000_000  # bytes; an index is names and file names only
@@ -296,12 +296,7 @@ class ShardedSink(SinkBase):
         for lane in self.lanes:  # queued copies dropped, running ones done, before the files go
             lane.cancel([job for key, jobs in self.queued.items() if self._lane[key] is lane for job in jobs])
         self.queued, self.inflight = {}, deque()
-        for sink in self.sinks:
-            try:
-                sink.abort()
-            except Exception:
-                pass
-        self.atomic.abort()
+        abort_parts(self.sinks, self.atomic)
 
 
 def _copied(sink, name: str, extent: Extent) -> None:
