@@ -7,6 +7,7 @@ tensor equal, bit for bit and dtype for dtype, to torch's own `dcp_to_torch_save
 and shows the chunking in `inspect`. Hostile metadata is refused with one line and nothing
 written."""
 
+import os
 import pickle
 import shutil
 import subprocess
@@ -122,6 +123,33 @@ def test_inspect_shows_the_tensors_and_their_chunks(dcp_dir):
     assert "model.cols_fp32: 2 chunks: [0:6, 0:4] in __0_0.distcp, [0:6, 4:8] in __1_0.distcp" in r.output
     assert "model.uneven_fp32: 2 chunks: [0:4, 0:3] in __0_0.distcp, [4:7, 0:3] in __1_0.distcp" in r.output
     assert "model.replicated_fp32: 1 chunk: [0:10] in __1_0.distcp" in r.output
+
+
+def test_a_written_distributed_checkpoint_loads_into_a_differently_sharded_model(dcp_dir, tmp_path):
+    """`--to distcp`: torch.distributed.checkpoint.load, from 2 gloo processes, reads it into
+    DTensors sharded otherwise than the source was (rows by columns, replicated as sharded)."""
+    sys.path.insert(0, str(HERE))
+    from dcp_writer import full_tensors
+
+    (tmp_path / "id.map").write_text(IDENTITY)
+    out = tmp_path / "written"
+    r = runner.invoke(app, ["apply", str(tmp_path / "id.map"), str(dcp_dir), "-o", str(out), "--to", "distcp"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == [".metadata", "__0_0.distcp", "mapspec-provenance.json"]
+    subprocess.run([sys.executable, str(HERE / "dcp_loader.py"), str(out), str(tmp_path / "init"),
+                    str(tmp_path / "loaded.pt")], check=True, timeout=300, env={**os.environ, "PYTHONPATH": str(HERE)})
+    loaded = torch.load(tmp_path / "loaded.pt", weights_only=True)
+    for key, expected in full_tensors().items():
+        assert loaded["model"][key].dtype == expected.dtype and torch.equal(loaded["model"][key], expected), key
+    assert torch.equal(loaded["extra"]["plain"], torch.arange(5))
+    # and mapspec reads back what it wrote
+    source = open_source(out)
+    try:
+        for key, expected in full_tensors().items():
+            assert torch.equal(as_torch(source.read("model." + key), dict(source.infos())["model." + key].dtype),
+                               expected), key
+    finally:
+        source.close()
 
 
 # ---------------------------------------------------------------- hostile

@@ -16,7 +16,7 @@ block's start). A tensor is
 assembled as it is read: one buffer of its full shape, each chunk read into its slice and
 released, so memory holds one tensor (plus one chunk) at a time, never the whole model.
 Non-tensor entries (`BytesStorageMetadata`: step counters, RNG states) are skipped, as in
-`.pt` files."""
+`.pt` files. Writing (`DcpSink`) makes a checkpoint torch.distributed.checkpoint.load reads."""
 
 from __future__ import annotations
 
@@ -375,11 +375,73 @@ def describe(info: TensorInfo, chunks: list[Chunk]) -> str:
 
 
 class DcpSink(SinkBase):
-    """Writing distributed checkpoints is not supported: say so before anything is made."""
+    """A distributed checkpoint directory that `torch.distributed.checkpoint.load` reads into any
+    sharding of the model (it narrows each saved chunk to the shard it loads): one file,
+    `__0_0.distcp`, each tensor one chunk written as DCP writes one (torch.save at an offset),
+    then `.metadata`. Writing uses torch (imported only here): the metadata is torch's own
+    dataclasses, so what load reads is what save would have written."""
 
-    def __init__(self, path: Path, outputs, metadata=None):
-        raise UsageError(f"{path}: mapspec reads torch.distributed.checkpoint directories but does not write them; "
-                         "write safetensors or torch and load that into the sharded model")
+    FILE = "__0_0.distcp"
+
+    def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None):
+        from .base import AtomicPath
+
+        self.final = Path(path)
+        if self.final.exists() and not self.final.is_dir():
+            raise UsageError(f"{self.final} is a file; a distributed checkpoint is a directory")
+        self.infos = dict(outputs)
+        self.provenance = metadata
+        self.atomic = AtomicPath(self.final, directory=True)
+        try:
+            self.file = open(self.atomic.tmp / self.FILE, "wb")
+        except BaseException:
+            self.atomic.abort()
+            raise
+        self.stored: dict[str, tuple[int, int]] = {}
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        from .torch import to_torch
+        import torch
+
+        start = self.file.tell()
+        torch.save(to_torch(np.ascontiguousarray(array), self.infos[name].dtype), self.file)
+        self.stored[name] = (start, self.file.tell() - start)
+
+    def commit(self) -> None:
+        import pickle
+
+        import torch
+        from torch.distributed.checkpoint.filesystem import _StorageInfo
+        from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
+                                                           TensorProperties, TensorStorageMetadata)
+        from .torch import to_torch
+
+        missing = [k for k in self.infos if k not in self.stored]
+        if missing:  # pragma: no cover - the executor writes every output
+            raise RuntimeError(f"distcp sink closed with {len(missing)} tensors unwritten")
+        self.file.close()
+        entries, storage = {}, {}
+        for name, info in self.infos.items():
+            zero = torch.Size([0] * len(info.shape))
+            dtype = to_torch(np.zeros((), dtypes.STORAGE[info.dtype]), info.dtype).dtype
+            entries[name] = TensorStorageMetadata(properties=TensorProperties(dtype=dtype),
+                                                  size=torch.Size(info.shape),
+                                                  chunks=[ChunkStorageMetadata(offsets=zero,
+                                                                               sizes=torch.Size(info.shape))])
+            start, length = self.stored[name]
+            storage[MetadataIndex(name, zero)] = _StorageInfo(relative_path=self.FILE, offset=start, length=length)
+        md = Metadata(state_dict_metadata=entries, planner_data={k: (k,) for k in self.infos}, storage_data=storage)
+        (self.atomic.tmp / METADATA).write_bytes(pickle.dumps(md))
+        if self.provenance is not None:  # beside the checkpoint; DCP reads only what .metadata names
+            (self.atomic.tmp / "mapspec-provenance.json").write_text(self.provenance.json(), "utf-8")
+        self.atomic.commit()
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        except Exception:
+            pass
+        self.atomic.abort()
 
 
 def _is_dcp(path: Path, head: bytes) -> bool:
