@@ -4,10 +4,15 @@ library's load + save), each in its own child process, in paired runs. Prints, p
 the median of the paired time ratios (run / cp) and every command's peak RSS.
 
     /work/main/.venv/bin/python bench/convert_bench.py [--dir DIR] [--gb 2] [--repeat 3] [--big | --big-only]
-        [--big-gb GB] [--cold] [--mxnet-python /work/main/.venv-mxnet/bin/python]
+        [--big-gb GB] [--ranks | --ranks-only] [--ranks-gb 4] [--cold] [--mxnet-python /work/main/.venv-mxnet/bin/python]
 
 --big adds (--big-only runs only) the 13.5 GB fp16 sharded HF-style directory (Llama-7B shapes): -> sharded
 safetensors and -> sharded .bin. It needs about 3 x 13.5 GB free; the script checks first.
+--ranks adds (--ranks-only runs only) an 8-rank Meta layout (consolidated.00.pth ..
+consolidated.07.pth + params.json, fp16, about --ranks-gb GB) merged by specs/llama_meta_to_hf.map
+into 5 GB safetensors shards, against cp of the rank files and the reference way (torch.load
+every rank, torch.cat, save_file); it prints the largest merged tensor, the bound for mapspec's
+peak RSS (the goal: at most that + 150 MiB).
 --cold evicts the source from the page cache (posix_fadvise DONTNEED; dropping all caches
 needs root) before every run, cp's included, so every command reads it from disk, as the
 first conversion of a model larger than the free memory does.
@@ -71,6 +76,38 @@ del state
 torch.save(new, out)
 """
 
+# The reference merge of Meta's rank files (what convert_llama_weights_to_hf.py does): every
+# rank in memory, each tensor concatenated along its cut, q/k permuted, one save_file.
+CLASSIC_RANKS = """
+import json, sys, torch
+from pathlib import Path
+from safetensors.torch import save_file
+src, out = Path(sys.argv[1]), sys.argv[2]
+params = json.loads((src / "params.json").read_text())
+ranks = [torch.load(p, map_location="cpu", weights_only=True) for p in sorted(src.glob("consolidated.*.pth"))]
+dim, n_heads, n_kv = params["dim"], params["n_heads"], params["n_kv_heads"]
+hd = dim // n_heads
+def permute(w, n):
+    rows, cols = w.shape
+    return w.view(n, rows // n // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+def cat(name, d):
+    return torch.cat([r[name] for r in ranks], dim=d)
+new = {"model.embed_tokens.weight": cat("tok_embeddings.weight", 1), "model.norm.weight": ranks[0]["norm.weight"],
+       "lm_head.weight": cat("output.weight", 0)}
+for i in range(params["n_layers"]):
+    p, m = f"layers.{i}.", f"model.layers.{i}."
+    new[m + "self_attn.q_proj.weight"] = permute(cat(p + "attention.wq.weight", 0), n_heads)
+    new[m + "self_attn.k_proj.weight"] = permute(cat(p + "attention.wk.weight", 0), n_kv)
+    new[m + "self_attn.v_proj.weight"] = cat(p + "attention.wv.weight", 0)
+    new[m + "self_attn.o_proj.weight"] = cat(p + "attention.wo.weight", 1)
+    new[m + "mlp.gate_proj.weight"] = cat(p + "feed_forward.w1.weight", 0)
+    new[m + "mlp.down_proj.weight"] = cat(p + "feed_forward.w2.weight", 1)
+    new[m + "mlp.up_proj.weight"] = cat(p + "feed_forward.w3.weight", 0)
+    new[m + "input_layernorm.weight"] = ranks[0][p + "attention_norm.weight"]
+    new[m + "post_attention_layernorm.weight"] = ranks[0][p + "ffn_norm.weight"]
+save_file({k: v.contiguous() for k, v in new.items()}, out)
+"""
+
 CLASSIC_SAFETENSORS = """
 import sys
 from safetensors.numpy import load_file, save_file
@@ -116,6 +153,36 @@ def llama7b(layers: int = 32) -> dict[str, TensorInfo]:
     infos["model.norm.weight"] = TensorInfo((h,), "float16")
     infos["lm_head.weight"] = TensorInfo((v, h), "float16")
     return infos
+
+
+def meta_ranks(gb: float, ranks: int = 8) -> tuple[list[dict[str, TensorInfo]], dict, int]:
+    """An fp16 Llama in Meta's model-parallel layout of about `gb` GB: each rank's tensors (as
+    fairscale cuts them), params.json, and the largest merged tensor in bytes."""
+    h, f, v, heads, kv = (4096, 11008, 32000, 32, 8) if gb >= 2 else (1024, 2816, 32000, 16, 8)
+    per_layer = (2 * h * h + 2 * h * (h // heads * kv) + 3 * h * f) * 2
+    n_layers = max(1, round((gb * 1e9 - 2 * v * h * 2) / per_layer))
+    full: dict[str, tuple[tuple[int, ...], int | None]] = {
+        "tok_embeddings.weight": ((v, h), 1), "norm.weight": ((h,), None), "output.weight": ((v, h), 0)}
+    for i in range(n_layers):
+        p = f"layers.{i}."
+        full.update({p + "attention.wq.weight": ((h, h), 0), p + "attention.wk.weight": ((h // heads * kv, h), 0),
+                     p + "attention.wv.weight": ((h // heads * kv, h), 0), p + "attention.wo.weight": ((h, h), 1),
+                     p + "feed_forward.w1.weight": ((f, h), 0), p + "feed_forward.w2.weight": ((h, f), 1),
+                     p + "feed_forward.w3.weight": ((f, h), 0), p + "attention_norm.weight": ((h,), None),
+                     p + "ffn_norm.weight": ((h,), None)})
+    out = []
+    for _ in range(ranks):
+        rank = {}
+        for k, (shape, d) in full.items():
+            cut = list(shape)
+            if d is not None:
+                cut[d] //= ranks
+            rank[k] = TensorInfo(tuple(cut), "float16")
+        out.append(rank)
+    params = {"dim": h, "n_layers": n_layers, "n_heads": heads, "n_kv_heads": kv, "vocab_size": v,
+              "multiple_of": 256, "norm_eps": 1e-05}
+    largest = max(int(np.prod(s)) * 2 for s, _ in full.values())
+    return out, params, largest
 
 
 def fill(path: Path, fmt: str, infos: dict[str, TensorInfo], max_shard_size: str | None = None) -> None:
@@ -233,6 +300,9 @@ def main() -> None:
     ap.add_argument("--big-only", action="store_true", help="only the 13.5 GB case")
     ap.add_argument("--big-gb", type=float, help="the sharded case at about this size (Llama-7B shapes, fewer "
                     "layers) instead of 13.5 GB")
+    ap.add_argument("--ranks", action="store_true", help="also the 8-rank Meta layout merged into shards")
+    ap.add_argument("--ranks-only", action="store_true", help="only the 8-rank case")
+    ap.add_argument("--ranks-gb", type=float, default=4.0, help="size of the 8-rank model (default 4 GB)")
     ap.add_argument("--cold", action="store_true", help="evict the source from the page cache before every run")
     ap.add_argument("--mxnet-python", default="/work/main/.venv-mxnet/bin/python",
                     help="a Python with mxnet and torch, for the classic MXNet way (skipped if absent)")
@@ -242,7 +312,9 @@ def main() -> None:
     d = args.dir
     d.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(d).free
-    need = (0 if args.big_only else 4 * 3 * args.gb * 1e9) + (3 * (args.big_gb or 13.5) * 1e9 if args.big or args.big_only else 0)
+    only = args.big_only or args.ranks_only
+    need = ((0 if only else 4 * 3 * args.gb * 1e9) + (3 * (args.big_gb or 13.5) * 1e9 if args.big or args.big_only else 0)
+            + (4 * args.ranks_gb * 1e9 if args.ranks or args.ranks_only else 0))
     if free < need:
         raise SystemExit(f"{d}: {free / 1e9:.1f} GB free, the benchmark needs about {need / 1e9:.0f} GB")
     os.environ["PYTHONPATH"] = str(REPO)
@@ -251,10 +323,12 @@ def main() -> None:
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; medians of {args.repeat} paired runs")
     (d / "rename.map").write_text(RENAME)
     (d / "actions.map").write_text(ACTIONS)
-    if not args.big_only:
+    if not only:
         small_cases(d, args)
     if args.big or args.big_only:
         big_cases(d, args)
+    if args.ranks or args.ranks_only:
+        rank_cases(d, args)
 
 
 def small_cases(d: Path, args) -> None:
@@ -329,6 +403,32 @@ def big_cases(d: Path, args) -> None:
     }, max(1, args.repeat - 1) if args.big_gb is None else args.repeat)
     pairs = [a / b for a, b in zip(times[first], times[repeat])]
     print(f"  first / repeat conversion: {statistics.median(pairs):.2f}x (paired median of {len(pairs)}; goal <= 1.3x)")
+
+
+def rank_cases(d: Path, args) -> None:
+    """An 8-rank Meta layout (fp16) merged into safetensors shards by llama_meta_to_hf.map."""
+    import json
+
+    infos, params, largest = meta_ranks(args.ranks_gb)
+    src = d / f"meta8-{args.ranks_gb:g}gb"
+    if not src.exists():
+        print(f"building {src} ...", flush=True)
+        tmp = src.with_name(src.name + ".part")
+        clean(tmp)
+        tmp.mkdir()
+        for r, rank in enumerate(infos):
+            fill(tmp / f"consolidated.{r:02d}.pth", "torch", rank)
+        (tmp / "params.json").write_text(json.dumps(params))
+        tmp.rename(src)
+    spec = REPO / "specs" / "llama_meta_to_hf.map"
+    print(f"\n8 ranks, {params['n_layers']} layers of dim {params['dim']}: largest merged tensor "
+          f"{largest / 2**20:.0f} MiB; peak RSS goal {largest / 2**20 + 150:.0f} MiB")
+    case("8-rank Meta layout -> safetensors shards", src, {
+        "mapspec": (mapspec(spec, src, d / "o-meta", "--config", str(src / "params.json"),
+                            "--max-shard-size", "5GB"), d / "o-meta"),
+        "torch.load ranks + cat + save_file": ([sys.executable, "-c", CLASSIC_RANKS, str(src),
+                                                str(d / "c-meta.safetensors")], d / "c-meta.safetensors"),
+    }, args.repeat)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from .formats.provenance import Provenance
 from .formats.reading import location
 from .lang.parser import as_spec
 from .lang.rules import Spec
-from .run.executor import named_output_errors, check_space, convert_into, copied_from, disk_size, open_for
+from .run.executor import (named_output_errors, check_space, convert_into, copied_from, disk_size, open_for,
+                           rank_values, rendered_entries, written_files)
 from .run.memory import remap_tensors
 from .run.options import Options
 from .tools.hf_gguf import default_config
@@ -117,14 +118,23 @@ def apply(
         remote.configure(concurrency)
     if not remote_out:
         output = paths.writable(output, "output", directory=None)  # a loop, a NUL byte...: before its suffix is read
+    runs = inverse.spec if inverse else spec
+    ranked_out = runs.header.ranks_side == "target"
+    if runs.header.ranks_side is not None and (ray is not None or remote_out or _any_url(checkpoint)):
+        raise UsageError("a spec that reads or writes rank files runs on local files in one process "
+                         "(no URLs, no --ray)")
     if inverse is not None and spec.meta and not output.suffix and to is None and max_shard_size is None:
         from .tools.hf_gguf import config_from_params
 
         model_config = config_from_params(spec, inverse.params)
         max_shard_size = 1 << 62  # a model directory: one model.safetensors beside config.json
+    if (not ranked_out and max_shard_size is None and to is None and not output.suffix
+            and (remote_out or not output.is_file())):
+        max_shard_size = DEFAULT_SHARD_SIZE  # `-o OUT_DIR`: a model directory, as save_pretrained writes one
     # --max-shard-size writes a directory: safetensors shards, or GGUF split parts when it is named *.gguf
     split_gguf = max_shard_size is not None and output.suffix.lower() == ".gguf"
-    fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None and not split_gguf else None))
+    fmt = "ranks" if ranked_out else sink_format(output, to or ("safetensors" if max_shard_size is not None
+                                                                   and not split_gguf else None))
     if remote_out:
         from .formats.objects import check_writable
 
@@ -132,13 +142,15 @@ def apply(
             raise UsageError(f"{output}: OneFlow output (a directory format) cannot be written to object storage")
         check_writable(output, force)
     else:
-        paths.writable(output, "output", directory=max_shard_size is not None or by_name(fmt).directory)
+        paths.writable(output, "output",
+                       directory=max_shard_size is not None or ranked_out or by_name(fmt).directory)
         if os.path.lexists(output) and not force:
             raise UsageError(f"{shown_path(output)} exists; use --force to overwrite it")
     if ray is not None and not remote_out:
         output = output.absolute()  # the workers' working directory is not ours
-    _refuse_overwrite(output, _paths(checkpoint), max_shard_size is not None)
-    source = open_for(inverse.spec if inverse else spec, checkpoint, opts.select, opts.epoch)
+    values = dict(inverse.params) if inverse else rank_values(spec, opts.params, opts.config)
+    _refuse_overwrite(output, _paths(checkpoint), max_shard_size is not None or ranked_out)
+    source = open_for(runs, checkpoint, opts.select, opts.epoch, values)
     try:
         _refuse_overwrite(output, source.shards, max_shard_size is not None)
         target = _target(opts.target)
@@ -178,13 +190,24 @@ def apply(
 
                 sent = apply_remote(plan, source, output, fmt, record, max_shard_size, tick)
                 return Report(plan, output, fmt, sent, selected, inverse)
-            if model_config is not None:  # the reverse of a GGUF: a model directory with its config.json
-                text = json.dumps(model_config, indent=2, sort_keys=True) + "\n"
-                files = {**(files or {}), "config.json": text.encode("utf-8")}
-            metadata = {**carried_kv(source, plan), **(kv or {})}
-            convert_into(lambda: open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
-                                           copied_from=copied_from(plan, source), files=files, kv=metadata),
-                         plan, source, Progress(n, progress) if progress else None)
+            if ranked_out:  # `ranks target`: one file per rank, and the spec's `write` files
+                from .formats.ranked import RankedSink, layout
+
+                def make_sink():
+                    return RankedSink(output, layout(runs.header.ranks, values), plan.outputs(), record,
+                                      files=written_files(spec, values) if not inverse else {},
+                                      under=runs.header.ranks_under,
+                                      extras=rendered_entries(runs, runs.header.ranks_entries, values))
+            else:
+                if model_config is not None:  # the reverse of a GGUF: a model directory with its config.json
+                    text = json.dumps(model_config, indent=2, sort_keys=True) + "\n"
+                    files = {**(files or {}), "config.json": text.encode("utf-8")}
+                metadata = {**carried_kv(source, plan), **(kv or {})}
+
+                def make_sink():
+                    return open_sink(output, fmt, plan.outputs(), record, max_shard_size=max_shard_size,
+                                     copied_from=copied_from(plan, source), files=files, kv=metadata)
+            convert_into(make_sink, plan, source, Progress(n, progress) if progress else None)
     finally:
         source.close()
     return Report(plan, output, fmt, disk_size(output), selected, inverse)
@@ -227,6 +250,9 @@ def carried_kv(source, plan: Plan) -> dict:
     return kv
 
 
+DEFAULT_SHARD_SIZE = "5GB"  # an `-o` without a suffix: safetensors shards of at most this, + index
+
+
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, options: Options | None = None,
              **overrides: Any) -> Plan:
     """Compile `spec` against a checkpoint's key list without converting anything; `options`
@@ -234,7 +260,8 @@ def plan_for(spec: Spec | str | Path, checkpoint: str | Path, options: Options |
     spec = as_spec(spec)
     opts = Options.of(options, **overrides)
     opts = replace(opts, config=default_config(spec, checkpoint, opts.config))
-    return compile_spec(spec, _infos(open_for(spec, checkpoint, opts.select, opts.epoch)),
+    return compile_spec(spec, _infos(open_for(spec, checkpoint, opts.select, opts.epoch,
+                                              rank_values(spec, opts.params, opts.config))),
                         **opts.compiling(_target(opts.target)))
 
 
@@ -247,7 +274,7 @@ def inverse_plan_for(spec: Spec | str | Path, checkpoint: str | Path, options: O
 
     opts = Options.of(options, **overrides)
     inverse = invert_spec(as_spec(spec), params=opts.params, config=opts.config, lossy=lossy, prefer=prefer)
-    infos = _infos(open_for(inverse.spec, checkpoint, opts.select, opts.epoch))
+    infos = _infos(open_for(inverse.spec, checkpoint, opts.select, opts.epoch, dict(inverse.params)))
     return inverse, inverse.compile(infos, **opts.compiling(_target(opts.target), inverse=True))
 
 

@@ -25,6 +25,7 @@ SHIPPED_CONFIGS = {
     "llama_hf_to_meta.map": "llama3-8b.json",
     "llama_meta_to_hf.map": "llama3-8b-params.json",
     "llama_to_megatron.map": "llama3-8b.json",
+    "megatron_to_llama.map": "llama3-8b.json",
     "mixtral_fused_experts.map": "mixtral-8x7b.json",
     "phi3_fused.map": "phi3-mini.json",
 }

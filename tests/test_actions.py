@@ -81,4 +81,5 @@ def test_lossy_actions_have_no_inverse():
 
 def test_every_action_has_an_inverse_rule():
     assert all(d.inverse is not None for d in act.REGISTRY.values())
-    assert {d.name for d in act.REGISTRY.values() if d.kind == "split"} == {"split", "chunk", "unstack", "quantize"}
+    assert {d.name for d in act.REGISTRY.values() if d.kind == "split"} == {"split", "chunk", "unstack", "quantize",
+                                                                             "replicate"}

@@ -71,9 +71,9 @@ def test_the_inverse_text_is_formatted_and_parses():
     assert inv.spec.header.source == "b" and inv.spec.header.target == "a"
 
 
-def random_checkpoint(keys, path: Path, seed: int = 0) -> None:
+def random_checkpoint(keys, path: Path, seed: int = 0, fmt: str = "safetensors") -> None:
     rng = np.random.default_rng(seed)
-    sink = open_sink(path, "safetensors", keys)
+    sink = open_sink(path, fmt, keys)
     for k, info in keys.items():
         if info.dtype == "bfloat16":
             a = rng.integers(0, 1 << 16, info.shape, dtype=np.uint16)
@@ -394,7 +394,8 @@ def meta_checkpoint(path: Path) -> None:
                   p + "feed_forward.w1.weight": (48, 32), p + "feed_forward.w2.weight": (32, 48),
                   p + "feed_forward.w3.weight": (48, 32), p + "attention_norm.weight": (32,),
                   p + "ffn_norm.weight": (32,)})
-    random_checkpoint({k: TensorInfo(s, "float32") for k, s in t.items()}, path)
+    path.mkdir()  # one rank file, as Meta ships its smallest models
+    random_checkpoint({k: TensorInfo(s, "float32") for k, s in t.items()}, path / "consolidated.00.pth", fmt="torch")
 
 
 EXPLAIN = INVERT / "explain"
@@ -405,11 +406,12 @@ def test_explain_reverse_is_golden(tmp_path, monkeypatch, fmt):
     """`explain --reverse SPEC CKPT`: the derived inverse's plan, each row at the forward rule it
     undoes, with the inverse rule's text, the parameters it was derived with."""
     monkeypatch.chdir(REPO)
-    meta_checkpoint(tmp_path / "meta.safetensors")
+    meta_checkpoint(tmp_path / "meta")
     (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 4, "num_key_value_heads": 2,
-                                                      "hidden_size": 32}))
+                                                      "hidden_size": 32, "num_hidden_layers": 2,
+                                                      "vocab_size": 40, "intermediate_size": 48}))
     args = {"table": [], "per-tensor": ["--per-tensor"], "markdown": ["--format", "markdown"]}[fmt]
-    r = runner.invoke(app, ["explain", "--reverse", "specs/llama_hf_to_meta.map", str(tmp_path / "meta.safetensors"),
+    r = runner.invoke(app, ["explain", "--reverse", "specs/llama_hf_to_meta.map", str(tmp_path / "meta"),
                             "--config", str(tmp_path / "config.json"), *args])
     assert r.exit_code == 0, r.output
     golden(EXPLAIN / f"llama_hf_to_meta.{fmt}.txt", r.output)
@@ -419,15 +421,15 @@ def test_explain_reverse_points_each_row_at_the_forward_rule(tmp_path, monkeypat
     """The rows name the forward spec's lines (those of the rules `invert` derived them from),
     and each shows the inverse rule as `mapspec invert` prints it."""
     monkeypatch.chdir(REPO)
-    meta_checkpoint(tmp_path / "meta.safetensors")
-    params = ["-p", "n_heads=4", "-p", "n_kv=2", "-p", "hidden=32"]
-    r = runner.invoke(app, ["explain", "--reverse", "specs/llama_hf_to_meta.map", str(tmp_path / "meta.safetensors"),
+    meta_checkpoint(tmp_path / "meta")
+    params = ["-p", "n_heads=4", "-p", "n_kv=2", "-p", "hidden=32", "-p", "layers=2", "-p", "vocab=40", "-p", "inter=48"]
+    r = runner.invoke(app, ["explain", "--reverse", "specs/llama_hf_to_meta.map", str(tmp_path / "meta"),
                             *params])
     assert r.exit_code == 0, r.output
     inverse = runner.invoke(app, ["invert", "specs/llama_hf_to_meta.map", *params]).output
     origins = re.findall(r"^# llama_hf_to_meta\.map:(\d+)\n(.*)$", inverse, re.M)
     rows = [line for line in r.output.splitlines() if line.startswith("llama_hf_to_meta.map:")]
-    assert len(rows) == len(origins) == 10
+    assert len(rows) == len(origins) == 11  # w2 is cut by columns, w1 and w3 by rows: two rules
     for row, (line, text) in zip(rows, origins):
         assert row.startswith(f"llama_hf_to_meta.map:{line} ") and text in row
 

@@ -35,6 +35,8 @@ def run(*args) -> str:
 def reverse(spec: str, ckpt: Path, config: Path, out: Path) -> dict:
     """`mapspec apply --reverse SPEC CKPT --config CONFIG -o OUT`: the derived inverse, run."""
     run("apply", "--reverse", SPECS / spec, ckpt, "--config", config, "-o", out)
+    if out.is_dir():  # Meta's rank files: one rank here
+        return torch.load(out / "consolidated.00.pth", weights_only=True)
     return torch.load(out, weights_only=True) if out.suffix == ".pth" else load_file(out)
 
 
@@ -69,17 +71,20 @@ def test_inverted_hf_to_meta_is_the_meta_to_hf_spec_and_the_conversion_script(si
     loaded = load_hf(transformers.LlamaForCausalLM, tmp_path / "hf", tmp_path / "inverted.safetensors")
     assert loaded.config.tie_word_embeddings == cfg.tie_word_embeddings
 
-    # The other way: Meta's params.json feeds the inverse of the Meta -> HF spec.
-    to_meta = reverse("llama_meta_to_hf.map", tmp_path / "hf" / "model.safetensors", tmp_path / "params.json",
-                      tmp_path / "inverted.pth") if not cfg.tie_word_embeddings else None
-    if to_meta is not None:  # a tied HF checkpoint has no head: only llama_hf_to_meta's copy makes output.weight
-        assert_same_tensors(to_meta, convert("llama_hf_to_meta.map", tmp_path / "hf" / "model.safetensors",
-                                             hf_config, tmp_path / "hand.pth"))
+    # The other way: the inverse of the Meta -> HF spec needs the rank count, which only the
+    # forward checkpoint tells (its merges over {rank}); from the spec alone it is refused
+    # with that advice, and llama_hf_to_meta.map takes it as -p shards=N.
+    r = runner.invoke(app, [str(a) for a in ("apply", "--reverse", SPECS / "llama_meta_to_hf.map",
+                                              tmp_path / "hf" / "model.safetensors", "--config",
+                                              tmp_path / "params.json", "-o", tmp_path / "inverted")])
+    assert r.exit_code == 2 and "concat() inverts only knowing" in r.output and "forward checkpoint" in r.output
+    assert not (tmp_path / "inverted").exists()
 
-    # Forward and back on the files transformers and torch wrote, bit for bit. A tied model's
-    # head is the copied embedding, checked equal to it.
+    # Forward and back on the files transformers and torch wrote, bit for bit. (A tied model's
+    # head is the embedding copied to every rank, cut by rows where the embedding is cut by
+    # columns: not a twin of a restored output, so not counted.)
     n = len(model.state_dict()) - cfg.tie_word_embeddings
-    verified("llama_hf_to_meta.map", tmp_path / "hf" / "model.safetensors", hf_config, n + cfg.tie_word_embeddings)
+    verified("llama_hf_to_meta.map", tmp_path / "hf" / "model.safetensors", hf_config, n)
     verified("llama_meta_to_hf.map", tmp_path / "consolidated.00.pth", tmp_path / "params.json", len(meta))
 
 
@@ -94,11 +99,11 @@ def test_verify_reports_meta_rope_freqs_as_not_restored_not_missing(tmp_path):
     r = runner.invoke(app, ["verify", str(SPECS / "llama_meta_to_hf.map"), str(tmp_path / "consolidated.00.pth"),
                             "--config", str(tmp_path / "params.json")])
     assert r.exit_code == 0, r.output
-    assert "not restored: rope.freqs (dropped by llama_meta_to_hf.map:30, marked `reverse none`)" in r.output
+    assert "not restored: 0/rope.freqs (dropped by llama_meta_to_hf.map:43, marked `reverse none`)" in r.output
     n = len(meta) - 1
     assert f"ok: {n} tensors, {n} bit-exact, 1 not restored by design" in r.output
-    assert "warning: llama_meta_to_hf.map:30: the inverse does not recreate the keys this drop removes " \
-           "(marked `reverse none`): rope.freqs" in r.output
+    assert "warning: llama_meta_to_hf.map:43: the inverse does not recreate the keys this drop removes " \
+           "(marked `reverse none`): 0/rope.freqs" in r.output
 
 
 # ---------------------------------------------------------------- Mixtral per-expert <-> stacked
@@ -222,16 +227,16 @@ def test_phi3_inverse_with_its_stated_reverses_matches_the_forward_spec(size, tm
 
 
 @pytest.mark.parametrize("size", sorted(LLAMA_SIZES))
-def test_megatron_inverse_with_its_stated_reverses_gives_back_the_llama_checkpoint(size, tmp_path):
-    """Megatron's grouped linear_qkv back to Llama's q/k/v (the split sizes stated in the spec),
-    tied and untied, from the spec alone: the file save_pretrained wrote, bit for bit."""
+def test_megatron_back_to_llama_gives_back_the_llama_checkpoint(size, tmp_path):
+    """Megatron's grouped linear_qkv back to Llama's q/k/v, tied and untied, with the reading
+    spec (llama_to_megatron.map's layer numbers {i // per_stage}/{i % per_stage} are a divmod
+    pair, which `invert` does not derive): the file save_pretrained wrote, bit for bit."""
     cfg = transformers.LlamaConfig(**COMMON, **LLAMA_SIZES[size])
     build(transformers.LlamaForCausalLM, cfg, seed=9, where=tmp_path / "llama")
     llama_file, config = tmp_path / "llama" / "model.safetensors", tmp_path / "llama" / "config.json"
-    convert("llama_to_megatron.map", llama_file, config, tmp_path / "mcore.safetensors")
-    back = reverse("llama_to_megatron.map", tmp_path / "mcore.safetensors", config, tmp_path / "back.safetensors")
+    run("apply", SPECS / "llama_to_megatron.map", llama_file, "--config", config, "-o", tmp_path / "mcore")
+    back = convert("megatron_to_llama.map", tmp_path / "mcore", config, tmp_path / "back.safetensors")
     assert_same_tensors(back, load_file(llama_file))
-    verified("llama_to_megatron.map", llama_file, config, len(back))
 
 
 # ---------------------------------------------------------------- every shipped spec accounted for
@@ -240,11 +245,9 @@ ROUND_TRIPPED = {
     # spec: where its inverse is proven bit-exact on real files
     "dpn.map": "test_dpn_interop.py::test_dpn_reverse_gives_mxnet_params_mxnet_loads (mxnet venv)",
     "llama_hf_to_meta.map": "test_inverted_hf_to_meta_is_the_meta_to_hf_spec_and_the_conversion_script",
-    "llama_meta_to_hf.map": "test_inverted_hf_to_meta_is_the_meta_to_hf_spec_and_the_conversion_script",
     "mixtral_fused_experts.map": "test_mixtral_inverse_both_directions_match_transformers_own_conversion",
     "gpt2_to_qkv.map": "test_gpt2_inverse_gives_back_the_transformers_checkpoint",
     "phi3_fused.map": "test_phi3_inverse_with_its_stated_reverses_matches_the_forward_spec",
-    "llama_to_megatron.map": "test_megatron_inverse_with_its_stated_reverses_gives_back_the_llama_checkpoint",
 }
 
 

@@ -56,6 +56,10 @@ def convert(spec: str, ckpt: Path, config: Path, out: Path, *params: str) -> dic
     """`mapspec apply` as a user runs it; returns the written tensors (.safetensors or .pth)."""
     r = apply_cli(spec, ckpt, config, out, params)
     assert r.exit_code == 0, r.output
+    if (out / "latest_checkpointed_iteration.txt").exists():  # Megatron's rank files: one rank here
+        return torch.load(out / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt", weights_only=True)["model"]
+    if out.is_dir():  # Meta's rank files: one rank here
+        return torch.load(out / "consolidated.00.pth", weights_only=True)
     return torch.load(out, weights_only=True) if out.suffix == ".pth" else load_file(out)
 
 
@@ -267,7 +271,7 @@ def llama(request, tmp_path_factory):
 def test_llama_hf_to_meta_inverts_the_conversion_script_and_keeps_logits(llama, tmp_path):
     model, src = llama
     cfg = model.config
-    meta = convert("llama_hf_to_meta.map", src / "model.safetensors", src / "config.json", tmp_path / "meta.safetensors")
+    meta = convert("llama_hf_to_meta.map", src / "model.safetensors", src / "config.json", tmp_path / "meta")
 
     hf = load_file(src / "model.safetensors")
     assert ("lm_head.weight" in hf) == (not cfg.tie_word_embeddings)  # tied: the copy made the head
@@ -300,9 +304,8 @@ def test_llama_hf_to_meta_to_hf_is_exact(llama, tmp_path):
     as head), and the same logits."""
     model, src = llama
     cfg = model.config
-    convert("llama_hf_to_meta.map", src / "model.safetensors", src / "config.json", tmp_path / "consolidated.00.pth")
-    (tmp_path / "params.json").write_text(json.dumps(meta_params(cfg)))
-    hf = convert("llama_meta_to_hf.map", tmp_path / "consolidated.00.pth", tmp_path / "params.json",
+    convert("llama_hf_to_meta.map", src / "model.safetensors", src / "config.json", tmp_path / "meta")
+    hf = convert("llama_meta_to_hf.map", tmp_path / "meta", tmp_path / "meta" / "params.json",
                  tmp_path / "model.safetensors")
     assert_same_tensors(hf, dict(model.state_dict()))
     back = load_hf(transformers.LlamaForCausalLM, src, tmp_path / "model.safetensors")
@@ -568,7 +571,7 @@ def megatron_qkv(q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor", n_head
 def test_llama_to_megatron_groups_qkv_per_kv_head(llama, tmp_path):
     model, src = llama
     cfg = model.config
-    out = convert("llama_to_megatron.map", src / "model.safetensors", src / "config.json", tmp_path / "mcore.safetensors")
+    out = convert("llama_to_megatron.map", src / "model.safetensors", src / "config.json", tmp_path / "mcore")
     hf = load_file(src / "model.safetensors")
     expected = {"embedding.word_embeddings.weight": hf["model.embed_tokens.weight"],
                 "decoder.final_layernorm.weight": hf["model.norm.weight"]}
@@ -649,14 +652,14 @@ def plan(spec: str, keys: dict, config: Path, target: dict | None = None):
 def test_llama_specs_compile_at_llama3_8b_sizes():
     hf = shapes(transformers.LlamaForCausalLM, published("llama3-8b.json"))
     meta = plan("llama_hf_to_meta.map", hf, PUBLISHED / "llama3-8b.json")
-    assert meta["layers.31.attention.wq.weight"].shape == (4096, 4096)
-    assert meta["layers.31.attention.wk.weight"].shape == (1024, 4096)
+    assert meta["0/layers.31.attention.wq.weight"].shape == (4096, 4096)  # rank 0 of 1
+    assert meta["0/layers.31.attention.wk.weight"].shape == (1024, 4096)
     assert len(meta) == len(hf) == 291
     # Back with Meta's params.json, checked against the real model's names and shapes.
     plan("llama_meta_to_hf.map", meta, PUBLISHED / "llama3-8b-params.json", target=hf)
     mcore = plan("llama_to_megatron.map", hf, PUBLISHED / "llama3-8b.json")
-    assert mcore["decoder.layers.0.self_attention.linear_qkv.weight"].shape == ((32 + 2 * 8) * 128, 4096)
-    assert mcore["decoder.layers.0.mlp.linear_fc1.weight"].shape == (2 * 14336, 4096)
+    assert mcore["0/0/decoder.layers.0.self_attention.linear_qkv.weight"].shape == ((32 + 2 * 8) * 128, 4096)
+    assert mcore["0/0/decoder.layers.0.mlp.linear_fc1.weight"].shape == (2 * 14336, 4096)
     assert len(mcore) == 2 + 32 * 6 + 1
 
 

@@ -108,11 +108,15 @@ def _check_rename(rule: RenameRule, tables: dict[str, dict[str, str]]) -> None:
             if cap.type not in ("alt", "int"):
                 raise SpecError("a fan-out capture lists its values ({p:q|k|v}) or counts them ({i:int})", cap.span)
             fanouts[cap.name] = cap
-    if (rule.is_copy or rule.otherwise) and fanouts:
-        raise SpecError(f"a {'copy' if rule.is_copy else 'otherwise rule'} has one output per key; "
-                        "it cannot declare fan-out captures", next(iter(fanouts.values())).span)
-    if rule.is_copy:
+    if rule.otherwise and fanouts:
+        raise SpecError("an otherwise rule has one output per key; it cannot declare fan-out captures",
+                        next(iter(fanouts.values())).span)
+    if rule.is_copy and not fanouts:
         _check_unary(rule.actions, "copy")
+    if rule.is_copy:  # a copy may fan out (one copy per rank: chunk, replicate), never merge
+        for action in rule.actions:
+            if lookup_action(action).merges:
+                raise SpecError(f"a copy reads one key; {action.name}() merges several", action.span)
 
     for src in rule.sources:
         caps = src.captures()

@@ -226,6 +226,8 @@ def _typed(d: Param, value: Any, what: str) -> int | str | float | bool:
     if d.type == "str":
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, float):  # a config's 1e-05: its JSON text (`write` puts it back as a number)
+            return json.dumps(value)
         raise SpecError(f"{what}: '{d.name}' is a text parameter", d.span)
     if isinstance(value, int) and not isinstance(value, bool):
         return value

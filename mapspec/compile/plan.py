@@ -222,7 +222,7 @@ def compile_spec(
             ordinary.extend(entries)
     matcher = Matcher(ordinary, table_keys)
     otherwise = Matcher(fallback, table_keys).match if fallback else None
-    renderers = _Renderers(spec.rules, tables)
+    renderers = _Renderers(spec.rules, tables, _rank_universe(spec, keys, bindings))
 
     dropped: list[tuple[str, Span]] = []
     unmatched: list[str] = []
@@ -298,7 +298,7 @@ def compile_spec(
             copied += _plan_copies(renderers[ri], copy_matcher, keys, set(unmatched), steps)
         except PlanError as exc:
             problems.append(exc)
-    raise_all(problems)
+    raise_all([_naming_params(exc, written, bindings) for exc in problems])
     # A rule whose target a `copy ... if absent` wrote instead (lm_head in a tied model) is
     # not unused: the spec says what stands in for it.
     stand_ins = copy_stand_ins(spec, steps.values())
@@ -320,6 +320,49 @@ def compile_spec(
     return Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(out_steps),
                 tuple(dropped), tuple(unmatched), len(keys), report, unused, bindings,
                 next((r.span for r in spec.rules if r.otherwise), None), tuple(copied), tuple(meta))
+
+
+def _naming_params(exc: SpecError, written: Spec, bindings: tuple[Binding, ...]) -> SpecError:
+    """A shape that contradicts an `expect()` written with parameters: the error names the
+    parameters of that rule's actions up to it (and what derived ones are derived from), with
+    their values and where those came from: a default where the config lacks a key is the
+    usual cause (head_dim not stated in params.json, llama_version not given)."""
+    if not isinstance(exc, PlanError) or exc.span is None or not bindings:
+        return exc
+    for rule in written.rules:
+        actions = list(getattr(rule, "actions", ()))
+        at = next((i for i, a in enumerate(actions) if a.span == exc.span and a.name == "expect"), None)
+        if at is not None:
+            break
+    else:
+        return exc
+    lets = {d.name: d for d in written.definitions if d.kind == "let"}
+    names: list[str] = []
+
+    def add(expr) -> None:
+        for n in sorted(expr_names(expr)):
+            if n not in names:
+                names.append(n)
+                if n in lets:
+                    add(lets[n].expr)
+
+    for action in [actions[at]] + actions[:at]:
+        for v in (*action.args, *(v for _, v in action.kwargs)):
+            expr = getattr(v, "expr", None)
+            if expr is None and isinstance(getattr(v, "name", None), str):
+                expr = Ref(name=v.name, span=v.span)
+            if expr is not None:
+                add(expr)
+    by_name = {b.name: b for b in bindings}
+    shown = [f"{n} = {by_name[n].value} ({_origin(by_name[n].origin)})" for n in names if n in by_name]
+    if not shown:
+        return exc
+    return PlanError(f"{exc.message}; the parameters here: {', '.join(shown)}", exc.span, exc._source)
+
+
+def _origin(origin: str) -> str:
+    return {"-p": "from -p", "default": "its default: not in the config", "let": "derived"}.get(
+        origin, origin.replace("config ", "config key "))
 
 
 def copy_stand_ins(spec: Spec, steps: Iterable[Step]) -> dict[Span, Span]:
@@ -369,13 +412,15 @@ def _plan_copies(renderer: "_Renderer", matcher: Matcher, keys: Mapping[str, Ten
         if key in unmatched:
             raise PlanError(f"copy: {shown(key)} is not matched by any other rule; a copy is an extra output, "
                             "the key still needs its own rule", rule.span)
-        out = renderer.render(key, caps)
-        if out in steps:
-            if rule.if_absent:
-                continue
-            raise _duplicate(out, steps[out], key, rule)
-        steps[out] = renderer.step(out, key, keys[key])
-        outputs.append(out)
+        made = ([renderer.step(renderer.render(key, caps), key, keys[key])] if renderer.simple_step
+                else renderer.plan_group([(key, caps)], keys))  # a copy fanned out (to every rank, say)
+        if rule.if_absent and any(s.output in steps for s in made):
+            continue
+        for step in made:
+            if step.output in steps:
+                raise _duplicate(step.output, steps[step.output], key, rule)
+            steps[step.output] = step
+            outputs.append(step.output)
     return outputs
 
 
@@ -421,15 +466,60 @@ class _Renderers(dict):
     """rule index -> its `_Renderer` (None for drop and keep rules), made when the rule first
     matches a key: a rule that matches nothing never renders, so costs nothing here."""
 
-    def __init__(self, rules, tables: dict[str, dict[str, str]]):
+    def __init__(self, rules, tables: dict[str, dict[str, str]], ranks: list[list[int]] | None = None):
         super().__init__()
-        self.rules, self.tables = rules, tables
+        self.rules, self.tables, self.ranks = rules, tables, ranks
         self.code: dict[str, Any] = {}  # template code -> its compiled maker, shared by rules of one shape
 
     def __missing__(self, i: int) -> "_Renderer | None":
         rule = self.rules[i]
         made = self[i] = _Renderer(rule, self.tables, self.code) if isinstance(rule, RenameRule) else None
+        if made is not None and self.ranks:
+            made.rank_axes = _rank_axes(rule, self.ranks)
         return made
+
+
+def _rank_universe(spec: Spec, keys: Mapping[str, TensorInfo], bindings) -> list[list[int]] | None:
+    """With `ranks source`, the keys start with the rank coordinates (`C1/.../KEY`): the values
+    each coordinate takes in the whole checkpoint. A merge over a rank then needs every rank
+    the checkpoint has, not only up to the largest its own keys show (a key missing from the
+    last rank is missing, not a smaller model)."""
+    if spec.header.ranks_side != "source":
+        return None
+    bound = {b.name for b in bindings}
+    names: list[str] = []
+    for t in spec.header.ranks:
+        for m in re.finditer(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[0-9]{1,2})?(?:[ \t]+of[ \t]+\w+)?\}", t):
+            if m[1] not in bound and m[1] not in names:
+                names.append(m[1])
+    seen: list[set[int]] = [set() for _ in names]
+    for key in keys:
+        parts = key.split("/", len(names))
+        for c, text in enumerate(parts[:len(names)] if len(parts) > len(names) else ()):
+            if text.isdigit() and len(text) <= 9:
+                seen[c].add(int(text))
+    return [sorted(v) for v in seen]
+
+
+def _rank_axes(rule: RenameRule, ranks: list[list[int]]) -> dict[str, list[int]]:
+    """The captures of `rule`'s source that stand for a rank coordinate (a whole leading
+    `/`-segment), each with the values the checkpoint has for it."""
+    out: dict[str, list[int]] = {}
+    segment, start = 0, True
+    parts = rule.sources[0].parts
+    for j, part in enumerate(parts):
+        if segment >= len(ranks):
+            break
+        if isinstance(part, Lit):
+            segment += part.text.count("/")
+            start = part.text.endswith("/")
+            continue
+        after = parts[j + 1] if j + 1 < len(parts) else None
+        if (start and isinstance(part, Capture) and part.name and part.type == "int"
+                and isinstance(after, Lit) and after.text.startswith("/")):
+            out[part.name] = ranks[segment]
+        start = False
+    return out
 
 
 class _Renderer:
@@ -441,6 +531,7 @@ class _Renderer:
     def __init__(self, rule: RenameRule, tables: dict[str, dict[str, str]], code: dict[str, Any] | None = None):
         self.rule = rule
         self.tables = tables
+        self.rank_axes: dict[str, list[int]] = {}  # captures standing for a rank (see _rank_axes)
         self.actions = [(a, act.lookup(a), act.normalize(a)) for a in rule.actions]
         kinds = {d.kind for _, d, _ in self.actions}
         self.fanouts: dict[str, Capture] = {p.capture.name: p.capture for p in rule.target.parts
@@ -662,6 +753,8 @@ class _Walk:
         return next(a for a in self.r.axes if a.name == name)
 
     def _required(self, axis: Capture, tensors: list[_Tensor]) -> list:
+        if axis.name in self.r.rank_axes:  # every rank of the checkpoint
+            return list(self.r.rank_axes[axis.name])
         if axis.type == "alt":
             return list(axis.alternatives)
         if axis.type == "table":

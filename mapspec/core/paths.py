@@ -23,7 +23,7 @@ from typing import Callable
 from ..errors import UsageError
 from .quoting import shown_path
 
-# A temporary output is named `.NAME.xxxxxxxx.part` (formats/base.AtomicPath): 15 bytes
+# A temporary output is named `.NAME.xxxxxxxx.part` (formats/atomic.AtomicPath): 15 bytes
 # more than NAME, which must fit the file system's name limit too.
 TEMP_EXTRA = len("..12345678.part")
 

@@ -208,3 +208,14 @@ class guarded_writes:
 def current_run() -> "guarded_writes | None":
     """The innermost `guarded_writes` active on this thread, if any (outputs register with it)."""
     return getattr(_RUN, "current", None)
+
+
+def abort_parts(sinks, atomic: AtomicPath) -> None:
+    """Abort the sinks of a directory output (their errors ignored: cleanup never raises),
+    then the directory."""
+    for sink in sinks:
+        try:
+            sink.abort()
+        except Exception:
+            pass
+    atomic.abort()

@@ -63,7 +63,7 @@ class Format:
 
 # One module per format, each ending with `FORMAT = Format(...)`; sniffing tries them in this
 # order. The modules import numpy only, so converting MXNet to safetensors never imports torch.
-MODULES = ("safetensors", "mxnet", "torch", "npz", "oneflow", "wts", "gguf")
+MODULES = ("safetensors", "mxnet", "torch", "npz", "oneflow", "wts", "gguf", "distcp")
 
 
 def formats() -> tuple[Format, ...]:

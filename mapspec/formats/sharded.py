@@ -29,7 +29,7 @@ from ..core.background import Job, Worker
 from ..core.quoting import MAX_QUOTE, clip, shown, shown_path
 from ..errors import CheckpointError, UsageError
 from ..core.tensorinfo import TensorInfo
-from .atomic import AtomicPath
+from .atomic import AtomicPath, abort_parts
 from .model_dir import write_files
 from .protocol import Extent, SinkBase, SourceBase
 from .reading import read_small
@@ -393,12 +393,7 @@ class ShardedSink(SinkBase):
         for lane in self.lanes:  # queued copies dropped, running ones done, before the files go
             lane.cancel([job for key, jobs in self.queued.items() if self._lane[key] is lane for job in jobs])
         self.queued, self.inflight = {}, deque()
-        for sink in self.sinks:
-            try:
-                sink.abort()
-            except Exception:
-                pass
-        self.atomic.abort()
+        abort_parts(self.sinks, self.atomic)
 
 
 def index_blob(weight_map: Mapping[str, str], total: int) -> bytes:

@@ -174,7 +174,7 @@ class TorchSink(SinkBase):
     from_pretrained read the result like any torch.save file (tests check both)."""
 
     def __init__(self, path: Path, outputs: Mapping[str, TensorInfo], metadata=None,
-                 copied_from: Mapping[str, int] | None = None):
+                 copied_from: Mapping[str, int] | None = None, wrap=None):
         for name, info in outputs.items():
             why = torch_refuses(info)
             if why:
@@ -189,7 +189,7 @@ class TorchSink(SinkBase):
         self.pending = list(outputs)  # records follow the pickle's order
         self.file = self.atomic.open("r+b")  # not "wb": truncating makes close() flush everything
         self.zip = ZipWriter(self.file)
-        self.zip.add("data.pkl", state_pickle(outputs, self.keys))
+        self.zip.add("data.pkl", state_pickle(outputs, self.keys, wrap))  # wrap: (key, extras), see RankedSink
         self.zip.add(".format_version", b"1")
         self.zip.add(".storage_alignment", b"64")
         self.zip.add("byteorder", b"little")

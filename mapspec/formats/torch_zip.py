@@ -135,8 +135,9 @@ class _Pickler(pickle._Pickler):
     dispatch[Global] = save_named
 
 
-def state_pickle(outputs: Mapping[str, TensorInfo], keys: Mapping[str, str]) -> bytes:
-    """data.pkl for an OrderedDict of `outputs`, tensor `name` stored as `data/<keys[name]>`."""
+def state_pickle(outputs: Mapping[str, TensorInfo], keys: Mapping[str, str], wrap=None) -> bytes:
+    """data.pkl for an OrderedDict of `outputs`, tensor `name` stored as `data/<keys[name]>`;
+    with `wrap = (key, extras)`, the dict {key: that OrderedDict, **extras} (plain values)."""
     import math
 
     def numel(info: TensorInfo) -> int:
@@ -144,6 +145,9 @@ def state_pickle(outputs: Mapping[str, TensorInfo], keys: Mapping[str, str]) -> 
 
     state = _StateDict((name, _Tensor(_Storage(keys[name], info.dtype, numel(info)), info))
                        for name, info in outputs.items())
+    if wrap is not None:
+        key, extras = wrap
+        state = {key: state, **extras}
     buf = io.BytesIO()
     _Pickler(buf, protocol=2).dump(state)
     return buf.getvalue()

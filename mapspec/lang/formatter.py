@@ -53,7 +53,7 @@ def format_text(text: str, file: str = "<spec>") -> str:
         inner = [l for l in order[cursor:bisect.bisect_left(order, end)] if l not in used]
         if out and start > prev_end + 1 and blank_between(prev_end, start):
             out.append("")
-        if st.data != "table":
+        if st.data not in ("table", "write", "ranks"):
             for l in sorted(inner):  # comments inside a multi-line statement move above it
                 out.append(str(by_line[l]))
                 used.add(l)
@@ -81,6 +81,24 @@ def _statement(st: Tree, text: str, file: str, comments: dict[int, Token], used:
         return [f"from {c[0]} to {c[1]}"]
     if kind == "select":
         return [f"select {_pattern(c[0], text, file)}"]
+    if kind == "ranks":
+        under = c[-1] if isinstance(c[-1], Tree) else None
+        line = f"ranks {c[0]} " + " | ".join(str(t) for t in (c[1:-1] if under is not None else c[1:]))
+        if under is None:
+            return [line]
+        name, *entries = under.children
+        if not entries:
+            return [line + f" under {name}"]
+        rows = [(_pattern(e.children[0], text, file), str(e.children[1])) for e in entries]
+        width = max(len(k) for k, _ in rows)
+        return [line + f" under {name} {{"] + [f"  {k.ljust(width)} = {v}" for k, v in rows] + ["}"]
+    if kind == "write_text":
+        return [f"write {c[0]} {c[1]}"]
+    if kind == "write":
+        path, *entries = c
+        rows = [(_pattern(e.children[0], text, file), str(e.children[1])) for e in entries]
+        width = max((len(k) for k, _ in rows), default=0)
+        return [f"write {path} {{"] + [f"  {k.ljust(width)} = {v}" for k, v in rows] + ["}"]
     if kind == "include":
         return [f"include {c[0]}"]
     if kind in ("drop", "keep"):

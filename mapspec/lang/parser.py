@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from lark import Token, Tree
@@ -44,6 +45,7 @@ from .rules import (
     Text,
     Tuple,
     Word,
+    WriteFile,
 )
 
 LANGUAGE_VERSION = 1
@@ -151,12 +153,13 @@ class _Builder:
         definitions: list = []
         assertions: list[Assertion] = []
         meta: list = []
+        writes: list[WriteFile] = []
         body_started = False
         for st in tree.children:
             try:
                 kind = st.data
                 span = self.span_tree(st)
-                if kind in ("version", "frameworks", "select"):
+                if kind in ("version", "frameworks", "select", "ranks"):
                     if kind in seen:
                         raise self.error(f"'{_HEADER_WORD[kind]}' is given twice (first at line {seen[kind].line})", span)
                     if body_started:
@@ -176,6 +179,9 @@ class _Builder:
                     definitions.extend(sub.definitions)
                     assertions.extend(sub.assertions)
                     meta.extend(sub.meta)
+                    writes.extend(sub.writes)
+                elif kind in ("write", "write_text"):
+                    writes.append(self._write(st, span))
                 elif kind == "table":
                     tables.append(self._table(st))
                 elif kind == "rename":
@@ -222,7 +228,7 @@ class _Builder:
             header = header.model_copy(update={"span": first})
         return Spec(file=self.file, header=header, tables=tuple(tables), rules=tuple(rules),
                     includes=tuple(includes), definitions=tuple(definitions), assertions=tuple(assertions),
-                    meta=tuple(meta))
+                    meta=tuple(meta), writes=tuple(writes))
 
     def _drop(self, children: list, span: Span) -> DropRule:
         """`drop P | Q`, with `reverse none` under it (the inverse may leave the keys out)."""
@@ -240,11 +246,45 @@ class _Builder:
             return header.model_copy(update={"version": version})
         if st.data == "frameworks":
             return header.model_copy(update={"source": str(st.children[0]), "target": str(st.children[1])})
+        if st.data == "ranks":
+            side, *names = st.children
+            under = names.pop() if names and isinstance(names[-1], Tree) else None
+            if str(side) not in ("source", "target"):
+                raise self.error(f"'ranks' is followed by source or target (the side that is rank files), not '{side}'",
+                                 self.span_tok(side))
+            templates = []
+            for tok in names:
+                text = ast.literal_eval(str(tok))
+                bad = re.sub(r"\{[A-Za-z_][A-Za-z0-9_]*(?::[0-9]{1,2})?(?:[ \t]+of[ \t]+(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))?\}",
+                             "", text)
+                if "{" in bad or "}" in bad or not text or text.startswith("/") or ".." in text.split("/"):
+                    raise self.error("a rank file name is a relative path whose fields are {name}, {name:WIDTH} or {name:WIDTH of COUNT} "
+                                     "(e.g. \"consolidated.{rank:02}.pth\")", self.span_tok(tok))
+                templates.append(text)
+            update = {"ranks_side": str(side), "ranks": tuple(templates)}
+            if under is not None:
+                name, *entries = under.children
+                update["ranks_under"] = str(name)
+                update["ranks_entries"] = tuple(
+                    TableEntry(key=self._plain(e.children[0]), value=str(e.children[1]), span=self.span_tree(e))
+                    for e in entries)
+            return header.model_copy(update=update)
         tok = st.children[0]
         pat = self._pattern(tok)
         if any(isinstance(p, Capture) for p in pat.parts):
             raise self.error("'select' takes a plain path such as model or state_dict", pat.span)
         return header.model_copy(update={"select": "".join(p.text for p in pat.parts)})
+
+    def _write(self, st: Tree, span: Span) -> WriteFile:
+        path_tok, *rest = st.children
+        path = ast.literal_eval(str(path_tok))
+        if not path or path.startswith("/") or ".." in path.split("/"):
+            raise self.error("write names a relative file inside the output", self.span_tok(path_tok))
+        if st.data == "write_text":
+            return WriteFile(path=path, text=ast.literal_eval(str(rest[0])), span=span)
+        entries = tuple(TableEntry(key=self._plain(e.children[0]), value=str(e.children[1]), span=self.span_tree(e))
+                        for e in rest)
+        return WriteFile(path=path, entries=entries, span=span)
 
     def _include(self, st: Tree) -> Spec:
         tok = st.children[0]
@@ -511,7 +551,7 @@ class _Builder:
         raise TypeError(kind)  # pragma: no cover
 
 
-_HEADER_WORD = {"version": "mapspec", "frameworks": "from ... to", "select": "select"}
+_HEADER_WORD = {"version": "mapspec", "frameworks": "from ... to", "select": "select", "ranks": "ranks"}
 
 
 def as_spec(spec: Spec | str | Path) -> Spec:

@@ -313,7 +313,21 @@ class Header(Node):
     source: str | None = None
     target: str | None = None
     select: str | None = None
+    ranks_side: Literal["source", "target"] | None = None  # which side is rank files
+    ranks: tuple[str, ...] = ()  # their file name templates (`ranks` statement)
+    ranks_under: str | None = None  # each rank file holds its tensors under this key
+    ranks_entries: tuple["TableEntry", ...] = ()  # ... beside these entries (rendered with the parameters)
     span: Span | None = None
+
+
+class WriteFile(Node):
+    """`write "params.json" { dim = {hidden} ... }`: a small file beside the output, its
+    entries rendered with the parameters' values (a JSON object), or one rendered text."""
+
+    path: str
+    entries: tuple[TableEntry, ...] | None = None
+    text: str | None = None
+    span: Span
 
 
 class Spec(Node):
@@ -327,6 +341,7 @@ class Spec(Node):
     definitions: tuple[Definition, ...] = ()  # params and lets, in source order
     assertions: tuple[Assertion, ...] = ()
     meta: tuple[Meta, ...] = ()  # file-level metadata, in source order
+    writes: tuple[WriteFile, ...] = ()
 
     def table_map(self) -> dict[str, Table]:
         return {t.name: t for t in self.tables}
@@ -392,4 +407,4 @@ def rule_text(rule) -> str:
     word = "drop" if isinstance(rule, DropRule) else "keep"
     if getattr(rule, "otherwise", False):  # `otherwise keep` / `otherwise drop` take every key left
         return f"{lead}{word}{then}"
-    return f"{word} " + " | ".join(p.text for p in rule.patterns) + then
+    return f"{lead}{word} " + " | ".join(p.text for p in rule.patterns) + then

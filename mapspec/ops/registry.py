@@ -13,6 +13,7 @@ from .arith import Add
 from .cast import Cast
 from .merge import Chunk, Concat, Split, Stack, Unstack
 from .quant import Dequantize, Quantize
+from .ranks import Replicate, Replicated
 from .shape import Expect, Permute, Squeeze, Transpose, Unsqueeze, View
 
 REGISTRY: dict[str, ActionDef] = {}
@@ -38,7 +39,7 @@ def registered(definition: ActionDef) -> Iterator[ActionDef]:
 
 for _d in (View("view"), View("reshape"), Transpose(), Permute("permute"), Squeeze("squeeze"),
            Unsqueeze("unsqueeze"), Cast(), Add(), Expect("expect"), Concat(), Stack(), Split("split"), Chunk(), Unstack(),
-           Dequantize(), Quantize()):
+           Dequantize(), Quantize(), Replicated(), Replicate()):
     register(_d)
 
 

@@ -12,8 +12,9 @@ from ..core.lazy import numpy as np
 from ..ops import actions as act
 from ..core import dtypes
 from ..core.background import Job, Worker
+from ..compile.params import Config
 from ..core.progress import Progress, metered
-from ..errors import MapspecError, OutputError
+from ..errors import ConversionError, MapspecError, OutputError, UsageError
 from ..formats import open_source
 from ..formats.protocol import Extent
 from ..compile.plan import READ_AHEAD_BYTES, Plan, Step
@@ -73,7 +74,7 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
 
     def upcoming(j: int) -> tuple[Extent | None, Job | None]:
         """Step j's extent if it is to be copied, or the job reading its arrays, if started."""
-        if j == len(steps):
+        if j == len(steps) or streamed(steps[j]):  # a streamed merge reads its inputs one by one
             return None, None
         extent = copyable(steps[j])
         if extent is not None:
@@ -92,10 +93,17 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
             else:
                 if extent is not None:  # the sink declined the copy: it will decline every one
                     copies = False
-                arrays = ahead.result() if ahead is not None else [source.read(k) for k in step.inputs]
-                extent, ahead = upcoming(i + 1)
-                out = run_step(step, arrays)
-                del arrays
+                if streamed(step):
+                    extent, ahead = upcoming(i + 1)
+                    out = merge_streaming(step, source)
+                else:
+                    arrays = ahead.result() if ahead is not None else [source.read(k) for k in step.inputs]
+                    extent, ahead = upcoming(i + 1)
+                    try:
+                        out = run_step(step, arrays)
+                    except act.ReplicaMismatch as exc:
+                        raise _replica_error(step, exc.index, source) from None
+                    del arrays
                 sink.write(step.output, out)
                 del out
                 for k in step.inputs:
@@ -121,6 +129,90 @@ def convert_into(make_sink: Callable[[], object], plan: Plan, source,
         if sink is not None:
             sink.abort()
         raise
+def streamed(step: Step) -> bool:
+    """A step that starts by concatenating all its inputs: its output buffer is allocated once
+    and each input read into its slice and released, so a merge across rank files holds the
+    merged tensor and one input, never every input at once."""
+    return (len(step.inputs) > 1 and bool(step.actions) and step.actions[0].name == "concat"
+            and step.actions[0].groups is None)
+
+
+def merge_streaming(step: Step, source) -> np.ndarray:
+    """`step`'s first action, concat over every input, written input by input into one buffer;
+    then the rest of its actions."""
+    first = step.actions[0]
+    dim = first.params["dim"]
+    out, start = None, 0
+    for key in step.inputs:
+        array = source.read(key)
+        if out is None:
+            out = np.empty(first.shapes[0], dtype=array.dtype)
+        index = [slice(None)] * out.ndim
+        index[dim] = slice(start, start + array.shape[dim])
+        out[tuple(index)] = array
+        start += array.shape[dim]
+        del array
+        source.release(key)
+    (result,) = act.run_all(step.actions[1:], [out])
+    return result
+
+
+def _replica_error(step: Step, index: int, source) -> ConversionError:
+    """A replicated tensor whose copies differ: both named, as the user finds them."""
+    where = getattr(source, "where", None) or (lambda k: f"'{k}'")
+    if step.actions and step.actions[0].name == "replicated" and index < len(step.inputs):
+        a, b = step.inputs[0], step.inputs[index]
+        return ConversionError(f"{step.output}: the replicated copies differ: {where(a)} and {where(b)} "
+                               "are not equal (ranks of different checkpoints?)")
+    return ConversionError(f"{step.output}: the replicated copies of its inputs differ")
+
+
+def rank_values(spec: Spec, params=None, config: Config = None) -> dict:
+    """The parameter values a spec's `ranks` and `write` statements use."""
+    from ..compile.params import bind
+
+    if not spec.header.ranks and not spec.writes:
+        return {}
+    return {b.name: b.value for b in bind(spec, params, config)[1]}
+
+
+def _render(spec: Spec, text: str, where, values) -> str:
+    """`{name}` in a `write` or `ranks ... under` entry: the parameter's value."""
+    import re
+
+    def put(m):
+        if m[1] not in values:
+            raise UsageError(f"{Path(spec.file).name}:{where.line}: '{m[1]}' is not a parameter")
+        return str(values[m[1]])
+    return re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", put, text)
+
+
+def rendered_entries(spec: Spec, entries, values) -> dict:
+    """Entries `key = text` as a JSON object: each text rendered, then read as JSON (a number)
+    where it is JSON, else kept as text."""
+    import json
+
+    obj = {}
+    for e in entries:
+        text = _render(spec, e.value, e.span, values)
+        try:
+            obj[e.key] = json.loads(text)
+        except ValueError:
+            obj[e.key] = text
+    return obj
+
+
+def written_files(spec: Spec, values) -> dict[str, str]:
+    """The files of the spec's `write` statements, rendered with the parameters' values."""
+    import json
+
+    out = {}
+    for w in spec.writes:
+        if w.text is not None:
+            out[w.path] = _render(spec, w.text, w.span, values)
+        else:
+            out[w.path] = json.dumps(rendered_entries(spec, w.entries, values), indent=2) + "\n"
+    return out
 
 
 def check_space(output: Path, needed: int) -> None:
@@ -164,7 +256,16 @@ class named_output_errors:
             raise OutputError(f"{self.output}: cannot write: {exc.strerror or exc}") from None
 
 
-def open_for(spec: Spec | None, checkpoint: str | Path, select: str | None, epoch: int | None,
+def open_for(spec: Spec | None, checkpoint: str | Path, select: str | None, epoch: int | None, values=None,
              role: str = "checkpoint"):
-    """The checkpoint's source, seen through --select or else the spec's own `select`."""
-    return open_source(checkpoint, select=select or (spec.header.select if spec else None), epoch=epoch, role=role)
+    """The checkpoint's source, seen through --select or else the spec's own `select`; a spec
+    whose source is rank files (`ranks source ...`) reads the rank files under `checkpoint`."""
+    chosen = select or (spec.header.select if spec else None)
+    if spec is not None and spec.header.ranks_side == "source":
+        from ..formats.ranked import RankedSource, layout
+
+        if isinstance(checkpoint, (list, tuple)):
+            raise UsageError("a spec that reads rank files takes the directory holding them")
+        return RankedSource(Path(checkpoint), layout(spec.header.ranks, values or {}),
+                            spec.header.ranks_under or chosen)
+    return open_source(checkpoint, select=chosen, epoch=epoch, role=role)

@@ -152,6 +152,9 @@ def inspect_checkpoint(path: str | Path, epoch: int | None = None) -> dict:
         tree = {"file": str(path), "format": fmt, "tensors": summarize(list(infos.values()))}
         if source.shards:
             tree["shards"] = _shards(source, infos)
+        chunks = getattr(getattr(source, "inner", source), "chunk_layout", None)
+        if chunks:  # a distributed checkpoint: each tensor's chunks and their files
+            tree["chunks"] = dict(chunks)
         record = provenance.read(path)
         if record is not None:
             tree["provenance"] = record

@@ -25,6 +25,9 @@ coverage and ambiguity like any plan.
 
 from __future__ import annotations
 
+import json
+import re
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -270,6 +273,27 @@ class _Inverter:
         out.append("mapspec 1")
         if h.source or h.target:
             out.append(f"from {h.target or 'unknown'} to {h.source or 'unknown'}")
+        if h.ranks_side:  # the rank files are on the other side of the inverse
+            other = "target" if h.ranks_side == "source" else "source"
+            bound = {b.name: b.value for b in self.bindings}
+
+            def put(m):  # the parameters' values in the file names: the inverse has no parameters
+                if m[1] in bound:
+                    v = bound[m[1]]
+                    return f"{v:0{int(m[2])}d}" if m[2] and isinstance(v, int) else str(v)
+                count = f" of {bound.get(m[3], m[3])}" if m[3] else ""
+                return "{" + m[1] + (f":{m[2]}" if m[2] else "") + count + "}"
+            names = [re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([0-9]{1,2}))?(?:[ \t]+of[ \t]+(\w+))?\}", put, t)
+                     for t in h.ranks]
+            line = f"ranks {other} " + " | ".join(json.dumps(t) for t in names)
+            if h.ranks_under:
+                line += f" under {h.ranks_under}"
+                if h.ranks_entries:
+                    line += " {\n" + "".join(
+                        f"  {e.key} = " + re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)\}",
+                                                 lambda m: str(bound.get(m[1], m[0])), e.value) + "\n"
+                        for e in h.ranks_entries) + "}"
+            out.append(line)
         for t in self.spec.tables:
             if t.name in self.used_tables:
                 out += ["", f"table {t.name} {{"] + [f"  {e.key} = {e.value}" for e in t.entries] + ["}"]

@@ -341,6 +341,9 @@ def inspect_tree(info: dict) -> str:
         lines.append(f"  {len(info['shards'])} shards")
         lines += [f"    {sh['file']}: {sh['tensors']} tensors, {sh['bytes']:,} bytes" for sh in info["shards"]]
     _tree(lines, info["content"], "")
+    if info.get("chunks"):  # a distributed checkpoint: how each tensor is cut over its files
+        lines.append("chunks:")
+        lines += [f"  {k}: {v}" for k, v in info["chunks"].items()]
     if info.get("auto_select"):
         lines.append(f"(apply converts '{info['auto_select']}' unless --select says otherwise)")
     if info.get("provenance"):

@@ -139,12 +139,13 @@ def verify_against(spec, checkpoint: str | Path, reference: str | Path, *, atol:
     """`compile_options` go to compile_spec (params=, config=, ...)."""
     """Convert `checkpoint` with `spec` and compare every output with `reference`, key by key."""
     from ..lang.parser import as_spec
-    from ..run.executor import execute, open_for
+    from ..run.executor import execute, open_for, rank_values
     from ..formats import open_source
     from ..compile.plan import compile_spec
 
     spec = as_spec(spec)
-    source = open_for(spec, checkpoint, select, epoch)
+    source = open_for(spec, checkpoint, select, epoch,
+                      rank_values(spec, compile_options.get("params"), compile_options.get("config")))
     try:
         plan = compile_spec(spec, source.infos(), **compile_options)
         ref = open_source(reference, role="--against")
@@ -167,7 +168,7 @@ def verify_roundtrip(spec, checkpoint: str | Path, *, select: str | None = None,
     one tensor at a time. `lossy` and `prefer` go to invert_spec. Returns the verification and
     the inversion."""
     from ..lang.parser import as_spec
-    from ..run.executor import execute, open_for
+    from ..run.executor import execute, open_for, rank_values
     from ..formats import open_sink, open_source
     from .invert import invert_spec
     from ..compile.plan import compile_spec
@@ -176,7 +177,7 @@ def verify_roundtrip(spec, checkpoint: str | Path, *, select: str | None = None,
 
     spec = as_spec(spec)
     config = default_config(spec, checkpoint, config)
-    source = open_for(spec, checkpoint, select, epoch)
+    source = open_for(spec, checkpoint, select, epoch, rank_values(spec, params, config))
     try:
         plan = compile_spec(spec, source.infos(), params=params, config=config)
         inverse = invert_spec(spec, plan, lossy=lossy, prefer=prefer)
