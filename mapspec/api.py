@@ -172,7 +172,9 @@ def apply(
         tick = (lambda done: progress(done, n)) if progress else None
         selected = source.prefix if source.auto else None
         # A model directory in, a directory out: its other files go along, config.json as the plan says.
-        model_dir = model_dir_of(checkpoint) if max_shard_size is not None and not remote_out else None
+        # (Not rank files: their folder's other files, params.json, describe the ranked layout.)
+        model_dir = (model_dir_of(checkpoint) if max_shard_size is not None and not remote_out
+                     and runs.header.ranks_side is None else None)
         files = carried_files(model_dir, plan.config_patch()) if model_dir else None
         # Everything that creates, fills or renames the output runs inside the guard: a failure
         # anywhere (even while the sink is being built) or SIGTERM/SIGINT removes its temp files.
