@@ -15,14 +15,17 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_every_format_is_registered_once_with_names_suffixes_and_dtypes():
     names = [f.name for f in formats()]
-    assert names == ["safetensors", "mxnet", "torch", "npz", "oneflow", "wts", "gguf"]
+    assert names == ["safetensors", "mxnet", "torch", "npz", "oneflow", "wts", "gguf", "distcp"]
     every = [n for f in formats() for n in f.names]
     assert len(every) == len(set(every))
     suffixes = [s for f in formats() for s in f.suffixes]
     assert len(suffixes) == len(set(suffixes))
     for f in formats():
         assert f.dtypes and f.source and f.sink
-        assert by_name(f.name) is f and by_suffix(Path("x" + f.suffixes[0])) is f
+        assert by_name(f.name) is f
+        assert f.suffixes or f.directory  # a directory format (distcp) is known by its contents
+        if f.suffixes:
+            assert by_suffix(Path("x" + f.suffixes[0])) is f
     assert by_name("pt").name == "torch" and by_name("tensorrt").name == "wts"
 
 
