@@ -121,5 +121,5 @@ def target_infos(target: Any) -> Target | Mapping[str, TensorInfo] | None:
     if target is None or isinstance(target, Mapping):
         return target
     if isinstance(target, str) and is_factory(target):
-        return model_target(from_factory(target))
+        return model_target(from_factory(target), names="file")
     return read_infos(target)
