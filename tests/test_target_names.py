@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mapspec.cli import app
-from mapspec.hints import match_by_name
-from mapspec.plan import TensorInfo
+from mapspec.compile.hints import match_by_name
+from mapspec.core.tensorinfo import TensorInfo
 
 IDENTITY = "mapspec 1\n{r:**} -> {r}\n"
 
@@ -89,7 +89,7 @@ def test_in_memory_names_are_said_and_the_attention_projections_are_ambiguous_no
     from hf_models import vit
 
     from mapspec.errors import ConversionError
-    from mapspec.load import load_into
+    from mapspec.tools.load import load_into
 
     model = vit()
     source = saved(model, tmp_path)
@@ -114,7 +114,7 @@ def test_a_stacked_moe_model_and_a_tied_head_are_compared_by_their_file_tensors(
     pytest.importorskip("torch")
     from hf_models import llama_tied, mixtral
 
-    from mapspec.load import target_infos
+    from mapspec.tools.load import target_infos
 
     target = target_infos("hf_models:mixtral()")
     assert "model.layers.0.block_sparse_moe.experts.2.w1.weight" in target
