@@ -100,10 +100,15 @@ def _statement(st: Tree, text: str, file: str, comments: dict[int, Token], used:
     if kind == "otherwise_keep":
         return _with_actions("otherwise keep", c)
     if kind == "otherwise_drop":
-        return ["otherwise drop"]
+        return ["otherwise drop"] + (["    reverse none"] if c else [])
     if kind == "param":
         out = f"param {c[0]}"
         for tok in c[1:]:
+            if tok is None:
+                continue
+            if isinstance(tok, Tree):  # from len("KEY")
+                out += f" from len({tok.children[0]})"
+                continue
             out += {"NAME": f": {tok}", "STRING": f" from {tok}"}.get(tok.type, "")
             if tok.type == "LINE":
                 out += " = " + _line(tok, "expr_line", text, file)

@@ -89,9 +89,10 @@ def _reason(exc: Exception) -> str:
 
 
 class _Builder:
-    def __init__(self, file: str, text: str, stack: tuple[str, ...]):
+    def __init__(self, file: str, text: str, stack: tuple[str, ...], includer: Header | None = None):
         self.file = file
         self.text = text
+        self.includer = includer  # the including spec's header (for an included file)
         self.stack = stack + (str(Path(file).resolve()) if not file.startswith("<") else file,)
 
     # -------------------------------------------------------------- helpers
@@ -125,14 +126,14 @@ class _Builder:
                     raise self.error(f"'{_HEADER_WORD[kind]}' is given twice (first at line {seen[kind].line})", span)
                 if body_started:
                     raise self.error(f"'{_HEADER_WORD[kind]}' belongs in the header, before tables and rules", span)
-                if not root and kind != "version":
-                    raise self.error(f"an included file cannot set '{_HEADER_WORD[kind]}'; set it in the including spec", span)
                 seen[kind] = span
                 header = self._header(st, header, span)
+                if not root:
+                    self._included_header(kind, header, span)
                 continue
             body_started = True
             if kind == "include":
-                sub = self._include(st)
+                sub = self._include(st, header)
                 includes.append(sub.file)
                 includes.extend(sub.includes)
                 tables.extend(sub.tables)
@@ -161,7 +162,8 @@ class _Builder:
                 rules.append(self._keep([self._everything(st)] + st.children, span).model_copy(
                     update={"otherwise": True}))
             elif kind == "otherwise_drop":
-                rules.append(DropRule(patterns=(self._everything(st),), span=span, otherwise=True))
+                rules.append(DropRule(patterns=(self._everything(st),), span=span, otherwise=True,
+                                      reverse_none=bool(st.children)))
             elif kind == "param":
                 definitions.append(self._param(st, span))
             elif kind == "let":
@@ -199,7 +201,16 @@ class _Builder:
             raise self.error("'select' takes a plain path such as model or state_dict", pat.span)
         return header.model_copy(update={"select": "".join(p.text for p in pat.parts)})
 
-    def _include(self, st: Tree) -> Spec:
+    def _included_header(self, kind: str, header: Header, span: Span) -> None:
+        """An included file's header yields to the including spec's: `from ... to` is
+        informative (the includer's stands), and `select` must be the includer's or be
+        overridden by one the includer states; rules written for a selected sub-tree would
+        not match the whole checkpoint."""
+        if kind == "select" and self.includer is not None and self.includer.select is None:
+            raise self.error(f"this included file selects '{header.select}' but the including spec selects "
+                             f"nothing; state 'select {header.select}' (or another) in the including spec", span)
+
+    def _include(self, st: Tree, header: Header) -> Spec:
         tok = st.children[0]
         rel = ast.literal_eval(str(tok))
         base = Path(self.file).parent if not self.file.startswith("<") else Path.cwd()
@@ -213,7 +224,7 @@ class _Builder:
             text = read_spec(path)
         except (OSError, UnicodeDecodeError) as exc:
             raise self.error(f"cannot include {rel}: {_reason(exc)}", self.span_tok(tok)) from None
-        return _Builder(str(path), text, self.stack).build(root=False)
+        return _Builder(str(path), text, self.stack, header if self.includer is None else self.includer).build(root=False)
 
     def _table(self, st: Tree) -> Table:
         name_tok, *entries = st.children
@@ -268,7 +279,12 @@ class _Builder:
         name_tok, *rest = st.children
         fields: dict = {"name": str(name_tok), "span": self.span_tok(name_tok)}
         for tok in rest:
-            if tok.type == "NAME":
+            if tok is None:
+                continue
+            if isinstance(tok, Tree):  # from len("KEY")
+                fields["config_key"] = ast.literal_eval(str(tok.children[0]))
+                fields["config_len"] = True
+            elif tok.type == "NAME":
                 if str(tok) not in ("int", "str"):
                     raise self.error(f"a parameter is int or str, not '{tok}'", self.span_tok(tok))
                 fields["type"] = str(tok)

@@ -229,12 +229,14 @@ class Table(Node):
 
 
 class Param(Node):
-    """`param NAME [: int|str] [from "CONFIG.KEY"] [= DEFAULT]`: a value given when compiling."""
+    """`param NAME [: int|str] [from "CONFIG.KEY" | len("CONFIG.KEY")] [= DEFAULT]`: a value given
+    when compiling."""
 
     kind: Literal["param"] = "param"
     name: str
     type: Literal["int", "str"] = "int"
     config_key: str | None = None
+    config_len: bool = False  # `from len("KEY")`: the length of the list at KEY
     default: Expr | str | None = None
     span: Span
 

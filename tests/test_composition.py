@@ -1,0 +1,112 @@
+"""Composition without dead ends (issue 21.4): a shipped spec can be included and extended,
+`reverse none` works under `otherwise drop`, a parameter can be the length of a list in the
+configuration."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mapspec.cli import app
+from mapspec.errors import SpecError
+from mapspec.lang.formatter import format_text
+from mapspec.lang.parser import parse_spec
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+# ------------------------------------------------------------------ include a shipped spec
+
+def test_a_shipped_spec_is_included_and_extended_by_one_bias_rule(tmp_path):
+    """A Meta Llama with a bias on wv (as some fine-tunes add): the including spec states the
+    same header as specs/llama_meta_to_hf.map and adds one rule; the conversion is the shipped
+    spec's (q/k permuted as transformers' script does) plus the bias."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+
+    import transformers
+
+    from test_llm_specs import COMMON, LLAMA_SIZES, meta_params, random_meta, script_meta_to_hf
+
+    cfg = transformers.LlamaConfig(**COMMON, **LLAMA_SIZES["h6-kv1"])
+    meta = random_meta(cfg, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    n_kv = cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    for i in range(cfg.num_hidden_layers):
+        meta[f"layers.{i}.attention.wv.bias"] = torch.randn(n_kv, generator=gen)
+    torch.save(meta, tmp_path / "consolidated.00.pth")
+    params = meta_params(cfg)
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    spec = tmp_path / "llama_with_v_bias.map"
+    spec.write_text(f'mapspec 1\nfrom meta to hf\ninclude "{SPECS / "llama_meta_to_hf.map"}"\n\n'
+                    "layers.{i:int}.attention.wv.bias -> model.layers.{i}.self_attn.v_proj.bias\n")
+    r = run("apply", spec, tmp_path / "consolidated.00.pth", "--config", tmp_path / "params.json",
+            "-o", tmp_path / "hf.safetensors")
+    assert r.exit_code == 0, r.output
+    got = load_file(tmp_path / "hf.safetensors")
+    want = script_meta_to_hf({k: v for k, v in meta.items() if not k.endswith(".bias")}, params)
+    for i in range(cfg.num_hidden_layers):
+        want[f"model.layers.{i}.self_attn.v_proj.bias"] = meta[f"layers.{i}.attention.wv.bias"]
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k].contiguous()) for k in want)
+
+
+def test_an_included_header_yields_to_the_includers_and_a_select_it_lacks_is_an_error(tmp_path):
+    (tmp_path / "base.map").write_text("mapspec 1\nfrom a to b\nselect model\nx.{i:int} -> y.{i}\n")
+    # the includer states another `from ... to` and its own select: its header stands
+    (tmp_path / "over.map").write_text('mapspec 1\nfrom c to d\nselect ema\ninclude "base.map"\n')
+    spec = parse_spec(tmp_path / "over.map")
+    assert (spec.header.source, spec.header.target, spec.header.select) == ("c", "d", "ema")
+    assert len(spec.rules) == 1
+    # no select in the includer: the included file's rules are written for a sub-tree it would not select
+    (tmp_path / "bare.map").write_text('mapspec 1\ninclude "base.map"\n')
+    with pytest.raises(SpecError) as err:
+        parse_spec(tmp_path / "bare.map")
+    assert "base.map:3:1" in str(err.value).replace(str(tmp_path) + "/", "")
+    assert "this included file selects 'model' but the including spec selects nothing; state 'select model'" \
+        in str(err.value)
+
+
+# ------------------------------------------------------------------ reverse none under otherwise drop
+
+def test_reverse_none_under_otherwise_drop_parses_formats_and_inverts(tmp_path):
+    text = "mapspec 1\na.{i:int} -> b.{i}\notherwise drop\n    reverse none\n"
+    spec = parse_spec(text=text, name="od.map")
+    assert spec.rules[-1].otherwise and spec.rules[-1].reverse_none
+    assert format_text(text, "od.map") == text
+    (tmp_path / "od.map").write_text(text)
+    r = run("invert", tmp_path / "od.map")
+    assert r.exit_code == 0, r.output
+    assert "b.{i:int} -> a.{i}" in r.output and "the inverse does not recreate the keys this drop removes" in r.output
+    # without it, the refusal's advice is this very clause
+    (tmp_path / "od2.map").write_text(text.replace("    reverse none\n", ""))
+    r = run("invert", tmp_path / "od2.map")
+    assert r.exit_code == 2 and "mark it `reverse none`" in r.output
+
+
+# ------------------------------------------------------------------ len() of a configuration list
+
+def test_a_parameter_is_the_length_of_a_list_in_the_configuration(tmp_path):
+    """diffusers' UNet numbers its levels by len(block_out_channels): down.{i} -> up.{levels-1-i}."""
+    text = ('mapspec 1\nparam levels from len("block_out_channels")\nlet last = levels - 1\n'
+            "down.{i:int}.w -> up.{last-i}.w\n")
+    assert format_text(text, "len.map") == text
+    (tmp_path / "len.map").write_text(text)
+    (tmp_path / "config.json").write_text(json.dumps({"block_out_channels": [32, 64, 128, 128]}))
+    from mapspec.compile.params import bind
+
+    _, bindings = bind(parse_spec(tmp_path / "len.map"), config=tmp_path / "config.json")
+    assert [(b.name, b.value, b.origin) for b in bindings] == [
+        ("levels", 4, "config len(block_out_channels)"), ("last", 3, "let")]
+    (tmp_path / "bad.json").write_text(json.dumps({"block_out_channels": 4}))
+    r = run("check", tmp_path / "len.map", "--config", tmp_path / "bad.json")
+    assert r.exit_code == 2
+    assert "bad.json key 'block_out_channels' = 4 is not a list: 'levels' takes its length" in r.output
+    r = run("check", tmp_path / "len.map")
+    assert "give -p levels=VALUE or --config with a list at key 'block_out_channels'" in r.output
