@@ -110,3 +110,23 @@ def test_a_parameter_is_the_length_of_a_list_in_the_configuration(tmp_path):
     assert "bad.json key 'block_out_channels' = 4 is not a list: 'levels' takes its length" in r.output
     r = run("check", tmp_path / "len.map")
     assert "give -p levels=VALUE or --config with a list at key 'block_out_channels'" in r.output
+
+
+# ------------------------------------------------------------------ integer captures with a condition
+
+def test_numeric_alternatives_are_an_integer_capture_with_a_condition(tmp_path):
+    """`{i:1|2|3}` matches only those numbers (here: not block 0, which another rule takes)
+    and takes part in arithmetic like `{i:int}`."""
+    from mapspec.core.tensorinfo import TensorInfo
+    from mapspec.compile.plan import compile_spec
+
+    spec = parse_spec(text="mapspec 1\nblocks.0.w -> stem.w\nblocks.{i:1|2|3}.w -> layers.{(i-1)//2}.{(i-1)%2}.w\n",
+                      name="cond.map")
+    keys = {f"blocks.{i}.w": TensorInfo((2,), "float32") for i in range(4)}
+    plan = compile_spec(spec, keys)
+    assert {s.output: s.inputs[0] for s in plan.steps} == {
+        "stem.w": "blocks.0.w", "layers.0.0.w": "blocks.1.w", "layers.0.1.w": "blocks.2.w", "layers.1.0.w": "blocks.3.w"}
+    with pytest.raises(SpecError) as err:
+        compile_spec(parse_spec(text="mapspec 1\nblocks.{i:a|b}.w -> layers.{i+1}.w\n", name="x.map"),
+                     {"blocks.a.w": TensorInfo((2,), "float32")})
+    assert "declare it as {i:int} (or list the numbers it may be, {i:0|1|2})" in str(err.value)

@@ -40,6 +40,13 @@ class Capture(Node):
     table: str | None = None
     span: Span
 
+    @property
+    def numeric(self) -> bool:
+        """Usable in arithmetic: `{i:int}`, or alternatives that are all numbers (`{i:0|3|6}`,
+        an integer capture restricted to those values)."""
+        return self.type == "int" or (self.type == "alt" and all(a.isdigit() and a.isascii()
+                                                                   for a in self.alternatives))
+
 
 PatternPart = Annotated[Union[Lit, Capture], Field(discriminator="kind")]
 
