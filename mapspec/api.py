@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .compile.plan import Plan, compile_spec
+from .compile.plan import Plan, alternatives_used, compile_spec
 from .core.tensorinfo import TensorInfo
 from .errors import UsageError
 from .formats import Selected, open_sink, sink_format
@@ -80,7 +80,8 @@ def apply(
     if reverse:
         from .tools.invert import invert_spec
 
-        inverse = invert_spec(spec, params=opts.params, config=opts.config, lossy=lossy, prefer=prefer)
+        inverse = invert_spec(spec, params=opts.params, config=opts.config, lossy=lossy, prefer=prefer,
+                              matched=_forward_alternatives(spec, checkpoint))
     output = Path(output)
     fmt = sink_format(output, to or ("safetensors" if max_shard_size is not None else None))
     if output.exists() and not force:
@@ -98,7 +99,8 @@ def apply(
             values = {b.name: b.value for b in plan.params}
         record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path, params=values,
                             direction="reverse" if reverse else "forward",
-                            select=source.prefix if isinstance(source, Selected) else None)
+                            select=source.prefix if isinstance(source, Selected) else None,
+                            alternatives=None if reverse else alternatives_used(spec, plan))
         n = sum(s.info.nbytes for s in plan.steps)
         check_space(output, n)
         # Everything that creates, fills or renames the output runs inside the guard: a failure
@@ -122,6 +124,28 @@ def apply(
 
 
 
+def _forward_alternatives(spec: Spec, checkpoint) -> dict[int, int]:
+    """The fallback alternatives a forward conversion by this very spec matched, from the
+    provenance record of the file being converted back (none: no record, another spec, or
+    one that changed since)."""
+    from .errors import CheckpointError
+    from .formats import provenance
+
+    if isinstance(checkpoint, (list, tuple)) or not spec.file or not Path(spec.file).is_file():
+        return {}
+    try:
+        record = provenance.read(checkpoint)
+    except (CheckpointError, OSError):
+        return {}  # reading the checkpoint itself reports what is wrong with it
+    if not record or record.get("direction") != "forward" or \
+            record.get("spec_sha256") != provenance.sha256_path(Path(spec.file)):
+        return {}
+    alts = record.get("alternatives")
+    if not isinstance(alts, dict):
+        return {}
+    return {int(k): v for k, v in alts.items() if isinstance(k, str) and k.isdigit() and type(v) is int and v > 0}
+
+
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, options: Options | None = None,
              **overrides: Any) -> Plan:
     """Compile `spec` against a checkpoint's key list without converting anything; `options`
@@ -140,7 +164,9 @@ def inverse_plan_for(spec: Spec | str | Path, checkpoint: str | Path, options: O
     from .tools.invert import invert_spec
 
     opts = Options.of(options, **overrides)
-    inverse = invert_spec(as_spec(spec), params=opts.params, config=opts.config, lossy=lossy, prefer=prefer)
+    spec = as_spec(spec)
+    inverse = invert_spec(spec, params=opts.params, config=opts.config, lossy=lossy, prefer=prefer,
+                          matched=_forward_alternatives(spec, checkpoint))
     infos = _infos(open_for(inverse.spec, checkpoint, opts.select, opts.epoch))
     return inverse, inverse.compile(infos, **opts.compiling(_target(opts.target), inverse=True))
 

@@ -130,3 +130,43 @@ def test_numeric_alternatives_are_an_integer_capture_with_a_condition(tmp_path):
         compile_spec(parse_spec(text="mapspec 1\nblocks.{i:a|b}.w -> layers.{i+1}.w\n", name="x.map"),
                      {"blocks.a.w": TensorInfo((2,), "float32")})
     assert "declare it as {i:int} (or list the numbers it may be, {i:0|1|2})" in str(err.value)
+
+
+# ------------------------------------------------------------------ where: rules the keys choose
+
+WHERE = """mapspec 1
+blocks.{i:int}.norm.weight -> layers.{i}.ln.weight
+blocks.{i:int}.norm.weight -> layers.{i}.pre_ln.weight
+    where blocks.{i}.pre.weight
+blocks.{i:int}.{m:pre|fc}.weight -> layers.{i}.{m}.weight
+"""
+
+
+def test_a_where_rule_takes_the_keys_its_condition_holds_for(tmp_path):
+    """Two layouts in one spec: a block with `pre` has its norm renamed pre_ln, the others ln.
+    The reverse is chosen by the keys the same way, with `reverse -> ... where ...`."""
+    from mapspec.compile.plan import compile_spec
+    from mapspec.core.tensorinfo import TensorInfo
+
+    assert format_text(WHERE, "w.map") == WHERE
+    i = TensorInfo((2,), "float32")
+    keys = {k: i for k in ["blocks.0.norm.weight", "blocks.0.fc.weight", "blocks.1.norm.weight",
+                           "blocks.1.pre.weight", "blocks.1.fc.weight"]}
+    plan = compile_spec(parse_spec(text=WHERE, name="w.map"), keys)
+    assert {s.output: s.inputs[0] for s in plan.steps} == {
+        "layers.0.ln.weight": "blocks.0.norm.weight", "layers.0.fc.weight": "blocks.0.fc.weight",
+        "layers.1.pre_ln.weight": "blocks.1.norm.weight", "layers.1.pre.weight": "blocks.1.pre.weight",
+        "layers.1.fc.weight": "blocks.1.fc.weight"}
+    # two conditions that both hold: the keys do not decide, and the error says so
+    twice = WHERE + "blocks.{i:int}.norm.weight -> layers.{i}.other.weight\n    where blocks.{i}.fc.weight\n"
+    from mapspec.errors import PlanError
+
+    with pytest.raises(PlanError) as err:
+        compile_spec(parse_spec(text=twice, name="w.map"), keys)
+    assert "key 'blocks.1.norm.weight' is taken by this rule and by the rule at" in str(err.value)
+    assert "the keys do not decide between them" in str(err.value)
+    # a where naming a capture the source does not bind is a spec error
+    with pytest.raises(SpecError) as err:
+        compile_spec(parse_spec(text="mapspec 1\na.{i:int} -> b.{i}\n    where c.{j}\n", name="w.map"),
+                     {"a.0": i})
+    assert "capture {j} in the `where` key is not bound" in str(err.value)

@@ -168,11 +168,14 @@ def compile_spec(
     check_bound(spec, errors, tainted)
     tables = {t.name: t.mapping() for t in spec.tables}
     table_keys = {n: tuple(m) for n, m in tables.items()}
-    ordinary, copies, fallback = [], [], []
+    ordinary, copies, fallback, conditional = [], [], [], []
     for ri, rule in enumerate(spec.rules):
         entries = [Entry(ri, ai, p) for ai, p in enumerate(patterns_of(rule))]
         if getattr(rule, "is_copy", False):
             copies.append((ri, Matcher(entries, table_keys)))
+        elif getattr(rule, "where", None) is not None:
+            conditional.append((ri, Matcher(entries, table_keys), _Renderer(
+                rule.model_copy(update={"target": rule.where, "actions": ()}), tables)))
         elif rule.otherwise:
             fallback.extend(entries)
         else:
@@ -189,7 +192,9 @@ def compile_spec(
     match = matcher.match
     for key in keys:
         try:
-            hit = match(key)
+            hit = _conditional(key, conditional, keys, spec) if conditional else None
+            if hit is None:
+                hit = match(key)
         except Ambiguous as amb:
             a = spec.rules[amb.first.rule]
             raise PlanError(f"key '{key}' is matched by this rule and by the rule at "
@@ -277,6 +282,48 @@ def compile_spec(
     return Plan(spec.file, spec.header.source, spec.header.target, spec.header.select, tuple(out_steps),
                 tuple(dropped), tuple(unmatched), len(keys), report, unused, bindings,
                 next((r.span for r in spec.rules if r.otherwise), None), tuple(copied))
+
+
+def alternatives_used(spec: Spec, plan: Plan) -> dict[str, int]:
+    """For each rule of `spec`'s own file with fallback alternatives (`A | B -> T`) whose steps
+    all came through one of them: its line (as text, a JSON key) -> that alternative, counted
+    from 1. What the forward direction matched, for a reverse that writes it back."""
+    table_keys = {t.name: tuple(t.mapping()) for t in spec.tables}
+    rules = {r.span: r for r in spec.rules if isinstance(r, RenameRule) and len(r.sources) > 1
+             and r.span.file == spec.file}
+    seen: dict[Span, set[int]] = {}
+    matchers: dict[Span, Matcher] = {}
+    for step in plan.steps:
+        rule = rules.get(step.rule)
+        if rule is None:
+            continue
+        m = matchers.get(rule.span)
+        if m is None:
+            m = matchers[rule.span] = Matcher([Entry(0, i, p) for i, p in enumerate(rule.sources)], table_keys)
+        try:
+            hit = m.match(step.inputs[0])
+        except Ambiguous:
+            hit = None
+        if hit is not None:
+            seen.setdefault(rule.span, set()).add(hit[0].alternative)
+    return {str(span.line): next(iter(used)) + 1 for span, used in seen.items() if len(used) == 1}
+
+
+def _conditional(key: str, conditional: list, keys: Mapping[str, TensorInfo], spec: Spec):
+    """The hit of the one rule with a `where` that takes `key` (its pattern matches and the
+    checkpoint holds the key its `where` names), or None. Two that would take it are an
+    error: the keys do not decide between them."""
+    hits = []
+    for ri, matcher, where in conditional:
+        hit = matcher.match(key)
+        if hit is not None and where.render(key, hit[1]) in keys:
+            hits.append(hit)
+    if len(hits) > 1:
+        a, b = (spec.rules[h[0].rule] for h in hits[:2])
+        raise PlanError(f"key '{key}' is taken by this rule and by the rule at {_where(a.span)}: the keys "
+                        f"their `where` clauses name ({a.where.text}, {b.where.text}) both exist, so the keys do "
+                        "not decide between them; make one condition stricter", b.span)
+    return hits[0] if hits else None
 
 
 def copy_stand_ins(spec: Spec, steps: Iterable[Step]) -> dict[Span, Span]:

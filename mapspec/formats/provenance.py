@@ -158,7 +158,7 @@ class Provenance:
 
     def __init__(self, *, spec_file: str | None, includes: tuple[str, ...] = (), source: Path,
                  params: Mapping[str, Any] | None = None, direction: str = "forward",
-                 select: str | None = None):
+                 select: str | None = None, alternatives: Mapping[str, int] | None = None):
         self.fields: dict[str, Any] = {"version": __version__}
         if spec_file is not None:
             self.fields["spec"] = Path(spec_file).name
@@ -168,6 +168,8 @@ class Provenance:
                 self.fields["includes"] = {_rel(i, root): _file_sha(i) for i in includes}
         self.fields["params"] = dict(params or {})
         self.fields["direction"] = direction
+        if alternatives:  # rule line -> the fallback alternative (A | B -> T) the conversion matched
+            self.fields["alternatives"] = dict(alternatives)
         if select:
             self.fields["select"] = select
         self.fields["source"] = Path(source).name
@@ -220,7 +222,7 @@ def from_strings(meta: Mapping[str, str]) -> dict[str, Any] | None:
         if not k.startswith(PREFIX):
             continue
         name = k[len(PREFIX):]
-        if name in ("params", "includes"):
+        if name in ("params", "includes", "alternatives"):
             try:
                 v = json.loads(v)
             except ValueError:

@@ -81,11 +81,16 @@ def _statement(st: Tree, text: str, file: str, comments: dict[int, Token], used:
     if kind == "rename":
         sources = " | ".join(_pattern(t, text, file) for t in c[0].children)
         lines = _with_actions(f"{sources} -> {_template(c[1], text, file)}", [a for a in c[2:] if a.data == "action"])
+        where = [a for a in c[2:] if a.data == "where"]
+        if where:  # on a line of its own, as a reverse clause
+            lines.append(f"    where {_template(where[0].children[0], text, file)}")
         rev = [a for a in c[2:] if a.data in ("reverse", "reverse_none")]
         if rev:  # on a line of its own, under the rule it inverts
             r = rev[0].children
             lines.append("    " + ("reverse none" if rev[0].data == "reverse_none" else " ".join(
-                [f"reverse -> {_template(r[0], text, file)}"] + [f"then {_action(a)}" for a in r[1:]])))
+                [f"reverse -> {_template(r[0], text, file)}"] + [f"then {_action(a)}" for a in r[1:]
+                                                                 if a.data == "action"]
+                + [f"where {_template(a.children[0], text, file)}" for a in r[1:] if a.data == "where"])))
         return lines
     if kind == "copy":
         absent = [t for t in c[2:] if isinstance(t, Token)]

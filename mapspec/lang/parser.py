@@ -250,11 +250,17 @@ class _Builder:
             reverse = Reverse(target=None, span=self.span_tree(actions.pop()))
         elif actions and actions[-1].data == "reverse":
             rev_tok, *rev_actions = actions.pop().children
+            rev_where = None
+            if rev_actions and rev_actions[-1].data == "where":
+                rev_where = self._template(rev_actions.pop().children[0])
             reverse = Reverse(target=self._template(rev_tok),
                               actions=tuple(self._action(a) for a in rev_actions) if rev_actions else None,
-                              span=self.span_tok(rev_tok))
+                              where=rev_where, span=self.span_tok(rev_tok))
+        where = None
+        if actions and actions[-1].data == "where":
+            where = self._template(actions.pop().children[0])
         return RenameRule(sources=sources, target=target, actions=tuple(self._action(a) for a in actions),
-                          reverse=reverse, span=self.span_tree(st))
+                          reverse=reverse, where=where, span=self.span_tree(st))
 
     def _copy(self, st: Tree) -> RenameRule:
         source_tok, target_tok, *rest = st.children

@@ -177,6 +177,7 @@ class Reverse(Node):
 
     target: Template | None  # None: `reverse none`, the rule has no part in the inverse
     actions: tuple[Action, ...] | None = None  # None: the derived inverse actions
+    where: Template | None = None  # the inverse rule's `where` (forward captures, as in target)
     span: Span
 
 
@@ -190,6 +191,7 @@ class RenameRule(Node):
     target: Template
     actions: tuple[Action, ...] = ()
     reverse: Reverse | None = None
+    where: Template | None = None  # applies only where the checkpoint holds this key too
     span: Span
     is_copy: bool = False
     if_absent: bool = False

@@ -84,21 +84,24 @@ class _Shapes:
 
 def invert_spec(spec: Spec | str | Path, forward: Mapping[str, TensorInfo] | Plan | None = None, *,
                 params: Mapping[str, object] | None = None, config: Config = None,
-                lossy: bool = False, prefer: Mapping[int | None, int] | None = None) -> Inversion:
+                lossy: bool = False, prefer: Mapping[int | None, int] | None = None,
+                matched: Mapping[int, int] | None = None) -> Inversion:
     """The inverse of `spec`. `forward` (the forward checkpoint's tensors, or its plan) supplies
     what the spec alone does not say; without it, rules that need it are refused. Parameters
     are bound first (`params`, `config`, as for apply): the inverse states their values.
     `prefer` chooses which fallback alternative (`A | B -> T`) the inverse writes back, counted
     from 1: {line: n} for the rule starting on that line of the spec, {None: n} for every other
     such rule (see `parse_prefer`). It overrides what the forward checkpoint used; a rule's own
-    `reverse` clause overrides it."""
+    `reverse` clause overrides it. `matched` ({line: n}, from a file's provenance record) says
+    which alternative a forward conversion by this spec matched, as the forward checkpoint
+    would: it is written back where a reverse clause only chooses among the alternatives."""
     if not isinstance(spec, Spec):
         spec = parse_spec(spec)
     if forward is not None and not isinstance(forward, Plan):
         forward = compile_spec(spec, forward, params=params, config=config)
     bound, bindings = bind(spec, params, config) if forward is None else bind(
         spec, {b.name: b.value for b in forward.params if b.origin != "let"})
-    return _Inverter(bound, forward, lossy, bindings, dict(prefer or {})).run()
+    return _Inverter(bound, forward, lossy, bindings, dict(prefer or {}), dict(matched or {})).run()
 
 
 def parse_prefer(values: list[str]) -> dict[int | None, int]:
@@ -113,9 +116,11 @@ def parse_prefer(values: list[str]) -> dict[int | None, int]:
 
 
 class _Inverter:
-    def __init__(self, spec: Spec, plan: Plan | None, lossy: bool, bindings=(), prefer=None):
+    def __init__(self, spec: Spec, plan: Plan | None, lossy: bool, bindings=(), prefer=None, matched=None):
         self.spec = spec
         self.prefer = prefer or {}
+        self.matched = matched or {}  # line -> the alternative a forward conversion matched (provenance)
+        self._choices: dict[Span, Pattern | None] = {}
         self.bindings = bindings
         self.plan = plan
         self.lossy = lossy
@@ -240,6 +245,8 @@ class _Inverter:
                     continue
                 pats = [inv[0]]
                 lines = [head + inv[0] + " -> " + inv[1] + "".join(f" then {a}" for a in inv[2])]
+                if inv[3] is not None:
+                    lines.append(f"    where {inv[3]}")
             for p in pats:
                 if p in seen_patterns:
                     self._fail(f"the inverse of this rule reads the same keys ({p}) as the inverse of the rule "
@@ -323,21 +330,65 @@ class _Inverter:
         pattern, values = self._pattern_from(rule.target, caps)
         merge_axes = self._merge_axes(rule, source)
         reported = _refs_in(rule.target) - set(values)  # their arithmetic or table was refused above
-        template = self._template_from(rule.reverse.target if rule.reverse is not None else source,
+        template = self._template_from(source if self._forward_choice(rule) is not None else
+                                       rule.reverse.target if rule.reverse is not None else source,
                                        values, merge_axes, reported)
         if rule.reverse is not None and rule.reverse.actions is not None:
             actions = [action_text(a) for a in rule.reverse.actions]
         else:
             actions = self._actions(rule, merge_axes)
+        where = None
+        if rule.reverse is not None and rule.reverse.where is not None:  # the inverse applies where KEY is
+            where = self._template_from(rule.reverse.where, values, [], reported)
+            if where is None:
+                return None
         if len(self.problems) > n_problems or pattern is None or template is None or actions is None:
             return None
-        return pattern, template, actions
+        return pattern, template, actions, where
+
+    def _forward_choice(self, rule: RenameRule) -> Pattern | None:
+        """The fallback alternative the forward checkpoint used, where the rule's reverse clause
+        only chooses among its alternatives (names one of them, no actions or condition): what
+        the forward direction matched is written back (`verify`, a file's provenance record),
+        the clause's choice is the default for a file that does not tell, and said."""
+        if rule.span not in self._choices:
+            self._choices[rule.span] = self._find_forward_choice(rule)
+        return self._choices[rule.span]
+
+    def _find_forward_choice(self, rule: RenameRule) -> Pattern | None:
+        rev = rule.reverse
+        if len(rule.sources) < 2 or rev is None or rev.target is None or rev.actions is not None \
+                or rev.where is not None or not all(isinstance(x, Lit) for x in rev.target.parts):
+            return None
+        named = "".join(x.text for x in rev.target.parts)  # parameters bound: `arg:{fc}_weight` is text now
+        if not any(all(isinstance(x, Lit) for x in p.parts) and "".join(x.text for x in p.parts) == named
+                   for p in rule.sources):
+            return None
+        own = rule.span.file == self.spec.file
+        preferred = self.prefer.get(rule.span.line if own else -1, self.prefer.get(None))
+        if preferred is not None and preferred <= len(rule.sources):
+            return rule.sources[preferred - 1]  # --prefer-alternative: the user's word first
+        used = self.shapes[rule.span].alternatives if rule.span in self.shapes else set()
+        n = self.matched.get(rule.span.line) if own else None
+        if not used and n is not None and n <= len(rule.sources):
+            used = {n - 1}
+        if len(used) == 1:
+            return rule.sources[next(iter(used))]
+        if not used:  # nothing tells what the forward direction matched: the default, said
+            params = [b.name for b in self.bindings if "{" + b.name + "}" in rev.target.text and b.origin == "default"]
+            decide = (f"-p {params[0]}=... decides" if params else "--prefer-alternative N decides")
+            self.losses.append(f"{Path(rule.span.file).name}:{rule.span.line}: writes back {named}, the reverse "
+                               f"clause's default among {' | '.join(p.text for p in rule.sources)}: nothing says "
+                               f"which the forward conversion matched ({decide}; a file mapspec wrote records it)")
+        return None
 
     def _choose_source(self, rule: RenameRule) -> Pattern | None:
         if len(rule.sources) == 1:
             return rule.sources[0]
         if rule.reverse is not None:
-            return rule.sources[0]  # the reverse clause names the key; captures as in the first
+            # the reverse clause names the key (captures as in the first), unless it only chose
+            # among the alternatives and the forward checkpoint shows which one it used
+            return self._forward_choice(rule) or rule.sources[0]
         own = rule.span.file == self.spec.file  # LINE:N names a line of the spec itself, not of an include
         n = self.prefer.get(rule.span.line if own else -1, self.prefer.get(None))
         if n is not None:
