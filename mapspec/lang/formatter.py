@@ -191,6 +191,8 @@ def _part(p: Tree) -> str:
         return f"{{{c[0]}:{_ctype(c[1])}}}"
     if kind == "subst":
         return "{" + _expr(c[0]) + "}"
+    if kind == "named_subst":
+        return "{" + f"{c[0]}={_expr(c[1])}" + "}"
     raise ValueError(kind)  # pragma: no cover
 
 

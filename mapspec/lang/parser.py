@@ -402,6 +402,9 @@ class _Builder:
                     "and write {name} here", self._frag_span(part, tok))
             elif kind == "subst":
                 item = Subst(expr=self._expr(part.children[0], tok), span=self._frag_span(part, tok))
+            elif kind == "named_subst":
+                item = Subst(name=str(part.children[0]), expr=self._expr(part.children[1], tok),
+                             span=self._frag_span(part, tok))
             elif kind == "fanout":
                 item = Fanout(capture=self._typed(part, self._frag_span(part, tok)))
             else:  # pragma: no cover

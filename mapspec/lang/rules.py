@@ -112,6 +112,7 @@ class Subst(Node):
     kind: Literal["subst"] = "subst"
     expr: Expr
     span: Span
+    name: str | None = None  # `{t=EXPR}`: the target's number, named for a `reverse ->` clause
 
 
 class Fanout(Node):

@@ -327,7 +327,8 @@ class _Inverter:
         if source is None:
             return None
         caps = source.captures()
-        pattern, values = self._pattern_from(rule.target, caps)
+        pattern, values = self._pattern_from(rule.target, caps, rule.reverse is not None
+                                             and rule.reverse.target is not None)
         merge_axes = self._merge_axes(rule, source)
         reported = _refs_in(rule.target) - set(values)  # their arithmetic or table was refused above
         template = self._template_from(source if self._forward_choice(rule) is not None else
@@ -416,23 +417,43 @@ class _Inverter:
         return [c for c in source.parts if isinstance(c, Capture) and c.name and c.name not in used]
 
     # -------------------------------------------------------------- target -> inverse pattern
-    def _pattern_from(self, target: Template, caps: dict[str, Capture]):
-        """The inverse's pattern, and for each forward capture the expression of its value."""
+    def _pattern_from(self, target: Template, caps: dict[str, Capture], stated: bool = False):
+        """The inverse's pattern, and for each forward capture the expression of its value.
+        `stated`: a `reverse ->` clause writes the key back, so a number the inverse cannot
+        read back is matched as any integer (the clause computes what it needs from named ones)."""
         parts: list[str] = []
         values: dict[str, str] = {}
+        self._divmod_pairs = _divmod_pairs(target)
         ok = True
         for part in target.parts:
             if isinstance(part, Lit):
                 parts.append(_quote(part.text))
             elif isinstance(part, Fanout):
                 parts.append("{" + part.capture.name + ":" + _ctype(part.capture) + "}")
+            elif stated and part.name is None and not self._invertible(part.expr):
+                parts.append("{_" + str(len(parts)) + ":int}")
+            elif part.name is not None and not self._invertible(part.expr):
+                # `{t=EXPR}`: the inverse captures the number as t; a `reverse ->` clause
+                # computes the source's numbers from it
+                if not self._bind(part.name, values, part.span):
+                    ok = False
+                    continue
+                values[part.name] = part.name
+                parts.append("{" + part.name + ":int}")
             else:
                 got = self._invert_expr(part, caps, values)
                 if got is None:
                     ok = False
                 else:
                     parts.append(got)
+                    if part.name is not None:  # the number the pattern captures, by its name too
+                        values.setdefault(part.name, got.strip("{}").split(":")[0].split(" in ")[0])
         return ("".join(parts) if ok else None), values
+
+    def _invertible(self, expr) -> bool:
+        dm = _divmod(expr)
+        return isinstance(expr, (Ref, Lookup)) or _linear(expr) is not None or (
+            dm is not None and dm[1] in self._divmod_pairs)
 
     def _invert_expr(self, part: Subst, caps: dict[str, Capture], values: dict[str, str]) -> str | None:
         expr = part.expr
@@ -465,13 +486,30 @@ class _Inverter:
             return "{" + name + " in " + tname + "}"
         linear = _linear(expr)
         if linear is not None:
-            name, offset = linear
+            name, sign, offset = linear
             if not self._bind(name, values, part.span):
                 return None
-            values[name] = name if offset == 0 else f"{name}{'-' if offset > 0 else '+'}{abs(offset)}"
+            if sign < 0:  # t = k - c: c = k - t, its own inverse
+                values[name] = f"{offset}-{name}"
+            else:
+                values[name] = name if offset == 0 else f"{name}{'-' if offset > 0 else '+'}{abs(offset)}"
             return "{" + name + ":int}"
-        self._fail(f"template arithmetic {{{expr_text(expr, sep='')}}} cannot be inverted (only {{c + k}} and "
-                   "{c - k} can); state the inverse with `reverse -> ...`", part.span)
+        dm = _divmod(expr)
+        if dm is not None and dm[1] in self._divmod_pairs:
+            # {(c+o)//m + dq} and {(c+o)%m + dr} in one template: together they give c back
+            kind, name, m, o, d = dm
+            pair = self._divmod_pairs[name]
+            q, r = f"{name}_div", f"{name}_mod"
+            if name not in values:
+                c = _sum([f"({q}-{pair['//']})*{m}" if pair["//"] else f"{q}*{m}", r, -pair["%"] - o])
+                values[name] = c
+            if kind == "//":
+                return "{" + q + ":int}"
+            return "{" + r + ":" + "|".join(str(d + i) for i in range(m)) + "}"
+        self._fail(f"template arithmetic {{{expr_text(expr, sep='')}}} cannot be inverted (only {{c + k}}, "
+                   "{k - c}, and {(c+k)//m} with {(c+k)%m} in one template can); state the inverse: name the "
+                   f"number in the target ({{t={expr_text(expr, sep='')}}}) and compute the source's from it in "
+                   "`reverse -> ...` (e.g. {2*t})", part.span)
         return None
 
     def _bind(self, name: str, values: dict[str, str], span: Span) -> bool:
@@ -530,7 +568,9 @@ class _Inverter:
     def _substitute(self, expr, values: dict[str, str]) -> str | None:
         if isinstance(expr, Ref):
             if expr.name not in values:
-                self._fail(f"{{{expr.name}}} is not known to the inverse (it does not reach the target)", expr.span)
+                self._fail(f"{{{expr.name}}} is not known to the inverse (it does not reach the target as a "
+                           "number the inverse can read back); name the target's number (`{t=EXPR}`) and compute "
+                           f"{{{expr.name}}} from t here", expr.span)
                 return None
             v = values[expr.name]
             return v if v == expr.name or "[" in v else f"({v})"
@@ -617,18 +657,79 @@ def _line(text: str, line: int) -> str:
     return lines[line - 1].strip() if 0 < line <= len(lines) else ""
 
 
-def _linear(expr) -> tuple[str, int] | None:
-    """`c`, `c + k`, `k + c`, `c - k` (nested): (c, total k), else None."""
+def _linear(expr) -> tuple[str, int, int] | None:
+    """`c`, `c + k`, `k + c`, `c - k`, `k - c` (nested): (c, sign of c, total k) for
+    sign * c + k, else None."""
     if isinstance(expr, Ref):
-        return expr.name, 0
+        return expr.name, 1, 0
     if isinstance(expr, BinOp) and expr.op in ("+", "-"):
         left = _linear(expr.left)
         if left is not None and isinstance(expr.right, Num):
-            return left[0], left[1] + (expr.right.value if expr.op == "+" else -expr.right.value)
+            return left[0], left[1], left[2] + (expr.right.value if expr.op == "+" else -expr.right.value)
         right = _linear(expr.right)
-        if expr.op == "+" and right is not None and isinstance(expr.left, Num):
-            return right[0], right[1] + expr.left.value
+        if right is not None and isinstance(expr.left, Num):
+            if expr.op == "+":
+                return right[0], right[1], right[2] + expr.left.value
+            return right[0], -right[1], expr.left.value - right[2]
     return None
+
+
+def _divmod(expr) -> tuple[str, str, int, int, int] | None:
+    """`(c + o) // m + d` or `(c + o) % m + d` (m > 0, c with sign +): (op, c, m, o, d), else None."""
+    d = 0
+    if isinstance(expr, BinOp) and expr.op in ("+", "-") and isinstance(expr.right, Num) \
+            and isinstance(expr.left, BinOp) and expr.left.op in ("//", "%"):
+        d = expr.right.value if expr.op == "+" else -expr.right.value
+        expr = expr.left
+    if not (isinstance(expr, BinOp) and expr.op in ("//", "%") and isinstance(expr.right, Num)
+            and expr.right.value > 0):
+        return None
+    inner = _linear(expr.left)
+    if inner is None or inner[1] != 1:
+        return None
+    return expr.op, inner[0], expr.right.value, inner[2], d
+
+
+def _divmod_pairs(target: Template) -> dict[str, dict[str, int]]:
+    """Captures that appear in the target exactly as one `(c+o)//m + dq` and one `(c+o)%m + dr`
+    with the same o and m (and nowhere else): c -> {"//": dq, "%": dr}."""
+    found: dict[str, list] = {}
+    uses: dict[str, int] = {}
+    for part in target.parts:
+        if isinstance(part, Subst):
+            for name in _expr_refs(part.expr):
+                uses[name] = uses.get(name, 0) + 1
+            dm = _divmod(part.expr)
+            if dm is not None:
+                found.setdefault(dm[1], []).append(dm)
+    out = {}
+    for name, dms in found.items():
+        if len(dms) == 2 and uses.get(name) == 2 and {x[0] for x in dms} == {"//", "%"} \
+                and len({(x[2], x[3]) for x in dms}) == 1:
+            out[name] = {x[0]: x[4] for x in dms}
+    return out
+
+
+def _expr_refs(expr) -> list[str]:
+    if isinstance(expr, Ref):
+        return [expr.name]
+    if isinstance(expr, BinOp):
+        return _expr_refs(expr.left) + _expr_refs(expr.right)
+    if isinstance(expr, Lookup):
+        return _expr_refs(expr.key)
+    return []
+
+
+def _sum(terms: list) -> str:
+    """`a + b - 3` from terms (text, or an int that is left out when 0)."""
+    out = ""
+    for t in terms:
+        if isinstance(t, int):
+            if t:
+                out += f"{'+' if t > 0 else '-'}{abs(t)}"
+        else:
+            out += ("+" if out else "") + t
+    return out
 
 
 def _refs_in(template: Template) -> set[str]:
