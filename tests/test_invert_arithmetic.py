@@ -5,7 +5,6 @@ target number, and each refusal's advice is something that then inverts."""
 import json
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from mapspec.cli import app
