@@ -198,6 +198,19 @@ def draft_of(case: Case):
     return draft(read_infos(case.source), target_infos(case.target))
 
 
+def assert_converts_to_the_target(case: Case, d, tmp_path: Path) -> None:
+    """The draft converts the source into exactly the target's tensors (a safetensors target
+    that holds the same values under its own names)."""
+    out = tmp_path / "draft.map"
+    out.write_text(d.text)
+    r = run("apply", out, case.source, "-o", tmp_path / "converted.safetensors", "--target", case.target)
+    assert r.exit_code == 0, r.output
+    from safetensors.torch import load_file
+
+    got, want = load_file(tmp_path / "converted.safetensors"), load_file(case.target)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_sorted_resnet_to_timm_layout_is_paired_by_stage_and_block_numbers(tmp_path):
     """Both files sorted (safetensors): order says nothing, and inside a stage every conv and
     every BatchNorm has the same shape; only the numbers (`layer{s}.{b}` -> `stages.{s-1}.
@@ -209,15 +222,7 @@ def test_sorted_resnet_to_timm_layout_is_paired_by_stage_and_block_numbers(tmp_p
     assert "layer{i:int}.{j:int}.conv{k:int}.weight -> stages.{i-1}.blocks.{j}.conv{k}.conv.weight" in d.text
     assert "numbers (a, b, c) -> (a-1, b, c)" in d.text
     assert len(d.rules) <= 1.5 * len(parse_spec(case.spec).rules)
-    # the draft converts to the target's exact tensors
-    out = tmp_path / "draft.map"
-    out.write_text(d.text)
-    r = run("apply", out, case.source, "-o", tmp_path / "timm.safetensors", "--target", case.target)
-    assert r.exit_code == 0, r.output
-    from safetensors.torch import load_file
-
-    got, want = load_file(tmp_path / "timm.safetensors"), load_file(case.target)
-    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert_converts_to_the_target(case, d, tmp_path)
 
 
 def test_gpt2_to_a_renamed_scheme_counting_blocks_from_one(tmp_path):
@@ -339,14 +344,7 @@ def test_unpaired_source_biases_do_not_stop_the_rules_from_generalising(tmp_path
     assert ("# dropped (32 tensors): no target tensor of a compatible shape is left ((64,) x3, (256,) x9, "
             "(128,) x4, (512,) x7, (1024,) x6, (2048,) x3)") in d.text
     assert "layer{i:int}.{j:int}.conv{k:int}.weight -> stages.{i-1}.blocks.{j}.conv{k}.conv.weight" in d.text
-    out = tmp_path / "draft.map"
-    out.write_text(d.text)
-    r = run("apply", out, case.source, "-o", tmp_path / "timm.safetensors", "--target", case.target)
-    assert r.exit_code == 0, r.output
-    from safetensors.torch import load_file
-
-    got, want = load_file(tmp_path / "timm.safetensors"), load_file(case.target)
-    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert_converts_to_the_target(case, d, tmp_path)
 
 
 def test_target_tensors_no_source_holds_are_named_as_a_pattern_and_the_rules_stay_general(tmp_path):
