@@ -170,3 +170,25 @@ def test_a_where_rule_takes_the_keys_its_condition_holds_for(tmp_path):
         compile_spec(parse_spec(text="mapspec 1\na.{i:int} -> b.{i}\n    where c.{j}\n", name="w.map"),
                      {"a.0": i})
     assert "capture {j} in the `where` key is not bound" in str(err.value)
+
+
+def test_an_integer_capture_with_a_condition_takes_part_in_arithmetic():
+    """`{i:int>0}`: block 0 is the stem (its own rule), the others are layers from 0; a rule
+    that also matches what the condition lets through is the usual ambiguity error."""
+    from mapspec.compile.plan import compile_spec
+    from mapspec.core.tensorinfo import TensorInfo
+    from mapspec.errors import PlanError
+
+    text = "mapspec 1\nblocks.0.w -> stem.w\nblocks.{i:int>0}.w -> layers.{i-1}.w\n"
+    assert format_text(text, "c.map") == text
+    keys = {f"blocks.{n}.w": TensorInfo((2,), "float32") for n in range(3)}
+    plan = compile_spec(parse_spec(text=text, name="c.map"), keys)
+    assert {s.output: s.inputs[0] for s in plan.steps} == {
+        "stem.w": "blocks.0.w", "layers.0.w": "blocks.1.w", "layers.1.w": "blocks.2.w"}
+    overlapping = "mapspec 1\nblocks.{j:int}.w -> x.{j}.w\nblocks.{i:int>0}.w -> layers.{i-1}.w\n"
+    with pytest.raises(PlanError) as err:
+        compile_spec(parse_spec(text=overlapping, name="c.map"), keys)
+    assert "key 'blocks.1.w' is matched by this rule and by the rule at c.map:2:1" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        parse_spec(text="mapspec 1\nblocks.{i:a>0}.w -> x.w\n", name="c.map")
+    assert "a condition goes with an integer capture" in str(err.value)

@@ -121,7 +121,7 @@ class _PatternTokens:
 def _capture_text(cap: Capture) -> str:
     name = cap.name or ""
     if cap.type == "int":
-        return "{" + name + ":int}"
+        return "{" + name + ":int" + ("".join(map(str, cap.condition)) if cap.condition else "") + "}"
     if cap.type == "alt":
         return "{" + (name + ":" if name else "") + "|".join(cap.alternatives) + "}"
     if cap.type == "table":

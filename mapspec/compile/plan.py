@@ -173,9 +173,10 @@ def compile_spec(
         entries = [Entry(ri, ai, p) for ai, p in enumerate(patterns_of(rule))]
         if getattr(rule, "is_copy", False):
             copies.append((ri, Matcher(entries, table_keys)))
-        elif getattr(rule, "where", None) is not None:
-            conditional.append((ri, Matcher(entries, table_keys), _Renderer(
-                rule.model_copy(update={"target": rule.where, "actions": ()}), tables)))
+        elif getattr(rule, "where", None) is not None or any(p.conditions() for p in patterns_of(rule)):
+            where = getattr(rule, "where", None)
+            conditional.append((ri, Matcher(entries, table_keys), where and _Renderer(
+                rule.model_copy(update={"target": where, "actions": ()}), tables)))
         elif rule.otherwise:
             fallback.extend(entries)
         else:
@@ -192,7 +193,7 @@ def compile_spec(
     match = matcher.match
     for key in keys:
         try:
-            hit = _conditional(key, conditional, keys, spec) if conditional else None
+            hit = _conditional(key, conditional, keys, spec, match) if conditional else None
             if hit is None:
                 hit = match(key)
         except Ambiguous as amb:
@@ -309,20 +310,29 @@ def alternatives_used(spec: Spec, plan: Plan) -> dict[str, int]:
     return {str(span.line): next(iter(used)) + 1 for span, used in seen.items() if len(used) == 1}
 
 
-def _conditional(key: str, conditional: list, keys: Mapping[str, TensorInfo], spec: Spec):
-    """The hit of the one rule with a `where` that takes `key` (its pattern matches and the
-    checkpoint holds the key its `where` names), or None. Two that would take it are an
-    error: the keys do not decide between them."""
+def _conditional(key: str, conditional: list, keys: Mapping[str, TensorInfo], spec: Spec, match):
+    """The hit of the one rule with a condition that takes `key`, or None: its pattern matches,
+    its captures' conditions (`{a:int>0}`) hold and the checkpoint holds the key its `where`
+    names. A `where` rule takes the key from rules without one; a rule with only capture
+    conditions is an ordinary rule, so another that matches too is the usual ambiguity. Two
+    conditional rules that would take it are an error: the keys do not decide between them."""
     hits = []
     for ri, matcher, where in conditional:
         hit = matcher.match(key)
-        if hit is not None and where.render(key, hit[1]) in keys:
+        if hit is None or not all(c.holds(hit[1][c.name]) for c in hit[0].pattern.conditions() if c.name):
+            continue
+        if where is None or where.render(key, hit[1]) in keys:
             hits.append(hit)
+    if len(hits) == 1 and getattr(spec.rules[hits[0][0].rule], "where", None) is None:
+        other = match(key)
+        if other is not None:
+            raise Ambiguous(key, other[0], hits[0][0])
     if len(hits) > 1:
         a, b = (spec.rules[h[0].rule] for h in hits[:2])
-        raise PlanError(f"key '{key}' is taken by this rule and by the rule at {_where(a.span)}: the keys "
-                        f"their `where` clauses name ({a.where.text}, {b.where.text}) both exist, so the keys do "
-                        "not decide between them; make one condition stricter", b.span)
+        why = (f"the keys their `where` clauses name ({a.where.text}, {b.where.text}) both exist"
+               if a.where is not None and b.where is not None else "both their conditions hold")
+        raise PlanError(f"key '{key}' is taken by this rule and by the rule at {_where(a.span)}: {why}, so the "
+                        "keys do not decide between them; make one condition stricter", b.span)
     return hits[0] if hits else None
 
 

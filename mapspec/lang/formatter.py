@@ -187,6 +187,8 @@ def _part(p: Tree) -> str:
         return f"{{{c[0]}}}"
     if kind == "table_capture":
         return f"{{{c[0]} in {c[1]}}}"
+    if kind == "cond_capture":
+        return f"{{{c[0]}:{c[1]}{c[2]}{c[3]}}}"
     if kind in ("typed_capture", "fanout"):
         return f"{{{c[0]}:{_ctype(c[1])}}}"
     if kind == "subst":

@@ -358,6 +358,11 @@ class _Builder:
             return Capture(name=str(part.children[0]), type="table", table=str(part.children[1]), span=span)
         if kind == "typed_capture":
             return self._typed(part, span)
+        if kind == "cond_capture":
+            name, ctype, op, bound = (str(c) for c in part.children)
+            if ctype != "int":
+                raise self.error(f"a condition goes with an integer capture: {{{name}:int{op}{bound}}}", span)
+            return Capture(name=name, type="int", condition=(op, self._int(part.children[3], None)), span=span)
         raise self.error(f"unexpected {kind} in a pattern", span)  # pragma: no cover
 
     def _typed(self, part: Tree, span: Span) -> Capture:

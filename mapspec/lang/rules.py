@@ -38,7 +38,17 @@ class Capture(Node):
     type: Literal["segment", "int", "alt", "table", "multi"]
     alternatives: tuple[str, ...] = ()
     table: str | None = None
+    condition: tuple[str, int] | None = None  # `{a:int>0}`: (">", 0); the key matches only where it holds
     span: Span
+
+    def holds(self, text: str) -> bool:
+        """Whether a captured value meets the capture's condition (if it has one)."""
+        if self.condition is None:
+            return True
+        op, bound = self.condition
+        v = int(text)
+        return {"==": v == bound, "!=": v != bound, "<": v < bound, "<=": v <= bound,
+                ">": v > bound, ">=": v >= bound}[op]
 
     @property
     def numeric(self) -> bool:
@@ -55,6 +65,9 @@ class Pattern(Node):
     parts: tuple[PatternPart, ...]
     text: str
     span: Span
+
+    def conditions(self) -> list[Capture]:
+        return [p for p in self.parts if isinstance(p, Capture) and p.condition is not None]
 
     def captures(self) -> dict[str, Capture]:
         return {p.name: p for p in self.parts if type(p) is Capture and p.name}  # (a failing isinstance costs 4x)
