@@ -70,7 +70,8 @@ def as_target(target: "Target | Mapping[str, TensorInfo]") -> Target:
 def model_target(model: Any, names: str = "memory") -> Target:
     """A live torch module as a target; its norm layers say exactly which counters torch fills.
 
-    `names="memory"`: the names of `model.state_dict()`, which `load_state_dict` takes.
+    `names="memory"`: the names of `model.state_dict()`, which `load_state_dict` takes (a
+    misfit's message then says so where the files differ: `memory_names_note`).
     `names="file"`: for a transformers model, the names its checkpoint files use, which
     `save_pretrained` writes and `from_pretrained` reads; transformers 5 renames (and may
     merge) tensors between the two (`conversion_mapping.py`, `core_model_loading.py`): ViT's
@@ -84,22 +85,31 @@ def model_target(model: Any, names: str = "memory") -> Target:
     filled = {f"{name}.{COUNTER}" if name else COUNTER for name, m in model.named_modules()
               if isinstance(m, _NormBase) and m.track_running_stats and m.num_batches_tracked is not None}
     filled &= set(infos)
-    files = transformers_file_names(model, state)
+    files = transformers_file_names(model, state) if names == "file" else None
     if files is None:
         return Target(infos, frozenset(filled))
     file_infos, tied = files
     if set(file_infos) == set(infos):
         return Target(infos, frozenset(filled | tied))
-    if names == "file":
-        return Target(file_infos, torch_fills(file_infos) | tied,
-                      "the names the model's checkpoint files use (as save_pretrained writes them; "
-                      "its in-memory names differ)")
-    file_only = sorted(set(file_infos) - set(infos))
-    memory_only = sorted(set(infos) - set(file_infos))
-    return Target(infos, frozenset(filled), "the model's in-memory names (its state_dict(), which load_state_dict "
-                  f"takes); its checkpoint files use other names for {plural(len(memory_only), 'tensor')} "
-                  f"(files: e.g. {file_only[0]}; memory: e.g. {memory_only[0]}): a file saved with "
-                  "save_pretrained loads with from_pretrained")
+    return Target(file_infos, torch_fills(file_infos) | tied,
+                  "the names the model's checkpoint files use (as save_pretrained writes them; "
+                  "its in-memory names differ)")
+
+
+def memory_names_note(model: Any) -> str | None:
+    """For a model whose checkpoint files name tensors otherwise than its state_dict() (a
+    transformers 5 model): which names a live load compared, and what the files use. Only
+    computed when a load does not fit (it runs transformers' conversion over the state)."""
+    state = model.state_dict()
+    files = transformers_file_names(model, state)
+    if files is None or set(files[0]) == set(state):
+        return None
+    file_only = sorted(set(files[0]) - set(state))
+    memory_only = sorted(set(state) - set(files[0]))
+    return ("compared by the model's in-memory names (its state_dict(), which load_state_dict takes); its "
+            f"checkpoint files use other names for {plural(len(memory_only), 'tensor')} (files: e.g. "
+            f"{file_only[0]}; memory: e.g. {memory_only[0]}): a file saved with save_pretrained loads with "
+            "from_pretrained")
 
 
 def _infos(state: Mapping[str, Any]) -> dict[str, "TensorInfo"]:
