@@ -192,3 +192,36 @@ def test_an_integer_capture_with_a_condition_takes_part_in_arithmetic():
     with pytest.raises(SpecError) as err:
         parse_spec(text="mapspec 1\nblocks.{i:a>0}.w -> x.w\n", name="c.map")
     assert "a condition goes with an integer capture" in str(err.value)
+
+
+def test_two_layouts_written_back_the_keys_decide_with_where_else_an_error_names_both(tmp_path):
+    """Two source layouts with one target name (a shared norm in `b` blocks, which have `c1`):
+    without `where` the reverse cannot tell which to write back and says so, naming both rules
+    and the clause that decides; with it, both layouts round-trip bit for bit."""
+    import numpy as np
+
+    from conftest import write_safetensors
+
+    rng = np.random.default_rng(0)
+    arrays = {"blk1_norm": rng.standard_normal(3).astype(np.float32),        # plain block
+              "blk2_bnorm": rng.standard_normal(3).astype(np.float32),       # b block: its own norm name
+              "blk2_c1": rng.standard_normal(3).astype(np.float32)}
+    ckpt = write_safetensors(tmp_path / "mixed.safetensors", arrays)
+    base = ("mapspec 1\nblk{b:int}_norm -> blocks.{b}.norm\nblk{b:int}_c1 -> blocks.{b}.c1\n"
+            "optional blk{b:int}_bnorm -> blocks.{b}.norm\n")
+    spec = tmp_path / "two.map"
+    spec.write_text(base)
+    r = run("verify", spec, ckpt)
+    assert r.exit_code == 2
+    assert "the inverse of this rule reads the same keys (blocks.{b:int}.norm) as the inverse of the rule at " \
+           "line 2: the keys do not decide which to write back" in r.output
+    assert "(`reverse -> ... where KEY`), or mark one `reverse none`" in r.output
+    spec.write_text(base + "    reverse -> blk{b}_bnorm where blocks.{b}.c1\n")
+    r = run("verify", spec, ckpt)
+    assert r.exit_code == 0 and "ok: 3 tensors, 3 bit-exact" in r.output, r.output
+    # patterns that overlap without being equal: found on the checkpoint, said the same way
+    spec.write_text(base.replace("blk{b:int}_norm -> blocks.{b}.norm", "blk{b:int}_{m:norm|pre} -> blocks.{b}.{m}"))
+    r = run("verify", spec, ckpt)
+    assert r.exit_code == 1  # a problem of this checkpoint's keys
+    assert "the inverses of this rule and of the rule at two.map:2 both read 'blocks.1.norm': the keys do not " \
+           "decide which to write back. State the key that tells the layouts apart" in r.output

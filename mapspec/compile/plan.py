@@ -198,9 +198,11 @@ def compile_spec(
                 hit = match(key)
         except Ambiguous as amb:
             a = spec.rules[amb.first.rule]
-            raise PlanError(f"key '{key}' is matched by this rule and by the rule at "
+            err = PlanError(f"key '{key}' is matched by this rule and by the rule at "
                             f"{_where(a.span)} ({amb.first.pattern.text}); make the patterns disjoint",
-                            amb.second.pattern.span) from None
+                            amb.second.pattern.span)
+            err.ambiguous = (key, a.span)  # for a caller that explains it in its own terms (an inverse)
+            raise err from None
         if hit is None and otherwise is not None:
             hit = otherwise(key)
         if hit is None:

@@ -69,6 +69,14 @@ class Inversion:
             if exc.span is None or exc.span.file != self.spec.file:
                 raise
             fwd = self.forward_rule(exc.span)
+            ambiguous = getattr(exc, "ambiguous", None)
+            if ambiguous is not None and ambiguous[1].file == self.spec.file:
+                # two forward rules write keys of one name back: the layouts they stand for
+                other = self.forward_rule(ambiguous[1])
+                raise type(exc)(f"the inverses of this rule and of the rule at {Path(other.file).name}:{other.line} "
+                                f"both read '{ambiguous[0]}': the keys do not decide which to write back. State "
+                                "the key that tells the layouts apart on one of them (`reverse -> ... where KEY`), "
+                                "or mark one `reverse none`", fwd) from None
             raise type(exc)(f"in the inverse ({exc.message}; inverse rule: "
                             f"{_line(self.text, exc.span.line)})", fwd) from None
 
@@ -247,11 +255,13 @@ class _Inverter:
                 lines = [head + inv[0] + " -> " + inv[1] + "".join(f" then {a}" for a in inv[2])]
                 if inv[3] is not None:
                     lines.append(f"    where {inv[3]}")
-            for p in pats:
+            conditional = isinstance(rule, RenameRule) and rule.reverse is not None and rule.reverse.where is not None
+            for p in pats if not conditional else ():  # a `where` inverse takes its keys from the others
                 if p in seen_patterns:
                     self._fail(f"the inverse of this rule reads the same keys ({p}) as the inverse of the rule "
-                               f"at line {seen_patterns[p].line}: which one should write them back? Mark the other "
-                               "`reverse none`", rule.span)
+                               f"at line {seen_patterns[p].line}: the keys do not decide which to write back. "
+                               "State the key that tells the layouts apart on one of them (`reverse -> ... where "
+                               "KEY`), or mark one `reverse none`", rule.span)
                 seen_patterns.setdefault(p, rule.span)
             blocks.append((rule.span, lines))
         fallbacks = {r.span.line for r in self.spec.rules if isinstance(r, RenameRule) and len(r.sources) > 1
