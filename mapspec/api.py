@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .compile.plan import Plan, compile_spec
+from .compile.plan import Plan, alternatives_used, compile_spec
 from .core.tensorinfo import TensorInfo
 from .core import paths
 from .core.progress import Progress
@@ -109,7 +109,8 @@ def apply(
 
         if spec.meta:  # parameters the forward metadata recorded (GGUF -> HF: config.json comes back)
             opts = replace(opts, params={**_params_from_file(spec, checkpoint), **(opts.params or {})})
-        inverse = invert_spec(spec, params=opts.params, config=opts.config, lossy=lossy, prefer=prefer)
+        inverse = invert_spec(spec, params=opts.params, config=opts.config, lossy=lossy, prefer=prefer,
+                              matched=_forward_alternatives(spec, checkpoint))
     output = location(output)
     remote_out = not isinstance(output, Path)
     if concurrency is not None or remote_out or _any_url(checkpoint):
@@ -165,7 +166,8 @@ def apply(
         record = Provenance(spec_file=spec.file, includes=spec.includes, source=source.path, params=values,
                             direction="reverse" if reverse else "forward",
                             select=source.prefix if isinstance(source, Selected) else None,
-                            shards=source.shards, hash=hash)
+                            shards=source.shards, hash=hash,
+                            alternatives=None if reverse else alternatives_used(spec, plan))
         n = sum(s.info.nbytes for s in plan.steps)
         if not remote_out:
             check_space(output, n)
@@ -255,6 +257,28 @@ def carried_kv(source, plan: Plan) -> dict:
 DEFAULT_SHARD_SIZE = "5GB"  # an `-o` without a suffix: safetensors shards of at most this, + index
 
 
+def _forward_alternatives(spec: Spec, checkpoint) -> dict[int, int]:
+    """The fallback alternatives a forward conversion by this very spec matched, from the
+    provenance record of the file being converted back (none: no record, another spec, or
+    one that changed since)."""
+    from .errors import CheckpointError
+    from .formats import provenance
+
+    if isinstance(checkpoint, (list, tuple)) or _any_url(checkpoint) or not spec.file or not Path(spec.file).is_file():
+        return {}
+    try:
+        record = provenance.read(checkpoint)
+    except (CheckpointError, OSError):
+        return {}  # reading the checkpoint itself reports what is wrong with it
+    if not record or record.get("direction") != "forward" or \
+            record.get("spec_sha256") != provenance.sha256_path(Path(spec.file)):
+        return {}
+    alts = record.get("alternatives")
+    if not isinstance(alts, dict):
+        return {}
+    return {int(k): v for k, v in alts.items() if isinstance(k, str) and k.isdigit() and len(k) < 10 and type(v) is int and v > 0}
+
+
 def plan_for(spec: Spec | str | Path, checkpoint: str | Path, options: Options | None = None,
              **overrides: Any) -> Plan:
     """Compile `spec` against a checkpoint's key list without converting anything; `options`
@@ -275,7 +299,9 @@ def inverse_plan_for(spec: Spec | str | Path, checkpoint: str | Path, options: O
     from .tools.invert import invert_spec
 
     opts = Options.of(options, **overrides)
-    inverse = invert_spec(as_spec(spec), params=opts.params, config=opts.config, lossy=lossy, prefer=prefer)
+    spec = as_spec(spec)
+    inverse = invert_spec(spec, params=opts.params, config=opts.config, lossy=lossy, prefer=prefer,
+                          matched=_forward_alternatives(spec, checkpoint))
     infos = _infos(open_for(inverse.spec, checkpoint, opts.select, opts.epoch, dict(inverse.params)))
     return inverse, inverse.compile(infos, **opts.compiling(_target(opts.target), inverse=True))
 

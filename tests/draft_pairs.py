@@ -51,14 +51,38 @@ def gluon_resnet(tmp: Path, depth: int, form: str) -> Case:
     net.hybridize()
     net(mx.nd.zeros((1, 3, 64, 64)))
     layers = (2, 2, 2, 2) if depth == 18 else (3, 4, 6, 3)
-    target = _save_state(resnet(layers, 9), tmp / f"resnet{depth}-torch.pt")
+    # Gluon's BottleneckV1 strides in its first 1x1 conv, and that conv and the last carry a
+    # bias torchvision's lack: 32 source tensors with no partner at ResNet-50
+    target = _save_state(resnet(layers, 9, bottleneck=depth >= 50, stride_in_1x1=True),
+                         tmp / f"resnet{depth}-torch.pt")
+    spec = SPECS / "gluon_resnet.map" if depth < 50 else HERE / "data" / "draft" / "gluon_resnet50_to_torch.map"
     if form == "save_parameters":
         source, epoch = tmp / f"gluon{depth}.params", None
         net.save_parameters(str(source))
     else:
         source, epoch = tmp / f"gluon{depth}", 0
         net.export(str(source), 0)
-    return Case(f"gluon resnet{depth} {form} -> torch", source, str(target), SPECS / "gluon_resnet.map", epoch)
+    return Case(f"gluon resnet{depth} {form} -> torch", source, str(target), spec, epoch)
+
+
+def resnet50_biases(tmp: Path) -> Case:
+    """torchvision's ResNet-50 with a bias on each bottleneck's first and last conv (as Gluon's
+    has; random values) -> the timm-like layout without them, both sorted: 32 source tensors
+    have no partner."""
+    import torch
+
+    from models import resnet
+
+    state = resnet((3, 4, 6, 3), 10, bottleneck=True).state_dict()
+    g = torch.Generator().manual_seed(5)
+    src = dict(state)
+    for k, v in state.items():
+        if k.startswith("layer") and k.endswith(("conv1.weight", "conv3.weight")):
+            src[k[:-len("weight")] + "bias"] = torch.randn(v.shape[0], generator=g)
+    source = _save_sorted(src, tmp / "resnet50-biases.safetensors")
+    target = _save_sorted({timm_names(k): v for k, v in state.items()}, tmp / "resnet50-timm.safetensors")
+    return Case("resnet50 + conv biases -> timm-like, sorted", source, str(target),
+                HERE / "data" / "draft" / "resnet50_biases_to_timm.map")
 
 
 def dataparallel(tmp: Path) -> Case:
@@ -287,6 +311,8 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "gluon18-export": lambda tmp: gluon_resnet(tmp, 18, "export"),
     "gluon34-params": lambda tmp: gluon_resnet(tmp, 34, "save_parameters"),
     "gluon34-export": lambda tmp: gluon_resnet(tmp, 34, "export"),
+    "gluon50-params": lambda tmp: gluon_resnet(tmp, 50, "save_parameters"),
+    "resnet50-biases-timm": resnet50_biases,
     "dataparallel-fp16": dataparallel,
     "encoder-qkv": encoder,
     "synthetic-1000": synthetic,

@@ -73,13 +73,15 @@ def load_params(path: Path) -> dict:
     return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
 
 
-@pytest.mark.parametrize("variant", ["dpn68", "dpn92"])
+@pytest.mark.parametrize("variant", ["dpn68", "dpn92", "dpn68b"])
 def test_dpn_reverse_gives_mxnet_params_mxnet_loads(tmp_path, variant):
     """PyTorch DPN state dict (torch.save of the model, BN counters and all) -> apply --reverse
     -> .params that mx.model.load_checkpoint loads with the original symbol: the same logits,
-    and every tensor equal to the original MXNet file's, bit for bit."""
+    and every tensor equal to the original MXNet file's, bit for bit. DPN-68b's BN names are
+    its own (the keys decide: its blocks have c1x1_c1); a plain torch file does not say which
+    classifier name the MXNet file had, so the -extra models need -p fc=fc6-1k."""
     cfg = VARIANTS[variant]
-    fc = "fc6-1k" if variant == "dpn92" else "fc6"  # dpn.map writes fc6 back unless -p fc=...
+    fc = "fc6-1k" if variant in ("dpn92", "dpn68b") else "fc6"  # dpn.map writes fc6 back unless -p fc=...
     net = mxnet_dpn(cfg, fc)
     args, aux = seeded_checkpoint(net, tmp_path / variant, seed=len(variant))
     forward = tmp_path / "forward.pt"
@@ -116,17 +118,37 @@ def test_dpn_round_trip_is_bit_exact(tmp_path, variant, fc):
     assert f"ok: {n} tensors, {n} bit-exact" in r.output
 
 
-@pytest.mark.parametrize("variant, fc", [("dpn92", "fc6-1k"), ("dpn68b", "fc6")])
-def test_dpn_layouts_the_reverse_does_not_write_are_named(tmp_path, variant, fc):
-    """The reverse direction writes fc6 unless -p fc=fc6-1k, and the non-b c1x1-c BN names
-    (dpn.map says so): for an -extra model without -p, or a b model, verify names exactly
-    the keys it would write differently."""
+@pytest.mark.parametrize("variant, fc", [("dpn92", "fc6-1k"), ("dpn68b", "fc6-1k"), ("dpn68b", "fc6")])
+def test_every_layout_verifies_bit_exact_under_the_names_it_came_with(tmp_path, variant, fc):
+    """verify reverses to what the forward direction matched: the -extra classifier (fc6-1k,
+    not the fc param's default) and DPN-68b's BN names (its blocks have c1x1_c1), with no -p."""
     net = mxnet_dpn(VARIANTS[variant], fc)
-    args, aux = seeded_checkpoint(net, tmp_path / variant, seed=5)
-    r = CliRunner().invoke(app, ["verify", str(SPEC), str(tmp_path / variant), "--epoch", "0", "--worst", "1000"])
-    assert r.exit_code == 1, r.output
-    missing = {line.split()[1] for line in r.output.splitlines() if line.startswith("MISSING: ")}
-    if fc == "fc6-1k":
-        assert missing == {"arg:fc6-1k_weight", "arg:fc6-1k_bias"}
-    else:
-        assert missing and all("c1x1-c__bn_" in k for k in missing)
+    seeded_checkpoint(net, tmp_path / variant, seed=5)
+    r = CliRunner().invoke(app, ["verify", str(SPEC), str(tmp_path / variant), "--epoch", "0"])
+    assert r.exit_code == 0, r.output
+    n = len(net.list_arguments()) - 1 + len(net.list_auxiliary_states())
+    assert f"ok: {n} tensors, {n} bit-exact" in r.output
+
+
+def test_a_file_mapspec_wrote_reverses_to_the_names_its_source_had(tmp_path):
+    """DPN-92-extra -> .pt by mapspec (its provenance record notes the fc6-1k alternative) ->
+    apply --reverse with no -p: every name and value of the original file; the same from a
+    plain torch file gives fc6 and says it chose by default."""
+    net = mxnet_dpn(VARIANTS["dpn92"], "fc6-1k")
+    seeded_checkpoint(net, tmp_path / "dpn92", seed=7)
+    forward = tmp_path / "forward.pt"
+    r = CliRunner().invoke(app, ["apply", str(SPEC), str(tmp_path / "dpn92"), "--epoch", "0", "-o", str(forward)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["apply", "--reverse", str(SPEC), str(forward), "-o", str(tmp_path / "back-0000.params")])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    original, got = load_params(tmp_path / "dpn92-0000.params"), load_params(tmp_path / "back-0000.params")
+    assert sorted(got) == sorted(original)
+    assert all(got[k].tobytes() == v.tobytes() for k, v in original.items())
+
+    torch.save(torch.load(forward, weights_only=True), tmp_path / "plain.pt")  # no record
+    r = CliRunner().invoke(app, ["apply", "--reverse", str(SPEC), str(tmp_path / "plain.pt"),
+                                 "-o", str(tmp_path / "plain-0000.params")])
+    assert r.exit_code == 0, r.output
+    assert ("writes back arg:fc6_weight, the reverse clause's default among arg:fc6-1k_weight | arg:fc6_weight: "
+            "nothing says which the forward conversion matched (-p fc=... decides") in r.output
+    assert "arg:fc6_weight" in load_params(tmp_path / "plain-0000.params")

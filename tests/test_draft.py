@@ -198,6 +198,19 @@ def draft_of(case: Case):
     return draft(read_infos(case.source), target_infos(case.target))
 
 
+def assert_converts_to_the_target(case: Case, d, tmp_path: Path) -> None:
+    """The draft converts the source into exactly the target's tensors (a safetensors target
+    that holds the same values under its own names)."""
+    out = tmp_path / "draft.map"
+    out.write_text(d.text)
+    r = run("apply", out, case.source, "-o", tmp_path / "converted.safetensors", "--target", case.target)
+    assert r.exit_code == 0, r.output
+    from safetensors.torch import load_file
+
+    got, want = load_file(tmp_path / "converted.safetensors"), load_file(case.target)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_sorted_resnet_to_timm_layout_is_paired_by_stage_and_block_numbers(tmp_path):
     """Both files sorted (safetensors): order says nothing, and inside a stage every conv and
     every BatchNorm has the same shape; only the numbers (`layer{s}.{b}` -> `stages.{s-1}.
@@ -209,15 +222,7 @@ def test_sorted_resnet_to_timm_layout_is_paired_by_stage_and_block_numbers(tmp_p
     assert "layer{i:int}.{j:int}.conv{k:int}.weight -> stages.{i-1}.blocks.{j}.conv{k}.conv.weight" in d.text
     assert "numbers (a, b, c) -> (a-1, b, c)" in d.text
     assert len(d.rules) <= 1.5 * len(parse_spec(case.spec).rules)
-    # the draft converts to the target's exact tensors
-    out = tmp_path / "draft.map"
-    out.write_text(d.text)
-    r = run("apply", out, case.source, "-o", tmp_path / "timm.safetensors", "--target", case.target)
-    assert r.exit_code == 0, r.output
-    from safetensors.torch import load_file
-
-    got, want = load_file(tmp_path / "timm.safetensors"), load_file(case.target)
-    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert_converts_to_the_target(case, d, tmp_path)
 
 
 def test_gpt2_to_a_renamed_scheme_counting_blocks_from_one(tmp_path):
@@ -321,3 +326,65 @@ def test_draft_spec_is_exported_from_the_package():
     import mapspec
 
     assert mapspec.draft_spec is draft and mapspec.Draft.__name__ == "Draft"
+
+
+# ---------------------------------------------------------------- tensors without a partner
+
+def test_unpaired_source_biases_do_not_stop_the_rules_from_generalising(tmp_path):
+    """ResNet-50 with a bias on every bottleneck's first and last conv -> a layout without
+    them (both sorted): the 32 biases become one drop rule with its reason, and the 320 pairs
+    the same few rules as without them (not one rule per key)."""
+    case = CASES["resnet50-biases-timm"](tmp_path)
+    d = draft_of(case)
+    assert d.ok and not d.pairing.suggestions
+    assert right_and_wrong(case, d) == (320, 0, 0)
+    assert len(d.rules) <= 8
+    drops = [ln for ln in d.text.splitlines() if ln.startswith("drop ")]
+    assert drops == ["drop layer{i:int}.{j:int}.conv{k:int}.bias"]
+    assert ("# dropped (32 tensors): no target tensor of a compatible shape is left ((64,) x3, (256,) x9, "
+            "(128,) x4, (512,) x7, (1024,) x6, (2048,) x3)") in d.text
+    assert "layer{i:int}.{j:int}.conv{k:int}.weight -> stages.{i-1}.blocks.{j}.conv{k}.conv.weight" in d.text
+    assert_converts_to_the_target(case, d, tmp_path)
+
+
+def test_target_tensors_no_source_holds_are_named_as_a_pattern_and_the_rules_stay_general(tmp_path):
+    """The other direction: the target's 32 conv biases have no source. The draft's rules are
+    as general as without them, the header and the error name them by one glob (not 32 lines),
+    and --fit drop with that glob checks the draft clean."""
+    fwd = CASES["resnet50-biases-timm"](tmp_path)
+    d = draft(read_infos(fwd.target), read_infos(fwd.source))
+    assert not d.ok and len(d.rules) <= 8
+    assert d.pairing.target_only == [("layer*.*.conv*.bias", d.pairing.target_only[0][1])]
+    assert len(d.pairing.target_only[0][1]) == 32
+    assert d.problems == ["missing from the output: 32 target keys no source tensor holds, layer*.*.conv*.bias "
+                          "(e.g. layer1.0.conv1.bias (64,))"]
+    assert "#   layer*.*.conv*.bias  (32)" in d.text
+    assert "stages.{i:int}.blocks.{j:int}.conv{k:int}.conv.weight -> layer{i+1}.{j}.conv{k}.weight" in d.text
+    out = tmp_path / "draft.map"
+    r = run("draft", fwd.target, fwd.source, "-o", out)
+    assert r.exit_code == 1 and "error: the draft leaves 32 target keys unexplained:" in r.output
+    assert r.output.count("missing from the output") == 1
+    r = run("check", out, fwd.target, "--target", fwd.source, "--fit", "drop", "--drop", "layer*.*.conv*.bias")
+    assert r.exit_code == 0 and "fits the target" in r.output, r.output
+
+
+@pytest.mark.mxnet
+def test_gluon_resnet50_with_conv_biases_drafts_few_rules_both_ways(tmp_path):
+    """Real Gluon ResNet-50 v1 (its bottleneck convs 1 and 3 carry biases) against torchvision's
+    ResNet-50: forward, the biases are one drop and the draft pairs as the hand-written spec
+    does in 8 rules (not 299); backward, the biases are the target keys no source holds."""
+    pytest.importorskip("mxnet")
+    case = CASES["gluon50-params"](tmp_path)
+    out = tmp_path / "draft.map"
+    draft_case(case, out)
+    assert agreement(case, out) == (267, 267)
+    assert len(parse_spec(out).rules) <= 8
+    assert "drop features.{i:int}.{j:int}.body.{k:int}.bias" in out.read_text()
+    r = run("check", out, case.source, "--target", case.target, *COUNTERS)
+    assert r.exit_code == 0 and "matches the target" in r.output, r.output
+
+    back = draft(read_infos(case.target), read_infos(case.source))
+    truth = {s.inputs[0]: (s.output,) for s in plan_for(case.spec, case.source).steps}
+    assert back.pairing.mapping() == truth
+    assert len(back.rules) <= 8 and "drop **.num_batches_tracked" in back.text
+    assert [g for g, _ in back.pairing.target_only] == ["features.*.*.body.*.bias"]

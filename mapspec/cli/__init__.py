@@ -748,7 +748,7 @@ def draft(
                f"target tensors, {len(p.dropped)} source tensors dropped, {len(p.suggestions)} suggestions")
     warn(summary + (f" -> {output}" if output else ""))
     if not result.ok:
-        warn(f"error: the draft leaves {len(result.problems)} target keys unexplained:")
+        warn(f"error: the draft leaves {len(p.unexplained) or len(result.problems)} target keys unexplained:")
         for line in result.problems:
             warn(f"  {line}")
         raise typer.Exit(1)

@@ -132,9 +132,16 @@ def _check_rename(rule: RenameRule, tables: dict[str, dict[str, str]]) -> None:
             if cap is None:
                 hint = f" (bound: {', '.join('{' + n + '}' for n in caps)})" if caps else ""
                 raise SpecError(f"capture {{{ref.name}}} is not bound by source pattern {src.text}{hint}", ref.span)
-            if in_arith and cap.type != "int":
+            if in_arith and not cap.numeric:
                 raise SpecError(f"arithmetic needs an integer capture; declare it as {{{ref.name}:int}} "
-                                f"in {src.text}", ref.span)
+                                f"(or list the numbers it may be, {{{ref.name}:0|1|2}}) in {src.text}", ref.span)
+
+        where = getattr(rule, "where", None)
+        for part in where.parts if where is not None else ():
+            for ref, _ in (_walk_refs(part.expr, False) if type(part) is Subst else ()):
+                if ref.name not in caps:
+                    raise SpecError(f"capture {{{ref.name}}} in the `where` key is not bound by source pattern "
+                                    f"{src.text}", ref.span)
 
     _check_chain(rule, fanouts, {r.name for r, _ in used})
     for expr in computed:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ..ops.actions import format_shape
 from ..errors import ConversionError, Span
-from .hints import fold, glob_of, pair_by_name, plural, replacements, skeleton
+from .hints import fold, glob_of, match_by_name, plural, replacements, skeleton
 
 if TYPE_CHECKING:
     from ..core.tensorinfo import TensorInfo
@@ -35,6 +35,7 @@ class Target(Mapping):
 
     infos: Mapping[str, "TensorInfo"]
     filled: frozenset[str] = frozenset()
+    names: str = ""  # which names these are, where a model's names differ by where they are read
 
     def __getitem__(self, key: str) -> "TensorInfo":
         return self.infos[key]
@@ -66,24 +67,91 @@ def as_target(target: "Target | Mapping[str, TensorInfo]") -> Target:
     return Target(target, torch_fills(target))
 
 
-def model_target(model: Any) -> Target:
-    """A live torch module as a target; its norm layers say exactly which counters torch fills."""
+def model_target(model: Any, names: str = "memory") -> Target:
+    """A live torch module as a target; its norm layers say exactly which counters torch fills.
+
+    `names="memory"`: the names of `model.state_dict()`, which `load_state_dict` takes (a
+    misfit's message then says so where the files differ: `memory_names_note`).
+    `names="file"`: for a transformers model, the names its checkpoint files use, which
+    `save_pretrained` writes and `from_pretrained` reads; transformers 5 renames (and may
+    merge) tensors between the two (`conversion_mapping.py`, `core_model_loading.py`): ViT's
+    `vit.layers.N.attention.q_proj` in memory is `vit.encoder.layer.N.attention.attention.query`
+    in a file. The tied tensors save_pretrained leaves out may be absent, as from_pretrained
+    ties them back. Where the two kinds of names differ, the target says which it is."""
     from torch.nn.modules.batchnorm import _NormBase
 
+    state = model.state_dict()
+    infos = _infos(state)
+    filled = {f"{name}.{COUNTER}" if name else COUNTER for name, m in model.named_modules()
+              if isinstance(m, _NormBase) and m.track_running_stats and m.num_batches_tracked is not None}
+    filled &= set(infos)
+    files = transformers_file_names(model, state) if names == "file" else None
+    if files is None:
+        return Target(infos, frozenset(filled))
+    file_infos, tied = files
+    if set(file_infos) == set(infos):
+        return Target(infos, frozenset(filled | tied))
+    return Target(file_infos, torch_fills(file_infos) | tied,
+                  "the names the model's checkpoint files use (as save_pretrained writes them; "
+                  "its in-memory names differ)")
+
+
+def memory_names_note(model: Any) -> str | None:
+    """For a model whose checkpoint files name tensors otherwise than its state_dict() (a
+    transformers 5 model): which names a live load compared, and what the files use. Only
+    computed when a load does not fit (it runs transformers' conversion over the state)."""
+    state = model.state_dict()
+    files = transformers_file_names(model, state)
+    if files is None or set(files[0]) == set(state):
+        return None
+    file_only = sorted(set(files[0]) - set(state))
+    memory_only = sorted(set(state) - set(files[0]))
+    return ("compared by the model's in-memory names (its state_dict(), which load_state_dict takes); its "
+            f"checkpoint files use other names for {plural(len(memory_only), 'tensor')} (files: e.g. "
+            f"{file_only[0]}; memory: e.g. {memory_only[0]}): a file saved with save_pretrained loads with "
+            "from_pretrained")
+
+
+def _infos(state: Mapping[str, Any]) -> dict[str, "TensorInfo"]:
     from ..core.dtypes import of_torch
     from ..core.tensorinfo import TensorInfo
 
     infos = {}
-    for k, v in model.state_dict().items():
+    for k, v in state.items():
         found = of_torch(str(v.dtype).removeprefix("torch."), tuple(v.shape))
         if found is None:
             from ..errors import UsageError
 
             raise UsageError(f"the model's {k} is a {v.dtype} tensor, which mapspec does not hold")
         infos[k] = TensorInfo(*found)
-    filled = {f"{name}.{COUNTER}" if name else COUNTER for name, m in model.named_modules()
-              if isinstance(m, _NormBase) and m.track_running_stats and m.num_batches_tracked is not None}
-    return Target(infos, frozenset(filled & set(infos)))
+    return infos
+
+
+def transformers_file_names(model: Any, state: Mapping[str, Any]
+                            ) -> tuple[dict[str, "TensorInfo"], frozenset[str]] | None:
+    """For a transformers model: the tensors its checkpoint files hold (name, shape, dtype),
+    as `save_pretrained` makes them from the in-memory state (transformers' own
+    `revert_weight_conversion`), and the tied ones among them that it leaves out. None for
+    any other module, or a transformers without a conversion mapping (before 5: the names
+    are the same)."""
+    import sys
+
+    if "transformers" not in sys.modules:  # a model of it would have imported it
+        return None
+    try:
+        from transformers import PreTrainedModel
+        from transformers.core_model_loading import revert_weight_conversion
+        from transformers.modeling_utils import remove_tied_weights_from_state_dict
+    except ImportError:
+        return None
+    if not isinstance(model, PreTrainedModel):
+        return None
+    full = revert_weight_conversion(model, dict(state))
+    try:
+        kept = revert_weight_conversion(model, remove_tied_weights_from_state_dict(dict(state), model))
+    except (RuntimeError, ValueError):  # ties transformers itself cannot sort out: none may be left out
+        kept = full
+    return _infos(full), frozenset(set(full) - set(kept))
 
 
 @dataclass(frozen=True)
@@ -93,6 +161,7 @@ class TargetReport:
     mismatched: tuple[tuple[str, "TensorInfo", "TensorInfo"], ...] = ()
     target_count: int = 0
     filled: tuple[str, ...] = ()  # target keys left out, which load_state_dict fills itself
+    names: str = ""  # which of the target's names were compared, when that is not obvious
 
     @property
     def ok(self) -> bool:
@@ -113,7 +182,7 @@ def compare(produced: Mapping[str, "TensorInfo"], target: Target | Mapping) -> T
     filled = tuple(k for k in t if k not in produced and k in target.filled)
     unexpected = tuple((k, i) for k, i in produced.items() if k not in t)
     mismatched = tuple((k, i, t[k]) for k, i in produced.items() if k in t and tuple(t[k].shape) != tuple(i.shape))
-    return TargetReport(missing, unexpected, mismatched, len(t), filled)
+    return TargetReport(missing, unexpected, mismatched, len(t), filled, target.names)
 
 
 def fit(produced: Mapping[str, "TensorInfo"], target: Target | Mapping, mode: str = "strict",
@@ -137,7 +206,7 @@ def fit(produced: Mapping[str, "TensorInfo"], target: Target | Mapping, mode: st
         return [k for k in kept if k not in bad], report
     problems = report if mode == "strict" else TargetReport(
         tuple((k, i) for k, i in report.missing if not hit(k)), report.unexpected, report.mismatched,
-        report.target_count, report.filled)
+        report.target_count, report.filled, report.names)
     if not problems.ok:
         raise ConversionError("the output does not match the target" if not api else
                               "the checkpoint does not fit the model", explain(problems, origin or {}, api, roles or {}))
@@ -171,7 +240,10 @@ def explain(report: TargetReport, origin: Mapping[str, Span], api: bool = False,
     catch-all wrote, by a rule of its own for those keys."""
     roles = roles or {}
     out: list[str] = []
-    pairs = pair_by_name(report.unexpected, report.missing, lambda a, b: tuple(a.shape) == tuple(b.shape))
+    if report.names:
+        out.append(f"compared by {report.names}")
+    pairs, undecided = match_by_name(report.unexpected, report.missing,
+                                     lambda a, b: tuple(a.shape) == tuple(b.shape))
     paired_u = {i for i, _ in pairs}
     paired_m = {j for _, j in pairs}
     found = [(report.unexpected[i][0], report.missing[j][0], report.unexpected[i][1]) for i, j in pairs]
@@ -188,6 +260,17 @@ def explain(report: TargetReport, origin: Mapping[str, Span], api: bool = False,
             out.append(f"{plural(len(group), 'output')} like {glob_of([g[0] for g in group])} are not in the target; "
                        f"the target has {glob_of([g[1] for g in group])} with the same shapes: {who} {edits} "
                        f"(e.g. {produced} -> {wanted})")
+    # same shapes, names that do not decide: named as ambiguous, never paired by a guess
+    for group in fold(undecided, lambda g: (skeleton(" ".join(report.unexpected[i][0] for i in g[0])),
+                                            skeleton(" ".join(report.missing[j][0] for j in g[1])))):
+        us, ms = group[0]
+        outs, cands = [report.unexpected[i][0] for i in us], [report.missing[j][0] for j in ms]
+        where = f" (and {plural(len(group) - 1, 'group')} like it)" if len(group) > 1 else ""
+        out.append(f"ambiguous: {_names(outs)} {'are' if len(outs) > 1 else 'is'} not in the target, which has "
+                   f"{_names(cands)} of the same shape {format_shape(report.missing[ms[0]][1].shape)}{where}; "
+                   "the names do not say which is which: write these rules from the models' code, not by shape")
+        paired_u |= {i for g in group for i in g[0]}
+        paired_m |= {j for g in group for j in g[1]}
     missing = [m for j, m in enumerate(report.missing) if j not in paired_m]
     for group in fold(missing, lambda m: skeleton(m[0])):
         out.append(_listed("missing from the output", group, "key"))
@@ -201,6 +284,21 @@ def explain(report: TargetReport, origin: Mapping[str, Span], api: bool = False,
     out.append(_how_to_fix(report, [fixed_by(report.unexpected[i][0]) for i in paired_u],
                            missing, [(u, fixed_by(u[0])) for u in unexpected], api, origin))
     return out
+
+
+def _names(names: list[str]) -> str:
+    """A few names with what they share written once (`a.{x|y}.b`); many as a count and a glob."""
+    if len(names) > 6:
+        return f"{len(names)} keys like {glob_of(names)}"
+    segs = [n.split(".") for n in names]
+    p = 0
+    while all(len(x) > p + 1 for x in segs) and len({x[p] for x in segs}) == 1:
+        p += 1
+    q = 0
+    while all(len(x) > p + q + 1 for x in segs) and len({x[-1 - q] for x in segs}) == 1:
+        q += 1
+    mids = [".".join(x[p:len(x) - q]) for x in segs]
+    return ".".join(segs[0][:p] + ["{" + "|".join(mids) + "}"] + (segs[0][len(segs[0]) - q:] if q else []))
 
 
 def _how_to_fix(report: TargetReport, paired: list, missing, unexpected, api: bool, origin) -> str:

@@ -121,7 +121,7 @@ class _PatternTokens:
 def _capture_text(cap: Capture) -> str:
     name = cap.name or ""
     if cap.type == "int":
-        return "{" + name + ":int}"
+        return "{" + name + ":int" + ("".join(map(str, cap.condition)) if cap.condition else "") + "}"
     if cap.type == "alt":
         return "{" + (name + ":" if name else "") + "|".join(cap.alternatives) + "}"
     if cap.type == "table":
@@ -211,26 +211,73 @@ def plural(n: int, word: str) -> str:
 
 def pair_by_name(left: Sequence[tuple[str, object]], right: Sequence[tuple[str, object]],
                  same: Callable[[object, object], bool], cutoff: float = 0.5) -> list[tuple[int, int]]:
-    """Pair items of `left` with items of `right` whose value is `same` and whose name is most
-    similar (each item used once, best pairs first). Returns index pairs."""
+    """Pair items of `left` with items of `right` whose value is `same` where the names decide
+    (see `match_by_name`). Returns index pairs."""
+    return match_by_name(left, right, same, cutoff)[0]
+
+
+def match_by_name(left: Sequence[tuple[str, object]], right: Sequence[tuple[str, object]],
+                  same: Callable[[object, object], bool], cutoff: float = 0.5
+                  ) -> tuple[list[tuple[int, int]], list[tuple[tuple[int, ...], tuple[int, ...]]]]:
+    """Pairs of a `left` and a `right` item whose values are `same`, made only where the names
+    decide: the pair's name similarity is at least `cutoff` and strictly above that of every
+    other candidate of either item still unpaired (pairs made free their items' rivals, so
+    `layer1.0.downsample.bn` finds `layer1.0.downsample.1` beside three other stages). Where
+    several candidates of one shape are equally close (`attention.query` against `q_proj`,
+    `k_proj`, `v_proj` and `o_proj`), nothing is paired: a same-shape guess would move
+    weights to the wrong place without an error. Returns the index pairs and the undecided
+    groups: left items with the right items closest to them, that the names do not tell apart."""
     by_value: dict = {}
     for j, (_, v) in enumerate(right):
         by_value.setdefault(_value_key(v), []).append(j)
-    candidates = []
+    scores: dict[tuple[int, int], float] = {}
     for i, (name, v) in enumerate(left):
         for j in by_value.get(_value_key(v), ()):
             if same(v, right[j][1]):
-                score = name_similarity(name, right[j][0])
-                if score >= cutoff:
-                    candidates.append((-score, i, j))
-    candidates.sort()
-    used_l, used_r, out = set(), set(), []
-    for _, i, j in candidates:
-        if i not in used_l and j not in used_r:
+                scores[(i, j)] = name_similarity(name, right[j][0])
+    rows: dict[int, list[int]] = {}
+    for i, j in scores:
+        rows.setdefault(i, []).append(j)
+    used_l: set[int] = set()
+    used_r: set[int] = set()
+    out: list[tuple[int, int]] = []
+    while True:
+        # the two best free scores of every row and column: a pair is made where it is the
+        # best of both and strictly better than the runner-up of each
+        top_row: dict[int, list[float]] = {}
+        top_col: dict[int, list[float]] = {}
+        for (i, j), s in scores.items():
+            if i not in used_l and j not in used_r:
+                for top, k in ((top_row, i), (top_col, j)):
+                    t = top.setdefault(k, [-1.0, -1.0])
+                    if s > t[0]:
+                        t[0], t[1] = s, t[0]
+                    elif s > t[1]:
+                        t[1] = s
+        new = [(i, j) for (i, j), s in scores.items()
+               if i not in used_l and j not in used_r and s >= cutoff
+               and s == top_row[i][0] > top_row[i][1] and s == top_col[j][0] > top_col[j][1]]
+        if not new:
+            break
+        for i, j in new:
             used_l.add(i)
             used_r.add(j)
-            out.append((i, j))
-    return sorted(out)
+        out += new
+    # undecided: each left item's closest free candidates; items sharing one make a group
+    groups: list[tuple[set[int], set[int]]] = []
+    for i in sorted(rows):
+        free = [(scores[(i, j)], j) for j in rows[i] if i not in used_l and j not in used_r]
+        if not free or max(s for s, _ in free) < cutoff:
+            continue
+        best = max(s for s, _ in free)
+        lefts, rights = {i}, {j for s, j in free if s == best}
+        for g in [g for g in groups if g[1] & rights]:
+            groups.remove(g)
+            lefts |= g[0]
+            rights |= g[1]
+        groups.append((lefts, rights))
+    undecided = sorted((tuple(sorted(a)), tuple(sorted(b))) for a, b in groups)
+    return sorted(out), undecided
 
 
 def _value_key(v) -> object:

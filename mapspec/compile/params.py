@@ -189,9 +189,15 @@ def _param(d: Param, params: dict, cfg, cfg_name: str, env: dict[str, Binding], 
     if cfg is not None:
         for key in d.config_keys:
             raw = _config_value(cfg, key)
-            if raw is not _MISSING and raw is not None:
-                return Binding(d.name, _typed(d, raw, f"{cfg_name} key '{key}' = {json.dumps(raw)}"),
-                               f"config {key}")
+            if raw is _MISSING or raw is None:
+                continue
+            if d.config_len:
+                if not isinstance(raw, list):
+                    raise SpecError(f"{cfg_name} key '{key}' = {_short_json(raw)} is not a list: "
+                                    f"'{d.name}' takes its length", d.span)
+                return Binding(d.name, _typed(d, len(raw), f"len({key})"), f"config len({key})")
+            return Binding(d.name, _typed(d, raw, f"{cfg_name} key '{key}' = {_short_json(raw)}"),
+                           f"config {key}")
     if d.default is not None:
         if isinstance(d.default, str):
             value = d.default
@@ -202,9 +208,18 @@ def _param(d: Param, params: dict, cfg, cfg_name: str, env: dict[str, Binding], 
         return Binding(d.name, _typed(d, value, "its default"), "default")
     ways = [f"-p {d.name}=VALUE"]
     if d.config_key is not None:
-        ways.append(f"--config with key '{d.config_key}'" if cfg is None
-                    else f"a '{d.config_key}' key in {cfg_name}")
+        if d.config_len:
+            ways.append(f"--config with a list at key '{d.config_key}'" if cfg is None
+                        else f"a list at key '{d.config_key}' in {cfg_name}")
+        else:
+            ways.append(f"--config with key '{d.config_key}'" if cfg is None
+                        else f"a '{d.config_key}' key in {cfg_name}")
     raise SpecError(f"parameter '{d.name}' has no value: give {' or '.join(ways)}", d.span)
+
+
+def _short_json(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _typed(d: Param, value: Any, what: str) -> int | str | float | bool:

@@ -211,11 +211,15 @@ def compile_spec(
     check_bound(spec, errors + meta_errors, tainted)
     tables = {t.name: t.mapping() for t in spec.tables}
     table_keys = {n: tuple(m) for n, m in tables.items()}
-    ordinary, copies, fallback = [], [], []
+    ordinary, copies, fallback, conditional = [], [], [], []
     for ri, rule in enumerate(spec.rules):
         entries = [Entry(ri, ai, p) for ai, p in enumerate(patterns_of(rule))]
         if getattr(rule, "is_copy", False):
             copies.append((ri, Matcher(entries, table_keys)))
+        elif getattr(rule, "where", None) is not None or any(p.conditions() for p in patterns_of(rule)):
+            where = getattr(rule, "where", None)
+            conditional.append((ri, Matcher(entries, table_keys), where and _Renderer(
+                rule.model_copy(update={"target": where, "actions": ()}), tables)))
         elif rule.otherwise:
             fallback.extend(entries)
         else:
@@ -232,12 +236,16 @@ def compile_spec(
     match = matcher.match
     for key in keys:
         try:
-            hit = match(key)
+            hit = _conditional(key, conditional, keys, spec, match) if conditional else None
+            if hit is None:
+                hit = match(key)
         except Ambiguous as amb:
             a = spec.rules[amb.first.rule]
-            raise PlanError(f"key {shown(key)} is matched by this rule and by the rule at "
+            err = PlanError(f"key {shown(key)} is matched by this rule and by the rule at "
                             f"{_where(a.span)} ({amb.first.pattern.text}); make the patterns disjoint",
-                            amb.second.pattern.span) from None
+                            amb.second.pattern.span)
+            err.ambiguous = (key, a.span)  # for a caller that explains it in its own terms (an inverse)
+            raise err from None
         if hit is None and otherwise is not None:
             hit = otherwise(key)
         if hit is None:
@@ -363,6 +371,57 @@ def _naming_params(exc: SpecError, written: Spec, bindings: tuple[Binding, ...])
 def _origin(origin: str) -> str:
     return {"-p": "from -p", "default": "its default: not in the config", "let": "derived"}.get(
         origin, origin.replace("config ", "config key "))
+
+
+def alternatives_used(spec: Spec, plan: Plan) -> dict[str, int]:
+    """For each rule of `spec`'s own file with fallback alternatives (`A | B -> T`) whose steps
+    all came through one of them: its line (as text, a JSON key) -> that alternative, counted
+    from 1. What the forward direction matched, for a reverse that writes it back."""
+    table_keys = {t.name: tuple(t.mapping()) for t in spec.tables}
+    rules = {r.span: r for r in spec.rules if isinstance(r, RenameRule) and len(r.sources) > 1
+             and r.span.file == spec.file}
+    seen: dict[Span, set[int]] = {}
+    matchers: dict[Span, Matcher] = {}
+    for step in plan.steps:
+        rule = rules.get(step.rule)
+        if rule is None:
+            continue
+        m = matchers.get(rule.span)
+        if m is None:
+            m = matchers[rule.span] = Matcher([Entry(0, i, p) for i, p in enumerate(rule.sources)], table_keys)
+        try:
+            hit = m.match(step.inputs[0])
+        except Ambiguous:
+            hit = None
+        if hit is not None:
+            seen.setdefault(rule.span, set()).add(hit[0].alternative)
+    return {str(span.line): next(iter(used)) + 1 for span, used in seen.items() if len(used) == 1}
+
+
+def _conditional(key: str, conditional: list, keys: Mapping[str, TensorInfo], spec: Spec, match):
+    """The hit of the one rule with a condition that takes `key`, or None: its pattern matches,
+    its captures' conditions (`{a:int>0}`) hold and the checkpoint holds the key its `where`
+    names. A `where` rule takes the key from rules without one; a rule with only capture
+    conditions is an ordinary rule, so another that matches too is the usual ambiguity. Two
+    conditional rules that would take it are an error: the keys do not decide between them."""
+    hits = []
+    for ri, matcher, where in conditional:
+        hit = matcher.match(key)
+        if hit is None or not all(c.holds(hit[1][c.name]) for c in hit[0].pattern.conditions() if c.name):
+            continue
+        if where is None or where.render(key, hit[1]) in keys:
+            hits.append(hit)
+    if len(hits) == 1 and getattr(spec.rules[hits[0][0].rule], "where", None) is None:
+        other = match(key)
+        if other is not None:
+            raise Ambiguous(key, other[0], hits[0][0])
+    if len(hits) > 1:
+        a, b = (spec.rules[h[0].rule] for h in hits[:2])
+        why = (f"the keys their `where` clauses name ({a.where.text}, {b.where.text}) both exist"
+               if a.where is not None and b.where is not None else "both their conditions hold")
+        raise PlanError(f"key '{key}' is taken by this rule and by the rule at {_where(a.span)}: {why}, so the "
+                        "keys do not decide between them; make one condition stricter", b.span)
+    return hits[0] if hits else None
 
 
 def copy_stand_ins(spec: Spec, steps: Iterable[Step]) -> dict[Span, Span]:

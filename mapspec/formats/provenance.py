@@ -227,9 +227,11 @@ class Provenance:
 
     def __init__(self, *, spec_file: str | None, includes: tuple[str, ...] = (), source: Path,
                  params: Mapping[str, Any] | None = None, direction: str = "forward",
-                 select: str | None = None, shards: tuple[Path, ...] = (), hash: bool = True):
+                 select: str | None = None, shards: tuple[Path, ...] = (), hash: bool = True,
+                 alternatives: Mapping[str, int] | None = None):
         """`shards`: the files of a sharded source (each hashed and recorded); `hash=False`
-        (--no-hash): sizes and modification times only."""
+        (--no-hash): sizes and modification times only; `alternatives`: which alternative of
+        each `reverse` choice the forward run matched (so the reverse can write it back)."""
         self.fields: dict[str, Any] = {"version": __version__}
         if spec_file is not None:
             self.fields["spec"] = Path(spec_file).name
@@ -239,6 +241,8 @@ class Provenance:
                 self.fields["includes"] = {_rel(i, root): _file_sha(i) for i in includes}
         self.fields["params"] = dict(params or {})
         self.fields["direction"] = direction
+        if alternatives:  # rule line -> the fallback alternative (A | B -> T) the conversion matched
+            self.fields["alternatives"] = dict(alternatives)
         if select:
             self.fields["select"] = select
         remote = hasattr(source, "url")
@@ -332,7 +336,7 @@ def from_strings(meta: Mapping[str, str]) -> dict[str, Any] | None:
         if not k.startswith(PREFIX):
             continue
         name = k[len(PREFIX):]
-        if name in ("params", "includes", "source_files") or (name == "source_sha256" and v == "null"):
+        if name in ("params", "includes", "source_files", "alternatives") or (name == "source_sha256" and v == "null"):
             try:
                 v = json.loads(v)
             except ValueError:

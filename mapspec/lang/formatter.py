@@ -111,11 +111,16 @@ def _statement(st: Tree, text: str, file: str, comments: dict[int, Token], used:
     if kind == "rename":
         sources = " | ".join(_pattern(t, text, file) for t in c[0].children)
         lines = _with_actions(f"{sources} -> {_template(c[1], text, file)}", [a for a in c[2:] if a.data == "action"])
+        where = [a for a in c[2:] if a.data == "where"]
+        if where:  # on a line of its own, as a reverse clause
+            lines.append(f"    where {_template(where[0].children[0], text, file)}")
         rev = [a for a in c[2:] if a.data in ("reverse", "reverse_none")]
         if rev:  # on a line of its own, under the rule it inverts
             r = rev[0].children
             lines.append("    " + ("reverse none" if rev[0].data == "reverse_none" else " ".join(
-                [f"reverse -> {_template(r[0], text, file)}"] + [f"then {_action(a)}" for a in r[1:]])))
+                [f"reverse -> {_template(r[0], text, file)}"] + [f"then {_action(a)}" for a in r[1:]
+                                                                 if a.data == "action"]
+                + [f"where {_template(a.children[0], text, file)}" for a in r[1:] if a.data == "where"])))
         return lines
     if kind == "copy":
         absent = [t for t in c[2:] if isinstance(t, Token)]
@@ -130,11 +135,16 @@ def _statement(st: Tree, text: str, file: str, comments: dict[int, Token], used:
     if kind == "otherwise_keep":
         return _with_actions("otherwise keep", c)
     if kind == "otherwise_drop":
-        return ["otherwise drop"]
+        return ["otherwise drop"] + (["    reverse none"] if c else [])
     if kind == "param":
         out = f"param {c[0]}"
         keys = 0
         for tok in c[1:]:
+            if tok is None:
+                continue
+            if isinstance(tok, Tree):  # from len("KEY")
+                out += f" from len({tok.children[0]})"
+                continue
             if tok.type == "STRING":
                 out += f" {'from' if not keys else '|'} {tok}"
                 keys += 1
@@ -215,10 +225,14 @@ def _part(p: Tree) -> str:
         return f"{{{c[0]}}}"
     if kind == "table_capture":
         return f"{{{c[0]} in {c[1]}}}"
+    if kind == "cond_capture":
+        return f"{{{c[0]}:{c[1]}{c[2]}{c[3]}}}"
     if kind in ("typed_capture", "fanout"):
         return f"{{{c[0]}:{_ctype(c[1])}}}"
     if kind == "subst":
         return "{" + _expr(c[0]) + "}"
+    if kind == "named_subst":
+        return "{" + f"{c[0]}={_expr(c[1])}" + "}"
     raise ValueError(kind)  # pragma: no cover
 
 

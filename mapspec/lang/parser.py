@@ -125,9 +125,10 @@ def _identity(file: str) -> str:
 
 
 class _Builder:
-    def __init__(self, file: str, text: str, stack: tuple[str, ...]):
+    def __init__(self, file: str, text: str, stack: tuple[str, ...], includer: Header | None = None):
         self.file = file
         self.text = text
+        self.includer = includer  # the including spec's header (for an included file)
         self.stack = stack + (_identity(file),)
 
     # -------------------------------------------------------------- helpers
@@ -164,14 +165,16 @@ class _Builder:
                         raise self.error(f"'{_HEADER_WORD[kind]}' is given twice (first at line {seen[kind].line})", span)
                     if body_started:
                         raise self.error(f"'{_HEADER_WORD[kind]}' belongs in the header, before tables and rules", span)
-                    if not root and kind != "version":
-                        raise self.error(f"an included file cannot set '{_HEADER_WORD[kind]}'; set it in the including spec", span)
+                    if not root and kind == "ranks":
+                        raise self.error("an included file cannot set 'ranks'; set it in the including spec", span)
                     seen[kind] = span
                     header = self._header(st, header, span)
+                    if not root:
+                        self._included_header(kind, header, span)
                     continue
                 body_started = True
                 if kind == "include":
-                    sub = self._include(st)
+                    sub = self._include(st, header)
                     includes.append(sub.file)
                     includes.extend(sub.includes)
                     tables.extend(sub.tables)
@@ -204,7 +207,8 @@ class _Builder:
                     rules.append(self._keep([self._everything(st)] + st.children, span).model_copy(
                         update={"otherwise": True}))
                 elif kind == "otherwise_drop":
-                    rules.append(DropRule(patterns=(self._everything(st),), span=span, otherwise=True))
+                    rules.append(DropRule(patterns=(self._everything(st),), span=span, otherwise=True,
+                                          reverse_none=bool(st.children)))
                 elif kind == "param":
                     definitions.append(self._param(st, span))
                 elif kind == "let":
@@ -286,7 +290,16 @@ class _Builder:
                         for e in rest)
         return WriteFile(path=path, entries=entries, span=span)
 
-    def _include(self, st: Tree) -> Spec:
+    def _included_header(self, kind: str, header: Header, span: Span) -> None:
+        """An included file's header yields to the including spec's: `from ... to` is
+        informative (the includer's stands), and `select` must be the includer's or be
+        overridden by one the includer states; rules written for a selected sub-tree would
+        not match the whole checkpoint."""
+        if kind == "select" and self.includer is not None and self.includer.select is None:
+            raise self.error(f"this included file selects '{header.select}' but the including spec selects "
+                             f"nothing; state 'select {header.select}' (or another) in the including spec", span)
+
+    def _include(self, st: Tree, header: Header) -> Spec:
         tok = st.children[0]
         rel = _string(str(tok))
         base = Path(self.file).parent if not self.file.startswith("<") else Path.cwd()
@@ -301,7 +314,7 @@ class _Builder:
             text = read_spec(path)
         except (OSError, UnicodeDecodeError) as exc:
             raise self.error(f"cannot include {shown_path(rel)}: {unreadable(exc)}", span) from None
-        return _Builder(str(path), text, self.stack).build(root=False)
+        return _Builder(str(path), text, self.stack, header if self.includer is None else self.includer).build(root=False)
 
     def _table(self, st: Tree) -> Table:
         name_tok, *entries = st.children
@@ -327,11 +340,17 @@ class _Builder:
             reverse = Reverse(target=None, span=self.span_tree(actions.pop()))
         elif actions and actions[-1].data == "reverse":
             rev_tok, *rev_actions = actions.pop().children
+            rev_where = None
+            if rev_actions and rev_actions[-1].data == "where":
+                rev_where = self._template(rev_actions.pop().children[0])
             reverse = Reverse(target=self._template(rev_tok),
                               actions=tuple(self._action(a) for a in rev_actions) if rev_actions else None,
-                              span=self.span_tok(rev_tok))
+                              where=rev_where, span=self.span_tok(rev_tok))
+        where = None
+        if actions and actions[-1].data == "where":
+            where = self._template(actions.pop().children[0])
         return RenameRule(sources=sources, target=target, actions=tuple(self._action(a) for a in actions),
-                          reverse=reverse, span=self.span_tree(st))
+                          reverse=reverse, where=where, span=self.span_tree(st))
 
     def _copy(self, st: Tree) -> RenameRule:
         source_tok, target_tok, *rest = st.children
@@ -357,7 +376,12 @@ class _Builder:
         fields: dict = {"name": str(name_tok), "span": self.span_tok(name_tok)}
         keys = []
         for tok in rest:
-            if tok.type == "NAME":
+            if tok is None:
+                continue
+            if isinstance(tok, Tree):  # from len("KEY")
+                fields["config_key"] = _string(str(tok.children[0]))
+                fields["config_len"] = True
+            elif tok.type == "NAME":
                 if str(tok) not in ("int", "str", "float", "bool"):
                     raise self.error(f"a parameter is int, str, float or bool, not '{tok}'", self.span_tok(tok))
                 fields["type"] = str(tok)
@@ -426,6 +450,11 @@ class _Builder:
             return Capture(name=str(part.children[0]), type="table", table=str(part.children[1]), span=span)
         if kind == "typed_capture":
             return self._typed(part, span)
+        if kind == "cond_capture":
+            name, ctype, op, bound = (str(c) for c in part.children)
+            if ctype != "int":
+                raise self.error(f"a condition goes with an integer capture: {{{name}:int{op}{bound}}}", span)
+            return Capture(name=name, type="int", condition=(op, self._int(part.children[3], None)), span=span)
         raise self.error(f"unexpected {kind} in a pattern", span)  # pragma: no cover
 
     def _typed(self, part: Tree, span: Span) -> Capture:
@@ -470,6 +499,9 @@ class _Builder:
                     "and write {name} here", self._frag_span(part, tok))
             elif kind == "subst":
                 item = Subst(expr=self._expr(part.children[0], tok), span=self._frag_span(part, tok))
+            elif kind == "named_subst":
+                item = Subst(name=str(part.children[0]), expr=self._expr(part.children[1], tok),
+                             span=self._frag_span(part, tok))
             elif kind == "fanout":
                 item = Fanout(capture=self._typed(part, self._frag_span(part, tok)))
             else:  # pragma: no cover

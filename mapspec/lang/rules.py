@@ -38,7 +38,24 @@ class Capture(Node):
     type: Literal["segment", "int", "alt", "table", "multi"]
     alternatives: tuple[str, ...] = ()
     table: str | None = None
+    condition: tuple[str, int] | None = None  # `{a:int>0}`: (">", 0); the key matches only where it holds
     span: Span
+
+    def holds(self, text: str) -> bool:
+        """Whether a captured value meets the capture's condition (if it has one)."""
+        if self.condition is None:
+            return True
+        op, bound = self.condition
+        v = int(text)
+        return {"==": v == bound, "!=": v != bound, "<": v < bound, "<=": v <= bound,
+                ">": v > bound, ">=": v >= bound}[op]
+
+    @property
+    def numeric(self) -> bool:
+        """Usable in arithmetic: `{i:int}`, or alternatives that are all numbers (`{i:0|3|6}`,
+        an integer capture restricted to those values)."""
+        return self.type == "int" or (self.type == "alt" and all(a.isdigit() and a.isascii()
+                                                                   for a in self.alternatives))
 
 
 PatternPart = Annotated[Union[Lit, Capture], Field(discriminator="kind")]
@@ -48,6 +65,9 @@ class Pattern(Node):
     parts: tuple[PatternPart, ...]
     text: str
     span: Span
+
+    def conditions(self) -> list[Capture]:
+        return [p for p in self.parts if isinstance(p, Capture) and p.condition is not None]
 
     def captures(self) -> dict[str, Capture]:
         return {p.name: p for p in self.parts if type(p) is Capture and p.name}  # (a failing isinstance costs 4x)
@@ -124,6 +144,7 @@ class Subst(Node):
     kind: Literal["subst"] = "subst"
     expr: Expr
     span: Span
+    name: str | None = None  # `{t=EXPR}`: the target's number, named for a `reverse ->` clause
 
 
 class Fanout(Node):
@@ -189,6 +210,7 @@ class Reverse(Node):
 
     target: Template | None  # None: `reverse none`, the rule has no part in the inverse
     actions: tuple[Action, ...] | None = None  # None: the derived inverse actions
+    where: Template | None = None  # the inverse rule's `where` (forward captures, as in target)
     span: Span
 
 
@@ -202,6 +224,7 @@ class RenameRule(Node):
     target: Template
     actions: tuple[Action, ...] = ()
     reverse: Reverse | None = None
+    where: Template | None = None  # applies only where the checkpoint holds this key too
     span: Span
     is_copy: bool = False
     if_absent: bool = False
@@ -248,14 +271,16 @@ class Table(Node):
 
 
 class Param(Node):
-    """`param NAME [: int|str|float|bool] [from "CONFIG.KEY" | "OTHER.KEY"...] [= DEFAULT]`: a
-    value given when compiling. `= none` makes it optional: absent when nothing gives it."""
+    """`param NAME [: int|str|float|bool] [from "CONFIG.KEY" | "OTHER.KEY"... | len("CONFIG.KEY")]
+    [= DEFAULT]`: a value given when compiling. `= none` makes it optional: absent when
+    nothing gives it."""
 
     kind: Literal["param"] = "param"
     name: str
     type: Literal["int", "str", "float", "bool"] = "int"
     config_key: str | None = None
     more_keys: tuple[str, ...] = ()  # further config keys, tried in order after config_key
+    config_len: bool = False  # `from len("KEY")`: the length of the list at KEY
     default: Expr | str | None = None
     span: Span
 

@@ -74,6 +74,14 @@ class Inversion:
             if exc.span is None or exc.span.file != self.spec.file:
                 raise
             fwd = self.forward_rule(exc.span)
+            ambiguous = getattr(exc, "ambiguous", None)
+            if ambiguous is not None and ambiguous[1].file == self.spec.file:
+                # two forward rules write keys of one name back: the layouts they stand for
+                other = self.forward_rule(ambiguous[1])
+                raise type(exc)(f"the inverses of this rule and of the rule at {Path(other.file).name}:{other.line} "
+                                f"both read '{ambiguous[0]}': the keys do not decide which to write back. State "
+                                "the key that tells the layouts apart on one of them (`reverse -> ... where KEY`), "
+                                "or mark one `reverse none`", fwd) from None
             raise type(exc)(f"in the inverse ({exc.message}; inverse rule: "
                             f"{_line(self.text, exc.span.line)})", fwd) from None
 
@@ -89,21 +97,24 @@ class _Shapes:
 
 def invert_spec(spec: Spec | str | Path, forward: Mapping[str, TensorInfo] | Plan | None = None, *,
                 params: Mapping[str, object] | None = None, config: Config = None,
-                lossy: bool = False, prefer: Mapping[int | None, int] | None = None) -> Inversion:
+                lossy: bool = False, prefer: Mapping[int | None, int] | None = None,
+                matched: Mapping[int, int] | None = None) -> Inversion:
     """The inverse of `spec`. `forward` (the forward checkpoint's tensors, or its plan) supplies
     what the spec alone does not say; without it, rules that need it are refused. Parameters
     are bound first (`params`, `config`, as for apply): the inverse states their values.
     `prefer` chooses which fallback alternative (`A | B -> T`) the inverse writes back, counted
     from 1: {line: n} for the rule starting on that line of the spec, {None: n} for every other
     such rule (see `parse_prefer`). It overrides what the forward checkpoint used; a rule's own
-    `reverse` clause overrides it."""
+    `reverse` clause overrides it. `matched` ({line: n}, from a file's provenance record) says
+    which alternative a forward conversion by this spec matched, as the forward checkpoint
+    would: it is written back where a reverse clause only chooses among the alternatives."""
     if not isinstance(spec, Spec):
         spec = parse_spec(spec)
     if forward is not None and not isinstance(forward, Plan):
         forward = compile_spec(spec, forward, params=params, config=config)
     bound, bindings = bind(spec, params, config) if forward is None else bind(
         spec, {b.name: b.value for b in forward.params if b.origin != "let"})
-    return _Inverter(bound, forward, lossy, bindings, dict(prefer or {})).run()
+    return _Inverter(bound, forward, lossy, bindings, dict(prefer or {}), dict(matched or {})).run()
 
 
 def parse_prefer(values: list[str]) -> dict[int | None, int]:
@@ -118,9 +129,11 @@ def parse_prefer(values: list[str]) -> dict[int | None, int]:
 
 
 class _Inverter:
-    def __init__(self, spec: Spec, plan: Plan | None, lossy: bool, bindings=(), prefer=None):
+    def __init__(self, spec: Spec, plan: Plan | None, lossy: bool, bindings=(), prefer=None, matched=None):
         self.spec = spec
         self.prefer = prefer or {}
+        self.matched = matched or {}  # line -> the alternative a forward conversion matched (provenance)
+        self._choices: dict[Span, Pattern | None] = {}
         self.bindings = bindings
         self.plan = plan
         self.lossy = lossy
@@ -245,11 +258,15 @@ class _Inverter:
                     continue
                 pats = [inv[0]]
                 lines = [head + inv[0] + " -> " + inv[1] + "".join(f" then {a}" for a in inv[2])]
-            for p in pats:
+                if inv[3] is not None:
+                    lines.append(f"    where {inv[3]}")
+            conditional = isinstance(rule, RenameRule) and rule.reverse is not None and rule.reverse.where is not None
+            for p in pats if not conditional else ():  # a `where` inverse takes its keys from the others
                 if p in seen_patterns:
                     self._fail(f"the inverse of this rule reads the same keys ({p}) as the inverse of the rule "
-                               f"at line {seen_patterns[p].line}: which one should write them back? Mark the other "
-                               "`reverse none`", rule.span)
+                               f"at line {seen_patterns[p].line}: the keys do not decide which to write back. "
+                               "State the key that tells the layouts apart on one of them (`reverse -> ... where "
+                               "KEY`), or mark one `reverse none`", rule.span)
                 seen_patterns.setdefault(p, rule.span)
             blocks.append((rule.span, lines))
         fallbacks = {r.span.line for r in self.spec.rules if isinstance(r, RenameRule) and len(r.sources) > 1
@@ -346,24 +363,69 @@ class _Inverter:
         if source is None:
             return None
         caps = source.captures()
-        pattern, values = self._pattern_from(rule.target, caps)
+        pattern, values = self._pattern_from(rule.target, caps, rule.reverse is not None
+                                             and rule.reverse.target is not None)
         merge_axes = self._merge_axes(rule, source)
         reported = _refs_in(rule.target) - set(values)  # their arithmetic or table was refused above
-        template = self._template_from(rule.reverse.target if rule.reverse is not None else source,
+        template = self._template_from(source if self._forward_choice(rule) is not None else
+                                       rule.reverse.target if rule.reverse is not None else source,
                                        values, merge_axes, reported)
         if rule.reverse is not None and rule.reverse.actions is not None:
             actions = [action_text(a) for a in rule.reverse.actions]
         else:
             actions = self._actions(rule, merge_axes)
+        where = None
+        if rule.reverse is not None and rule.reverse.where is not None:  # the inverse applies where KEY is
+            where = self._template_from(rule.reverse.where, values, [], reported)
+            if where is None:
+                return None
         if len(self.problems) > n_problems or pattern is None or template is None or actions is None:
             return None
-        return pattern, template, actions
+        return pattern, template, actions, where
+
+    def _forward_choice(self, rule: RenameRule) -> Pattern | None:
+        """The fallback alternative the forward checkpoint used, where the rule's reverse clause
+        only chooses among its alternatives (names one of them, no actions or condition): what
+        the forward direction matched is written back (`verify`, a file's provenance record),
+        the clause's choice is the default for a file that does not tell, and said."""
+        if rule.span not in self._choices:
+            self._choices[rule.span] = self._find_forward_choice(rule)
+        return self._choices[rule.span]
+
+    def _find_forward_choice(self, rule: RenameRule) -> Pattern | None:
+        rev = rule.reverse
+        if len(rule.sources) < 2 or rev is None or rev.target is None or rev.actions is not None \
+                or rev.where is not None or not all(isinstance(x, Lit) for x in rev.target.parts):
+            return None
+        named = "".join(x.text for x in rev.target.parts)  # parameters bound: `arg:{fc}_weight` is text now
+        if not any(all(isinstance(x, Lit) for x in p.parts) and "".join(x.text for x in p.parts) == named
+                   for p in rule.sources):
+            return None
+        own = rule.span.file == self.spec.file
+        preferred = self.prefer.get(rule.span.line if own else -1, self.prefer.get(None))
+        if preferred is not None and preferred <= len(rule.sources):
+            return rule.sources[preferred - 1]  # --prefer-alternative: the user's word first
+        used = self.shapes[rule.span].alternatives if rule.span in self.shapes else set()
+        n = self.matched.get(rule.span.line) if own else None
+        if not used and n is not None and n <= len(rule.sources):
+            used = {n - 1}
+        if len(used) == 1:
+            return rule.sources[next(iter(used))]
+        if not used:  # nothing tells what the forward direction matched: the default, said
+            params = [b.name for b in self.bindings if "{" + b.name + "}" in rev.target.text and b.origin == "default"]
+            decide = (f"-p {params[0]}=... decides" if params else "--prefer-alternative N decides")
+            self.losses.append(f"{Path(rule.span.file).name}:{rule.span.line}: writes back {named}, the reverse "
+                               f"clause's default among {' | '.join(p.text for p in rule.sources)}: nothing says "
+                               f"which the forward conversion matched ({decide}; a file mapspec wrote records it)")
+        return None
 
     def _choose_source(self, rule: RenameRule) -> Pattern | None:
         if len(rule.sources) == 1:
             return rule.sources[0]
         if rule.reverse is not None:
-            return rule.sources[0]  # the reverse clause names the key; captures as in the first
+            # the reverse clause names the key (captures as in the first), unless it only chose
+            # among the alternatives and the forward checkpoint shows which one it used
+            return self._forward_choice(rule) or rule.sources[0]
         own = rule.span.file == self.spec.file  # LINE:N names a line of the spec itself, not of an include
         n = self.prefer.get(rule.span.line if own else -1, self.prefer.get(None))
         if n is not None:
@@ -391,23 +453,43 @@ class _Inverter:
         return [c for c in source.parts if isinstance(c, Capture) and c.name and c.name not in used]
 
     # -------------------------------------------------------------- target -> inverse pattern
-    def _pattern_from(self, target: Template, caps: dict[str, Capture]):
-        """The inverse's pattern, and for each forward capture the expression of its value."""
+    def _pattern_from(self, target: Template, caps: dict[str, Capture], stated: bool = False):
+        """The inverse's pattern, and for each forward capture the expression of its value.
+        `stated`: a `reverse ->` clause writes the key back, so a number the inverse cannot
+        read back is matched as any integer (the clause computes what it needs from named ones)."""
         parts: list[str] = []
         values: dict[str, str] = {}
+        self._divmod_pairs = _divmod_pairs(target)
         ok = True
         for part in target.parts:
             if isinstance(part, Lit):
                 parts.append(_quote(part.text))
             elif isinstance(part, Fanout):
                 parts.append("{" + part.capture.name + ":" + _ctype(part.capture) + "}")
+            elif stated and part.name is None and not self._invertible(part.expr):
+                parts.append("{_" + str(len(parts)) + ":int}")
+            elif part.name is not None and not self._invertible(part.expr):
+                # `{t=EXPR}`: the inverse captures the number as t; a `reverse ->` clause
+                # computes the source's numbers from it
+                if not self._bind(part.name, values, part.span):
+                    ok = False
+                    continue
+                values[part.name] = part.name
+                parts.append("{" + part.name + ":int}")
             else:
                 got = self._invert_expr(part, caps, values)
                 if got is None:
                     ok = False
                 else:
                     parts.append(got)
+                    if part.name is not None:  # the number the pattern captures, by its name too
+                        values.setdefault(part.name, got.strip("{}").split(":")[0].split(" in ")[0])
         return ("".join(parts) if ok else None), values
+
+    def _invertible(self, expr) -> bool:
+        dm = _divmod(expr)
+        return isinstance(expr, (Ref, Lookup)) or _linear(expr) is not None or (
+            dm is not None and dm[1] in self._divmod_pairs)
 
     def _invert_expr(self, part: Subst, caps: dict[str, Capture], values: dict[str, str]) -> str | None:
         expr = part.expr
@@ -440,13 +522,30 @@ class _Inverter:
             return "{" + name + " in " + tname + "}"
         linear = _linear(expr)
         if linear is not None:
-            name, offset = linear
+            name, sign, offset = linear
             if not self._bind(name, values, part.span):
                 return None
-            values[name] = name if offset == 0 else f"{name}{'-' if offset > 0 else '+'}{abs(offset)}"
+            if sign < 0:  # t = k - c: c = k - t, its own inverse
+                values[name] = f"{offset}-{name}"
+            else:
+                values[name] = name if offset == 0 else f"{name}{'-' if offset > 0 else '+'}{abs(offset)}"
             return "{" + name + ":int}"
-        self._fail(f"template arithmetic {{{expr_text(expr, sep='')}}} cannot be inverted (only {{c + k}} and "
-                   "{c - k} can); state the inverse with `reverse -> ...`", part.span)
+        dm = _divmod(expr)
+        if dm is not None and dm[1] in self._divmod_pairs:
+            # {(c+o)//m + dq} and {(c+o)%m + dr} in one template: together they give c back
+            kind, name, m, o, d = dm
+            pair = self._divmod_pairs[name]
+            q, r = f"{name}_div", f"{name}_mod"
+            if name not in values:
+                c = _sum([f"({q}-{pair['//']})*{m}" if pair["//"] else f"{q}*{m}", r, -pair["%"] - o])
+                values[name] = c
+            if kind == "//":
+                return "{" + q + ":int}"
+            return "{" + r + ":" + "|".join(str(d + i) for i in range(m)) + "}"
+        self._fail(f"template arithmetic {{{expr_text(expr, sep='')}}} cannot be inverted (only {{c + k}}, "
+                   "{k - c}, and {(c+k)//m} with {(c+k)%m} in one template can); state the inverse: name the "
+                   f"number in the target ({{t={expr_text(expr, sep='')}}}) and compute the source's from it in "
+                   "`reverse -> ...` (e.g. {2*t})", part.span)
         return None
 
     def _bind(self, name: str, values: dict[str, str], span: Span) -> bool:
@@ -505,7 +604,9 @@ class _Inverter:
     def _substitute(self, expr, values: dict[str, str]) -> str | None:
         if isinstance(expr, Ref):
             if expr.name not in values:
-                self._fail(f"{{{expr.name}}} is not known to the inverse (it does not reach the target)", expr.span)
+                self._fail(f"{{{expr.name}}} is not known to the inverse (it does not reach the target as a "
+                           "number the inverse can read back); name the target's number (`{t=EXPR}`) and compute "
+                           f"{{{expr.name}}} from t here", expr.span)
                 return None
             v = values[expr.name]
             return v if v == expr.name or "[" in v else f"({v})"
@@ -610,18 +711,79 @@ def _line(text: str, line: int) -> str:
     return lines[line - 1].strip() if 0 < line <= len(lines) else ""
 
 
-def _linear(expr) -> tuple[str, int] | None:
-    """`c`, `c + k`, `k + c`, `c - k` (nested): (c, total k), else None."""
+def _linear(expr) -> tuple[str, int, int] | None:
+    """`c`, `c + k`, `k + c`, `c - k`, `k - c` (nested): (c, sign of c, total k) for
+    sign * c + k, else None."""
     if isinstance(expr, Ref):
-        return expr.name, 0
+        return expr.name, 1, 0
     if isinstance(expr, BinOp) and expr.op in ("+", "-"):
         left = _linear(expr.left)
         if left is not None and isinstance(expr.right, Num):
-            return left[0], left[1] + (expr.right.value if expr.op == "+" else -expr.right.value)
+            return left[0], left[1], left[2] + (expr.right.value if expr.op == "+" else -expr.right.value)
         right = _linear(expr.right)
-        if expr.op == "+" and right is not None and isinstance(expr.left, Num):
-            return right[0], right[1] + expr.left.value
+        if right is not None and isinstance(expr.left, Num):
+            if expr.op == "+":
+                return right[0], right[1], right[2] + expr.left.value
+            return right[0], -right[1], expr.left.value - right[2]
     return None
+
+
+def _divmod(expr) -> tuple[str, str, int, int, int] | None:
+    """`(c + o) // m + d` or `(c + o) % m + d` (m > 0, c with sign +): (op, c, m, o, d), else None."""
+    d = 0
+    if isinstance(expr, BinOp) and expr.op in ("+", "-") and isinstance(expr.right, Num) \
+            and isinstance(expr.left, BinOp) and expr.left.op in ("//", "%"):
+        d = expr.right.value if expr.op == "+" else -expr.right.value
+        expr = expr.left
+    if not (isinstance(expr, BinOp) and expr.op in ("//", "%") and isinstance(expr.right, Num)
+            and expr.right.value > 0):
+        return None
+    inner = _linear(expr.left)
+    if inner is None or inner[1] != 1:
+        return None
+    return expr.op, inner[0], expr.right.value, inner[2], d
+
+
+def _divmod_pairs(target: Template) -> dict[str, dict[str, int]]:
+    """Captures that appear in the target exactly as one `(c+o)//m + dq` and one `(c+o)%m + dr`
+    with the same o and m (and nowhere else): c -> {"//": dq, "%": dr}."""
+    found: dict[str, list] = {}
+    uses: dict[str, int] = {}
+    for part in target.parts:
+        if isinstance(part, Subst):
+            for name in _expr_refs(part.expr):
+                uses[name] = uses.get(name, 0) + 1
+            dm = _divmod(part.expr)
+            if dm is not None:
+                found.setdefault(dm[1], []).append(dm)
+    out = {}
+    for name, dms in found.items():
+        if len(dms) == 2 and uses.get(name) == 2 and {x[0] for x in dms} == {"//", "%"} \
+                and len({(x[2], x[3]) for x in dms}) == 1:
+            out[name] = {x[0]: x[4] for x in dms}
+    return out
+
+
+def _expr_refs(expr) -> list[str]:
+    if isinstance(expr, Ref):
+        return [expr.name]
+    if isinstance(expr, BinOp):
+        return _expr_refs(expr.left) + _expr_refs(expr.right)
+    if isinstance(expr, Lookup):
+        return _expr_refs(expr.key)
+    return []
+
+
+def _sum(terms: list) -> str:
+    """`a + b - 3` from terms (text, or an int that is left out when 0)."""
+    out = ""
+    for t in terms:
+        if isinstance(t, int):
+            if t:
+                out += f"{'+' if t > 0 else '-'}{abs(t)}"
+        else:
+            out += ("+" if out else "") + t
+    return out
 
 
 def _refs_in(template: Template) -> set[str]:

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
-from ..errors import UsageError
+from ..errors import ConversionError, UsageError
 from ..lang.parser import as_spec
 from ..run.executor import open_for
-from ..compile.fit import MODES, Target, fit, model_target
+from ..compile.fit import MODES, Target, fit, memory_names_note, model_target
 from ..compile.params import Config
 from ..compile.plan import TensorInfo
 from ..run.memory import remap_tensors, tensor_info
@@ -70,7 +70,13 @@ def load_into(model: Any, checkpoint: str | Path, spec: Spec | str | Path | None
             plan, tensors = remap_tensors(spec, tensors, None, params, config)  # open_for applied the selection
             origin = {s.output: s.rule for s in plan.steps}
         target = model_target(model)
-        kept, fitted = fit({k: tensor_info(v) for k, v in tensors.items()}, target, mode, drop, origin, api=True)
+        try:
+            kept, fitted = fit({k: tensor_info(v) for k, v in tensors.items()}, target, mode, drop, origin, api=True)
+        except ConversionError as exc:
+            note = memory_names_note(model)  # a transformers model's files use other names: say which compared
+            if note is not None:
+                exc.details.insert(0, note)
+            raise
         load = {k: tensors[k] for k in kept if k in target.infos}
         result = model.load_state_dict(load, strict=False)
     finally:
@@ -122,5 +128,5 @@ def target_infos(target: Any) -> Target | Mapping[str, TensorInfo] | None:
     if target is None or isinstance(target, Mapping):
         return target
     if isinstance(target, str) and is_factory(target):
-        return model_target(from_factory(target))
+        return model_target(from_factory(target), names="file")
     return read_infos(target, role="--target")

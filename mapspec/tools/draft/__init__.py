@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from ...compile.hints import plural
+from ...compile.plan import Plan, TensorInfo, compile_spec
 from ...lang.formatter import format_text
 from ...lang.parser import parse_spec
-from ...compile.plan import Plan, TensorInfo, compile_spec
-from .generalize import Rule, generalize
+from ...ops.actions import format_shape
+from .generalize import Rule, generalize, target_only
 from .pairing import Pairing, pair
 from .render import explain_lines, spec_text
 
@@ -40,7 +42,11 @@ def draft(source: Mapping[str, TensorInfo], target: Mapping[str, TensorInfo], *,
           source_name: str = "source", target_name: str = "target", file: str = "draft.map") -> Draft:
     """A verified draft spec converting `source` tensors into `target` ones."""
     pairing = pair(source, target)
-    attempts = ({}, {"restrict": True}, {"literal": True})
+    pairing.target_only = target_only(pairing)
+    # plainer and plainer rules until they compile and reproduce the pairs: unpaired source keys
+    # are spelled out one by one before the paired ones lose their general rules
+    attempts = ({}, {"restrict": True}, {"literal_drops": True}, {"restrict": True, "literal_drops": True},
+                {"literal": True})
     last_error = None
     for options in attempts:
         rules = generalize(pairing.pairs, pairing.dropped, pairing.source, **options)
@@ -63,8 +69,16 @@ def _reproduces(plan: Plan, pairing: Pairing) -> bool:
 
 
 def _problems(plan: Plan, pairing: Pairing, target: Mapping[str, TensorInfo]) -> list[str]:
+    """What keeps the draft from fitting the target: a line per target key a suggestion leaves
+    to the reviewer, one per pattern of target keys no source tensor can make."""
     from ...compile.fit import compare as compare_target
 
     counters = set(pairing.counters)
     report = compare_target(plan.outputs(), {k: v for k, v in target.items() if k not in counters})
-    return report.lines()
+    only = {k for _, keys in pairing.target_only for k in keys}
+    out = [line for line, (k, _) in zip(report.lines(), report.missing) if k not in only]
+    out += [f"missing from the output: {plural(len(keys), 'target key')} no source tensor holds, {glob} "
+            f"(e.g. {keys[0]} {format_shape(target[keys[0]].shape)})" if len(keys) > 1 else
+            f"missing from the output: {keys[0]} {format_shape(target[keys[0]].shape)} (no source tensor holds it)"
+            for glob, keys in pairing.target_only]
+    return out + report.lines()[len(report.missing):]

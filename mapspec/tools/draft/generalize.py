@@ -13,20 +13,21 @@ Drops go through the same steps with no target."""
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from .keys import Side, is_boundary, is_number, shared_ends, tokens
-from .pairing import Pair
+from .pairing import Pair, drop_kind
 
 PLAIN = re.compile(r"^[A-Za-z0-9_./:()\-]+$")
 SEGMENT = re.compile(r"[./]")
 ALT = re.compile(r"^[A-Za-z0-9_./()\-]+$")
 
 # Part kinds: ("lit", text) | ("int", ordinal, values or None) | ("var", entries, used, ordered)
-#             | ("ns",) the source namespace (arg:/aux:), its values read from the rule's keys | ("rest", leaves or None) for ** rules
+#             | ("glob",) any keys (`**`, in a drop of one leaf) | ("ns",) the source namespace (arg:/aux:), its values read from the rule's keys | ("rest", leaves or None) for ** rules
 # target:     ("lit", text) | ("expr", expr) | ("var", entries, used, ordered) | ("fan", values)
 #             | ("rest",)
 
@@ -41,22 +42,24 @@ class Rule:
 
 
 def generalize(pairs: list[Pair], drops: dict[str, str], source: Side, *, literal: bool = False,
-               restrict: bool = False) -> list[Rule]:
+               restrict: bool = False, literal_drops: bool = False) -> list[Rule]:
     """Rules reproducing exactly `pairs` and dropping exactly `drops`' keys.
 
     `restrict` limits every number capture to the values seen; `literal` writes one rule per
-    pair (the fallbacks when a generalised draft does not reproduce its own pairs)."""
+    pair, `literal_drops` one per dropped key (the fallbacks when a generalised draft does not
+    reproduce its own pairs: unpaired keys are spelled out before the pairs lose their rules)."""
     rules: list[Rule] = []
     rest = list(pairs)
     if not literal:
         subtree, rest = _subtrees(rest, source)
         rules += subtree
     items = [(_src_parts(p.sources, source, literal), _tgt_parts(p.targets), p.actions, p) for p in rest]
-    by_reason: dict[str, list[str]] = defaultdict(list)
+    if not (literal or literal_drops):
+        leafs, drops = _leaf_drops(drops, source)
+        rules += leafs
+    # drops of one kind generalise together: the reasons differ only in each key's shape
     for k, why in drops.items():
-        by_reason[why].append(k)
-    for why, ks in by_reason.items():
-        items += [(_src_parts((k,), source, literal), None, ("drop", why), (k, why)) for k in ks]
+        items.append((_src_parts((k,), source, literal or literal_drops), None, ("drop", drop_kind(why)), (k, why)))
     if literal:
         return rules + [_literal_rule(s, t, a, x) for s, t, a, x in items]
     groups: dict[tuple, list] = defaultdict(list)
@@ -68,6 +71,46 @@ def generalize(pairs: list[Pair], drops: dict[str, str], source: Side, *, litera
     for (ss, _, a), members in groups.items():
         rules += _solve_group(members, a, restrict or shared[ss] > 1)
     return _merge(rules)
+
+
+def _leaf_drops(drops: dict[str, str], side: Side) -> tuple[list[Rule], dict[str, str]]:
+    """`drop **.LEAF` where every key of that leaf is dropped for one reason (BatchNorm
+    counters in every module); the drops left over."""
+    by_leaf: dict[str, list[str]] = defaultdict(list)
+    for k in side.keys:
+        by_leaf[k.rsplit(".", 1)[-1] if "." in k and not side.namespace[k] else ""].append(k)
+    rules, left = [], dict(drops)
+    for leaf, keys in by_leaf.items():
+        kinds = {drop_kind(drops[k]) if k in drops else None for k in keys}
+        if leaf and len(keys) > 1 and len(kinds) == 1 and None not in kinds and ALT.match(leaf):
+            rules.append(Rule((("glob",), ("lit", "." + leaf)), None, (), [(k, drops[k]) for k in keys], kinds.pop()))
+            for k in keys:
+                del left[k]
+    return rules, left
+
+
+def target_only(pairing) -> list[tuple[str, list[str]]]:
+    """Target keys that no source tensor can make (not those a suggestion leaves open), as a
+    few globs, each with its keys: generalised as drops over the target's names, each glob
+    checked to match none of the target keys the draft does make (else its keys one by one)."""
+    # a family's suggestion names its members with '#' for their numbers
+    suggested = [re.compile(re.escape(t).replace("\\#", r"\d+")) for s in pairing.suggestions for t in s.targets]
+    keys = [k for k in pairing.unexplained if not any(p.fullmatch(k) for p in suggested)]
+    if not keys:
+        return []
+    side = pairing.target
+    made = [t for p in pairing.pairs for t in p.targets]
+    out = []
+    for rule in generalize([], {k: "only in the target" for k in keys}, side):
+        mine = [k for k, _ in rule.pairs]
+        spaces = {side.namespace[k] for k in mine}
+        glob = "".join(spaces.pop() if p[0] == "ns" and len(spaces) == 1 else
+                       "*" if p[0] in ("int", "var", "ns", "glob") else p[1] for p in rule.src)
+        if any(fnmatch.fnmatchcase(k, glob) for k in made):
+            out += [(k, [k]) for k in mine]
+        else:
+            out.append((glob, mine))
+    return out
 
 
 # ------------------------------------------------------------------ parts

@@ -68,6 +68,7 @@ class Pairing:
     dropped: dict[str, str] = field(default_factory=dict)     # source key -> why it has no counterpart
     unexplained: list[str] = field(default_factory=list)      # target keys nothing produces
     counters: list[str] = field(default_factory=list)         # target counters nothing produces
+    target_only: list[tuple[str, list[str]]] = field(default_factory=list)  # (glob, keys) no source tensor can make
 
     def mapping(self) -> dict[str, tuple[str, ...]]:
         """target key -> the source keys it is made from."""
@@ -495,7 +496,21 @@ class _State:
         if best is not None and score >= 0.5:
             return (f"shape {_shape(shape)} differs from the target's closest name, {best} "
                     f"{_shape(T.infos[best].shape)} (a different head?)")
-        return f"no target tensor of a compatible shape {_shape(shape)} is left"
+        return f"{NO_PLACE}: {_shape(shape)}"
+
+
+NO_PLACE = "no target tensor of a compatible shape is left"
+DIFFERENT_HEAD = "differs from the target's closest name"
+
+
+def drop_kind(why: str) -> str:
+    """The kind of a drop reason, without the key's own shape or name: drops of one kind are
+    generalised together (a conv bias per block is one rule, whatever the block's width)."""
+    if why.startswith(NO_PLACE):
+        return NO_PLACE
+    if DIFFERENT_HEAD in why:
+        return f"its shape {DIFFERENT_HEAD} (a different head?)"
+    return why
 
 
 def _sum_dim(shape: tuple[int, ...], parts: list[tuple[int, ...]]) -> int | None:

@@ -8,7 +8,7 @@ from collections import Counter
 
 from .generalize import ALT, Rule
 from .keys import Side
-from .pairing import Pairing
+from .pairing import NO_PLACE, Pairing
 
 KEYCHARS = re.compile(r"[A-Za-z0-9_./:()\-]+|[^A-Za-z0-9_./:()\-]+")
 INTS = "ijklmn"
@@ -62,6 +62,8 @@ def rule_text(rule: Rule, side: Side, tables: Tables) -> str:
         kind = p[0]
         if kind == "lit":
             src.append(lit(p[1]))
+        elif kind == "glob":
+            src.append("**")
         elif kind == "ns":
             spaces = sorted({side.namespace[k] for k in _source_keys(rule)})
             src.append(spaces[0] if len(spaces) == 1 else "{x:" + "|".join(spaces) + "}")
@@ -140,12 +142,28 @@ def _source_keys(rule: Rule) -> list[str]:
 def rule_comment(rule: Rule) -> str:
     if rule.tgt is None:
         n = len(rule.pairs)
-        return f"# dropped ({n} tensor{'s' if n != 1 else ''}): {rule.why}"
+        line = f"# dropped ({n} tensor{'s' if n != 1 else ''}): {_drop_reasons(rule)}"
+        if rule.why == NO_PLACE:  # weights the target model lacks: dropping them is not free
+            line += ("\n# the target model has no place for them: unless they are zero (or folded into"
+                     "\n# another tensor by hand), the converted model computes something else")
+        return line
     weakest = min(rule.pairs, key=lambda p: p.evidence.strength).evidence
     n = sum(len(p.targets) for p in rule.pairs)
     kinds = Counter(p.evidence.kind for p in rule.pairs)
     mix = ", ".join(f"{k} x{c}" for k, c in kinds.most_common())
     return f"# {n} target tensor{'s' if n != 1 else ''} [{mix}]; weakest: {weakest}"
+
+
+def _drop_reasons(rule: Rule) -> str:
+    """A drop rule's reason: its kind, then what differs between its keys (their shapes, or
+    one example of a name and shape)."""
+    whys = Counter(why for _, why in rule.pairs)
+    if set(whys) == {rule.why}:
+        return rule.why
+    if rule.why == NO_PLACE:
+        shapes = Counter(why[len(NO_PLACE) + 2:] for _, why in rule.pairs)
+        return f"{NO_PLACE} ({', '.join(f'{s} x{c}' if c > 1 else s for s, c in shapes.items())})"
+    return f"{rule.why}; e.g. {rule.pairs[0][0]}: {rule.pairs[0][1]}"
 
 
 def spec_text(pairing: Pairing, rules: list[Rule], source_name: str, target_name: str) -> str:
@@ -183,6 +201,13 @@ def spec_text(pairing: Pairing, rules: list[Rule], source_name: str, target_name
         head.append("# torch's load_state_dict fills them in; check with --fit drop --drop '*.num_batches_tracked'.")
     if pairing.unexplained:
         head.append(f"# INCOMPLETE: {len(pairing.unexplained)} target tensors are not explained by this draft.")
+    if pairing.target_only:
+        n = sum(len(keys) for _, keys in pairing.target_only)
+        globs = [g for g, _ in pairing.target_only]
+        head.append(f"# {n} of them no source tensor holds (the source model has no such parameter):")
+        head += [f"#   {g}  ({len(keys)})" for g, keys in pairing.target_only]
+        head.append("# The target model starts those from its own initialisation; if that is what you want, check")
+        head.append("# with --fit drop " + " ".join(f"--drop '{g}'" for g in globs) + ".")
     head += CANNOT_KNOW.splitlines()
     head += ["mapspec 1", ""]
     return "\n".join(head + tables.text() + body).rstrip() + "\n"
