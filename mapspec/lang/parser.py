@@ -141,41 +141,58 @@ class _Builder:
                 assertions.extend(sub.assertions)
             elif kind == "table":
                 tables.append(self._table(st))
-            elif kind == "rename":
-                rules.append(self._rename(st))
-            elif kind == "copy":
-                rules.append(self._copy(st))
-            elif kind == "drop":
-                rules.append(self._drop(st.children, span))
-            elif kind == "keep":
-                rules.append(self._keep(st.children, span))
-            elif kind == "optional":
-                inner = st.children[0]
-                rule = (self._rename(inner) if inner.data == "rename" else self._keep(inner.children, span)
-                        if inner.data == "keep" else
-                        self._drop(inner.children, span))
-                rules.append(rule.model_copy(update={"optional": True, "span": span}))
-            elif kind == "otherwise":
-                rules.append(self._rename(st.children[0]).model_copy(update={"otherwise": True, "span": span}))
-            elif kind == "otherwise_keep":
-                rules.append(self._keep([self._everything(st)] + st.children, span).model_copy(
-                    update={"otherwise": True}))
-            elif kind == "otherwise_drop":
-                rules.append(DropRule(patterns=(self._everything(st),), span=span, otherwise=True))
-            elif kind == "param":
-                definitions.append(self._param(st, span))
-            elif kind == "let":
-                name_tok, line = st.children
-                definitions.append(Let(name=str(name_tok), expr=self._line(line), span=self.span_tok(name_tok)))
-            elif kind == "assertion":
-                assertions.append(self._assertion(st.children[0], span))
-            else:  # pragma: no cover - the grammar has no other statements
-                raise self.error(f"unknown statement {kind}", span)
+            else:
+                node = self.statement(st)
+                (assertions if isinstance(node, Assertion) else definitions if isinstance(node, (Param, Let))
+                 else rules).append(node)
         if seen:
             first = min(seen.values(), key=lambda s: (s.line, s.column))
             header = header.model_copy(update={"span": first})
         return Spec(file=self.file, header=header, tables=tuple(tables), rules=tuple(rules),
                     includes=tuple(includes), definitions=tuple(definitions), assertions=tuple(assertions))
+
+    def statement(self, st: Tree):
+        """One rule, parameter, let or assertion statement as its node (the header, tables and
+        includes are the spec's own business: `build`)."""
+        build = getattr(self, "_st_" + st.data, None)
+        if build is None:  # pragma: no cover - the grammar has no other statements
+            raise self.error(f"unknown statement {st.data}", self.span_tree(st))
+        return build(st, self.span_tree(st))
+
+    def _st_rename(self, st: Tree, span: Span) -> RenameRule:
+        return self._rename(st)
+
+    def _st_copy(self, st: Tree, span: Span) -> RenameRule:
+        return self._copy(st)
+
+    def _st_drop(self, st: Tree, span: Span) -> DropRule:
+        return self._drop(st.children, span)
+
+    def _st_keep(self, st: Tree, span: Span) -> KeepRule:
+        return self._keep(st.children, span)
+
+    def _st_optional(self, st: Tree, span: Span):
+        inner = st.children[0]
+        return self.statement(inner).model_copy(update={"optional": True, "span": span})
+
+    def _st_otherwise(self, st: Tree, span: Span) -> RenameRule:
+        return self._rename(st.children[0]).model_copy(update={"otherwise": True, "span": span})
+
+    def _st_otherwise_keep(self, st: Tree, span: Span) -> KeepRule:
+        return self._keep([self._everything(st)] + st.children, span).model_copy(update={"otherwise": True})
+
+    def _st_otherwise_drop(self, st: Tree, span: Span) -> DropRule:
+        return DropRule(patterns=(self._everything(st),), span=span, otherwise=True)
+
+    def _st_param(self, st: Tree, span: Span) -> Param:
+        return self._param(st, span)
+
+    def _st_let(self, st: Tree, span: Span) -> Let:
+        name_tok, line = st.children
+        return Let(name=str(name_tok), expr=self._line(line), span=self.span_tok(name_tok))
+
+    def _st_assertion(self, st: Tree, span: Span) -> Assertion:
+        return self._assertion(st.children[0], span)
 
     def _drop(self, children: list, span: Span) -> DropRule:
         """`drop P | Q`, with `reverse none` under it (the inverse may leave the keys out)."""

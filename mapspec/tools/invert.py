@@ -32,12 +32,13 @@ from typing import Mapping
 
 from ..ops import actions as act
 from ..errors import SpecError, SpecErrors, Span, UsageError
-from ..lang.formatter import format_text
 from ..lang.parser import parse_spec
 from ..compile.plan import Plan, Step, TensorInfo, compile_spec
 from ..compile.params import Config, bind
-from ..lang.rules import (BinOp, Capture, DropRule, Fanout, KeepRule, Lit, Lookup, Num, Pattern, Ref, RenameRule, Spec,
-                    Subst, Template, action_text, expr_text)
+from ..lang import text as write
+from ..lang.exprs import names, transform, walk
+from ..lang.rules import (Action, BinOp, Capture, DropRule, Fanout, Header, KeepRule, Lit, Lookup, Num, Pattern, Ref,
+                          RenameRule, Spec, Subst, Table, TableEntry, Template)
 
 class NotInvertible(SpecErrors):
     """One or more rules have no inverse; each problem at its own rule, in file order."""
@@ -121,7 +122,7 @@ class _Inverter:
         self.lossy = lossy
         self.tables = {t.name: t.mapping() for t in spec.tables}
         self.used_tables: set[str] = set()
-        self.new_tables: dict[str, dict[str, str]] = {}
+        self.new_tables: dict[str, tuple[dict[str, str], Span]] = {}  # name -> (entries, where made)
         self.problems: list[SpecError] = []
         self.losses: list[str] = []
         self.shapes: dict[Span, _Shapes] = {}
@@ -193,7 +194,7 @@ class _Inverter:
 
     # -------------------------------------------------------------- the whole spec
     def run(self) -> Inversion:
-        blocks: list[tuple[Span, list[str]]] = []
+        blocks: list[tuple[Span, object]] = []  # (forward rule, the inverse rule made from it)
         seen_patterns: dict[str, Span] = {}
         for rule in self.spec.rules:
             if self.plan is not None and rule.span not in self.used_rules:
@@ -211,7 +212,6 @@ class _Inverter:
                 continue
             if isinstance(rule, RenameRule) and rule.reverse is not None and rule.reverse.target is None:
                 continue  # `reverse none`: another rule writes these keys back
-            head = ("optional " if rule.optional else "") + ("otherwise " if rule.otherwise else "")
             if rule.otherwise and self.plan is None and getattr(rule, "reverse", None) is None:
                 self._fail("a catch-all cannot be inverted from the spec alone: a key it wrote could as well "
                            "be one another rule wrote, and its inverse would claim it; invert against the "
@@ -222,31 +222,31 @@ class _Inverter:
                 actions = self._actions(rule, [])
                 if actions is None:
                     continue
-                pats = [] if rule.otherwise else [p.text for p in rule.patterns]
-                keys = "keep" if rule.otherwise else "keep " + " | ".join(p.text for p in rule.patterns)
-                lines = [head + keys + "".join(f" then {a}" for a in actions)]
+                made = KeepRule(patterns=rule.patterns, actions=tuple(actions), span=rule.span,
+                                otherwise=rule.otherwise, optional=rule.optional)
+                pats = [] if rule.otherwise else list(rule.patterns)
             elif rule.is_copy:
                 if rule.if_absent and self.plan is None:
                     continue  # the ordinary rule for the same target inverts it
                 # The copy's target holds the same values as its source's own output: the
                 # inverse leaves it out (the round trip checks they are equal).
-                pattern, _ = self._pattern_from(rule.target, rule.sources[0].captures())
+                pattern, _ = self._pattern_from(rule.target, rule.sources[0].captures(), rule.span)
                 if pattern is None:
                     continue
-                pats, lines = [pattern], [f"drop {pattern}"]
+                made = DropRule(patterns=(pattern,), span=rule.span)
+                pats = [pattern]
             else:
-                inv = self._rename(rule)
-                if inv is None:
+                made = self._rename(rule)
+                if made is None:
                     continue
-                pats = [inv[0]]
-                lines = [head + inv[0] + " -> " + inv[1] + "".join(f" then {a}" for a in inv[2])]
-            for p in pats:
+                pats = list(made.sources)
+            for p in (write.pattern(p.parts) for p in pats):
                 if p in seen_patterns:
                     self._fail(f"the inverse of this rule reads the same keys ({p}) as the inverse of the rule "
                                f"at line {seen_patterns[p].line}: which one should write them back? Mark the other "
                                "`reverse none`", rule.span)
                 seen_patterns.setdefault(p, rule.span)
-            blocks.append((rule.span, lines))
+            blocks.append((rule.span, made))
         fallbacks = {r.span.line for r in self.spec.rules if isinstance(r, RenameRule) and len(r.sources) > 1
                      and r.span.file == self.spec.file}
         for line in sorted(k for k in self.prefer if k is not None and k not in fallbacks):
@@ -258,30 +258,23 @@ class _Inverter:
             raise NotInvertible(self.problems)
         return self._emit(blocks)
 
-    def _emit(self, blocks: list[tuple[Span, list[str]]]) -> Inversion:
+    def _emit(self, blocks: list[tuple[Span, object]]) -> Inversion:
         h = self.spec.header
         name = Path(self.spec.file).name
-        out = [f"# The inverse of {name}, derived by `mapspec invert`."]
+        comments = [f"The inverse of {name}, derived by `mapspec invert`."]
         if self.bindings:
-            out.append("# with " + ", ".join(f"{b.name} = {b.value}" for b in self.bindings))
-        out += [f"# warning: {loss}" for loss in self.losses]  # what the inverse does not restore, in its text
-        out.append("mapspec 1")
-        if h.source or h.target:
-            out.append(f"from {h.target or 'unknown'} to {h.source or 'unknown'}")
-        for t in self.spec.tables:
-            if t.name in self.used_tables:
-                out += ["", f"table {t.name} {{"] + [f"  {e.key} = {e.value}" for e in t.entries] + ["}"]
-        for tname, mapping in self.new_tables.items():
-            out += ["", f"table {tname} {{"] + [f"  {k} = {v}" for k, v in mapping.items()] + ["}"]
-        out.append("")
-        for span, lines in blocks:
-            out.append(f"# {name}:{span.line}")
-            out.extend(lines)
-        text = format_text("\n".join(out) + "\n")
-        inverse_name = f"{self.spec.file} (inverted)"
-        inverse = parse_spec(text=text, name=inverse_name)
-        # The formatter keeps rule order, so the i-th inverse rule comes from the i-th block.
-        origins = {r.span: span for r, (span, _) in zip(inverse.rules, blocks)}
+            comments.append("with " + ", ".join(f"{b.name} = {b.value}" for b in self.bindings))
+        comments += [f"warning: {loss}" for loss in self.losses]  # what the inverse does not restore, in its text
+        header = Header(source=h.target or "unknown", target=h.source or "unknown") if h.source or h.target else Header()
+        tables = [t for t in self.spec.tables if t.name in self.used_tables]
+        tables += [Table(name=tname, entries=tuple(TableEntry(key=k, value=v, span=span) for k, v in mapping.items()),
+                         span=span) for tname, (mapping, span) in self.new_tables.items()]
+        text, where = write.spec(header, tables, [([f"{name}:{span.line}"], made) for span, made in blocks], comments)
+        inverse = parse_spec(text=text, name=f"{self.spec.file} (inverted)")
+        # Each inverse rule is linked to the forward rule it was made from: the writer says
+        # which rule object it wrote on the line the parsed rule starts on.
+        forward = {id(made): span for span, made in blocks}
+        origins = {r.span: forward[id(where[r.span.line])] for r in inverse.rules}
         self._check_fallback(inverse)
         if self.problems:
             raise self.problems[0] if len(self.problems) == 1 else NotInvertible(self.problems)
@@ -314,24 +307,25 @@ class _Inverter:
                        "keys rules of their own", fallback.span)
 
     # -------------------------------------------------------------- one rename rule
-    def _rename(self, rule: RenameRule):
+    def _rename(self, rule: RenameRule) -> RenameRule | None:
         n_problems = len(self.problems)
         source = self._choose_source(rule)
         if source is None:
             return None
         caps = source.captures()
-        pattern, values = self._pattern_from(rule.target, caps)
+        pattern, values = self._pattern_from(rule.target, caps, rule.span)
         merge_axes = self._merge_axes(rule, source)
         reported = _refs_in(rule.target) - set(values)  # their arithmetic or table was refused above
         template = self._template_from(rule.reverse.target if rule.reverse is not None else source,
                                        values, merge_axes, reported)
         if rule.reverse is not None and rule.reverse.actions is not None:
-            actions = [action_text(a) for a in rule.reverse.actions]
+            actions = list(rule.reverse.actions)
         else:
             actions = self._actions(rule, merge_axes)
         if len(self.problems) > n_problems or pattern is None or template is None or actions is None:
             return None
-        return pattern, template, actions
+        return RenameRule(sources=(pattern,), target=template, actions=tuple(actions), span=rule.span,
+                          otherwise=rule.otherwise, optional=rule.optional)
 
     def _choose_source(self, rule: RenameRule) -> Pattern | None:
         if len(rule.sources) == 1:
@@ -365,25 +359,28 @@ class _Inverter:
         return [c for c in source.parts if isinstance(c, Capture) and c.name and c.name not in used]
 
     # -------------------------------------------------------------- target -> inverse pattern
-    def _pattern_from(self, target: Template, caps: dict[str, Capture]):
+    def _pattern_from(self, target: Template, caps: dict[str, Capture], span: Span):
         """The inverse's pattern, and for each forward capture the expression of its value."""
-        parts: list[str] = []
-        values: dict[str, str] = {}
+        parts: list = []
+        values: dict[str, object] = {}
         ok = True
         for part in target.parts:
             if isinstance(part, Lit):
-                parts.append(_quote(part.text))
+                parts.append(part)
             elif isinstance(part, Fanout):
-                parts.append("{" + part.capture.name + ":" + _ctype(part.capture) + "}")
+                parts.append(part.capture)
             else:
                 got = self._invert_expr(part, caps, values)
                 if got is None:
                     ok = False
                 else:
                     parts.append(got)
-        return ("".join(parts) if ok else None), values
+        if not ok:
+            return None, values
+        parts = _joined(parts)
+        return Pattern(parts=parts, text=write.pattern(parts), span=span), values
 
-    def _invert_expr(self, part: Subst, caps: dict[str, Capture], values: dict[str, str]) -> str | None:
+    def _invert_expr(self, part: Subst, caps: dict[str, Capture], values: dict[str, object]) -> Capture | None:
         expr = part.expr
         if isinstance(expr, Ref):
             cap = caps[expr.name]
@@ -391,8 +388,8 @@ class _Inverter:
                 return None
             if cap.type == "table":
                 self.used_tables.add(cap.table)
-            values[expr.name] = expr.name
-            return "{" + expr.name + _capture_suffix(cap) + "}"
+            values[expr.name] = expr
+            return cap
         if isinstance(expr, Lookup) and isinstance(expr.key, Ref):
             name = expr.key.name
             cap = caps[name]
@@ -409,46 +406,47 @@ class _Inverter:
                 inverse[v] = k
             if not self._bind(name, values, part.span):
                 return None
-            tname = self._table(expr.table, inverse)
-            values[name] = f"{tname}[{name}]"
-            return "{" + name + " in " + tname + "}"
+            tname = self._table(expr.table, inverse, expr.span)
+            values[name] = Lookup(table=tname, key=expr.key, span=expr.span)
+            return Capture(name=name, type="table", table=tname, span=part.span)
         linear = _linear(expr)
         if linear is not None:
             name, offset = linear
             if not self._bind(name, values, part.span):
                 return None
-            values[name] = name if offset == 0 else f"{name}{'-' if offset > 0 else '+'}{abs(offset)}"
-            return "{" + name + ":int}"
-        self._fail(f"template arithmetic {{{expr_text(expr, sep='')}}} cannot be inverted (only {{c + k}} and "
+            ref = Ref(name=name, span=part.span)
+            values[name] = ref if offset == 0 else BinOp(op="-" if offset > 0 else "+", left=ref, right=Num(value=abs(offset)))
+            return Capture(name=name, type="int", span=part.span)
+        self._fail(f"template arithmetic {{{write.expr(expr, compact=True)}}} cannot be inverted (only {{c + k}} and "
                    "{c - k} can); state the inverse with `reverse -> ...`", part.span)
         return None
 
-    def _bind(self, name: str, values: dict[str, str], span: Span) -> bool:
+    def _bind(self, name: str, values: dict[str, object], span: Span) -> bool:
         if name in values:
             self._fail(f"{{{name}}} appears twice in the target; the inverse would bind it twice", span)
             return False
         return True
 
-    def _table(self, name: str, inverse: dict[str, str]) -> str:
-        for tname, mapping in self.new_tables.items():
+    def _table(self, name: str, inverse: dict[str, str], span: Span) -> str:
+        for tname, (mapping, _) in self.new_tables.items():
             if mapping == inverse and tname.startswith(name + "_r"):
                 return tname
         tname = f"{name}_r"
         n = 2
         while tname in self.new_tables or tname in self.tables:
             tname, n = f"{name}_r{n}", n + 1
-        self.new_tables[tname] = inverse
+        self.new_tables[tname] = (inverse, span)
         return tname
 
     # -------------------------------------------------------------- source -> inverse template
-    def _template_from(self, node, values: dict[str, str], merge_axes: list[Capture],
-                       reported: set[str]) -> str | None:
+    def _template_from(self, node, values: dict[str, object], merge_axes: list[Capture],
+                       reported: set[str]) -> Template | None:
         axes = {c.name: c for c in merge_axes}
-        out: list[str] = []
+        out: list = []
         ok = True
         for part in node.parts:
             if isinstance(part, Lit):
-                out.append(_quote(part.text))
+                out.append(part)
             elif isinstance(part, Capture):
                 if part.name is None:
                     self._fail(f"the wildcard {'**' if part.type == 'multi' else '*'} in {node.text} does not "
@@ -456,9 +454,9 @@ class _Inverter:
                                "the target", part.span)
                     ok = False
                 elif part.name in axes:
-                    out.append("{" + part.name + ":" + _ctype(part) + "}")
+                    out.append(Fanout(capture=part))
                 elif part.name in values:
-                    out.append("{" + values[part.name] + "}")
+                    out.append(Subst(expr=values[part.name], span=part.span))
                 elif part.name in reported:
                     ok = False
                 else:
@@ -467,37 +465,33 @@ class _Inverter:
                                "it with `reverse -> ...`", part.span)
                     ok = False
             elif isinstance(part, Fanout):
-                out.append("{" + part.capture.name + ":" + _ctype(part.capture) + "}")
+                out.append(part)
             else:  # a reverse clause's substitution: forward captures -> the inverse's values
-                text = self._substitute(part.expr, values)
-                if text is None:
+                expr = self._substitute(part.expr, values)
+                if expr is None:
                     ok = False
                 else:
-                    out.append("{" + text + "}")
-        return "".join(out) if ok else None
+                    out.append(Subst(expr=expr, span=part.span))
+        if not ok:
+            return None
+        parts = _joined(out)
+        return Template(parts=parts, text=write.template(parts), span=node.span)
 
-    def _substitute(self, expr, values: dict[str, str]) -> str | None:
-        if isinstance(expr, Ref):
-            if expr.name not in values:
-                self._fail(f"{{{expr.name}}} is not known to the inverse (it does not reach the target)", expr.span)
+    def _substitute(self, expr, values: dict[str, object]):
+        """A reverse clause's expression over the forward captures, over the inverse's values."""
+        for node, _ in walk(expr):
+            if type(node) is Ref and node.name not in values:
+                self._fail(f"{{{node.name}}} is not known to the inverse (it does not reach the target)", node.span)
                 return None
-            v = values[expr.name]
-            return v if v == expr.name or "[" in v else f"({v})"
-        if isinstance(expr, Num):
-            return str(expr.value)
-        if isinstance(expr, Lookup):
-            self.used_tables.add(expr.table)
-            key = self._substitute(expr.key, values)
-            return None if key is None else f"{expr.table}[{key.strip('()')}]"
-        left = self._substitute(expr.left, values)
-        right = self._substitute(expr.right, values)
-        return None if left is None or right is None else f"({left} {expr.op} {right})"
+            if type(node) is Lookup:
+                self.used_tables.add(node.table)
+        return transform(expr, lambda e: values[e.name] if type(e) is Ref else e)
 
     # -------------------------------------------------------------- actions
-    def _actions(self, rule, merge_axes: list[Capture]) -> list[str] | None:
+    def _actions(self, rule, merge_axes: list[Capture]) -> list[Action] | None:
         fanouts = [p.capture.name for p in getattr(rule, "target", None).parts
                    if isinstance(p, Fanout)] if isinstance(rule, RenameRule) else []
-        inverse: list[list[str]] = []
+        inverse: list[list[Action]] = []
         known: tuple[int, ...] | None = None  # the shape before the action, when the spec fixes it
         ok = True
         for i, action in enumerate(rule.actions):
@@ -509,7 +503,8 @@ class _Inverter:
                      len(self.tables[cap.table]) if cap is not None and cap.type == "table" else None)
             ctx = act.InverseContext(known, axis, fanouts[0] if len(fanouts) == 1 else None, count, action.span)
             inv = d.spec_inverse(p, ctx)
-            inv = [action_text(a) for a in inv] if inv is not None else self._from_plan(rule, i, action, d, axis)
+            if inv is None:
+                inv = self._from_plan(rule, i, action, d, axis)
             if inv is None:
                 ok = False
             else:
@@ -517,13 +512,13 @@ class _Inverter:
             known = d.shape_after(p, known)
         return [a for inv in reversed(inverse) for a in inv] if ok else None
 
-    def _from_plan(self, rule, i: int, action, d, axis: str | None) -> list[str] | None:
+    def _from_plan(self, rule, i: int, action, d, axis: str | None) -> list[Action] | None:
         """The inverse from the forward plan: the actions' own `inverse`, the same for every
         tensor of the rule."""
         got = self._input(rule, i, action, d.needs, dtype_only=d.dtype_only)
         if got is None:
             return None
-        texts = set()
+        texts: dict[tuple[str, ...], list[Action]] = {}
         for planned, shapes, kinds in self.shapes[rule.span].planned[i]:
             inv = act.inverse(planned, list(shapes), kinds)
             loss = d.loss(planned) if inv is None else None
@@ -540,12 +535,12 @@ class _Inverter:
                 self._fail(f"{action.name}() has no inverse one rule can state for these tensors "
                            "(their shapes differ in more than one dimension)", action.span)
                 return None
-            texts.add(tuple(action_text(a) for a in written))
+            texts.setdefault(tuple(write.action(a) for a in written), written)
         if len(texts) != 1:
             self._fail(f"{action.name}() would be undone differently for different tensors of this rule "
                        f"({' / '.join(' '.join(t) for t in sorted(texts)[:3])}); split the rule", action.span)
             return None
-        return list(next(iter(texts)))
+        return next(iter(texts.values()))
 
 
 # ------------------------------------------------------------------ helpers
@@ -581,37 +576,19 @@ def _linear(expr) -> tuple[str, int] | None:
 
 
 def _refs_in(template: Template) -> set[str]:
-    out: set[str] = set()
-
-    def walk(e):
-        if isinstance(e, Ref):
-            out.add(e.name)
-        elif isinstance(e, BinOp):
-            walk(e.left)
-            walk(e.right)
-        elif isinstance(e, Lookup):
-            walk(e.key)
-
-    for part in template.parts:
-        if isinstance(part, Subst):
-            walk(part.expr)
-    return out
+    return {name for part in template.parts if isinstance(part, Subst) for name in names(part.expr)}
 
 
-def _capture_suffix(cap: Capture) -> str:
-    if cap.type == "segment":
-        return ""
-    if cap.type == "table":
-        return f" in {cap.table}"
-    return ":" + _ctype(cap)
+def _joined(parts: list) -> tuple:
+    """Pattern or template parts with adjacent literal text as one `Lit`, as the parser makes them."""
+    out: list = []
+    for p in parts:
+        if isinstance(p, Lit) and out and isinstance(out[-1], Lit):
+            out[-1] = Lit(text=out[-1].text + p.text)
+        else:
+            out.append(p)
+    return tuple(out)
 
 
 def _ctype(cap: Capture) -> str:
     return {"int": "int", "multi": "**", "segment": "*"}.get(cap.type) or "|".join(cap.alternatives)
-
-
-def _quote(text: str) -> str:
-    import re
-
-    return text if re.fullmatch(r"[A-Za-z0-9_.\/:()\-]*", text) and "->" not in text else '"' + text.replace(
-        "\\", "\\\\").replace('"', '\\"') + '"'
