@@ -40,6 +40,7 @@ from ..lang.rules import (
     Text,
     Tuple,
     Word,
+    join_literals,
 )
 
 
@@ -332,11 +333,8 @@ class _Substitute:
                 if p.type != "segment":
                     self.errors.append(SpecError(f"capture {{{p.name}}} has the name of a parameter", p.span))
                 p = Lit(text=str(self.values[p.name]))
-            if isinstance(p, Lit) and parts and isinstance(parts[-1], Lit):
-                parts[-1] = Lit(text=parts[-1].text + p.text)
-            else:
-                parts.append(p)
-        return pat.model_copy(update={"parts": tuple(parts)})
+            parts.append(p)
+        return pat.model_copy(update={"parts": join_literals(parts)})
 
     def _template(self, tpl: Template) -> Template:
         parts: list = []
@@ -348,11 +346,8 @@ class _Substitute:
             elif isinstance(p, Fanout) and p.capture.name in self.values:
                 self.errors.append(SpecError(f"capture {{{p.capture.name}}} has the name of a parameter",
                                              p.capture.span))
-            if isinstance(p, Lit) and parts and isinstance(parts[-1], Lit):
-                parts[-1] = Lit(text=parts[-1].text + p.text)
-            else:
-                parts.append(p)
-        return tpl.model_copy(update={"parts": tuple(parts)})
+            parts.append(p)
+        return tpl.model_copy(update={"parts": join_literals(parts)})
 
     def _expr(self, expr):
         return transform(expr, lambda e: Num(value=self._eval(e)) if type(e) is Ref and (

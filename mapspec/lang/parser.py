@@ -38,6 +38,7 @@ from .rules import (
     Text,
     Tuple,
     Word,
+    join_literals,
 )
 
 LANGUAGE_VERSION = 1
@@ -316,18 +317,17 @@ class _Builder:
         if items is None:  # not one of the common shapes: the parser reads (or rejects) it
             tree = grammar.parse_fragment(tok, "pattern", self.file, self.text)
             items = (self._pattern_part(part, tok) for part in tree.children)  # errors in order
-        parts: list = []
-        names: dict[str, Span] = {}
+        return Pattern(parts=join_literals(self._bound_once(items)), text=str(tok), span=self.span_tok(tok))
+
+    def _bound_once(self, items):
+        """The parts of a pattern, as they come; a capture name bound twice is an error there."""
+        names: set[str] = set()
         for item in items:
             if isinstance(item, Capture) and item.name:
                 if item.name in names:
                     raise self.error(f"capture {{{item.name}}} is bound twice in one pattern", item.span)
-                names[item.name] = item.span
-            if isinstance(item, Lit) and parts and isinstance(parts[-1], Lit):
-                parts[-1] = Lit(text=parts[-1].text + item.text)
-            else:
-                parts.append(item)
-        return Pattern(parts=tuple(parts), text=str(tok), span=self.span_tok(tok))
+                names.add(item.name)
+            yield item
 
     def _frag_span(self, tree_or_tok, base: Token) -> Span:
         if isinstance(tree_or_tok, Token):
@@ -374,13 +374,7 @@ class _Builder:
         items = keyscan.template_parts(str(tok), self.file, tok.line, tok.column)
         if items is None:  # not one of the common shapes: the parser reads (or rejects) it
             items = self._template_items(tok)
-        parts: list = []
-        for item in items:
-            if isinstance(item, Lit) and parts and isinstance(parts[-1], Lit):
-                parts[-1] = Lit(text=parts[-1].text + item.text)
-            else:
-                parts.append(item)
-        return Template(parts=tuple(parts), text=str(tok), span=self.span_tok(tok))
+        return Template(parts=join_literals(items), text=str(tok), span=self.span_tok(tok))
 
     def _template_items(self, tok: Token) -> list:
         tree = grammar.parse_fragment(tok, "template", self.file, self.text)

@@ -43,6 +43,17 @@ class Capture(Node):
 PatternPart = Annotated[Union[Lit, Capture], Field(discriminator="kind")]
 
 
+def join_literals(parts) -> tuple:
+    """Key parts with adjacent literal text as one `Lit`, as a parsed key has them."""
+    out: list = []
+    for p in parts:
+        if type(p) is Lit and out and type(out[-1]) is Lit:
+            out[-1] = Lit(text=out[-1].text + p.text)
+        else:
+            out.append(p)
+    return tuple(out)
+
+
 class Pattern(Node):
     parts: tuple[PatternPart, ...]
     text: str

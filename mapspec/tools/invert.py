@@ -38,7 +38,7 @@ from ..compile.params import Config, bind
 from ..lang import text as write
 from ..lang.exprs import names, transform, walk
 from ..lang.rules import (Action, BinOp, Capture, DropRule, Fanout, Header, KeepRule, Lit, Lookup, Num, Pattern, Ref,
-                          RenameRule, Spec, Subst, Table, TableEntry, Template)
+                          RenameRule, Spec, Subst, Table, TableEntry, Template, join_literals)
 
 class NotInvertible(SpecErrors):
     """One or more rules have no inverse; each problem at its own rule, in file order."""
@@ -377,7 +377,7 @@ class _Inverter:
                     parts.append(got)
         if not ok:
             return None, values
-        parts = _joined(parts)
+        parts = join_literals(parts)
         return Pattern(parts=parts, text=write.pattern(parts), span=span), values
 
     def _invert_expr(self, part: Subst, caps: dict[str, Capture], values: dict[str, object]) -> Capture | None:
@@ -474,7 +474,7 @@ class _Inverter:
                     out.append(Subst(expr=expr, span=part.span))
         if not ok:
             return None
-        parts = _joined(out)
+        parts = join_literals(out)
         return Template(parts=parts, text=write.template(parts), span=node.span)
 
     def _substitute(self, expr, values: dict[str, object]):
@@ -577,17 +577,6 @@ def _linear(expr) -> tuple[str, int] | None:
 
 def _refs_in(template: Template) -> set[str]:
     return {name for part in template.parts if isinstance(part, Subst) for name in names(part.expr)}
-
-
-def _joined(parts: list) -> tuple:
-    """Pattern or template parts with adjacent literal text as one `Lit`, as the parser makes them."""
-    out: list = []
-    for p in parts:
-        if isinstance(p, Lit) and out and isinstance(out[-1], Lit):
-            out[-1] = Lit(text=out[-1].text + p.text)
-        else:
-            out.append(p)
-    return tuple(out)
 
 
 def _ctype(cap: Capture) -> str:
