@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
-from ..errors import SpecError
+from ..errors import Span, SpecError
 from ..lang.rules import Action, Tuple, Word
 from .args import Shape, format_shape
 
@@ -92,6 +92,9 @@ class InverseContext:
     span: Any  # where the inverse actions are reported (the forward action)
 
 
+MADE = Span("<made by mapspec>", 1, 1, 1, 1)  # where an action made by mapspec, not written, is
+
+
 def make(name: str, *args, span=None, **kwargs) -> Action:
     """An action as the spec would write it: integers, tuples (lists), capture names (str)."""
     def value(v):
@@ -100,7 +103,7 @@ def make(name: str, *args, span=None, **kwargs) -> Action:
         return Word(name=v) if isinstance(v, str) else int(v)
 
     return Action(name=name, args=tuple(value(a) for a in args),
-                  kwargs=tuple((k, value(v)) for k, v in kwargs.items() if v is not None), span=span)
+                  kwargs=tuple((k, value(v)) for k, v in kwargs.items() if v is not None), span=span or MADE)
 
 
 class ActionDef:
