@@ -216,3 +216,10 @@ def test_walk_fold_and_transform_agree_on_every_expression(e):
     text = write.expr(e, compact=True)
     again = parse_spec(text=f"mapspec 1\na -> b.{{{text}}}\n").rules[0].target.parts[1].expr
     assert meaning(again) == meaning(e)
+
+
+def test_fmt_writes_keys_through_the_writer_quoting_only_what_needs_it():
+    messy = 'mapspec 1\n"abc".{i:int} -> "a b".{i}\n"drop" -> "x->y"\ntable t {\n  "k" = "v w"\n}\n'
+    tidy = format_text(messy)
+    assert tidy == 'mapspec 1\nabc.{i:int} -> "a b".{i}\n"drop" -> "x->y"\ntable t {\n  k = "v w"\n}\n'
+    assert meaning(parse_spec(text=tidy)) == meaning(parse_spec(text=messy))

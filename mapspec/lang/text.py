@@ -17,6 +17,7 @@ WIDTH = 100  # a rule longer than this puts each action on a line of its own
 INDENT = "    "
 PRECEDENCE = {"+": 1, "-": 1, "*": 2, "//": 2, "%": 2}
 _BARE = re.compile(r"[A-Za-z0-9_./:()\-]+")
+_SEGMENTS = re.compile(r"([./])")  # key text split at its path separators, kept
 # Words of the grammar a whole key cannot be bare (`drop -> x` is a drop): quoted then.
 KEYWORDS = frozenset({"mapspec", "from", "to", "select", "include", "table", "reverse", "none", "drop", "keep",
                       "param", "let", "assert", "copy", "otherwise", "optional", "then", "if", "in"})
@@ -25,9 +26,15 @@ KEYWORDS = frozenset({"mapspec", "from", "to", "select", "include", "table", "re
 # ------------------------------------------------------------------ keys
 
 def quote(text: str) -> str:
-    """Literal key text as a spec writes it: bare when it is all key characters (and holds
-    no arrow `->`), else in double quotes."""
-    return text if _BARE.fullmatch(text) and "->" not in text else string(text)
+    """Literal key text as a spec writes it: bare where it is all key characters (and holds
+    no arrow `->`), else each path segment that is not in double quotes (`"a b".c`)."""
+    if _bare(text):
+        return text
+    return "".join(piece if _bare(piece) or not piece else string(piece) for piece in _SEGMENTS.split(text))
+
+
+def _bare(text: str) -> bool:
+    return _BARE.fullmatch(text) is not None and "->" not in text
 
 
 def string(text: str) -> str:
