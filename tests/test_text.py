@@ -198,7 +198,7 @@ specs = st.builds(lambda h, d, a, t, r: Spec(file="<generated>", header=h, defin
                   st.lists(tables, max_size=2), st.lists(rules(), min_size=1, max_size=4))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs)
 def test_generated_specs_written_and_parsed_back_are_the_same(spec):
     assert meaning(reparsed(spec)) == meaning(spec)
