@@ -18,10 +18,11 @@ from typing import Any, Mapping
 from ..core import paths
 from ..core.quoting import clip, shown_path
 from ..errors import SpecError, SpecErrors, UsageError
+from ..lang.exprs import fold, names as expr_names, transform, walk
+from ..lang.text import expr as expr_text
 from ..lang.rules import (
     Action,
     Assertion,
-    BinOp,
     Calc,
     Call,
     Dec,
@@ -44,8 +45,7 @@ from ..lang.rules import (
     Text,
     Tuple,
     Word,
-    expr_names,
-    expr_text,
+    join_literals,
 )
 
 
@@ -398,38 +398,39 @@ def _check_assertion(a: Assertion, env: dict[str, Binding], declared) -> None:
 
 def evaluate(expr, env: Mapping[str, Binding], declared: Mapping = {}) -> int:
     """An integer expression over bound names."""
-    if isinstance(expr, Num):
-        return expr.value
-    if isinstance(expr, Ref):
-        b = env.get(expr.name)
-        if b is None:
-            if expr.name in declared:
-                raise SpecError(f"'{expr.name}' is used before its definition (line {declared[expr.name].span.line})",
-                                expr.span)
-            known = f" (parameters: {', '.join(env)})" if env else ""
-            raise SpecError(f"unknown name '{expr.name}'{known}", expr.span)
-        if not isinstance(b.value, int):
-            raise SpecError(f"arithmetic needs an integer; '{expr.name}' is text", expr.span)
-        return b.value
-    if isinstance(expr, Neg):
-        return -evaluate(expr.operand, env, declared)
-    if isinstance(expr, Lookup):
-        raise SpecError("a table lookup needs a capture; parameters are known when compiling", expr.span)
-    left, right = evaluate(expr.left, env, declared), evaluate(expr.right, env, declared)
-    if expr.op in ("//", "%") and right == 0:
-        raise SpecError(f"division by zero in {expr_text(expr)}", _first_span(expr))
-    return {"+": left + right, "-": left - right, "*": left * right}.get(expr.op) if expr.op in "+-*" else (
-        left // right if expr.op == "//" else left % right)
+    for node, _ in walk(expr):  # in evaluation order: the first name or lookup that fails
+        if type(node) is Lookup:
+            raise SpecError("a table lookup needs a capture; parameters are known when compiling", node.span)
+        if type(node) is Ref:
+            b = env.get(node.name)
+            if b is None:
+                if node.name in declared:
+                    raise SpecError(f"'{node.name}' is used before its definition "
+                                    f"(line {declared[node.name].span.line})", node.span)
+                known = f" (parameters: {', '.join(env)})" if env else ""
+                raise SpecError(f"unknown name '{node.name}'{known}", node.span)
+            if not isinstance(b.value, int):
+                raise SpecError(f"arithmetic needs an integer; '{node.name}' is text", node.span)
+
+    def visit(node, kids: list[int]) -> int:
+        kind = type(node)
+        if kind is Num:
+            return node.value
+        if kind is Ref:
+            return env[node.name].value
+        if kind is Neg:
+            return -kids[0]
+        left, right = kids
+        if node.op in ("//", "%") and right == 0:
+            raise SpecError(f"division by zero in {expr_text(node)}", _first_span(node))
+        return {"+": left + right, "-": left - right, "*": left * right}.get(node.op) if node.op in "+-*" else (
+            left // right if node.op == "//" else left % right)
+
+    return fold(expr, visit)
 
 
 def _first_span(expr):
-    if isinstance(expr, (Ref, Lookup)):
-        return expr.span
-    if isinstance(expr, BinOp):
-        return _first_span(expr.left) or _first_span(expr.right)
-    if isinstance(expr, Neg):
-        return _first_span(expr.operand)
-    return None
+    return next((node.span for node, _ in walk(expr) if type(node) in (Ref, Lookup)), None)
 
 
 class _Substitute:
@@ -526,11 +527,8 @@ class _Substitute:
                 if p.type != "segment":
                     self.errors.append(SpecError(f"capture {{{p.name}}} has the name of a parameter", p.span))
                 p = Lit(text=str(self.values[p.name]))
-            if isinstance(p, Lit) and parts and isinstance(parts[-1], Lit):
-                parts[-1] = Lit(text=parts[-1].text + p.text)
-            else:
-                parts.append(p)
-        return pat.model_copy(update={"parts": tuple(parts)})
+            parts.append(p)
+        return pat.model_copy(update={"parts": join_literals(parts)})
 
     def _template(self, tpl: Template) -> Template:
         parts: list = []
@@ -542,22 +540,12 @@ class _Substitute:
             elif isinstance(p, Fanout) and p.capture.name in self.values:
                 self.errors.append(SpecError(f"capture {{{p.capture.name}}} has the name of a parameter",
                                              p.capture.span))
-            if isinstance(p, Lit) and parts and isinstance(parts[-1], Lit):
-                parts[-1] = Lit(text=parts[-1].text + p.text)
-            else:
-                parts.append(p)
-        return tpl.model_copy(update={"parts": tuple(parts)})
+            parts.append(p)
+        return tpl.model_copy(update={"parts": join_literals(parts)})
 
     def _expr(self, expr):
-        if isinstance(expr, Ref) and (expr.name in self.values or expr.name in self.failed):
-            return Num(value=self._eval(expr))
-        if isinstance(expr, BinOp):
-            return expr.model_copy(update={"left": self._expr(expr.left), "right": self._expr(expr.right)})
-        if isinstance(expr, Neg):
-            return expr.model_copy(update={"operand": self._expr(expr.operand)})
-        if isinstance(expr, Lookup):
-            return expr.model_copy(update={"key": self._expr(expr.key)})
-        return expr
+        return transform(expr, lambda e: Num(value=self._eval(e)) if type(e) is Ref and (
+            e.name in self.values or e.name in self.failed) else e)
 
     def _actions(self, actions: tuple[Action, ...]) -> tuple[Action, ...]:
         return tuple(a.model_copy(update={"args": tuple(self._value(v) for v in a.args),
