@@ -24,7 +24,8 @@ def run(*args):
 
 def test_a_shipped_spec_is_included_and_extended_by_one_bias_rule(tmp_path):
     """A Meta Llama with a bias on wv (as some fine-tunes add): the including spec states the
-    same header as specs/llama_meta_to_hf.map and adds one rule; the conversion is the shipped
+    same header as specs/llama_meta_to_hf.map (its rank files included) and adds one rule,
+    the bias cut by rows across ranks like wv; the conversion is the shipped
     spec's (q/k permuted as transformers' script does) plus the bias."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
@@ -44,9 +45,11 @@ def test_a_shipped_spec_is_included_and_extended_by_one_bias_rule(tmp_path):
     params = meta_params(cfg)
     (tmp_path / "params.json").write_text(json.dumps(params))
     spec = tmp_path / "llama_with_v_bias.map"
-    spec.write_text(f'mapspec 1\nfrom meta to hf\ninclude "{SPECS / "llama_meta_to_hf.map"}"\n\n'
-                    "layers.{i:int}.attention.wv.bias -> model.layers.{i}.self_attn.v_proj.bias\n")
-    r = run("apply", spec, tmp_path / "consolidated.00.pth", "--config", tmp_path / "params.json",
+    spec.write_text(f'mapspec 1\nfrom meta to hf\nranks source "consolidated.{{rank:02}}.pth"\n'
+                    f'include "{SPECS / "llama_meta_to_hf.map"}"\n\n'
+                    "{rank:int}/layers.{i:int}.attention.wv.bias -> model.layers.{i}.self_attn.v_proj.bias\n"
+                    "    then concat(0, over=rank)\n")
+    r = run("apply", spec, tmp_path, "--config", tmp_path / "params.json",
             "-o", tmp_path / "hf.safetensors")
     assert r.exit_code == 0, r.output
     got = load_file(tmp_path / "hf.safetensors")
@@ -225,3 +228,11 @@ def test_two_layouts_written_back_the_keys_decide_with_where_else_an_error_names
     assert r.exit_code == 1  # a problem of this checkpoint's keys
     assert "the inverses of this rule and of the rule at two.map:2 both read 'blocks.1.norm': the keys do not " \
            "decide which to write back. State the key that tells the layouts apart" in r.output
+
+
+def test_including_a_rank_file_spec_without_its_ranks_line_is_an_error_at_that_line(tmp_path):
+    spec = tmp_path / "partial.map"
+    spec.write_text(f'mapspec 1\nfrom meta to hf\ninclude "{SPECS / "llama_meta_to_hf.map"}"\n')
+    r = run("check", spec)
+    assert r.exit_code == 2
+    assert "llama_meta_to_hf.map:13:1: error: this included file reads or writes rank files" in r.output

@@ -166,8 +166,6 @@ class _Builder:
                         raise self.error(f"'{_HEADER_WORD[kind]}' is given twice (first at line {seen[kind].line})", span)
                     if body_started:
                         raise self.error(f"'{_HEADER_WORD[kind]}' belongs in the header, before tables and rules", span)
-                    if not root and kind == "ranks":
-                        raise self.error("an included file cannot set 'ranks'; set it in the including spec", span)
                     seen[kind] = span
                     header = self._header(st, header, span)
                     if not root:
@@ -317,6 +315,10 @@ class _Builder:
         informative (the includer's stands), and `select` must be the includer's or be
         overridden by one the includer states; rules written for a selected sub-tree would
         not match the whole checkpoint."""
+        if kind == "ranks" and self.includer is not None and \
+                (self.includer.ranks_side, self.includer.ranks) != (header.ranks_side, header.ranks):
+            raise self.error("this included file reads or writes rank files; state the same 'ranks' line in the "
+                             "including spec (the rank files are the including spec's source or target)", span)
         if kind == "select" and self.includer is not None and self.includer.select is None:
             raise self.error(f"this included file selects '{header.select}' but the including spec selects "
                              f"nothing; state 'select {header.select}' (or another) in the including spec", span)
