@@ -1,7 +1,8 @@
 """The one spec writer (`mapspec.lang.text`): whatever it writes parses back to the same rule
 objects, and is already formatted. Proven over every shipped spec, every golden spec and
-golden inverse in tests/data, and generated specs with quoted keys, tables, arithmetic and
-actions of every argument kind (issue 16)."""
+golden inverse in tests/data, and generated specs with quoted keys, tables, arithmetic,
+actions of every argument kind and every statement of the language (meta, write, ranks, where
+clauses, named and typed captures, parameters from several keys or a length) (issue 16)."""
 
 from pathlib import Path
 
@@ -13,9 +14,9 @@ from mapspec.errors import Span
 from mapspec.lang import text as write
 from mapspec.lang.exprs import fold, names, transform, walk
 from mapspec.lang.formatter import format_text
-from mapspec.lang.rules import (Action, Assertion, BinOp, Calc, Capture, DropRule, Fanout, Header, KeepRule, Let, Lit,
-                                Lookup, Neg, Num, Param, Pattern, Ref, RenameRule, Reverse, Spec, Subst, Table,
-                                TableEntry, Template, Text, Tuple, Word)
+from mapspec.lang.rules import (Action, Assertion, BinOp, Calc, Call, Capture, Dec, DropRule, Fanout, Header, KeepRule,
+                                Let, Lit, Lookup, MetaEntry, MetaFrom, Neg, Num, Param, Pattern, Ref, RenameRule,
+                                Reverse, Spec, Subst, Table, TableEntry, Template, Text, Tuple, Word, WriteFile)
 
 from conftest import DATA
 
@@ -91,16 +92,23 @@ alternatives = st.lists(st.from_regex(r"[A-Za-z0-9_./()\-]{1,5}", fullmatch=True
                         unique=True).filter(lambda a: a != ["int"])
 
 
-def exprs(table_names=names_):
+decimals = st.from_regex(r"[0-9]{1,4}\.[0-9]{0,3}([eE][-+]?[0-9]{1,2})?|[0-9]{1,3}[eE][-+]?[0-9]{1,2}",
+                         fullmatch=True).map(lambda t: Dec(value=float(t), text=t))
+
+
+def exprs(table_names=names_, values: bool = False):
+    """Expressions; `values`: as a param's default, a let or a meta entry has them, with
+    decimals and typed calls (`float32(x)`) too."""
     leaves = st.one_of(names_.map(lambda n: Ref(name=n, span=SPAN)),
-                       st.integers(0, 10**6).map(lambda v: Num(value=v)))
+                       st.integers(0, 10**6).map(lambda v: Num(value=v)), *([decimals] if values else []))
 
     def grow(inner):
         return st.one_of(
             st.builds(lambda op, a, b: BinOp(op=op, left=a, right=b), st.sampled_from(["+", "-", "*", "//", "%"]),
                       inner, inner),
             inner.filter(lambda e: not isinstance(e, Num)).map(lambda e: Neg(operand=e)),
-            st.builds(lambda t, k: Lookup(table=t, key=k, span=SPAN), table_names, inner))
+            st.builds(lambda t, k: Lookup(table=t, key=k, span=SPAN), table_names, inner),
+            *([st.builds(lambda f, a: Call(func=f, arg=a, span=SPAN), names_, inner)] if values else []))
 
     return st.recursive(leaves, grow, max_leaves=6)
 
@@ -112,8 +120,11 @@ def captures(draw, name):
         return Capture(name=None, type="segment", span=SPAN)
     if kind == "anymulti":
         return Capture(name=None, type="multi", span=SPAN)
+    condition = None
+    if kind == "int" and draw(st.booleans()):  # `{a:int>0}`
+        condition = (draw(st.sampled_from(["==", "!=", "<", "<=", ">", ">="])), draw(st.integers(0, 99)))
     return Capture(name=name, type=kind, span=SPAN, alternatives=tuple(draw(alternatives)) if kind == "alt" else (),
-                   table=draw(names_) if kind == "table" else None)
+                   table=draw(names_) if kind == "table" else None, condition=condition)
 
 
 @st.composite
@@ -132,8 +143,9 @@ def patterns(draw):
 def templates(draw):
     parts = [Lit(text=draw(key_text))]
     for _ in range(draw(st.integers(0, 3))):
-        sub = draw(st.one_of(exprs().map(lambda e: Subst(expr=e, span=SPAN)),
-                             captures(draw(names_)).filter(lambda c: c.name is not None and c.type != "table")
+        sub = draw(st.one_of(st.builds(lambda e, n: Subst(expr=e, name=n, span=SPAN), exprs(), st.one_of(st.none(), names_)),
+                             captures(draw(names_)).filter(lambda c: c.name is not None and c.type != "table"
+                                                           and c.condition is None)
                              .map(lambda c: Fanout(capture=c))))
         parts += [sub, Lit(text=draw(key_text))]
     return Template(parts=tuple(parts), text="", span=SPAN)
@@ -162,7 +174,7 @@ def rules(draw):
     if kind == "otherwise keep":
         return KeepRule(patterns=(EVERYTHING,), actions=acts, span=SPAN, otherwise=True)
     if kind == "otherwise drop":
-        return DropRule(patterns=(EVERYTHING,), span=SPAN, otherwise=True)
+        return DropRule(patterns=(EVERYTHING,), span=SPAN, otherwise=True, reverse_none=draw(st.booleans()))
     if kind in ("drop", "keep"):
         pats = tuple(draw(st.lists(patterns(), min_size=1, max_size=2)))
         if kind == "drop":
@@ -173,28 +185,52 @@ def rules(draw):
     reverse = None
     if not copy and draw(st.booleans()):
         reverse = draw(st.one_of(st.just(Reverse(target=None, span=SPAN)),
-                                 st.builds(lambda t, a: Reverse(target=t, actions=a, span=SPAN), templates(),
+                                 st.builds(lambda t, a, w: Reverse(target=t, actions=a, where=w, span=SPAN), templates(),
                                            st.one_of(st.none(), st.lists(actions, min_size=1, max_size=2)
-                                                     .map(tuple)))))
-    return RenameRule(sources=sources, target=draw(templates()), actions=acts, reverse=reverse, span=SPAN,
+                                                     .map(tuple)), st.one_of(st.none(), templates()))))
+    where = None if copy else draw(st.one_of(st.none(), templates()))
+    return RenameRule(sources=sources, target=draw(templates()), actions=acts, reverse=reverse, where=where, span=SPAN,
                       is_copy=copy, if_absent=copy and draw(st.booleans()), otherwise=kind == "otherwise",
                       optional=optional)
 
 
 tables = st.builds(lambda n, e: Table(name=n, entries=tuple(TableEntry(key=k, value=v, span=SPAN) for k, v in e),
                                       span=SPAN), names_, st.lists(st.tuples(key_text, key_text), max_size=4))
+NONE = Ref(name="none", span=SPAN)  # `= none`: an optional parameter
 definitions = st.one_of(
-    st.builds(lambda n, t, c, d: Param(name=n, type=t, config_key=c, default=d, span=SPAN), names_,
-              st.sampled_from(["int", "str"]), st.one_of(st.none(), text_), st.one_of(st.none(), text_, exprs())),
-    st.builds(lambda n, e: Let(name=n, expr=e, span=SPAN), names_, exprs()))
+    st.builds(lambda n, t, keys, length, d: Param(name=n, type=t, config_key=keys[0] if keys else None,
+                                                  more_keys=() if length else tuple(keys[1:]),
+                                                  config_len=bool(keys) and length, default=d, span=SPAN),
+              names_, st.sampled_from(["int", "str", "float", "bool"]), st.lists(text_, max_size=3), st.booleans(),
+              st.one_of(st.none(), text_, exprs(values=True), st.just(NONE))),
+    st.builds(lambda n, e: Let(name=n, expr=e, span=SPAN), names_, exprs(values=True)))
 assertions = st.builds(lambda a, op, b, m: Assertion(left=a, op=op, right=b, message=m, span=SPAN), exprs(),
                        st.sampled_from(["==", "!=", "<", "<=", ">", ">="]), exprs(), st.one_of(st.none(), text_))
-headers = st.builds(lambda fw, sel: Header(source=fw[0] if fw else None, target=fw[1] if fw else None, select=sel),
+# `write`/`ranks ... under` entries: a plain key, and a template kept as written
+entry_values = st.from_regex(r"[a-z0-9_]{1,6}|\{[a-z]{1,4}\}", fullmatch=True)
+entries = st.lists(st.builds(lambda k, v: TableEntry(key=k, value=v, span=SPAN), key_text, entry_values), max_size=3)
+file_names = st.from_regex(r"[a-z][a-z0-9_]{0,6}(\.\{rank:0[1-4]\}|\.\{rank:02 of [a-z]{1,4}\}|\.\{r\})?\.[a-z]{2,4}",
+                           fullmatch=True)
+ranks = st.one_of(st.just({}), st.builds(
+    lambda side, names, under, rows: {"ranks_side": side, "ranks": tuple(names), "ranks_under": under,
+                                      "ranks_entries": tuple(rows) if under else ()},
+    st.sampled_from(["source", "target"]), st.lists(file_names, min_size=1, max_size=2),
+    st.one_of(st.none(), names_), entries))
+headers = st.builds(lambda fw, sel, r: Header(source=fw[0] if fw else None, target=fw[1] if fw else None, select=sel,
+                                              **r),
                     st.one_of(st.none(), st.tuples(names_, names_)),
-                    st.one_of(st.none(), st.from_regex(r"[a-z][a-z0-9_.]{0,8}", fullmatch=True)))
-specs = st.builds(lambda h, d, a, t, r: Spec(file="<generated>", header=h, definitions=tuple(d), assertions=tuple(a),
-                                              tables=tuple(t), rules=tuple(r)),
+                    st.one_of(st.none(), st.from_regex(r"[a-z][a-z0-9_.]{0,8}", fullmatch=True)), ranks)
+meta = st.one_of(
+    st.builds(lambda k, v: MetaEntry(key=k, value=v, span=SPAN), key_text, st.one_of(text_, exprs(values=True))),
+    st.builds(lambda p, a: MetaFrom(provider=p, args=tuple(a), span=SPAN), names_, st.lists(text_, max_size=2)))
+writes = st.one_of(
+    st.builds(lambda p, e: WriteFile(path=p, entries=tuple(e), span=SPAN), file_names, entries),
+    st.builds(lambda p, t: WriteFile(path=p, text=t, span=SPAN), file_names, st.text(max_size=12)))
+specs = st.builds(lambda h, d, a, m, w, t, r: Spec(file="<generated>", header=h, definitions=tuple(d),
+                                                    assertions=tuple(a), meta=tuple(m), writes=tuple(w),
+                                                    tables=tuple(t), rules=tuple(r)),
                   headers, st.lists(definitions, max_size=2), st.lists(assertions, max_size=2),
+                  st.lists(meta, max_size=2), st.lists(writes, max_size=2),
                   st.lists(tables, max_size=2), st.lists(rules(), min_size=1, max_size=4))
 
 
