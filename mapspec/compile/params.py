@@ -273,46 +273,42 @@ META_TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "
 
 def evaluate_value(expr, env: Mapping[str, Binding], declared: Mapping = {},
                    tables: Mapping[str, Mapping[str, str]] = {}):
-    """A value (int, float, str, bool or None) of an expression over bound names."""
+    """A value (int, float, str, bool or None) of an expression over bound names; none
+    (an optional parameter nothing gave) makes what uses it none too."""
     if isinstance(expr, str):
         return expr
-    if isinstance(expr, Num):
-        return expr.value
-    if isinstance(expr, Dec):
-        return expr.value
-    if isinstance(expr, Ref):
-        if expr.name in CONSTANTS and expr.name not in env:
-            return CONSTANTS[expr.name]
-        b = env.get(expr.name)
-        if b is None:
-            return evaluate(expr, env, declared)  # raises, naming what is wrong
-        return b.value
-    if isinstance(expr, Call):
-        value = evaluate_value(expr.arg, env, declared, tables)
-        return None if value is None else meta_value(expr.func, value, expr.span)[1]
-    if isinstance(expr, Lookup):
-        table = tables.get(expr.table)
-        if table is None:
-            raise SpecError(f"no table '{expr.table}'" + (f" (tables: {', '.join(tables)})" if tables else ""),
-                            expr.span)
-        key = evaluate_value(expr.key, env, declared, tables)
-        if key is None:
+
+    def visit(node, kids: list):
+        kind = type(node)
+        if kind is Num or kind is Dec:
+            return node.value
+        if kind is Ref:
+            if node.name in CONSTANTS and node.name not in env:
+                return CONSTANTS[node.name]
+            b = env.get(node.name)
+            return evaluate(node, env, declared) if b is None else b.value  # (evaluate raises, naming what is wrong)
+        table = tables.get(node.table) if kind is Lookup else None
+        if kind is Lookup and table is None:
+            raise SpecError(f"no table '{node.table}'" + (f" (tables: {', '.join(tables)})" if tables else ""),
+                            node.span)
+        if any(k is None for k in kids):
             return None
-        if str(key) not in table:
-            raise SpecError(f"table '{expr.table}' has no entry '{key}' (entries: {', '.join(table)})", expr.span)
-        return _number_or_text(table[str(key)])
-    if isinstance(expr, Neg):
-        value = evaluate_value(expr.operand, env, declared, tables)
-        return None if value is None else -_arith(value, expr.operand)
-    left = evaluate_value(expr.left, env, declared, tables)
-    right = evaluate_value(expr.right, env, declared, tables)
-    if left is None or right is None:
-        return None
-    left, right = _arith(left, expr.left), _arith(right, expr.right)
-    if expr.op in ("//", "%") and right == 0:
-        raise SpecError(f"division by zero in {expr_text(expr)}", _first_span(expr))
-    return {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
-            "//": lambda: left // right, "%": lambda: left % right}[expr.op]()
+        if kind is Call:
+            return meta_value(node.func, kids[0], node.span)[1]
+        if kind is Lookup:
+            if str(kids[0]) not in table:
+                raise SpecError(f"table '{node.table}' has no entry '{kids[0]}' (entries: {', '.join(table)})",
+                                node.span)
+            return _number_or_text(table[str(kids[0])])
+        if kind is Neg:
+            return -_arith(kids[0], node.operand)
+        left, right = _arith(kids[0], node.left), _arith(kids[1], node.right)
+        if node.op in ("//", "%") and right == 0:
+            raise SpecError(f"division by zero in {expr_text(node)}", _first_span(node))
+        return {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
+                "//": lambda: left // right, "%": lambda: left % right}[node.op]()
+
+    return fold(expr, visit)
 
 
 def _arith(value, expr):
