@@ -259,3 +259,12 @@ def test_fmt_writes_keys_through_the_writer_quoting_only_what_needs_it():
     tidy = format_text(messy)
     assert tidy == 'mapspec 1\nabc.{i:int} -> "a b".{i}\n"drop" -> "x->y"\ntable t {\n  k = "v w"\n}\n'
     assert meaning(parse_spec(text=tidy)) == meaning(parse_spec(text=messy))
+
+
+def test_fmt_counts_lines_as_the_parser_does_whatever_a_quoted_key_holds():
+    """Regression: fmt split the text with str.splitlines, which also ends a line at U+0085
+    or U+2028; a quoted key holding one moved the comments and blank lines after it."""
+    messy = 'mapspec 1\n"a\x85b" -> "c\u2028d"\n\n\n# about e\ne -> f  # f\n'
+    tidy = format_text(messy)
+    assert tidy == 'mapspec 1\n"a\x85b" -> "c\u2028d"\n\n# about e\ne -> f  # f\n'
+    assert format_text(tidy) == tidy

@@ -30,7 +30,7 @@ def format_text(text: str, file: str = "<spec>") -> str:
     used: set[int] = set()
     out: list[str] = []
     prev_end = 0
-    blank = [not line.strip() for line in text.splitlines()]
+    blank = [not line.strip() for line in grammar.lines(text)]
 
     def blank_between(after: int, before: int) -> bool:
         return any(blank[after:max(after, before - 1)])
