@@ -60,9 +60,15 @@ def llama_cpp_dir() -> Path | None:
 
 
 def require():
-    """The llama.cpp directory, or skip the calling test."""
+    """The llama.cpp directory, or skip the calling test (also where the converter's own
+    imports are missing, as in the mxnet environment, which has no transformers)."""
+    import importlib.util
+
     import pytest
 
+    missing = [m for m in ("transformers", "torch", "safetensors", "sentencepiece") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"llama.cpp's converter needs {', '.join(missing)}, not installed here")
     root = llama_cpp_dir()
     if root is None:
         pytest.skip(f"llama.cpp's converter is not available (pip download llama-cpp-python=={VERSION} failed)")

@@ -20,9 +20,11 @@ import posixpath
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import CheckpointError, UsageError
 from .byterange import ByteRange
@@ -37,7 +39,7 @@ BACKOFF = 0.25  # seconds before the first retry, doubling
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 _settings = {"concurrency": DEFAULT_CONCURRENCY}
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[int, "ThreadPoolExecutor"] = {}  # concurrent.futures: imported on first use (start-up)
 _pools_lock = threading.Lock()
 
 
@@ -60,7 +62,9 @@ def concurrency() -> int:
     return _settings["concurrency"]
 
 
-def _pool() -> ThreadPoolExecutor:
+def _pool() -> "ThreadPoolExecutor":
+    from concurrent.futures import ThreadPoolExecutor
+
     n = concurrency()
     with _pools_lock:
         if n not in _pools:
@@ -341,7 +345,7 @@ class RemoteFile(ByteRange):
 
 
 
-def _in_order(pool: ThreadPoolExecutor, fn, items):
+def _in_order(pool: "ThreadPoolExecutor", fn, items):
     """fn(item) for each item on `pool`, at most the pool's width in flight, results in order.
     A failure cancels what is queued and is raised."""
     from collections import deque
