@@ -78,9 +78,9 @@ class SpecError(MapspecError):
                 text = Path(self.span.file).read_text(encoding="utf-8")
             except OSError:
                 return None
-        lines = text.splitlines()
+        lines = text.split("\n")  # as the parser counts lines: U+2028 in a quoted key ends none
         if 1 <= self.span.line <= len(lines):
-            return lines[self.span.line - 1]
+            return lines[self.span.line - 1].removesuffix("\r")
         return None
 
     def render(self) -> str:

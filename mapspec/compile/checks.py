@@ -8,7 +8,8 @@ from typing import Any, Mapping
 from ..ops.actions import lookup as lookup_action, normalize
 from ..errors import SpecError
 from .params import Config, bind_all, raise_all
-from ..lang.rules import BinOp, Capture, Fanout, KeepRule, Lookup, Neg, Num, Pattern, Ref, RenameRule, Spec, Subst
+from ..lang.exprs import walk
+from ..lang.rules import Capture, Fanout, KeepRule, Lookup, Num, Pattern, Ref, RenameRule, Spec, Subst
 
 
 def check_spec(spec: Spec, *, params: Mapping[str, Any] | None = None, config: Config = None) -> None:
@@ -224,28 +225,20 @@ def _names(names) -> str:
 
 def _walk_refs(expr, in_arith: bool) -> list[tuple[Ref, bool]]:
     """The names an expression uses, each with whether it is inside arithmetic."""
-    kind = type(expr)  # (not isinstance: failing, on a pydantic node, it costs 4x)
-    if kind is Ref:
-        return [(expr, in_arith)]
-    if kind is BinOp:
-        return _walk_refs(expr.left, True) + _walk_refs(expr.right, True)
-    if kind is Neg:
-        return _walk_refs(expr.operand, True)
-    if kind is Lookup:
-        return _walk_refs(expr.key, False)
-    return []
+    return [(node, in_arith if up is None else type(up) is not Lookup)
+            for node, up in walk(expr) if type(node) is Ref]
 
 
 def _check_lookups(expr, rule: RenameRule, tables: dict[str, dict[str, str]]) -> None:
-    if type(expr) is BinOp:
-        _check_lookups(expr.left, rule, tables)
-        _check_lookups(expr.right, rule, tables)
-    if type(expr) is not Lookup:
-        return
+    for node, _ in walk(expr):
+        if type(node) is Lookup:
+            _check_lookup(node, rule, tables)
+
+
+def _check_lookup(expr: Lookup, rule: RenameRule, tables: dict[str, dict[str, str]]) -> None:
     if expr.table not in tables:
         known = f" (tables: {', '.join(tables)})" if tables else ""
         raise SpecError(f"unknown table '{expr.table}'{known}", expr.span)
-    _check_lookups(expr.key, rule, tables)
     if isinstance(expr.key, Ref):
         for src in rule.sources:
             cap = src.captures().get(expr.key.name)

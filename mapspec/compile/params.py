@@ -18,10 +18,11 @@ from typing import Any, Mapping
 from ..core import paths
 from ..core.quoting import clip, shown_path
 from ..errors import SpecError, SpecErrors, UsageError
+from ..lang.exprs import fold, names as expr_names, transform, walk
+from ..lang.text import expr as expr_text
 from ..lang.rules import (
     Action,
     Assertion,
-    BinOp,
     Calc,
     Call,
     Dec,
@@ -44,8 +45,7 @@ from ..lang.rules import (
     Text,
     Tuple,
     Word,
-    expr_names,
-    expr_text,
+    join_literals,
 )
 
 
@@ -273,46 +273,42 @@ META_TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "
 
 def evaluate_value(expr, env: Mapping[str, Binding], declared: Mapping = {},
                    tables: Mapping[str, Mapping[str, str]] = {}):
-    """A value (int, float, str, bool or None) of an expression over bound names."""
+    """A value (int, float, str, bool or None) of an expression over bound names; none
+    (an optional parameter nothing gave) makes what uses it none too."""
     if isinstance(expr, str):
         return expr
-    if isinstance(expr, Num):
-        return expr.value
-    if isinstance(expr, Dec):
-        return expr.value
-    if isinstance(expr, Ref):
-        if expr.name in CONSTANTS and expr.name not in env:
-            return CONSTANTS[expr.name]
-        b = env.get(expr.name)
-        if b is None:
-            return evaluate(expr, env, declared)  # raises, naming what is wrong
-        return b.value
-    if isinstance(expr, Call):
-        value = evaluate_value(expr.arg, env, declared, tables)
-        return None if value is None else meta_value(expr.func, value, expr.span)[1]
-    if isinstance(expr, Lookup):
-        table = tables.get(expr.table)
-        if table is None:
-            raise SpecError(f"no table '{expr.table}'" + (f" (tables: {', '.join(tables)})" if tables else ""),
-                            expr.span)
-        key = evaluate_value(expr.key, env, declared, tables)
-        if key is None:
+
+    def visit(node, kids: list):
+        kind = type(node)
+        if kind is Num or kind is Dec:
+            return node.value
+        if kind is Ref:
+            if node.name in CONSTANTS and node.name not in env:
+                return CONSTANTS[node.name]
+            b = env.get(node.name)
+            return evaluate(node, env, declared) if b is None else b.value  # (evaluate raises, naming what is wrong)
+        table = tables.get(node.table) if kind is Lookup else None
+        if kind is Lookup and table is None:
+            raise SpecError(f"no table '{node.table}'" + (f" (tables: {', '.join(tables)})" if tables else ""),
+                            node.span)
+        if any(k is None for k in kids):
             return None
-        if str(key) not in table:
-            raise SpecError(f"table '{expr.table}' has no entry '{key}' (entries: {', '.join(table)})", expr.span)
-        return _number_or_text(table[str(key)])
-    if isinstance(expr, Neg):
-        value = evaluate_value(expr.operand, env, declared, tables)
-        return None if value is None else -_arith(value, expr.operand)
-    left = evaluate_value(expr.left, env, declared, tables)
-    right = evaluate_value(expr.right, env, declared, tables)
-    if left is None or right is None:
-        return None
-    left, right = _arith(left, expr.left), _arith(right, expr.right)
-    if expr.op in ("//", "%") and right == 0:
-        raise SpecError(f"division by zero in {expr_text(expr)}", _first_span(expr))
-    return {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
-            "//": lambda: left // right, "%": lambda: left % right}[expr.op]()
+        if kind is Call:
+            return meta_value(node.func, kids[0], node.span)[1]
+        if kind is Lookup:
+            if str(kids[0]) not in table:
+                raise SpecError(f"table '{node.table}' has no entry '{kids[0]}' (entries: {', '.join(table)})",
+                                node.span)
+            return _number_or_text(table[str(kids[0])])
+        if kind is Neg:
+            return -_arith(kids[0], node.operand)
+        left, right = _arith(kids[0], node.left), _arith(kids[1], node.right)
+        if node.op in ("//", "%") and right == 0:
+            raise SpecError(f"division by zero in {expr_text(node)}", _first_span(node))
+        return {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
+                "//": lambda: left // right, "%": lambda: left % right}[node.op]()
+
+    return fold(expr, visit)
 
 
 def _arith(value, expr):
@@ -398,38 +394,39 @@ def _check_assertion(a: Assertion, env: dict[str, Binding], declared) -> None:
 
 def evaluate(expr, env: Mapping[str, Binding], declared: Mapping = {}) -> int:
     """An integer expression over bound names."""
-    if isinstance(expr, Num):
-        return expr.value
-    if isinstance(expr, Ref):
-        b = env.get(expr.name)
-        if b is None:
-            if expr.name in declared:
-                raise SpecError(f"'{expr.name}' is used before its definition (line {declared[expr.name].span.line})",
-                                expr.span)
-            known = f" (parameters: {', '.join(env)})" if env else ""
-            raise SpecError(f"unknown name '{expr.name}'{known}", expr.span)
-        if not isinstance(b.value, int):
-            raise SpecError(f"arithmetic needs an integer; '{expr.name}' is text", expr.span)
-        return b.value
-    if isinstance(expr, Neg):
-        return -evaluate(expr.operand, env, declared)
-    if isinstance(expr, Lookup):
-        raise SpecError("a table lookup needs a capture; parameters are known when compiling", expr.span)
-    left, right = evaluate(expr.left, env, declared), evaluate(expr.right, env, declared)
-    if expr.op in ("//", "%") and right == 0:
-        raise SpecError(f"division by zero in {expr_text(expr)}", _first_span(expr))
-    return {"+": left + right, "-": left - right, "*": left * right}.get(expr.op) if expr.op in "+-*" else (
-        left // right if expr.op == "//" else left % right)
+    for node, _ in walk(expr):  # in evaluation order: the first name or lookup that fails
+        if type(node) is Lookup:
+            raise SpecError("a table lookup needs a capture; parameters are known when compiling", node.span)
+        if type(node) is Ref:
+            b = env.get(node.name)
+            if b is None:
+                if node.name in declared:
+                    raise SpecError(f"'{node.name}' is used before its definition "
+                                    f"(line {declared[node.name].span.line})", node.span)
+                known = f" (parameters: {', '.join(env)})" if env else ""
+                raise SpecError(f"unknown name '{node.name}'{known}", node.span)
+            if not isinstance(b.value, int):
+                raise SpecError(f"arithmetic needs an integer; '{node.name}' is text", node.span)
+
+    def visit(node, kids: list[int]) -> int:
+        kind = type(node)
+        if kind is Num:
+            return node.value
+        if kind is Ref:
+            return env[node.name].value
+        if kind is Neg:
+            return -kids[0]
+        left, right = kids
+        if node.op in ("//", "%") and right == 0:
+            raise SpecError(f"division by zero in {expr_text(node)}", _first_span(node))
+        return {"+": left + right, "-": left - right, "*": left * right}.get(node.op) if node.op in "+-*" else (
+            left // right if node.op == "//" else left % right)
+
+    return fold(expr, visit)
 
 
 def _first_span(expr):
-    if isinstance(expr, (Ref, Lookup)):
-        return expr.span
-    if isinstance(expr, BinOp):
-        return _first_span(expr.left) or _first_span(expr.right)
-    if isinstance(expr, Neg):
-        return _first_span(expr.operand)
-    return None
+    return next((node.span for node, _ in walk(expr) if type(node) in (Ref, Lookup)), None)
 
 
 class _Substitute:
@@ -526,11 +523,8 @@ class _Substitute:
                 if p.type != "segment":
                     self.errors.append(SpecError(f"capture {{{p.name}}} has the name of a parameter", p.span))
                 p = Lit(text=str(self.values[p.name]))
-            if isinstance(p, Lit) and parts and isinstance(parts[-1], Lit):
-                parts[-1] = Lit(text=parts[-1].text + p.text)
-            else:
-                parts.append(p)
-        return pat.model_copy(update={"parts": tuple(parts)})
+            parts.append(p)
+        return pat.model_copy(update={"parts": join_literals(parts)})
 
     def _template(self, tpl: Template) -> Template:
         parts: list = []
@@ -542,22 +536,12 @@ class _Substitute:
             elif isinstance(p, Fanout) and p.capture.name in self.values:
                 self.errors.append(SpecError(f"capture {{{p.capture.name}}} has the name of a parameter",
                                              p.capture.span))
-            if isinstance(p, Lit) and parts and isinstance(parts[-1], Lit):
-                parts[-1] = Lit(text=parts[-1].text + p.text)
-            else:
-                parts.append(p)
-        return tpl.model_copy(update={"parts": tuple(parts)})
+            parts.append(p)
+        return tpl.model_copy(update={"parts": join_literals(parts)})
 
     def _expr(self, expr):
-        if isinstance(expr, Ref) and (expr.name in self.values or expr.name in self.failed):
-            return Num(value=self._eval(expr))
-        if isinstance(expr, BinOp):
-            return expr.model_copy(update={"left": self._expr(expr.left), "right": self._expr(expr.right)})
-        if isinstance(expr, Neg):
-            return expr.model_copy(update={"operand": self._expr(expr.operand)})
-        if isinstance(expr, Lookup):
-            return expr.model_copy(update={"key": self._expr(expr.key)})
-        return expr
+        return transform(expr, lambda e: Num(value=self._eval(e)) if type(e) is Ref and (
+            e.name in self.values or e.name in self.failed) else e)
 
     def _actions(self, actions: tuple[Action, ...]) -> tuple[Action, ...]:
         return tuple(a.model_copy(update={"args": tuple(self._value(v) for v in a.args),

@@ -25,8 +25,9 @@ from .matcher import Ambiguous, Entry, Matcher
 from ..core.modelconfig import ConfigPatch
 from ..core.nogc import without_gc
 from .params import Binding, Config, bind_all, bind_meta, raise_all
-from ..lang.rules import (BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst, expr_names,
-                    rule_text)
+from ..lang.exprs import fold, names as expr_names
+from ..lang.rules import BinOp, Capture, DropRule, Fanout, Lit, Lookup, Neg, Num, Ref, RenameRule, Spec, Subst
+from ..lang.text import rule_text
 from ..core.tensorinfo import TensorInfo  # re-exported: the plan speaks in TensorInfo
 
 # The dtypes a model's config can name as its dtype.
@@ -629,19 +630,21 @@ class _Renderer:
         return maker(*texts, self.tables, _nonneg)
 
     def _code(self, expr, arith: bool) -> str:
-        if isinstance(expr, Ref):
-            ref = f"F[{expr.name!r}]" if expr.name in self.fanouts else f"c[{expr.name!r}]"
-            return f"int({ref})" if arith else ref
-        if isinstance(expr, Num):
-            return repr(expr.value) if arith else repr(str(expr.value))
-        if isinstance(expr, Neg):
-            return f"(-{self._code(expr.operand, True)})"
-        if isinstance(expr, Lookup):
-            key = self._code(expr.key, isinstance(expr.key, (BinOp, Neg)))
-            if isinstance(expr.key, (BinOp, Neg)):
-                key = f"str({key})"
-            return f"T[{expr.table!r}][{key}]"
-        return f"({self._code(expr.left, True)} {expr.op} {self._code(expr.right, True)})"
+        """Python code for an expression: as an int (`arith`) or as key text."""
+        def visit(node, kids: list[tuple[str, str]]) -> tuple[str, str]:  # (as int, as text)
+            kind = type(node)
+            if kind is Ref:
+                ref = f"F[{node.name!r}]" if node.name in self.fanouts else f"c[{node.name!r}]"
+                return f"int({ref})", ref
+            if kind is Num:
+                return repr(node.value), repr(str(node.value))
+            if kind is Lookup:
+                code = f"T[{node.table!r}][{kids[0][1]}]"
+                return code, code
+            code = f"(-{kids[0][0]})" if kind is Neg else f"({kids[0][0]} {node.op} {kids[1][0]})"
+            return code, f"str({code})"
+
+        return fold(expr, visit)[0 if arith else 1]
 
     def render(self, key: str, caps: dict[str, str], fan: dict[str, str] | None = None) -> str:
         try:
@@ -670,29 +673,26 @@ class _Renderer:
         raise PlanError(f"cannot render the target for key {shown(key)}", self.rule.target.span)
 
     def _eval(self, expr, values, key, span):
-        if isinstance(expr, Ref):
-            return values.get(expr.name, "0")
-        if isinstance(expr, Num):
-            return expr.value
-        if isinstance(expr, Neg):
-            return -int(self._eval(expr.operand, values, key, span))
-        if isinstance(expr, Lookup):
-            k = str(self._eval(expr.key, values, key, span))
-            table = self.tables[expr.table]
-            if k not in table:
-                raise PlanError(f"table '{expr.table}' has no entry {shown(k)} (for key {shown(key)})", expr.span)
-            return table[k]
-        left = int(self._eval(expr.left, values, key, span))
-        right = int(self._eval(expr.right, values, key, span))
-        if expr.op in ("//", "%") and right == 0:
-            raise PlanError(f"division by zero in the template for key {shown(key)}", span)
-        if expr.op == "+":
-            return left + right
-        if expr.op == "-":
-            return left - right
-        if expr.op == "*":
-            return left * right
-        return left // right if expr.op == "//" else left % right
+        def visit(node, kids: list):
+            kind = type(node)
+            if kind is Ref:
+                return values.get(node.name, "0")
+            if kind is Num:
+                return node.value
+            if kind is Neg:
+                return -int(kids[0])
+            if kind is Lookup:
+                k, table = str(kids[0]), self.tables[node.table]
+                if k not in table:
+                    raise PlanError(f"table '{node.table}' has no entry {shown(k)} (for key {shown(key)})", node.span)
+                return table[k]
+            left, right = int(kids[0]), int(kids[1])
+            if node.op in ("//", "%") and right == 0:
+                raise PlanError(f"division by zero in the template for key {shown(key)}", span)
+            return {"+": lambda: left + right, "-": lambda: left - right, "*": lambda: left * right,
+                    "//": lambda: left // right, "%": lambda: left % right}[node.op]()
+
+        return fold(expr, visit)
 
     # -------------------------------------------------------------- multi-tensor groups
     def group_key(self, caps: dict[str, str]) -> tuple:

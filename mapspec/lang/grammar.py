@@ -86,10 +86,17 @@ def parse_statements(text: str, file: str) -> tuple[Tree, list[Token]]:
     return tree, _scan_comments(text)
 
 
+def lines(text: str) -> list[str]:
+    """The lines of spec text as the parser counts them: ended by a newline only (not by the
+    other characters `str.splitlines` ends lines at, such as U+0085 or U+2028 in a quoted
+    key), a carriage return before the newline left out."""
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
 def _scan_comments(text: str) -> list[Token]:
     """Comments by a lexer pass of their own: `#` outside quotes runs to the end of line."""
     out: list[Token] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(lines(text), 1):
         in_quote = False
         escaped = False
         for col, ch in enumerate(line):
@@ -158,14 +165,14 @@ def _syntax_error(
 def _end_position(source: str, line0: int, col0: int, what: str) -> tuple[int, int]:
     if what != "statement":
         return line0, col0
-    lines = source.rstrip("\n").splitlines() or [""]
-    return len(lines), len(lines[-1]) + 1
+    rows = lines(source.rstrip("\n"))
+    return len(rows), len(rows[-1]) + 1
 
 
 def source_char(source: str, line: int, col: int) -> str:
-    lines = source.splitlines()
-    if 1 <= line <= len(lines) and 1 <= col <= len(lines[line - 1]):
-        return lines[line - 1][col - 1]
+    rows = lines(source)
+    if 1 <= line <= len(rows) and 1 <= col <= len(rows[line - 1]):
+        return rows[line - 1][col - 1]
     return ""
 
 

@@ -46,6 +46,7 @@ from .rules import (
     Tuple,
     Word,
     WriteFile,
+    join_literals,
 )
 
 LANGUAGE_VERSION = 1
@@ -181,48 +182,13 @@ class _Builder:
                     assertions.extend(sub.assertions)
                     meta.extend(sub.meta)
                     writes.extend(sub.writes)
-                elif kind in ("write", "write_text"):
-                    writes.append(self._write(st, span))
                 elif kind == "table":
                     tables.append(self._table(st))
-                elif kind == "rename":
-                    rules.append(self._rename(st))
-                elif kind == "copy":
-                    rules.append(self._copy(st))
-                elif kind == "drop":
-                    rules.append(self._drop(st.children, span))
-                elif kind == "keep":
-                    rules.append(self._keep(st.children, span))
-                elif kind == "optional":
-                    inner = st.children[0]
-                    rule = (self._rename(inner) if inner.data == "rename" else self._keep(inner.children, span)
-                            if inner.data == "keep" else
-                            self._drop(inner.children, span))
-                    rules.append(rule.model_copy(update={"optional": True, "span": span}))
-                elif kind == "otherwise":
-                    rules.append(self._rename(st.children[0]).model_copy(update={"otherwise": True, "span": span}))
-                elif kind == "otherwise_keep":
-                    rules.append(self._keep([self._everything(st)] + st.children, span).model_copy(
-                        update={"otherwise": True}))
-                elif kind == "otherwise_drop":
-                    rules.append(DropRule(patterns=(self._everything(st),), span=span, otherwise=True,
-                                          reverse_none=bool(st.children)))
-                elif kind == "param":
-                    definitions.append(self._param(st, span))
-                elif kind == "let":
-                    name_tok, line = st.children
-                    definitions.append(Let(name=str(name_tok), expr=self._line(line), span=self.span_tok(name_tok)))
-                elif kind == "assertion":
-                    assertions.append(self._assertion(st.children[0], span))
-                elif kind == "meta":
-                    key_tok, line = st.children
-                    meta.append(MetaEntry(key=self._plain(key_tok), value=self._line(line), span=self.span_tok(key_tok)))
-                elif kind == "meta_from":
-                    name_tok, *args = st.children
-                    meta.append(MetaFrom(provider=str(name_tok), args=tuple(ast.literal_eval(str(a)) for a in args),
-                                         span=span))
-                else:  # pragma: no cover - the grammar has no other statements
-                    raise self.error(f"unknown statement {kind}", span)
+                else:
+                    node = self.statement(st)
+                    (assertions if isinstance(node, Assertion) else definitions if isinstance(node, (Param, Let))
+                     else meta if isinstance(node, (MetaEntry, MetaFrom)) else writes if isinstance(node, WriteFile)
+                     else rules).append(node)
             except RecursionError:  # whatever nests past Python's stack: an error at its statement
                 raise self.error("this statement nests too deeply to read", self.span_tree(st)) from None
         if seen:
@@ -231,6 +197,62 @@ class _Builder:
         return Spec(file=self.file, header=header, tables=tuple(tables), rules=tuple(rules),
                     includes=tuple(includes), definitions=tuple(definitions), assertions=tuple(assertions),
                     meta=tuple(meta), writes=tuple(writes))
+
+    def statement(self, st: Tree):
+        """One rule, parameter, let, assertion, meta or write statement as its node (the header,
+        tables and includes are the spec's own business: `build`)."""
+        build = getattr(self, "_st_" + st.data, None)
+        if build is None:  # pragma: no cover - the grammar has no other statements
+            raise self.error(f"unknown statement {st.data}", self.span_tree(st))
+        return build(st, self.span_tree(st))
+
+    def _st_rename(self, st: Tree, span: Span) -> RenameRule:
+        return self._rename(st)
+
+    def _st_copy(self, st: Tree, span: Span) -> RenameRule:
+        return self._copy(st)
+
+    def _st_drop(self, st: Tree, span: Span) -> DropRule:
+        return self._drop(st.children, span)
+
+    def _st_keep(self, st: Tree, span: Span) -> KeepRule:
+        return self._keep(st.children, span)
+
+    def _st_optional(self, st: Tree, span: Span):
+        inner = st.children[0]
+        return self.statement(inner).model_copy(update={"optional": True, "span": span})
+
+    def _st_otherwise(self, st: Tree, span: Span) -> RenameRule:
+        return self._rename(st.children[0]).model_copy(update={"otherwise": True, "span": span})
+
+    def _st_otherwise_keep(self, st: Tree, span: Span) -> KeepRule:
+        return self._keep([self._everything(st)] + st.children, span).model_copy(update={"otherwise": True})
+
+    def _st_otherwise_drop(self, st: Tree, span: Span) -> DropRule:
+        return DropRule(patterns=(self._everything(st),), span=span, otherwise=True, reverse_none=bool(st.children))
+
+    def _st_param(self, st: Tree, span: Span) -> Param:
+        return self._param(st, span)
+
+    def _st_let(self, st: Tree, span: Span) -> Let:
+        name_tok, line = st.children
+        return Let(name=str(name_tok), expr=self._line(line), span=self.span_tok(name_tok))
+
+    def _st_assertion(self, st: Tree, span: Span) -> Assertion:
+        return self._assertion(st.children[0], span)
+
+    def _st_meta(self, st: Tree, span: Span) -> MetaEntry:
+        key_tok, line = st.children
+        return MetaEntry(key=self._plain(key_tok), value=self._line(line), span=self.span_tok(key_tok))
+
+    def _st_meta_from(self, st: Tree, span: Span) -> MetaFrom:
+        name_tok, *args = st.children
+        return MetaFrom(provider=str(name_tok), args=tuple(ast.literal_eval(str(a)) for a in args), span=span)
+
+    def _st_write(self, st: Tree, span: Span) -> WriteFile:
+        return self._write(st, span)
+
+    _st_write_text = _st_write
 
     def _drop(self, children: list, span: Span) -> DropRule:
         """`drop P | Q`, with `reverse none` under it (the inverse may leave the keys out)."""
@@ -415,18 +437,17 @@ class _Builder:
         if items is None:  # not one of the common shapes: the parser reads (or rejects) it
             tree = grammar.parse_fragment(tok, "pattern", self.file, self.text)
             items = (self._pattern_part(part, tok) for part in tree.children)  # errors in order
-        parts: list = []
-        names: dict[str, Span] = {}
+        return Pattern(parts=join_literals(self._bound_once(items)), text=str(tok), span=self.span_tok(tok))
+
+    def _bound_once(self, items):
+        """The parts of a pattern, as they come; a capture name bound twice is an error there."""
+        names: set[str] = set()
         for item in items:
             if isinstance(item, Capture) and item.name:
                 if item.name in names:
                     raise self.error(f"capture {{{item.name}}} is bound twice in one pattern", item.span)
-                names[item.name] = item.span
-            if isinstance(item, Lit) and parts and isinstance(parts[-1], Lit):
-                parts[-1] = Lit(text=parts[-1].text + item.text)
-            else:
-                parts.append(item)
-        return Pattern(parts=tuple(parts), text=str(tok), span=self.span_tok(tok))
+                names.add(item.name)
+            yield item
 
     def _frag_span(self, tree_or_tok, base: Token) -> Span:
         if isinstance(tree_or_tok, Token):
@@ -478,13 +499,7 @@ class _Builder:
         items = keyscan.template_parts(str(tok), self.file, tok.line, tok.column)
         if items is None:  # not one of the common shapes: the parser reads (or rejects) it
             items = self._template_items(tok)
-        parts: list = []
-        for item in items:
-            if isinstance(item, Lit) and parts and isinstance(parts[-1], Lit):
-                parts[-1] = Lit(text=parts[-1].text + item.text)
-            else:
-                parts.append(item)
-        return Template(parts=tuple(parts), text=str(tok), span=self.span_tok(tok))
+        return Template(parts=join_literals(items), text=str(tok), span=self.span_tok(tok))
 
     def _template_items(self, tok: Token) -> list:
         tree = grammar.parse_fragment(tok, "template", self.file, self.text)

@@ -6,7 +6,6 @@ planner, at execution) can point at the exact `file:line:col`.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,6 +58,17 @@ class Capture(Node):
 
 
 PatternPart = Annotated[Union[Lit, Capture], Field(discriminator="kind")]
+
+
+def join_literals(parts) -> tuple:
+    """Key parts with adjacent literal text as one `Lit`, as a parsed key has them."""
+    out: list = []
+    for p in parts:
+        if type(p) is Lit and out and type(out[-1]) is Lit:
+            out[-1] = Lit(text=out[-1].text + p.text)
+        else:
+            out.append(p)
+    return tuple(out)
 
 
 class Pattern(Node):
@@ -123,21 +133,6 @@ class Call(Node):
 
 
 Expr = Annotated[Union[Ref, Num, BinOp, Lookup, Neg, Dec, Call], Field(discriminator="kind")]
-
-
-def expr_names(expr) -> set[str]:
-    """The names (captures, parameters) an expression uses."""
-    if isinstance(expr, Ref):
-        return {expr.name}
-    if isinstance(expr, BinOp):
-        return expr_names(expr.left) | expr_names(expr.right)
-    if isinstance(expr, Neg):
-        return expr_names(expr.operand)
-    if isinstance(expr, Lookup):
-        return expr_names(expr.key)
-    if isinstance(expr, Call):
-        return expr_names(expr.arg)
-    return set()
 
 
 class Subst(Node):
@@ -370,66 +365,3 @@ class Spec(Node):
 
     def table_map(self) -> dict[str, Table]:
         return {t.name: t for t in self.tables}
-
-
-
-
-# ------------------------------------------------------------------ rules as spec text
-
-_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "//": 2, "%": 2}
-
-
-def expr_text(expr, parent: int = 0, right: bool = False, sep: str = " ") -> str:
-    """An expression as written (`n_heads * head_dim`, `head_dim // 2`), parenthesised only
-    where precedence needs it; `sep=""` gives the compact form templates use (`{n//2}`)."""
-    if isinstance(expr, Ref):
-        return expr.name
-    if isinstance(expr, Num):
-        return str(expr.value)
-    if isinstance(expr, Dec):
-        return expr.text
-    if isinstance(expr, Call):
-        return f"{expr.func}({expr_text(expr.arg, sep=sep)})"
-    if isinstance(expr, Neg):
-        return "-" + expr_text(expr.operand, 3, sep=sep)
-    if isinstance(expr, Lookup):
-        return f"{expr.table}[{expr_text(expr.key, sep=sep)}]"
-    level = _PRECEDENCE[expr.op]
-    text = f"{expr_text(expr.left, level, sep=sep)}{sep}{expr.op}{sep}{expr_text(expr.right, level, True, sep)}"
-    return f"({text})" if level < parent or (right and level == parent) else text
-
-
-def value_text(v) -> str:
-    """An action argument as written."""
-    if isinstance(v, Word):
-        return v.name
-    if isinstance(v, Calc):
-        return expr_text(v.expr)
-    if isinstance(v, Text):
-        return json.dumps(v.value)
-    if isinstance(v, Tuple):
-        inner = ", ".join(value_text(x) for x in v.items)
-        return ("+" if v.append else "") + f"({inner}{',' if len(v.items) == 1 and not v.append else ''})"
-    return str(v)
-
-
-def action_text(a: Action) -> str:
-    args = [value_text(v) for v in a.args] + [f"{k}={value_text(v)}" for k, v in a.kwargs]
-    return f"{a.name}({', '.join(args)})"
-
-
-def rule_text(rule) -> str:
-    """A rule as one line of spec text (its `reverse` clause left out: it does not change
-    what the rule does forward)."""
-    lead = "optional " if getattr(rule, "optional", False) else ""
-    lead += "otherwise " if getattr(rule, "otherwise", False) else ""
-    actions = getattr(rule, "actions", ())
-    then = "".join(f" then {action_text(a)}" for a in actions) if actions else ""
-    if isinstance(rule, RenameRule):
-        lead += "copy " if rule.is_copy else ""
-        tail = " if absent" if rule.if_absent else ""
-        return lead + " | ".join(p.text for p in rule.sources) + " -> " + rule.target.text + tail + then
-    word = "drop" if isinstance(rule, DropRule) else "keep"
-    if getattr(rule, "otherwise", False):  # `otherwise keep` / `otherwise drop` take every key left
-        return f"{lead}{word}{then}"
-    return f"{lead}{word} " + " | ".join(p.text for p in rule.patterns) + then

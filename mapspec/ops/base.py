@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from ..core import dtypes
-from ..errors import PlanError, SpecError
+from ..errors import PlanError, Span, SpecError
 from ..lang.rules import Action, Tuple, Word
 from .args import Shape, format_shape
 from .blocks import keep_rows
@@ -95,6 +95,9 @@ class InverseContext:
     dtype: str | None = None  # the dtype before the action, where an expect(dtype=) or a cast fixes it
 
 
+MADE = Span("<made by mapspec>", 1, 1, 1, 1)  # where an action made by mapspec, not written, is
+
+
 def make(name: str, *args, span=None, **kwargs) -> Action:
     """An action as the spec would write it: integers, tuples (lists), capture names (str)."""
     def value(v):
@@ -103,7 +106,7 @@ def make(name: str, *args, span=None, **kwargs) -> Action:
         return Word(name=v) if isinstance(v, str) else int(v)
 
     return Action(name=name, args=tuple(value(a) for a in args),
-                  kwargs=tuple((k, value(v)) for k, v in kwargs.items() if v is not None), span=span)
+                  kwargs=tuple((k, value(v)) for k, v in kwargs.items() if v is not None), span=span or MADE)
 
 
 class ActionDef:

@@ -17,7 +17,8 @@ from ..ops.actions import format_shape
 from ..compile.hints import replacements
 from ..errors import Span
 from ..compile.plan import Plan, Step
-from ..lang.rules import Spec, rule_text
+from ..lang.rules import Spec
+from ..lang.text import rule_text
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from ..ops.actions import REGISTRY, format_shape
 from ..errors import Span
 from ..compile.hints import fold, glob_of, plural, skeleton
 from ..compile.plan import PlannedAction, Plan, Step, TensorInfo, copy_stand_ins
-from ..lang.rules import DropRule, Spec, rule_text
+from ..lang.rules import DropRule, Spec
+from ..lang.text import rule_text
 
 if TYPE_CHECKING:
     from .diff import PlanDiff
@@ -57,7 +58,7 @@ def where(span: Span) -> str:
 
 
 # ------------------------------------------------------------------ actions as planned
-# (rules as spec text: `rules.rule_text`, which the plan's JSON uses too)
+# (rules as spec text: `lang.text.rule_text`, which the plan's JSON uses too)
 
 def planned_text(a: PlannedAction, index: bool = True) -> str:
     """A planned action as explain shows it (`split[0]` names the piece a step takes;

@@ -1,16 +1,17 @@
 """Spec text for a draft: header, tables, rules with their evidence, drops with their reason,
-suggestions as comments. The caller formats it with the project's formatter."""
+suggestions as comments. Keys and tables are written by the spec writer (`lang.text`); the
+caller formats the whole with the project's formatter, which writes every statement again
+through it."""
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 
+from ...lang import text as write
 from .generalize import ALT, Rule
 from .keys import Side
 from .pairing import NO_PLACE, Pairing
 
-KEYCHARS = re.compile(r"[A-Za-z0-9_./:()\-]+|[^A-Za-z0-9_./:()\-]+")
 INTS = "ijklmn"
 VARS = "pquvwyz"
 
@@ -19,17 +20,6 @@ CANNOT_KNOW = """\
 # (the rotary q/k reordering between Llama layouts, a fused tensor whose parts come in another
 # order than the target lists them, a square weight stored transposed) converts without an
 # error and gives wrong numbers. Compare both models' outputs on one input before trusting it."""
-
-
-def lit(text: str) -> str:
-    """Key text as a spec writes it: characters outside the key alphabet in quotes."""
-    out = []
-    for run in KEYCHARS.findall(text):
-        if re.fullmatch(r"[A-Za-z0-9_./:()\-]+", run):
-            out.append(run.replace("->", '-">"'))
-        else:
-            out.append('"' + run.replace("\\", "\\\\").replace('"', '\\"') + '"')
-    return "".join(out)
 
 
 class Tables:
@@ -44,10 +34,7 @@ class Tables:
     def text(self) -> list[str]:
         out = []
         for entries, name in self.by_entries.items():
-            out.append(f"table {name} {{")
-            out += [f"  {lit(k)} = {lit(v)}" for k, v in entries]
-            out.append("}")
-            out.append("")
+            out += write.table_lines(name, [(write.key(k), write.key(v)) for k, v in entries]) + [""]
         return out
 
 
@@ -61,7 +48,7 @@ def rule_text(rule: Rule, side: Side, tables: Tables) -> str:
     for p in rule.src:
         kind = p[0]
         if kind == "lit":
-            src.append(lit(p[1]))
+            src.append(write.quote(p[1]))
         elif kind == "glob":
             src.append("**")
         elif kind == "ns":
@@ -91,7 +78,7 @@ def rule_text(rule: Rule, side: Side, tables: Tables) -> str:
     for p in rule.tgt:
         kind = p[0]
         if kind == "lit":
-            tgt.append(lit(p[1]))
+            tgt.append(write.quote(p[1]))
         elif kind == "var":
             v = var_names[p]
             identity = all(s == t for s, t in p[1])
