@@ -37,7 +37,8 @@ BLOCK = (24, 48)
 CASES = [("llama", t, False) for t in ("f32", "f16", "bf16", "q8_0")] + [
     ("llama", "f32", True), ("llama", "bf16", True),
     ("qwen3", "f16", False), ("qwen3", "q8_0", False), ("qwen3", "bf16", True),
-    ("qwen3moe", "f16", True)]  # Qwen2's 151,646-token vocabulary: slow to compare, one case
+    ("qwen3moe", "f16", True),
+    ("mixtral", "f32", False), ("qwen2", "f16", False), ("gemma3", "bf16", True), ("phi3", "q8_0", True)]  # Qwen2's 151,646-token vocabulary: slow to compare, one case
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def converted(tmp_path_factory):
     vocab = root / "models" / "ggml-vocab-qwen2.gguf"
     models = {f: fp8_quantize(make_model(f, base / f, qwen_vocab=vocab if f == "qwen3moe" else None,
                                          tied=f == "qwen3moe"), BLOCK)
-              for f in ("llama", "qwen3", "qwen3moe")}
+              for f in {f for f, _, _ in CASES}}
     out, jobs = {}, []
     for f, t, q8 in CASES:
         name = f"{f}-{t}{'-fp8q8' if q8 else ''}"
@@ -57,7 +58,7 @@ def converted(tmp_path_factory):
         jobs.append((models[f], base / f"{name}.ref.gguf", t, *(["--fp8-as-q8"] if q8 else [])))
     llamacpp_ref.convert_many(jobs, root)
     for (f, t, q8), (d, mine, _) in out.items():
-        apply(SPECS / f"{f}.map", d, mine, params={"outtype": t, "fp8_as_q8": "true" if q8 else "false"})
+        apply(SPECS / f"{'llama' if f == 'mixtral' else f}.map", d, mine, params={"outtype": t, "fp8_as_q8": "true" if q8 else "false"})
     return out
 
 
