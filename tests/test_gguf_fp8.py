@@ -144,3 +144,31 @@ def llama_logits(llama_cpp, path):
         return np.array(m.scores[:m.n_tokens])
     finally:
         m.close()
+
+
+def test_the_way_back_gives_the_dequantized_model(converted, tmp_path):
+    d, mine, _ = converted[("llama", "f32", False)]
+    apply(SPECS / "llama.map", mine, tmp_path / "back", reverse=True)
+    from safetensors.torch import load_file
+
+    back = load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert not any("scale" in k for k in back)
+    key = "model.layers.1.mlp.down_proj.weight"
+    assert np.array_equal(back[key].numpy(), _dequantized(d, key))
+
+
+def test_an_fp8_weight_without_its_scale_is_refused(converted, tmp_path):
+    """Never a raw FP8 copy: the weight falls to the plain rule, whose dtype check refuses it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "model"
+    shutil.copytree(converted[("llama", "f16", False)][0], d)
+    state = load_file(str(d / "model.safetensors"))
+    del state["model.layers.0.mlp.up_proj.weight_scale_inv"]
+    save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(Exception, match=r"expect\(dtype=bfloat16\): the tensor here is float8_e4m3fn "
+                                        r"\(a quantized weight whose scale tensor \(weight_scale_inv\) is missing\?\)"):
+        apply(SPECS / "llama.map", d, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
