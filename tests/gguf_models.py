@@ -157,3 +157,41 @@ def make_model(family: str, d: Path, dtype: str = "bfloat16", qwen_vocab: Path |
         raise ValueError(family)
     _save(model, d, getattr(torch, dtype))
     return d
+
+
+def fp8_quantize(d: Path, block: tuple[int, int]) -> Path:
+    """Make the model directory D an FP8 block-scaled checkpoint in place, laid out as DeepSeek-V3
+    and Qwen3-FP8 ship: every decoder linear `*_proj.weight` (experts' included; embeddings,
+    norms, router and head kept) becomes float8_e4m3fn with a float32 `weight_scale_inv` of one
+    value per BLOCK, and config.json gets `quantization_config` (quant_method fp8, e4m3,
+    weight_block_size). The arithmetic is DeepSeek's and transformers' `Fp8Quantize`, per block:
+    amax = max|w|, scale = 448 / amax, q = clamp(w * scale) as e4m3, scale_inv = 1 / scale; a
+    block at the edge of a tensor whose dimensions are no multiple of BLOCK is scaled by the
+    elements it holds."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    bm, bn = block
+    files = sorted(d.glob("*.safetensors"))
+    for f in files:
+        state = load_file(str(f))
+        for k in [k for k in state if k.startswith("model.layers.") and k.endswith("_proj.weight")]:
+            w = state[k].float()
+            rows, cols = w.shape
+            q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
+            s = torch.empty(-(-rows // bm), -(-cols // bn), dtype=torch.float32)
+            for i in range(s.shape[0]):
+                for j in range(s.shape[1]):
+                    blk = w[i * bm:(i + 1) * bm, j * bn:(j + 1) * bn]
+                    amax = blk.abs().max()
+                    scale = torch.tensor(448.0) / amax if amax > 0 else torch.tensor(1.0)
+                    q[i * bm:(i + 1) * bm, j * bn:(j + 1) * bn] = (blk * scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+                    s[i, j] = 1.0 / scale
+            state[k] = q
+            state[k + "_scale_inv"] = s
+        save_file(state, str(f), metadata={"format": "pt"})
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                  "weight_block_size": [bm, bn]}
+    (d / "config.json").write_text(json.dumps(cfg, indent=2))
+    return d

@@ -115,20 +115,21 @@ _MANY = """
 import sys, json
 sys.path.insert(0, sys.argv[1])
 import convert_hf_to_gguf as c
-for model, out, outtype in json.loads(sys.argv[2]):
-    sys.argv = ["convert_hf_to_gguf.py", model, "--outtype", outtype, "--outfile", out]
+for model, out, outtype, *extra in json.loads(sys.argv[2]):
+    sys.argv = ["convert_hf_to_gguf.py", model, "--outtype", outtype, "--outfile", out, *extra]
     c.main()
 """
 
 
 def convert_many(jobs, root: Path | None = None) -> None:
-    """convert() for each (model_dir, out, outtype), in one subprocess."""
+    """convert() for each (model_dir, out, outtype, *extra arguments), in one subprocess."""
     import json
 
     root = root or require()
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     env.pop("NO_LOCAL_GGUF", None)
-    done = subprocess.run([sys.executable, "-c", _MANY, str(root), json.dumps([[str(m), str(o), t] for m, o, t in jobs])],
+    done = subprocess.run([sys.executable, "-c", _MANY, str(root),
+                           json.dumps([[str(m), str(o), t, *extra] for m, o, t, *extra in jobs])],
                           capture_output=True, text=True, env=env, cwd=str(root), timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -138,11 +139,31 @@ WHEELS = CACHE / "wheels"
 
 
 def llama_cpp():
-    """The llama_cpp module from the wheel built into the cache (see bench/README or the test
-    docs for the build command), or None when no wheel is there."""
+    """The llama_cpp module from the wheel built into the cache (scripts/build_llama_cpp.sh, about
+    8 minutes; the suite never builds it), or None when no wheel is there or it does not load."""
+    try:
+        return require_llama_cpp(skip=False)
+    except RuntimeError:
+        return None
+
+
+def require_llama_cpp(skip: bool = True):
+    """The llama_cpp module from the cached wheel, extracted into a private directory of the
+    cache (never installed into the environment); else skip the calling test saying why (or
+    raise RuntimeError with skip=False)."""
+    def absent(why):
+        if not skip:
+            raise RuntimeError(why)
+        import pytest
+
+        pytest.skip(why)
+
     wheels = sorted(glob.glob(str(WHEELS / f"llama_cpp_python-{VERSION}-*.whl")))
     if not wheels:
-        return None
+        return absent(f"no llama-cpp-python {VERSION} wheel in {WHEELS} (build it once: scripts/build_llama_cpp.sh)")
+    tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    if "-py3-none-" not in wheels[-1] and f"-{tag}-" not in wheels[-1]:
+        return absent(f"{wheels[-1]} was built for another Python than this {tag}")
     target = CACHE / "site" / Path(wheels[-1]).stem
     if not (target / "llama_cpp").is_dir():
         import zipfile
@@ -156,11 +177,6 @@ def llama_cpp():
 
     try:
         return importlib.import_module("llama_cpp")
-    except Exception:  # a wheel that does not load here (missing libs) counts as absent
-        return None
+    except Exception as e:  # a wheel that does not load here (a missing runtime dependency or library)
+        return absent(f"llama-cpp-python's cached wheel does not load here: {type(e).__name__}: {e}")
 
-
-BUILD_COMMAND = (
-    'CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF '
-    '-DLLAMA_BUILD_SERVER=OFF" nice -n 15 python -m pip wheel --no-deps '
-    f'{CACHE}/src/{ARCHIVE} -w {WHEELS}')

@@ -210,11 +210,9 @@ def test_metadata_needs_a_format_that_holds_it(converted, tmp_path):
 
 
 def test_llama_cpp_runs_mapspecs_file_as_the_reference(converted):
-    """Where llama-cpp-python's wheel was built (tests/llamacpp_ref.BUILD_COMMAND), llama.cpp
-    loads mapspec's q8_0 file and gives the reference file's logits."""
-    llama_cpp = llamacpp_ref.llama_cpp()
-    if llama_cpp is None:
-        pytest.skip("llama-cpp-python's wheel is not built in the test cache")
+    """Where llama-cpp-python's wheel was built into the test cache (scripts/build_llama_cpp.sh),
+    llama.cpp loads mapspec's q8_0 file and gives the reference file's logits."""
+    llama_cpp = llamacpp_ref.require_llama_cpp()
     _, mine, ref = converted[("llama", "q8_0")]
 
     def logits(path):

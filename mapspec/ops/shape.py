@@ -252,7 +252,11 @@ class Expect(Reshaping):
 
     def infer(self, p: Params, inputs: list[Typed], action: Action) -> tuple[list[Typed], Params]:
         if "dtype" in p and inputs[0].dtype != p["dtype"]:
-            raise ShapeError(f"expect(dtype={p['dtype']}): the tensor here is {inputs[0].dtype} (say its dtype with -p)",
+            # a block-scaled FP8 weight reaching a plain rule: its scale is what is missing
+            hint = ("a quantized weight whose scale tensor (weight_scale_inv) is missing?"
+                    if str(inputs[0].dtype).startswith("float8") and not str(p["dtype"]).startswith("float8")
+                    else "say its dtype with -p")
+            raise ShapeError(f"expect(dtype={p['dtype']}): the tensor here is {inputs[0].dtype} ({hint})",
                              action.span)
         return super().infer(p, inputs, action)
 
