@@ -137,7 +137,8 @@ def record(title: str, times: dict, peaks: dict, bound: float, goal_cp: float | 
         met.append(f"RSS {'yes' if rss_ok else 'NO'}")
         ROWS.append((title, name, to_cp, to_ref, peak, ref_peak, ", ".join(met)))
         if to_ref is not None:
-            print(f"  {name} / {ref} time: {to_ref:.2f}x (goal <= {goal_ref:.2f})")
+            goal = f" (goal <= {goal_ref:.2f})" if goal_ref is not None else ""
+            print(f"  {name} / {ref} time: {to_ref:.2f}x{goal}")
     print(f"  peak RSS bound (largest source tensor + 150 MiB): {bound:.0f} MiB")
 
 
