@@ -5,6 +5,8 @@ command's peak RSS (/usr/bin/time).
 
     python bench/gguf_bench.py [--dir DIR] [--gb 2] [--repeat 3]
 
+(docs/gguf.md quotes the full-size command: --gb 2 --repeat 5; it needs about 7 x --gb GB free.)
+
 The source is a bf16 Hugging Face model directory of about --gb GB with Llama-7B's widths
 (hidden 4096, intermediate 11008, 32 heads, 32 key/value heads) and as many layers as fit
 (0.4 GB each), a sentencepiece tokenizer trained on the spot (384 tokens: the embeddings are
