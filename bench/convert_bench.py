@@ -239,13 +239,15 @@ def evict(path: Path) -> None:
 COLD = False  # --cold: every run reads its source from disk
 
 
-def case(title: str, src: Path, commands: dict[str, tuple[list[str], Path]], repeat: int) -> dict[str, list[float]]:
+def case(title: str, src: Path, commands: dict[str, tuple[list[str], Path]], repeat: int,
+         peaks: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Paired runs: per repeat, cp then each command; ratios per pair, medians over repeats.
-    Returns every command's times, in run order."""
+    Returns every command's times, in run order (and fills `peaks` with their peak RSS, MiB)."""
     copy = src.parent / f"cp-{src.name}"
     cp = ["cp", "-r", str(src), str(copy)]
     times: dict[str, list[float]] = {"cp": []}
-    rss: dict[str, list[float]] = {"cp": []}
+    rss: dict[str, list[float]] = peaks if peaks is not None else {}
+    rss["cp"] = []
     ratios: dict[str, list[float]] = {}
     for _ in range(repeat):
         clean(copy)

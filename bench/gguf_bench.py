@@ -1,32 +1,41 @@
-"""GGUF at disk speed: `mapspec apply` on GGUF sources and outputs against `cp` of the same
-bytes, each command in its own child process, in paired runs (convert_bench's harness):
-medians of the paired time ratios (run / cp) and every command's peak RSS.
+"""GGUF in and out at disk speed, against llama.cpp's own converter and `cp`, side by side in
+one run: each command in its own child process, in paired runs (convert_bench's harness: per
+repeat cp first, then every command of the case), medians of the paired time ratios and every
+command's peak RSS (/usr/bin/time).
 
     python bench/gguf_bench.py [--dir DIR] [--gb 2] [--repeat 3]
 
-Cases, on a Llama-shaped model (hidden 2048, GQA 4:1, llama.cpp's tensor names and
-metadata) of about --gb GB:
-  f16 GGUF -> f16 GGUF, renamed           the tensors are copied file to file (goal: within 1.5x cp)
-  f16 GGUF -> safetensors, HF names       likewise, into safetensors (goal: within 1.5x cp)
-  q8_0 GGUF -> f16 GGUF, renamed           quantized blocks copied untouched
-  q8_0 GGUF -> safetensors f16            every block dequantized by mapspec (numpy), for scale
-With --hf, Hugging Face -> GGUF against llama.cpp's own converter (convert_hf_to_gguf.py from
-the llama-cpp-python source archive, fetched into ~/.cache/mapspec-tests as the tests do), on a
-bf16 Llama-shaped model directory of about --gb GB (safetensors, config.json, a sentencepiece
-tokenizer trained on the spot):
-  HF bf16 -> GGUF f16 / q8_0            mapspec (specs/hf_to_gguf/llama.map) vs the reference vs cp
-  HF bf16 -> GGUF bf16                  the type does not change (goal: within 1.5x cp)
-  GGUF f16 -> HF (apply --reverse)      a model directory back (goal: within 1.5x cp)
-Each row gives time / cp and peak RSS; the mapspec / reference time ratio is printed under
-the case (goal: at most 0.3).
+(docs/gguf.md quotes the full-size command: --gb 2 --repeat 5; it needs about 7 x --gb GB free.)
+
+The source is a bf16 Hugging Face model directory of about --gb GB with Llama-7B's widths
+(hidden 4096, intermediate 11008, 32 heads, 32 key/value heads) and as many layers as fit
+(0.4 GB each), a sentencepiece tokenizer trained on the spot (384 tokens: the embeddings are
+small), config.json, safetensors shards of at most 1 GB. The reference is convert_hf_to_gguf.py
+with its gguf-py from the llama-cpp-python source archive (tests/llamacpp_ref.py fetches it
+into ~/.cache/mapspec-tests once, as the tests do). Cases:
+  HF bf16 -> GGUF f16     mapspec (specs/hf_to_gguf/llama.map -p outtype=f16, and the spec chosen
+                          from config.json: `mapspec apply MODEL_DIR`) vs the reference vs cp
+  HF bf16 -> GGUF q8_0    likewise
+  HF bf16 -> GGUF bf16    the tensor type does not change (goal: within 1.5x cp)
+  HF f16 -> GGUF f16      likewise, from an f16 copy of the model directory
+  GGUF f16 -> HF          apply --reverse: safetensors + config.json (goal: within 1.5x cp)
+  GGUF bf16 -> HF         likewise
+  GGUF q8_0 -> GGUF       a rename: quantized blocks copied as they are
+A summary table closes the run: time / cp, time / reference, peak RSS against the bound
+(the largest source tensor + 150 MiB: every rule of these specs reads one tensor) and against
+the reference's. Goals (issue 18): mapspec <= 0.3x the reference's time for f16 and q8_0,
+<= 1.5x cp where the type does not change, peak RSS <= the bound and below the reference's.
 Not part of CI: the numbers depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,153 +44,120 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from convert_bench import case, mapspec  # noqa: E402
+import llamacpp_ref  # noqa: E402
+from convert_bench import MAPSPEC, case, mapspec  # noqa: E402
+from gguf_models import write_spm_tokenizer  # noqa: E402
 
+from mapspec.core import dtypes  # noqa: E402
 from mapspec.core.tensorinfo import TensorInfo  # noqa: E402
 from mapspec.formats import open_sink  # noqa: E402
-from mapspec.formats.gguf import Value  # noqa: E402
-from mapspec.ops import ggml  # noqa: E402
 
-HIDDEN, HEADS, KV, FF, VOCAB = 2048, 16, 4, 5632, 32000
-
+HIDDEN, HEADS, KV, FF = 4096, 32, 32, 11008  # Llama-7B's widths
+VOCAB = 384  # the sentencepiece tokenizer trained for the model
+SPEC = REPO / "specs" / "hf_to_gguf" / "llama.map"
 RENAME = "mapspec 1\nblk.{i:int}.{rest:**} -> blk.{i}.{rest}\n{name:token_embd|output_norm|output}.weight -> {name}.weight\n"
-TO_HF = """mapspec 1
-token_embd.weight -> model.embed_tokens.weight
-output_norm.weight -> model.norm.weight
-output.weight -> lm_head.weight
-blk.{i:int}.attn_norm.weight -> model.layers.{i}.input_layernorm.weight
-blk.{i:int}.ffn_norm.weight -> model.layers.{i}.post_attention_layernorm.weight
-blk.{i:int}.attn_{p:q|k|v}.weight -> model.layers.{i}.self_attn.{p}_proj.weight
-blk.{i:int}.attn_output.weight -> model.layers.{i}.self_attn.o_proj.weight
-blk.{i:int}.ffn_{p:gate|up|down}.weight -> model.layers.{i}.mlp.{p}_proj.weight
-"""
-DEQUANTIZE = TO_HF.replace(".weight\n", ".weight then cast(float16)\n")
+MiB = 1 << 20
 
 
-def llama(gb: float, dtype: str) -> dict[str, TensorInfo]:
-    """llama.cpp's tensors of a Llama-shaped model of about `gb` GB: matrices in `dtype`, norms F32."""
+def hf_infos(gb: float, vocab: int, dtype: str) -> dict[str, TensorInfo]:
+    """A Llama-7B-wide model's tensors (HF names) adding up to about `gb` GB, at least one layer."""
     head = HIDDEN // HEADS
-    infos = {"token_embd.weight": TensorInfo((VOCAB, HIDDEN), dtype)}
-    i = 0
-    while sum(x.nbytes for x in infos.values()) < gb * 1e9:
-        for name, shape in (("attn_q", (HIDDEN, HIDDEN)), ("attn_k", (KV * head, HIDDEN)), ("attn_v", (KV * head, HIDDEN)),
-                            ("attn_output", (HIDDEN, HIDDEN)), ("ffn_gate", (FF, HIDDEN)), ("ffn_up", (FF, HIDDEN)),
-                            ("ffn_down", (HIDDEN, FF))):
-            infos[f"blk.{i}.{name}.weight"] = TensorInfo(shape, dtype)
-        for name in ("attn_norm", "ffn_norm"):
-            infos[f"blk.{i}.{name}.weight"] = TensorInfo((HIDDEN,), "float32")
-        i += 1
-    infos["output_norm.weight"] = TensorInfo((HIDDEN,), "float32")
-    infos["output.weight"] = TensorInfo((VOCAB, HIDDEN), dtype)
+    infos = {"model.embed_tokens.weight": TensorInfo((vocab, HIDDEN), dtype),
+             "model.norm.weight": TensorInfo((HIDDEN,), dtype),
+             "lm_head.weight": TensorInfo((vocab, HIDDEN), dtype)}
+    n = 0
+    while n == 0 or sum(x.nbytes for x in infos.values()) < gb * 1e9:
+        pre = f"model.layers.{n}."
+        for name, shape in (("input_layernorm", (HIDDEN,)), ("post_attention_layernorm", (HIDDEN,)),
+                            ("self_attn.q_proj", (HIDDEN, HIDDEN)), ("self_attn.k_proj", (KV * head, HIDDEN)),
+                            ("self_attn.v_proj", (KV * head, HIDDEN)), ("self_attn.o_proj", (HIDDEN, HIDDEN)),
+                            ("mlp.gate_proj", (FF, HIDDEN)), ("mlp.up_proj", (FF, HIDDEN)),
+                            ("mlp.down_proj", (HIDDEN, FF))):
+            infos[pre + name + ".weight"] = TensorInfo(shape, dtype)
+        n += 1
     return infos
 
 
-def metadata(infos: dict[str, TensorInfo], file_type: int) -> dict[str, Value]:
-    layers = sum(1 for k in infos if k.endswith("attn_q.weight"))
-    return {"general.architecture": Value("string", "llama"), "general.name": Value("string", "bench"),
-            "llama.block_count": Value("uint32", layers), "llama.context_length": Value("uint32", 4096),
-            "llama.embedding_length": Value("uint32", HIDDEN), "llama.feed_forward_length": Value("uint32", FF),
-            "llama.attention.head_count": Value("uint32", HEADS), "llama.attention.head_count_kv": Value("uint32", KV),
-            "llama.rope.freq_base": Value("float32", 10000.0),
-            "llama.attention.layer_norm_rms_epsilon": Value("float32", 1e-5),
-            "general.file_type": Value("uint32", file_type), "general.quantization_version": Value("uint32", 2)}
-
-
-def fill(path: Path, infos: dict[str, TensorInfo], file_type: int) -> None:
-    """Written by mapspec's GGUF sink (tested against gguf-py): a fixed random block tiled."""
-    block = np.random.default_rng(0).standard_normal(1 << 22).astype(np.float32) * 0.02
-    sink = open_sink(path, "gguf", infos, kv=metadata(infos, file_type))
+def hf_model(d: Path, gb: float, dtype: str) -> dict[str, TensorInfo]:
+    """A Llama-shaped HF model directory in `dtype`: safetensors shards of at most 1 GB and their
+    index (written by mapspec's sink), config.json, a sentencepiece tokenizer. Values: a fixed
+    random block (scale 0.02) tiled, so q8_0 has real work and writing GBs does not wait on a
+    random generator."""
+    infos = hf_infos(gb, VOCAB, dtype)
+    block = np.random.default_rng(0).standard_normal(1 << 22).astype(np.float32) * np.float32(0.02)
+    sink = open_sink(d, "safetensors", infos, max_shard_size="1GB")
     try:
         for k, info in infos.items():
             values = np.resize(block, int(np.prod(info.shape))).reshape(info.shape)
-            if info.dtype in ggml.QUANTIZERS:
-                sink.write(k, ggml.quantize(values, "float32", info.dtype))
-            else:
-                sink.write(k, values.astype(info.dtype))
+            sink.write(k, dtypes.cast(values, "float32", dtype))
         sink.commit()
     except BaseException:
         sink.abort()
         raise
-
-
-def hf_model(d: Path, gb: float) -> Path:
-    """A bf16 Llama-shaped HF model directory of about `gb` GB (HF names, config.json, tokenizer)."""
-    import json
-
-    sys.path.insert(0, str(REPO / "tests"))
-    from gguf_models import write_spm_tokenizer
-
-    d.mkdir(parents=True, exist_ok=True)
-    vocab = write_spm_tokenizer(d)
-    head = HIDDEN // HEADS
-    infos = {"model.embed_tokens.weight": TensorInfo((vocab, HIDDEN), "bfloat16"),
-             "model.norm.weight": TensorInfo((HIDDEN,), "bfloat16"),
-             "lm_head.weight": TensorInfo((vocab, HIDDEN), "bfloat16")}
-    n = 0
-    while sum(x.nbytes for x in infos.values()) < gb * 1e9:
-        pre = f"model.layers.{n}."
-        infos.update({
-            pre + "input_layernorm.weight": TensorInfo((HIDDEN,), "bfloat16"),
-            pre + "post_attention_layernorm.weight": TensorInfo((HIDDEN,), "bfloat16"),
-            pre + "self_attn.q_proj.weight": TensorInfo((HIDDEN, HIDDEN), "bfloat16"),
-            pre + "self_attn.k_proj.weight": TensorInfo((KV * head, HIDDEN), "bfloat16"),
-            pre + "self_attn.v_proj.weight": TensorInfo((KV * head, HIDDEN), "bfloat16"),
-            pre + "self_attn.o_proj.weight": TensorInfo((HIDDEN, HIDDEN), "bfloat16"),
-            pre + "mlp.gate_proj.weight": TensorInfo((FF, HIDDEN), "bfloat16"),
-            pre + "mlp.up_proj.weight": TensorInfo((FF, HIDDEN), "bfloat16"),
-            pre + "mlp.down_proj.weight": TensorInfo((HIDDEN, FF), "bfloat16"),
-        })
-        n += 1
-    from mapspec.core import dtypes
-
-    block = np.random.default_rng(0).standard_normal(1 << 22).astype(np.float32) * 0.02
-    sink = open_sink(d / "model.safetensors", "safetensors", infos)
-    for k, info in infos.items():
-        values = np.resize(block, int(np.prod(info.shape))).reshape(info.shape)
-        sink.write(k, dtypes.cast(values, "float32", "bfloat16"))
-    sink.commit()
+    write_spm_tokenizer(d, VOCAB)  # after the sink's commit, which made the directory
+    layers = sum(1 for k in infos if k.endswith("q_proj.weight"))
     (d / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": "bfloat16",
-        "hidden_size": HIDDEN, "intermediate_size": FF, "num_hidden_layers": n, "num_attention_heads": HEADS,
-        "num_key_value_heads": KV, "head_dim": head, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
-        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, "vocab_size": vocab,
-        "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False}))
-    return d
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": dtype,
+        "hidden_size": HIDDEN, "intermediate_size": FF, "num_hidden_layers": layers, "num_attention_heads": HEADS,
+        "num_key_value_heads": KV, "head_dim": HIDDEN // HEADS, "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5, "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+        "vocab_size": VOCAB, "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False}))
+    return infos
 
 
-def hf_cases(d: Path, gb: float, repeat: int) -> None:
-    import statistics
+def reference(root: Path, model: Path, out: Path, outtype: str) -> list[str]:
+    return llamacpp_ref.command(model, out, outtype, root=root)
 
-    sys.path.insert(0, str(REPO / "tests"))
-    import llamacpp_ref
 
-    root = llamacpp_ref.llama_cpp_dir()
-    if root is None:
-        raise SystemExit("llama.cpp's converter is not available (pip download llama-cpp-python failed)")
-    model = d / f"hf-llama-{gb:g}gb"
-    if not (model / "config.json").exists():
-        hf_model(model, gb)
-    spec = REPO / "specs" / "hf_to_gguf" / "llama.map"
-    for outtype in ("f16", "q8_0", "bf16"):
-        out, ref = d / "out.gguf", d / "ref.gguf"
-        commands = {"mapspec": (mapspec(spec, model, out, "-p", f"outtype={outtype}"), out)}
-        if outtype != "bf16":
-            commands["convert_hf_to_gguf.py"] = ([sys.executable, str(root / "convert_hf_to_gguf.py"), str(model),
-                                                  "--outtype", outtype, "--outfile", str(ref)], ref)
-        times = case(f"HF bf16 -> GGUF {outtype}", model, commands, repeat)
-        if times and "convert_hf_to_gguf.py" in times:
-            ratio = statistics.median(a / b for a, b in zip(times["mapspec"], times["convert_hf_to_gguf.py"]))
-            print(f"  mapspec / convert_hf_to_gguf.py time: {ratio:.2f}x (goal <= 0.30)")
-    gguf = d / "hf-f16.gguf"
-    if not gguf.exists():
-        import subprocess
+def auto(model: Path, out: Path, *extra: str) -> list[str]:
+    """`mapspec apply MODEL_DIR -o OUT`: the spec chosen from config.json."""
+    return [sys.executable, *MAPSPEC, "apply", str(model), "-o", str(out), *extra]
 
-        subprocess.run(mapspec(spec, model, gguf, "-p", "outtype=f16"), check=True)
-    back = d / "back"
-    case("GGUF f16 -> HF model directory (apply --reverse, f16 kept)", gguf,
-         {"mapspec": ([*mapspec(spec, gguf, back, "-p", "hf_dtype=float16"), "--reverse"], back)}, repeat)
+
+ROWS: list[tuple] = []  # (case, command, time / cp, time / reference, peak MiB, reference peak MiB, goal)
+
+
+def record(title: str, times: dict, peaks: dict, bound: float, goal_cp: float | None, goal_ref: float | None) -> None:
+    """The summary rows of a case, and its ratio to the reference printed under it."""
+    ref = "convert_hf_to_gguf.py"
+    for name in times:
+        if name in ("cp", ref):
+            continue
+        to_cp = statistics.median(a / b for a, b in zip(times[name], times["cp"]))
+        to_ref = statistics.median(a / b for a, b in zip(times[name], times[ref])) if ref in times else None
+        peak = max(peaks[name])
+        ref_peak = max(peaks[ref]) if ref in peaks else None
+        met = []
+        if goal_cp is not None:
+            met.append(f"cp {'yes' if to_cp <= goal_cp else 'NO'}")
+        if goal_ref is not None and to_ref is not None:
+            met.append(f"ref {'yes' if to_ref <= goal_ref else 'NO'}")
+        rss_ok = peak <= bound and (ref_peak is None or peak < ref_peak)
+        met.append(f"RSS {'yes' if rss_ok else 'NO'}")
+        ROWS.append((title, name, to_cp, to_ref, peak, ref_peak, ", ".join(met)))
+        if to_ref is not None:
+            goal = f" (goal <= {goal_ref:.2f})" if goal_ref is not None else ""
+            print(f"  {name} / {ref} time: {to_ref:.2f}x{goal}")
+    print(f"  peak RSS bound (largest source tensor + 150 MiB): {bound:.0f} MiB")
+
+
+def summary() -> None:
+    print("\n| case | command | time / cp | time / reference | peak RSS | reference peak RSS | goals met |")
+    print("|---|---|---|---|---|---|---|")
+    for title, name, to_cp, to_ref, peak, ref_peak, met in ROWS:
+        r = f"{to_ref:.2f}x" if to_ref is not None else "-"
+        rp = f"{ref_peak:.0f} MiB" if ref_peak is not None else "-"
+        print(f"| {title} | {name} | {to_cp:.2f}x | {r} | {peak:.0f} MiB | {rp} | {met} |")
+
+
+def run_case(title: str, src: Path, commands: dict, repeat: int, bound: float,
+             goal_cp: float | None = None, goal_ref: float | None = None) -> None:
+    peaks: dict[str, list[float]] = {}
+    times = case(title, src, commands, repeat, peaks=peaks)
+    record(title, times, peaks, bound, goal_cp, goal_ref)
 
 
 def main() -> None:
@@ -189,35 +165,60 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/mapspec-gguf-bench"))
     ap.add_argument("--gb", type=float, default=2.0)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--hf", action="store_true", help="Hugging Face -> GGUF against llama.cpp's converter")
     args = ap.parse_args()
     d = args.dir
     d.mkdir(parents=True, exist_ok=True)
-    need = 6 * args.gb * 1e9
+    need = 7 * args.gb * 1e9
     if shutil.disk_usage(d).free < need:
         raise SystemExit(f"{d}: the benchmark needs about {need / 1e9:.0f} GB free")
+    root = llamacpp_ref.llama_cpp_dir()
+    if root is None:
+        raise SystemExit(f"llama.cpp's converter is not available (pip download "
+                         f"llama-cpp-python=={llamacpp_ref.VERSION} failed)")
+    os.environ.clear()
+    os.environ.update(llamacpp_ref.environment())
     os.environ["PYTHONPATH"] = str(REPO)
     print(f"mapspec gguf_bench, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}; medians of {args.repeat} paired runs")
-    if args.hf:
-        hf_cases(d, args.gb, args.repeat)
-        return
-    for name, text in (("rename.map", RENAME), ("to_hf.map", TO_HF), ("dequantize.map", DEQUANTIZE)):
-        (d / name).write_text(text)
-    f16, q8 = d / f"llama-{args.gb:g}gb-f16.gguf", d / f"llama-{args.gb:g}gb-q8_0.gguf"
-    if not f16.exists():
-        fill(f16, llama(args.gb, "float16"), 1)
-    if not q8.exists():
-        fill(q8, llama(args.gb * 34 / 64, "q8_0"), 7)  # about the same parameter count
-    case("f16 GGUF -> f16 GGUF, renamed", f16,
-         {"mapspec": (mapspec(d / "rename.map", f16, d / "out.gguf"), d / "out.gguf")}, args.repeat)
-    case("f16 GGUF -> safetensors, HF names", f16,
-         {"mapspec": (mapspec(d / "to_hf.map", f16, d / "out.safetensors"), d / "out.safetensors")}, args.repeat)
-    case("q8_0 GGUF -> q8_0 GGUF, renamed", q8,
-         {"mapspec": (mapspec(d / "rename.map", q8, d / "out.gguf"), d / "out.gguf")}, args.repeat)
-    case("q8_0 GGUF -> safetensors f16 (dequantized)", q8,
-         {"mapspec": (mapspec(d / "dequantize.map", q8, d / "out.safetensors"), d / "out.safetensors")},
-         args.repeat)
+
+    bf16, f16 = d / f"hf-llama-{args.gb:g}gb-bf16", d / f"hf-llama-{args.gb:g}gb-f16"
+    for model, dtype in ((bf16, "bfloat16"), (f16, "float16")):
+        if not (model / "config.json").exists():
+            shutil.rmtree(model, ignore_errors=True)
+            hf_model(model, args.gb, dtype)
+    infos = hf_infos(args.gb, VOCAB, "bfloat16")
+    bound = max(x.nbytes for x in infos.values()) / MiB + 150
+    print(f"model: {sum(1 for k in infos if k.endswith('q_proj.weight'))} layers, hidden {HIDDEN}, "
+          f"intermediate {FF}, {sum(x.nbytes for x in infos.values()) / 1e9:.2f} GB in bf16")
+
+    out, ref = d / "out.gguf", d / "ref.gguf"
+    for outtype in ("f16", "q8_0"):
+        run_case(f"HF bf16 -> GGUF {outtype}", bf16, {
+            "mapspec (llama.map)": (mapspec(SPEC, bf16, out, "-p", f"outtype={outtype}"), out),
+            "mapspec (spec from config.json)": (auto(bf16, out, "-p", f"outtype={outtype}"), out),
+            "convert_hf_to_gguf.py": (reference(root, bf16, ref, outtype), ref)}, args.repeat, bound, goal_ref=0.3)
+    run_case("HF bf16 -> GGUF bf16", bf16, {
+        "mapspec (llama.map)": (mapspec(SPEC, bf16, out, "-p", "outtype=bf16"), out),
+        "convert_hf_to_gguf.py": (reference(root, bf16, ref, "bf16"), ref)}, args.repeat, bound, goal_cp=1.5)
+    run_case("HF f16 -> GGUF f16", f16, {
+        "mapspec (llama.map)": (mapspec(SPEC, f16, out, "-p", "outtype=f16"), out),
+        "convert_hf_to_gguf.py": (reference(root, f16, ref, "f16"), ref)}, args.repeat, bound, goal_cp=1.5)
+
+    # GGUF sources, written once by mapspec (untimed)
+    ggufs = {}
+    for outtype, model in (("f16", f16), ("bf16", bf16), ("q8_0", bf16)):
+        ggufs[outtype] = path = d / f"llama-{args.gb:g}gb-{outtype}.gguf"
+        if not path.exists():
+            subprocess.run(mapspec(SPEC, model, path, "-p", f"outtype={outtype}"), check=True)
+    back = d / "back"
+    for outtype, hf_dtype in (("f16", "float16"), ("bf16", "bfloat16")):
+        run_case(f"GGUF {outtype} -> HF safetensors ({hf_dtype} kept)", ggufs[outtype], {
+            "mapspec apply --reverse": ([*mapspec(SPEC, ggufs[outtype], back, "-p", f"hf_dtype={hf_dtype}"),
+                                         "--reverse"], back)}, args.repeat, bound, goal_cp=1.5)
+    (d / "rename.map").write_text(RENAME)
+    run_case("GGUF q8_0 -> GGUF q8_0, renamed", ggufs["q8_0"], {
+        "mapspec": (mapspec(d / "rename.map", ggufs["q8_0"], out), out)}, args.repeat, bound, goal_cp=1.5)
+    summary()
 
 
 if __name__ == "__main__":

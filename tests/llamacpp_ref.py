@@ -94,16 +94,25 @@ def gguf_py(root: Path):
         sys.modules.update(saved)
 
 
+def environment() -> dict[str, str]:
+    """The environment the converter runs in: offline, and with its own gguf-py (next to it)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("NO_LOCAL_GGUF", None)
+    return env
+
+
+def command(model_dir: Path, out: Path, outtype: str, *extra: str, root: Path) -> list[str]:
+    """The argv of `convert_hf_to_gguf.py MODEL_DIR --outtype OUTTYPE --outfile OUT`."""
+    return [sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outtype", outtype,
+            "--outfile", str(out), *extra]
+
+
 def convert(model_dir: Path, out: Path, outtype: str, *extra: str, root: Path | None = None) -> Path:
     """Run `convert_hf_to_gguf.py MODEL_DIR --outtype OUTTYPE --outfile OUT` in a subprocess;
     raise with its output on failure."""
     root = root or require()
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    env.pop("NO_LOCAL_GGUF", None)  # the converter must use its own gguf-py, next to it
-    done = subprocess.run(
-        [sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outtype", outtype,
-         "--outfile", str(out), *extra],
-        capture_output=True, text=True, env=env, cwd=str(root), timeout=900)
+    done = subprocess.run(command(model_dir, out, outtype, *extra, root=root),
+                          capture_output=True, text=True, env=environment(), cwd=str(root), timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return out
@@ -126,11 +135,9 @@ def convert_many(jobs, root: Path | None = None) -> None:
     import json
 
     root = root or require()
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    env.pop("NO_LOCAL_GGUF", None)
     done = subprocess.run([sys.executable, "-c", _MANY, str(root),
                            json.dumps([[str(m), str(o), t, *extra] for m, o, t, *extra in jobs])],
-                          capture_output=True, text=True, env=env, cwd=str(root), timeout=1800)
+                          capture_output=True, text=True, env=environment(), cwd=str(root), timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py failed ({done.returncode}):\n{done.stderr[-4000:]}")
 

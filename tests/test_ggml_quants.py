@@ -91,6 +91,39 @@ def test_chunked_quantization_equals_one_pass(monkeypatch):
             gguf.quants.dequantize(whole[t], Q[t.upper()]).tobytes()
 
 
+def test_chunks_quantized_on_two_threads_report_the_first_bad_chunk(monkeypatch):
+    """Chunks run on two threads, and the error is the one a pass in order meets first."""
+    monkeypatch.setattr(ggml, "CHUNK_BLOCKS", 2)
+    x = np.ones((16, 32), np.float32)
+    x[5, 0] = 3e38  # chunk 2: a scale past f16
+    x[11, 3] = np.nan  # chunk 5
+    with pytest.raises(ConversionError, match="past float16's range"):
+        ggml.quantize(x, "float32", "q8_0")
+
+
+@pytest.mark.parametrize("src, dst", [("bfloat16", "float16"), ("float32", "bfloat16"), ("float16", "float32"),
+                                      ("bfloat16", "float32"), ("float32", "float16")])
+@pytest.mark.parametrize("layout", ["rows", "transposed", "experts", "flat"])
+def test_casts_in_slices_on_two_threads_give_the_one_pass_bytes(monkeypatch, src, dst, layout):
+    """cast() works on a large tensor slice by slice into one output (both cores, no
+    whole-tensor temporaries): every value, NaN, infinity, ties and subnormals included, is
+    the one a cast in one go gives, whatever the tensor's layout."""
+    from mapspec.core import dtypes
+    from mapspec.ops import cast
+
+    monkeypatch.setattr(cast, "CHUNK_ELEMENTS", 50)
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(6 * 70 * 33) * 10.0 ** rng.integers(-9, 6, 6 * 70 * 33)).astype(np.float32)
+    x[:6] = [np.nan, np.inf, -np.inf, 65520.0, 1.00048828125, 1e-8]  # f16 overflow, a tie, a subnormal
+    values = dtypes.cast(x, "float32", src)
+    shaped = {"rows": values.reshape(420, 33), "transposed": values.reshape(33, 420).T,
+              "experts": values.reshape(6, 70, 33), "flat": values}[layout]
+    want = dtypes.cast(shaped, src, dst)
+    got = cast.cast_in_slices(shaped, src, dst)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(want).tobytes()
+
+
 @pytest.mark.parametrize("qtype", TYPES)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, 3e38])
 def test_values_ggml_would_store_as_garbage_are_refused(qtype, bad):

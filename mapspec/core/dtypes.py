@@ -239,7 +239,9 @@ def values(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    wide = bits.astype(np.uint32)
+    wide <<= 16  # in place: one temporary, not two
+    return wide.view(np.float32)
 
 
 def _f32_to_bf16(values: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from ..core import dtypes
 from ..errors import PlanError as ShapeError, SpecError, UsageError
 from ..lang.rules import Action, Text, Word
 from .args import bind, format_shape, show
+from .fp8 import CHUNK_ELEMENTS, in_parallel
 from .ggml import FLOATS, QUANTIZERS  # the block types mapspec writes; what dequantizing gives
 from .base import InverseContext, Params, PlannedAction, Shape, Typed, Unary, make, planned
 
@@ -41,8 +42,10 @@ class Cast(Unary):
 
     def apply(self, p: Params, array):
         src, dst = p["from"], p["to"]
-        if src == dst or not (dtypes.block(src) or dtypes.block(dst)):
-            return dtypes.cast(array, src, dst)
+        if src == dst:
+            return array
+        if not (dtypes.block(src) or dtypes.block(dst)):
+            return cast_in_slices(array, src, dst)
         from . import ggml
 
         if not dtypes.block(src):
@@ -89,6 +92,25 @@ class Cast(Unary):
 
     def display(self, pa: PlannedAction, index: bool = True) -> str:
         return f"cast({pa.params['to']})"
+
+
+def cast_in_slices(array, src: str, dst: str):
+    """`dtypes.cast`, slice by slice into one output array, on both cores (numpy releases the GIL
+    in its loops): the same values, as every cast is elementwise, without the whole-tensor
+    temporaries of a cast in one go (bf16 -> f16 goes through a uint32 copy of the bits and a
+    float32 copy of the values, 4x the output's size)."""
+    from ..core.lazy import numpy as np
+
+    if array.ndim == 0 or array.size <= 2 * CHUNK_ELEMENTS:
+        return dtypes.cast(array, src, dst)
+    rows = array.reshape(-1, array.shape[-1]) if array.flags.c_contiguous and array.ndim > 1 else array
+    out = np.empty(rows.shape, dtypes.cast(rows[:0], src, dst).dtype)
+    step = max(1, CHUNK_ELEMENTS // max(1, rows[0].size))
+
+    def one(r0: int) -> None:
+        out[r0:r0 + step] = dtypes.cast(rows[r0:r0 + step], src, dst)
+    in_parallel(range(0, rows.shape[0], step), one)
+    return out.reshape(array.shape)
 
 
 def dtype_word(action: Action, value) -> str:

@@ -1,5 +1,5 @@
 """ggml's block quantization, for GGUF tensors: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 quantized and
-dequantized here (numpy, vectorised, a bounded number of blocks at a time), every other block
+dequantized here (numpy, vectorised, a bounded number of blocks at a time, on two threads), every other block
 type gguf-py can dequantize (K-quants, IQ types, TQ, MXFP4 ...) dequantized through it (the
 optional `gguf` package: `pip install mapspec[gguf]`).
 
@@ -28,10 +28,11 @@ from ..core.lazy import numpy as np
 
 from ..core import dtypes
 from ..errors import ConversionError, UsageError
+from .fp8 import in_parallel  # chunks on both cores: numpy releases the GIL in its loops
 
 QUANTIZERS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")  # written by mapspec
 FLOATS = ("float32", "float16", "bfloat16", "float64")
-CHUNK_BLOCKS = 1 << 16  # blocks per numpy pass: temporaries stay a few MiB
+CHUNK_BLOCKS = 1 << 15  # blocks per numpy pass (one per thread): temporaries stay a few MiB
 
 
 def _half_bytes(values) -> "np.ndarray":
@@ -47,11 +48,12 @@ def _inverse(d):
 
 
 def _round_away(v):
-    """Round half away from zero (C roundf), exactly: |v| - floor|v| is exact in float32."""
-    a = np.abs(v)
-    f = np.floor(a)
-    f += (a - f) >= np.float32(0.5)
-    return np.copysign(f, v)
+    """Round half away from zero (C roundf), exactly: in float64, x + 0.5 is exact for every
+    float32 x, so truncating it rounds (3 passes over the values; in float32 it would round
+    0.49999997 up)."""
+    w = v.astype(np.float64)
+    w += np.copysign(0.5, v)
+    return np.trunc(w, out=w)
 
 
 def _signed_max(b):
@@ -150,17 +152,22 @@ def quantize(array, src: str, qtype: str):
     kernel = _QUANTIZE[qtype]
     blocks = array.reshape(-1, per)
     out = np.empty((blocks.shape[0], size), np.uint8)
-    for at in range(0, blocks.shape[0], CHUNK_BLOCKS):
+    halves = 4 if qtype in ("q4_1", "q5_1") else 2  # the f16 scale (and minimum) of each block
+
+    def one(at: int) -> None:
         part = blocks[at:at + CHUNK_BLOCKS]
         values = np.asarray(dtypes.cast(part, src, "float32") if src != "float32" else part, np.float32)
-        if not np.isfinite(values).all():
-            raise ConversionError(f"cannot quantize to {qtype}: the tensor holds NaN or infinite values")
         with np.errstate(all="ignore"):  # checked below: ggml would store an infinite scale
             done = out[at:at + CHUNK_BLOCKS] = kernel(values)
-        halves = 4 if qtype in ("q4_1", "q5_1") else 2  # the f16 scale (and minimum) of each block
-        if not np.isfinite(done[:, :halves].copy().view(np.float16)).all():
-            raise ConversionError(f"cannot quantize to {qtype}: values up to {np.abs(values).max():.4g} need a "
+        # A NaN or infinite value makes its block's scale (or minimum) NaN or infinite too, so
+        # the scales are checked, not every value: one pass over the values less.
+        if np.isfinite(done[:, :halves].copy().view(np.float16)).all():
+            return
+        if not np.isfinite(values).all():
+            raise ConversionError(f"cannot quantize to {qtype}: the tensor holds NaN or infinite values")
+        raise ConversionError(f"cannot quantize to {qtype}: values up to {np.abs(values).max():.4g} need a "
                                   "block scale past float16's range (ggml would store an infinite scale)")
+    in_parallel(range(0, blocks.shape[0], CHUNK_BLOCKS), one)
     return out.reshape(dtypes.stored_shape(shape, qtype))
 
 
@@ -172,9 +179,11 @@ def dequantize(raw, qtype: str, shape: tuple[int, ...], dst: str = "float32"):
     kernel = _DEQUANTIZE.get(qtype) or _gguf_kernel(qtype)
     blocks = np.ascontiguousarray(raw).reshape(-1, size)
     out = np.empty((blocks.shape[0], per), dtypes.STORAGE[dst])
-    for at in range(0, blocks.shape[0], CHUNK_BLOCKS):
+
+    def one(at: int) -> None:
         values = kernel(blocks[at:at + CHUNK_BLOCKS])
         out[at:at + CHUNK_BLOCKS] = dtypes.cast(values, "float32", dst) if dst != "float32" else values
+    in_parallel(range(0, blocks.shape[0], CHUNK_BLOCKS), one)
     return out.reshape(shape)
 
 
