@@ -266,7 +266,10 @@ class Provenance:
                 return
         self._digests = _Digests(files)
         if self._shards:
-            self.fields["source_files"] = {f.name: {"size": _size(f), "sha256": _PLACEHOLDER} for f in self._shards}
+            # Sizes taken once: for shards on a store each is a request, not a stat.
+            self._sizes = {f: _size(f) for f in self._shards}
+            self.fields["source_files"] = {f.name: {"size": self._sizes[f], "sha256": _PLACEHOLDER}
+                                           for f in self._shards}
 
     def record(self, final: bool = True) -> dict[str, Any]:
         if self._final is not None:
@@ -278,7 +281,7 @@ class Provenance:
         values = self._digests.result()
         if not self._shards:
             return {**self.fields, "source_sha256": values[self._digests.files[0]][1]}
-        files = {f.name: {"size": _size(f), values[f][0]: values[f][1]} for f in self._shards}
+        files = {f.name: {"size": self._sizes[f], values[f][0]: values[f][1]} for f in self._shards}
         return {**self.fields, "source_files": files, "source_sha256": combined_sha256(files)}
 
     def resolved(self) -> "Provenance":
