@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mapspec.run.executor import execute, plan_for
-from mapspec.run.executor import apply
+from mapspec.api import apply, plan_for
+from mapspec.core.tensorinfo import TensorInfo
 from mapspec.formats import open_sink, open_source
-from mapspec.compile.plan import TensorInfo
+from mapspec.run.executor import execute
 from mapspec.formats.provenance import sha256_path
 
 
