@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import os
 
-from .floatbits import bits_of, dtype_name, from_float32, name_of, power_of_two_codes, to_e4m3, to_float32
+from .floatbits import bits_of, byte_values, dtype_name, from_float32, name_of, power_of_two_codes, to_e4m3, to_float32
 
 FP8_MAX = 448.0  # the largest finite float8_e4m3fn
 CHUNK_ELEMENTS = 1 << 20  # float32 elements worked on at once (4 MiB) by each thread
@@ -114,13 +114,23 @@ def dequantize(weight, scale_inv, block: tuple[int, int], out_dtype, weight_dtyp
     to_float32(bits_of(scale_inv, scale_dtype), scale_dtype, s)
     s = s.reshape(-1, *expected[-2:])
     o = out.reshape(-1, rows, cols)
+    # A weight is one byte, so a block has 256 possible values: each block row gets a table,
+    # (its column blocks) x (256 codes), of `float32(code) * scale` rounded once to the output
+    # dtype (the very product and rounding of the element-wise computation, so the same bits),
+    # and the output is a gather from it: one pass over the weight instead of five.
+    codes = byte_values(weight_dtype)
+    table_row = ((np.arange(cols) // bn) * 256).astype(np.uint32)  # a column's block's table row
 
     def one(job) -> None:
         e, r0, r1 = job
-        work = np.empty((r1 - r0, cols), np.float32)
-        to_float32(w[e, r0:r1], weight_dtype, work, np.empty(work.shape, np.intp))
-        _scale_in_place(work, s[e, r0 // bm: -(-r1 // bm)], bm, bn)
-        from_float32(work, out_name, o[e, r0:r1])  # the one rounding to the output dtype
+        index = np.empty((min(bm, r1 - r0), cols), np.uint32)
+        for b0 in range(r0, r1, bm):
+            b1 = min(r1, b0 + bm)
+            table = np.empty((s.shape[-1], 256), out.dtype)
+            from_float32(s[e, b0 // bm][:, None] * codes[None, :], out_name, table)
+            part = index[:b1 - b0]
+            np.add(w[e, b0:b1], table_row, out=part, dtype=np.uint32, casting="unsafe")
+            np.take(table.reshape(-1), part, out=o[e, b0:b1])
 
     in_parallel(_slices(weight.shape, bm), one)
     return out
@@ -136,12 +146,33 @@ def _block_absmax(a, bm: int, bn: int):
     else:
         per_rows = np.maximum.reduceat(a, np.arange(0, rows, bm), axis=0)
     full, rest = divmod(cols, bn)
-    out = np.empty((per_rows.shape[0], full + (1 if rest else 0)), np.float32)
+    out = np.empty((per_rows.shape[0], full + (1 if rest else 0)), a.dtype)
     if full:
         out[:, :full] = per_rows[:, :full * bn].reshape(-1, full, bn).max(axis=2)
     if rest:
         out[:, full] = per_rows[:, full * bn:].max(axis=1)
     return out
+
+
+def _magnitudes(bits, dtype: str):
+    """The bits of |x| as unsigned integers, whose order is that of |x| (NaNs above infinity):
+    block maxima are taken on them, in the tensor's own width, without a float32 copy."""
+    import numpy as np
+
+    if dtype == "float32":
+        return bits.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    return bits.view(np.uint16) & np.uint16(0x7FFF)
+
+
+def _magnitude_values(m, dtype: str):
+    """float32 values of `_magnitudes` (exact: every bf16, f16 and f32 is a float32)."""
+    import numpy as np
+
+    if dtype == "float32":
+        return m.view(np.float32)
+    if dtype == "bfloat16":
+        return (m.astype(np.uint32) << 16).view(np.float32)
+    return m.view(np.float16).astype(np.float32)
 
 
 def _power_of_two_up(inv):
@@ -178,9 +209,8 @@ def quantize(x, block: tuple[int, int] = (128, 128), scale_fmt: str = "float32",
 
     def one_slice(job) -> None:
         e, r0, r1 = job
-        work = np.empty((r1 - r0, cols), np.float32)
-        to_float32(xs[e, r0:r1], dtype, work)
-        amax = _block_absmax(np.abs(work), bm, bn)
+        # max|x| of each block, as torch's x.abs().amax() (a NaN makes it NaN), on the bits
+        amax = _magnitude_values(_block_absmax(_magnitudes(xs[e, r0:r1], dtype), bm, bn), dtype)
         nonzero = amax > 0  # False for NaN too, as torch's `max_abs > 0`
         # torch evaluates `448 / amax` (a number over a tensor) as `reciprocal(amax) * 448`:
         # two float32 roundings, not one division. The same here, bit for bit.
@@ -192,6 +222,8 @@ def quantize(x, block: tuple[int, int] = (128, 128), scale_fmt: str = "float32",
         invs[e, r0 // bm: -(-r1 // bm)] = inv
         if scales_only:
             return
+        work = np.empty((r1 - r0, cols), np.float32)
+        to_float32(xs[e, r0:r1], dtype, work)
         _scale_in_place(work, scale, bm, bn)
         np.clip(work, -fp8_max, fp8_max, out=work)
         qs[e, r0:r1] = to_e4m3(work)  # rounded to nearest even, as torch rounds
