@@ -76,6 +76,11 @@ class Metered:
         if not self.own:
             self._add(array.nbytes)
 
+    def write_rows(self, name: str, start: int, array) -> None:
+        self.sink.write_rows(name, start, array)
+        if not self.own:
+            self._add(array.nbytes)
+
     def write_region(self, name: str, extent) -> bool:
         taken = self.sink.write_region(name, extent)
         if taken and not self.own:

@@ -648,6 +648,12 @@ class GGUFSplitSink(SinkBase):
     def write_region(self, name: str, extent: Extent) -> bool:
         return self.route[name].write_region(name, extent)
 
+    def takes_rows(self, name: str) -> bool:
+        return self.route[name].takes_rows(name)
+
+    def write_rows(self, name: str, start: int, array: np.ndarray) -> None:
+        self.route[name].write_rows(name, start, array)
+
     def commit(self) -> None:
         for sink in self.sinks:
             sink.commit()

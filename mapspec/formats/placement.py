@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from ..core.lazy import numpy as np
 from ..errors import CheckpointError
-from .protocol import Extent, SinkBase
+from .protocol import Extent, SinkBase, row_bytes
 
 COPY_CHUNK = 1 << 30  # bytes per copy_file_range call (a tensor may take several)
 # The kernel copies a range file-to-file fastest when source and destination offsets agree
@@ -103,3 +103,15 @@ class OffsetSink(SinkBase):
         copy_extent(extent, self.file.fileno(), self.base + self.offsets[name])
         self.written.add(name)
         return True
+
+    def takes_rows(self, name: str) -> bool:
+        return row_bytes(self.infos[name]) is not None
+
+    def write_rows(self, name: str, start: int, array: "np.ndarray") -> None:
+        from ..core import dtypes
+
+        info = self.infos[name]
+        self.file.seek(self.base + self.offsets[name] + start * row_bytes(info))
+        self.file.write(dtypes.raw(array, info.dtype))
+        if start + array.shape[0] == info.shape[0]:  # the last rows: the tensor is whole
+            self.written.add(name)

@@ -46,6 +46,10 @@ class Source(Protocol):
     def release(self, key: str) -> None:
         """`key`'s bytes are consumed: hand their pages back, so memory stays near one step."""
 
+    def read_rows(self, key: str, start: int, stop: int) -> np.ndarray | None:
+        """Rows [start, stop) of `key` (slices of its first dimension) as `read` gives the
+        whole; None where this source cannot read part of a tensor."""
+
     def auto_select(self) -> str | None:
         """The sub-tree to convert when the caller did not say (a training checkpoint's model)."""
 
@@ -67,12 +71,46 @@ class SourceBase:
     def release(self, key: str) -> None:
         pass
 
+    def read_rows(self, key: str, start: int, stop: int) -> np.ndarray | None:
+        """From the tensor's extent: its rows lie one after another in the file."""
+        extent = self.extent(key)
+        return None if extent is None else rows_of(extent, self.infos()[key], key, start, stop)
+
     def auto_select(self) -> str | None:
         return None
 
 
+def row_bytes(info: TensorInfo) -> int | None:
+    """Bytes of one row (one index of the first dimension) of a tensor as stored, if every row
+    takes whole bytes (packed float4 rows of an odd length do not), else None."""
+    from ..core import dtypes
+
+    if not info.shape or info.shape[0] == 0:
+        return None
+    one = dtypes.nbytes((1, *info.shape[1:]), info.dtype)
+    return one if one * info.shape[0] == info.nbytes else None
+
+
+def rows_of(extent: Extent, info: TensorInfo, key: str, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of the tensor stored at `extent`, read into a fresh buffer."""
+    from ..core import dtypes
+
+    per = row_bytes(info)
+    if per is None or not 0 <= start <= stop <= info.shape[0]:
+        raise ValueError(f"rows {start}:{stop} of '{key}' {info.shape} cannot be read apart")
+    raw = extent.file.read_range(extent.offset + start * per, (stop - start) * per, f"tensor '{key}'")
+    return dtypes.from_raw(raw, dtypes.stored_shape((stop - start, *info.shape[1:]), info.dtype), info.dtype)
+
+
 class Sink(Protocol):
     def write(self, name: str, array: np.ndarray) -> None: ...
+
+    def takes_rows(self, name: str) -> bool:
+        """Whether `write_rows` may write `name` a slice of rows at a time."""
+
+    def write_rows(self, name: str, start: int, array: np.ndarray) -> None:
+        """Rows of `name` from row `start` on (`array`: as `write` takes the whole); a
+        tensor written this way is written whole, every row once, before `commit`."""
 
     def write_region(self, name: str, extent: Extent) -> bool:
         """Write `name` by copying its stored bytes file-to-file; False: not supported here,
@@ -88,3 +126,9 @@ class Sink(Protocol):
 class SinkBase:
     def write_region(self, name: str, extent: Extent) -> bool:
         return False
+
+    def takes_rows(self, name: str) -> bool:
+        return False
+
+    def write_rows(self, name: str, start: int, array: np.ndarray) -> None:  # pragma: no cover
+        raise NotImplementedError(f"{type(self).__name__} writes whole tensors")

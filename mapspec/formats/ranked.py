@@ -205,6 +205,10 @@ class RankedSource(SourceBase):
         source, inner = self._owner[key]
         return source.extent(inner)
 
+    def read_rows(self, key: str, start: int, stop: int) -> np.ndarray | None:
+        source, inner = self._owner[key]
+        return source.read_rows(inner, start, stop)
+
     def release(self, key: str) -> None:
         source, inner = self._owner[key]
         source.release(inner)

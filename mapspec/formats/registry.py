@@ -146,6 +146,10 @@ class Guarded(SourceBase):
         with reading(self.path):
             return self.inner.extent(key)
 
+    def read_rows(self, key: str, start: int, stop: int):
+        with reading(self.path):
+            return self.inner.read_rows(key, start, stop)
+
     def release(self, key: str) -> None:
         with reading(self.path):
             self.inner.release(key)

@@ -49,6 +49,9 @@ class Selected(SourceBase):
     def extent(self, key: str) -> Extent | None:
         return self.inner.extent(self._names[key])
 
+    def read_rows(self, key: str, start: int, stop: int) -> np.ndarray | None:
+        return self.inner.read_rows(self._names[key], start, stop)
+
     def release(self, key: str) -> None:
         self.inner.release(self._names[key])
 

@@ -163,6 +163,9 @@ class ShardedSource(SourceBase):
     def read(self, key: str) -> np.ndarray:
         return self._owner[key].read(key)
 
+    def read_rows(self, key: str, start: int, stop: int) -> np.ndarray | None:
+        return self._owner[key].read_rows(key, start, stop)
+
     def extent(self, key: str) -> Extent | None:
         return self._owner[key].extent(key)
 
@@ -343,6 +346,15 @@ class ShardedSink(SinkBase):
         sink = self.route[name]
         self._drain(sink)  # the shard's queued copies first: its records stay in plan order
         sink.write(name, array)
+        self._written(array.nbytes)
+
+    def takes_rows(self, name: str) -> bool:
+        return self.route[name].takes_rows(name)
+
+    def write_rows(self, name: str, start: int, array: np.ndarray) -> None:
+        sink = self.route[name]
+        self._drain(sink)
+        sink.write_rows(name, start, array)
         self._written(array.nbytes)
 
     def write_region(self, name: str, extent: Extent) -> bool:

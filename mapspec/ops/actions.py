@@ -5,13 +5,13 @@ it, and how `invert` and `explain` write it. The definitions live by family (`sh
 `merge`, `cast`); `registry` knows them by name. This module is the one import for users."""
 
 from .args import format_shape
-from .base import ActionDef, InverseContext, Params, PlannedAction, Shape, Typed, make, planned
+from .base import ActionDef, InverseContext, Params, PlannedAction, Rows, Shape, Typed, make, planned
 from .merge import MAX_PIECES
 from .ranks import ReplicaMismatch
-from .registry import (REGISTRY, config_effect, inverse, lookup, normalize, register, registered, resolve, run, run_all,
-                       typed)
+from .registry import (REGISTRY, config_effect, inverse, lookup, normalize, register, registered, resolve, rows, run,
+                       run_all, typed)
 
 __all__ = ["ActionDef", "InverseContext", "MAX_PIECES", "Params", "PlannedAction", "REGISTRY", "ReplicaMismatch",
            "Shape", "Typed", "config_effect", "format_shape", "inverse", "lookup", "make", "normalize", "planned",
            "register", "registered", "resolve",
-           "run", "run_all", "typed"]
+           "Rows", "rows", "run", "run_all", "typed"]

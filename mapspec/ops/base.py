@@ -22,6 +22,14 @@ from .blocks import keep_rows
 Params = dict[str, Any]
 
 
+class Rows(NamedTuple):
+    """One block of rows of an action that works row by row: its input i's `inputs[i]` rows
+    (a ragged last block holds fewer) give `output` rows of its output."""
+
+    inputs: tuple[int, ...]
+    output: int
+
+
 class Typed(NamedTuple):
     """One tensor as the planner sees it: its shape and dtype, before anything is read."""
 
@@ -160,6 +168,13 @@ class ActionDef:
         return None
 
     # ---------------------------------------------------------------- execution
+    def rows(self, p: Params, inputs: list[Typed]) -> Rows | None:
+        """Whether the action works a block of rows (slices of the first dimension) at a
+        time, each block of its output computed from the matching blocks of its inputs
+        alone; then the executor may run it slice by slice, holding a slice of the tensors,
+        not all of them. None: it needs whole tensors (the default)."""
+        return None
+
     def run(self, p: Params, arrays: list) -> list:
         """The group's arrays -> its output arrays (with `index` in `p`: that one, or all)."""
         raise NotImplementedError
@@ -235,5 +250,5 @@ def unknown(action: Action, known: Iterable[str]) -> SpecError:
     return SpecError(f"unknown action '{action.name}' (known: {', '.join(sorted(known))})", action.span)
 
 
-__all__ = ["ActionDef", "InverseContext", "PlannedAction", "Params", "Reshaping", "Shape", "Typed", "Unary",
+__all__ = ["ActionDef", "InverseContext", "PlannedAction", "Params", "Reshaping", "Rows", "Shape", "Typed", "Unary",
            "format_shape", "make", "planned", "unknown"]

@@ -13,7 +13,7 @@ from ..lang.rules import Action, Text, Word
 from .args import bind, format_shape, show
 from .fp8 import CHUNK_ELEMENTS, in_parallel
 from .ggml import FLOATS, QUANTIZERS  # the block types mapspec writes; what dequantizing gives
-from .base import InverseContext, Params, PlannedAction, Shape, Typed, Unary, make, planned
+from .base import InverseContext, Params, PlannedAction, Rows, Shape, Typed, Unary, make, planned
 
 
 class Cast(Unary):
@@ -39,6 +39,12 @@ class Cast(Unary):
         if t.dtype != p["dtype"] and (dtypes.block(t.dtype) or dtypes.block(p["dtype"])):
             _check_blocks(t.dtype, p["dtype"], tuple(t.shape), action)
         return [Typed(tuple(t.shape), p["dtype"])], {"from": t.dtype, "to": p["dtype"]}
+
+    def rows(self, p: Params, inputs: list[Typed]) -> Rows | None:
+        # Elementwise, and a block type's blocks lie along the last dimension: a row of a
+        # tensor of two or more dimensions is cast (quantized) on its own.
+        (t,) = inputs
+        return Rows((1,), 1) if len(t.shape) >= 2 else None
 
     def apply(self, p: Params, array):
         src, dst = p["from"], p["to"]

@@ -22,7 +22,7 @@ from ..core import dtypes
 from ..errors import PlanError, SpecError
 from ..lang.rules import Action, Text, Word
 from .args import bind, capture_name, format_shape, integers, show
-from .base import ActionDef, Params, PlannedAction, Typed, make, planned
+from .base import ActionDef, Params, PlannedAction, Rows, Typed, make, planned
 
 SCHEMES = ("fp8", "mxfp4")
 FP8_WEIGHTS = ("float8_e4m3fn", "float8_e5m2")
@@ -120,6 +120,13 @@ class Dequantize(ActionDef):
                             action.span)
         return [Typed(dequantized_shape(tuple(first.shape)), p["dtype"])], dict(p)
 
+    def rows(self, p: Params, inputs: list[Typed]) -> Rows | None:
+        # A 2-D FP8 weight: bm rows and their one row of scales; stacked experts (FP8 of three
+        # or more dimensions, MXFP4's (E, N, G, 16) blocks and (E, N, G) scales): one expert.
+        if p["scheme"] == "fp8" and len(inputs[0].shape) == 2:
+            return Rows((p["block"][0], 1), p["block"][0])
+        return Rows((1, 1), 1)
+
     def run(self, p: Params, arrays: list) -> list:
         from . import fp8, mxfp4
 
@@ -190,6 +197,16 @@ class Quantize(ActionDef):
                             f"got shape {format_shape(t.shape)}", action.span)
         blocks, scales = quantized_shapes(tuple(t.shape))
         return [Typed(blocks, "uint8"), Typed(scales, "uint8")], {**resolved, "from": t.dtype}
+
+    def rows(self, p: Params, inputs: list[Typed]) -> Rows | None:
+        # One piece at a time (a plan step writes one): a 2-D FP8 tensor's bm rows give bm
+        # rows of the weight or one row of scales; stacked experts go one expert at a time.
+        piece = p.get("index")
+        if piece is None:
+            return None
+        if p["scheme"] == "fp8" and len(inputs[0].shape) == 2:
+            return Rows((p["block"][0],), p["block"][0] if piece == 0 else 1)
+        return Rows((1,), 1)
 
     def run(self, p: Params, arrays: list) -> list:
         from . import fp8, mxfp4

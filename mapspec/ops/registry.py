@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Iterable, Iterator, Sequence
 
 from ..lang.rules import Action
-from .base import ActionDef, Params, PlannedAction, Shape, Typed, planned, unknown
+from .base import ActionDef, Params, PlannedAction, Rows, Shape, Typed, planned, unknown
 from .arith import Add
 from .cast import Cast
 from .merge import Chunk, Concat, Split, Stack, Unstack
@@ -79,6 +79,17 @@ def run(pa: PlannedAction, arrays: list) -> list:
 def config_effect(pa: PlannedAction) -> tuple[dict, frozenset] | None:
     """(config keys set, keys removed) by one planned action, or None."""
     return REGISTRY[pa.name].config(dict(pa.params))
+
+
+def rows(pa: PlannedAction, inputs: list[Typed]) -> Rows | None:
+    """How `pa` works row by row on the tensors of a step (`ActionDef.rows`): only an action
+    on one group of all of them, with the same arguments for each."""
+    d = REGISTRY[pa.name]
+    if pa.each is not None or (pa.groups is not None and tuple(pa.groups) != (tuple(range(len(inputs))),)):
+        return None
+    if not d.merges and len(inputs) != 1:
+        return None
+    return d.rows(dict(pa.params), inputs)
 
 
 def run_all(actions: Iterable[PlannedAction], arrays: list) -> list:

@@ -8,7 +8,7 @@ import math
 from ..errors import PlanError as ShapeError, SpecError
 from ..lang.rules import Action, Tuple, Word
 from .args import axis, bind, format_shape, integer, integers, show, varargs_as_tuple
-from .base import InverseContext, Params, PlannedAction, Reshaping, Shape, Typed, make, planned
+from .base import InverseContext, Params, PlannedAction, Reshaping, Rows, Shape, Typed, make, planned
 from .blocks import in_bytes
 
 
@@ -270,6 +270,9 @@ class Expect(Reshaping):
 
     def apply(self, p: Params, array):
         return array
+
+    def rows(self, p: Params, inputs: list[Typed]) -> Rows | None:
+        return Rows((1,), 1) if inputs[0].shape else None  # checked at plan time; a slice passes as is
 
     def inverse(self, p: Params, inputs: list[Typed]) -> list[PlannedAction]:
         return []

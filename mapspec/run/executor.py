@@ -19,6 +19,7 @@ from ..formats import open_source
 from ..formats.protocol import Extent
 from ..compile.plan import READ_AHEAD_BYTES, Plan, Step
 from ..lang.rules import Spec
+from .rows import run_sliced, slicing
 
 read_worker = Worker("mapspec-read-ahead")
 
@@ -65,6 +66,8 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
     total = 0
     sink = metered(sink, progress)
     steps = plan.steps
+    # Steps that run a slice of rows at a time (`rows`) read their own slices, one ahead.
+    sliced = {i: cut for i, step in enumerate(steps) if (cut := slicing(step, source, sink)) is not None}
     # Steps that split one input read it several times: release it after its last use.
     last_use = {k: i for i, step in enumerate(steps) for k in step.inputs}
     copies = True  # until the sink declines a copy, it takes every one offered
@@ -74,7 +77,7 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
 
     def upcoming(j: int) -> tuple[Extent | None, Job | None]:
         """Step j's extent if it is to be copied, or the job reading its arrays, if started."""
-        if j == len(steps) or streamed(steps[j]):  # a streamed merge reads its inputs one by one
+        if j == len(steps) or streamed(steps[j]) or j in sliced:  # these read their inputs bit by bit
             return None, None
         extent = copyable(steps[j])
         if extent is not None:
@@ -93,7 +96,11 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
             else:
                 if extent is not None:  # the sink declined the copy: it will decline every one
                     copies = False
-                if streamed(step):
+                if i in sliced:
+                    run_sliced(step, sliced[i], source, sink, read_worker)
+                    extent, ahead = upcoming(i + 1)
+                    out = None
+                elif streamed(step):
                     extent, ahead = upcoming(i + 1)
                     out = merge_streaming(step, source)
                 else:
@@ -104,7 +111,8 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
                     except act.ReplicaMismatch as exc:
                         raise _replica_error(step, exc.index, source) from None
                     del arrays
-                sink.write(step.output, out)
+                if out is not None:
+                    sink.write(step.output, out)
                 del out
                 for k in step.inputs:
                     if last_use[k] == i:
