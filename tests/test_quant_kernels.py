@@ -236,8 +236,12 @@ def _grid_midpoints(dtype, limit):
 
 
 def test_floatbits_rounding_is_ml_dtypes_rounding():
-    x = np.concatenate([_float32_samples(limit=448), _grid_midpoints(E4M3, 448)])
+    # NaNs whose payload would carry into the sign or wrap when rounded on the bits
+    nans = np.array([0x7FFF0000, 0x7FFFFFFF, 0xFFFFFFFF, 0xFFF80000, 0x7FC00000, 0xFFC00000, 0x7F800001],
+                    np.uint32).view(np.float32)
+    x = np.concatenate([_float32_samples(limit=448), _grid_midpoints(E4M3, 448), nans, np.float32([0.0, -0.0])])
     assert _same_bits(floatbits.to_e4m3(x), x.astype(E4M3))
+    assert list(floatbits.to_e4m3(nans)) == [0x7F, 0x7F, 0xFF, 0xFF, 0x7F, 0xFF, 0x7F]
     y = np.concatenate([_float32_samples(), np.array([np.inf, -np.inf, 3.0e38, 1e-45], np.float32)])
     out = np.empty(y.shape, np.uint16)
     floatbits.to_bfloat16(y, out)

@@ -73,26 +73,41 @@ def to_bfloat16(x, out) -> None:
 
 def to_e4m3(x):
     """float32 values within [-448, 448] (or NaN) -> float8_e4m3fn codes: the mantissa
-    rounded to 3 bits, nearest even, on the float32 bits, or for |x| < 2**-6 (e4m3's
-    subnormals) `rint(|x| * 512)`."""
+    rounded to 3 bits, nearest even, on the float32 bits; for the few elements with
+    |x| < 2**-6 (zero and e4m3's subnormals) `rint(|x| * 512)`, and NaN -> 0x7F, both with
+    the sign. Written as in-place passes over narrow arrays (no boolean masks over the
+    whole tensor, no table gathers): quantizing is bound by this function."""
     import numpy as np
 
-    bits = x.view(np.uint32)
-    sign = (bits >> 24).astype(np.uint8) & 0x80
-    mag = bits & 0x7FFFFFFF
-    rounded = (mag >> 20) & 1
-    rounded += 0x7FFFF
-    rounded += mag
+    bits = x.reshape(-1).view(np.uint32)
+    n = bits.size
+    rounded = bits >> 20
+    rounded &= 1
+    rounded += bits
+    # + 0x7FFFF rounds to nearest even (with the bit above); - 960 << 20 rebases the
+    # exponent from 127 to 7. Wrapping below zero only happens for the exceptional elements.
+    rounded += np.uint32((0x7FFFF - (960 << 20)) & 0xFFFFFFFF)
     rounded >>= 20
-    rounded -= 120 << 3  # the exponent rebased 127 -> 7
-    code = rounded.astype(np.uint8)
-    with np.errstate(invalid="ignore"):
-        small = np.rint(np.abs(x) * np.float32(512))
-    below = mag < 0x3C800000
-    code[below] = small[below].astype(np.uint8)
-    code[mag > 0x7F800000] = 0x7F  # NaN
+    code = np.empty(n, np.uint8)
+    np.copyto(code, rounded, casting="unsafe")  # low 8 bits: the magnitude's code for normals
+    del rounded
+    top = np.empty(n, np.uint16)
+    np.right_shift(bits, 16, out=top, casting="unsafe")
+    sign = np.empty(n, np.uint8)
+    np.right_shift(top, 8, out=sign, casting="unsafe")
+    sign &= 0x80
     code |= sign
-    return code
+    top &= 0x7FFF  # |x| < 2**-6 or NaN, as one unsigned comparison on the top 16 bits
+    top -= 0x3C80
+    odd = np.flatnonzero(top >= 0x7F80 - 0x3C80)
+    if odd.size:
+        xs = x.reshape(-1)[odd]
+        with np.errstate(invalid="ignore"):
+            small = np.rint(np.abs(xs) * np.float32(512))
+        fixed = np.where(np.isnan(xs), np.float32(0x7F), small).astype(np.uint8)
+        fixed |= sign[odd]
+        code[odd] = fixed
+    return code.reshape(x.shape)
 
 
 def from_float32(x, name: str, out) -> None:

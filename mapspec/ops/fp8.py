@@ -119,17 +119,18 @@ def dequantize(weight, scale_inv, block: tuple[int, int], out_dtype, weight_dtyp
     # dtype (the very product and rounding of the element-wise computation, so the same bits),
     # and the output is a gather from it: one pass over the weight instead of five.
     codes = byte_values(weight_dtype)
-    table_row = ((np.arange(cols) // bn) * 256).astype(np.uint32)  # a column's block's table row
+    # a column's block's table row; intp indices, which np.take would otherwise convert to
+    table_row = ((np.arange(cols) // bn) * 256).astype(np.intp)
 
     def one(job) -> None:
         e, r0, r1 = job
-        index = np.empty((min(bm, r1 - r0), cols), np.uint32)
+        index = np.empty((min(bm, r1 - r0), cols), np.intp)
         for b0 in range(r0, r1, bm):
             b1 = min(r1, b0 + bm)
             table = np.empty((s.shape[-1], 256), out.dtype)
             from_float32(s[e, b0 // bm][:, None] * codes[None, :], out_name, table)
             part = index[:b1 - b0]
-            np.add(w[e, b0:b1], table_row, out=part, dtype=np.uint32, casting="unsafe")
+            np.add(w[e, b0:b1], table_row, out=part, dtype=np.intp, casting="unsafe")
             np.take(table.reshape(-1), part, out=o[e, b0:b1])
 
     in_parallel(_slices(weight.shape, bm), one)
