@@ -27,7 +27,8 @@ SAFE = 60000.0
 def blocks_of_values(draw):
     rows = draw(st.integers(1, 4))
     blocks = draw(st.integers(1, 4))
-    kind = draw(st.sampled_from(["normal", "ints", "ties", "zeros", "tiny", "extreme", "constant", "mixed"]))
+    kind = draw(st.sampled_from(["normal", "ints", "ties", "near_ties", "zeros", "tiny", "extreme", "constant",
+                                 "mixed"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     shape = (rows, 32 * blocks)
     if kind == "normal":
@@ -36,6 +37,12 @@ def blocks_of_values(draw):
         x = rng.integers(-254, 255, shape) / 2.0
     elif kind == "ties":
         x = (rng.integers(-16, 17, shape) + 0.5) * 127 / 16
+    elif kind == "near_ties":  # 127 in every block makes 1/d exactly 1: x.5 and its neighbours,
+        # 0.49999997 among them, reach the rounding unchanged
+        half = (rng.integers(-127, 127, shape) + 0.5).astype(np.float32)
+        x = np.nextafter(half, rng.choice([-np.inf, 0, np.inf], shape).astype(np.float32))
+        x[rng.random(shape) < 0.1] = rng.choice([np.float32(0.49999997), np.float32(-0.49999997)])
+        x[:, ::32] = rng.choice([127.0, -127.0])
     elif kind == "zeros":
         x = np.zeros(shape)
         x[:, ::7] = rng.standard_normal(x[:, ::7].shape) * (rng.random() < 0.5)

@@ -47,15 +47,6 @@ def _inverse(d):
     return inv
 
 
-def _round_away(v):
-    """Round half away from zero (C roundf), exactly: in float64, x + 0.5 is exact for every
-    float32 x, so truncating it rounds (3 passes over the values; in float32 it would round
-    0.49999997 up)."""
-    w = v.astype(np.float64)
-    w += np.copysign(0.5, v)
-    return np.trunc(w, out=w)
-
-
 def _signed_max(b):
     """Each block's element of largest magnitude, with its sign (the first if tied)."""
     i = np.abs(b).argmax(axis=1)[:, None]
@@ -73,9 +64,21 @@ def _fifth_bits(q):
 
 
 def _q8_0(b):
-    d = np.abs(b).max(axis=1, keepdims=True) / np.float32(127)
-    q = _round_away(b * _inverse(d)).astype(np.int8).view(np.uint8)
-    return np.concatenate([_half_bytes(d), q], axis=1)
+    # On |b| as bits: their order is the values' (a NaN above infinity, so it still makes the
+    # scale NaN and is refused), and a max over integers skips float max's NaN handling
+    # (half the time). |b| * (1/d) is |b * (1/d)| exactly, so rounding the magnitude half
+    # up and giving the sign back is C's roundf: adding the float below 0.5 and truncating
+    # (the cast) rounds 0.49999997 down and every x.5 away from zero, exactly in float32.
+    mag = b.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    d = mag.max(axis=1, keepdims=True).view(np.float32) / np.float32(127)
+    v = mag.view(np.float32)
+    v *= _inverse(d)
+    v += np.float32(0.49999997)  # nextafter(0.5, 0)
+    q = v.astype(np.int8)
+    sign = (b.view(np.int32) >> 31).astype(np.int8)  # -1 where negative, else 0
+    q ^= sign
+    q -= sign  # two's complement negation where negative
+    return np.concatenate([_half_bytes(d), q.view(np.uint8)], axis=1)
 
 
 def _q4_0(b):
