@@ -222,3 +222,15 @@ def test_a_float8_rename_imports_nothing_numeric(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == "[]"
+
+
+def test_every_bfloat16_casts_to_float16_as_torch_casts_it():
+    """bf16 -> f16 (the cast most GGUF f16 outputs are made of) goes through a table of all
+    65536 bf16 values; each must be torch's `.to(torch.float16)`, infinities from overflow and
+    float16 subnormals included (NaNs stay NaN; their payloads are not compared)."""
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    ours = dtypes.cast(bits.reshape(256, 256), "bfloat16", "float16").reshape(-1)
+    theirs = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).to(torch.float16).numpy()
+    nan = np.isnan(theirs)
+    assert np.array_equal(np.isnan(ours), nan)
+    assert np.array_equal(ours[~nan].view(np.uint16), theirs[~nan].view(np.uint16))

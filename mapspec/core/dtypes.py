@@ -238,6 +238,12 @@ def values(array: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
+@lru_cache(maxsize=None)
+def _bf16_to_f16_table() -> np.ndarray:
+    with np.errstate(over="ignore"):  # bf16 beyond float16's range becomes infinity, as it should
+        return _bf16_to_f32(np.arange(1 << 16, dtype=np.uint16)).astype(np.float16)
+
+
 def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     wide = bits.astype(np.uint32)
     wide <<= 16  # in place: one temporary, not two
@@ -265,6 +271,11 @@ def cast(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
             check_elements(dst)
             return wide.astype(ml_dtype(dst)).view(np.uint8)
         return cast(wide, "float32", dst)
+    if src == "bfloat16" and dst == "float16":
+        # A 64 Ki-entry table of every bf16's float16 (made by the path below, so the same
+        # bits): one gather instead of numpy's float32 -> float16 loop, 3x slower. The cast
+        # GGUF's f16 output is mostly made of.
+        return np.take(_bf16_to_f16_table(), arr.view(np.uint16))
     if src == "bfloat16":
         arr = _bf16_to_f32(arr)
         src = "float32"
