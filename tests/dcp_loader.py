@@ -25,6 +25,9 @@ def run(rank: int, world: int, ckpt: str, init: str, out: str) -> None:
     full = {k: v.full_tensor() for k, v in model.items()}
     if rank == 0:
         torch.save({"model": full, "extra": state["extra"]}, out)
+    # every rank done before any tears the group down: under load, a rank that left early
+    # made gloo abort the other ("terminate called without an active exception")
+    dist.barrier()
     dist.destroy_process_group()
 
 

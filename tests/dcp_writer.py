@@ -33,6 +33,9 @@ def run(rank: int, world: int, out: str, init: str, fmt: str) -> None:
     state = {"model": model, "extra": {"plain": torch.arange(5), "step": 7}}
     writer = FileSystemWriter(out, serialization_format=SerializationFormat(fmt))
     dcp.save(state, storage_writer=writer)
+    # every rank done before any tears the group down: under load, a rank that left early
+    # made gloo abort the other ("terminate called without an active exception")
+    dist.barrier()
     dist.destroy_process_group()
 
 
