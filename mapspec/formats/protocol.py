@@ -94,11 +94,12 @@ def row_bytes(info: TensorInfo) -> int | None:
 def rows_of(extent: Extent, info: TensorInfo, key: str, start: int, stop: int) -> np.ndarray:
     """Rows [start, stop) of the tensor stored at `extent`, read into a fresh buffer."""
     from ..core import dtypes
+    from ..core.quoting import shown
 
     per = row_bytes(info)
     if per is None or not 0 <= start <= stop <= info.shape[0]:
-        raise ValueError(f"rows {start}:{stop} of '{key}' {info.shape} cannot be read apart")
-    raw = extent.file.read_range(extent.offset + start * per, (stop - start) * per, f"tensor '{key}'")
+        raise ValueError(f"rows {start}:{stop} of {shown(key)} {info.shape} cannot be read apart")
+    raw = extent.file.read_range(extent.offset + start * per, (stop - start) * per, f"tensor {shown(key)}")
     return dtypes.from_raw(raw, dtypes.stored_shape((stop - start, *info.shape[1:]), info.dtype), info.dtype)
 
 

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from ..core import dtypes
 from ..core.background import Job, Worker
+from ..core.quoting import shown
 from ..formats.protocol import row_bytes
 from ..compile.plan import Step
 from ..ops import actions as act
@@ -83,7 +84,8 @@ def run_sliced(step: Step, cut: Slicing, source, sink, worker: Worker) -> None:
             rows = min(first + cut.per_slice * cut.out_unit, step.info.shape[0]) - first
             want = dtypes.stored_shape((rows, *step.info.shape[1:]), step.info.dtype)
             if tuple(out.shape) != want:  # pragma: no cover - an action's rows() that lies
-                raise RuntimeError(f"{step.output}: rows {first}:{first + rows} planned {want}, produced {out.shape}")
+                raise RuntimeError(f"{shown(step.output)}: rows {first}:{first + rows} planned {want}, "
+                                   f"produced {out.shape}")
             sink.write_rows(step.output, first, out)
             del out
     finally:
