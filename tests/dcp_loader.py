@@ -1,7 +1,7 @@
 """Loads a torch.distributed.checkpoint into DTensors from 2 gloo processes (run by
 test_distcp.py), each tensor sharded another way than dcp_writer.py saved it, and has rank 0
 torch.save the gathered full tensors.
-Usage: python dcp_loader.py CKPT_DIR INIT_FILE OUT_FILE"""
+Usage: python dcp_loader.py CKPT_DIR OUT_FILE INIT_FILE"""
 
 import sys
 
@@ -14,7 +14,7 @@ from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 from dcp_writer import full_tensors
 
 
-def run(rank: int, world: int, ckpt: str, init: str, out: str) -> None:
+def run(rank: int, world: int, ckpt: str, out: str, init: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     mesh = init_device_mesh("cpu", (world,))
     placements = {"rows": Shard(1), "cols": Shard(0), "replicated": Shard(0), "uneven": Replicate()}
@@ -25,8 +25,7 @@ def run(rank: int, world: int, ckpt: str, init: str, out: str) -> None:
     full = {k: v.full_tensor() for k, v in model.items()}
     if rank == 0:
         torch.save({"model": full, "extra": state["extra"]}, out)
-    # every rank done before any tears the group down: under load, a rank that left early
-    # made gloo abort the other ("terminate called without an active exception")
+    # every rank done before any tears the group down (the test retries a teardown abort)
     dist.barrier()
     dist.destroy_process_group()
 

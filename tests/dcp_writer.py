@@ -1,7 +1,7 @@
 """Writes a torch.distributed.checkpoint from 2 gloo processes (run by test_distcp.py):
 row-sharded, column-sharded and replicated DTensors in bf16 and fp32, a tensor whose rows do
 not divide evenly, a plain tensor and a non-tensor entry, nested under model/extra.
-Usage: python dcp_writer.py OUT_DIR INIT_FILE [torch_save|safetensors] (the chunks' serialization)"""
+Usage: python dcp_writer.py OUT_DIR [torch_save|safetensors] INIT_FILE (the chunks' serialization)"""
 
 import sys
 
@@ -33,12 +33,11 @@ def run(rank: int, world: int, out: str, init: str, fmt: str) -> None:
     state = {"model": model, "extra": {"plain": torch.arange(5), "step": 7}}
     writer = FileSystemWriter(out, serialization_format=SerializationFormat(fmt))
     dcp.save(state, storage_writer=writer)
-    # every rank done before any tears the group down: under load, a rank that left early
-    # made gloo abort the other ("terminate called without an active exception")
+    # every rank done before any tears the group down (the test retries a teardown abort)
     dist.barrier()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    fmt = sys.argv[3] if len(sys.argv) > 3 else "torch_save"
-    torch.multiprocessing.spawn(run, args=(2, sys.argv[1], sys.argv[2], fmt), nprocs=2)
+    fmt = sys.argv[2] if len(sys.argv) > 3 else "torch_save"
+    torch.multiprocessing.spawn(run, args=(2, sys.argv[1], sys.argv[-1], fmt), nprocs=2)
