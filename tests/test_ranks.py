@@ -131,6 +131,40 @@ def test_merging_rank_files_gives_the_original_model_bit_for_bit(llama, tmp_path
     assert max_diff(meta_forward(full, params, tokens(cfg.vocab_size)), logits(model, cfg.vocab_size)) < 1e-5
 
 
+@pytest.mark.parametrize("version", [2, 3])
+def test_ranks_merged_part_by_part_and_slice_by_slice_give_the_same_bytes(llama, tmp_path, monkeypatch, version):
+    """With small slices, row-split ranks (wq/wk through the rotary permute, w1, w3, wv, output)
+    are written rank by rank (`rows.parting`) and column-split ones (wo, w2, the Llama 2
+    embedding) a few rows of every rank at a time (`concat(1)` works row by row): the bytes of
+    merging whole tensors."""
+    from mapspec.run import executor, rows
+
+    model, _ = llama
+    full = hf_to_meta_reference({k: v.contiguous() for k, v in model.state_dict().items()}, model.config)
+    meta = meta_dir(tmp_path / "meta", full, model.config, 4, version)
+    how = {}
+    for name in ("run_parts", "run_sliced"):
+        real = getattr(executor, name)
+        monkeypatch.setattr(executor, name, lambda step, *a, real=real, name=name: (
+            how.setdefault(step.output, name), real(step, *a))[1])
+    args = ["apply", SPECS / "llama_meta_to_hf.map", meta, "--config", meta / "params.json",
+            "--to", "safetensors"] + (["-p", "llama_version=3"] if version == 3 else [])
+    monkeypatch.setattr(rows, "SLICE_BYTES", 2048)
+    monkeypatch.setattr(rows, "MIN_BYTES", 3 * 2048)
+    r = cli(*args, "-o", tmp_path / "parts.safetensors")
+    assert r.exit_code == 0, r.output
+    embed = "run_sliced" if version == 2 else "run_parts"
+    assert how["model.embed_tokens.weight"] == embed
+    assert how["model.layers.0.self_attn.q_proj.weight"] == how["model.layers.0.mlp.up_proj.weight"] == "run_parts"
+    assert how["model.layers.0.self_attn.o_proj.weight"] == how["model.layers.0.mlp.down_proj.weight"] == "run_sliced"
+    monkeypatch.setattr(rows, "MIN_BYTES", 1 << 62)
+    how.clear()
+    r = cli(*args, "-o", tmp_path / "whole.safetensors")
+    assert r.exit_code == 0, r.output
+    assert how == {}
+    assert (tmp_path / "parts.safetensors").read_bytes() == (tmp_path / "whole.safetensors").read_bytes()
+
+
 def test_the_wrong_embedding_split_is_refused_naming_llama_version(llama, tmp_path):
     """Llama 3 rank files read as Llama 2 (the default): the joined embedding is not (_, dim)."""
     model, _ = llama

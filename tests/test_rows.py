@@ -2,7 +2,8 @@
 is byte for byte the one a whole-tensor run writes, in every sink that takes rows (one
 safetensors file, shards, GGUF, split GGUF), for every action that says it works by rows
 (casts between floats, ggml quantize and dequantize, FP8 dequantize and both pieces of FP8
-quantize, MXFP4 dequantize, expect), ragged last slices included; sinks that cannot write part
+quantize, MXFP4 dequantize, expect, views and transposes that keep the first dimension),
+ragged last slices included; sinks that cannot write part
 of a tensor get whole tensors."""
 
 from __future__ import annotations
@@ -51,9 +52,9 @@ def small_slices(monkeypatch):
     calls = []
     real = rows.run_sliced
 
-    def counted(step, cut, source, sink, worker):
+    def counted(step, cut, source, sink, worker, *keeping):
         calls.append((step.output, cut))
-        return real(step, cut, source, sink, worker)
+        return real(step, cut, source, sink, worker, *keeping)
 
     monkeypatch.setattr(rows, "SLICE_BYTES", 4096)
     monkeypatch.setattr(rows, "MIN_BYTES", 3 * 4096)
@@ -89,10 +90,10 @@ CASES = {
         lambda: {"w.weight": (_fp8((9, 40, 48)), "float8_e4m3fn"),
                  "w.weight_scale_inv": (RNG.random((9, 3, 3), dtype=np.float32), "float32")},
         {"w"}),
-    "fp8 quantize, both pieces": (
+    "fp8 quantize, both pieces": (  # the scales are kept from the weight's slices (siblings.py)
         "mapspec 1\nw -> w.{p:weight|weight_scale_inv} then quantize(fp8, block=(16, 32), into=p)\n",
         lambda: {"w": (_bf16((301, 200)), "bfloat16")},
-        {"w.weight", "w.weight_scale_inv"}),
+        {"w.weight"}),
     "mxfp4 dequantize": (
         "mapspec 1\nx_{p:blocks|scales} -> x then dequantize(mxfp4, over=p)\n",
         lambda: {"x_blocks": (RNG.integers(0, 256, (12, 24, 4, 16), dtype=np.uint8), "uint8"),
@@ -148,9 +149,50 @@ def test_sinks_that_write_whole_tensors_are_given_whole_tensors(tmp_path, monkey
 
 def test_a_step_needing_the_whole_tensor_is_not_sliced(tmp_path, monkeypatch, small_slices):
     source = _write(tmp_path / "in.safetensors", {"w": (_bf16((1001, 37)), "bfloat16")})
-    spec = "mapspec 1\nw -> w then cast(float32) then transpose()\n"
+    spec = "mapspec 1\nw -> w then cast(float32) then transpose()\n"  # rows become columns
     sliced, whole, cut = _both(tmp_path, spec, source, "out.safetensors", monkeypatch, small_slices)
     assert sliced == whole and cut == []
+
+
+ROTARY = ("mapspec 1\n"
+          "q -> q then expect(8 * 16, 64) then view(8, 2, 8, 64) then transpose(1, 2) then reshape(8 * 16, 64)"
+          " then cast({t})\n"
+          "k -> k then view(-1, 8, 2, 64) then transpose(1, 2) then reshape(-1, 64) then cast({t})\n")
+
+
+@pytest.mark.parametrize("qtype, out", [("float16", "out.gguf"), ("q8_0", "out.gguf"),
+                                        ("float16", "out.safetensors")])
+def test_rotary_row_permutes_run_a_few_heads_at_a_time(tmp_path, monkeypatch, small_slices, qtype, out):
+    """view -> transpose(1, 2) -> reshape keeps each head's rows among themselves (GGUF's q/k
+    permute and its inverse): slices of whole heads give the bytes of the whole tensor."""
+    source = _write(tmp_path / "in.safetensors", {"q": (_bf16((128, 64)), "bfloat16"),
+                                                   "k": (_bf16((96, 64)), "bfloat16")})
+    sliced, whole, cut = _both(tmp_path, ROTARY.format(t=qtype), source, out, monkeypatch, small_slices)
+    assert sliced == whole
+    assert {name for name, _ in cut} == {"q", "k"}
+    assert {name: (c.units, c.out_unit) for name, c in cut} == {"q": ((16,), 16), "k": ((16,), 16)}
+    if qtype == "float16":
+        got = open_source(tmp_path / "whole" / out).read("q")
+        q = dtypes.cast(open_source(source).read("q"), "bfloat16", "float32")
+        expected = q.reshape(8, 2, 8, 64).transpose(0, 2, 1, 3).reshape(128, 64).astype(np.float16)
+        assert np.array_equal(np.asarray(got).view(np.float16).reshape(128, 64), expected)
+
+
+@pytest.mark.parametrize("spec, units", [
+    ("w -> w then view(-1, 74) then cast(float16)\n", ((2,), 1)),         # two rows make one
+    ("w -> w then view(-1, 37 * 3) then cast(float16)\n", ((3,), 1)),
+    ("w -> w then cast(float32) then view(-1, 2, 37) then transpose(1, 2) then view(-1, 37)\n", ((2,), 2)),
+    ("w -> w then view(-1, 37, 1) then permute(0, 2, 1) then squeeze(1)\n", ((1,), 1)),
+])
+def test_reshapes_between_rows_slice_by_whole_blocks(tmp_path, monkeypatch, small_slices, spec, units):
+    """A view's block is the least common multiple of the row sizes before and after it;
+    chained actions take the least common multiple of their blocks."""
+    source = _write(tmp_path / "in.safetensors", {"w": (_bf16((1002, 37)), "bfloat16")})
+    sliced, whole, cut = _both(tmp_path, "mapspec 1\n" + spec, source, "out.safetensors", monkeypatch,
+                               small_slices)
+    assert sliced == whole
+    assert [(name, (c.units, c.out_unit)) for name, c in cut] == [("w", units)]
+    assert all(c.per_slice < c.blocks for _, c in cut)
 
 
 def test_a_failing_slice_leaves_no_output(tmp_path, monkeypatch, small_slices):

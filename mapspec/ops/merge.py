@@ -7,7 +7,7 @@ from ..core.lazy import numpy as np
 from ..errors import PlanError as ShapeError, SpecError
 from ..lang.rules import Action, Tuple
 from .args import axis, bind, capture_name, format_shape, integer, integers, optional_int, show
-from .base import ActionDef, InverseContext, Params, PlannedAction, Shape, Typed, make, planned
+from .base import ActionDef, InverseContext, Params, PlannedAction, Rows, Shape, Typed, make, planned
 from .blocks import keep_rows
 
 MAX_PIECES = 65_536  # outputs of one split or chunk; each becomes a named tensor in the plan
@@ -34,6 +34,11 @@ class Merge(ActionDef):
 
     def shape(self, shapes: list[Shape], p: Params, action: Action) -> tuple[Shape, Params]:
         raise NotImplementedError
+
+    def rows(self, p: Params, inputs: list[Typed]) -> Rows | None:
+        # Joined along a later dimension, output row r is made of row r of every input (a
+        # merge of column-split ranks); joined along rows, it is not row by row.
+        return Rows((1,) * len(inputs), 1) if p.get("dim") else None
 
     def written(self, pa: PlannedAction, axis: str | None, span=None) -> Action:
         return make(self.name, pa.params["dim"], over=axis, span=span)

@@ -50,7 +50,24 @@ class View(Reshaping):
         return new, {"shape": list(new)}
 
     def apply(self, p: Params, array):
-        return array.reshape(in_bytes(p)["shape"])
+        shape = in_bytes(p)["shape"]
+        if shape and array.size != math.prod(shape):
+            # a slice of rows (rows() below): its own count of whole output rows
+            shape = [-1, *shape[1:]]
+        return array.reshape(shape)
+
+    def rows(self, p: Params, inputs: list[Typed]) -> Rows | None:
+        # Elements keep their order, so input rows holding as many elements as some whole
+        # number of output rows become exactly those rows: the least common multiple of the
+        # two row sizes is one block (a (n*hd, C) -> (n, 2, hd/2, C) view: hd rows -> 1).
+        before, after = inputs[0].shape, p.get("shape")
+        if not before or not after or None in after:
+            return None
+        e_in, e_out = math.prod(before[1:]), math.prod(after[1:])
+        if not e_in or not e_out:
+            return None
+        block = math.lcm(e_in, e_out)
+        return Rows((block // e_in,), block // e_out)
 
     def inverse(self, p: Params, inputs: list[Typed]) -> list[PlannedAction]:
         return [planned("view", [{"shape": list(t.shape)} for t in inputs], inputs)]
@@ -161,6 +178,10 @@ class Permute(Reshaping):
 
     def apply(self, p: Params, array):
         return array.transpose(p["dims"])
+
+    def rows(self, p: Params, inputs: list[Typed]) -> Rows | None:
+        # the first dimension left in place: each row is reordered within itself
+        return Rows((1,), 1) if p.get("dims") and p["dims"][0] == 0 else None
 
     def inverse(self, p: Params, inputs: list[Typed]) -> list[PlannedAction]:
         return [planned("permute", [{"dims": _undo(p["dims"])}], inputs)]

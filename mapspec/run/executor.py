@@ -5,7 +5,7 @@ spec and opens the sink around this is `mapspec.api`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..core.lazy import numpy as np
 
@@ -19,7 +19,8 @@ from ..formats import open_source
 from ..formats.protocol import Extent
 from ..compile.plan import READ_AHEAD_BYTES, Plan, Step
 from ..lang.rules import Spec
-from .rows import run_sliced, slicing
+from .rows import kept_rows, parting, run_parts, run_sliced, slicing
+from .siblings import run_pieces, siblings
 
 read_worker = Worker("mapspec-read-ahead")
 
@@ -31,11 +32,33 @@ def disk_size(path: Path) -> int:
     return path.stat().st_size
 
 
-def run_step(step: Step, arrays: list[np.ndarray]) -> np.ndarray:
-    """One step's actions on its input arrays (bf16 as bits); the planned output array."""
-    (out,) = act.run_all(step.actions, arrays)
+def run_step(step: Step, arrays: list[np.ndarray], keep: Sequence[tuple[int, int, Step]] = (),
+             kept: dict | None = None) -> np.ndarray:
+    """One step's actions on its input arrays (bf16 as bits); the planned output array.
+    `keep` ((piece, _, sibling step)...): other pieces of the step's split, put in `kept`."""
+    if keep:
+        pieces = run_pieces(step, arrays)
+        for piece, _, sib in keep:
+            kept[sib.output] = pieces[piece]
+        out = pieces[step.actions[-1].params["index"]]
+    else:
+        (out,) = act.run_all(step.actions, arrays)
     if tuple(out.shape) != dtypes.stored_shape(step.info.shape, step.info.dtype):  # pragma: no cover
         raise RuntimeError(f"{step.output}: planned {step.info.shape}, produced {out.shape}")
+    return out
+
+
+def _keeping(steps: Sequence[Step], sliced: dict) -> dict[int, list[tuple[int, int, Step]]]:
+    """step index -> (piece, output rows per slice block, sibling step) for each small piece
+    of its split that it computes for a later step; a sliced step keeps a piece only where
+    the piece's blocks line up with its slices."""
+    out: dict[int, list[tuple[int, int, Step]]] = {}
+    for i, sibs in siblings(steps, skip={j for j, s in enumerate(steps) if streamed(s)}).items():
+        for sib in sibs:
+            later = steps[sib.step]
+            unit = kept_rows(steps[i], later, sliced[i]) if i in sliced else 0
+            if unit is not None:
+                out.setdefault(i, []).append((sib.piece, unit, later))
     return out
 
 
@@ -68,6 +91,13 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
     steps = plan.steps
     # Steps that run a slice of rows at a time (`rows`) read their own slices, one ahead.
     sliced = {i: cut for i, step in enumerate(steps) if (cut := slicing(step, source, sink)) is not None}
+    # Joins along rows (row-split ranks) write each input's part as they read it.
+    parted = {i: cut for i, step in enumerate(steps)
+              if i not in sliced and (cut := parting(step, source, sink)) is not None}
+    # Small pieces of a split (a quantized weight's scales) computed with the first piece and
+    # kept for their own steps, which then read nothing (siblings.py).
+    keep, kept = _keeping(steps, sliced), {}
+    given = {sib.output for pieces in keep.values() for _, _, sib in pieces}  # steps that read nothing
     # Steps that split one input read it several times: release it after its last use.
     last_use = {k: i for i, step in enumerate(steps) for k in step.inputs}
     copies = True  # until the sink declines a copy, it takes every one offered
@@ -77,7 +107,9 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
 
     def upcoming(j: int) -> tuple[Extent | None, Job | None]:
         """Step j's extent if it is to be copied, or the job reading its arrays, if started."""
-        if j == len(steps) or streamed(steps[j]) or j in sliced:  # these read their inputs bit by bit
+        if j == len(steps) or streamed(steps[j]) or j in sliced or j in parted:  # these read bit by bit
+            return None, None
+        if steps[j].output in given:
             return None, None
         extent = copyable(steps[j])
         if extent is not None:
@@ -96,8 +128,15 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
             else:
                 if extent is not None:  # the sink declined the copy: it will decline every one
                     copies = False
-                if i in sliced:
-                    run_sliced(step, sliced[i], source, sink, read_worker)
+                if step.output in given:
+                    out = kept.pop(step.output)
+                    extent, ahead = upcoming(i + 1)
+                elif i in sliced:
+                    run_sliced(step, sliced[i], source, sink, read_worker, keep.get(i, ()), kept)
+                    extent, ahead = upcoming(i + 1)
+                    out = None
+                elif i in parted:
+                    run_parts(step, parted[i], source, sink, read_worker)
                     extent, ahead = upcoming(i + 1)
                     out = None
                 elif streamed(step):
@@ -107,7 +146,7 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
                     arrays = ahead.result() if ahead is not None else [source.read(k) for k in step.inputs]
                     extent, ahead = upcoming(i + 1)
                     try:
-                        out = run_step(step, arrays)
+                        out = run_step(step, arrays, keep.get(i, ()), kept)
                     except act.ReplicaMismatch as exc:
                         raise _replica_error(step, exc.index, source) from None
                     del arrays

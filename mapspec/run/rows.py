@@ -1,25 +1,33 @@
 """Running a plan step a block of rows at a time.
 
 A step whose every action works row by row (`ActionDef.rows`: a cast, a ggml or FP8 block
-quantize or dequantize, one expert of stacked experts at a time) need not hold its tensors
+quantize or dequantize, one expert of stacked experts at a time, a view or a transpose that
+keeps the first dimension, so the rotary q/k permutes of GGUF, a join of column-split ranks)
+need not hold its tensors
 whole: its inputs are read a slice of rows at a time (`Source.read_rows`), the actions run
 on the slice, and the result goes to its place in the output (`Sink.write_rows`). Memory is
 then two slices (the one being worked on and the next, read meanwhile on the read-ahead
 thread), not the step's inputs and output: an 11008 x 4096 bf16 -> Q8_0 cast holds about
 2 x 16 MiB instead of 132 MiB. The values are the same, as each slice of the output depends
 on its slice of the inputs alone. Steps with a source or sink that cannot read or write part
-of a tensor, and small steps, run whole."""
+of a tensor, and small steps, run whole.
+
+A join of row-split ranks (concat along rows) is written the same way, one input at a time
+(`parting`): each rank's part goes to its rows of the output as it is read."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import NamedTuple, Sequence
 
 from ..core import dtypes
+from ..core.lazy import numpy as np
 from ..core.background import Job, Worker
 from ..core.quoting import shown
 from ..formats.protocol import row_bytes
 from ..compile.plan import Step
 from ..ops import actions as act
+from .siblings import unpieced
 
 SLICE_BYTES = 16 << 20  # inputs and output of one slice, about
 MIN_BYTES = 3 * SLICE_BYTES  # smaller steps run whole: slicing them saves little memory
@@ -35,19 +43,41 @@ class Slicing(NamedTuple):
     per_slice: int
 
 
-def slicing(step: Step, source, sink) -> Slicing | None:
-    """How `step` runs slice by slice, or None if it runs whole."""
-    if not step.actions or sum(i.nbytes for i in step.input_infos) + step.info.nbytes < MIN_BYTES:
-        return None
-    typed = [act.Typed(tuple(i.shape), i.dtype) for i in step.input_infos]
-    first = act.rows(step.actions[0], typed)
+def chained(actions, typed: list) -> act.Rows | None:
+    """The rows of each input and of the result that make one block of `actions` run one
+    after another on tensors `typed`, or None if some action needs whole tensors."""
+    first = act.rows(actions[0], typed)
     if first is None or len(first.inputs) != len(typed):
         return None
-    for before, pa in zip(step.actions, step.actions[1:]):
-        if act.rows(pa, before.outputs) != act.Rows((1,), 1):
-            return None  # a later action must keep rows one to one
+    ins, out = first.inputs, first.output
+    for before, pa in zip(actions, actions[1:]):
+        later = act.rows(pa, before.outputs)
+        if later is None or len(later.inputs) != 1:
+            return None
+        # chained blocks: as many rows in the middle as both actions' blocks fill whole
+        middle = math.lcm(out, later.inputs[0])
+        ins = tuple(u * (middle // out) for u in ins)
+        out = later.output * (middle // later.inputs[0])
+    return act.Rows(tuple(ins), out)
+
+
+def block_rows(step: Step) -> act.Rows | None:
+    """One block of `step`'s actions (`chained`), or None if it has none or one needs whole
+    tensors."""
+    if not step.actions:
+        return None
+    return chained(step.actions, [act.Typed(tuple(i.shape), i.dtype) for i in step.input_infos])
+
+
+def slicing(step: Step, source, sink) -> Slicing | None:
+    """How `step` runs slice by slice, or None if it runs whole."""
+    if sum(i.nbytes for i in step.input_infos) + step.info.nbytes < MIN_BYTES:
+        return None
+    block = block_rows(step)
+    if block is None:
+        return None
     infos = [*step.input_infos, step.info]
-    units = (*first.inputs, first.output)
+    units = (*block.inputs, block.output)
     if any(row_bytes(i) is None or u <= 0 for i, u in zip(infos, units)):
         return None
     counts = {-(-i.shape[0] // u) for i, u in zip(infos, units)}
@@ -61,12 +91,85 @@ def slicing(step: Step, source, sink) -> Slicing | None:
         return None
     if not hasattr(source, "read_rows") or any(source.extent(k) is None for k in step.inputs):
         return None
-    return Slicing(tuple(first.inputs), first.output, blocks, per_slice)
+    return Slicing(block.inputs, block.output, blocks, per_slice)
 
 
-def run_sliced(step: Step, cut: Slicing, source, sink, worker: Worker) -> None:
-    """`step`, slice by slice into `sink`; the next slice is read on `worker` meanwhile."""
+class Parts(NamedTuple):
+    """A join along rows written input by input: input i, through the step's later actions,
+    fills output rows from `starts[i]`."""
+
+    starts: tuple[int, ...]
+
+
+def parting(step: Step, source, sink) -> Parts | None:
+    """How `step`, a concat along rows (the rows of rank files), writes each input's part as
+    it is read, or None. Then the merged tensor is never held: a part and the next, read
+    meanwhile. The later actions run on each part, so their blocks must not straddle two
+    (a rotary permute of whole heads, each rank holding whole heads)."""
+    if not step.actions or len(step.inputs) < 2 or sum(i.nbytes for i in step.input_infos) < MIN_BYTES:
+        return None
+    join = step.actions[0]
+    if join.name != "concat" or join.groups is not None or join.params.get("dim") != 0:
+        return None
+    rest = step.actions[1:]
+    block = chained(rest, join.outputs) if rest else act.Rows((1,), 1)
+    if block is None:
+        return None
+    (unit,) = block.inputs
+    starts, row = [], 0
+    for info in step.input_infos:
+        if not info.shape or info.shape[0] % unit:
+            return None
+        starts.append(row // unit * block.output)
+        row += info.shape[0]
+    takes_rows = getattr(sink, "takes_rows", None)
+    if takes_rows is None or not takes_rows(step.output):
+        return None
+    return Parts(tuple(starts))
+
+
+def run_parts(step: Step, cut: Parts, source, sink, worker: Worker) -> None:
+    """`step` input by input into `sink`; the next input is read on `worker` meanwhile."""
+    keys = step.inputs
+    ahead = worker.submit(Job(lambda job: source.read(keys[0])))
+    try:
+        for n, start in enumerate(cut.starts):
+            array = ahead.result()
+            ahead = worker.submit(Job(lambda job, k=keys[n + 1]: source.read(k))) if n + 1 < len(keys) else None
+            (out,) = act.run_all(step.actions[1:], [array]) if len(step.actions) > 1 else (array,)
+            del array
+            end = cut.starts[n + 1] if n + 1 < len(keys) else step.info.shape[0]
+            want = dtypes.stored_shape((end - start, *step.info.shape[1:]), step.info.dtype)
+            if tuple(out.shape) != want:  # pragma: no cover - an action's rows() that lies
+                raise RuntimeError(f"{shown(step.output)}: rows {start}:{end} planned {want}, produced {out.shape}")
+            sink.write_rows(step.output, start, out)
+            del out
+    finally:
+        if ahead is not None:
+            worker.cancel([ahead])
+
+
+def kept_rows(step: Step, sibling: Step, cut: Slicing) -> int | None:
+    """Output rows of `sibling` (a piece of `step`'s split) per block of `cut`, if `sibling`'s
+    blocks take the same input rows as `step`'s; None if its piece cannot be kept by slices."""
+    block = block_rows(sibling)
+    if block is None or block.inputs != cut.units or not sibling.info.shape:
+        return None
+    if -(-sibling.info.shape[0] // block.output) != cut.blocks:
+        return None
+    return block.output
+
+
+def run_sliced(step: Step, cut: Slicing, source, sink, worker: Worker,
+               keep: Sequence[tuple[int, int, Step]] = (), kept: dict | None = None) -> None:
+    """`step`, slice by slice into `sink`; the next slice is read on `worker` meanwhile.
+    `keep` ((piece, rows per block, sibling step)...): pieces of the step's split that later
+    steps write, gathered into `kept[sibling.output]` as the slices compute them."""
     starts = range(0, cut.blocks, cut.per_slice)
+    actions = step.actions
+    if keep:
+        actions = unpieced(step)
+        own = step.actions[-1].params["index"]
 
     def read(b0: int) -> list:
         b1 = b0 + cut.per_slice
@@ -78,8 +181,17 @@ def run_sliced(step: Step, cut: Slicing, source, sink, worker: Worker) -> None:
         for n, b0 in enumerate(starts):
             arrays = ahead.result()
             ahead = worker.submit(Job(lambda job, b=starts[n + 1]: read(b))) if n + 1 < len(starts) else None
-            (out,) = act.run_all(step.actions, arrays)
+            pieces = act.run_all(actions, arrays)
             del arrays
+            if keep:
+                for piece, unit, sib in keep:
+                    if n == 0:  # the piece's storage dtype is what the action makes
+                        kept[sib.output] = np.empty(dtypes.stored_shape(sib.info.shape, sib.info.dtype),
+                                                    pieces[piece].dtype)
+                    start = b0 * unit
+                    kept[sib.output][start:start + len(pieces[piece])] = pieces[piece]
+                pieces = [pieces[own]]
+            (out,) = pieces
             first = b0 * cut.out_unit
             rows = min(first + cut.per_slice * cut.out_unit, step.info.shape[0]) - first
             want = dtypes.stored_shape((rows, *step.info.shape[1:]), step.info.dtype)
@@ -87,7 +199,7 @@ def run_sliced(step: Step, cut: Slicing, source, sink, worker: Worker) -> None:
                 raise RuntimeError(f"{shown(step.output)}: rows {first}:{first + rows} planned {want}, "
                                    f"produced {out.shape}")
             sink.write_rows(step.output, first, out)
-            del out
+            del out, pieces
     finally:
         if ahead is not None:
             worker.cancel([ahead])
