@@ -175,8 +175,8 @@ def apply(
         selected = source.prefix if source.auto else None
         # A model directory in, a directory out: its other files go along, config.json as the plan says.
         # (Not rank files: their folder's other files, params.json, describe the ranked layout.)
-        model_dir = (model_dir_of(checkpoint) if max_shard_size is not None and not remote_out
-                     and runs.header.ranks_side is None else None)
+        model_dir = (model_dir_of(checkpoint) if max_shard_size is not None and runs.header.ranks_side is None
+                     else None)
         files = carried_files(model_dir, plan.config_patch()) if model_dir else None
         # Everything that creates, fills or renames the output runs inside the guard: a failure
         # anywhere (even while the sink is being built) or SIGTERM/SIGINT removes its temp files.
@@ -187,12 +187,12 @@ def apply(
 
                 prefix = source.prefix if isinstance(source, Selected) else ""
                 apply_on_ray(plan, _for_workers(checkpoint), prefix, opts.epoch, output, fmt, record.resolved(),
-                             max_shard_size, ray, tick, shards_progress, width())
+                             max_shard_size, ray, tick, shards_progress, width(), files=files)
                 return Report(plan, output, fmt, _size(output), selected, inverse)
             if remote_out:
                 from .run.shards import apply_remote
 
-                sent = apply_remote(plan, source, output, fmt, record, max_shard_size, tick)
+                sent = apply_remote(plan, source, output, fmt, record, max_shard_size, tick, files=files)
                 return Report(plan, output, fmt, sent, selected, inverse)
             if ranked_out:  # `ranks target`: one file per rank, and the spec's `write` files
                 from .formats.ranked import RankedSink, layout

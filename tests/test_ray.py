@@ -9,6 +9,7 @@ and removes everything."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -63,6 +64,9 @@ def checkpoint(tmp_path_factory) -> Path:
     for k, a in tensors.items():
         sink.write(k, a)
     sink.commit()
+    # the model folder's other files: the driver writes them beside the shards, like one process
+    (root / "src" / "config.json").write_text(json.dumps({"model_type": "llama", "torch_dtype": "float32"}))
+    (root / "src" / "tokenizer.json").write_text('{"version": "1.0"}')
     (root / "fuse.map").write_text(FUSE)
     return root
 
@@ -81,7 +85,8 @@ def test_ray_output_is_byte_identical_to_one_process(cluster, checkpoint, tmp_pa
     apply(spec, src, tmp_path / "ray", max_shard_size="3MB", ray=cluster,
           progress=lambda done, total: seen.append((done, total)), shards_progress=lambda d, n: shards.append((d, n)))
     same_files(tmp_path / "one", tmp_path / "ray")
-    assert len(list((tmp_path / "one").iterdir())) >= 5  # several shards and the index
+    assert len(list((tmp_path / "one").iterdir())) >= 7  # several shards, the index, the model's files
+    assert {"config.json", "tokenizer.json"} <= {p.name for p in (tmp_path / "ray").iterdir()}
     total = seen[-1][1]
     assert seen[-1] == (total, total) and shards[-1][0] == shards[-1][1] >= 4
     assert {p.name for p in tmp_path.iterdir()} == {"one", "ray"}  # no temporary folder left

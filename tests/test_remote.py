@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -150,6 +151,32 @@ def test_sharded_directory_on_s3_converts_to_s3_as_it_converts_to_local(s3, buck
     assert len(record["mapspec.source_sha256"]) == 64  # the combined digest over the shards' records
     for name in local:
         assert os.environ["AWS_SECRET_ACCESS_KEY"].encode() not in (tmp_path / "local" / name).read_bytes()
+
+
+def test_a_model_directory_on_s3_brings_its_other_files_along(s3, bucket, model, tmp_path):
+    """config.json (rewritten as the plan says), the tokenizer and the rest of a model folder go
+    beside the shards, to a local folder and to S3 alike, from the API and from the CLI (which
+    hands the API a URL object)."""
+    root, _ = model
+    src = tmp_path / "src"
+    shutil.copytree(root / "src", src)
+    (src / "config.json").write_text(json.dumps({"model_type": "llama", "torch_dtype": "float32"}))
+    (src / "tokenizer.json").write_text('{"version": "1.0"}')
+    upload(s3, src, f"{bucket}/with-files")
+    cast = tmp_path / "cast.map"
+    cast.write_text("mapspec 1\n{k:**} -> {k} then cast(float16)\n")
+
+    apply(cast, f"s3://{bucket}/with-files", tmp_path / "api", max_shard_size="5MB")
+    p = cli("apply", str(cast), f"s3://{bucket}/with-files", "-o", str(tmp_path / "cli"), "--max-shard-size", "5MB")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    apply(cast, f"s3://{bucket}/with-files", f"s3://{bucket}/with-files-out", max_shard_size="5MB")
+    for where in (tmp_path / "api", tmp_path / "cli"):
+        assert (where / "tokenizer.json").read_text() == '{"version": "1.0"}'
+        assert json.loads((where / "config.json").read_text())["torch_dtype"] == "float16"
+    remote = {o.rsplit("/", 1)[1] for o in objects(s3, f"{bucket}/with-files-out")}
+    assert remote == {p.name for p in (tmp_path / "api").iterdir()}
+    assert s3.cat_file(f"{bucket}/with-files-out/config.json") == (tmp_path / "api" / "config.json").read_bytes()
 
 
 def test_a_store_sha256_checksum_is_recorded_as_the_source_sha256(s3, bucket, tmp_path):

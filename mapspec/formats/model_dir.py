@@ -55,7 +55,7 @@ def companions(model_dir: Path) -> list[Path]:
     from .registry import by_suffix
 
     out = []
-    for p in sorted(model_dir.iterdir()):
+    for p in sorted(model_dir.iterdir(), key=lambda p: p.name):
         name = p.name
         if name.startswith(".") or name.endswith((".index.json", ".mapspec.json")) or not p.is_file():
             continue
@@ -66,8 +66,9 @@ def companions(model_dir: Path) -> list[Path]:
 
 
 def carried_files(model_dir: Path, patch: ConfigPatch) -> dict[str, bytes | Path]:
-    """What goes beside the output's shards: file name -> its bytes (a rewritten config) or
-    the path to copy byte for byte."""
+    """What goes beside the output's shards: file name -> its bytes (a rewritten config, or
+    a file of a folder on object storage, fetched now: before any tensor moves) or the local
+    path to copy byte for byte."""
     files: dict[str, bytes | Path] = {}
     for p in companions(model_dir):
         if p.name == CONFIG and patch:
@@ -75,10 +76,16 @@ def carried_files(model_dir: Path, patch: ConfigPatch) -> dict[str, bytes | Path
                 raise CheckpointError(f"{p}: {p.stat().st_size} bytes, too large for a model config")
             text = p.read_bytes()
             new = patched(text, patch, str(p))
-            files[p.name] = p if new is text else new
+            files[p.name] = p if new is text and isinstance(p, Path) else new
         else:
-            files[p.name] = p
+            files[p.name] = p if isinstance(p, Path) else p.read_bytes()
     return files
+
+
+def file_bytes(files: Mapping[str, bytes | Path]) -> dict[str, bytes]:
+    """`carried_files` as bytes each, for an output on object storage (small files: a
+    config, a tokenizer)."""
+    return {name: content if isinstance(content, bytes) else content.read_bytes() for name, content in files.items()}
 
 
 def write_files(folder: Path, files: Mapping[str, bytes | Path]) -> None:
@@ -97,7 +104,11 @@ def model_dir_of(checkpoint) -> Path | None:
     of shards, not a file, not a format whose checkpoints are directories)."""
     if isinstance(checkpoint, (list, tuple)):
         return None
-    path = Path(checkpoint)
+    from .remote import URLPath, is_url
+
+    # a folder on object storage is one too: its files are listed and read through fsspec
+    path = (checkpoint if isinstance(checkpoint, URLPath) else URLPath(checkpoint)) if is_url(checkpoint) \
+        else Path(checkpoint)
     if not path.is_dir():
         return None
     from .registry import formats

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from ..errors import MapspecError, OutputError, UsageError
 from .shards import ShardTask, split, write_shard
@@ -121,9 +121,11 @@ def _task(plan, task: ShardTask, checkpoint, select, epoch, fmt: str, record, de
 
 def apply_on_ray(plan, checkpoint, select: str, epoch, output, fmt: str, record, max_shard_size, address: str | None,
                  progress: Callable[[int], None] | None = None, shards: Callable[[int, int], None] | None = None,
-                 concurrency: int = 8) -> None:
+                 concurrency: int = 8, files: Mapping | None = None) -> None:
     """Run the conversion on Ray. Call inside `guarded_writes` (which aborts the output's
-    temporary folder or uploads on any failure or signal); `record` must be resolved."""
+    temporary folder or uploads on any failure or signal); `record` must be resolved.
+    `files` (a model directory's other files, `carried_files`) are written by the driver
+    with the index, after every task succeeded."""
     ray = connect(address)
     from ..formats import remote
 
@@ -137,14 +139,14 @@ def apply_on_ray(plan, checkpoint, select: str, epoch, output, fmt: str, record,
 
         out = ObjectOutput(output, directory)
         dest = output.url if directory else output.parent.url
-        finish = _finish_objects(out, plan, fmt, tasks, actor)
+        finish = _finish_objects(out, plan, fmt, tasks, actor, files if directory else None)
     else:
         from ..formats.atomic import AtomicPath
 
         atomic = AtomicPath(output, directory=directory)
         folder = atomic.tmp if directory else Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
         dest = str(folder)
-        finish = _finish_local(atomic, folder, plan, fmt, tasks, directory)
+        finish = _finish_local(atomic, folder, plan, fmt, tasks, directory, files)
     refs = {run.remote(plan_ref, t, checkpoint, select, epoch, fmt, record, dest, actor, concurrency): t
             for t in tasks}
     results = []
@@ -208,8 +210,9 @@ def _abort_uploads(ray, actor) -> None:
         objects.abort(pending)
 
 
-def _finish_objects(out, plan, fmt, tasks, actor):
+def _finish_objects(out, plan, fmt, tasks, actor, files: Mapping | None):
     from ..formats import objects
+    from ..formats.model_dir import file_bytes
     from .shards import index_of
 
     def finish(results) -> None:
@@ -222,12 +225,13 @@ def _finish_objects(out, plan, fmt, tasks, actor):
         for pending in begun:  # uploads of attempts that died: never completed
             if pending.upload_id and pending.upload_id not in kept:
                 objects.abort(pending)
-        out.commit(index_of(plan, fmt, tasks))
+        out.commit(index_of(plan, fmt, tasks), extra=file_bytes(files) if files else None)
 
     return finish
 
 
-def _finish_local(atomic, folder: Path, plan, fmt, tasks, directory: bool):
+def _finish_local(atomic, folder: Path, plan, fmt, tasks, directory: bool, files: Mapping | None):
+    from ..formats.model_dir import write_files
     from .shards import index_of
 
     def finish(results) -> None:
@@ -235,6 +239,8 @@ def _finish_local(atomic, folder: Path, plan, fmt, tasks, directory: bool):
         for stray in folder.iterdir():  # .part files of attempts whose worker died
             if stray.name not in names and not stray.name.endswith(".mapspec.json"):
                 stray.unlink()
+        if directory and files:
+            write_files(folder, files)
         index = index_of(plan, fmt, tasks)
         if index is not None:
             (folder / index[0]).write_bytes(index[1])

@@ -18,7 +18,7 @@ import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from ..core.background import Job, Worker
 from ..formats import by_name
@@ -75,9 +75,11 @@ def write_shard(plan: Plan, task: ShardTask, source, fmt: str, record, folder: P
 
 
 def apply_remote(plan: Plan, source, output, fmt: str, record, max_shard_size,
-                 progress: Callable[[int], None] | None = None) -> int:
+                 progress: Callable[[int], None] | None = None, files: Mapping | None = None) -> int:
     """Convert into `output` (a `remote.URLPath`) in this process; returns the bytes sent.
+    `files`: the model directory's other files (`carried_files`), written before the index.
     Must run inside `guarded_writes`, which aborts every upload on failure or signal."""
+    from ..formats.model_dir import file_bytes
     from ..formats.objects import ObjectOutput
 
     tasks = split(plan, fmt, max_shard_size, output.name)
@@ -100,7 +102,7 @@ def apply_remote(plan: Plan, source, output, fmt: str, record, max_shard_size,
             if sending is not None:
                 sent += sending.result()
                 sending = None
-            out.commit(index_of(plan, fmt, tasks))
+            out.commit(index_of(plan, fmt, tasks), extra=file_bytes(files or {}) if directory else None)
         except BaseException:
             if sending is not None:
                 uploader.cancel([sending])
