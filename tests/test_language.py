@@ -91,6 +91,24 @@ def test_a_failed_assertion_names_the_values():
         "is 4 == 0")
 
 
+@pytest.mark.parametrize("line, where, at", [
+    ("a -> b then expect(n_experts(1), _)", "an action argument", "3:20"),   # found by the fuzz campaign
+    ("a -> b then view(2 + uint32(x), -1)", "an action argument", "3:22"),
+    ("a -> b then cast(1.5)", "an action argument", "3:18"),
+    ("a.{i:int} -> b.{i + uint32(1)}", "a template", "3:21"),
+    ("a.{i:int} -> b.{n=i + 1.5}", "a template", "3:16"),
+    ("assert x == len(3)", "an assertion", "3:13"),
+])
+def test_typed_and_decimal_values_outside_metadata_are_spec_errors(line, where, at):
+    """`uint32(n)` and `1.5` are for `meta` entries and parameters; elsewhere, where only
+    integer arithmetic is evaluated, they are an error at their place, not an internal error."""
+    with pytest.raises(SpecError) as info:
+        compile_spec(spec(f"mapspec 1\nparam x = 3\n{line}\n" + ("a -> b\n" if line.startswith("assert") else "")),
+                     {"a": TensorInfo((2, 2), "float32"), "a.0": TensorInfo((2, 2), "float32")})
+    first = info.value.render().splitlines()[0]
+    assert first.startswith(f"s.map:{at}: error: ") and f"is not allowed in {where}" in first, first
+
+
 def test_every_problem_is_reported_at_once_in_file_order():
     text = ("mapspec 1\nparam a\nparam b: str = 3 + 1\nlet c = zz * 2\n"
             "x.{i:int} -> y then concat(0, over=j)\nz -> w then view(q)\notherwise keep\notherwise drop\n")

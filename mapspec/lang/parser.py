@@ -9,6 +9,7 @@ from pathlib import Path
 from lark import Token, Tree
 
 from . import grammar, keyscan
+from .exprs import walk
 from ..core import paths
 from ..core.quoting import shown_path
 from ..errors import Span, SpecError
@@ -427,7 +428,9 @@ class _Builder:
         tree = grammar.parse_fragment(tok, "assert_line", self.file, self.text)
         left, op, right, *message = tree.children
         start = self._frag_span(tree, tok)
-        return Assertion(left=self._expr(left, tok), op=str(op), right=self._expr(right, tok),
+        at = self._frag_span(tree, tok)
+        return Assertion(left=self._integer(self._expr(left, tok), at, "an assertion"), op=str(op),
+                         right=self._integer(self._expr(right, tok), at, "an assertion"),
                          message=_string(str(message[0])) if message else None,
                          span=Span(self.file, span.line, span.column, start.end_line, start.end_column))
 
@@ -515,10 +518,12 @@ class _Builder:
                     "a target cannot hold a wildcard; name it in the source ({name:*} or {name:**}) "
                     "and write {name} here", self._frag_span(part, tok))
             elif kind == "subst":
-                item = Subst(expr=self._expr(part.children[0], tok), span=self._frag_span(part, tok))
+                at = self._frag_span(part, tok)
+                item = Subst(expr=self._integer(self._expr(part.children[0], tok), at, "a template"), span=at)
             elif kind == "named_subst":
-                item = Subst(name=str(part.children[0]), expr=self._expr(part.children[1], tok),
-                             span=self._frag_span(part, tok))
+                at = self._frag_span(part, tok)
+                item = Subst(name=str(part.children[0]),
+                             expr=self._integer(self._expr(part.children[1], tok), at, "a template"), span=at)
             elif kind == "fanout":
                 item = Fanout(capture=self._typed(part, self._frag_span(part, tok)))
             else:  # pragma: no cover
@@ -534,6 +539,17 @@ class _Builder:
             shown = str(tok) if len(str(tok)) <= 24 else f"{str(tok)[:12]}...({len(str(tok)):,} digits)"
             raise self.error(f"integer {shown} is out of range (at most {MAX_INT:,})", span)
         return int(str(tok))
+
+    def _integer(self, expr, at: Span, where: str):
+        """`expr`, if it is integer arithmetic: typed values (`uint32(n)`) and decimals are for
+        metadata values and parameters only; anywhere else they are an error here, not later."""
+        for node, _ in walk(expr):
+            if isinstance(node, (Call, Dec)):
+                what = f"a typed value ({node.func}(...))" if isinstance(node, Call) else f"a decimal ({node.text})"
+                raise self.error(f"{what} is not allowed in {where}: it takes integer arithmetic "
+                                 "(typed and decimal values belong in `meta` entries and parameters)",
+                                 node.span if isinstance(node, Call) else at)
+        return expr
 
     def _expr(self, t: Tree, base: Token | None, depth: int = 0):
         """An expression tree; `base` is the token it was parsed from again (None: the tree's
@@ -579,8 +595,8 @@ class _Builder:
         kind = v.data
         if depth > MAX_DEPTH:  # tuples in tuples: every later pass recurses over them too
             raise self.error(f"an argument nested more than {MAX_DEPTH} levels deep", self.span_tree(v))
-        if kind in ("ref", "number", "neg", "add", "sub", "mul", "floordiv", "mod", "lookup"):
-            expr = self._expr(v, None)
+        if kind in ("ref", "number", "decimal", "neg", "add", "sub", "mul", "floordiv", "mod", "lookup", "call"):
+            expr = self._integer(self._expr(v, None), self.span_tree(v), "an action argument")
             if isinstance(expr, Num):
                 return expr.value
             if isinstance(expr, Ref):

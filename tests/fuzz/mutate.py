@@ -58,7 +58,8 @@ def mutate_text(text: str, rng: random.Random) -> str:
     """Token-minded changes to a text file (a spec, a .wts, a OneFlow meta)."""
     pieces = ["{", "}", "(", ")", "**", "*", "->", "|", ",", ".", ":", "=", '"', "\n", " ", "\t", "#",
               "then", "include", "drop", "keep", "table", "select", "mapspec", "view((", "chunk(", "split((",
-              "cast(", "{n:int}", "{a:**}", "{x in t}", "+", "//", "%", "\u00e9", "\x00", "\ud800"[:0]]
+              "cast(", "{n:int}", "{a:**}", "{x in t}", "+", "//", "%", "\u00e9", "\x00", "\ud800"[:0],
+              "uint32(", "len(", "float32(", "1.5", "1e-6"]  # typed and decimal values: metadata only
     s = text
     for _ in range(rng.randint(1, 4)):
         at = rng.randint(0, len(s))
