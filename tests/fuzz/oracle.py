@@ -14,14 +14,23 @@ def preload() -> None:
             pass
 
 
+# torch dtypes numpy has no dtype for, read as their byte codes (as mapspec holds them)
+CODES = frozenset({"torch.float8_e4m3fn", "torch.float8_e5m2", "torch.float8_e8m0fnu", "torch.float8_e4m3fnuz",
+                   "torch.float8_e5m2fnuz", "torch.float4_e2m1fn_x2"})
+
+
 def flatten(obj, prefix: str, out: dict) -> None:
     """Tensors under dotted paths, as mapspec names them."""
     import torch
 
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
-        out[prefix] = (t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16
-                       else t.numpy())
+        if t.dtype == torch.bfloat16:
+            out[prefix] = t.view(torch.int16).numpy().view(np.uint16)
+        elif str(t.dtype) in CODES:
+            out[prefix] = t.view(torch.uint8).numpy()
+        else:
+            out[prefix] = t.numpy()
     elif isinstance(obj, dict):
         for k, v in obj.items():
             flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
