@@ -84,6 +84,20 @@ def test_only_small_pieces_are_kept(tmp_path):
     assert kept == {"w.weight": [("w.weight_scale_inv", 1)]}
 
 
+def test_many_small_pieces_are_kept_only_up_to_a_small_share_together():
+    """Pieces of 1/64 each are each small, but 63 of them would be the tensor again: what is
+    kept for later steps stays within 1/32 of the input all together (two such pieces here).
+    (split and chunk steps never share: each piece's own bounds are in its parameters.)"""
+    from mapspec.compile.plan import Step
+    from mapspec.errors import Span
+    from mapspec.ops.base import PlannedAction
+
+    src = TensorInfo((64 * 4, 8), "float32")
+    steps = [Step(f"w.{k}", ("w",), (src,), (PlannedAction("quantize", {"scheme": "x", "index": k}),),
+                  TensorInfo((4, 8), "float32"), Span("s.map", 1, 1, 1, 1)) for k in range(64)]
+    assert siblings.siblings(steps) == {0: [siblings.Sibling(1, 1), siblings.Sibling(2, 2)]}
+
+
 def test_a_kept_piece_is_not_read_again(tmp_path, monkeypatch):
     """The scales' step reads nothing from the source: the weight is read once."""
     from mapspec.formats import safetensors as st

@@ -18,7 +18,7 @@ from typing import NamedTuple, Sequence
 from ..compile.plan import Step
 from ..ops import actions as act
 
-SMALL = 32  # a kept piece holds at most 1/SMALL of its step's input bytes
+SMALL = 32  # the pieces kept for later steps hold at most 1/SMALL of the input bytes, all together
 
 
 class Sibling(NamedTuple):
@@ -43,6 +43,7 @@ def siblings(steps: Sequence[Step], skip: set[int] = frozenset()) -> dict[int, l
     """step index -> the later steps whose small outputs it computes and keeps; steps in
     `skip` (read in their own way) take no part."""
     first: dict[str, int] = {}
+    held: dict[int, int] = {}  # bytes kept so far for each first step
     out: dict[int, list[Sibling]] = {}
     for i, step in enumerate(steps):
         if i in skip or (family := _family(step)) is None:
@@ -51,7 +52,9 @@ def siblings(steps: Sequence[Step], skip: set[int] = frozenset()) -> dict[int, l
         if j == i:
             continue
         inputs = sum(info.nbytes for info in step.input_infos)
-        if step.info.nbytes * SMALL <= inputs:
+        # small all together, not only each: 64 rank pieces of 1/64 each would be the tensor
+        if (held.get(j, 0) + step.info.nbytes) * SMALL <= inputs:
+            held[j] = held.get(j, 0) + step.info.nbytes
             out.setdefault(j, []).append(Sibling(i, step.actions[-1].params["index"]))
     return out
 
