@@ -82,12 +82,6 @@ def carried_files(model_dir: Path, patch: ConfigPatch) -> dict[str, bytes | Path
     return files
 
 
-def file_bytes(files: Mapping[str, bytes | Path]) -> dict[str, bytes]:
-    """`carried_files` as bytes each, for an output on object storage (small files: a
-    config, a tokenizer)."""
-    return {name: content if isinstance(content, bytes) else content.read_bytes() for name, content in files.items()}
-
-
 def write_files(folder: Path, files: Mapping[str, bytes | Path]) -> None:
     """Each file into `folder` (the output's temporary directory), copied by the kernel."""
     import shutil
@@ -104,11 +98,9 @@ def model_dir_of(checkpoint) -> Path | None:
     of shards, not a file, not a format whose checkpoints are directories)."""
     if isinstance(checkpoint, (list, tuple)):
         return None
-    from .remote import URLPath, is_url
+    from .reading import location
 
-    # a folder on object storage is one too: its files are listed and read through fsspec
-    path = (checkpoint if isinstance(checkpoint, URLPath) else URLPath(checkpoint)) if is_url(checkpoint) \
-        else Path(checkpoint)
+    path = location(checkpoint)  # a folder on object storage is one too, listed and read through fsspec
     if not path.is_dir():
         return None
     from .registry import formats

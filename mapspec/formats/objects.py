@@ -19,6 +19,7 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from ..errors import OutputError
 from .remote import URLPath, _in_order, _pool, filesystem, remote_error, retrying
@@ -172,8 +173,9 @@ class ObjectOutput:
                 return
             self.pending.append(pending)
 
-    def commit(self, index: tuple[str, bytes] | None = None, extra: dict[str, bytes] | None = None) -> None:
-        """Complete every upload, then write `extra` small files and the index, last."""
+    def commit(self, index: tuple[str, bytes] | None = None, extra: Mapping[str, bytes | Path] | None = None) -> None:
+        """Complete every upload, then write `extra` small files (bytes, or a local file's
+        path: a model folder's `carried_files`) and the index, last."""
         if not self.replace and self.url.exists():
             raise OutputError(f"{self.url} appeared while converting; nothing was replaced (use --force to "
                               "overwrite it)")
@@ -189,6 +191,7 @@ class ObjectOutput:
         for _ in _in_order(_pool(), finish, sorted(self.pending, key=lambda p: p.url)):
             pass
         for name, data in [*(extra or {}).items(), *([index] if index else [])]:
+            data = data if isinstance(data, bytes) else data.read_bytes()
             target = self.target(name)
             retrying(lambda: fs.pipe_file(target.path, data), target, "")
             self.completed.append(target.url)

@@ -428,9 +428,8 @@ class _Builder:
         tree = grammar.parse_fragment(tok, "assert_line", self.file, self.text)
         left, op, right, *message = tree.children
         start = self._frag_span(tree, tok)
-        at = self._frag_span(tree, tok)
-        return Assertion(left=self._integer(self._expr(left, tok), at, "an assertion"), op=str(op),
-                         right=self._integer(self._expr(right, tok), at, "an assertion"),
+        return Assertion(left=self._integer(self._expr(left, tok), start, "an assertion"), op=str(op),
+                         right=self._integer(self._expr(right, tok), start, "an assertion"),
                          message=_string(str(message[0])) if message else None,
                          span=Span(self.file, span.line, span.column, start.end_line, start.end_column))
 

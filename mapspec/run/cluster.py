@@ -139,7 +139,7 @@ def apply_on_ray(plan, checkpoint, select: str, epoch, output, fmt: str, record,
 
         out = ObjectOutput(output, directory)
         dest = output.url if directory else output.parent.url
-        finish = _finish_objects(out, plan, fmt, tasks, actor, files if directory else None)
+        finish = _finish_objects(out, plan, fmt, tasks, actor, files)
     else:
         from ..formats.atomic import AtomicPath
 
@@ -212,7 +212,6 @@ def _abort_uploads(ray, actor) -> None:
 
 def _finish_objects(out, plan, fmt, tasks, actor, files: Mapping | None):
     from ..formats import objects
-    from ..formats.model_dir import file_bytes
     from .shards import index_of
 
     def finish(results) -> None:
@@ -225,7 +224,7 @@ def _finish_objects(out, plan, fmt, tasks, actor, files: Mapping | None):
         for pending in begun:  # uploads of attempts that died: never completed
             if pending.upload_id and pending.upload_id not in kept:
                 objects.abort(pending)
-        out.commit(index_of(plan, fmt, tasks), extra=file_bytes(files) if files else None)
+        out.commit(index_of(plan, fmt, tasks), extra=files)
 
     return finish
 
@@ -239,7 +238,7 @@ def _finish_local(atomic, folder: Path, plan, fmt, tasks, directory: bool, files
         for stray in folder.iterdir():  # .part files of attempts whose worker died
             if stray.name not in names and not stray.name.endswith(".mapspec.json"):
                 stray.unlink()
-        if directory and files:
+        if files:
             write_files(folder, files)
         index = index_of(plan, fmt, tasks)
         if index is not None:

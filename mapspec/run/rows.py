@@ -139,14 +139,20 @@ def run_parts(step: Step, cut: Parts, source, sink, worker: Worker) -> None:
             (out,) = act.run_all(step.actions[1:], [array]) if len(step.actions) > 1 else (array,)
             del array
             end = cut.starts[n + 1] if n + 1 < len(keys) else step.info.shape[0]
-            want = dtypes.stored_shape((end - start, *step.info.shape[1:]), step.info.dtype)
-            if tuple(out.shape) != want:  # pragma: no cover - an action's rows() that lies
-                raise RuntimeError(f"{shown(step.output)}: rows {start}:{end} planned {want}, produced {out.shape}")
-            sink.write_rows(step.output, start, out)
+            _put(step, start, end - start, out, sink)
             del out
     finally:
         if ahead is not None:
             worker.cancel([ahead])
+
+
+def _put(step: Step, first: int, rows: int, out, sink) -> None:
+    """`out`, rows [first, first + rows) of `step`'s output, into `sink`, if it has the
+    planned shape."""
+    want = dtypes.stored_shape((rows, *step.info.shape[1:]), step.info.dtype)
+    if tuple(out.shape) != want:  # pragma: no cover - an action's rows() that lies
+        raise RuntimeError(f"{shown(step.output)}: rows {first}:{first + rows} planned {want}, produced {out.shape}")
+    sink.write_rows(step.output, first, out)
 
 
 def kept_rows(step: Step, sibling: Step, cut: Slicing) -> int | None:
@@ -193,12 +199,7 @@ def run_sliced(step: Step, cut: Slicing, source, sink, worker: Worker,
                 pieces = [pieces[own]]
             (out,) = pieces
             first = b0 * cut.out_unit
-            rows = min(first + cut.per_slice * cut.out_unit, step.info.shape[0]) - first
-            want = dtypes.stored_shape((rows, *step.info.shape[1:]), step.info.dtype)
-            if tuple(out.shape) != want:  # pragma: no cover - an action's rows() that lies
-                raise RuntimeError(f"{shown(step.output)}: rows {first}:{first + rows} planned {want}, "
-                                   f"produced {out.shape}")
-            sink.write_rows(step.output, first, out)
+            _put(step, first, min(first + cut.per_slice * cut.out_unit, step.info.shape[0]) - first, out, sink)
             del out, pieces
     finally:
         if ahead is not None:

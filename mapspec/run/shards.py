@@ -79,7 +79,6 @@ def apply_remote(plan: Plan, source, output, fmt: str, record, max_shard_size,
     """Convert into `output` (a `remote.URLPath`) in this process; returns the bytes sent.
     `files`: the model directory's other files (`carried_files`), written before the index.
     Must run inside `guarded_writes`, which aborts every upload on failure or signal."""
-    from ..formats.model_dir import file_bytes
     from ..formats.objects import ObjectOutput
 
     tasks = split(plan, fmt, max_shard_size, output.name)
@@ -102,7 +101,7 @@ def apply_remote(plan: Plan, source, output, fmt: str, record, max_shard_size,
             if sending is not None:
                 sent += sending.result()
                 sending = None
-            out.commit(index_of(plan, fmt, tasks), extra=file_bytes(files or {}) if directory else None)
+            out.commit(index_of(plan, fmt, tasks), extra=files)
         except BaseException:
             if sending is not None:
                 uploader.cancel([sending])
