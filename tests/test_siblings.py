@@ -114,3 +114,28 @@ def test_a_kept_piece_is_not_read_again(tmp_path, monkeypatch):
     monkeypatch.setattr(st.SafetensorsSource, "read", counted)
     mapspec.apply(tmp_path / "s.map", source, tmp_path / "out.safetensors")
     assert reads == ["a.w"]
+
+
+def test_unstacked_experts_share_and_the_kept_pieces_do_not_hold_the_input(tmp_path, monkeypatch):
+    """unstack's pieces differ only in `index`, so the first expert's step keeps the next few
+    (1/32 of the input all together); they are copies, not views that would keep the whole
+    stacked tensor alive, and the output is the one of every expert computed on its own."""
+    from mapspec.run import executor
+
+    stacked = np.random.default_rng(3).standard_normal((64, 8, 16), dtype=np.float32)
+    sink = open_sink(tmp_path / "in.safetensors", "safetensors", {"e": TensorInfo(stacked.shape, "float32")})
+    sink.write("e", stacked)
+    sink.commit()
+    (tmp_path / "s.map").write_text("mapspec 1\ne -> e.{p:int} then unstack(0, into=p)\n")
+    plan = compile_spec(parse_spec(tmp_path / "s.map"), {"e": TensorInfo(stacked.shape, "float32")})
+    assert [s.piece for s in siblings.siblings(plan.steps)[0]] == [1, 2]
+    kept: dict = {}
+    keep = [(s.piece, 0, plan.steps[s.step]) for s in siblings.siblings(plan.steps)[0]]
+    first = executor.run_step(plan.steps[0], [stacked], keep, kept)
+    assert np.array_equal(first, stacked[0])
+    for k in (1, 2):
+        assert np.array_equal(kept[f"e.{k}"], stacked[k]) and not np.shares_memory(kept[f"e.{k}"], stacked)
+    mapspec.apply(tmp_path / "s.map", tmp_path / "in.safetensors", tmp_path / "kept.safetensors")
+    monkeypatch.setattr(siblings, "SMALL", 1 << 62)
+    mapspec.apply(tmp_path / "s.map", tmp_path / "in.safetensors", tmp_path / "own.safetensors")
+    assert (tmp_path / "kept.safetensors").read_bytes() == (tmp_path / "own.safetensors").read_bytes()

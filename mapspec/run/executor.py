@@ -39,7 +39,8 @@ def run_step(step: Step, arrays: list[np.ndarray], keep: Sequence[tuple[int, int
     if keep:
         pieces = run_pieces(step, arrays)
         for piece, _, sib in keep:
-            kept[sib.output] = pieces[piece]
+            # a copy: a piece may be a view of the inputs (unstack), which would keep them whole
+            kept[sib.output] = pieces[piece].copy()
         out = pieces[step.actions[-1].params["index"]]
     else:
         (out,) = act.run_all(step.actions, arrays)

@@ -11,7 +11,6 @@ them would raise the memory bound; their steps compute them again, as before."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import NamedTuple, Sequence
 
@@ -35,8 +34,10 @@ def _family(step: Step) -> str | None:
         return None
     last = step.actions[-1]
     whole = {k: v for k, v in last.params.items() if k != "index"}
-    return json.dumps([list(step.inputs), [a.to_json() for a in step.actions[:-1]], last.name, whole,
-                       last.groups], sort_keys=True, default=str)
+    # repr, not JSON: it runs for every piece of every split of a plan (an MoE's experts
+    # unstacked: tens of thousands), and steps of one rule write their parameters alike
+    return repr((step.inputs, [(a.name, a.params, a.groups, a.each) for a in step.actions[:-1]], last.name,
+                 whole, last.groups))
 
 
 def siblings(steps: Sequence[Step], skip: set[int] = frozenset()) -> dict[int, list[Sibling]]:
