@@ -29,6 +29,20 @@ def test_every_format_is_registered_once_with_names_suffixes_and_dtypes():
     assert by_name("pt").name == "torch" and by_name("tensorrt").name == "wts"
 
 
+def test_a_named_or_suffixed_format_imports_only_its_own_module():
+    """Start-up: `-o out.safetensors`, `--to pt` and help texts need no other format module."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from mapspec.formats import by_name, by_suffix, known_names; "
+            "known_names(); by_suffix(Path('m.safetensors')); by_name('pt'); "
+            "print(sorted(m for m in sys.modules if m.startswith('mapspec.formats.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = {m.rsplit(".", 1)[1] for m in eval(out)}
+    assert {"safetensors", "torch"} <= loaded
+    assert not loaded & {"mxnet", "npz", "oneflow", "wts", "gguf", "distcp"}
+
+
 def test_help_and_errors_list_every_format():
     r = CliRunner().invoke(app, ["apply", "--help"], env={"COLUMNS": "300"})
     for f in formats():

@@ -18,6 +18,15 @@ from .reading import location
 from .remote import is_url
 from .registry import Format, Guarded, by_name, by_suffix, formats, known_names, open_file, sniff
 
+def _with_epoch(path, epoch: int | None):
+    """`--epoch N`: an MXNet checkpoint prefix made a file name (the MXNet module only then)."""
+    if epoch is None:
+        return path
+    from .mxnet import resolve_prefix
+
+    return resolve_prefix(path, epoch)
+
+
 def open_source(path: str | Path | Sequence[str | Path], fmt: str | None = None, select: str | None = None,
                 epoch: int | None = None, role: str = "checkpoint") -> Source:
     """A lazy source. `path` is a checkpoint file, a format directory (OneFlow), a shard index
@@ -26,19 +35,18 @@ def open_source(path: str | Path | Sequence[str | Path], fmt: str | None = None,
     checkpoint pick its model part automatically; "" keeps the whole file. A path that
     cannot be used is a CheckpointError naming it as `role` (checkpoint, --target, ...)."""
     from . import sharded
-    from .mxnet import resolve_prefix
 
     if isinstance(path, (list, tuple)):
         files = [location(p) if is_url(p) else paths.existing(p, f"{role} shard", kind="file", error=CheckpointError)
                  for p in path]
         source: Source = sharded.ShardedSource.from_files(files)
     elif is_url(path):
-        path = resolve_prefix(location(path), epoch)
+        path = _with_epoch(location(path), epoch)
         if not path.exists() and not any(c in str(path) for c in "*?["):
             raise CheckpointError(f"{path}: no such object")
         source = sharded.open_path(path, fmt)
     else:
-        path = resolve_prefix(Path(paths.plain(path, role, CheckpointError)), epoch)
+        path = _with_epoch(Path(paths.plain(path, role, CheckpointError)), epoch)
         if os.path.lexists(path) or not any(c in str(path) for c in "*?["):  # not a glob of shards
             try:
                 paths.existing(path, role, error=CheckpointError)

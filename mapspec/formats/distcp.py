@@ -448,5 +448,5 @@ def _is_dcp(path: Path, head: bytes) -> bool:
     return path.is_dir() and (path / METADATA).is_file()
 
 
-FORMAT = Format("distcp", "PyTorch distributed checkpoint (torch.distributed.checkpoint)", (), DcpSource, DcpSink,
-                frozenset(dtypes.NAMES), aliases=("dcp",), sniff=_is_dcp, directory=True)
+FORMAT = Format("distcp", "PyTorch distributed checkpoint (torch.distributed.checkpoint)", DcpSource, DcpSink,
+                frozenset(dtypes.NAMES), sniff=_is_dcp, directory=True)

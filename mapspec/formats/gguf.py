@@ -669,5 +669,5 @@ def _sniff(path: Path, head: bytes) -> bool:
     return head[:4] == MAGIC
 
 
-FORMAT = Format("gguf", "GGUF (llama.cpp)", (".gguf",), GGUFSource, GGUFSink, DTYPES, sniff=_sniff,
+FORMAT = Format("gguf", "GGUF (llama.cpp)", GGUFSource, GGUFSink, DTYPES, sniff=_sniff,
                 takes_kv=True, split_sink=GGUFSplitSink, places_copies=True)

@@ -332,5 +332,5 @@ def is_mxnet(head: bytes) -> bool:
     return len(head) >= 8 and struct.unpack("<Q", head[:8])[0] == FILE_MAGIC
 
 
-FORMAT = Format("mxnet", "MXNet .params (mx.nd.save)", (".params",), MXNetSource, MXNetSink,
-                frozenset(FLAGS.values()), aliases=("params",), sniff=lambda path, head: is_mxnet(head))
+FORMAT = Format("mxnet", "MXNet .params (mx.nd.save)", MXNetSource, MXNetSink,
+                frozenset(FLAGS.values()), sniff=lambda path, head: is_mxnet(head))

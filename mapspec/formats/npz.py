@@ -180,5 +180,5 @@ def _is_npz(path: Path, head: bytes) -> bool:
     return head[:4] == b"PK\x03\x04" and not is_torch_zip(path)
 
 
-FORMAT = Format("npz", "NumPy .npz", (".npz",), NpzSource, NpzSink, frozenset(dtypes.NUMPY_NAMES) | {"complex64"},
+FORMAT = Format("npz", "NumPy .npz", NpzSource, NpzSink, frozenset(dtypes.NUMPY_NAMES) | {"complex64"},
                 sniff=_is_npz)

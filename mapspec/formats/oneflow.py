@@ -191,5 +191,5 @@ class OneflowSink(SinkBase):
         self.atomic.abort()
 
 
-FORMAT = Format("oneflow", "OneFlow flow.save directory", (".oneflow", ".of"), OneflowSource, OneflowSink,
+FORMAT = Format("oneflow", "OneFlow flow.save directory", OneflowSource, OneflowSink,
                 frozenset(CODES), sniff=lambda path, head: is_oneflow_dir(path), directory=True)

@@ -1,8 +1,9 @@
 """The format registry: what mapspec knows about each checkpoint format, in one record.
 
 Every format module ends with one `FORMAT = Format(...)` entry; `MODULES` below lists the
-modules (imported by name, on first lookup). Suffix lookup, sniffing, `--to` names, help texts and error messages all read
-from here, so adding a format is one module plus one name in that list."""
+modules (each imported on its first lookup) with their other names and suffixes. Suffix
+lookup, sniffing, `--to` names, help texts and error messages all read from here, so adding
+a format is one module plus one entry in that table."""
 
 from __future__ import annotations
 
@@ -22,15 +23,30 @@ from .reading import location, open_bytes, reading
 HEAD_BYTES = 16  # how much of a file sniffers see
 
 
+# One module per format, each ending with `FORMAT = Format(...)`, named as the format is;
+# sniffing tries them in this order. The modules import numpy only, so converting MXNet to
+# safetensors never imports torch. Beside each: its other names (`--to` accepts them) and its
+# file suffixes (lowercase, with the dot), kept here so that a suffix or a name finds its
+# module, and help texts list the formats, without importing the other seven.
+MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "safetensors": ((), (".safetensors",)),
+    "mxnet": (("params",), (".params",)),
+    "torch": (("pt", "pytorch"), (".pt", ".pth", ".bin", ".ckpt")),
+    "npz": ((), (".npz",)),
+    "oneflow": ((), (".oneflow", ".of")),
+    "wts": (("tensorrt",), (".wts",)),
+    "gguf": ((), (".gguf",)),
+    "distcp": (("dcp",), ()),
+}
+
+
 @dataclass(frozen=True)
 class Format:
-    name: str                              # the canonical name (`--to` accepts it and `aliases`)
+    name: str                              # the canonical name, its module's (`MODULES`)
     description: str                       # one phrase for help texts
-    suffixes: tuple[str, ...]              # file suffixes, lowercase, with the dot
     source: type                           # class(path) -> Source
     sink: type                             # class(path, outputs, metadata) -> Sink
     dtypes: frozenset[str]                 # the tensor dtypes it can hold
-    aliases: tuple[str, ...] = ()
     # Does this file (or directory) hold this format? `head` is its first HEAD_BYTES bytes
     # (empty for a directory). Sniffers run in registry order; the first yes wins.
     sniff: Optional[Callable[[Path, bytes], bool]] = None
@@ -57,34 +73,41 @@ class Format:
         return self.sink(path, outputs, metadata, **extra)
 
     @property
+    def aliases(self) -> tuple[str, ...]:
+        return MODULES[self.name][0]
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return MODULES[self.name][1]
+
+    @property
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
 
 
-# One module per format, each ending with `FORMAT = Format(...)`; sniffing tries them in this
-# order. The modules import numpy only, so converting MXNet to safetensors never imports torch.
-MODULES = ("safetensors", "mxnet", "torch", "npz", "oneflow", "wts", "gguf", "distcp")
+def _load(module: str) -> Format:
+    return importlib.import_module(f"{__package__}.{module}").FORMAT
 
 
 def formats() -> tuple[Format, ...]:
-    return tuple(importlib.import_module(f"{__package__}.{m}").FORMAT for m in MODULES)
+    return tuple(_load(m) for m in MODULES)
 
 
 def by_name(name: str) -> Format:
-    for f in formats():
-        if name.lower() in f.names:
-            return f
+    for m, (aliases, _suffixes) in MODULES.items():
+        if name.lower() in (m, *aliases):
+            return _load(m)
     raise UsageError(f"unknown format '{name}' (known: {known_names()})")
 
 
 def known_names() -> str:
     """Every format with its aliases, for help texts and errors: 'safetensors, torch (pt, pytorch), ...'."""
-    return ", ".join(f.name + (f" ({', '.join(f.aliases)})" if f.aliases else "") for f in formats())
+    return ", ".join(m + (f" ({', '.join(aliases)})" if aliases else "") for m, (aliases, _) in MODULES.items())
 
 
 def by_suffix(path: Path) -> Format | None:
     suffix = path.suffix.lower()
-    return next((f for f in formats() if suffix in f.suffixes), None)
+    return next((_load(m) for m, (_aliases, suffixes) in MODULES.items() if suffix in suffixes), None)
 
 
 def sniff(path: Path) -> str:
@@ -103,7 +126,7 @@ def sniff(path: Path) -> str:
     if path.is_dir():
         raise CheckpointError(f"{path}: a directory, but no checkpoint in it (no *.index.json, no single "
                               f"checkpoint file, not a OneFlow directory)")
-    suffixes = ", ".join(s for f in formats() for s in f.suffixes)
+    suffixes = ", ".join(s for _aliases, suffixes in MODULES.values() for s in suffixes)
     raise CheckpointError(f"{path}: unknown checkpoint format (expected one of {suffixes}, a shard index "
                           f"*.index.json, or a model directory)")
 

@@ -245,5 +245,5 @@ class SafetensorsSink(OffsetSink):
 
 
 FORMAT = Format(
-    "safetensors", "safetensors (Hugging Face)", (".safetensors",), SafetensorsSource, SafetensorsSink,
+    "safetensors", "safetensors (Hugging Face)", SafetensorsSource, SafetensorsSink,
     frozenset(NAMES.values()), sniff=lambda path, head: len(head) >= 9 and head[8:9] == b"{", hf_layout=("model.safetensors", "model", "model.safetensors.index.json"), places_copies=True)

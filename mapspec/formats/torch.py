@@ -245,6 +245,6 @@ def _is_torch(path: Path, head: bytes) -> bool:
     return is_torch_zip(path) if head[:4] == b"PK\x03\x04" else head[:1] == b"\x80"
 
 
-FORMAT = Format("torch", "PyTorch torch.save", (".pt", ".pth", ".bin", ".ckpt"), TorchSource, TorchSink,
-                TORCH_WRITES, aliases=("pt", "pytorch"), sniff=_is_torch,
+FORMAT = Format("torch", "PyTorch torch.save", TorchSource, TorchSink,
+                TORCH_WRITES, sniff=_is_torch,
                 hf_layout=("pytorch_model.bin", "pytorch_model", "pytorch_model.bin.index.json"), places_copies=True)

@@ -132,5 +132,5 @@ class WtsSink(SinkBase):
 
 
 # Every dtype goes in: like tensorrtx's gen_wts.py, the writer stores each value as float32.
-FORMAT = Format("wts", "TensorRT .wts (tensorrtx)", (".wts",), WtsSource, WtsSink, frozenset(dtypes.NUMPY_NAMES),
-                aliases=("tensorrt",), sniff=lambda path, head: head.split(b"\n", 1)[0].strip().isdigit())
+FORMAT = Format("wts", "TensorRT .wts (tensorrtx)", WtsSource, WtsSink, frozenset(dtypes.NUMPY_NAMES),
+                sniff=lambda path, head: head.split(b"\n", 1)[0].strip().isdigit())
