@@ -55,7 +55,10 @@ class _LazyCommands(MutableMapping):
 
     def __getitem__(self, name: str) -> "cx_core.Command":
         if name not in self._built:
-            self._built[name] = get_command_from_info(self._infos[name],  # KeyError: no such command
+            info = self._infos[name]  # KeyError: no such command
+            if hasattr(info.callback, "sign") and not hasattr(info.callback, "__signature__"):
+                info.callback.sign()  # `takes`: the shared options join its parameters now
+            self._built[name] = get_command_from_info(info,
                                                       pretty_exceptions_short=app.pretty_exceptions_short,
                                                       rich_markup_mode=app.rich_markup_mode)
         return self._built[name]
@@ -338,17 +341,22 @@ COMPILING = tuple(_SHARED)  # all of them: check, explain and apply
 
 def takes(*names: str):
     def decorate(fn):
-        sig = pyinspect.signature(fn, eval_str=True)
-        own = [p for p in sig.parameters.values() if p.name != "opts"]
-        added = [pyinspect.Parameter(n, pyinspect.Parameter.KEYWORD_ONLY, annotation=_SHARED[n][0],
-                                     default=_SHARED[n][1]) for n in names]
-
         @wraps(fn)
         def run(*args, **kwargs):
             return fn(*args, opts=_options({n: kwargs.pop(n) for n in names}), **kwargs)
 
-        run.__signature__ = sig.replace(parameters=own + added)
-        run.__annotations__ = {p.name: p.annotation for p in own + added}
+        def sign() -> None:
+            # Evaluating a command's annotations (typer.Option objects) costs about 2 ms per
+            # command, so it is done when the command is built (`_LazyCommands`), for the
+            # one command a run uses, not for every command at import.
+            sig = pyinspect.signature(fn, eval_str=True)
+            own = [p for p in sig.parameters.values() if p.name != "opts"]
+            added = [pyinspect.Parameter(n, pyinspect.Parameter.KEYWORD_ONLY, annotation=_SHARED[n][0],
+                                         default=_SHARED[n][1]) for n in names]
+            run.__signature__ = sig.replace(parameters=own + added)
+            run.__annotations__ = {p.name: p.annotation for p in own + added}
+
+        run.sign = sign
         return run
     return decorate
 
@@ -762,6 +770,11 @@ def main() -> NoReturn:
     atexit handlers run, stdout and stderr are flushed (a failing flush, e.g. a closed pipe,
     falls back to the normal exit and its usual message and status).
     Never returns, so code that needs control back (tests, a fork server) calls `app()`."""
+    # pydantic looks for plugins (observers of validation, e.g. logfire) when it builds the
+    # first validator of a run: a scan of every installed package's entry points, 20-60 ms
+    # with torch and transformers installed, a tenth of a small `apply`. The validators here
+    # check mapspec's own rule nodes, which no plugin has a use for; a user's own setting wins.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         app()
         code = 0
