@@ -14,11 +14,51 @@ from ..errors import Span
 
 
 class Node(BaseModel):
-    # defer_build: a model's validator is built on its first instantiation, with the forward
-    # references ("Expr", "Value") resolved from this module then; building all of them at
-    # import (and nodes before the leaves they hold, so nothing was reused) cost 20-60 ms of
-    # every run. Leaves come first in a parse, so a container reuses their built schemas.
+    """A frozen record of the rule graph: fields declared with their types, compared and
+    hashed by value, copied with `model_copy(update=...)`.
+
+    Nodes are built only by mapspec's own code (the parser, the inverter, the checks), from
+    values of the declared types, so `Node(...)` checks the field names (a missing or unknown
+    one is a TypeError) but not the types: pydantic's validation builds each node class's
+    schema on its first use, 30 ms of every run, the largest part of a small conversion after
+    the imports. The tests pin what the parser builds, types included. defer_build: the
+    schemas are never built unless something asks pydantic to validate or serialize."""
+
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, defer_build=True)
+
+    def __init__(self, /, **data) -> None:
+        cls = type(self)
+        fields, names = cls.__dict__.get("_node_fields") or cls._fields()
+        if not names.issuperset(data):
+            raise TypeError(f"{cls.__name__}: unknown field(s) {', '.join(sorted(set(data) - names))}")
+        values = {}
+        for name, default in fields:
+            if name in data:
+                values[name] = data[name]
+            elif default is _REQUIRED:
+                raise TypeError(f"{cls.__name__}: missing field '{name}'")
+            else:
+                values[name] = default
+        object.__setattr__(self, "__dict__", values)
+        object.__setattr__(self, "__pydantic_fields_set__", set(data))
+        object.__setattr__(self, "__pydantic_extra__", None)
+        object.__setattr__(self, "__pydantic_private__", None)
+
+    @classmethod
+    def _fields(cls) -> tuple[tuple, frozenset]:
+        """(name, default or _REQUIRED) per field in declaration order, and the names; kept
+        on the class."""
+        out = []
+        for name, info in cls.model_fields.items():
+            if info.default_factory is not None:
+                raise TypeError(f"{cls.__name__}.{name}: nodes take plain defaults")  # none do
+            out.append((name, _REQUIRED if info.is_required() else info.default))
+        fields = (tuple(out), frozenset(name for name, _ in out))
+        type.__setattr__(cls, "_node_fields", fields)
+        return fields
+
+
+_REQUIRED = object()
 
 
 # ------------------------------------------------------------------ key patterns
