@@ -114,9 +114,9 @@ def apply(
     output = location(output)
     remote_out = not isinstance(output, Path)
     if concurrency is not None or remote_out or _any_url(checkpoint):
-        from .formats import remote
+        from .formats import fetching
 
-        remote.configure(concurrency)
+        fetching.configure(concurrency)
     if not remote_out:
         output = paths.writable(output, "output", directory=None)  # a loop, a NUL byte...: before its suffix is read
     runs = inverse.spec if inverse else spec
@@ -182,7 +182,7 @@ def apply(
         # anywhere (even while the sink is being built) or SIGTERM/SIGINT removes its temp files.
         with guarded_writes(replace=force), named_output_errors(output):
             if ray is not None:
-                from .formats.remote import concurrency as width
+                from .formats.fetching import concurrency as width
                 from .run.cluster import apply_on_ray
 
                 prefix = source.prefix if isinstance(source, Selected) else ""

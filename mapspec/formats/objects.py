@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import OutputError
-from .remote import URLPath, _in_order, _pool, filesystem, remote_error, retrying
+from .fetching import _in_order, _pool, remote_error, retrying
+from .remote import URLPath, filesystem
 
 MIN_PART = 8 << 20  # bytes; S3 wants parts of 5 MiB or more, except the last
 MAX_PARTS = 10_000  # S3's limit of parts per upload

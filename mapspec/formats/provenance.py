@@ -147,7 +147,8 @@ def _stamp(path: Path) -> str | None:
 def remote_sha256(url) -> str:
     """sha256 of an object on a store, read once in parallel ranged requests (used only when
     the store keeps no content hash of its own: see `remote.content_hash`)."""
-    from .remote import CHUNK, RemoteFile, _in_order, _pool
+    from .fetching import _in_order, _pool
+    from .remote import CHUNK, RemoteFile
 
     h = hashlib.sha256()
     with RemoteFile(url) as f:

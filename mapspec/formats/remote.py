@@ -6,7 +6,7 @@ is_dir, iterdir, glob), over an fsspec file system. `RemoteFile` has the methods
 `reading.RegularFile` (size, read_into/read_range/read_bytes, copy_to, file()), so every
 format's parser reads a remote object exactly as it reads a local file: headers with a few
 small range requests, tensors with parallel range requests of `CHUNK` bytes, at most
-`concurrency()` at once per transfer.
+`concurrency()` at once per transfer (on S3, copies as long streamed requests: `streams`).
 
 Credentials are found by each protocol's own library (the AWS_* variables and profiles for
 s3fs, gcloud's for gcsfs, the HF token for hf://); mapspec never reads, stores or prints them.
@@ -18,29 +18,19 @@ from __future__ import annotations
 
 import posixpath
 import re
-import threading
-import time
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Iterator
-
-if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 from ..errors import CheckpointError, UsageError
 from .byterange import ByteRange
+from .fetching import _in_order, _pool, remote_error, retrying
 
 CHUNK = 8 << 20  # bytes per range request of a large read
 # The first request for a small range at the start of an object fetches this much and keeps
 # it: a safetensors header's length and the header itself (or a file's magic) in one request.
 HEAD = 256 << 10
-DEFAULT_CONCURRENCY = 8  # range requests in flight per transfer (`--concurrency`)
-RETRIES = 4  # attempts after the first, for failures retrying can cure
-BACKOFF = 0.25  # seconds before the first retry, doubling
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
-_settings = {"concurrency": DEFAULT_CONCURRENCY}
-_pools: dict[int, "ThreadPoolExecutor"] = {}  # concurrent.futures: imported on first use (start-up)
-_pools_lock = threading.Lock()
 
 
 def is_url(value) -> bool:
@@ -49,27 +39,6 @@ def is_url(value) -> bool:
         return True
     m = _SCHEME.match(str(value)) if isinstance(value, str) else None
     return bool(m) and m[1].lower() != "file"
-
-
-def configure(concurrency: int | None = None) -> None:
-    if concurrency is not None:
-        if concurrency < 1:
-            raise UsageError(f"--concurrency must be at least 1 (got {concurrency})")
-        _settings["concurrency"] = concurrency
-
-
-def concurrency() -> int:
-    return _settings["concurrency"]
-
-
-def _pool() -> "ThreadPoolExecutor":
-    from concurrent.futures import ThreadPoolExecutor
-
-    n = concurrency()
-    with _pools_lock:
-        if n not in _pools:
-            _pools[n] = ThreadPoolExecutor(n, thread_name_prefix="mapspec-range")
-        return _pools[n]
 
 
 def _fsspec():
@@ -225,44 +194,6 @@ class URLPath:
         return self.read_bytes().decode(encoding)
 
 
-def remote_error(where, exc: BaseException, what: str = "") -> CheckpointError:
-    """One line naming the object for a failed request."""
-    doing = f" while reading {what}" if what else ""
-    if isinstance(exc, FileNotFoundError):
-        return CheckpointError(f"{where}: no such object{doing}")
-    if isinstance(exc, PermissionError):
-        return CheckpointError(f"{where}: access denied{doing} (check the credentials your environment gives "
-                               "this protocol's library)")
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return CheckpointError(f"{where}: request failed{doing} ({type(exc).__name__}: {text[:200]})")
-
-
-def transient(exc: BaseException) -> bool:
-    """Would the same request, sent again, likely succeed? Resets, timeouts, 5xx and throttling."""
-    if isinstance(exc, (FileNotFoundError, PermissionError, CheckpointError, UsageError, ValueError, TypeError)):
-        return False
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    name = type(exc).__name__
-    text = str(exc)
-    return (any(w in name for w in ("Timeout", "Connection", "Disconnected", "Payload", "ServerError", "Throttl"))
-            or any(w in text for w in ("Service Unavailable", "SlowDown", "InternalError", "Connection reset",
-                                       "500", "502", "503", "504")))
-
-
-def retrying(call, where, what: str):
-    """`call()`, retried with backoff while its failure is transient; else one CheckpointError."""
-    for attempt in range(RETRIES + 1):
-        try:
-            return call()
-        except CheckpointError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - classified below
-            if attempt == RETRIES or not transient(exc):
-                raise remote_error(where, exc, what) from None
-            time.sleep(BACKOFF * 2 ** attempt)
-
-
 class RemoteFile(ByteRange):
     """An object read by byte range: the `RegularFile` methods over fsspec. Every read is a
     fresh buffer of exactly the bytes asked for; an object shorter than it was when opened
@@ -282,6 +213,10 @@ class RemoteFile(ByteRange):
 
     def _fetch(self, offset: int, nbytes: int, what: str) -> bytes:
         fs, path = self.path.fs, self.path.path
+        from .streams import fetch, supported
+
+        if supported(fs):  # one request, checked against the object's ETag
+            return fetch(self, offset, nbytes, what)
 
         def call() -> bytes:
             data = fs.cat_file(path, start=offset, end=offset + nbytes)
@@ -314,12 +249,20 @@ class RemoteFile(ByteRange):
             pass
 
     def copy_to(self, fd_out: int, offset_out: int, offset: int, nbytes: int) -> None:
-        """Bytes [offset, offset + nbytes) written to `fd_out` at `offset_out`: CHUNK-sized
-        range requests, `concurrency()` in flight, written in order as they arrive; memory
-        held is at most that many chunks."""
+        """Bytes [offset, offset + nbytes) written to `fd_out` at `offset_out`: on S3 a few
+        long requests read as streams (`streams`); elsewhere CHUNK-sized range requests,
+        `concurrency()` in flight, written in order as they arrive; memory held is at most
+        that many chunks."""
         import os
 
         self._check_range(offset, nbytes, "a tensor")
+        if nbytes == 0:
+            return
+        from .streams import copy, supported
+
+        if supported(self.path.fs):
+            copy(self, fd_out, offset_out, offset, nbytes)
+            return
 
         def part(start: int) -> tuple[int, bytes]:
             return start, self._fetch(offset + start, min(CHUNK, nbytes - start), "a tensor")
@@ -334,6 +277,11 @@ class RemoteFile(ByteRange):
     def release(self, offset: int, nbytes: int) -> None:
         pass  # nothing cached here
 
+    def close(self) -> None:
+        from .streams import close_all
+
+        close_all(self)
+
     def willneed(self, offset: int, nbytes: int) -> None:
         pass  # reads start when asked, in parallel
 
@@ -343,32 +291,6 @@ class RemoteFile(ByteRange):
         return retrying(lambda: self.path.fs.open(self.path.path, "rb", block_size=1 << 16, cache_type="bytes"),
                         self.path, "the object")
 
-
-
-def _in_order(pool: "ThreadPoolExecutor", fn, items):
-    """fn(item) for each item on `pool`, at most the pool's width in flight, results in order.
-    A failure cancels what is queued and is raised."""
-    from collections import deque
-
-    width = pool._max_workers
-    pending: deque = deque()
-    items = iter(items)
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= width:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for f in pending:
-            f.cancel()
-        for f in pending:
-            if not f.cancelled():
-                try:
-                    f.result()
-                except BaseException:  # noqa: BLE001 - the first failure is the one raised
-                    pass
 
 
 def content_hash(path: URLPath) -> tuple[str, str] | None:

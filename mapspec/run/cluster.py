@@ -86,10 +86,9 @@ def _actor_class(ray):
 def _task(plan, task: ShardTask, checkpoint, select, epoch, fmt: str, record, dest: str, progress,
           concurrency: int):
     """One shard, on a worker. Returns the pending uploads (object storage) or None."""
-    from ..formats import open_source
-    from ..formats import remote
+    from ..formats import fetching, open_source, remote
 
-    remote.configure(concurrency)
+    fetching.configure(concurrency)
     last = [0]
 
     def report(n: int) -> None:
