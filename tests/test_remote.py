@@ -488,6 +488,21 @@ def test_s3_copies_are_a_few_streamed_requests_with_the_same_bytes(s3, bucket, t
     assert 3 <= len(data) <= 6, sent  # 21 tensors: 3 parts for the big one, a stream per run of small ones
 
 
+def test_an_object_without_a_store_checksum_is_hashed_from_one_stream(s3, bucket, tmp_path, monkeypatch):
+    """The provenance sha256 of an object whose store keeps no content hash is read as one
+    streamed request (many small pieces), equal to hashlib's over the bytes."""
+    import hashlib
+
+    from mapspec.formats import provenance, streams
+
+    monkeypatch.setattr(streams, "PIECE", 64 << 10)
+    blob = np.random.default_rng(2).bytes(3 << 20)
+    s3.pipe(f"{bucket}/blob.bin", blob)
+    sent = counting_gets(monkeypatch)
+    assert provenance.remote_sha256(f"s3://{bucket}/blob.bin") == hashlib.sha256(blob).hexdigest()
+    assert sent == [f"bytes=0-{len(blob) - 1}"]
+
+
 def test_a_stream_whose_connection_drops_reopens_where_it_stopped(s3, bucket, tmp_path, monkeypatch):
     """A stream left open between copies loses its connection (as a server closing an idle
     one does): the next copy reopens the range at the byte it stopped at; the bytes are the

@@ -145,15 +145,21 @@ def _stamp(path: Path) -> str | None:
 
 
 def remote_sha256(url) -> str:
-    """sha256 of an object on a store, read once in parallel ranged requests (used only when
-    the store keeps no content hash of its own: see `remote.content_hash`)."""
+    """sha256 of an object on a store, read once as a stream (S3) or in parallel ranged
+    requests (used only when the store keeps no content hash of its own: see
+    `remote.content_hash`)."""
     from .fetching import _in_order, _pool
     from .remote import CHUNK, RemoteFile
+    from .streams import whole, supported
 
     h = hashlib.sha256()
     with RemoteFile(url) as f:
-        parts = range(0, f.size, CHUNK)
-        for data in _in_order(_pool(), lambda at: f.read_bytes(at, min(CHUNK, f.size - at), "the object"), parts):
+        if supported(f.path.fs):  # S3: one streamed request
+            pieces = whole(f, "the object")
+        else:
+            parts = range(0, f.size, CHUNK)
+            pieces = _in_order(_pool(), lambda at: f.read_bytes(at, min(CHUNK, f.size - at), "the object"), parts)
+        for data in pieces:
             h.update(data)
     return h.hexdigest()
 

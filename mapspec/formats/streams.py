@@ -119,6 +119,15 @@ def fetch(file: ByteRange, offset: int, nbytes: int, what: str) -> bytes:
         cursor.close()
 
 
+def whole(file: ByteRange, what: str):
+    """Every byte of `file` in order, as pieces of at most PIECE bytes, from one request."""
+    cursor = Cursor(file, 0, file.size)
+    try:
+        yield from cursor.pieces(file.size, what)
+    finally:
+        cursor.close()
+
+
 def copy(file: ByteRange, fd_out: int, offset_out: int, offset: int, nbytes: int) -> None:
     """Bytes [offset, offset + nbytes) of `file` written to `fd_out` at `offset_out`."""
     parts = min(concurrency(), nbytes // PART) if nbytes >= 2 * PART else 1
