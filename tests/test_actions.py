@@ -83,3 +83,26 @@ def test_every_action_has_an_inverse_rule():
     assert all(d.inverse is not None for d in act.REGISTRY.values())
     assert {d.name for d in act.REGISTRY.values() if d.kind == "split"} == {"split", "chunk", "unstack", "quantize",
                                                                              "replicate"}
+
+
+@pytest.mark.parametrize("actions,dtype,shape,copy", [
+    ("", "float16", (4, 6), True),
+    ("expect(4, _, dtype=float16)", "float16", (4, 6), True),
+    ("cast(float16)", "float16", (4, 6), True),
+    ("expect(dtype=bfloat16) then cast(bfloat16) then reshape(4, 6)", "bfloat16", (4, 6), True),
+    ("cast(float32)", "float16", (4, 6), False),
+    ("cast(float32) then cast(float16)", "float16", (4, 6), False),  # what moved is not judged as a whole
+    ("reshape(6, 4)", "float16", (4, 6), False),
+    ("transpose(0, 1)", "float32", (4, 4), False),  # the same shape, the values moved
+    ("view(2, 2, 4) then transpose(0, 1) then reshape(4, 4)", "float32", (4, 4), False),
+])
+def test_a_step_is_a_copy_only_where_every_action_moves_no_byte(actions, dtype, shape, copy):
+    """`act.passes_through`: a rule's expect() and a cast to the dtype the tensor has do not
+    stop it being a file-to-file copy (llama.cpp's outtype f16 of an f16 model); anything
+    that moves or converts a value does, even where the shape and dtype come out the same."""
+    from mapspec import TensorInfo, compile_spec
+
+    then = f" then {actions}" if actions else ""
+    spec = parse_spec(text=f"mapspec 1\nw -> out{then}\n", name="s.map")
+    (step,) = compile_spec(spec, {"w": TensorInfo(shape, dtype)}).steps
+    assert act.passes_through(step.input_infos, step.actions) is copy

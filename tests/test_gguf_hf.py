@@ -67,6 +67,36 @@ def test_same_file_as_llama_cpp(converted, family, outtype):
     assert differences(mine, ref) == []
 
 
+def test_a_type_kept_is_a_file_to_file_copy_and_the_same_file(tmp_path):
+    """An f16 model to --outtype f16 (and bf16 to bf16): every tensor whose type stays and
+    whose values do not move (all but the q/k permutes and the F32 norms) is offered to the
+    sink as a kernel copy, though its rule says expect(dtype=) and cast(); the file is the
+    reference's, byte for byte."""
+    from mapspec import plan_for
+    from mapspec.formats import open_source
+    from mapspec.run.executor import source_extent
+
+    root = llamacpp_ref.require()
+    jobs, cases = [], []
+    for dtype, outtype in (("float16", "f16"), ("bfloat16", "bf16")):
+        d = make_model("llama", tmp_path / dtype, dtype=dtype)
+        jobs.append((d, tmp_path / f"{dtype}.ref.gguf", outtype))
+        cases.append((d, outtype, tmp_path / f"{dtype}.gguf", tmp_path / f"{dtype}.ref.gguf"))
+    llamacpp_ref.convert_many(jobs, root)
+    for d, outtype, mine, ref in cases:
+        plan = plan_for(SPECS / "llama.map", d, params={"outtype": outtype})
+        source = open_source(d)
+        try:
+            copied = {st.output for st in plan.steps if source_extent(st, source) is not None}
+        finally:
+            source.close()
+        moved = {st.output for st in plan.steps if "norm" in st.output or "attn_q" in st.output
+                 or "attn_k" in st.output}
+        assert copied == {st.output for st in plan.steps} - moved and copied
+        apply(SPECS / "llama.map", d, mine, params={"outtype": outtype})
+        assert differences(mine, ref) == []
+
+
 def test_outtype_rules(converted):
     """The per-tensor types of --outtype q8_0: weights Q8_0, a weight whose rows (80 wide) are
     no multiple of the 32-element block F16, norms and the MoE router F32, experts stacked."""

@@ -8,10 +8,10 @@ from .args import format_shape
 from .base import ActionDef, InverseContext, Params, PlannedAction, Rows, Shape, Typed, make, planned
 from .merge import MAX_PIECES
 from .ranks import ReplicaMismatch
-from .registry import (REGISTRY, config_effect, inverse, lookup, normalize, register, registered, resolve, rows, run,
-                       run_all, typed)
+from .registry import (REGISTRY, config_effect, inverse, lookup, normalize, passes_through, register, registered,
+                       resolve, rows, run, run_all, typed)
 
 __all__ = ["ActionDef", "InverseContext", "MAX_PIECES", "Params", "PlannedAction", "REGISTRY", "ReplicaMismatch",
-           "Shape", "Typed", "config_effect", "format_shape", "inverse", "lookup", "make", "normalize", "planned",
+           "Shape", "Typed", "config_effect", "format_shape", "inverse", "lookup", "make", "normalize", "passes_through", "planned",
            "register", "registered", "resolve",
            "Rows", "rows", "run", "run_all", "typed"]

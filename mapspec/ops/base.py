@@ -168,6 +168,12 @@ class ActionDef:
         return None
 
     # ---------------------------------------------------------------- execution
+    def unchanged(self, p: Params, before: Typed, after: Typed) -> bool:
+        """Does the action, taking one tensor from `before` to `after`, leave its bytes as
+        they are? A step of such actions alone is a file-to-file copy (an `expect`, a cast to
+        the dtype the tensor has: llama.cpp's outtype f16 of an f16 model). No, by default."""
+        return False
+
     def rows(self, p: Params, inputs: list[Typed]) -> Rows | None:
         """Whether the action works a block of rows (slices of the first dimension) at a
         time, each block of its output computed from the matching blocks of its inputs

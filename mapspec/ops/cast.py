@@ -21,6 +21,9 @@ class Cast(Unary):
     needs = "the dtype it casts from"
     dtype_only = True
 
+    def unchanged(self, p: Params, before: Typed, after: Typed) -> bool:
+        return before == after  # to the dtype it has: the same bytes
+
     def normalize(self, action: Action) -> Params:
         # `unfit=DTYPE`: where a block type's blocks do not divide a tensor's rows (its last
         # dimension), cast to DTYPE instead: llama.cpp's --outtype q8_0 keeps such tensors F16.

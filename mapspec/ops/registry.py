@@ -92,6 +92,20 @@ def rows(pa: PlannedAction, inputs: list[Typed]) -> Rows | None:
     return d.rows(dict(pa.params), inputs)
 
 
+def passes_through(inputs: Sequence[Typed], actions: Iterable[PlannedAction]) -> bool:
+    """Do `actions` leave the bytes of a step's one input as they are (`ActionDef.unchanged`,
+    action by action)? Then the step is a copy of its input."""
+    if len(inputs) != 1:
+        return False
+    before = Typed(tuple(inputs[0].shape), inputs[0].dtype)
+    for pa in actions:
+        after = pa.outputs
+        if len(after) != 1 or not REGISTRY[pa.name].unchanged(dict(pa.params), before, after[0]):
+            return False
+        before = after[0]
+    return True
+
+
 def run_all(actions: Iterable[PlannedAction], arrays: list) -> list:
     for pa in actions:
         arrays = run(pa, arrays)

@@ -15,6 +15,9 @@ from .blocks import in_bytes
 class View(Reshaping):
     """`view(2, -1)`, `view(+(1, 1))` (append sizes); `reshape` is the same action."""
 
+    def unchanged(self, p: Params, before: Typed, after: Typed) -> bool:
+        return before == after  # a C-order reshape to the shape it has moves nothing
+
     def normalize(self, action: Action) -> Params:
         action = varargs_as_tuple(action)
         shape = bind(action, ["shape"], 1)["shape"]
@@ -252,6 +255,9 @@ def _undo(dims: list[int]) -> list[int]:
 
 class Expect(Reshaping):
     """`expect(n_heads * head_dim, _)`: asserts the shape; changes nothing."""
+
+    def unchanged(self, p: Params, before: Typed, after: Typed) -> bool:
+        return True
 
     def normalize(self, action: Action) -> Params:
         dims = []

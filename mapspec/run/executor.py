@@ -65,8 +65,11 @@ def _keeping(steps: Sequence[Step], sliced: dict) -> dict[int, list[tuple[int, i
 
 def source_extent(step: Step, source) -> Extent | None:
     """Where `step`'s one input lies in the source file, if the step passes it through
-    unchanged: such a step is offered to the sink as a file-to-file copy."""
-    return source.extent(step.inputs[0]) if not step.actions and len(step.inputs) == 1 else None
+    unchanged (no actions, or only ones that move no byte: `act.passes_through`): such a
+    step is offered to the sink as a file-to-file copy."""
+    if len(step.inputs) != 1 or (step.actions and not act.passes_through(step.input_infos, step.actions)):
+        return None
+    return source.extent(step.inputs[0])
 
 
 def copied_from(plan: Plan, source) -> dict[str, int]:
