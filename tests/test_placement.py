@@ -163,3 +163,27 @@ def test_every_shard_places_its_copies(tmp_path, to, monkeypatch):
             finally:
                 records.close()
     assert seen == len(data)
+
+
+
+# ------------------------------------------------- copies before slices
+
+def test_a_step_whose_actions_move_no_byte_is_copied_even_where_it_could_run_in_slices(tmp_path, monkeypatch):
+    """A 64 MiB tensor cast to the dtype it has: large enough to run in row slices
+    (run/rows.py), yet a kernel copy, with the bytes it would have had."""
+    real, seen = placement.copy_extent, []
+
+    def spy(extent, fd_out, offset_out):
+        real(extent, fd_out, offset_out)
+        seen.append(extent.nbytes)
+
+    monkeypatch.setattr(placement, "copy_extent", spy)
+    src = tmp_path / "in.safetensors"
+    big = np.arange(16 << 20, dtype=np.float32).reshape(4096, 4096)
+    write(src, "safetensors", {"a.weight": big[:8] * 2, "b.weight": big})  # the big one is not the first step
+    (tmp_path / "c.map").write_text("mapspec 1\n{k:*}.weight -> {k}.w then cast(float32)\n")
+    apply(tmp_path / "c.map", src, tmp_path / "o.gguf")
+    assert sorted(seen) == [8 * 4096 * 4, big.nbytes]
+    out = open_source(tmp_path / "o.gguf")
+    assert np.array_equal(out.read("a.w"), big[:8] * 2) and np.array_equal(out.read("b.w"), big)
+    out.close()

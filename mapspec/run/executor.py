@@ -110,8 +110,10 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
         return source_extent(step, source) if copies else None
 
     def upcoming(j: int) -> tuple[Extent | None, Job | None]:
-        """Step j's extent if it is to be copied, or the job reading its arrays, if started."""
-        if j == len(steps) or streamed(steps[j]) or j in sliced or j in parted:  # these read bit by bit
+        """Step j's extent if it is to be copied, or the job reading its arrays, if started.
+        A step that could also run in slices (its actions move no byte, so they work row by
+        row) is copied: slicing is for the sink that declines copies."""
+        if j == len(steps) or streamed(steps[j]) or j in parted:  # these read bit by bit
             return None, None
         if steps[j].output in given:
             return None, None
@@ -119,6 +121,8 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
         if extent is not None:
             extent.file.willneed(extent.offset, extent.nbytes)
             return extent, None
+        if j in sliced:  # reads its own slices
+            return None, None
         if sum(i.nbytes for i in steps[j].input_infos) < READ_AHEAD_BYTES:
             return None, None
         keys = steps[j].inputs
