@@ -3,7 +3,9 @@ one run: each command in its own child process, in paired runs (convert_bench's 
 repeat cp first, then every command of the case), medians of the paired time ratios and every
 command's peak RSS (/usr/bin/time).
 
-    python bench/gguf_bench.py [--dir DIR] [--gb 2] [--repeat 3]
+    python bench/gguf_bench.py [--dir DIR] [--gb 2] [--repeat 3] [--only WORD,WORD...]
+
+(--only runs the cases whose title has one of the words, e.g. `--only "-> GGUF bf16,renamed"`.)
 
 (docs/gguf.md quotes the full-size command: --gb 2 --repeat 5; it needs about 7 x --gb GB free.)
 
@@ -153,8 +155,13 @@ def summary() -> None:
         print(f"| {title} | {name} | {to_cp:.2f}x | {r} | {peak:.0f} MiB | {rp} | {met} |")
 
 
+ONLY: list[str] = []  # --only: the cases whose title has one of these
+
+
 def run_case(title: str, src: Path, commands: dict, repeat: int, bound: float,
              goal_cp: float | None = None, goal_ref: float | None = None) -> None:
+    if ONLY and not any(w in title for w in ONLY):
+        return
     peaks: dict[str, list[float]] = {}
     times = case(title, src, commands, repeat, peaks=peaks)
     record(title, times, peaks, bound, goal_cp, goal_ref)
@@ -165,7 +172,11 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/mapspec-gguf-bench"))
     ap.add_argument("--gb", type=float, default=2.0)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", default="", help="comma-separated words; run the cases whose title has one of them "
+                                                 "(e.g. 'bf16 -> GGUF bf16,f16 -> GGUF f16,-> HF,renamed')")
     args = ap.parse_args()
+    global ONLY
+    ONLY = [w.strip() for w in args.only.split(",") if w.strip()]
     d = args.dir
     d.mkdir(parents=True, exist_ok=True)
     need = 7 * args.gb * 1e9
