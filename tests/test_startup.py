@@ -105,7 +105,7 @@ def cache_home(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("MAPSPEC_NO_CACHE", raising=False)
     grammar.parser.cache_clear()
-    yield tmp_path / "mapspec" / "grammar.lark-cache"
+    yield tmp_path / "mapspec" / grammar.cache_name()
     grammar.parser.cache_clear()
 
 
@@ -122,6 +122,24 @@ def test_the_parser_is_cached_and_the_cached_one_parses_the_same(cache_home):
     assert loaded is not built
     assert _tree(loaded) == _tree(built)
     assert [t.name for t in loaded.terminals] == [t.name for t in built.terminals]
+
+
+def test_parsers_of_other_grammars_stay_beside_it_up_to_a_few(cache_home):
+    """Two mapspec versions used in turn each find their own built parser (one file of the
+    same name would be rebuilt by each in turn); the oldest beyond KEEP_BUILT go, and so does
+    the single file of before."""
+    folder = cache_home.parent
+    folder.mkdir(mode=0o700)
+    others = [folder / f"grammar-{i:016x}.lark-cache" for i in range(6)]
+    for age, p in enumerate(others):
+        p.write_bytes(b"another grammar\n")
+        os.utime(p, (1000 + age, 1000 + age))
+    (folder / "grammar.lark-cache").write_bytes(b"before\n")
+    grammar.parser()
+    kept = sorted(p.name for p in folder.glob("grammar*.lark-cache"))
+    assert kept == sorted([cache_home.name, *(p.name for p in others[-(grammar.KEEP_BUILT - 1):])])
+    grammar.parser.cache_clear()
+    assert _tree(grammar.parser()) is not None and cache_home.is_file()
 
 
 def test_a_corrupt_or_stale_cache_is_rebuilt_not_trusted(cache_home):

@@ -46,15 +46,19 @@ _OPTIONS = dict(parser="lalr", lexer="contextual", start=["spec", "pattern", "te
                 propagate_positions=True, maybe_placeholders=False)
 
 
+KEEP_BUILT = 4  # built parsers kept side by side (one per grammar: mapspec versions used in turn)
+
+
 @lru_cache(maxsize=1)
 def parser() -> Lark:
     """The LALR parser. Building its tables takes 0.15-0.25 s, most of a small `mapspec apply`,
-    so the built parser is kept in the user's cache directory (`cache_path`), keyed by the
-    grammar, the options and the lark and Python versions; a stale, truncated or unreadable
-    file is rebuilt."""
+    so the built parser is kept in the user's cache directory (`cache_path`), in a file named
+    by its key (the grammar, the options, the lark and Python versions), which its first line
+    repeats; a stale, truncated or unreadable file is rebuilt. Files of other keys stay (two
+    mapspec versions used in turn each find their own), up to KEEP_BUILT."""
     text = grammar_text()
-    key = hashlib.sha256(f"{text}\0{_OPTIONS!r}\0{lark.__version__}\0{sys.version_info[:2]}".encode()).hexdigest()
-    path = cache_path()
+    key = _key(text)
+    path = cache_path(key)
     if path is not None:
         try:
             with open(path, "rb") as f:
@@ -67,14 +71,36 @@ def parser() -> Lark:
         saved = io.BytesIO()
         built.save(saved)
         write_atomically(path, key.encode() + b"\n" + saved.getvalue())
+        _prune(path)
     return built
 
 
-def cache_path() -> Path | None:
+def _key(text: str) -> str:
+    return hashlib.sha256(f"{text}\0{_OPTIONS!r}\0{lark.__version__}\0{sys.version_info[:2]}".encode()).hexdigest()
+
+
+def cache_name(key: str | None = None) -> str:
+    """The name of this grammar's (or `key`'s) built-parser file in the cache directory."""
+    return f"grammar-{(key or _key(grammar_text()))[:16]}.lark-cache"
+
+
+def cache_path(key: str | None = None) -> Path | None:
     """Where the built parser is kept (`mapspec.cache`), or None: the file holds a pickle, so
     it is only read from a directory nobody else can write to."""
     folder = cache_dir()
-    return None if folder is None else folder / "grammar.lark-cache"
+    return None if folder is None else folder / cache_name(key)
+
+
+def _prune(kept: Path) -> None:
+    """Remove built parsers beyond the KEEP_BUILT newest, and the one file of before they were
+    named by key."""
+    try:
+        others = sorted((p for p in kept.parent.glob("grammar-*.lark-cache") if p != kept),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in [*others[KEEP_BUILT - 1:], kept.parent / "grammar.lark-cache"]:
+            old.unlink(missing_ok=True)
+    except OSError:  # a cache is best effort
+        pass
 
 
 def parse_statements(text: str, file: str) -> tuple[Tree, list[Token]]:
