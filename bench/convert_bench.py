@@ -225,15 +225,19 @@ def clean(*paths: Path) -> None:
     os.sync()
 
 
+def _files(path: Path) -> list[Path]:
+    """A file, or a directory's files in name order."""
+    return [f for f in (sorted(path.rglob("*")) if path.is_dir() else [path]) if f.is_file()]
+
+
 def evict(path: Path) -> None:
     """Drop a file's (or a directory's files') clean pages from the page cache."""
-    for f in (sorted(path.rglob("*")) if path.is_dir() else [path]):
-        if f.is_file():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+    for f in _files(path):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 COLD = False  # --cold: every run reads its source from disk
@@ -243,11 +247,15 @@ def warm(path: Path) -> None:
     """Read a file (or a directory's files) through, untimed, so a warm run finds all of it in
     the page cache: this VM's memory reclaim pages out cold page cache now and then, and a
     `cp` that found half its source evicted took 4 s where it takes 0.6 s."""
-    for f in (sorted(path.rglob("*")) if path.is_dir() else [path]):
-        if f.is_file():
-            with open(f, "rb", buffering=0) as r:
-                while r.read(64 << 20):
-                    pass
+    for f in _files(path):
+        with open(f, "rb", buffering=0) as r:
+            while r.read(64 << 20):
+                pass
+
+
+def prepare(src: Path) -> None:
+    """Before a timed run: the source out of the page cache (--cold) or all of it in."""
+    evict(src) if COLD else warm(src)
 
 
 def case(title: str, src: Path, commands: dict[str, tuple[list[str], Path]], repeat: int,
@@ -262,14 +270,14 @@ def case(title: str, src: Path, commands: dict[str, tuple[list[str], Path]], rep
     ratios: dict[str, list[float]] = {}
     for _ in range(repeat):
         clean(copy)
-        evict(src) if COLD else warm(src)
+        prepare(src)
         t_cp, r = run(cp)
         times["cp"].append(t_cp)
         rss["cp"].append(r)
         clean(copy)
         for name, (argv, out) in commands.items():
             clean(out)
-            evict(src) if COLD else warm(src)
+            prepare(src)
             t, r = run(argv)
             clean(out)
             times.setdefault(name, []).append(t)

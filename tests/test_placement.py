@@ -165,7 +165,6 @@ def test_every_shard_places_its_copies(tmp_path, to, monkeypatch):
     assert seen == len(data)
 
 
-
 # ------------------------------------------------- copies before slices
 
 def test_a_step_whose_actions_move_no_byte_is_copied_even_where_it_could_run_in_slices(tmp_path, monkeypatch):
