@@ -3,7 +3,9 @@ dequantize as `_dequantize_fp8_weight(w, s, block, float32).to(bf16)` (ragged sh
 FP8 quantize as `Fp8Quantize` (float32 and ue8m0 scales), MXFP4 dequantize as
 `convert_moe_packed_tensors` (every byte, every scale, its transpose); and the properties
 that hold beyond what the references cover (ragged blocks quantized by their own absmax,
-bounded slices, MXFP4 quantize as the inverse layout)."""
+bounded slices, MXFP4 quantize as the inverse layout). The FP8 tests run twice, on numpy's
+whole-array passes and on the compiled loops of `fp8kernels.c` (`mapspec.ops.native`),
+which must give the same bits."""
 
 from __future__ import annotations
 
@@ -54,13 +56,28 @@ def _random_fp8(rng, shape):
     return bits.view(E4M3)
 
 
+@pytest.fixture(scope="module", params=["numpy", "native"])
+def engine(request):
+    """The FP8 kernels on numpy, then on the compiled C loops (module scope: hypothesis runs
+    many examples in one call of a test). The C loops are built by `pip install` wherever
+    there is a C compiler (hatch_build.py); without one they are skipped, and numpy runs."""
+    from mapspec.ops import native
+
+    if request.param == "native" and native.load() is None:
+        pytest.skip(f"{native.LIBRARY.name} is not built (no C compiler at install time)")
+    saved = fp8.USE_NATIVE
+    fp8.USE_NATIVE = request.param == "native"
+    yield request.param
+    fp8.USE_NATIVE = saved
+
+
 shapes = st.tuples(st.integers(1, 3), st.integers(1, 70), st.integers(1, 70))
 blocks = st.tuples(st.sampled_from([1, 3, 16, 32, 128]), st.sampled_from([1, 5, 16, 32, 128]))
 
 
 @settings(max_examples=60, deadline=None)
 @given(shape=shapes, block=blocks, seed=st.integers(0, 2 ** 32 - 1), out=st.sampled_from(["bf16", "f16", "f32"]))
-def test_fp8_dequantize_is_transformers_float32_product_rounded_once(shape, block, seed, out):
+def test_fp8_dequantize_is_transformers_float32_product_rounded_once(shape, block, seed, out, engine):
     rng = np.random.default_rng(seed)
     w = _random_fp8(rng, shape)
     s = (rng.standard_normal(fp8.grid(shape, block)) * 0.01).astype(np.float32)
@@ -72,7 +89,7 @@ def test_fp8_dequantize_is_transformers_float32_product_rounded_once(shape, bloc
     assert _same_bits(fp8.dequantize(w, s, block, dtype), _np(want))
 
 
-def test_fp8_dequantize_multiplies_in_float32_not_in_bf16():
+def test_fp8_dequantize_multiplies_in_float32_not_in_bf16(engine):
     w = np.array([[1.125]], np.float32).astype(E4M3)
     s = np.array([[1.0 + 2 ** -8]], np.float32)  # not a bf16 number: a bf16 product rounds it first
     got = fp8.dequantize(w, s, (128, 128), "bfloat16").view(BF16)  # bf16 comes back as its bits
@@ -90,7 +107,7 @@ def test_fp8_dequantize_refuses_a_scale_grid_that_does_not_fit():
        block=st.sampled_from([(1, 1), (2, 4), (16, 8), (32, 32), (128, 128)]),
        seed=st.integers(0, 2 ** 32 - 1), ue8m0=st.booleans(), dtype=st.sampled_from(["bf16", "f32"]),
        zero_block=st.booleans())
-def test_fp8_quantize_is_transformers_fp8quantize(lead, tiles, block, seed, ue8m0, dtype, zero_block):
+def test_fp8_quantize_is_transformers_fp8quantize(lead, tiles, block, seed, ue8m0, dtype, zero_block, engine):
     rng = np.random.default_rng(seed)
     shape = (lead, tiles[0] * block[0], tiles[1] * block[1])
     x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-6, 6)).astype(np.float32)
@@ -108,7 +125,7 @@ def test_fp8_quantize_is_transformers_fp8quantize(lead, tiles, block, seed, ue8m
     assert s.dtype == (np.uint8 if ue8m0 else np.float32)  # E8M0 as its codes
 
 
-def test_fp8_quantize_scale_is_torch_reciprocal_times_448_not_one_division():
+def test_fp8_quantize_scale_is_torch_reciprocal_times_448_not_one_division(engine):
     # torch evaluates `448 / amax` as reciprocal(amax) * 448; for this amax the two differ
     amax = np.float32(1.5)
     assert (np.float32(1) / amax) * np.float32(448) != np.float32(448) / amax
@@ -120,7 +137,7 @@ def test_fp8_quantize_scale_is_torch_reciprocal_times_448_not_one_division():
 
 @settings(max_examples=40, deadline=None)
 @given(shape=shapes, block=blocks, seed=st.integers(0, 2 ** 32 - 1))
-def test_fp8_quantize_ragged_edge_blocks_use_their_own_absmax(shape, block, seed):
+def test_fp8_quantize_ragged_edge_blocks_use_their_own_absmax(shape, block, seed, engine):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(np.float32).astype(BF16)
     q, s = fp8.quantize(x, block)
@@ -142,7 +159,7 @@ def test_fp8_quantize_ragged_edge_blocks_use_their_own_absmax(shape, block, seed
                     assert np.abs(codes.view(E4M3).astype(np.float32)).max() == 448
 
 
-def test_fp8_kernels_work_in_bounded_slices(monkeypatch):
+def test_fp8_kernels_work_in_bounded_slices(monkeypatch, engine):
     """With slices of one block row, a 3-expert ragged tensor gives the numbers it gives in
     one piece."""
     rng = np.random.default_rng(7)
@@ -249,3 +266,45 @@ def test_floatbits_rounding_is_ml_dtypes_rounding():
         want = y.astype(BF16).view(np.uint16)
     finite = ~np.isnan(y)
     assert _same_bits(out[finite], want[finite]) and np.isnan(out[~finite].view(BF16).astype(np.float32)).all()
+
+
+def test_native_e4m3_rounding_is_ml_dtypes_rounding():
+    """The C loop rounds every float32 as ml_dtypes does (after the clamp to +-448 that
+    quantizing applies): random bits, every tie of the e4m3 grid and its neighbours, NaNs
+    with payloads, infinities, signed zeros, subnormals; through float32 and through bf16."""
+    from mapspec.ops import native
+
+    if native.load() is None:
+        pytest.skip(f"{native.LIBRARY.name} is not built")
+    nans = np.array([0x7FFF0000, 0x7FFFFFFF, 0xFFFFFFFF, 0xFFF80000, 0x7FC00000, 0x7F800001],
+                    np.uint32).view(np.float32)
+    x = np.concatenate([_float32_samples(), _grid_midpoints(E4M3, 448), nans,
+                        np.float32([0.0, -0.0, np.inf, -np.inf, 448.0, 464.0, -500.0, 1e-45, -2 ** -10])])
+    rows = x[: x.size // 1000 * 1000].reshape(-1, 1000)
+    ones = np.ones((rows.shape[0], 8), np.float32)
+    q = np.empty(rows.shape, np.uint8)
+    native.quantize_e4m3(rows, "float32", 1, 128, ones, q)
+    assert _same_bits(q, np.clip(rows, -448, 448).astype(E4M3))
+    bits = (rows.view(np.uint32) >> 16).astype(np.uint16)
+    native.quantize_e4m3(bits, "bfloat16", 1, 128, ones, q)
+    assert _same_bits(q, np.clip((bits.astype(np.uint32) << 16).view(np.float32), -448, 448).astype(E4M3))
+
+
+def test_native_refuses_arrays_that_do_not_fit():
+    """The C loops trust their arguments, so the wrappers check them: a wrong shape, dtype or
+    a strided output is a ValueError before any byte is touched."""
+    from mapspec.ops import native
+
+    if native.load() is None:
+        pytest.skip(f"{native.LIBRARY.name} is not built")
+    x = np.zeros((4, 6), np.uint16)
+    with pytest.raises(ValueError, match="shape"):
+        native.quantize_e4m3(x, "bfloat16", 2, 4, np.ones((2, 1), np.float32), np.empty((4, 6), np.uint8))
+    with pytest.raises(ValueError, match="C-contiguous uint8"):
+        native.quantize_e4m3(x, "bfloat16", 2, 4, np.ones((2, 2), np.float32), np.empty((4, 12), np.uint8)[:, ::2])
+    with pytest.raises(ValueError, match="bfloat16 bits or float32"):
+        native.quantize_e4m3(x, "float16", 2, 4, np.ones((2, 2), np.float32), np.empty((4, 6), np.uint8))
+    with pytest.raises(ValueError, match="table"):
+        native.gather_blocks(np.zeros((4, 6), np.uint8), np.zeros((1, 256), np.uint16), 4, np.empty((4, 6), np.uint16))
+    with pytest.raises(ValueError, match="block 0x4"):
+        native.block_max(x, 0, 4, np.empty((1, 2), np.uint16))

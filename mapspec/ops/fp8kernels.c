@@ -1,0 +1,132 @@
+/* FP8 block-scaled kernels as plain loops, built into a shared library when mapspec is
+ * installed (hatch_build.py) and called through ctypes (native.py), which releases the GIL.
+ *
+ * numpy runs these kernels as chains of whole-array passes, each writing a temporary the size
+ * of a slice: about ten passes to round a bf16 value to e4m3, 5 ns a value on this project's
+ * 2-core machine, where the disk would allow under 1. Here each row is one pass with its
+ * float32 copy in L1 cache. The float32 operations are numpy's, in the same order (a product
+ * rounded once, the same bit-level rounding to e4m3), so the bits are the same: the tests hold
+ * the two to each other and both to ml_dtypes and transformers. Built without -ffast-math
+ * (no reassociation) and with -ffp-contract=off (no fused multiply-adds).
+ *
+ * The callers check every shape, dtype and contiguity before calling: these loops trust them.
+ */
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
+/* one body per instruction set, the best chosen when the library loads (ifunc) */
+#define VECTORIZED __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "arch=x86-64-v2", "default")))
+#else
+#define VECTORIZED
+#endif
+
+/* The calling convention of this file's functions: native.py refuses a library whose number
+ * is not its own (a library built from an older source, left beside a newer one). */
+int fp8kernels_abi(void) { return 2; }
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* out[i / bm][j / bn] = max(bits[i][j] & mask) over a slice of whole block rows: the block
+ * maxima of the magnitudes of float bits (bf16/fp16 as uint16, fp32 as uint32: their order
+ * is that of |x|, NaN above infinity). A column's maximum over a block row first, then the
+ * maximum over each block's columns. `column` is scratch of `cols` elements. */
+#define BLOCK_MAX(NAME, T)                                                                    \
+    VECTORIZED void NAME(const T *bits, int64_t rows, int64_t cols, int64_t bm, int64_t bn,  \
+                         T mask, T *column, T *out) {                                         \
+        int64_t blocks = (cols + bn - 1) / bn;                                                \
+        for (int64_t i0 = 0; i0 < rows; i0 += bm) {                                           \
+            memset(column, 0, (size_t)cols * sizeof(T));                                      \
+            for (int64_t i = i0; i < min64(rows, i0 + bm); i++) {                             \
+                const T *row = bits + i * cols;                                               \
+                for (int64_t j = 0; j < cols; j++) {                                          \
+                    T v = row[j] & mask;                                                      \
+                    column[j] = v > column[j] ? v : column[j];                                \
+                }                                                                             \
+            }                                                                                 \
+            T *maxima = out + (i0 / bm) * blocks;                                             \
+            for (int64_t b = 0; b < blocks; b++) {                                            \
+                T m = 0;                                                                      \
+                for (int64_t j = b * bn; j < min64(cols, b * bn + bn); j++)                   \
+                    m = column[j] > m ? column[j] : m;                                        \
+                maxima[b] = m;                                                                \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+BLOCK_MAX(block_max_u16, uint16_t)
+BLOCK_MAX(block_max_u32, uint32_t)
+
+/* float32 -> e4m3 code, for |y| clamped to 448 first: the mantissa rounded to 3 bits,
+ * nearest even, on the bits (+ 0x7FFFF and the bit above it, at bit 20), the exponent
+ * rebased from 127 to 7 (- 960 << 20), magnitudes from 448 up (infinity too) taken as 448;
+ * below 2 ** -6 rint(|y| * 512), by adding and taking away 2 ** 23 in float32 (exact, to
+ * even; without -ffast-math the compiler keeps both); NaN -> 0x7F; the sign kept. The
+ * choices are masks, not branches: a loop with branches is not vectorized below AVX-512. */
+static inline uint8_t e4m3_code(float y) {
+    uint32_t bits;
+    memcpy(&bits, &y, 4); /* the bits of a float: a register move, and vectorizable */
+    int32_t a = (int32_t)(bits & 0x7FFFFFFFu);
+    int32_t clamped = a < 0x43E00000 ? a : 0x43E00000;
+    int32_t normal = (clamped + (int32_t)(0x7FFFF - (960 << 20)) + ((clamped >> 20) & 1)) >> 20;
+    float magnitude;
+    memcpy(&magnitude, &a, 4);
+    int32_t small = (int32_t)((magnitude * 512.0f + 8388608.0f) - 8388608.0f);
+    int32_t is_small = -(int32_t)(a < 0x3C800000), is_nan = -(int32_t)(a > 0x7F800000);
+    int32_t c = (small & is_small) | (normal & ~is_small);
+    c = (0x7F & is_nan) | (c & ~is_nan);
+    return (uint8_t)((uint32_t)c | ((bits >> 24) & 0x80u));
+}
+
+/* q = e4m3(clamp(float32(x) * scale of its block, -448, 448)) for a slice of whole block rows
+ * (`scale`: the slice's block rows of float32 scales, ceil(cols / bn) per row); x is bf16 bits
+ * (uint16, shifted into a float32) or float32 bits. Three simple passes per row over `work`
+ * (cols floats, in L1 cache), each of which every x86-64 level vectorizes; `per_column`
+ * (cols floats) holds each column's scale, once per block row. */
+#define QUANTIZE(NAME, T, SHIFT)                                                               \
+    VECTORIZED void NAME(const T *restrict x, int64_t rows, int64_t cols, int64_t bm,          \
+                         int64_t bn, const float *restrict scale, float *restrict work,        \
+                         float *restrict per_column, uint8_t *restrict q) {                    \
+        int64_t blocks = (cols + bn - 1) / bn;                                                 \
+        for (int64_t i = 0; i < rows; i++) {                                                   \
+            if (i % bm == 0) {                                                                 \
+                const float *s = scale + (i / bm) * blocks;                                    \
+                for (int64_t j = 0; j < cols; j++)                                             \
+                    per_column[j] = s[j / bn];                                                 \
+            }                                                                                  \
+            const T *restrict row = x + i * cols;                                              \
+            for (int64_t j = 0; j < cols; j++) {                                               \
+                uint32_t v = (uint32_t)row[j] << SHIFT;                                        \
+                memcpy(work + j, &v, 4);                                                       \
+            }                                                                                  \
+            for (int64_t j = 0; j < cols; j++)                                                 \
+                work[j] = work[j] * per_column[j];                                             \
+            uint8_t *restrict out = q + i * cols;                                              \
+            for (int64_t j = 0; j < cols; j++)                                                 \
+                out[j] = e4m3_code(work[j]);                                                   \
+        }                                                                                      \
+    }
+
+QUANTIZE(quantize_e4m3_bf16, uint16_t, 16)
+QUANTIZE(quantize_e4m3_f32, uint32_t, 0)
+
+/* out[i][j] = table[j / bn][codes[i][j]]: rows of one-byte codes looked up in the tables of
+ * 256 results of their column block. */
+#define GATHER(NAME, T)                                                                       \
+    void NAME(const uint8_t *codes, int64_t rows, int64_t cols, int64_t bn, const T *table,   \
+              T *out) {                                                                       \
+        int64_t blocks = (cols + bn - 1) / bn;                                                \
+        for (int64_t i = 0; i < rows; i++) {                                                  \
+            const uint8_t *src = codes + i * cols;                                            \
+            T *dst = out + i * cols;                                                          \
+            for (int64_t b = 0; b < blocks; b++) {                                            \
+                const T *t = table + b * 256;                                                 \
+                for (int64_t j = b * bn; j < min64(cols, b * bn + bn); j++)                   \
+                    dst[j] = t[src[j]];                                                       \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+GATHER(gather_blocks_u16, uint16_t)
+GATHER(gather_blocks_u32, uint32_t)
