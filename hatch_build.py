@@ -1,4 +1,4 @@
-"""Builds mapspec's one piece of C, `mapspec/ops/fp8kernels.c`, into `_fp8kernels.so`
+"""Builds mapspec's one piece of C, `mapspec/ops/kernels.c`, into `_kernels.so`
 when a wheel or an editable install is built (hatchling runs this hook; pyproject.toml
 names it). The library is optional: with no C compiler, or if the build fails, the install
 goes on pure Python and the FP8 kernels run on numpy with the same bits, only slower.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-SOURCE = Path("mapspec/ops/fp8kernels.c")
-LIBRARY = SOURCE.with_name("_fp8kernels" + (".dll" if sys.platform == "win32" else ".so"))
+SOURCE = Path("mapspec/ops/kernels.c")
+LIBRARY = SOURCE.with_name("_kernels" + (".dll" if sys.platform == "win32" else ".so"))
 # -O3 vectorizes the loops; -ffp-contract=off keeps x * s from fusing into an FMA, so every
 # float32 operation is rounded where numpy rounds it (no -ffast-math: no reassociation).
 FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off"]

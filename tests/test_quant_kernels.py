@@ -3,9 +3,9 @@ dequantize as `_dequantize_fp8_weight(w, s, block, float32).to(bf16)` (ragged sh
 FP8 quantize as `Fp8Quantize` (float32 and ue8m0 scales), MXFP4 dequantize as
 `convert_moe_packed_tensors` (every byte, every scale, its transpose); and the properties
 that hold beyond what the references cover (ragged blocks quantized by their own absmax,
-bounded slices, MXFP4 quantize as the inverse layout). The FP8 tests run twice, on numpy's
-whole-array passes and on the compiled loops of `fp8kernels.c` (`mapspec.ops.native`),
-which must give the same bits."""
+bounded slices, MXFP4 quantize as the inverse layout). The FP8 and MXFP4 dequantize tests
+run twice, on numpy's whole-array passes and on the compiled loops of `kernels.c`
+(`mapspec.ops.native`), which must give the same bits."""
 
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ def test_fp8_kernels_work_in_bounded_slices(monkeypatch, engine):
     assert _same_bits(fp8.dequantize(q, s, (128, 128), BF16, "float8_e4m3fn"), whole_d)
 
 
-def test_mxfp4_dequantize_every_byte_and_every_scale_as_transformers():
+def test_mxfp4_dequantize_every_byte_and_every_scale_as_transformers(engine):
     blocks = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, :, None, None], (1, 256, 1, 16))
     blocks = np.concatenate([blocks] * 256, axis=2)  # (1, 256, 256, 16): byte n in row n
     scales = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, None, :], (1, 256, 256)).copy()
@@ -185,7 +185,7 @@ def test_mxfp4_dequantize_every_byte_and_every_scale_as_transformers():
 
 @settings(max_examples=30, deadline=None)
 @given(e=st.integers(1, 3), n=st.integers(1, 40), g=st.integers(1, 4), seed=st.integers(0, 2 ** 32 - 1))
-def test_mxfp4_dequantize_shapes_as_transformers(e, n, g, seed):
+def test_mxfp4_dequantize_shapes_as_transformers(e, n, g, seed, engine):
     rng = np.random.default_rng(seed)
     blocks = rng.integers(0, 256, (e, n, g, 16), dtype=np.uint8)
     scales = rng.integers(100, 150, (e, n, g), dtype=np.uint8)
@@ -308,3 +308,9 @@ def test_native_refuses_arrays_that_do_not_fit():
         native.gather_blocks(np.zeros((4, 6), np.uint8), np.zeros((1, 256), np.uint16), 4, np.empty((4, 6), np.uint16))
     with pytest.raises(ValueError, match="block 0x4"):
         native.block_max(x, 0, 4, np.empty((1, 2), np.uint16))
+    blocks, scales = np.zeros((3, 2, 16), np.uint8), np.zeros((3, 2), np.uint8)
+    table = np.zeros(1 << 16, np.uint32)
+    with pytest.raises(ValueError, match="adjacent elements"):  # every other column: not adjacent
+        native.mxfp4_dequantize(blocks, scales, table, np.empty((64, 6), np.uint16)[:, ::2])
+    with pytest.raises(ValueError, match="twice their width"):
+        native.mxfp4_dequantize(blocks, scales, table, np.empty((64, 3), np.uint32))

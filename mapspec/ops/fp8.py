@@ -21,7 +21,7 @@ their own. The value of an element is `float32(w) * scale_inv` of its block.
 Both walk the tensor in slices of whole block rows, so the float32 work arrays stay near
 `CHUNK_ELEMENTS` elements whatever the tensor's size, two slices at once; numpy is imported
 on first use (a rename-only run never gets here), ml_dtypes not at all (see `floatbits`).
-Where `pip install` could build `fp8kernels.c`, the kernels run its loops (`native`) instead
+Where `pip install` could build `kernels.c`, the kernels run its loops (`native`) instead
 of numpy's whole-array passes: the same float32 operations, the same bits, a tenth of the
 CPU time.
 """

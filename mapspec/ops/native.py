@@ -1,6 +1,6 @@
-"""The compiled FP8 loops of `fp8kernels.c`, called through ctypes.
+"""The compiled loops of `kernels.c` (FP8 and MXFP4 kernels), called through ctypes.
 
-`pip install` builds `fp8kernels.c` into `_fp8kernels.so` beside this file when a C compiler
+`pip install` builds `kernels.c` into `_kernels.so` beside this file when a C compiler
 is there (hatch_build.py); without one, or with `MAPSPEC_NATIVE=0`, `load()` gives None and
 the numpy kernels of `fp8` run, with the same bits. ctypes releases the GIL for the length
 of a call, so `fp8.in_parallel` runs two slices on two cores.
@@ -18,10 +18,10 @@ import os
 import sys
 from pathlib import Path
 
-LIBRARY = Path(__file__).with_name("_fp8kernels" + (".dll" if sys.platform == "win32" else ".so"))
-SOURCE = Path(__file__).with_name("fp8kernels.c")
+LIBRARY = Path(__file__).with_name("_kernels" + (".dll" if sys.platform == "win32" else ".so"))
+SOURCE = Path(__file__).with_name("kernels.c")
 
-ABI = 2  # fp8kernels_abi() of the library these wrappers call
+ABI = 3  # kernels_abi() of the library these wrappers call
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _library: ctypes.CDLL | None | bool = None
 
@@ -42,9 +42,9 @@ def _open() -> ctypes.CDLL | None:
     except OSError:  # not built (no compiler at install time), or built for another machine
         return None
     try:
-        lib.fp8kernels_abi.restype = ctypes.c_int
-        if lib.fp8kernels_abi() != ABI:
-            return None  # built from another version of fp8kernels.c: its arguments may differ
+        lib.kernels_abi.restype = ctypes.c_int
+        if lib.kernels_abi() != ABI:
+            return None  # built from another version of kernels.c: its arguments may differ
     except AttributeError:
         return None
     for name, small in (("block_max_u16", ctypes.c_uint16), ("block_max_u32", ctypes.c_uint32)):
@@ -53,8 +53,10 @@ def _open() -> ctypes.CDLL | None:
         getattr(lib, name).argtypes = [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR]
     for name in ("gather_blocks_u16", "gather_blocks_u32"):
         getattr(lib, name).argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR]
+    for name in ("mxfp4_dequantize_u16", "mxfp4_dequantize_u32"):
+        getattr(lib, name).argtypes = [_PTR, _PTR, _I64, _I64, _PTR, _PTR, _I64]
     for name in ("block_max_u16", "block_max_u32", "quantize_e4m3_bf16", "quantize_e4m3_f32",
-                 "gather_blocks_u16", "gather_blocks_u32"):
+                 "gather_blocks_u16", "gather_blocks_u32", "mxfp4_dequantize_u16", "mxfp4_dequantize_u32"):
         getattr(lib, name).restype = None
     return lib
 
@@ -133,3 +135,29 @@ def gather_blocks(codes, table, bn: int, out) -> None:
     _check(out, out.dtype, (rows, cols), "gather_blocks output")
     fn = _library.gather_blocks_u32 if unsigned is np.uint32 else _library.gather_blocks_u16
     fn(codes.ctypes.data, rows, cols, bn, table.ctypes.data, out.ctypes.data)
+
+
+def mxfp4_dequantize(blocks, scales, table, out) -> None:
+    """MXFP4 blocks (rows, G, 16) and scales (rows, G), uint8, looked up in `table` (65,536
+    pairs of output values, as unsigned integers of twice the output's width, indexed by
+    scale byte * 256 + block byte) into `out`, a (32 G, rows) view whose rows may be apart
+    (a slice of columns of the transposed layout) but whose elements are adjacent."""
+    import numpy as np
+
+    rows, groups = scales.shape
+    if scales.dtype != np.uint8 or blocks.dtype != np.uint8 or tuple(blocks.shape) != (rows, groups, 16):
+        raise ValueError(f"mxfp4_dequantize: uint8 blocks (rows, G, 16) and scales (rows, G), got "
+                         f"{blocks.dtype} {tuple(blocks.shape)} and {scales.dtype} {tuple(scales.shape)}")
+    blocks, scales = np.ascontiguousarray(blocks), np.ascontiguousarray(scales)
+    size = out.dtype.itemsize
+    if size not in (2, 4) or table.dtype.itemsize != 2 * size:
+        raise ValueError(f"mxfp4_dequantize: 2- or 4-byte results and a table of twice their width, "
+                         f"not {out.dtype} and {table.dtype}")
+    table = _check(table, table.dtype, (1 << 16,), "mxfp4_dequantize table")
+    if tuple(out.shape) != (32 * groups, rows) or out.strides[1] != size or out.strides[0] % size \
+            or out.strides[0] < rows * size:
+        raise ValueError(f"mxfp4_dequantize output: expected a ({32 * groups}, {rows}) view with adjacent "
+                         f"elements, got {tuple(out.shape)} strides {out.strides}")
+    fn = _library.mxfp4_dequantize_u32 if size == 4 else _library.mxfp4_dequantize_u16
+    fn(blocks.ctypes.data, scales.ctypes.data, rows, groups, table.ctypes.data, out.ctypes.data,
+       out.strides[0] // size)

@@ -1,5 +1,6 @@
-/* FP8 block-scaled kernels as plain loops, built into a shared library when mapspec is
- * installed (hatch_build.py) and called through ctypes (native.py), which releases the GIL.
+/* The inner loops of the FP8 block-scaled and MXFP4 kernels (ops/fp8.py, ops/mxfp4.py), built
+ * into a shared library when mapspec is installed (hatch_build.py) and called through ctypes
+ * (native.py), which releases the GIL.
  *
  * numpy runs these kernels as chains of whole-array passes, each writing a temporary the size
  * of a slice: about ten passes to round a bf16 value to e4m3, 5 ns a value on this project's
@@ -24,7 +25,7 @@
 
 /* The calling convention of this file's functions: native.py refuses a library whose number
  * is not its own (a library built from an older source, left beside a newer one). */
-int fp8kernels_abi(void) { return 2; }
+int kernels_abi(void) { return 3; }
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -130,3 +131,37 @@ QUANTIZE(quantize_e4m3_f32, uint32_t, 0)
 
 GATHER(gather_blocks_u16, uint16_t)
 GATHER(gather_blocks_u32, uint32_t)
+
+/* MXFP4 experts -> the transposed layout of the model: for each row r of a slice of N (its
+ * `groups` blocks of 16 bytes, two E2M1 values a byte, and one E8M0 scale byte a block),
+ * table[scale << 8 | byte] holds the byte's two output values (low, then high), and they go
+ * to column r of out, rows 32 g + 2 b and 32 g + 2 b + 1: out is a (32 groups) x rows view
+ * with `stride` elements between its rows. Rows are taken TILE at a time and each block's
+ * 32 x TILE values gathered in `tile` first, so that out is written TILE adjacent elements
+ * (a whole cache line) at a time rather than one element per line, and per memory page. */
+#define TILE 32
+#define MXFP4(NAME, T, PAIR, BITS)                                                            \
+    void NAME(const uint8_t *restrict blocks, const uint8_t *restrict scales, int64_t rows,   \
+              int64_t groups, const PAIR *restrict table, T *restrict out, int64_t stride) {  \
+        T tile[32][TILE];                                                                     \
+        for (int64_t r0 = 0; r0 < rows; r0 += TILE) {                                         \
+            int64_t n = min64(TILE, rows - r0);                                               \
+            for (int64_t g = 0; g < groups; g++) {                                            \
+                for (int64_t r = 0; r < n; r++) {                                             \
+                    int64_t block = (r0 + r) * groups + g;                                    \
+                    const PAIR *t = table + ((size_t)scales[block] << 8);                     \
+                    const uint8_t *bytes = blocks + block * 16;                               \
+                    for (int64_t b = 0; b < 16; b++) {                                        \
+                        PAIR p = t[bytes[b]];                                                 \
+                        tile[2 * b][r] = (T)p;                                                \
+                        tile[2 * b + 1][r] = (T)(p >> BITS);                                  \
+                    }                                                                         \
+                }                                                                             \
+                for (int64_t k = 0; k < 32; k++)                                              \
+                    memcpy(out + (g * 32 + k) * stride + r0, tile[k], (size_t)n * sizeof(T)); \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+MXFP4(mxfp4_dequantize_u16, uint16_t, uint32_t, 16)
+MXFP4(mxfp4_dequantize_u32, uint32_t, uint64_t, 32)
