@@ -161,7 +161,14 @@ def apply_on_ray(plan, checkpoint, select: str, epoch, output, fmt: str, record,
                 shards(len(results), len(tasks))
         finish(results)
     except BaseException:
-        for ref in refs:
+        # Only tasks still running are cancelled: Ray 2.60's driver can abort on a RAY_CHECK
+        # when a cancel races a task's completion ("Tried to complete task that was not
+        # pending", ray-project/ray#54846), seen once here in the failing-shard test.
+        try:
+            _, running = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        except Exception:  # noqa: BLE001 - the cluster is going away: cancel them all
+            running = list(refs)
+        for ref in running:
             try:
                 ray.cancel(ref, force=True)
             except Exception:  # noqa: BLE001 - already finished
