@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
-from ..core.background import WRITE_BEHIND_BYTES
 from ..core.quoting import clip, shown
 from ..ops import actions as act
 from . import fit as fitting
@@ -103,20 +102,16 @@ class Plan:
         """The most tensor memory one step holds, and that step: its inputs' pages while
         read (released after their last use), plus, when actions run, the result and one
         intermediate, plus the next step's inputs when they are READ_AHEAD_BYTES or more
-        (the executor reads them meanwhile), plus earlier results still being written
-        (run/behind.py: WRITE_BEHIND_BYTES at most). Steps without actions may be
-        copied by the kernel and hold nothing, so this is an upper bound; the process adds
-        its interpreter (about 100 MiB)."""
+        (the executor reads them meanwhile). Steps without actions may be copied by the
+        kernel and hold nothing, so this is an upper bound; the process adds its
+        interpreter (about 100 MiB)."""
         best, where = 0, None
         inputs = [sum(i.nbytes for i in s.input_infos) for s in self.steps] + [0]
-        written = 0  # bytes of earlier results small enough to be written behind
         for j, s in enumerate(self.steps):
             ahead = inputs[j + 1] if inputs[j + 1] >= READ_AHEAD_BYTES else 0
-            n = inputs[j] + (2 * s.info.nbytes if s.actions else 0) + ahead + min(written, WRITE_BEHIND_BYTES)
+            n = inputs[j] + (2 * s.info.nbytes if s.actions else 0) + ahead
             if n > best:
                 best, where = n, s
-            if s.actions and s.info.nbytes <= WRITE_BEHIND_BYTES:  # computed, so written from memory
-                written += s.info.nbytes
         return best, where
 
     def config_patch(self) -> ConfigPatch:

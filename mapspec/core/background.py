@@ -14,11 +14,6 @@ from typing import Any, Callable, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
 
-# Arrays handed to a sink's worker to be written while the next step computes, at most this
-# many bytes together (a larger array is written before the next step starts): the memory
-# a conversion holds beyond its largest step, counted by `Plan.peak_step`.
-WRITE_BEHIND_BYTES = 32 << 20
-
 
 class Job(Generic[T]):
     """`fn(job)` to be run by a worker; `fn` may look at `job.cancelled` to stop early."""

@@ -19,7 +19,6 @@ from ..formats import open_source
 from ..formats.protocol import Extent
 from ..compile.plan import READ_AHEAD_BYTES, Plan, Step
 from ..lang.rules import Spec
-from .behind import WriteBehind
 from .rows import kept_rows, parting, run_parts, run_sliced, slicing
 from .siblings import run_pieces, siblings
 
@@ -85,15 +84,14 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
     on worker threads, reports them itself when they are written, not when queued).
 
     A tensor passing through unchanged is copied file-to-file by the kernel; the others pass
-    through numpy, and are written while the next step computes (behind.py). While step i runs, step i + 1's inputs are brought in: a range to be
+    through numpy. While step i runs, step i + 1's inputs are brought in: a range to be
     copied is announced to the kernel (WILLNEED: its disk reads start now), arrays are read
     by a worker thread (preadv: disk waits and page copies on the second core). So at most
     one extra step's inputs are held (`Plan.peak_step` counts them). Every read of the
     source happens on that one thread or, with none in flight, on this one: sources need
     not be thread-safe."""
     total = 0
-    # every write of the run goes through `sink`: from memory, behind the next step (behind.py)
-    sink = WriteBehind(metered(sink, progress))
+    sink = metered(sink, progress)
     steps = plan.steps
     # Steps that run a slice of rows at a time (`rows`) read their own slices, one ahead.
     sliced = {i: cut for i, step in enumerate(steps) if (cut := slicing(step, source, sink)) is not None}
@@ -167,10 +165,6 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
                     if last_use[k] == i:
                         source.release(k)
             total += step.info.nbytes
-        sink.drain()
-    except BaseException:
-        sink.cancel()  # the writes queued behind end before the sink removes its files
-        raise
     finally:
         if ahead is not None:  # failed: the read in flight ends before the source is closed
             read_worker.cancel([ahead])
