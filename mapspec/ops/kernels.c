@@ -16,8 +16,10 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__)
-/* one body per instruction set, the best chosen when the library loads (ifunc) */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(MAPSPEC_ONE_BODY)
+/* one body per instruction set, the best chosen when the library loads (ifunc); a GCC too
+ * old for the x86-64-vN names (before 11) builds again with -DMAPSPEC_ONE_BODY */
 #define VECTORIZED __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "arch=x86-64-v2", "default")))
 #else
 #define VECTORIZED
