@@ -4,8 +4,8 @@
  *
  * numpy runs these kernels as chains of whole-array passes, each writing a temporary the size
  * of a slice: about ten passes to round a bf16 value to e4m3, 5 ns a value on this project's
- * 2-core machine, where the disk would allow under 1. Here each row is one pass with its
- * float32 copy in L1 cache. The float32 operations are numpy's, in the same order (a product
+ * 2-core machine, where the disk would allow under 1. Here each row is worked on in a few
+ * simple passes with its float32 copy in L1 cache. The float32 operations are numpy's, in the same order (a product
  * rounded once, the same bit-level rounding to e4m3), so the bits are the same: the tests hold
  * the two to each other and both to ml_dtypes and transformers. Built without -ffast-math
  * (no reassociation) and with -ffp-contract=off (no fused multiply-adds).

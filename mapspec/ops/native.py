@@ -19,11 +19,21 @@ import sys
 from pathlib import Path
 
 LIBRARY = Path(__file__).with_name("_kernels" + (".dll" if sys.platform == "win32" else ".so"))
-SOURCE = Path(__file__).with_name("kernels.c")
 
 ABI = 3  # kernels_abi() of the library these wrappers call
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _library: ctypes.CDLL | None | bool = None
+# Every function of kernels.c, with the arguments it takes (all return nothing).
+_SIGNATURES = {
+    "block_max_u16": [_PTR, _I64, _I64, _I64, _I64, ctypes.c_uint16, _PTR, _PTR],
+    "block_max_u32": [_PTR, _I64, _I64, _I64, _I64, ctypes.c_uint32, _PTR, _PTR],
+    "quantize_e4m3_bf16": [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR],
+    "quantize_e4m3_f32": [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR],
+    "gather_blocks_u16": [_PTR, _I64, _I64, _I64, _PTR, _PTR],
+    "gather_blocks_u32": [_PTR, _I64, _I64, _I64, _PTR, _PTR],
+    "mxfp4_dequantize_u16": [_PTR, _PTR, _I64, _I64, _PTR, _PTR, _I64],
+    "mxfp4_dequantize_u32": [_PTR, _PTR, _I64, _I64, _PTR, _PTR, _I64],
+}
 
 
 def load():
@@ -47,17 +57,9 @@ def _open() -> ctypes.CDLL | None:
             return None  # built from another version of kernels.c: its arguments may differ
     except AttributeError:
         return None
-    for name, small in (("block_max_u16", ctypes.c_uint16), ("block_max_u32", ctypes.c_uint32)):
-        getattr(lib, name).argtypes = [_PTR, _I64, _I64, _I64, _I64, small, _PTR, _PTR]
-    for name in ("quantize_e4m3_bf16", "quantize_e4m3_f32"):
-        getattr(lib, name).argtypes = [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR]
-    for name in ("gather_blocks_u16", "gather_blocks_u32"):
-        getattr(lib, name).argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR]
-    for name in ("mxfp4_dequantize_u16", "mxfp4_dequantize_u32"):
-        getattr(lib, name).argtypes = [_PTR, _PTR, _I64, _I64, _PTR, _PTR, _I64]
-    for name in ("block_max_u16", "block_max_u32", "quantize_e4m3_bf16", "quantize_e4m3_f32",
-                 "gather_blocks_u16", "gather_blocks_u32", "mxfp4_dequantize_u16", "mxfp4_dequantize_u32"):
-        getattr(lib, name).restype = None
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, None
     return lib
 
 
