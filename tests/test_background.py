@@ -1,5 +1,6 @@
 """The second core: a worker takes jobs in order on one thread that lives only while there
-is work; errors are raised where results are taken; cancelled jobs never run. And the
+is work (and a moment after); errors are raised where results are taken; cancelled jobs
+never run; `in_parallel` splits work between this thread and a helper. And the
 executor built on it: while a step runs, the next step's inputs are read by the worker,
 never more than one step ahead, with the same results and the same error path."""
 
@@ -12,7 +13,8 @@ import pytest
 
 from mapspec import TensorInfo, apply, compile_spec, parse_spec
 from mapspec.run import executor
-from mapspec.core.background import Job, Worker
+from mapspec.core import background
+from mapspec.core.background import Job, Worker, in_parallel
 from mapspec.errors import CheckpointError
 from mapspec.formats import open_sink, open_source
 
@@ -66,6 +68,69 @@ def test_cancel_drops_queued_jobs_and_stops_the_running_one():
     worker.cancel([first, *queued])  # returns once `long` has stopped
     assert ran == ["long"]
     wait_until_idle(worker)
+
+
+def test_a_worker_keeps_its_thread_for_work_that_comes_soon_and_ends_it_after():
+    worker = Worker("test-worker", linger=5)
+    first = worker.submit(Job(lambda job: threading.get_ident())).result()
+    assert worker.submit(Job(lambda job: threading.get_ident())).result() == first  # no new thread
+    quick = Worker("test-quick", linger=0)
+    quick.submit(Job(lambda job: None)).result()
+    wait_until_idle(quick)
+    worker.linger = 0
+    worker.submit(Job(lambda job: None)).result()
+    wait_until_idle(worker)
+
+
+def test_in_parallel_runs_every_job_once_on_this_thread_and_the_helpers():
+    seen, lock = [], threading.Lock()
+
+    def work(i):
+        threading.Event().wait(0.001)
+        with lock:
+            seen.append((i, threading.current_thread().name))
+
+    in_parallel(range(40), work)
+    assert sorted(i for i, _ in seen) == list(range(40))
+    threads = {name for _, name in seen}
+    assert threading.current_thread().name in threads and len(threads) <= background.THREADS
+
+
+def test_in_parallel_raises_the_first_error_once_every_thread_has_stopped():
+    started, lock = [], threading.Lock()
+
+    def work(i):
+        with lock:
+            started.append(i)
+        if i == 3:
+            raise CheckpointError(f"job {i} failed")
+        threading.Event().wait(0.002)
+
+    with pytest.raises(CheckpointError, match="job 3 failed"):
+        in_parallel(range(100), work)
+    n = len(started)
+    threading.Event().wait(0.05)
+    assert len(started) == n < 100  # nothing runs after it returns, and the rest were dropped
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_in_parallel_nested_and_from_two_threads_at_once_finishes(monkeypatch, threads):
+    """Callers share the helpers: a caller whose helper is busy does its jobs itself."""
+    monkeypatch.setattr(background, "THREADS", threads)
+    total, lock = [0], threading.Lock()
+
+    def inner(i):
+        with lock:
+            total[0] += i
+
+    def outer(i):
+        in_parallel(range(10), inner)
+
+    worker = Worker("test-worker")
+    other = worker.submit(Job(lambda job: in_parallel(range(20), outer)))
+    in_parallel(range(20), outer)
+    other.result()
+    assert total[0] == 2 * 20 * 45
 
 
 # ---------------------------------------------------------------- read-ahead

@@ -1,13 +1,17 @@
-"""Work done on the second core: one thread per `Worker`, taking jobs in submission order.
+"""Work done on the second core: one thread per `Worker`, taking jobs in submission order,
+and `in_parallel`, one piece of work split between this thread and a helper worker.
 
 The jobs are the ones whose system calls and C loops release the GIL (reading a file range
-with preadv, zlib.crc32 over it), so they run beside the main thread's copying and writing
-rather than between them. A worker's thread starts when a job arrives and ends when none is
-left, so no thread outlives a conversion. A job's error is raised where its result is taken,
-on the thread that takes it, so it follows the normal error path there."""
+with preadv, zlib.crc32 over it, the kernels' loops), so they run beside the main thread's
+copying and writing rather than between them. A worker's thread starts when a job arrives
+and ends LINGER seconds after the last one (a thread started for every step and every
+kernel call cost a conversion of 400 steps half a second here), so no thread outlives a
+conversion by more than that. A job's error is raised where its result is taken, on the
+thread that takes it, so it follows the normal error path there."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from typing import Any, Callable, Generic, Iterable, TypeVar
@@ -45,10 +49,16 @@ class Job(Generic[T]):
         return self._value
 
 
+THREADS = min(2, os.cpu_count() or 1)  # threads `in_parallel` computes on: the cores that pay
+LINGER = 0.25  # seconds a worker's idle thread waits for the next job before it ends
+
+
 class Worker:
-    def __init__(self, name: str):
+    def __init__(self, name: str, linger: float = LINGER):
         self.name = name
+        self.linger = linger
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._queue: deque[Job] = deque()
         self._running = False
 
@@ -58,6 +68,8 @@ class Worker:
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._work, name=self.name, daemon=True).start()
+            else:
+                self._arrived.notify()
         return job
 
     def cancel(self, jobs: Iterable[Job]) -> None:
@@ -79,7 +91,52 @@ class Worker:
         while True:
             with self._lock:
                 if not self._queue:
+                    self._arrived.wait(self.linger)
+                if not self._queue:
                     self._running = False
                     return
                 job = self._queue.popleft()
             job.run()
+
+
+_END = object()
+_helpers: list[Worker] = []  # in_parallel's workers, made on first use
+_lock = threading.Lock()
+
+
+def in_parallel(jobs: Iterable[T], work: Callable[[T], Any]) -> None:
+    """`work(job)` for every job, on this thread and up to THREADS - 1 helper workers, each
+    taking the next job when it is free; the first error is raised here once every thread
+    has stopped. For work that releases the GIL (numpy's and the C kernels' loops, preadv),
+    so two jobs run at once on two cores."""
+    jobs = list(jobs)
+    helpers = min(THREADS, len(jobs)) - 1
+    if helpers <= 0:
+        for job in jobs:
+            work(job)
+        return
+    lock, queue = threading.Lock(), iter(jobs)
+    failed: list[BaseException] = []
+
+    def drain(_: Job | None = None) -> None:
+        while not failed:
+            with lock:
+                job = next(queue, _END)
+            if job is _END:
+                return
+            try:
+                work(job)
+            except BaseException as exc:
+                failed.append(exc)
+
+    with _lock:
+        while len(_helpers) < helpers:
+            _helpers.append(Worker(f"mapspec-helper-{len(_helpers) + 1}"))
+    running = [_helpers[i].submit(Job(drain)) for i in range(helpers)]
+    try:
+        drain()
+    finally:  # a helper's job still queued behind other work is dropped: nothing is left for it
+        for worker, job in zip(_helpers, running):
+            worker.cancel([job])
+    if failed:
+        raise failed[0]

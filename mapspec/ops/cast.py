@@ -11,7 +11,8 @@ from ..core import dtypes
 from ..errors import PlanError as ShapeError, SpecError, UsageError
 from ..lang.rules import Action, Text, Word
 from .args import bind, format_shape, show
-from .fp8 import CHUNK_ELEMENTS, in_parallel
+from ..core.background import in_parallel
+from .fp8 import CHUNK_ELEMENTS
 from .ggml import FLOATS, QUANTIZERS  # the block types mapspec writes; what dequantizing gives
 from .base import InverseContext, Params, PlannedAction, Rows, Shape, Typed, Unary, make, planned
 

@@ -29,13 +29,12 @@ CPU time.
 from __future__ import annotations
 
 import math
-import os
 
+from ..core.background import in_parallel
 from .floatbits import bits_of, byte_values, dtype_name, from_float32, name_of, power_of_two_codes, to_e4m3, to_float32
 
 FP8_MAX = 448.0  # the largest finite float8_e4m3fn
 CHUNK_ELEMENTS = 1 << 20  # float32 elements worked on at once (4 MiB) by each thread
-THREADS = min(2, os.cpu_count() or 1)
 SCALE_FORMATS = ("float32", "e8m0")
 USE_NATIVE = True  # the compiled loops of `native` where they are built (tests turn them off)
 
@@ -67,22 +66,6 @@ def _slices(shape: tuple[int, ...], bm: int):
     for e in range(math.prod(lead)):
         for r0 in range(0, rows, step):
             yield e, r0, min(rows, r0 + step)
-
-
-def in_parallel(jobs, work) -> None:
-    """`work(job)` for every job, on up to THREADS threads (numpy releases the
-    GIL in their loops, so two slices compute at once on two cores); the first error raised."""
-    jobs = list(jobs)
-    threads = min(THREADS, len(jobs))
-    if threads <= 1:
-        for job in jobs:
-            work(job)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(threads, thread_name_prefix="mapspec-kernel") as pool:
-        for future in [pool.submit(work, job) for job in jobs]:
-            future.result()
 
 
 def _scale_in_place(work, scales, bm: int, bn: int) -> None:

@@ -28,7 +28,7 @@ from ..core.lazy import numpy as np
 
 from ..core import dtypes
 from ..errors import ConversionError, UsageError
-from .fp8 import in_parallel  # chunks on both cores: numpy releases the GIL in its loops
+from ..core.background import in_parallel  # chunks on both cores: numpy releases the GIL
 
 QUANTIZERS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")  # written by mapspec
 FLOATS = ("float32", "float16", "bfloat16", "float64")

@@ -23,7 +23,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 from .floatbits import bits_of, dtype_name, from_float32, name_of, to_float32
-from .fp8 import CHUNK_ELEMENTS, compiled, in_parallel
+from ..core.background import in_parallel
+from .fp8 import CHUNK_ELEMENTS, compiled
 
 BLOCK = 32  # values per scale
 BYTES = BLOCK // 2  # bytes per block

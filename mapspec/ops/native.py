@@ -3,7 +3,7 @@
 `pip install` builds `kernels.c` into `_kernels.so` beside this file when a C compiler
 is there (hatch_build.py); without one, or with `MAPSPEC_NATIVE=0`, `load()` gives None and
 the numpy kernels of `fp8` run, with the same bits. ctypes releases the GIL for the length
-of a call, so `fp8.in_parallel` runs two slices on two cores.
+of a call, so `core.background.in_parallel` runs two slices on two cores.
 
 The C loops trust what they are given; every wrapper here checks dtypes, shapes and
 C-contiguity first, so a wrong call is a ValueError, never memory read or written out of
