@@ -504,6 +504,31 @@ def test_regular_file_short_read_is_reported_with_its_offset(tmp_path):
             f.read_range(90, 20)
 
 
+def test_a_large_read_split_between_the_cores_gives_the_bytes_of_one_read(tmp_path, monkeypatch):
+    from mapspec.formats import reading
+
+    monkeypatch.setattr(reading, "PARALLEL_BYTES", 8192)
+    data = np.random.default_rng(3).integers(0, 256, 100_003, dtype=np.uint8).tobytes()
+    (tmp_path / "f").write_bytes(data)
+    with RegularFile(tmp_path / "f") as f:
+        for offset, n in ((0, 100_003), (1, 8191), (7, 8192), (4095, 50_001), (99_000, 1003)):
+            assert f.read_range(offset, n).tobytes() == data[offset:offset + n], (offset, n)
+
+
+def test_a_split_read_of_a_file_cut_under_it_names_the_byte_it_ended_at(tmp_path, monkeypatch):
+    from mapspec.formats import reading
+
+    monkeypatch.setattr(reading, "PARALLEL_BYTES", 8192)
+    (tmp_path / "f").write_bytes(b"x" * 100_000)
+    with RegularFile(tmp_path / "f") as f:
+        os.truncate(tmp_path / "f", 60_000)  # inside the second piece: the first reads whole
+        with pytest.raises(CheckpointError, match="ended at byte 60000 while reading"):
+            f.read_range(0, 100_000)
+        os.truncate(tmp_path / "f", 10_000)  # inside the first: both fail, the first to fail is raised
+        with pytest.raises(CheckpointError, match="ended at byte (10000|53248) while reading"):
+            f.read_range(0, 100_000)
+
+
 # ------------------------------------------------------------------ MXNet
 
 def _mx_file(records: list[bytes], names: list[str]) -> bytes:

@@ -32,6 +32,9 @@ __all__ = ["MAX_MESSAGE", "MAX_NAME", "MAX_QUOTE", "MAX_EXPANDED_BYTES", "MAX_DE
 # Values a file holds without storing them (torch views with stride 0, MXNet sparse arrays
 # read as dense) may expand, all together, to at most this many bytes per file.
 MAX_EXPANDED_BYTES = 256 << 20
+# Reads of at least this many bytes are split between the cores (`RegularFile.read_into`).
+PARALLEL_BYTES = 4 << 20
+PAGE = 4096
 # Deflate cannot expand data more than 1032:1; a member claiming more is lying.
 MAX_DEFLATE_RATIO = 1032
 
@@ -100,9 +103,21 @@ class RegularFile(ByteRange):
         self.size = os.fstat(self.fd).st_size
 
     def read_into(self, buffer: memoryview, offset: int, what: str = "data") -> None:
+        """`buffer` filled from byte `offset`. A range of PARALLEL_BYTES or more is read in
+        pieces on both cores (`in_parallel`): the copy out of the page cache is the kernel's
+        work on the reading thread, 4-7 GB/s a core here, so two threads read it faster."""
         nbytes = len(buffer)
         self._check_range(offset, nbytes, what)
-        got = 0
+        if nbytes < PARALLEL_BYTES:
+            self._read_part(buffer, offset, what)
+            return
+        from ..core.background import THREADS, in_parallel
+
+        step = (-(-nbytes // THREADS) + PAGE - 1) & ~(PAGE - 1)  # the pieces start on page boundaries
+        in_parallel(range(0, nbytes, step), lambda at: self._read_part(buffer[at:at + step], offset + at, what))
+
+    def _read_part(self, buffer: memoryview, offset: int, what: str) -> None:
+        got, nbytes = 0, len(buffer)
         while got < nbytes:
             n = os.preadv(self.fd, [buffer[got:]], offset + got)
             if n <= 0:
