@@ -205,3 +205,44 @@ def test_a_failing_slice_leaves_no_output(tmp_path, monkeypatch, small_slices):
     assert [name for name, _ in small_slices] == ["w"]
     assert not (tmp_path / "out.gguf").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors", "s.map"]
+
+
+def test_slices_are_computed_ahead_within_their_bound_and_on_across_steps(tmp_path, monkeypatch, small_slices):
+    """While slice k is written, at most `depth` later slices are read and computed; the next
+    step's first slice is brought in while a step's last slices are written, past the steps
+    whose output was computed with an earlier one (the FP8 scales)."""
+    monkeypatch.setattr(rows, "AHEAD_BYTES", 20_000)  # a slice: 16 rows of 200 bf16 in, 200 bytes out
+    events = []
+    real_job, real_put = rows.slice_job, rows._put
+
+    def job(step, cut, source, b0, whole, worker):
+        events.append(("read", step.output, b0, cut.depth))
+        return real_job(step, cut, source, b0, whole, worker)
+
+    def put(step, first, n, out, sink):
+        events.append(("write", step.output, first, None))
+        return real_put(step, first, n, out, sink)
+
+    monkeypatch.setattr(rows, "slice_job", job)
+    monkeypatch.setattr(executor, "slice_job", job)
+    monkeypatch.setattr(rows, "_put", put)
+    source = _write(tmp_path / "in.safetensors", {f"w{i}": (_bf16((300 + 16 * i, 200)), "bfloat16") for i in range(3)})
+    (tmp_path / "s.map").write_text("mapspec 1\n"
+                                    "w{i} -> w{i}.{p:weight|weight_scale_inv} then quantize(fp8, block=(16, 32), into=p)\n")
+    mapspec.apply(tmp_path / "s.map", source, tmp_path / "out.safetensors")
+    assert [name for name, _ in small_slices] == ["w0.weight", "w1.weight", "w2.weight"]
+    depth = {c.depth for _, c in small_slices}
+    assert depth == {2}
+    ahead = 0
+    for kind, *_ in events:
+        ahead += 1 if kind == "read" else -1
+        assert 0 <= ahead <= 2 + 1  # depth computed ahead, and the one being written
+    reads = [(name, b0) for kind, name, b0, _ in events if kind == "read"]
+    for i in (1, 2):  # step i's first slice read before step i - 1's last one is written
+        last_write = max(n for n, e in enumerate(events) if e[:2] == ("write", f"w{i - 1}.weight"))
+        assert events.index(("read", f"w{i}.weight", 0, 2)) < last_write
+    assert len(reads) == sum(c.blocks // c.per_slice + (c.blocks % c.per_slice > 0) for _, c in small_slices)
+    whole = tmp_path / "whole.safetensors"
+    monkeypatch.setattr(rows, "MIN_BYTES", 1 << 62)
+    mapspec.apply(tmp_path / "s.map", source, whole)
+    assert whole.read_bytes() == (tmp_path / "out.safetensors").read_bytes()

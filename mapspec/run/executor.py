@@ -19,7 +19,7 @@ from ..formats import open_source
 from ..formats.protocol import Extent
 from ..compile.plan import READ_AHEAD_BYTES, Plan, Step
 from ..lang.rules import Spec
-from .rows import kept_rows, parting, run_parts, run_sliced, slicing
+from .rows import kept_rows, parting, run_parts, run_sliced, slice_job, slicing
 from .siblings import run_pieces, siblings
 
 read_worker = Worker("mapspec-read-ahead")
@@ -84,16 +84,17 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
     on worker threads, reports them itself when they are written, not when queued).
 
     A tensor passing through unchanged is copied file-to-file by the kernel; the others pass
-    through numpy. While step i runs, step i + 1's inputs are brought in: a range to be
-    copied is announced to the kernel (WILLNEED: its disk reads start now), arrays are read
-    by a worker thread (preadv: disk waits and page copies on the second core). So at most
-    one extra step's inputs are held (`Plan.peak_step` counts them). Every read of the
-    source happens on that one thread or, with none in flight, on this one: sources need
-    not be thread-safe."""
+    through numpy. While step i runs, the next step that reads anything is brought in: a
+    range to be copied is announced to the kernel (WILLNEED: its disk reads start now),
+    arrays are read by a worker thread (preadv: disk waits and page copies on the second
+    core); for a step that runs in slices (`rows`), its first slice is read and computed
+    there too. So at most one extra step's inputs, or a few slices, are held
+    (`Plan.peak_step` counts a step's). Every read of the source happens on that one
+    thread or, with none in flight, on this one: sources need not be thread-safe."""
     total = 0
     sink = metered(sink, progress)
     steps = plan.steps
-    # Steps that run a slice of rows at a time (`rows`) read their own slices, one ahead.
+    # Steps that run a slice of rows at a time (`rows`), computed ahead while earlier ones are written.
     sliced = {i: cut for i, step in enumerate(steps) if (cut := slicing(step, source, sink)) is not None}
     # Joins along rows (row-split ranks) write each input's part as they read it.
     parted = {i: cut for i, step in enumerate(steps)
@@ -109,61 +110,67 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
     def copyable(step: Step) -> Extent | None:
         return source_extent(step, source) if copies else None
 
-    def upcoming(j: int) -> tuple[Extent | None, Job | None]:
-        """Step j's extent if it is to be copied, or the job reading its arrays, if started.
-        A step that could also run in slices (its actions move no byte, so they work row by
-        row) is copied: slicing is for the sink that declines copies."""
+    def upcoming(j: int) -> tuple[int, Extent | None, Job | None]:
+        """The next step from j that reads anything (steps whose output was kept read
+        nothing), and its extent if it is to be copied, or the job reading its arrays (a
+        sliced step: its first slice, read and computed), if started. A step that could also
+        run in slices (its actions move no byte, so they work row by row) is copied: slicing
+        is for the sink that declines copies."""
+        while j < len(steps) and steps[j].output in given:
+            j += 1
         if j == len(steps) or streamed(steps[j]) or j in parted:  # these read bit by bit
-            return None, None
-        if steps[j].output in given:
-            return None, None
+            return j, None, None
         extent = copyable(steps[j])
         if extent is not None:
             extent.file.willneed(extent.offset, extent.nbytes)
-            return extent, None
-        if j in sliced:  # reads its own slices
-            return None, None
+            return j, extent, None
+        if j in sliced:
+            return j, None, slice_job(steps[j], sliced[j], source, 0, j in keep, read_worker)
         if sum(i.nbytes for i in steps[j].input_infos) < READ_AHEAD_BYTES:
-            return None, None
+            return j, None, None
         keys = steps[j].inputs
-        return None, read_worker.submit(Job(lambda job: [source.read(k) for k in keys]))
+        return j, None, read_worker.submit(Job(lambda job: [source.read(k) for k in keys]))
 
-    extent, ahead = (copyable(steps[0]) if steps else None), None
+    at, extent, ahead = 0, (copyable(steps[0]) if steps else None), None  # brought in for step `at`
     try:
         for i, step in enumerate(steps):
-            if extent is not None and sink.write_region(step.output, extent):
-                extent, ahead = upcoming(i + 1)
-            else:
+            if step.output in given:  # computed with an earlier step; what is brought in is for a later one
+                out = kept.pop(step.output)
+            elif extent is not None and sink.write_region(step.output, extent):
+                at, extent, ahead = upcoming(i + 1)
+                out = None
+            else:  # here at == i: only steps that read nothing are skipped by `upcoming`
                 if extent is not None:  # the sink declined the copy: it will decline every one
                     copies = False
-                if step.output in given:
-                    out = kept.pop(step.output)
-                    extent, ahead = upcoming(i + 1)
-                elif i in sliced:
-                    run_sliced(step, sliced[i], source, sink, read_worker, keep.get(i, ()), kept)
-                    extent, ahead = upcoming(i + 1)
+                if i in sliced:
+                    first, ahead = ahead, None  # run_sliced owns it now
+
+                    def follow(j: int = i + 1) -> None:  # while its last slices are computed and written
+                        nonlocal at, extent, ahead
+                        at, extent, ahead = upcoming(j)
+                    run_sliced(step, sliced[i], source, sink, read_worker, keep.get(i, ()), kept, first, follow)
                     out = None
                 elif i in parted:
                     run_parts(step, parted[i], source, sink, read_worker)
-                    extent, ahead = upcoming(i + 1)
+                    at, extent, ahead = upcoming(i + 1)
                     out = None
                 elif streamed(step):
-                    extent, ahead = upcoming(i + 1)
+                    at, extent, ahead = upcoming(i + 1)
                     out = merge_streaming(step, source)
                 else:
                     arrays = ahead.result() if ahead is not None else [source.read(k) for k in step.inputs]
-                    extent, ahead = upcoming(i + 1)
+                    at, extent, ahead = upcoming(i + 1)
                     try:
                         out = run_step(step, arrays, keep.get(i, ()), kept)
                     except act.ReplicaMismatch as exc:
                         raise _replica_error(step, exc.index, source) from None
                     del arrays
-                if out is not None:
-                    sink.write(step.output, out)
-                del out
-                for k in step.inputs:
-                    if last_use[k] == i:
-                        source.release(k)
+            if out is not None:
+                sink.write(step.output, out)
+            del out
+            for k in step.inputs:
+                if last_use[k] == i:
+                    source.release(k)
             total += step.info.nbytes
     finally:
         if ahead is not None:  # failed: the read in flight ends before the source is closed

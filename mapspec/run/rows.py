@@ -1,16 +1,22 @@
-"""Running a plan step a block of rows at a time.
+"""Running a plan step a block of rows at a time, as a pipeline.
 
 A step whose every action works row by row (`ActionDef.rows`: a cast, a ggml or FP8 block
 quantize or dequantize, one expert of stacked experts at a time, a view or a transpose that
 keeps the first dimension, so the rotary q/k permutes of GGUF, a join of column-split ranks)
-need not hold its tensors
-whole: its inputs are read a slice of rows at a time (`Source.read_rows`), the actions run
-on the slice, and the result goes to its place in the output (`Sink.write_rows`). Memory is
-then two slices (the one being worked on and the next, read meanwhile on the read-ahead
-thread), not the step's inputs and output: an 11008 x 4096 bf16 -> Q8_0 cast holds about
-2 x 16 MiB instead of 132 MiB. The values are the same, as each slice of the output depends
-on its slice of the inputs alone. Steps with a source or sink that cannot read or write part
-of a tensor, and small steps, run whole.
+need not hold its tensors whole: its inputs are read a slice of rows at a time
+(`Source.read_rows`), the actions run on the slice, and the result goes to its place in the
+output (`Sink.write_rows`). The values are the same, as each slice of the output depends on
+its slice of the inputs alone.
+
+Slices flow through two stages: the read-ahead thread reads the next slices (as many as
+AHEAD_BYTES hold, at least one) and runs the actions on them, its reads and kernels split
+with a helper thread (`core.background`), while this thread writes the one before. The
+pipeline runs on across steps: the last slices of a step are written while the next step's
+first slice (or its whole inputs, for a step that is not sliced) is brought in. Memory is
+then those slices and the one being written, not the step's inputs and output: an 11008 x
+4096 bf16 -> Q8_0 cast holds about 3 x 16 MiB, not 132 MiB; a step smaller than a slice is
+one slice. Steps with a source or sink that cannot read or write part of a tensor, and tiny
+steps, run whole.
 
 A join of row-split ranks (concat along rows) is written the same way, one input at a time
 (`parting`): each rank's part goes to its rows of the output as it is read."""
@@ -18,7 +24,8 @@ A join of row-split ranks (concat along rows) is written the same way, one input
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections import deque
+from typing import Callable, NamedTuple, Sequence
 
 from ..core import dtypes
 from ..core.lazy import numpy as np
@@ -30,17 +37,20 @@ from ..ops import actions as act
 from .siblings import unpieced
 
 SLICE_BYTES = 16 << 20  # inputs and output of one slice, about
-MIN_BYTES = 3 * SLICE_BYTES  # smaller steps run whole: slicing them saves little memory
+AHEAD_BYTES = 2 * SLICE_BYTES  # slices read and computed ahead of the one being written: at most
+# this many bytes of them, and at least one
+MIN_BYTES = 1 << 20  # smaller steps run whole: handing them to the read-ahead thread costs more
 
 
 class Slicing(NamedTuple):
     """How a step is cut: input i's rows come `units[i]` per block, the output's `out_unit`;
-    `blocks` blocks in all, `per_slice` of them at a time."""
+    `blocks` blocks in all, `per_slice` of them at a time, `depth` slices computed ahead."""
 
     units: tuple[int, ...]
     out_unit: int
     blocks: int
     per_slice: int
+    depth: int = 1
 
 
 def chained(actions, typed: list) -> act.Rows | None:
@@ -85,13 +95,13 @@ def slicing(step: Step, source, sink) -> Slicing | None:
         return None
     blocks = counts.pop()
     per_block = sum(row_bytes(i) * u for i, u in zip(infos, units))
-    per_slice = max(1, SLICE_BYTES // per_block)
+    per_slice = min(blocks, max(1, SLICE_BYTES // per_block))
     takes_rows = getattr(sink, "takes_rows", None)  # sinks and sources outside formats/ may lack them
-    if per_slice >= blocks or takes_rows is None or not takes_rows(step.output):
+    if takes_rows is None or not takes_rows(step.output):
         return None
     if not hasattr(source, "read_rows") or any(source.extent(k) is None for k in step.inputs):
         return None
-    return Slicing(block.inputs, block.output, blocks, per_slice)
+    return Slicing(block.inputs, block.output, blocks, per_slice, max(1, AHEAD_BYTES // (per_slice * per_block)))
 
 
 class Parts(NamedTuple):
@@ -166,29 +176,48 @@ def kept_rows(step: Step, sibling: Step, cut: Slicing) -> int | None:
     return block.output
 
 
+def slice_job(step: Step, cut: Slicing, source, b0: int, whole: bool, worker: Worker) -> Job:
+    """Read the slice of `step`'s inputs starting at block `b0` and run the step's actions
+    on it, on `worker`; the job, whose result is the actions' outputs (`whole`: the last
+    action makes every piece of its split, for `keep`)."""
+    actions = unpieced(step) if whole else step.actions
+    b1 = b0 + cut.per_slice
+
+    def work(job: Job) -> list:
+        arrays = [source.read_rows(k, min(b0 * u, i.shape[0]), min(b1 * u, i.shape[0]))
+                  for k, i, u in zip(step.inputs, step.input_infos, cut.units)]
+        return act.run_all(actions, arrays)
+    return worker.submit(Job(work))
+
+
 def run_sliced(step: Step, cut: Slicing, source, sink, worker: Worker,
-               keep: Sequence[tuple[int, int, Step]] = (), kept: dict | None = None) -> None:
-    """`step`, slice by slice into `sink`; the next slice is read on `worker` meanwhile.
-    `keep` ((piece, rows per block, sibling step)...): pieces of the step's split that later
-    steps write, gathered into `kept[sibling.output]` as the slices compute them."""
+               keep: Sequence[tuple[int, int, Step]] = (), kept: dict | None = None,
+               first: Job | None = None, then: Callable[[], None] | None = None) -> None:
+    """`step`, slice by slice into `sink`: up to `cut.depth` slices are read and computed on
+    `worker` while the one before them is written here. `first`: the job of the first slice
+    (`slice_job`), if started already; `then()` is called once the last slice is in flight
+    and there is room for one more, to start bringing in what comes after the step. `keep` ((piece, rows per block, sibling step)...):
+    pieces of the step's split that later steps write, gathered into `kept[sibling.output]`
+    as the slices compute them."""
     starts = range(0, cut.blocks, cut.per_slice)
-    actions = step.actions
-    if keep:
-        actions = unpieced(step)
-        own = step.actions[-1].params["index"]
+    own = step.actions[-1].params["index"] if keep else None
+    ahead = deque([first if first is not None else slice_job(step, cut, source, 0, bool(keep), worker)])
+    queued = 1  # slices submitted so far
 
-    def read(b0: int) -> list:
-        b1 = b0 + cut.per_slice
-        return [source.read_rows(k, min(b0 * u, i.shape[0]), min(b1 * u, i.shape[0]))
-                for k, i, u in zip(step.inputs, step.input_infos, cut.units)]
+    def more() -> None:  # depth slices in flight; once the last is, what comes after the step
+        nonlocal queued, then
+        while len(ahead) < cut.depth and queued < len(starts):
+            ahead.append(slice_job(step, cut, source, starts[queued], bool(keep), worker))
+            queued += 1
+        if queued == len(starts) and len(ahead) < cut.depth and then is not None:
+            then, follow = None, then
+            follow()
 
-    ahead = worker.submit(Job(lambda job: read(starts[0])))
     try:
+        more()
         for n, b0 in enumerate(starts):
-            arrays = ahead.result()
-            ahead = worker.submit(Job(lambda job, b=starts[n + 1]: read(b))) if n + 1 < len(starts) else None
-            pieces = act.run_all(actions, arrays)
-            del arrays
+            pieces = ahead.popleft().result()
+            more()
             if keep:
                 for piece, unit, sib in keep:
                     if n == 0:  # the piece's storage dtype is what the action makes
@@ -198,9 +227,10 @@ def run_sliced(step: Step, cut: Slicing, source, sink, worker: Worker,
                     kept[sib.output][start:start + len(pieces[piece])] = pieces[piece]
                 pieces = [pieces[own]]
             (out,) = pieces
-            first = b0 * cut.out_unit
-            _put(step, first, min(first + cut.per_slice * cut.out_unit, step.info.shape[0]) - first, out, sink)
+            first_row = b0 * cut.out_unit
+            _put(step, first_row, min(first_row + cut.per_slice * cut.out_unit, step.info.shape[0]) - first_row,
+                 out, sink)
             del out, pieces
     finally:
-        if ahead is not None:
-            worker.cancel([ahead])
+        if ahead:
+            worker.cancel(ahead)
