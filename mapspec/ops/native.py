@@ -20,15 +20,15 @@ from pathlib import Path
 
 LIBRARY = Path(__file__).with_name("_kernels" + (".dll" if sys.platform == "win32" else ".so"))
 
-ABI = 3  # kernels_abi() of the library these wrappers call
+ABI = 4  # kernels_abi() of the library these wrappers call
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _library: ctypes.CDLL | None | bool = None
 # Every function of kernels.c, with the arguments it takes (all return nothing).
 _SIGNATURES = {
     "block_max_u16": [_PTR, _I64, _I64, _I64, _I64, ctypes.c_uint16, _PTR, _PTR],
     "block_max_u32": [_PTR, _I64, _I64, _I64, _I64, ctypes.c_uint32, _PTR, _PTR],
-    "quantize_e4m3_bf16": [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR],
-    "quantize_e4m3_f32": [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR],
+    "quantize_e4m3_bf16": [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR],
+    "quantize_e4m3_f32": [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR],
     "gather_blocks_u16": [_PTR, _I64, _I64, _I64, _PTR, _PTR],
     "gather_blocks_u32": [_PTR, _I64, _I64, _I64, _PTR, _PTR],
     "mxfp4_dequantize_u16": [_PTR, _PTR, _I64, _I64, _PTR, _PTR, _I64],
@@ -119,8 +119,8 @@ def quantize_e4m3(x, dtype: str, bm: int, bn: int, scale, q) -> None:
     scale = _check(scale, np.float32, _grid(rows, cols, bm, bn), "quantize_e4m3 scales")
     _check(q, np.uint8, (rows, cols), "quantize_e4m3 output")
     fn = _library.quantize_e4m3_f32 if wide else _library.quantize_e4m3_bf16
-    work = np.empty((2, cols), np.float32)  # a row's float32 values and its columns' scales
-    fn(x.ctypes.data, rows, cols, bm, bn, scale.ctypes.data, work[0].ctypes.data, work[1].ctypes.data, q.ctypes.data)
+    per_column = np.empty(cols, np.float32)  # scratch: each column's scale
+    fn(x.ctypes.data, rows, cols, bm, bn, scale.ctypes.data, per_column.ctypes.data, q.ctypes.data)
 
 
 def gather_blocks(codes, table, bn: int, out) -> None:
