@@ -187,3 +187,49 @@ def require_llama_cpp(skip: bool = True):
     except Exception as e:  # a wheel that does not load here (a missing runtime dependency or library)
         return absent(f"llama-cpp-python's cached wheel does not load here: {type(e).__name__}: {e}")
 
+
+
+_LOGITS = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import llama_cpp
+m = llama_cpp.Llama(sys.argv[2], n_ctx=64, logits_all=True, verbose=False, use_extra_bufts=False, n_threads=1, seed=0)
+m.eval(m.tokenize(sys.argv[3].encode()))
+np.save(sys.stdout.buffer, np.array(m.scores[:m.n_tokens]))
+m.close()
+"""
+
+
+def logits(path: Path, prompt: str):
+    """The logits llama.cpp gives for `prompt` with the GGUF at `path` (no weight repacking:
+    llama.cpp's `--no-repack`), computed in a child process; -N if llama.cpp died of signal N
+    there (0.3.36 dies of SIGSEGV evaluating Q8_0 weights on some AVX-512 machines, repacking
+    off or not), so a crash in llama.cpp's kernels cannot end the test run."""
+    import io
+
+    import numpy as np
+
+    module = require_llama_cpp()
+    site = str(Path(module.__file__).parent.parent)
+    done = subprocess.run([sys.executable, "-c", _LOGITS, site, str(path), prompt], capture_output=True, timeout=900)
+    if done.returncode < 0:
+        return done.returncode
+    if done.returncode:
+        raise RuntimeError(f"llama.cpp failed on {path} ({done.returncode}):\n{done.stderr.decode()[-3000:]}")
+    return np.load(io.BytesIO(done.stdout))
+
+
+def same_logits(mine: Path, reference: Path, prompt: str):
+    """Both files' logits (`logits`). Where llama.cpp crashes on the reference converter's own
+    file, the calling test is skipped saying so (llama.cpp cannot run that model on this
+    machine, whoever wrote the file); where it crashes on mapspec's file alone, that fails."""
+    import pytest
+
+    b = logits(reference, prompt)
+    if isinstance(b, int):
+        pytest.skip(f"llama.cpp {VERSION} dies of signal {-b} evaluating the reference converter's own {reference.name} "
+                    "on this machine: its kernels, not the file")
+    a = logits(mine, prompt)
+    assert not isinstance(a, int), f"llama.cpp dies of signal {-a} on mapspec's {mine.name}, not on the reference's"
+    return a, b

@@ -121,9 +121,8 @@ def test_fp8_as_q8_types_the_dequantized_weights_only(converted):
 def test_llama_cpp_gives_the_reference_files_logits(converted, outtype, fp8_as_q8):
     """llama.cpp (the C++ library, from llama-cpp-python's cached wheel) loads mapspec's file and
     the reference's, without weight repacking, and evaluates the same tokens to the same logits."""
-    llama_cpp = llamacpp_ref.require_llama_cpp()
     _, mine, ref = converted[("llama", outtype, fp8_as_q8)]
-    a, b = llama_logits(llama_cpp, mine), llama_logits(llama_cpp, ref)
+    a, b = llamacpp_ref.same_logits(mine, ref, PROMPT)
     assert a.shape == b.shape and a.shape[0] > 10 and a.shape[1] == 384 and np.isfinite(a).all()
     assert np.abs(a).max() > 0.1  # a real model's numbers, not zeros
     if outtype == "q8_0" or fp8_as_q8:
@@ -132,18 +131,7 @@ def test_llama_cpp_gives_the_reference_files_logits(converted, outtype, fp8_as_q
         assert np.array_equal(a, b)
 
 
-PROMPT = b"The quick brown fox jumps over the lazy dog."
-
-
-def llama_logits(llama_cpp, path):
-    m = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, use_extra_bufts=False,
-                        n_threads=1, seed=0)
-    try:
-        tokens = m.tokenize(PROMPT)
-        m.eval(tokens)
-        return np.array(m.scores[:m.n_tokens])
-    finally:
-        m.close()
+PROMPT = "The quick brown fox jumps over the lazy dog."
 
 
 def test_the_way_back_gives_the_dequantized_model(converted, tmp_path):

@@ -242,13 +242,6 @@ def test_metadata_needs_a_format_that_holds_it(converted, tmp_path):
 def test_llama_cpp_runs_mapspecs_file_as_the_reference(converted):
     """Where llama-cpp-python's wheel was built into the test cache (scripts/build_llama_cpp.sh),
     llama.cpp loads mapspec's q8_0 file and gives the reference file's logits."""
-    llama_cpp = llamacpp_ref.require_llama_cpp()
     _, mine, ref = converted[("llama", "q8_0")]
-
-    def logits(path):
-        m = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, use_extra_bufts=False, n_threads=1)
-        m.eval(m.tokenize(b"The quick brown fox"))
-        return np.array(m.scores[:m.n_tokens])
-
-    a, b = logits(mine), logits(ref)
+    a, b = llamacpp_ref.same_logits(mine, ref, "The quick brown fox")
     assert np.isfinite(a).all() and np.array_equal(a, b)
