@@ -307,3 +307,19 @@ def test_a_copy_failing_on_a_lane_is_the_normal_error_and_leaves_nothing(tmp_pat
     assert list((tmp_path / "out").iterdir()) == []
     for name in ("mapspec-shards-0", "mapspec-shards-1"):
         wait_until_idle(Worker(name))
+
+
+def test_a_copied_tensors_pages_are_not_dropped_while_its_copy_may_be_queued(tmp_path, monkeypatch):
+    """Copies run on the shards' lanes, later than the executor hands them over: releasing
+    their source pages (fadvise DONTNEED) then would make each copy read the disk again.
+    Tensors computed here are released after their last use, as before."""
+    from mapspec.formats import safetensors
+
+    released = []
+    monkeypatch.setattr(safetensors.SafetensorsSource, "release", lambda self, key: released.append(key))
+    arrays = {f"t{i}": np.full(1000, i, np.float32) for i in range(6)}
+    arrays["c"] = np.arange(4000, dtype=np.float32)
+    write_safetensors(tmp_path / "in.safetensors", arrays)
+    (tmp_path / "s.map").write_text("mapspec 1\nt{i:int} -> u{i}\nc -> c then cast(float16)\n")
+    apply(tmp_path / "s.map", tmp_path / "in.safetensors", tmp_path / "out", max_shard_size=8000)
+    assert released == ["c"]

@@ -134,11 +134,12 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
     at, extent, ahead = 0, (copyable(steps[0]) if steps else None), None  # brought in for step `at`
     try:
         for i, step in enumerate(steps):
+            copied = False
             if step.output in given:  # computed with an earlier step; what is brought in is for a later one
                 out = kept.pop(step.output)
             elif extent is not None and sink.write_region(step.output, extent):
                 at, extent, ahead = upcoming(i + 1)
-                out = None
+                out, copied = None, True
             else:  # here at == i: only steps that read nothing are skipped by `upcoming`
                 if extent is not None:  # the sink declined the copy: it will decline every one
                     copies = False
@@ -168,9 +169,10 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
             if out is not None:
                 sink.write(step.output, out)
             del out
-            for k in step.inputs:
-                if last_use[k] == i:
-                    source.release(k)
+            if not copied:  # a copy may still be queued on a lane: its pages are wanted
+                for k in step.inputs:
+                    if last_use[k] == i:
+                        source.release(k)
             total += step.info.nbytes
     finally:
         if ahead is not None:  # failed: the read in flight ends before the source is closed
