@@ -3,6 +3,8 @@ what mapspec must read, bit for bit."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 
@@ -98,12 +100,14 @@ def read_with_library(fmt: str, path: str, save: str) -> int:
         return 2  # no reference reader for this format here
     except BaseException:
         return 1
-    np.savez(save, **{f"k{i}": np.ascontiguousarray(a) for i, a in enumerate(arrays.values())},
-             __keys__=np.array(list(arrays), dtype=object).astype(str) if arrays else np.zeros(0, "U1"))
+    # the names as JSON bytes: a numpy string array would drop their trailing NULs, which a
+    # mutated file's names may have (and mapspec keeps, as torch does)
+    names = np.frombuffer(json.dumps(list(arrays)).encode(), np.uint8)
+    np.savez(save, **{f"k{i}": np.ascontiguousarray(a) for i, a in enumerate(arrays.values())}, __keys__=names)
     return 0
 
 
 def load_saved(save: str) -> dict[str, np.ndarray]:
     with np.load(save, allow_pickle=False) as z:
-        keys = list(z["__keys__"])
+        keys = json.loads(z["__keys__"].tobytes().decode())
         return {k: z[f"k{i}"] for i, k in enumerate(keys)}
