@@ -246,3 +246,28 @@ def test_slices_are_computed_ahead_within_their_bound_and_on_across_steps(tmp_pa
     monkeypatch.setattr(rows, "MIN_BYTES", 1 << 62)
     mapspec.apply(tmp_path / "s.map", source, whole)
     assert whole.read_bytes() == (tmp_path / "out.safetensors").read_bytes()
+
+
+def test_a_slice_failing_while_the_next_step_is_brought_in_leaves_no_output(tmp_path, monkeypatch, small_slices):
+    """The failing slice is the last of its step, so the next step's first slice is already
+    being read and computed: the run still ends with the slice's error and writes nothing,
+    and the read-ahead thread is done with the source before it is closed."""
+    values = RNG.standard_normal((1000, 64), dtype=np.float32)
+    values[990, 3] = np.inf
+    source = _write(tmp_path / "in.safetensors", {"a": (values, "float32"),
+                                                   "b": (RNG.standard_normal((1000, 64), dtype=np.float32), "float32")})
+    (tmp_path / "s.map").write_text("mapspec 1\n{n:a|b} -> {n} then cast(q8_0)\n")
+    started = []
+    real_job = rows.slice_job
+
+    def job(step, cut, source, b0, whole, worker):
+        started.append((step.output, b0))
+        return real_job(step, cut, source, b0, whole, worker)
+
+    monkeypatch.setattr(executor, "slice_job", job)
+    monkeypatch.setattr(rows, "slice_job", job)
+    with pytest.raises(mapspec.MapspecError, match="NaN or infinite"):
+        mapspec.apply(tmp_path / "s.map", source, tmp_path / "out.gguf")
+    assert ("b", 0) in started  # brought in before a's last slice failed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors", "s.map"]
+    assert not executor.read_worker._queue
