@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ..core.background import THREADS, in_parallel
 from ..core.paths import reason
 from ..core.quoting import MAX_MESSAGE, MAX_NAME, MAX_QUOTE, brief, clip, shown, shown_path
 from ..errors import CheckpointError, MapspecError
@@ -111,8 +112,6 @@ class RegularFile(ByteRange):
         if nbytes < PARALLEL_BYTES:
             self._read_part(buffer, offset, what)
             return
-        from ..core.background import THREADS, in_parallel
-
         step = (-(-nbytes // THREADS) + PAGE - 1) & ~(PAGE - 1)  # the pieces start on page boundaries
         in_parallel(range(0, nbytes, step), lambda at: self._read_part(buffer[at:at + step], offset + at, what))
 

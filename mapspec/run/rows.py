@@ -196,9 +196,9 @@ def run_sliced(step: Step, cut: Slicing, source, sink, worker: Worker,
     """`step`, slice by slice into `sink`: up to `cut.depth` slices are read and computed on
     `worker` while the one before them is written here. `first`: the job of the first slice
     (`slice_job`), if started already; `then()` is called once the last slice is in flight
-    and there is room for one more, to start bringing in what comes after the step. `keep` ((piece, rows per block, sibling step)...):
-    pieces of the step's split that later steps write, gathered into `kept[sibling.output]`
-    as the slices compute them."""
+    and there is room for one more, to start bringing in what comes after the step.
+    `keep` ((piece, rows per block, sibling step)...): pieces of the step's split that later
+    steps write, gathered into `kept[sibling.output]` as the slices compute them."""
     starts = range(0, cut.blocks, cut.per_slice)
     own = step.actions[-1].params["index"] if keep else None
     ahead = deque([first if first is not None else slice_job(step, cut, source, 0, bool(keep), worker)])
