@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import llamacpp_ref  # noqa: E402
-from convert_bench import MAPSPEC, case, mapspec  # noqa: E402
+from convert_bench import MAPSPEC, as_installed, case, mapspec  # noqa: E402
 from gguf_models import write_spm_tokenizer  # noqa: E402
 
 from mapspec.core import dtypes  # noqa: E402
@@ -189,6 +189,7 @@ def main() -> None:
     os.environ.clear()
     os.environ.update(llamacpp_ref.environment())
     os.environ["PYTHONPATH"] = str(REPO)
+    as_installed()
     print(f"mapspec gguf_bench, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}; medians of {args.repeat} paired runs")
 

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mapspec.formats import open_sink
-from mapspec.compile.plan import TensorInfo
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from convert_bench import as_installed  # noqa: E402
+from mapspec.formats import open_sink  # noqa: E402
+from mapspec.compile.plan import TensorInfo  # noqa: E402
 
 SPEC = """mapspec 1
 from mxnet to pytorch
@@ -88,6 +90,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
+    as_installed()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         tmp = Path(tmp)
         ckpt = tmp / "net-0000.params"

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from convert_bench import clean, mapspec, run  # noqa: E402
+from convert_bench import as_installed, clean, mapspec, run  # noqa: E402
 
 from mapspec import TensorInfo  # noqa: E402
 from mapspec.formats import open_sink  # noqa: E402
@@ -259,6 +259,7 @@ def main() -> None:
                          f"{need / 1e9:.0f} GB")
     os.environ["PYTHONPATH"] = str(REPO)
     os.environ["HF_HUB_OFFLINE"] = "1"
+    as_installed()
     print(f"mapspec quant_bench, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}; medians of {args.repeat} paired runs")
     fp8 = fp8_model(d, args.gb)

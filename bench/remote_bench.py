@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from convert_bench import fill, layers, llama7b, run  # noqa: E402
+from convert_bench import as_installed, fill, layers, llama7b, run  # noqa: E402
 from mapspec import TensorInfo  # noqa: E402
 from servers import moto_server, ray_cluster  # noqa: E402
 
@@ -144,6 +144,7 @@ def ray_cases(d: Path, args) -> None:
 
     env_path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env_path]))
+    as_installed()
     t0 = time.perf_counter()
     with ray_cluster(cpus=2) as address:
         print(f"Ray cluster (head, 2 worker processes) up in {time.perf_counter() - t0:.1f} s", flush=True)
