@@ -43,11 +43,12 @@ def test_apply_does_not_import_the_commands_it_does_not_run():
     assert out.strip() == ""
 
 
-def _console(code: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+def _console(code: str, *args: str, cwd: Path, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`code` then the `mapspec` console entry point (mapspec.cli:main) on `args`, in a process
-    of its own, its output through pipes."""
+    of its own (with `environ`, else this one's), its output through pipes."""
     script = f"import sys\n{code}\nfrom mapspec.cli import main\nsys.argv = ['mapspec', *sys.argv[1:]]\nmain()\n"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered, as usual
+    env = {k: v for k, v in (os.environ if environ is None else environ).items()
+           if k != "PYTHONUNBUFFERED"}  # stdout buffered, as usual
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
     return subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, env=env, capture_output=True, text=True)
 
@@ -98,6 +99,35 @@ def test_the_console_exit_waits_for_threads_flushes_pipes_and_keeps_the_exit_cod
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
     r = _console("sys.stdout.write('x' * 5000)", "no-such-command", cwd=tmp_path)
     assert r.returncode == 2 and r.stdout == "x" * 5000  # still in the buffer when the command ends
+
+
+def _blas_threads(tmp_path: Path, **env: str) -> int:
+    """How many threads numpy's OpenBLAS runs in a `mapspec` command that casts (so loads
+    numpy): the library's own count, from the copy numpy loaded."""
+    write_safetensors(tmp_path / "in.safetensors", {"model.w": np.ones((4, 4), np.float32)})
+    (tmp_path / "c.map").write_text("mapspec 1\nmodel.w -> net.w then cast(float16)\n")
+    report = ("import atexit, ctypes, re\n"
+              "def threads():\n"
+              "    path = re.search(r'(/\\S*openblas\\S*\\.so\\S*)', open('/proc/self/maps').read()).group(1)\n"
+              "    lib = ctypes.CDLL(path)\n"
+              "    names = ('scipy_openblas_get_num_threads64_', 'openblas_get_num_threads64_', 'openblas_get_num_threads')\n"
+              "    print(next(getattr(lib, n) for n in names if hasattr(lib, n))())\n"
+              "atexit.register(threads)\n")
+    environ = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+                                                                "OMP_NUM_THREADS")}
+    r = _console(report, "apply", "c.map", "in.safetensors", "-o", "out.safetensors", "--force", cwd=tmp_path,
+                 environ={**environ, **env})
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or (os.cpu_count() or 1) < 2,
+                    reason="reads the loaded OpenBLAS from /proc/self/maps; one core runs one thread anyway")
+def test_the_command_runs_numpy_without_blas_threads_unless_the_user_set_a_count(tmp_path):
+    """mapspec does no linear algebra; OpenBLAS's idle threads only spin on the cores the
+    read-ahead thread and the kernels need. A count the user set is theirs."""
+    assert _blas_threads(tmp_path) == 1
+    assert _blas_threads(tmp_path, OMP_NUM_THREADS="2") == 2
 
 
 @pytest.fixture

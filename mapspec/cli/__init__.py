@@ -775,6 +775,12 @@ def main() -> NoReturn:
     # with torch and transformers installed, a tenth of a small `apply`. The validators here
     # check mapspec's own rule nodes, which no plugin has a use for; a user's own setting wins.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    # numpy's OpenBLAS starts a thread per core when numpy loads, and each spins waiting for
+    # work before it sleeps: ~0.1 s of CPU here, on the core the read-ahead thread and the
+    # kernels' helper need. mapspec does no linear algebra (no BLAS call anywhere), so the
+    # command's own process asks for none of those threads; a thread count the user set wins.
+    if not any(k in os.environ for k in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")):
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:
         app()
         code = 0
