@@ -121,7 +121,10 @@ def test_casts_in_slices_on_two_threads_give_the_one_pass_bytes(monkeypatch, src
     monkeypatch.setattr(cast, "CHUNK_ELEMENTS", 50)
     rng = np.random.default_rng(3)
     x = (rng.standard_normal(6 * 70 * 33) * 10.0 ** rng.integers(-9, 6, 6 * 70 * 33)).astype(np.float32)
-    x[:6] = [np.nan, np.inf, -np.inf, 65520.0, 1.00048828125, 1e-8]  # f16 overflow, a tie, a subnormal
+    x[:6] = [np.nan, np.inf, -np.inf, 65519.0, 1.00048828125, 1e-8]  # f16's largest, a tie, a subnormal
+    if "float16" in (src, dst):  # values past its range are refused (test_ranges.py): here every value fits
+        x = np.where(np.abs(x) > 65000, np.float32(65000) * np.sign(x), x)
+        x[:4] = [np.nan, np.inf, -np.inf, 65519.0 if src != "bfloat16" else 65280.0]  # bf16 would round 65519 up
     values = dtypes.cast(x, "float32", src)
     shaped = {"rows": values.reshape(420, 33), "transposed": values.reshape(33, 420).T,
               "experts": values.reshape(6, 70, 33), "flat": values}[layout]
@@ -129,6 +132,11 @@ def test_casts_in_slices_on_two_threads_give_the_one_pass_bytes(monkeypatch, src
     got = cast.cast_in_slices(shaped, src, dst)
     assert got.shape == want.shape and got.dtype == want.dtype
     assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(want).tobytes()
+    if dst == "float16":  # and a value past float16's range, in a later slice, is refused as in one go
+        shaped = shaped.copy()
+        shaped.reshape(-1)[-7] = dtypes.cast(np.array([70000.0], np.float32), "float32", src)[0]
+        with pytest.raises(ConversionError, match="past what float16 holds"):
+            cast.cast_in_slices(shaped, src, dst)
 
 
 @pytest.mark.parametrize("qtype", TYPES)

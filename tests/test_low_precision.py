@@ -22,6 +22,7 @@ from safetensors import safe_open  # noqa: E402
 
 from mapspec import open_source  # noqa: E402
 from mapspec.core import dtypes  # noqa: E402
+from mapspec.errors import ConversionError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RENAME = "mapspec 1\n{k} -> x.{k}\n"
@@ -226,11 +227,17 @@ def test_a_float8_rename_imports_nothing_numeric(tmp_path):
 
 def test_every_bfloat16_casts_to_float16_as_torch_casts_it():
     """bf16 -> f16 (the cast most GGUF f16 outputs are made of) goes through a table of all
-    65536 bf16 values; each must be torch's `.to(torch.float16)`, infinities from overflow and
-    float16 subnormals included (NaNs stay NaN; their payloads are not compared)."""
+    65536 bf16 values; each must be torch's `.to(torch.float16)`, float16 subnormals and
+    infinities included (NaNs stay NaN; their payloads are not compared). The finite ones torch
+    turns into infinity are exactly those mapspec refuses (core/ranges.py)."""
     bits = np.arange(1 << 16, dtype=np.uint16)
-    ours = dtypes.cast(bits.reshape(256, 256), "bfloat16", "float16").reshape(-1)
     theirs = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).to(torch.float16).numpy()
+    finite = np.isfinite((bits.astype(np.uint32) << 16).view(np.float32))
+    overflow = finite & np.isinf(theirs)
+    ours = dtypes.cast(bits[~overflow].reshape(-1, 2), "bfloat16", "float16").reshape(-1)
+    theirs = theirs[~overflow]
     nan = np.isnan(theirs)
     assert np.array_equal(np.isnan(ours), nan)
     assert np.array_equal(ours[~nan].view(np.uint16), theirs[~nan].view(np.uint16))
+    with pytest.raises(ConversionError, match=f"{overflow.sum()} bfloat16 values past what float16 holds"):
+        dtypes.cast(bits, "bfloat16", "float16")

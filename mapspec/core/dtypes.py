@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from functools import lru_cache
 
+from . import ranges
 from .lazy import numpy as np
 
 # name -> (numpy dtype code that holds an element in memory, bits per element on disk);
@@ -262,11 +263,14 @@ def _f32_to_bf16(values: np.ndarray) -> np.ndarray:
 
 def cast(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
     """Convert values (not bits) from dtype `src` to `dst`; bf16, float8 and float4 on
-    either side as their bits (those through ml_dtypes, rounding to nearest even)."""
+    either side as their bits (those through ml_dtypes, rounding to nearest even). A value
+    the cast would not keep in range (past float16's largest, NaN into float4, an integer
+    that would wrap) is refused, not written as infinity, NaN or garbage (`ranges`)."""
     if src == dst:
         return arr
     if src in LOW_PRECISION or dst in LOW_PRECISION:
         wide = values(arr, src).astype(np.float32) if src != "bfloat16" else _bf16_to_f32(arr)
+        ranges.check(wide, src, dst)
         if dst in LOW_PRECISION:
             check_elements(dst)
             return wide.astype(ml_dtype(dst)).view(np.uint8)
@@ -275,12 +279,13 @@ def cast(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
         # A 64 Ki-entry table of every bf16's float16 (made by the path below, so the same
         # bits): one gather instead of numpy's float32 -> float16 loop, 3x slower. The cast
         # GGUF's f16 output is mostly made of.
+        ranges.check_bf16_bits(arr, dst)
         return np.take(_bf16_to_f16_table(), arr.view(np.uint16))
     if src == "bfloat16":
         arr = _bf16_to_f32(arr)
-        src = "float32"
         if dst == "float32":
             return arr
+    ranges.check(arr, src, dst)
     if dst == "bfloat16":
         return _f32_to_bf16(arr.astype(np.float32, copy=False))
     return arr.astype(_storage()[dst])

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 
+from ..core import ranges
 from ..core.background import in_parallel
 from .floatbits import bits_of, byte_values, dtype_name, from_float32, name_of, power_of_two_codes, to_e4m3, to_float32
 
@@ -135,6 +136,8 @@ def dequantize(weight, scale_inv, block: tuple[int, int], out_dtype, weight_dtyp
             np.take(table.reshape(-1), part, out=o[e, b0:b1])
 
     in_parallel(_slices(weight.shape, bm), one)
+    if out_name == "float16":  # w * s past float16's range: refused, not written as infinity
+        ranges.check_half_finite(out, "dequantize(fp8)")
     return out
 
 

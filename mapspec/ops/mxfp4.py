@@ -23,6 +23,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from .floatbits import bits_of, dtype_name, from_float32, name_of, to_float32
+from ..core import ranges
 from ..core.background import in_parallel
 from .fp8 import CHUNK_ELEMENTS, compiled
 
@@ -106,6 +107,8 @@ def dequantize(blocks, scales, out_dtype):
         out[e, :, n0:n1] = pairs.view(out.dtype).reshape(n1 - n0, k).T  # into the swapped layout
 
     in_parallel(((e, n0, min(n, n0 + step)) for e in range(e_count) for n0 in range(0, n, step)), one)
+    if out_name == "float16":  # a value times its scale past float16's range: refused, not infinity
+        ranges.check_half_finite(out, "dequantize(mxfp4)")
     return out
 
 

@@ -134,46 +134,49 @@ def execute(plan: Plan, source, sink, progress: Progress | None = None) -> int:
     at, extent, ahead = 0, (copyable(steps[0]) if steps else None), None  # brought in for step `at`
     try:
         for i, step in enumerate(steps):
-            copied = False
-            if step.output in given:  # computed with an earlier step; what is brought in is for a later one
-                out = kept.pop(step.output)
-            elif extent is not None and sink.write_region(step.output, extent):
-                at, extent, ahead = upcoming(i + 1)
-                out, copied = None, True
-            else:  # here at == i: only steps that read nothing are skipped by `upcoming`
-                if extent is not None:  # the sink declined the copy: it will decline every one
-                    copies = False
-                if i in sliced:
-                    first, ahead = ahead, None  # run_sliced owns it now
+            try:
+                copied = False
+                if step.output in given:  # computed with an earlier step; what is brought in is for a later one
+                    out = kept.pop(step.output)
+                elif extent is not None and sink.write_region(step.output, extent):
+                    at, extent, ahead = upcoming(i + 1)
+                    out, copied = None, True
+                else:  # here at == i: only steps that read nothing are skipped by `upcoming`
+                    if extent is not None:  # the sink declined the copy: it will decline every one
+                        copies = False
+                    if i in sliced:
+                        first, ahead = ahead, None  # run_sliced owns it now
 
-                    def follow(j: int = i + 1) -> None:  # while its last slices are computed and written
-                        nonlocal at, extent, ahead
-                        at, extent, ahead = upcoming(j)
-                    run_sliced(step, sliced[i], source, sink, read_worker, keep.get(i, ()), kept, first, follow)
-                    out = None
-                elif i in parted:
-                    run_parts(step, parted[i], source, sink, read_worker)
-                    at, extent, ahead = upcoming(i + 1)
-                    out = None
-                elif streamed(step):
-                    at, extent, ahead = upcoming(i + 1)
-                    out = merge_streaming(step, source)
-                else:
-                    arrays = ahead.result() if ahead is not None else [source.read(k) for k in step.inputs]
-                    at, extent, ahead = upcoming(i + 1)
-                    try:
-                        out = run_step(step, arrays, keep.get(i, ()), kept)
-                    except act.ReplicaMismatch as exc:
-                        raise _replica_error(step, exc.index, source) from None
-                    del arrays
-            if out is not None:
-                sink.write(step.output, out)
-            del out
-            if not copied:  # a copy may still be queued on a lane: its pages are wanted
-                for k in step.inputs:
-                    if last_use[k] == i:
-                        source.release(k)
-            total += step.info.nbytes
+                        def follow(j: int = i + 1) -> None:  # while its last slices are computed and written
+                            nonlocal at, extent, ahead
+                            at, extent, ahead = upcoming(j)
+                        run_sliced(step, sliced[i], source, sink, read_worker, keep.get(i, ()), kept, first, follow)
+                        out = None
+                    elif i in parted:
+                        run_parts(step, parted[i], source, sink, read_worker)
+                        at, extent, ahead = upcoming(i + 1)
+                        out = None
+                    elif streamed(step):
+                        at, extent, ahead = upcoming(i + 1)
+                        out = merge_streaming(step, source)
+                    else:
+                        arrays = ahead.result() if ahead is not None else [source.read(k) for k in step.inputs]
+                        at, extent, ahead = upcoming(i + 1)
+                        try:
+                            out = run_step(step, arrays, keep.get(i, ()), kept)
+                        except act.ReplicaMismatch as exc:
+                            raise _replica_error(step, exc.index, source) from None
+                        del arrays
+                if out is not None:
+                    sink.write(step.output, out)
+                del out
+                if not copied:  # a copy may still be queued on a lane: its pages are wanted
+                    for k in step.inputs:
+                        if last_use[k] == i:
+                            source.release(k)
+                total += step.info.nbytes
+            except ConversionError as exc:  # raised by an action on this step's values: say which
+                raise about(exc, step) from None
     finally:
         if ahead is not None:  # failed: the read in flight ends before the source is closed
             read_worker.cancel([ahead])
@@ -219,6 +222,14 @@ def merge_streaming(step: Step, source) -> np.ndarray:
         source.release(key)
     (result,) = act.run_all(step.actions[1:], [out])
     return result
+
+
+def about(exc: ConversionError, step: Step) -> ConversionError:
+    """An action's refusal of some values (a cast past the range, NaN into a block quantize),
+    located: the tensor it was making and the rule that made it."""
+    if exc.span is not None or exc.message.startswith(f"{step.output}: "):
+        return exc
+    return ConversionError(f"{step.output}: {exc.message}", exc.details, step.rule)
 
 
 def _replica_error(step: Step, index: int, source) -> ConversionError:
