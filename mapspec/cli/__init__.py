@@ -533,7 +533,7 @@ def explain(
     patch = plan.config_patch()
     if fmt is Look.json:  # the expected peak, beside the plan's own summary
         data = json.loads(text)
-        data["summary"]["expected_peak_bytes"] = plan.peak_step()[0]
+        data["summary"].update(present.peak_bytes(plan))
         if patch:
             data["config_json"] = {"set": dict(patch.set), "remove": sorted(patch.remove), "dtype": patch.dtype}
         text = json.dumps(data, indent=2) + "\n"

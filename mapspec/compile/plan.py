@@ -12,7 +12,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from ..core.quoting import clip, shown
 from ..ops import actions as act
@@ -98,18 +98,28 @@ class Plan:
     def outputs(self) -> dict[str, TensorInfo]:
         return {s.output: s.info for s in self.steps}
 
-    def peak_step(self) -> tuple[int, Step | None]:
+    def peak_step(self, held: Callable[[Step], int | None] | None = None) -> tuple[int, Step | None]:
         """The most tensor memory one step holds, and that step: its inputs' pages while
         read (released after their last use), plus, when actions run, the result and one
         intermediate, plus the next step's inputs when they are READ_AHEAD_BYTES or more
         (the executor reads them meanwhile). Steps without actions may be copied by the
         kernel and hold nothing, so this is an upper bound; the process adds its
-        interpreter (about 100 MiB)."""
+        interpreter (about 100 MiB). `held(step)`, where not None, is what a step holds
+        instead (a step run in row slices: the slices in flight, `run.rows.held`); the same
+        is then counted for it as the step before's read-ahead."""
+        own, ahead = [], []
+        for s in self.steps:
+            h = held(s) if held is not None else None
+            if h is not None:
+                own.append(h)
+                ahead.append(h)
+                continue
+            ins = sum(i.nbytes for i in s.input_infos)
+            own.append(ins + (2 * s.info.nbytes if s.actions else 0))
+            ahead.append(ins if ins >= READ_AHEAD_BYTES else 0)
         best, where = 0, None
-        inputs = [sum(i.nbytes for i in s.input_infos) for s in self.steps] + [0]
         for j, s in enumerate(self.steps):
-            ahead = inputs[j + 1] if inputs[j + 1] >= READ_AHEAD_BYTES else 0
-            n = inputs[j] + (2 * s.info.nbytes if s.actions else 0) + ahead
+            n = own[j] + (ahead[j + 1] if j + 1 < len(self.steps) else 0)
             if n > best:
                 best, where = n, s
         return best, where

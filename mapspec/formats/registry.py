@@ -17,6 +17,7 @@ from ..core import paths
 from ..core.quoting import shown_path
 from ..core.tensorinfo import TensorInfo
 from ..errors import CheckpointError, UsageError
+from .protocol import SinkBase
 from .protocol import Extent, Source, SourceBase
 from .reading import location, open_bytes, reading
 
@@ -98,6 +99,11 @@ def by_name(name: str) -> Format:
         if name.lower() in (m, *aliases):
             return _load(m)
     raise UsageError(f"unknown format '{name}' (known: {known_names()})")
+
+
+def writes_rows(fmt: Format) -> bool:
+    """Whether `fmt`'s sink writes a tensor a slice of rows at a time (`Sink.takes_rows`)."""
+    return getattr(fmt.sink, "takes_rows", SinkBase.takes_rows) is not SinkBase.takes_rows
 
 
 def known_names() -> str:

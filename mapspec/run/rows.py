@@ -44,13 +44,15 @@ MIN_BYTES = 1 << 20  # smaller steps run whole: handing them to the read-ahead t
 
 class Slicing(NamedTuple):
     """How a step is cut: input i's rows come `units[i]` per block, the output's `out_unit`;
-    `blocks` blocks in all, `per_slice` of them at a time, `depth` slices computed ahead."""
+    `blocks` blocks in all, `per_slice` of them at a time, `depth` slices computed ahead;
+    `nbytes`: one slice's inputs and output."""
 
     units: tuple[int, ...]
     out_unit: int
     blocks: int
     per_slice: int
     depth: int = 1
+    nbytes: int = 0
 
 
 def chained(actions, typed: list) -> act.Rows | None:
@@ -79,8 +81,9 @@ def block_rows(step: Step) -> act.Rows | None:
     return chained(step.actions, [act.Typed(tuple(i.shape), i.dtype) for i in step.input_infos])
 
 
-def slicing(step: Step, source, sink) -> Slicing | None:
-    """How `step` runs slice by slice, or None if it runs whole."""
+def cut(step: Step) -> Slicing | None:
+    """How `step` would run slice by slice, from its actions and sizes alone (`slicing`
+    adds what the source and sink must be able to do), or None if it runs whole."""
     if sum(i.nbytes for i in step.input_infos) + step.info.nbytes < MIN_BYTES:
         return None
     block = block_rows(step)
@@ -96,12 +99,32 @@ def slicing(step: Step, source, sink) -> Slicing | None:
     blocks = counts.pop()
     per_block = sum(row_bytes(i) * u for i, u in zip(infos, units))
     per_slice = min(blocks, max(1, SLICE_BYTES // per_block))
+    nbytes = per_slice * per_block
+    return Slicing(block.inputs, block.output, blocks, per_slice, max(1, AHEAD_BYTES // nbytes), nbytes)
+
+
+def slicing(step: Step, source, sink) -> Slicing | None:
+    """How `step` runs slice by slice, or None if it runs whole."""
+    how = cut(step)
+    if how is None:
+        return None
     takes_rows = getattr(sink, "takes_rows", None)  # sinks and sources outside formats/ may lack them
     if takes_rows is None or not takes_rows(step.output):
         return None
     if not hasattr(source, "read_rows") or any(source.extent(k) is None for k in step.inputs):
         return None
-    return Slicing(block.inputs, block.output, blocks, per_slice, max(1, AHEAD_BYTES // (per_slice * per_block)))
+    return how
+
+
+def held(step: Step) -> int | None:
+    """The tensor bytes `step` holds at most when it runs in slices (`Plan.peak_step`): the
+    slices computed ahead, the one being written and one slice of intermediates, or what it
+    would hold whole if that is less; None if it runs whole."""
+    how = cut(step)
+    if how is None:
+        return None
+    whole = sum(i.nbytes for i in step.input_infos) + 2 * step.info.nbytes  # a step of few slices
+    return min((how.depth + 2) * how.nbytes, whole)
 
 
 class Parts(NamedTuple):

@@ -16,6 +16,8 @@ from ..ops.actions import REGISTRY, format_shape
 from ..errors import Span
 from ..compile.hints import fold, glob_of, plural, skeleton
 from ..compile.plan import PlannedAction, Plan, Step, TensorInfo, copy_stand_ins
+from ..formats import registry
+from ..run import rows
 from ..lang.rules import DropRule, Spec
 from ..lang.text import rule_text
 
@@ -289,10 +291,22 @@ def plan_warnings(plan: Plan, spec: Spec, origin: Callable[[Span], Span] | None 
 
 
 def peak_line(plan: Plan) -> str:
-    """What `apply` is expected to hold at most, before it runs (the plan knows every size)."""
-    n, step = plan.peak_step()
+    """What `apply` is expected to hold at most, before it runs (the plan knows every size).
+    Steps that cast or (de)quantize row by row run in slices where the source is a local
+    file and the output format writes rows: then a few slices, not the whole step."""
+    whole, step = plan.peak_step()
+    sliced, at = plan.peak_step(rows.held)
     where = f" (largest step: {step.output})" if step is not None else ""
-    return f"expected peak memory: {size(n)} of tensors{where} + the interpreter"
+    if sliced >= whole:
+        return f"expected peak memory: {size(whole)} of tensors{where} + the interpreter"
+    into = " or ".join(f.name for f in registry.formats() if registry.writes_rows(f))
+    return (f"expected peak memory: {size(sliced)} of tensors (largest step: {at.output}, in row slices) + the "
+            f"interpreter; {size(whole)}{where} where steps run whole (output other than {into}, or a remote source)")
+
+
+def peak_bytes(plan: Plan) -> dict[str, int]:
+    """`peak_line`'s figures for JSON: whole steps, and steps in row slices."""
+    return {"expected_peak_bytes": plan.peak_step()[0], "expected_peak_bytes_in_slices": plan.peak_step(rows.held)[0]}
 
 
 def config_line(plan: Plan) -> str | None:
