@@ -173,3 +173,21 @@ def test_dequantizing_to_float16_past_its_range_is_refused_and_quietly_fine_belo
     with pytest.raises(ConversionError, match=r"dequantize\(mxfp4\) to float16: 1 float16 value"):
         mxfp4.dequantize(blocks, scales, "float16")
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_quantizing_nan_or_infinity_to_fp8_or_mxfp4_is_refused_as_ggml_types_are(bad):
+    """torch's FP8 math would zero the rest of a block holding an infinity (448 / inf = 0),
+    and give a NaN block scale 1; an MXFP4 block's scale would be NaN. Refused instead."""
+    from mapspec.ops import fp8, ggml, mxfp4
+
+    x = np.ones((256, 256), np.float32)
+    x[130, 7] = bad
+    for quantize, target in [(lambda: fp8.quantize(x, (128, 128)), "fp8"),
+                             (lambda: fp8.quantize(x, (128, 128), scale_fmt="e8m0"), "fp8"),
+                             (lambda: mxfp4.quantize(x[None]), "mxfp4"),
+                             (lambda: ggml.quantize(x, "float32", "q8_0"), "q8_0")]:
+        with pytest.raises(ConversionError, match=f"cannot quantize to {target}: the tensor holds NaN or infinite"):
+            quantize()
+    x[130, 7] = 1.0
+    fp8.quantize(x, (128, 128))  # and finite values quantize as before

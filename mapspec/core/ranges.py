@@ -147,6 +147,13 @@ def _bf16_from(x: float) -> int:
     return min((b >> 16) + ((b & 0xFFFF) != 0), 0x7F80)
 
 
+def not_finite(target: str):
+    """The refusal to quantize NaN or infinity to a block format (`target`: fp8, mxfp4, a
+    ggml type): the block's scale would be NaN or infinite, or, as torch computes FP8,
+    448 / inf = 0 would zero every other value of the block."""
+    return _error(f"cannot quantize to {target}: the tensor holds NaN or infinite values")
+
+
 def _error(message: str):
     from ..errors import ConversionError
     return ConversionError(message)

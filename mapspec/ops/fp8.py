@@ -224,7 +224,9 @@ def quantize(x, block: tuple[int, int] = (128, 128), scale_fmt: str = "float32",
         e, r0, r1 = job
         # max|x| of each block, as torch's x.abs().amax() (a NaN makes it NaN), on the bits
         amax = _magnitude_values(block_magnitudes(xs[e, r0:r1]), dtype)
-        nonzero = amax > 0  # False for NaN too, as torch's `max_abs > 0`
+        if not np.isfinite(amax).all():  # torch would zero the block's other values (448 / inf)
+            raise ranges.not_finite("fp8")
+        nonzero = amax > 0
         # torch evaluates `448 / amax` (a number over a tensor) as `reciprocal(amax) * 448`:
         # two float32 roundings, not one division. The same here, bit for bit.
         scale = np.where(nonzero, (one / np.where(nonzero, amax, one)) * fp8_max, one)

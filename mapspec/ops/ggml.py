@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from ..core.lazy import numpy as np
 
-from ..core import dtypes
+from ..core import dtypes, ranges
 from ..errors import ConversionError, UsageError
 from ..core.background import in_parallel  # chunks on both cores: numpy releases the GIL
 
@@ -167,7 +167,7 @@ def quantize(array, src: str, qtype: str):
         if np.isfinite(done[:, :halves].copy().view(np.float16)).all():
             return
         if not np.isfinite(values).all():
-            raise ConversionError(f"cannot quantize to {qtype}: the tensor holds NaN or infinite values")
+            raise ranges.not_finite(qtype)
         raise ConversionError(f"cannot quantize to {qtype}: values up to {np.abs(values).max():.4g} need a "
                                   "block scale past float16's range (ggml would store an infinite scale)")
     in_parallel(range(0, blocks.shape[0], CHUNK_BLOCKS), one)

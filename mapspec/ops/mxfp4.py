@@ -151,6 +151,8 @@ def quantize(x, dtype: str | None = None, scales_only: bool = False):
             to_float32(x[e, :, n0:n1].T, dtype, work)
             work = work.reshape(n1 - n0, g, BLOCK)
             amax = np.abs(work).max(axis=-1)
+            if not np.isfinite(amax).all():
+                raise ranges.not_finite("mxfp4")
             rounded = ((amax / np.float32(6.0)).view(np.uint32) + 0x7FFFFF) & 0x7F800000
             scales[e, n0:n1] = (rounded >> 23).astype(np.uint8)
             if scales_only:
