@@ -1,7 +1,7 @@
 """Builds mapspec's one piece of C, `mapspec/ops/kernels.c`, into `_kernels.so`
 when a wheel or an editable install is built (hatchling runs this hook; pyproject.toml
 names it). The library is optional: with no C compiler, or if the build fails, the install
-goes on pure Python and the FP8 and MXFP4 kernels run on numpy with the same bits, only slower.
+goes on pure Python and the FP8, MXFP4 and Q8_0 kernels run on numpy with the same bits, only slower.
 
 The library is not a Python extension (no Python headers, no ABI tag of its own): native.py
 loads it with ctypes. An editable install builds it beside the source; a wheel carries it."""
@@ -66,7 +66,7 @@ class CustomBuildHook(BuildHookInterface):
             out = Path(self._tmp) / LIBRARY.name
         failed = build(root, out)
         if failed:
-            print(f"mapspec: the FP8 and MXFP4 kernels stay on numpy: {failed}", file=sys.stderr)
+            print(f"mapspec: the FP8, MXFP4 and Q8_0 kernels stay on numpy: {failed}", file=sys.stderr)
             return
         if version != "editable":
             build_data["force_include"][str(out)] = str(LIBRARY)

@@ -135,3 +135,28 @@ def bucket(s3):
     name = f"mapspec-{uuid.uuid4().hex[:12]}"
     s3.mkdir(name)
     return name
+
+
+def native_library():
+    """mapspec.ops.native with its library loaded, or the test skipped where it is not built."""
+    from mapspec.ops import native
+
+    if native.load() is None:
+        pytest.skip(f"{native.LIBRARY.name} is not built (no C compiler at install time)")
+    return native
+
+
+@pytest.fixture(scope="module", params=["numpy", "native"])
+def engine(request):
+    """The FP8, MXFP4 and Q8_0 kernels on numpy, then on the compiled C loops (module scope:
+    hypothesis runs many examples in one call of a test). The C loops are built by `pip
+    install` wherever there is a C compiler (hatch_build.py); without one they are skipped,
+    and numpy runs."""
+    from mapspec.ops import fp8
+
+    if request.param == "native":
+        native_library()
+    saved = fp8.USE_NATIVE
+    fp8.USE_NATIVE = request.param == "native"
+    yield request.param
+    fp8.USE_NATIVE = saved

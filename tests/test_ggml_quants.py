@@ -64,7 +64,7 @@ def reference(x: np.ndarray, qtype: str) -> np.ndarray:
 @pytest.mark.parametrize("qtype", TYPES)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(x=blocks_of_values())
-def test_quantized_bytes_and_dequantized_values_equal_gguf_py(qtype, x):
+def test_quantized_bytes_and_dequantized_values_equal_gguf_py(qtype, x, engine):
     ours = ggml.quantize(x, "float32", qtype)
     with np.errstate(all="ignore"):
         ref = reference(x, qtype)
@@ -76,7 +76,7 @@ def test_quantized_bytes_and_dequantized_values_equal_gguf_py(qtype, x):
 
 @pytest.mark.parametrize("qtype", TYPES)
 @pytest.mark.parametrize("src", ["float16", "bfloat16"])
-def test_half_precision_sources_quantize_through_float32_as_llama_cpp_does(qtype, src):
+def test_half_precision_sources_quantize_through_float32_as_llama_cpp_does(qtype, src, engine):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 96)).astype(np.float32)
     if src == "float16":
@@ -88,17 +88,17 @@ def test_half_precision_sources_quantize_through_float32_as_llama_cpp_does(qtype
     assert ggml.quantize(stored, src, qtype).tobytes() == reference(as_f32, qtype).tobytes()
 
 
-def test_chunked_quantization_equals_one_pass(monkeypatch):
+def test_chunked_quantization_equals_one_pass(monkeypatch, engine):
     x = np.random.default_rng(2).standard_normal((40, 64)).astype(np.float32)
     whole = {t: ggml.quantize(x, "float32", t) for t in TYPES}
     monkeypatch.setattr(ggml, "CHUNK_BLOCKS", 7)
-    for t in TYPES:
+    for t in TYPES:  # (Q8_0 on the C loop under the native engine, the rest on numpy)
         assert ggml.quantize(x, "float32", t).tobytes() == whole[t].tobytes()
         assert ggml.dequantize(whole[t], t, x.shape).tobytes() == \
             gguf.quants.dequantize(whole[t], Q[t.upper()]).tobytes()
 
 
-def test_chunks_quantized_on_two_threads_report_the_first_bad_chunk(monkeypatch):
+def test_chunks_quantized_on_two_threads_report_the_first_bad_chunk(monkeypatch, engine):
     """Chunks run on two threads, and the error is the one a pass in order meets first."""
     monkeypatch.setattr(ggml, "CHUNK_BLOCKS", 2)
     x = np.ones((16, 32), np.float32)
@@ -141,7 +141,7 @@ def test_casts_in_slices_on_two_threads_give_the_one_pass_bytes(monkeypatch, src
 
 @pytest.mark.parametrize("qtype", TYPES)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, 3e38])
-def test_values_ggml_would_store_as_garbage_are_refused(qtype, bad):
+def test_values_ggml_would_store_as_garbage_are_refused(qtype, bad, engine):
     x = np.ones((2, 32), np.float32)
     x[1, 5] = bad
     with pytest.raises(ConversionError, match=qtype):
@@ -239,3 +239,33 @@ def test_the_inverse_of_a_quantizing_spec_dequantizes_only_with_lossy(tmp_path):
     back = load_file(tmp_path / "back.safetensors")["model.w"]
     assert back.dtype == np.float32
     assert back.tobytes() == gguf.quants.dequantize(reference(x, "q8_0"), Q.Q8_0).tobytes()
+
+
+def test_the_c_q8_0_loop_rounds_its_float16_scale_as_numpy_does():
+    """The compiled Q8_0 loop writes each block's scale d = max|x| / 127 as float16 itself:
+    for scales across float16's whole range (subnormal, normal, the ties between, past 65504),
+    its bytes are numpy's astype(float16)'s, and the codes gguf-py's."""
+    from conftest import native_library
+
+    native = native_library()
+    rng = np.random.default_rng(5)
+    halves = np.arange(0, 0x7C00, dtype=np.uint16).view(np.float16).astype(np.float32)
+    mids = (halves[:-1] + (halves[1:] - halves[:-1]) / 2).astype(np.float32)  # exact ties, to even
+    d = np.concatenate([halves, mids, np.nextafter(mids, 0), np.nextafter(mids, np.inf),
+                        np.float32([65504, 65519, 65519.996, 1e-45, 2 ** -25, 2 ** -24, 3 * 2 ** -26])])
+    d = d[d * 127 < 3.4e38]
+    x = rng.uniform(-1, 1, (d.size, 32)).astype(np.float32)
+    x[:, 7] = d * np.float32(127)  # the block's largest magnitude: d is exactly x / 127 as computed
+    x = np.where(np.abs(x) > np.abs(x[:, 7:8]), x[:, 7:8] * 0.5, x).astype(np.float32)
+    for src, values in (("float32", x), ("bfloat16", None)):
+        if values is None:  # bf16 bits of the same blocks, rounded by gguf-py as ggml rounds
+            bits = gguf.quants.quantize(x, Q.BF16).view(np.uint16)
+            values, x_used = bits, (bits.astype(np.uint32) << 16).view(np.float32)
+        else:
+            x_used = x
+        ok = np.abs(x_used).max(axis=1) / np.float32(127) < 65504  # scales past float16: refused, tested above
+        out = np.empty((int(ok.sum()), 34), np.uint8)
+        native.quantize_q8_0(np.ascontiguousarray(values[ok]), src, out)
+        with np.errstate(all="ignore"):
+            ref = gguf.quants.quantize(x_used[ok], Q.Q8_0)
+        assert out.tobytes() == ref.tobytes()

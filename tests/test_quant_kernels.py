@@ -21,6 +21,7 @@ from transformers.integrations.mxfp4 import convert_moe_packed_tensors  # noqa: 
 
 from mapspec.ops import floatbits, fp8, mxfp4  # noqa: E402
 from mapspec.errors import ConversionError  # noqa: E402
+from conftest import native_library  # noqa: E402
 
 BF16 = ml_dtypes.bfloat16
 E4M3 = ml_dtypes.float8_e4m3fn
@@ -55,28 +56,6 @@ def _random_fp8(rng, shape):
     bits = rng.integers(0, 256, shape, dtype=np.uint8)
     bits[(bits & 0x7F) == 0x7F] = 0x3C
     return bits.view(E4M3)
-
-
-def _native():
-    """mapspec.ops.native with its library loaded, or the test skipped where it is not built."""
-    from mapspec.ops import native
-
-    if native.load() is None:
-        pytest.skip(f"{native.LIBRARY.name} is not built (no C compiler at install time)")
-    return native
-
-
-@pytest.fixture(scope="module", params=["numpy", "native"])
-def engine(request):
-    """The FP8 kernels on numpy, then on the compiled C loops (module scope: hypothesis runs
-    many examples in one call of a test). The C loops are built by `pip install` wherever
-    there is a C compiler (hatch_build.py); without one they are skipped, and numpy runs."""
-    if request.param == "native":
-        _native()
-    saved = fp8.USE_NATIVE
-    fp8.USE_NATIVE = request.param == "native"
-    yield request.param
-    fp8.USE_NATIVE = saved
 
 
 shapes = st.tuples(st.integers(1, 3), st.integers(1, 70), st.integers(1, 70))
@@ -284,7 +263,7 @@ def test_native_e4m3_rounding_is_ml_dtypes_rounding():
     """The C loop rounds every float32 as ml_dtypes does (after the clamp to +-448 that
     quantizing applies): random bits, every tie of the e4m3 grid and its neighbours, NaNs
     with payloads, infinities, signed zeros, subnormals; through float32 and through bf16."""
-    native = _native()
+    native = native_library()
     nans = np.array([0x7FFF0000, 0x7FFFFFFF, 0xFFFFFFFF, 0xFFF80000, 0x7FC00000, 0x7F800001],
                     np.uint32).view(np.float32)
     x = np.concatenate([_float32_samples(), _grid_midpoints(E4M3, 448), nans,
@@ -302,7 +281,7 @@ def test_native_e4m3_rounding_is_ml_dtypes_rounding():
 def test_native_refuses_arrays_that_do_not_fit():
     """The C loops trust their arguments, so the wrappers check them: a wrong shape, dtype or
     a strided output is a ValueError before any byte is touched."""
-    native = _native()
+    native = native_library()
     x = np.zeros((4, 6), np.uint16)
     with pytest.raises(ValueError, match="shape"):
         native.quantize_e4m3(x, "bfloat16", 2, 4, np.ones((2, 1), np.float32), np.empty((4, 6), np.uint8))

@@ -29,6 +29,7 @@ from ..core.lazy import numpy as np
 from ..core import dtypes, ranges
 from ..errors import ConversionError, UsageError
 from ..core.background import in_parallel  # chunks on both cores: numpy releases the GIL
+from .fp8 import compiled  # the C loops where they are built
 
 QUANTIZERS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")  # written by mapspec
 FLOATS = ("float32", "float16", "bfloat16", "float64")
@@ -157,15 +158,27 @@ def quantize(array, src: str, qtype: str):
     out = np.empty((blocks.shape[0], size), np.uint8)
     halves = 4 if qtype in ("q4_1", "q5_1") else 2  # the f16 scale (and minimum) of each block
 
+    fast = compiled() if qtype == "q8_0" else None
+
     def one(at: int) -> None:
         part = blocks[at:at + CHUNK_BLOCKS]
-        values = np.asarray(dtypes.cast(part, src, "float32") if src != "float32" else part, np.float32)
-        with np.errstate(all="ignore"):  # checked below: ggml would store an infinite scale
-            done = out[at:at + CHUNK_BLOCKS] = kernel(values)
+        done = out[at:at + CHUNK_BLOCKS]
+        if fast is not None and src == "bfloat16":  # the C loop, same bits (`kernels.c`)
+            fast.quantize_q8_0(part, src, done)
+            values = None
+        else:
+            values = np.asarray(dtypes.cast(part, src, "float32") if src != "float32" else part, np.float32)
+            if fast is not None:
+                fast.quantize_q8_0(values, "float32", done)
+            else:
+                with np.errstate(all="ignore"):  # checked below: ggml would store an infinite scale
+                    done[...] = kernel(values)
         # A NaN or infinite value makes its block's scale (or minimum) NaN or infinite too, so
         # the scales are checked, not every value: one pass over the values less.
         if np.isfinite(done[:, :halves].copy().view(np.float16)).all():
             return
+        if values is None:
+            values = dtypes.cast(part, src, "float32")
         if not np.isfinite(values).all():
             raise ranges.not_finite(qtype)
         raise ConversionError(f"cannot quantize to {qtype}: values up to {np.abs(values).max():.4g} need a "

@@ -1,4 +1,5 @@
-/* The inner loops of the FP8 block-scaled and MXFP4 kernels (ops/fp8.py, ops/mxfp4.py), built
+/* The inner loops of the FP8 block-scaled, MXFP4 and ggml Q8_0 kernels (ops/fp8.py, ops/mxfp4.py,
+ * ops/ggml.py), built
  * into a shared library when mapspec is installed (hatch_build.py) and called through ctypes
  * (native.py), which releases the GIL.
  *
@@ -27,7 +28,7 @@
 
 /* The calling convention of this file's functions: native.py refuses a library whose number
  * is not its own (a library built from an older source, left beside a newer one). */
-int kernels_abi(void) { return 4; }
+int kernels_abi(void) { return 5; }
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -165,3 +166,61 @@ GATHER(gather_blocks_u32, uint32_t)
 
 MXFP4(mxfp4_dequantize_u16, uint16_t, uint32_t, 16)
 MXFP4(mxfp4_dequantize_u32, uint32_t, uint64_t, 32)
+
+/* float32 -> IEEE half bits, rounded to nearest even as numpy's astype(float16): subnormal
+ * halves included, past 65520 infinity, NaN kept NaN (quiet, the top of its payload kept). */
+static inline uint16_t half_bits(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    uint32_t a = x & 0x7FFFFFFF;
+    if (a >= 0x7F800000) /* infinity, or NaN with its payload's top bits (never 0: quiet) */
+        return sign | (a == 0x7F800000 ? 0x7C00 : (uint16_t)(0x7E00 | ((a >> 13) & 0x3FF)));
+    if (a >= 0x477FF000) /* 65520 and up round to infinity */
+        return sign | 0x7C00;
+    if (a >= 0x38800000) { /* normal half: drop 13 bits, nearest even */
+        uint32_t r = a + 0xFFF + ((a >> 13) & 1);
+        return sign | (uint16_t)((r - 0x38000000) >> 13);
+    }
+    if (a < 0x33000000) /* below half the smallest subnormal: zero */
+        return sign;
+    /* subnormal half: the significand with its implicit one, shifted to 2 ** -24 units */
+    uint32_t e = a >> 23, m = (a & 0x7FFFFF) | 0x800000;
+    uint32_t shift = 126 - e; /* 14 for 2 ** -15, up to 24 */
+    uint32_t q = m >> shift, rest = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    q += (rest > half) | ((rest == half) & (q & 1));
+    return sign | (uint16_t)q;
+}
+
+/* ggml Q8_0 of `blocks` blocks of 32 values, bf16 bits (uint16) or float32, as gguf-py's
+ * quantize_q8_0 computes it: d = max |x| / 127 (on the magnitudes' bits, so a NaN makes d NaN),
+ * q = round half away from zero of |x| * (1 / d) with x's sign (0 where d is 0), d stored as
+ * float16 then the 32 int8 codes, 34 bytes a block. The caller checks the scales (a NaN or
+ * infinite d is refused). */
+#define Q8_0(NAME, T, SHIFT)                                                                  \
+    VECTORIZED void NAME(const T *in, int64_t blocks, uint8_t *out) {                        \
+        for (int64_t b = 0; b < blocks; b++) {                                                \
+            const T *x = in + b * 32;                                                         \
+            uint32_t mag[32], amax = 0;                                                       \
+            for (int k = 0; k < 32; k++) {                                                    \
+                mag[k] = ((uint32_t)x[k] << SHIFT) & 0x7FFFFFFF;                              \
+                amax = mag[k] > amax ? mag[k] : amax;                                         \
+            }                                                                                 \
+            float m, d, id;                                                                   \
+            memcpy(&m, &amax, 4);                                                             \
+            d = m / 127.0f;                                                                   \
+            id = d != 0.0f ? 1.0f / d : 0.0f;                                                 \
+            uint16_t h = half_bits(d);                                                        \
+            uint8_t *o = out + b * 34;                                                        \
+            memcpy(o, &h, 2);                                                                 \
+            for (int k = 0; k < 32; k++) {                                                    \
+                float v;                                                                      \
+                memcpy(&v, &mag[k], 4);                                                       \
+                int32_t q = (int32_t)(v * id + 0.49999997f);                                  \
+                o[2 + k] = (uint8_t)(int8_t)((((uint32_t)x[k] << SHIFT) >> 31) ? -q : q);     \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+Q8_0(quantize_q8_0_bf16, uint16_t, 16)
+Q8_0(quantize_q8_0_f32, uint32_t, 0)

@@ -1,4 +1,4 @@
-"""The compiled loops of `kernels.c` (FP8 and MXFP4 kernels), called through ctypes.
+"""The compiled loops of `kernels.c` (FP8, MXFP4 and Q8_0 kernels), called through ctypes.
 
 `pip install` builds `kernels.c` into `_kernels.so` beside this file when a C compiler
 is there (hatch_build.py); without one, or with `MAPSPEC_NATIVE=0`, `load()` gives None and
@@ -20,7 +20,7 @@ from pathlib import Path
 
 LIBRARY = Path(__file__).with_name("_kernels" + (".dll" if sys.platform == "win32" else ".so"))
 
-ABI = 4  # kernels_abi() of the library these wrappers call
+ABI = 5  # kernels_abi() of the library these wrappers call
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _library: ctypes.CDLL | None | bool = None
 # Every function of kernels.c, with the arguments it takes (all return nothing).
@@ -33,6 +33,8 @@ _SIGNATURES = {
     "gather_blocks_u32": [_PTR, _I64, _I64, _I64, _PTR, _PTR],
     "mxfp4_dequantize_u16": [_PTR, _PTR, _I64, _I64, _PTR, _PTR, _I64],
     "mxfp4_dequantize_u32": [_PTR, _PTR, _I64, _I64, _PTR, _PTR, _I64],
+    "quantize_q8_0_bf16": [_PTR, _I64, _PTR],
+    "quantize_q8_0_f32": [_PTR, _I64, _PTR],
 }
 
 
@@ -163,3 +165,19 @@ def mxfp4_dequantize(blocks, scales, table, out) -> None:
     fn = _library.mxfp4_dequantize_u32 if size == 4 else _library.mxfp4_dequantize_u16
     fn(blocks.ctypes.data, scales.ctypes.data, rows, groups, table.ctypes.data, out.ctypes.data,
        out.strides[0] // size)
+
+
+def quantize_q8_0(values, dtype: str, out) -> None:
+    """ggml Q8_0 blocks (n, 34) of `values` (n, 32): bf16 bits (`dtype` "bfloat16") or
+    float32, as gguf-py's quantize_q8_0 computes them (its float16 scale, then 32 int8)."""
+    import numpy as np
+
+    if dtype not in ("bfloat16", "float32"):
+        raise ValueError(f"quantize_q8_0 takes bfloat16 bits or float32, not {dtype}")
+    wide = dtype == "float32"
+    values = _input(values, np.uint32 if wide else np.uint16, "quantize_q8_0")
+    if values.shape[1] != 32:
+        raise ValueError(f"quantize_q8_0: blocks of 32 values, got rows of {values.shape[1]}")
+    _check(out, np.uint8, (values.shape[0], 34), "quantize_q8_0 output")
+    fn = _library.quantize_q8_0_f32 if wide else _library.quantize_q8_0_bf16
+    fn(values.ctypes.data, values.shape[0], out.ctypes.data)
