@@ -94,6 +94,8 @@ def test_integers_that_would_wrap_are_refused():
         ranges.check(np.array([0, 2 ** 31], np.int64), "int64", "int32")
     with pytest.raises(ConversionError, match="past what uint8 holds"):
         ranges.check(np.array([-1], np.int8), "int8", "uint8")
+    with pytest.raises(ConversionError, match="the farthest -2"):  # bf16 bits: the magnitudes' fast path
+        ranges.check_bf16_bits(np.array([0x3F80, 0xC000], np.uint16), "uint8")  # 1.0, -2.0
     ranges.check(np.array([127.9, -128.9], np.float32), "float32", "int8")  # truncated toward zero: in range
     with pytest.raises(ConversionError, match="the farthest -129"):
         ranges.check(np.array([127.9, -129.0], np.float32), "float32", "int8")
@@ -114,7 +116,8 @@ def test_widening_casts_are_not_checked_at_all():
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=40),
-       st.sampled_from(["float16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1fn", "int8", "float8_e8m0fnu"]))
+       st.sampled_from(["float16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1fn", "int8", "uint8", "int16",
+                        "float8_e8m0fnu"]))
 def test_the_bf16_bits_check_agrees_with_the_check_of_the_values(bits, dst):
     bits = np.array(bits, np.uint16)
     values = (bits.astype(np.uint32) << 16).view(np.float32)
