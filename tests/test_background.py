@@ -113,6 +113,26 @@ def test_in_parallel_raises_the_first_error_once_every_thread_has_stopped():
     assert len(started) == n < 100  # nothing runs after it returns, and the rest were dropped
 
 
+def test_in_parallel_raises_the_error_a_pass_in_order_meets_first(monkeypatch):
+    """Job 1 fails slowly, job 2 at once, on the other thread: job 1's error is raised, as
+    when the jobs run one after another (chunks of a quantize report the first bad chunk)."""
+    monkeypatch.setattr(background, "THREADS", 2)
+    job_2_failed = threading.Event()
+
+    def work(i):
+        if i == 1:
+            job_2_failed.wait(5)
+            raise CheckpointError("job 1 failed")
+        if i == 2:
+            job_2_failed.set()
+            raise CheckpointError("job 2 failed")
+
+    for _ in range(5):
+        job_2_failed.clear()
+        with pytest.raises(CheckpointError, match="job 1 failed"):
+            in_parallel(range(4), work)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 4])
 def test_in_parallel_nested_and_from_two_threads_at_once_finishes(monkeypatch, threads):
     """Callers share the helpers: a caller whose helper is busy does its jobs itself."""

@@ -106,28 +106,29 @@ _lock = threading.Lock()
 
 def in_parallel(jobs: Iterable[T], work: Callable[[T], Any]) -> None:
     """`work(job)` for every job, on this thread and up to THREADS - 1 helper workers, each
-    taking the next job when it is free; the first error is raised here once every thread
-    has stopped. For work that releases the GIL (numpy's and the C kernels' loops, preadv),
-    so two jobs run at once on two cores."""
+    taking the next job when it is free; once every thread has stopped, the error of the
+    earliest failing job is raised here, the one a pass in order would meet (every job
+    before it was taken, so ran). For work that releases the GIL (numpy's and the C
+    kernels' loops, preadv), so two jobs run at once on two cores."""
     jobs = list(jobs)
     helpers = min(THREADS, len(jobs)) - 1
     if helpers <= 0:
         for job in jobs:
             work(job)
         return
-    lock, queue = threading.Lock(), iter(jobs)
-    failed: list[BaseException] = []
+    lock, queue = threading.Lock(), iter(enumerate(jobs))
+    failed: list[tuple[int, BaseException]] = []
 
     def drain(_: Job | None = None) -> None:
         while not failed:
             with lock:
-                job = next(queue, _END)
-            if job is _END:
+                taken = next(queue, _END)
+            if taken is _END:
                 return
             try:
-                work(job)
+                work(taken[1])
             except BaseException as exc:
-                failed.append(exc)
+                failed.append((taken[0], exc))
 
     with _lock:
         while len(_helpers) < helpers:
@@ -139,4 +140,4 @@ def in_parallel(jobs: Iterable[T], work: Callable[[T], Any]) -> None:
         for worker, job in zip(_helpers, running):
             worker.cancel([job])
     if failed:
-        raise failed[0]
+        raise min(failed, key=lambda f: f[0])[1]
