@@ -213,11 +213,15 @@ static inline uint16_t half_bits(float f) {
             uint16_t h = half_bits(d);                                                        \
             uint8_t *o = out + b * 34;                                                        \
             memcpy(o, &h, 2);                                                                 \
+            if (amax >= 0x7F800000u) { /* NaN or infinity: refused by the caller; no float */ \
+                memset(o + 2, 0, 32); /* -> int conversion of NaN (undefined in C) */         \
+                continue;                                                                     \
+            }                                                                                 \
             for (int k = 0; k < 32; k++) {                                                    \
                 float v;                                                                      \
                 memcpy(&v, &mag[k], 4);                                                       \
-                int32_t q = (int32_t)(v * id + 0.49999997f);                                  \
-                o[2 + k] = (uint8_t)(int8_t)((((uint32_t)x[k] << SHIFT) >> 31) ? -q : q);     \
+                uint32_t q = (uint32_t)(int32_t)(v * id + 0.49999997f); /* 0..127 */          \
+                o[2 + k] = (uint8_t)((((uint32_t)x[k] << SHIFT) >> 31) ? 0u - q : q);         \
             }                                                                                 \
         }                                                                                     \
     }
