@@ -104,19 +104,20 @@ class Plan:
         intermediate, plus the next step's inputs when they are READ_AHEAD_BYTES or more
         (the executor reads them meanwhile). Steps without actions may be copied by the
         kernel and hold nothing, so this is an upper bound; the process adds its
-        interpreter (about 100 MiB). `held(step)`, where not None, is what a step holds
-        instead (a step run in row slices: the slices in flight, `run.rows.held`); the same
-        is then counted for it as the step before's read-ahead."""
+        interpreter (about 100 MiB). `held(step)`, where not None and less, is what a step
+        holds instead (a step run in row slices: the slices in flight, `run.rows.held`); the
+        same is then counted for it as the step before's read-ahead."""
         own, ahead = [], []
         for s in self.steps:
+            ins = sum(i.nbytes for i in s.input_infos)
+            whole = ins + (2 * s.info.nbytes if s.actions else 0)
             h = held(s) if held is not None else None
-            if h is not None:
+            if h is not None and h < whole:
                 own.append(h)
                 ahead.append(h)
-                continue
-            ins = sum(i.nbytes for i in s.input_infos)
-            own.append(ins + (2 * s.info.nbytes if s.actions else 0))
-            ahead.append(ins if ins >= READ_AHEAD_BYTES else 0)
+            else:
+                own.append(whole)
+                ahead.append(ins if ins >= READ_AHEAD_BYTES else 0)
         best, where = 0, None
         for j, s in enumerate(self.steps):
             n = own[j] + (ahead[j + 1] if j + 1 < len(self.steps) else 0)

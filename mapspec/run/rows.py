@@ -117,14 +117,11 @@ def slicing(step: Step, source, sink) -> Slicing | None:
 
 
 def held(step: Step) -> int | None:
-    """The tensor bytes `step` holds at most when it runs in slices (`Plan.peak_step`): the
-    slices computed ahead, the one being written and one slice of intermediates, or what it
-    would hold whole if that is less; None if it runs whole."""
+    """The tensor bytes `step` holds at most when it runs in slices (`Plan.peak_step`, which
+    takes the whole step's figure where that is less): the slices computed ahead, the one
+    being written and one slice of intermediates; None if it runs whole."""
     how = cut(step)
-    if how is None:
-        return None
-    whole = sum(i.nbytes for i in step.input_infos) + 2 * step.info.nbytes  # a step of few slices
-    return min((how.depth + 2) * how.nbytes, whole)
+    return None if how is None else (how.depth + 2) * how.nbytes
 
 
 class Parts(NamedTuple):
