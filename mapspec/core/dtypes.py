@@ -274,7 +274,7 @@ def cast(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
         if dst in LOW_PRECISION:
             check_elements(dst)
             return wide.astype(ml_dtype(dst)).view(np.uint8)
-        return cast(wide, "float32", dst)
+        return _checked_to(wide, dst)
     if src == "bfloat16" and dst == "float16":
         # A 64 Ki-entry table of every bf16's float16 (made by the path below, so the same
         # bits): one gather instead of numpy's float32 -> float16 loop, 3x slower. The cast
@@ -286,9 +286,14 @@ def cast(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
         if dst == "float32":
             return arr
     ranges.check(arr, src, dst)
+    return _checked_to(arr, dst)
+
+
+def _checked_to(arr: np.ndarray, dst: str) -> np.ndarray:
+    """Values already held to `dst`'s range (`ranges.check`) in `dst`."""
     if dst == "bfloat16":
         return _f32_to_bf16(arr.astype(np.float32, copy=False))
-    return arr.astype(_storage()[dst])
+    return arr.astype(_storage()[dst], copy=False)
 
 
 # Exact casts. Integers: how many value bits they hold and whether they are signed; floats:

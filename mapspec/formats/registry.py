@@ -17,8 +17,7 @@ from ..core import paths
 from ..core.quoting import shown_path
 from ..core.tensorinfo import TensorInfo
 from ..errors import CheckpointError, UsageError
-from .protocol import SinkBase
-from .protocol import Extent, Source, SourceBase
+from .protocol import Extent, SinkBase, Source, SourceBase
 from .reading import location, open_bytes, reading
 
 HEAD_BYTES = 16  # how much of a file sniffers see

@@ -160,25 +160,27 @@ def quantize(array, src: str, qtype: str):
 
     fast = compiled() if qtype == "q8_0" else None
 
+    def widened(part) -> "np.ndarray":
+        return np.asarray(dtypes.cast(part, src, "float32") if src != "float32" else part, np.float32)
+
     def one(at: int) -> None:
         part = blocks[at:at + CHUNK_BLOCKS]
         done = out[at:at + CHUNK_BLOCKS]
-        if fast is not None and src == "bfloat16":  # the C loop, same bits (`kernels.c`)
+        if fast is not None and src == "bfloat16":  # the C loop reads bf16 bits itself (`kernels.c`)
             fast.quantize_q8_0(part, src, done)
             values = None
+        elif fast is not None:
+            values = widened(part)
+            fast.quantize_q8_0(values, "float32", done)
         else:
-            values = np.asarray(dtypes.cast(part, src, "float32") if src != "float32" else part, np.float32)
-            if fast is not None:
-                fast.quantize_q8_0(values, "float32", done)
-            else:
-                with np.errstate(all="ignore"):  # checked below: ggml would store an infinite scale
-                    done[...] = kernel(values)
+            values = widened(part)
+            with np.errstate(all="ignore"):  # checked below: ggml would store an infinite scale
+                done[...] = kernel(values)
         # A NaN or infinite value makes its block's scale (or minimum) NaN or infinite too, so
         # the scales are checked, not every value: one pass over the values less.
         if np.isfinite(done[:, :halves].copy().view(np.float16)).all():
             return
-        if values is None:
-            values = dtypes.cast(part, src, "float32")
+        values = widened(part) if values is None else values
         if not np.isfinite(values).all():
             raise ranges.not_finite(qtype)
         raise ConversionError(f"cannot quantize to {qtype}: values up to {np.abs(values).max():.4g} need a "
